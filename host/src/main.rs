@@ -1,0 +1,5 @@
+//! The `busbar` command line.
+
+fn main() {
+    println!("busbar {}", env!("CARGO_PKG_VERSION"));
+}
