@@ -1,0 +1,125 @@
+//! Matching one pattern: conditions against scalars, fields against leaves, and the
+//! array-consistent choice of one leaf per field.
+
+use super::flatten::{Flat, Scalar};
+use super::numeric::normalize;
+use super::parse::{AnythingBut, Condition, Conjunction};
+
+impl Condition {
+    /// Whether a present scalar satisfies the condition. `exists: false` never does (it
+    /// is satisfied by absence, which the caller checks).
+    pub(crate) fn matches(&self, value: &Scalar<'_>) -> bool {
+        match (self, value) {
+            (Condition::Exists(present), _) => *present,
+            (Condition::ExactNull, Scalar::Null) => true,
+            (Condition::ExactBool(b), Scalar::Bool(v)) => b == v,
+            (Condition::ExactNum(n), Scalar::Num(v)) => *n == normalize(*v),
+            (Condition::Numeric(range), Scalar::Num(v)) => range.contains(*v),
+            (Condition::AnythingBut(but), value) => !but.excludes(value),
+            (condition, Scalar::Str(s)) => condition.matches_str(s),
+            _ => false,
+        }
+    }
+
+    fn matches_str(&self, s: &str) -> bool {
+        match self {
+            Condition::ExactStr(x) => x == s,
+            Condition::Prefix(p) => s.starts_with(p.as_str()),
+            Condition::Suffix(p) => s.ends_with(p.as_str()),
+            Condition::EqualsIgnoreCase(x) => s.to_lowercase() == *x,
+            Condition::PrefixIgnoreCase(p) => s.to_lowercase().starts_with(p.as_str()),
+            Condition::SuffixIgnoreCase(p) => s.to_lowercase().ends_with(p.as_str()),
+            Condition::Wildcard(w) => w.matches(s),
+            Condition::Cidr(c) => c.contains(s),
+            _ => false,
+        }
+    }
+}
+
+impl AnythingBut {
+    /// Whether the value is one of the excluded ones. String exclusions only exclude
+    /// strings and numeric ones only numbers, so e.g. `{"anything-but": "x"}` matches
+    /// the number 5 (event-ruler behaves the same way).
+    pub(crate) fn excludes(&self, value: &Scalar<'_>) -> bool {
+        match (self, value) {
+            (AnythingBut::Numbers(ns), Scalar::Num(v)) => ns.contains(&normalize(*v)),
+            (AnythingBut::Strings(xs), Scalar::Str(s)) => xs.iter().any(|x| x == s),
+            (AnythingBut::Prefixes(ps), Scalar::Str(s)) => {
+                ps.iter().any(|p| s.starts_with(p.as_str()))
+            }
+            (AnythingBut::Suffixes(ps), Scalar::Str(s)) => {
+                ps.iter().any(|p| s.ends_with(p.as_str()))
+            }
+            (AnythingBut::IgnoreCase(xs), Scalar::Str(s)) => {
+                let lower = s.to_lowercase();
+                xs.contains(&lower)
+            }
+            (AnythingBut::Wildcards(ws), Scalar::Str(s)) => ws.iter().any(|w| w.matches(s)),
+            _ => false,
+        }
+    }
+}
+
+/// Whether one conjunction holds for the event. `paths[i]` is the path id of field `i`.
+pub(crate) fn conjunction_matches(
+    conjunction: &Conjunction,
+    paths: &[u32],
+    flat: &Flat<'_>,
+) -> bool {
+    let mut slots: Vec<Vec<u32>> = Vec::with_capacity(conjunction.len());
+    for (field, &path) in conjunction.iter().zip(paths) {
+        let leaves: Vec<u32> = flat
+            .leaves
+            .iter()
+            .enumerate()
+            .filter(|(_, leaf)| {
+                leaf.path == path && field.conditions.iter().any(|c| c.matches(&leaf.value))
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        if leaves.is_empty() {
+            let absent = !flat.present.get(path as usize).copied().unwrap_or(false);
+            if field.allows_absence() && absent {
+                continue;
+            }
+            return false;
+        }
+        slots.push(leaves);
+    }
+    let slots: Vec<&[u32]> = slots.iter().map(Vec::as_slice).collect();
+    choose(&slots, flat)
+}
+
+/// Whether one leaf can be picked from every slot such that all picks are pairwise
+/// array-consistent. Every slot is non-empty.
+pub(crate) fn choose(slots: &[&[u32]], flat: &Flat<'_>) -> bool {
+    // Fields outside arrays never conflict: only slots whose every candidate sits in an
+    // array need the search.
+    let mut constrained: Vec<&[u32]> = slots
+        .iter()
+        .copied()
+        .filter(|s| s.iter().all(|&leaf| flat.in_array(leaf)))
+        .collect();
+    if constrained.len() < 2 {
+        return true;
+    }
+    constrained.sort_by_key(|s| s.len());
+    let mut picked = Vec::with_capacity(constrained.len());
+    search(&constrained, flat, &mut picked)
+}
+
+fn search(slots: &[&[u32]], flat: &Flat<'_>, picked: &mut Vec<u32>) -> bool {
+    let Some((first, rest)) = slots.split_first() else {
+        return true;
+    };
+    for &leaf in *first {
+        if picked.iter().all(|&p| flat.consistent(p, leaf)) {
+            picked.push(leaf);
+            if search(rest, flat, picked) {
+                return true;
+            }
+            picked.pop();
+        }
+    }
+    false
+}
