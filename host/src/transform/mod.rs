@@ -1,0 +1,555 @@
+//! EventBridge input transformers: what a target receives instead of the event.
+//!
+//! A rule's `transform` is one of three modes, as in EventBridge:
+//!
+//! - `input`: constant JSON, sent as its JSON text;
+//! - `input_path`: one JSONPath into the event, the selected part sent as JSON;
+//! - `input_paths_map` + `input_template`: up to 100 variables, each a
+//!   JSONPath into the event, written into the template's `<name>`
+//!   placeholders with EventBridge's quoting rules (see [`template`]'s table).
+//!
+//! Reserved variables need no path: `<busbar.rule-name>`, `<busbar.rule-arn>`,
+//! `<busbar.ingestion-time>`, `<busbar.event>` (the event without its
+//! payload, as JSON) and `<busbar.event-json>` (the whole event, as JSON),
+//! also spelled as EventBridge does: `<aws.events.rule-name>`,
+//! `<aws.events.rule-arn>`, `<aws.events.event.ingestion-time>`,
+//! `<aws.events.event>` and `<aws.events.event.json>`. The two event
+//! variables are JSON values and may not appear inside a string.
+//!
+//! [`TransformSpec::compile`] validates a spec and compiles its paths and
+//! template once; [`Transform::render`] then only walks the event and copies
+//! text.
+
+mod path;
+mod template;
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use self::path::JsonPath;
+use self::template::{Resolved, Template, Var};
+
+/// How many variables `input_paths_map` may define (EventBridge's limit).
+pub const MAX_VARIABLES: usize = 100;
+
+/// The longest variable name (EventBridge's `InputTransformerPathKey`).
+pub const MAX_VARIABLE_NAME_LEN: usize = 256;
+
+/// Reserved placeholder names, Busbar's and EventBridge's spellings.
+pub const RESERVED_VARIABLES: [&str; 10] = [
+    "busbar.rule-name",
+    "busbar.rule-arn",
+    "busbar.ingestion-time",
+    "busbar.event",
+    "busbar.event-json",
+    "aws.events.rule-name",
+    "aws.events.rule-arn",
+    "aws.events.event.ingestion-time",
+    "aws.events.event",
+    "aws.events.event.json",
+];
+
+/// A transform as written in a rule (`transform` field) or sent to the tester.
+///
+/// Exactly one mode: `input` (constant JSON), `input_path` (select part of the
+/// event), or `input_paths_map` + `input_template`.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// Variables: name → JSONPath into the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_paths_map: Option<serde_json::Map<String, Value>>,
+    /// Template with `<var>` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_template: Option<String>,
+    /// Constant JSON sent instead of the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// JSONPath selecting the part of the event to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_path: Option<String>,
+}
+
+/// Why a transform spec is invalid.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct TransformError {
+    /// The offending field, relative to the transform object, e.g.
+    /// `input_paths_map.id` or `input_template`.
+    pub field: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// Why rendering failed for one event (permanent for that delivery).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct RenderError(pub String);
+
+/// Values for the reserved variables (`<busbar.rule-name>`, ...).
+#[derive(Clone, Debug, Default)]
+pub struct RenderContext<'a> {
+    /// The rule being applied (`<busbar.rule-name>`).
+    pub rule_name: &'a str,
+    /// When the bus accepted the event, RFC 3339 (`<busbar.ingestion-time>`).
+    pub ingestion_time: &'a str,
+    /// The rule's full identifier (`<busbar.rule-arn>`, `<aws.events.rule-arn>`).
+    pub rule_arn: &'a str,
+}
+
+/// A compiled transform, ready to render events.
+///
+/// Cheap to share: it holds only compiled paths and template text.
+#[derive(Clone, Debug)]
+pub struct Transform {
+    mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+enum Mode {
+    /// `input`: the JSON text, computed once.
+    Constant(String),
+    /// `input_path`.
+    Path(JsonPath),
+    /// `input_paths_map` + `input_template`; `paths[i]` is `Var::User(i)`,
+    /// holding only the variables the template uses.
+    Template {
+        paths: Vec<JsonPath>,
+        template: Template,
+    },
+}
+
+impl TransformSpec {
+    /// Validates and compiles the spec, reporting the first problem.
+    pub fn compile(&self) -> Result<Transform, TransformError> {
+        let mut problems = Problems::default();
+        let compiled = self.build(&mut problems);
+        match (problems.0.into_iter().next(), compiled) {
+            (None, Some(mode)) => Ok(Transform { mode }),
+            (Some(first), _) => Err(first),
+            (None, None) => Err(TransformError {
+                field: "input_template".into(),
+                reason: "could not be compiled".into(),
+            }),
+        }
+    }
+
+    /// Every problem with the spec, in field order; empty when it compiles.
+    pub fn validate(&self) -> Vec<TransformError> {
+        let mut problems = Problems::default();
+        self.build(&mut problems);
+        problems.0
+    }
+
+    fn build(&self, problems: &mut Problems) -> Option<Mode> {
+        let transformer = self.input_paths_map.is_some() || self.input_template.is_some();
+        if self.input.is_some() && (self.input_path.is_some() || transformer) {
+            problems.add(
+                "input",
+                "only one of input, input_path, or input_paths_map + input_template may be set",
+            );
+        }
+        if self.input_path.is_some() && transformer {
+            problems.add(
+                "input_path",
+                "only one of input, input_path, or input_paths_map + input_template may be set",
+            );
+        }
+
+        if let Some(input) = &self.input {
+            return Some(Mode::Constant(input.to_string()));
+        }
+        if let Some(input_path) = &self.input_path {
+            return match JsonPath::compile(input_path) {
+                Ok(path) => Some(Mode::Path(path)),
+                Err(reason) => {
+                    problems.add("input_path", reason);
+                    None
+                }
+            };
+        }
+
+        let paths = self.compile_paths(problems);
+        let Some(text) = &self.input_template else {
+            let reason = if self.input_paths_map.is_some() {
+                "is required when input_paths_map is set"
+            } else {
+                "a transform needs input, input_path, or input_paths_map + input_template"
+            };
+            problems.add("input_template", reason);
+            return None;
+        };
+
+        let mut used: Vec<Option<JsonPath>> = Vec::new();
+        let mut used_names: Vec<&str> = Vec::new();
+        let compiled = Template::compile(text, |name| {
+            if let Some(var) = reserved(name) {
+                return Some(var);
+            }
+            if let Some(at) = used_names.iter().position(|n| *n == name) {
+                return Some(Var::User(at));
+            }
+            let (defined, path) = paths.iter().find(|(n, _)| *n == name)?;
+            used_names.push(defined);
+            // A path that did not compile is already reported; keep checking
+            // the template as if it had.
+            used.push(path.clone());
+            Some(Var::User(used.len() - 1))
+        });
+        match compiled {
+            Ok(template) => Some(Mode::Template {
+                paths: used.into_iter().collect::<Option<Vec<_>>>()?,
+                template,
+            }),
+            Err(reason) => {
+                let reason = if self.input_paths_map.is_none() && reason.contains("not defined") {
+                    reason.replace(
+                        "not defined in input_paths_map",
+                        "input_paths_map is not set",
+                    )
+                } else {
+                    reason
+                };
+                problems.add("input_template", reason);
+                None
+            }
+        }
+    }
+
+    /// Checks and compiles `input_paths_map`; a failed path is `None`.
+    fn compile_paths<'s>(&'s self, problems: &mut Problems) -> Vec<(&'s str, Option<JsonPath>)> {
+        let Some(map) = &self.input_paths_map else {
+            return Vec::new();
+        };
+        if map.len() > MAX_VARIABLES {
+            problems.add(
+                "input_paths_map",
+                format!(
+                    "defines {} variables; at most {MAX_VARIABLES} are allowed",
+                    map.len()
+                ),
+            );
+        }
+        map.iter()
+            .map(|(name, value)| {
+                let field = format!("input_paths_map.{name}");
+                if let Err(reason) = check_variable_name(name) {
+                    problems.add(&field, reason);
+                }
+                let path = match value {
+                    Value::String(text) => match JsonPath::compile(text) {
+                        Ok(path) => Some(path),
+                        Err(reason) => {
+                            problems.add(&field, reason);
+                            None
+                        }
+                    },
+                    _ => {
+                        problems.add(&field, "must be a JSONPath string such as \"$.data.id\"");
+                        None
+                    }
+                };
+                (name.as_str(), path)
+            })
+            .collect()
+    }
+}
+
+impl Transform {
+    /// Renders the target input for one event.
+    pub fn render(&self, event: &Value, ctx: &RenderContext<'_>) -> Result<String, RenderError> {
+        match &self.mode {
+            Mode::Constant(text) => Ok(text.clone()),
+            Mode::Path(path) => match path.select(event) {
+                Some(value) => Ok(value.to_string()),
+                None => Err(RenderError(
+                    "input_path matched nothing in the event".into(),
+                )),
+            },
+            Mode::Template { paths, template } => {
+                let values: Vec<Option<Cow<'_, Value>>> =
+                    paths.iter().map(|p| p.select(event)).collect();
+                let out = template.render(|var| match var {
+                    Var::User(at) => match values.get(at) {
+                        Some(Some(value)) => Resolved::Json(value.as_ref()),
+                        _ => Resolved::Missing,
+                    },
+                    Var::RuleName => Resolved::Str(ctx.rule_name),
+                    Var::RuleArn => Resolved::Str(ctx.rule_arn),
+                    Var::IngestionTime => Resolved::Str(ctx.ingestion_time),
+                    Var::Event => Resolved::EventSummary(event),
+                    Var::EventJson => Resolved::Json(event),
+                });
+                if template.checks_output()
+                    && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&out)
+                {
+                    return Err(RenderError(format!(
+                        "the rendered input_template is not valid JSON: {e}"
+                    )));
+                }
+                // Every part is a `&str` or serde_json output, so this holds.
+                String::from_utf8(out)
+                    .map_err(|_| RenderError("the rendered input is not UTF-8".into()))
+            }
+        }
+    }
+
+    /// Whether the rendered output is JSON (`input`, `input_path`, and
+    /// templates starting with `{` or `[`); otherwise it is text.
+    pub fn output_is_json(&self) -> bool {
+        match &self.mode {
+            Mode::Constant(_) | Mode::Path(_) => true,
+            Mode::Template { template, .. } => template.is_json(),
+        }
+    }
+
+    /// Whether rendering needs the event's payload-free summary or the whole
+    /// event as JSON (`<busbar.event>`, `<busbar.event-json>`).
+    pub fn uses_whole_event(&self) -> bool {
+        match &self.mode {
+            Mode::Template { template, .. } => {
+                template.uses(Var::Event) || template.uses(Var::EventJson)
+            }
+            Mode::Constant(_) | Mode::Path(_) => false,
+        }
+    }
+}
+
+/// The reserved variable `name` stands for, if any.
+fn reserved(name: &str) -> Option<Var> {
+    Some(match name {
+        "busbar.rule-name" | "aws.events.rule-name" => Var::RuleName,
+        "busbar.rule-arn" | "aws.events.rule-arn" => Var::RuleArn,
+        "busbar.ingestion-time" | "aws.events.event.ingestion-time" => Var::IngestionTime,
+        "busbar.event" | "aws.events.event" => Var::Event,
+        "busbar.event-json" | "aws.events.event.json" => Var::EventJson,
+        _ => return None,
+    })
+}
+
+/// Variable names: 1 to 256 of `A-Z a-z 0-9 _ -` (EventBridge's pattern), and
+/// never a reserved name.
+fn check_variable_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_VARIABLES.contains(&name)
+        || lower.starts_with("aws.")
+        || lower.starts_with("busbar.")
+    {
+        return Err(format!("`{name}` is a reserved variable name"));
+    }
+    if name.is_empty() {
+        return Err("variable names must not be empty".into());
+    }
+    if name.len() > MAX_VARIABLE_NAME_LEN {
+        return Err(format!(
+            "variable names are at most {MAX_VARIABLE_NAME_LEN} characters"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "`{name}` is not a valid variable name: use only letters, digits, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Problems found while compiling, in the order found.
+#[derive(Default)]
+struct Problems(Vec<TransformError>);
+
+impl Problems {
+    fn add(&mut self, field: &str, reason: impl Into<String>) {
+        self.0.push(TransformError {
+            field: field.to_owned(),
+            reason: reason.into(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const CTX: RenderContext<'static> = RenderContext {
+        rule_name: "example",
+        ingestion_time: "2015-11-11T21:29:54Z",
+        rule_arn: "arn:aws:events:us-east-2:123456789012:rule/example",
+    };
+
+    fn spec(value: Value) -> TransformSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn render(spec_json: Value, event: Value) -> Result<String, RenderError> {
+        spec(spec_json).compile().unwrap().render(&event, &CTX)
+    }
+
+    fn compile_err(spec_json: Value) -> TransformError {
+        spec(spec_json).compile().unwrap_err()
+    }
+
+    #[test]
+    fn renders_each_mode() {
+        let event = json!({"id": "1", "data": {"n": 5, "s": "x"}});
+        assert_eq!(
+            render(json!({"input": {"a": [1]}}), event.clone()).unwrap(),
+            r#"{"a":[1]}"#
+        );
+        assert_eq!(
+            render(json!({"input_path": "$.data"}), event.clone()).unwrap(),
+            r#"{"n":5,"s":"x"}"#
+        );
+        let t = json!({"input_paths_map": {"n": "$.data.n", "s": "$.data.s"},
+                       "input_template": "{\"n\": <n>, \"m\": \"<s>-<n>\"}"});
+        assert_eq!(render(t, event).unwrap(), r#"{"n":5,"m":"x-5"}"#);
+    }
+
+    #[test]
+    fn reserved_variables_need_no_map() {
+        let event = json!({"id": "1", "type": "t", "data": {"big": true}});
+        let out = render(
+            json!({"input_template": "{\"r\": <busbar.rule-name>, \"a\": <aws.events.rule-arn>, \"t\": \"at <busbar.ingestion-time>\", \"e\": <busbar.event>, \"j\": <aws.events.event.json>}"}),
+            event,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{"r":"example","a":"arn:aws:events:us-east-2:123456789012:rule/example","t":"at 2015-11-11T21:29:54Z","e":{"id":"1","type":"t"},"j":{"id":"1","type":"t","data":{"big":true}}}"#
+        );
+    }
+
+    #[test]
+    fn unused_variables_are_validated_but_not_evaluated() {
+        let t = spec(json!({"input_paths_map": {"a": "$.a", "b": "$.b"}, "input_template": "<a>"}))
+            .compile()
+            .unwrap();
+        let Mode::Template { paths, .. } = &t.mode else {
+            panic!()
+        };
+        assert_eq!(paths.len(), 1);
+        let e = compile_err(
+            json!({"input_paths_map": {"a": "$.a", "b": "$["}, "input_template": "<a>"}),
+        );
+        assert_eq!(e.field, "input_paths_map.b");
+    }
+
+    #[test]
+    fn validation_reports_fields() {
+        let cases = [
+            (json!({}), "input_template", "needs input"),
+            (
+                json!({"input": 1, "input_path": "$"}),
+                "input",
+                "only one of",
+            ),
+            (
+                json!({"input_path": "$", "input_template": "x"}),
+                "input_path",
+                "only one of",
+            ),
+            (
+                json!({"input_paths_map": {"a": "$.a"}}),
+                "input_template",
+                "required",
+            ),
+            (
+                json!({"input_template": "<a>"}),
+                "input_template",
+                "input_paths_map is not set",
+            ),
+            (
+                json!({"input_paths_map": {"a": "$.a"}, "input_template": "<b>"}),
+                "input_template",
+                "invalid placeholder <b>",
+            ),
+            (
+                json!({"input_paths_map": {"a": "$..["}, "input_template": "<a>"}),
+                "input_paths_map.a",
+                "invalid JSONPath",
+            ),
+            (
+                json!({"input_paths_map": {"a": 1}, "input_template": "<a>"}),
+                "input_paths_map.a",
+                "JSONPath string",
+            ),
+            (
+                json!({"input_paths_map": {"a b": "$"}, "input_template": "x"}),
+                "input_paths_map.a b",
+                "not a valid variable name",
+            ),
+            (
+                json!({"input_paths_map": {"aws.events.event": "$"}, "input_template": "x"}),
+                "input_paths_map.aws.events.event",
+                "reserved",
+            ),
+            (
+                json!({"input_path": "$.a["}),
+                "input_path",
+                "invalid JSONPath",
+            ),
+        ];
+        for (spec_json, field, reason) in cases {
+            let e = compile_err(spec_json.clone());
+            assert_eq!(e.field, field, "{spec_json}");
+            assert!(e.reason.contains(reason), "{spec_json}: {e}");
+        }
+        let many: serde_json::Map<String, Value> = (0..=MAX_VARIABLES)
+            .map(|i| (format!("v{i}"), json!("$.a")))
+            .collect();
+        let e = compile_err(json!({"input_paths_map": many, "input_template": "x"}));
+        assert_eq!(e.field, "input_paths_map");
+    }
+
+    #[test]
+    fn validate_lists_every_problem() {
+        let problems = spec(json!({"input_paths_map": {"a": "$[", "b!": "$"}, "input_template": "<c>", "input_path": "$"})).validate();
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["input_path"]);
+        let problems =
+            spec(json!({"input_paths_map": {"a": "$[", "b!": "$"}, "input_template": "<c>"}))
+                .validate();
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["input_paths_map.a", "input_paths_map.b!", "input_template"]
+        );
+    }
+
+    #[test]
+    fn input_path_that_matches_nothing_fails_the_render() {
+        let err = render(json!({"input_path": "$.nope"}), json!({})).unwrap_err();
+        assert!(err.0.contains("matched nothing"));
+    }
+
+    #[test]
+    fn invalid_json_output_fails_the_render() {
+        let t = json!({"input_paths_map": {"n": "$.n"}, "input_template": "{\"a\": -<n>}"});
+        assert_eq!(render(t.clone(), json!({"n": 5})).unwrap(), r#"{"a":-5}"#);
+        let err = render(t, json!({"n": "x"})).unwrap_err();
+        assert!(err.0.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn output_kind() {
+        let json_kind = |v: Value| spec(v).compile().unwrap().output_is_json();
+        assert!(json_kind(json!({"input": "x"})));
+        assert!(json_kind(json!({"input_template": "[1]"})));
+        assert!(!json_kind(json!({"input_template": "text"})));
+        let whole = spec(json!({"input_template": "{\"e\": <busbar.event-json>}"}))
+            .compile()
+            .unwrap();
+        assert!(whole.uses_whole_event());
+    }
+
+    #[test]
+    fn transforms_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Transform>();
+    }
+}
