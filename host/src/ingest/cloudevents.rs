@@ -317,3 +317,292 @@ fn unquote(raw: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
     }
     Ok(Cow::Owned(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderName, HeaderValue};
+    use serde_json::json;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const BINARY: [(&str, &str); 4] = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+    ];
+
+    fn binary(extra: &[(&str, &str)], body: &[u8]) -> Result<Event, IngestError> {
+        let mut pairs = BINARY.to_vec();
+        pairs.extend_from_slice(extra);
+        match parse_cloudevents(&headers(&pairs), body, &IngestLimits::default())? {
+            CloudEventsBody::Single(event) => Ok(event),
+            CloudEventsBody::Batch(_) => panic!("binary mode gave a batch"),
+        }
+    }
+
+    fn summary(e: &IngestError) -> (u16, &'static str, Option<&str>) {
+        (e.status(), e.code(), e.field())
+    }
+
+    #[test]
+    fn dispatch_by_content_type() {
+        let limits = IngestLimits::default();
+        let event = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+        let structured = headers(&[(
+            "content-type",
+            "Application/CloudEvents+JSON; charset=UTF-8",
+        )]);
+        assert!(matches!(
+            parse_cloudevents(&structured, event, &limits),
+            Ok(CloudEventsBody::Single(_))
+        ));
+        let batch = headers(&[("content-type", "application/cloudevents-batch+json")]);
+        assert!(matches!(
+            parse_cloudevents(&batch, b"[]", &limits),
+            Ok(CloudEventsBody::Batch(v)) if v.is_empty()
+        ));
+        for ct in [
+            None,
+            Some("application/json"),
+            Some("application/cloudevents+avro"),
+        ] {
+            let h = headers(&ct.map(|ct| vec![("content-type", ct)]).unwrap_or_default());
+            let e = parse_cloudevents(&h, event, &limits).unwrap_err();
+            assert_eq!(
+                summary(&e),
+                (415, "unsupported_media_type", Some("content-type"))
+            );
+        }
+    }
+
+    #[test]
+    fn binary_mode_without_required_headers_names_the_header() {
+        let limits = IngestLimits::default();
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ]);
+        let e = parse_cloudevents(&h, b"", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "missing_attribute", Some("ce-id")));
+        let h = headers(&[("ce-id", "1")]);
+        let e = parse_cloudevents(&h, b"", &limits).unwrap_err();
+        assert_eq!(
+            summary(&e),
+            (400, "missing_attribute", Some("ce-specversion"))
+        );
+    }
+
+    #[test]
+    fn binary_mode_maps_headers_to_attributes() {
+        let event = binary(&[("CE-Subject", "sub"), ("ce-myext", "5")], b"").unwrap();
+        let map = event.as_map();
+        assert_eq!(map["subject"], json!("sub"));
+        assert_eq!(map["myext"], json!("5"), "header values are strings");
+        assert!(!map.contains_key("data") && !map.contains_key("datacontenttype"));
+    }
+
+    #[test]
+    fn binary_mode_attribute_errors_name_headers() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 7] = [
+            (&[("ce-time", "yesterday")], "invalid_attribute", "ce-time"),
+            (&[("ce-my-ext", "x")], "invalid_attribute_name", "ce-my-ext"),
+            (&[("ce-data", "x")], "invalid_attribute_name", "ce-data"),
+            (
+                &[("ce-datacontenttype", "text/plain")],
+                "invalid_header",
+                "ce-datacontenttype",
+            ),
+            (&[("ce-id", "2")], "invalid_header", "ce-id"),
+            (&[("ce-subject", "%zz")], "invalid_header", "ce-subject"),
+            (
+                &[("content-type", "not a type")],
+                "invalid_attribute",
+                "content-type",
+            ),
+        ];
+        for (extra, code, field) in cases {
+            let e = binary(extra, b"x").unwrap_err();
+            assert_eq!(summary(&e), (400, code, Some(field)), "{extra:?}");
+        }
+        let mut pairs = BINARY.to_vec();
+        pairs[0] = ("ce-specversion", "0.3");
+        let e = parse_cloudevents(&headers(&pairs), b"", &IngestLimits::default()).unwrap_err();
+        assert_eq!(
+            summary(&e),
+            (400, "unsupported_specversion", Some("ce-specversion"))
+        );
+    }
+
+    #[test]
+    fn binary_mode_bodies() {
+        let json = binary(
+            &[("content-type", "application/json; charset=utf-8")],
+            br#"{"a":[1,2]}"#,
+        )
+        .unwrap();
+        assert_eq!(json.as_map()["data"], json!({"a": [1, 2]}));
+        assert_eq!(
+            json.as_map()["datacontenttype"],
+            json!("application/json; charset=utf-8")
+        );
+        let plus_json = binary(&[("content-type", "application/vnd.x+json")], b"\"s\"").unwrap();
+        assert_eq!(plus_json.as_map()["data"], json!("s"));
+        let text = binary(&[("content-type", "text/plain")], "héllo".as_bytes()).unwrap();
+        assert_eq!(text.as_map()["data"], json!("héllo"));
+        let latin1 = binary(
+            &[("content-type", "text/plain; charset=iso-8859-1")],
+            b"h\xe9",
+        )
+        .unwrap();
+        assert_eq!(latin1.as_map()["data_base64"], json!("aOk="));
+        let bytes = binary(&[("content-type", "application/octet-stream")], b"\x00\xff").unwrap();
+        assert_eq!(bytes.as_map()["data_base64"], json!("AP8="));
+        let untyped = binary(&[], b"{}").unwrap();
+        assert_eq!(untyped.as_map()["data_base64"], json!("e30="));
+        assert!(!untyped.as_map().contains_key("datacontenttype"));
+        let empty = binary(&[("content-type", "application/json")], b"").unwrap();
+        assert!(!empty.as_map().contains_key("data"));
+        assert_eq!(empty.as_map()["datacontenttype"], json!("application/json"));
+        let e = binary(&[("content-type", "application/json")], b"{nope").unwrap_err();
+        assert_eq!(summary(&e), (400, "invalid_data", Some("data")));
+    }
+
+    #[test]
+    fn header_values_are_percent_decoded() {
+        let decode = |s: &[u8]| decode_header_value(s);
+        assert_eq!(
+            decode(b"Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(),
+            "Euro € 😀"
+        );
+        assert_eq!(decode(b"lower%e2%82%ac").unwrap(), "lower€");
+        assert_eq!(
+            decode(b"%41%42c").unwrap(),
+            "ABc",
+            "needless escapes are accepted"
+        );
+        assert_eq!(decode(b"  padded \t").unwrap(), "padded");
+        assert_eq!(decode(b"\"quoted value\"").unwrap(), "quoted value");
+        assert_eq!(decode(br#""say \"hi\"""#).unwrap(), "say \"hi\"");
+        assert_eq!(decode(b"\"100%25\"").unwrap(), "100%");
+        assert_eq!(decode(b"a=\"b c\"").unwrap(), "a=b c");
+        assert_eq!(decode("raw é".as_bytes()).unwrap(), "raw é");
+        for bad in [
+            &b"%C0%A0"[..],
+            b"%E2%82",
+            b"%FF",
+            b"100%",
+            b"%2",
+            b"%g0",
+            b"\"open",
+            b"\"x\\",
+            b"\xff",
+        ] {
+            assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn decoded_control_characters_are_refused() {
+        let e = binary(&[("ce-subject", "a%0Ab")], b"").unwrap_err();
+        assert_eq!(summary(&e), (400, "invalid_attribute", Some("ce-subject")));
+    }
+
+    #[test]
+    fn structured_mode_errors() {
+        let limits = IngestLimits::default();
+        let e = parse_structured(b"{", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "malformed_json", None));
+        let e = parse_structured(b"[]", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "wrong_shape", None));
+        let e = parse_structured(br#"{"specversion":"1.0","id":"1","source":"/s"}"#, &limits)
+            .unwrap_err();
+        assert_eq!(summary(&e), (400, "missing_attribute", Some("type")));
+    }
+
+    #[test]
+    fn batch_entries_fail_alone() {
+        let body = br#"[
+            {"specversion":"1.0","id":"1","source":"/s","type":"t"},
+            {"specversion":"1.0","id":"2","source":"bad source","type":"t"},
+            7,
+            {"specversion":"1.0","id":"4","source":"/s","type":"t","data":null}
+        ]"#;
+        let results = parse_batch(body, &IngestLimits::default()).unwrap();
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[0].as_ref().unwrap().id(), "1");
+        let e = results[1].as_ref().unwrap_err();
+        assert_eq!(summary(e), (400, "invalid_attribute", Some("[1].source")));
+        let e = results[2].as_ref().unwrap_err();
+        assert_eq!(summary(e), (400, "wrong_shape", Some("[2]")));
+        assert_eq!(results[3].as_ref().unwrap().as_map()["data"], Value::Null);
+    }
+
+    #[test]
+    fn batch_limits() {
+        let limits = IngestLimits {
+            max_batch_entries: 2,
+            max_event_bytes: 200,
+            ..IngestLimits::default()
+        };
+        let e = parse_batch(b"[{},{},{}]", &limits).unwrap_err();
+        assert_eq!(summary(&e), (413, "too_many_entries", None));
+        let e = parse_batch(b"{}", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "wrong_shape", None));
+        let e = parse_batch(b"[", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "malformed_json", None));
+        let big = "x".repeat(300);
+        let body = format!(
+            r#"[{{"specversion":"1.0","id":"1","source":"/s","type":"t"}},
+                {{"specversion":"1.0","id":"2","source":"/s","type":"t","data":"{big}"}}]"#
+        );
+        let results = parse_batch(body.as_bytes(), &limits).unwrap();
+        assert!(results[0].is_ok());
+        let e = results[1].as_ref().unwrap_err();
+        assert_eq!(summary(e), (413, "event_too_large", Some("[1]")));
+    }
+
+    #[test]
+    fn oversized_single_events() {
+        let limits = IngestLimits {
+            max_event_bytes: 100,
+            ..IngestLimits::default()
+        };
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"{}"}}"#,
+            "x".repeat(100)
+        );
+        let e = parse_structured(body.as_bytes(), &limits).unwrap_err();
+        assert_eq!(summary(&e), (413, "event_too_large", None));
+        let h = headers(&BINARY);
+        let e = parse_binary(&h, Some("text/plain"), &[b'x'; 100], &limits).unwrap_err();
+        assert_eq!(summary(&e), (413, "event_too_large", None));
+        // Whitespace in the body does not count: the stored form is compact.
+        let padded = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t"{}}}"#,
+            " ".repeat(200)
+        );
+        assert!(parse_structured(padded.as_bytes(), &limits).is_ok());
+    }
+
+    #[test]
+    fn content_type_that_is_not_ascii_is_refused() {
+        let mut h = headers(&BINARY);
+        h.insert(CONTENT_TYPE, HeaderValue::from_bytes(b"text/\xe9").unwrap());
+        let e = parse_cloudevents(&h, b"", &IngestLimits::default()).unwrap_err();
+        assert_eq!(summary(&e), (400, "invalid_header", Some("content-type")));
+    }
+}

@@ -325,3 +325,255 @@ fn epoch_seconds(secs: f64) -> Option<DateTime<Utc>> {
 fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(body: Value) -> Result<Vec<PutEventsEntry>, IngestError> {
+        parse_put_events(body.to_string().as_bytes(), &IngestLimits::default())
+    }
+
+    fn entry() -> Value {
+        json!({"Source": "com.shop", "DetailType": "order.created", "Detail": "{\"total\": 5}"})
+    }
+
+    fn one(entry: Value) -> PutEventsEntry {
+        let mut entries = parse(json!({ "Entries": [entry] })).unwrap();
+        assert_eq!(entries.len(), 1);
+        entries.remove(0)
+    }
+
+    fn one_err(entry: Value) -> (u16, &'static str, String, &'static str) {
+        let e = one(entry).event.unwrap_err();
+        (
+            e.status(),
+            e.code(),
+            e.field().unwrap_or("").to_owned(),
+            e.put_events_code(),
+        )
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut e = entry();
+        e[key] = value;
+        e
+    }
+
+    #[test]
+    fn entry_becomes_a_cloudevent() {
+        let mut e = entry();
+        e["Resources"] = json!(["arn:aws:s3:::bucket"]);
+        e["Time"] = json!("2024-05-06T07:08:09Z");
+        e["TraceHeader"] = json!("Root=1-5759e988-bd862e3fe1be46a994272793");
+        e["Unknown"] = json!(1);
+        let parsed = one(e);
+        assert_eq!(parsed.bus, "default");
+        let event = parsed.event.unwrap();
+        let map = event.as_map();
+        assert_eq!(map["specversion"], json!("1.0"));
+        assert_eq!(
+            uuid::Uuid::parse_str(event.id()).unwrap().get_version_num(),
+            7
+        );
+        assert_eq!(event.source(), "com.shop");
+        assert_eq!(event.event_type(), "order.created");
+        assert_eq!(map["time"], json!("2024-05-06T07:08:09Z"));
+        assert_eq!(map["datacontenttype"], json!("application/json"));
+        assert_eq!(map["data"], json!({"total": 5}));
+        assert_eq!(map["resources"], json!(["arn:aws:s3:::bucket"]));
+        assert_eq!(
+            map["traceparent"],
+            json!("Root=1-5759e988-bd862e3fe1be46a994272793")
+        );
+        assert!(!map.contains_key("Unknown"));
+    }
+
+    #[test]
+    fn time_defaults_to_now_and_accepts_epoch_seconds() {
+        let event = one(entry()).event.unwrap();
+        let time = event.str_attr("time").unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+        let event = one(with("Time", json!(1_700_000_000.5))).event.unwrap();
+        assert_eq!(event.str_attr("time"), Some("2023-11-14T22:13:20.500Z"));
+        let event = one(with("Time", json!(-1.5))).event.unwrap();
+        assert_eq!(event.str_attr("time"), Some("1969-12-31T23:59:58.500Z"));
+        assert_eq!(one_err(with("Time", json!(1e300))).2, "Entries[0].Time");
+        assert_eq!(
+            one_err(with("Time", json!("yesterday"))).2,
+            "Entries[0].Time"
+        );
+        assert_eq!(one_err(with("Time", json!(true))).2, "Entries[0].Time");
+    }
+
+    #[test]
+    fn bus_names_and_arns() {
+        let bus = |name: &str| one(with("EventBusName", json!(name))).bus;
+        assert_eq!(bus("orders"), "orders");
+        assert_eq!(
+            bus("arn:aws:events:us-east-1:123456789012:event-bus/orders"),
+            "orders"
+        );
+        for bad in [
+            "",
+            "a/b",
+            "has space",
+            "arn:aws:sqs:us-east-1:1:queue/x",
+            "arn:aws:events:us-east-1:1:rule/x",
+            "arn:aws:events",
+        ] {
+            let e = one_err(with("EventBusName", json!(bad)));
+            assert_eq!(
+                e,
+                (
+                    400,
+                    "invalid_field",
+                    "Entries[0].EventBusName".into(),
+                    "InvalidArgument"
+                ),
+                "{bad}"
+            );
+        }
+        let e = one_err(with("EventBusName", json!(5)));
+        assert_eq!(e.2, "Entries[0].EventBusName");
+    }
+
+    #[test]
+    fn required_fields() {
+        for field in ["Source", "DetailType", "Detail"] {
+            let mut e = entry();
+            e.as_object_mut().unwrap().remove(field);
+            let path = format!("Entries[0].{field}");
+            assert_eq!(
+                one_err(e),
+                (400, "missing_field", path.clone(), "InvalidArgument")
+            );
+            assert_eq!(one_err(with(field, Value::Null)).1, "missing_field");
+        }
+        assert_eq!(one_err(with("Source", json!(""))).1, "invalid_field");
+        assert_eq!(one_err(with("Source", json!(1))).2, "Entries[0].Source");
+        assert_eq!(
+            one_err(with("DetailType", json!(["x"]))).2,
+            "Entries[0].DetailType"
+        );
+        let e = one_err(with("Source", json!("not a uri")));
+        assert_eq!(
+            (e.1, e.2.as_str()),
+            ("invalid_attribute", "Entries[0].Source")
+        );
+        let e = one_err(with("DetailType", json!("bad\ntype")));
+        assert_eq!(e.2, "Entries[0].DetailType");
+    }
+
+    #[test]
+    fn detail_must_be_a_json_object_in_a_string() {
+        for detail in [
+            json!("not json"),
+            json!("[1]"),
+            json!("\"s\""),
+            json!({"a": 1}),
+            json!(3),
+        ] {
+            let e = one_err(with("Detail", detail.clone()));
+            assert_eq!(
+                e,
+                (
+                    400,
+                    "malformed_detail",
+                    "Entries[0].Detail".into(),
+                    "MalformedDetail"
+                ),
+                "{detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn optional_fields_have_types() {
+        let e = one_err(with("Resources", json!("arn:x")));
+        assert_eq!(e.2, "Entries[0].Resources");
+        let e = one_err(with("Resources", json!(["ok", 1])));
+        assert_eq!(e.2, "Entries[0].Resources");
+        let e = one_err(with("TraceHeader", json!(1)));
+        assert_eq!(e.2, "Entries[0].TraceHeader");
+        let e = one_err(with("TraceHeader", json!("a\u{1}b")));
+        assert_eq!(e.2, "Entries[0].TraceHeader");
+    }
+
+    #[test]
+    fn whole_request_errors() {
+        let summary = |r: Result<Vec<PutEventsEntry>, IngestError>| {
+            let e = r.unwrap_err();
+            (e.status(), e.code(), e.field().map(str::to_owned))
+        };
+        let limits = IngestLimits::default();
+        assert_eq!(
+            summary(parse_put_events(b"nope", &limits)),
+            (400, "malformed_json", None)
+        );
+        assert_eq!(summary(parse(json!([]))), (400, "wrong_shape", None));
+        assert_eq!(
+            summary(parse(json!({}))),
+            (400, "missing_field", Some("Entries".into()))
+        );
+        assert_eq!(
+            summary(parse(json!({"Entries": {}}))),
+            (400, "invalid_field", Some("Entries".into()))
+        );
+        assert_eq!(
+            summary(parse(json!({"Entries": []}))),
+            (400, "invalid_field", Some("Entries".into()))
+        );
+        let eleven: Vec<Value> = (0..11).map(|_| entry()).collect();
+        assert_eq!(
+            summary(parse(json!({ "Entries": eleven }))),
+            (413, "too_many_entries", Some("Entries".into()))
+        );
+    }
+
+    #[test]
+    fn entries_fail_alone_and_keep_their_bus() {
+        let entries = parse(json!({"Entries": [
+            entry(),
+            with("Detail", json!("{")),
+            "not an object",
+            with("EventBusName", json!("orders")),
+        ]}))
+        .unwrap();
+        assert!(entries[0].event.is_ok());
+        assert_eq!(
+            entries[1].event.as_ref().unwrap_err().field(),
+            Some("Entries[1].Detail")
+        );
+        assert_eq!(entries[1].bus, "default");
+        assert_eq!(
+            entries[2].event.as_ref().unwrap_err().field(),
+            Some("Entries[2]")
+        );
+        assert_eq!(entries[3].bus, "orders");
+        assert_ne!(
+            entries[0].event.as_ref().unwrap().id(),
+            entries[3].event.as_ref().unwrap().id()
+        );
+    }
+
+    #[test]
+    fn oversized_entries_fail_alone() {
+        let limits = IngestLimits {
+            max_event_bytes: 300,
+            ..IngestLimits::default()
+        };
+        let big = format!("{{\"x\": \"{}\"}}", "y".repeat(300));
+        let body = json!({"Entries": [entry(), with("Detail", json!(big))]}).to_string();
+        let entries = parse_put_events(body.as_bytes(), &limits).unwrap();
+        assert!(entries[0].event.is_ok());
+        let e = entries[1].event.as_ref().unwrap_err();
+        assert_eq!(
+            (e.status(), e.code(), e.field()),
+            (413, "event_too_large", Some("Entries[1]"))
+        );
+        assert_eq!(e.put_events_code(), "InvalidArgument");
+    }
+}
