@@ -9,5 +9,6 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod event;
+pub mod ingest;
 pub mod pattern;
 pub mod transform;

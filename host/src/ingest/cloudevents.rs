@@ -1,0 +1,608 @@
+//! The CloudEvents 1.0 HTTP protocol binding: structured, batched and binary
+//! content modes, chosen by the request's Content-Type.
+
+use std::borrow::Cow;
+
+use http::HeaderMap;
+use http::header::CONTENT_TYPE;
+use serde_json::{Map, Value};
+
+use super::error::{Field, IngestError};
+use super::validate::{self, attr};
+use super::{IngestLimits, syntax};
+use crate::event::Event;
+
+/// The media type of the JSON event format (structured mode).
+pub const STRUCTURED_MEDIA_TYPE: &str = "application/cloudevents+json";
+/// The media type of the JSON batch format (batched mode).
+pub const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
+
+/// Prefix of the binary-mode attribute headers (names arrive lowercased).
+const HEADER_PREFIX: &str = "ce-";
+
+/// What a CloudEvents request carried.
+#[derive(Debug)]
+pub enum CloudEventsBody {
+    /// One event (structured or binary mode).
+    Single(Event),
+    /// A JSON batch: one result per entry, in order; bad entries fail alone,
+    /// their error's field prefixed with the entry's index (`[3].source`).
+    Batch(Vec<Result<Event, IngestError>>),
+}
+
+/// Parses a CloudEvents HTTP request into validated events.
+///
+/// The mode follows the Content-Type (matched case-insensitively, parameters
+/// ignored): `application/cloudevents+json` is structured mode,
+/// `application/cloudevents-batch+json` batched mode, and any other type (or
+/// none) is binary mode when at least one `ce-*` header is present. Otherwise
+/// the answer is 415. In binary mode a missing required attribute names its
+/// header (`ce-id`).
+pub fn parse_cloudevents(
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &IngestLimits,
+) -> Result<CloudEventsBody, IngestError> {
+    let content_type = match headers.get(CONTENT_TYPE) {
+        Some(value) => Some(value.to_str().map_err(|_| IngestError::InvalidHeader {
+            field: Cow::Borrowed("content-type"),
+            reason: Cow::Borrowed("is not visible ASCII"),
+        })?),
+        None => None,
+    };
+    let essence = content_type.map(syntax::essence).unwrap_or_default();
+    if essence.eq_ignore_ascii_case(STRUCTURED_MEDIA_TYPE) {
+        return parse_structured(body, limits).map(CloudEventsBody::Single);
+    }
+    if essence.eq_ignore_ascii_case(BATCH_MEDIA_TYPE) {
+        return parse_batch(body, limits).map(CloudEventsBody::Batch);
+    }
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with(HEADER_PREFIX))
+    {
+        return parse_binary(headers, content_type, body, limits).map(CloudEventsBody::Single);
+    }
+    Err(IngestError::UnsupportedMediaType {
+        content_type: content_type.unwrap_or_default().to_owned(),
+    })
+}
+
+fn malformed_json(err: &serde_json::Error) -> IngestError {
+    IngestError::MalformedJson {
+        field: None,
+        reason: err.to_string(),
+    }
+}
+
+/// Structured mode: the body is one event in the JSON format.
+pub fn parse_structured(body: &[u8], limits: &IngestLimits) -> Result<Event, IngestError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => event_from_json(map, body.len(), limits),
+        Ok(_) => Err(IngestError::WrongShape {
+            field: None,
+            expected: "a JSON object (one CloudEvent)",
+        }),
+        Err(err) => Err(malformed_json(&err)),
+    }
+}
+
+/// Batched mode: the body is a JSON array of events, each judged alone.
+///
+/// An empty array is a valid (empty) batch. More entries than
+/// `max_batch_entries` refuse the whole request with 413, like an oversized
+/// body: the request is too large, not malformed.
+pub fn parse_batch(
+    body: &[u8],
+    limits: &IngestLimits,
+) -> Result<Vec<Result<Event, IngestError>>, IngestError> {
+    let entries = match serde_json::from_slice(body) {
+        Ok(Value::Array(entries)) => entries,
+        Ok(_) => {
+            return Err(IngestError::WrongShape {
+                field: None,
+                expected: "a JSON array of CloudEvents",
+            });
+        }
+        Err(err) => return Err(malformed_json(&err)),
+    };
+    if entries.len() > limits.max_batch_entries {
+        return Err(IngestError::TooManyEntries {
+            field: None,
+            count: entries.len(),
+            limit: limits.max_batch_entries,
+        });
+    }
+    // The whole body bounds each entry's size (see `validate::MAX_GROWTH`):
+    // small batches skip the exact count for every entry.
+    let bound = body.len();
+    Ok(entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let result = match entry {
+                Value::Object(map) => event_from_json(map, bound, limits),
+                _ => Err(IngestError::WrongShape {
+                    field: None,
+                    expected: "a JSON object (one CloudEvent)",
+                }),
+            };
+            result.map_err(|e| e.map_field(|f| batch_path(i, f)))
+        })
+        .collect())
+}
+
+fn batch_path(index: usize, field: &str) -> Field {
+    if field.is_empty() {
+        Cow::Owned(format!("[{index}]"))
+    } else {
+        Cow::Owned(format!("[{index}].{field}"))
+    }
+}
+
+fn event_from_json(
+    mut map: Map<String, Value>,
+    input_bound: usize,
+    limits: &IngestLimits,
+) -> Result<Event, IngestError> {
+    validate::check_attributes(&mut map)?;
+    validate::check_size(&map, input_bound, limits)?;
+    Ok(Event::from_validated(map))
+}
+
+/// Binary mode: attributes in `ce-*` headers, the payload in the body, its
+/// media type in Content-Type (which becomes `datacontenttype`).
+///
+/// Header values are unquoted (RFC 7230 quoted-strings) and percent-decoded
+/// once, then must be UTF-8. All `ce-*` values are strings (headers carry no
+/// JSON types). The body becomes `data` parsed as JSON for a JSON media type
+/// (`*/json`, `*/*+json`), `data` as a string for `text/*` when it is UTF-8,
+/// and `data_base64` otherwise (including no Content-Type); an empty body
+/// means no data.
+pub fn parse_binary(
+    headers: &HeaderMap,
+    content_type: Option<&str>,
+    body: &[u8],
+    limits: &IngestLimits,
+) -> Result<Event, IngestError> {
+    let mut map = Map::new();
+    let mut input_bound = body.len();
+    for (name, value) in headers {
+        let Some(attribute) = name.as_str().strip_prefix(HEADER_PREFIX) else {
+            continue;
+        };
+        let header = || Cow::Owned(name.as_str().to_owned());
+        if !syntax::is_attribute_name(attribute) || attribute == attr::DATA {
+            return Err(IngestError::InvalidAttributeName { field: header() });
+        }
+        if attribute == attr::DATACONTENTTYPE {
+            return Err(IngestError::InvalidHeader {
+                field: header(),
+                reason: Cow::Borrowed(
+                    "must not be sent in binary mode: Content-Type carries datacontenttype",
+                ),
+            });
+        }
+        if map.contains_key(attribute) {
+            return Err(IngestError::InvalidHeader {
+                field: header(),
+                reason: Cow::Borrowed("appears more than once"),
+            });
+        }
+        let decoded =
+            decode_header_value(value.as_bytes()).map_err(|reason| IngestError::InvalidHeader {
+                field: header(),
+                reason: Cow::Borrowed(reason),
+            })?;
+        input_bound += name.as_str().len() + value.len() + 8;
+        map.insert(attribute.to_owned(), Value::String(decoded));
+    }
+
+    let content_type = content_type.map(|ct| ct.trim_matches([' ', '\t']));
+    if let Some(ct) = content_type {
+        input_bound += ct.len() + 20;
+        map.insert(
+            attr::DATACONTENTTYPE.to_owned(),
+            Value::String(ct.to_owned()),
+        );
+    }
+    if !body.is_empty() {
+        let (key, data) = binary_data(content_type, body)?;
+        map.insert(key.to_owned(), data);
+    }
+
+    validate::check_attributes(&mut map).map_err(|e| e.map_field(header_for_attribute))?;
+    validate::check_size(&map, input_bound, limits)?;
+    Ok(Event::from_validated(map))
+}
+
+/// The header that carried an attribute in binary mode.
+fn header_for_attribute(attribute: &str) -> Field {
+    match attribute {
+        "" => Cow::Borrowed(""),
+        attr::DATACONTENTTYPE => Cow::Borrowed("content-type"),
+        attr::DATA | attr::DATA_BASE64 => Cow::Borrowed(attr::DATA),
+        other => Cow::Owned(format!("{HEADER_PREFIX}{other}")),
+    }
+}
+
+/// The JSON member and value a binary-mode body becomes.
+fn binary_data(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(&'static str, Value), IngestError> {
+    if let Some(ct) = content_type {
+        if syntax::check_media_type(ct).is_ok() && syntax::is_json_media_type(ct) {
+            let data = serde_json::from_slice(body).map_err(|err| IngestError::InvalidData {
+                field: Cow::Borrowed(attr::DATA),
+                reason: Cow::Owned(format!(
+                    "the body is declared as JSON ({ct}) but does not parse: {err}"
+                )),
+            })?;
+            return Ok((attr::DATA, data));
+        }
+        if syntax::is_text_media_type(ct)
+            && let Ok(text) = std::str::from_utf8(body)
+        {
+            return Ok((attr::DATA, Value::String(text.to_owned())));
+        }
+    }
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+    Ok((attr::DATA_BASE64, Value::String(encoded)))
+}
+
+/// Decodes a binary-mode header value (HTTP binding 3.1.3.2): optional
+/// whitespace trimmed, double-quoted strings unescaped, then one round of
+/// percent-decoding; the bytes must be UTF-8 (overlong forms refused).
+pub(crate) fn decode_header_value(raw: &[u8]) -> Result<String, &'static str> {
+    let start = raw.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    let end = raw.len()
+        - raw[start..]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+    let raw = &raw[start..end];
+
+    // Fast path: nothing to unquote or decode.
+    if !raw.iter().any(|&b| b == b'%' || b == b'"') {
+        return std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| "is not valid UTF-8");
+    }
+
+    let unquoted = unquote(raw)?;
+    let mut out = Vec::with_capacity(unquoted.len());
+    let mut i = 0;
+    while i < unquoted.len() {
+        let b = unquoted[i];
+        if b == b'%' {
+            let hi = unquoted.get(i + 1).and_then(|&h| (h as char).to_digit(16));
+            let lo = unquoted.get(i + 2).and_then(|&h| (h as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err("has a % not followed by two hex digits");
+            };
+            // Two hex digits always fit in a byte.
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "does not percent-decode to valid UTF-8")
+}
+
+/// Removes RFC 7230 double quotes and backslash escapes inside them.
+fn unquote(raw: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
+    if !raw.contains(&b'"') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut quoted = false;
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        match (quoted, b) {
+            (_, b'"') => quoted = !quoted,
+            (true, b'\\') => match bytes.next() {
+                Some(&escaped) => out.push(escaped),
+                None => return Err("ends inside a backslash escape"),
+            },
+            _ => out.push(b),
+        }
+    }
+    if quoted {
+        return Err("has an unterminated quoted string");
+    }
+    Ok(Cow::Owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderName, HeaderValue};
+    use serde_json::json;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const BINARY: [(&str, &str); 4] = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+    ];
+
+    fn binary(extra: &[(&str, &str)], body: &[u8]) -> Result<Event, IngestError> {
+        let mut pairs = BINARY.to_vec();
+        pairs.extend_from_slice(extra);
+        match parse_cloudevents(&headers(&pairs), body, &IngestLimits::default())? {
+            CloudEventsBody::Single(event) => Ok(event),
+            CloudEventsBody::Batch(_) => panic!("binary mode gave a batch"),
+        }
+    }
+
+    fn summary(e: &IngestError) -> (u16, &'static str, Option<&str>) {
+        (e.status(), e.code(), e.field())
+    }
+
+    #[test]
+    fn dispatch_by_content_type() {
+        let limits = IngestLimits::default();
+        let event = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+        let structured = headers(&[(
+            "content-type",
+            "Application/CloudEvents+JSON; charset=UTF-8",
+        )]);
+        assert!(matches!(
+            parse_cloudevents(&structured, event, &limits),
+            Ok(CloudEventsBody::Single(_))
+        ));
+        let batch = headers(&[("content-type", "application/cloudevents-batch+json")]);
+        assert!(matches!(
+            parse_cloudevents(&batch, b"[]", &limits),
+            Ok(CloudEventsBody::Batch(v)) if v.is_empty()
+        ));
+        for ct in [
+            None,
+            Some("application/json"),
+            Some("application/cloudevents+avro"),
+        ] {
+            let h = headers(&ct.map(|ct| vec![("content-type", ct)]).unwrap_or_default());
+            let e = parse_cloudevents(&h, event, &limits).unwrap_err();
+            assert_eq!(
+                summary(&e),
+                (415, "unsupported_media_type", Some("content-type"))
+            );
+        }
+    }
+
+    #[test]
+    fn binary_mode_without_required_headers_names_the_header() {
+        let limits = IngestLimits::default();
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ]);
+        let e = parse_cloudevents(&h, b"", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "missing_attribute", Some("ce-id")));
+        let h = headers(&[("ce-id", "1")]);
+        let e = parse_cloudevents(&h, b"", &limits).unwrap_err();
+        assert_eq!(
+            summary(&e),
+            (400, "missing_attribute", Some("ce-specversion"))
+        );
+    }
+
+    #[test]
+    fn binary_mode_maps_headers_to_attributes() {
+        let event = binary(&[("CE-Subject", "sub"), ("ce-myext", "5")], b"").unwrap();
+        let map = event.as_map();
+        assert_eq!(map["subject"], json!("sub"));
+        assert_eq!(map["myext"], json!("5"), "header values are strings");
+        assert!(!map.contains_key("data") && !map.contains_key("datacontenttype"));
+    }
+
+    #[test]
+    fn binary_mode_attribute_errors_name_headers() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 7] = [
+            (&[("ce-time", "yesterday")], "invalid_attribute", "ce-time"),
+            (&[("ce-my-ext", "x")], "invalid_attribute_name", "ce-my-ext"),
+            (&[("ce-data", "x")], "invalid_attribute_name", "ce-data"),
+            (
+                &[("ce-datacontenttype", "text/plain")],
+                "invalid_header",
+                "ce-datacontenttype",
+            ),
+            (&[("ce-id", "2")], "invalid_header", "ce-id"),
+            (&[("ce-subject", "%zz")], "invalid_header", "ce-subject"),
+            (
+                &[("content-type", "not a type")],
+                "invalid_attribute",
+                "content-type",
+            ),
+        ];
+        for (extra, code, field) in cases {
+            let e = binary(extra, b"x").unwrap_err();
+            assert_eq!(summary(&e), (400, code, Some(field)), "{extra:?}");
+        }
+        let mut pairs = BINARY.to_vec();
+        pairs[0] = ("ce-specversion", "0.3");
+        let e = parse_cloudevents(&headers(&pairs), b"", &IngestLimits::default()).unwrap_err();
+        assert_eq!(
+            summary(&e),
+            (400, "unsupported_specversion", Some("ce-specversion"))
+        );
+    }
+
+    #[test]
+    fn binary_mode_bodies() {
+        let json = binary(
+            &[("content-type", "application/json; charset=utf-8")],
+            br#"{"a":[1,2]}"#,
+        )
+        .unwrap();
+        assert_eq!(json.as_map()["data"], json!({"a": [1, 2]}));
+        assert_eq!(
+            json.as_map()["datacontenttype"],
+            json!("application/json; charset=utf-8")
+        );
+        let plus_json = binary(&[("content-type", "application/vnd.x+json")], b"\"s\"").unwrap();
+        assert_eq!(plus_json.as_map()["data"], json!("s"));
+        let text = binary(&[("content-type", "text/plain")], "héllo".as_bytes()).unwrap();
+        assert_eq!(text.as_map()["data"], json!("héllo"));
+        let latin1 = binary(
+            &[("content-type", "text/plain; charset=iso-8859-1")],
+            b"h\xe9",
+        )
+        .unwrap();
+        assert_eq!(latin1.as_map()["data_base64"], json!("aOk="));
+        let bytes = binary(&[("content-type", "application/octet-stream")], b"\x00\xff").unwrap();
+        assert_eq!(bytes.as_map()["data_base64"], json!("AP8="));
+        let untyped = binary(&[], b"{}").unwrap();
+        assert_eq!(untyped.as_map()["data_base64"], json!("e30="));
+        assert!(!untyped.as_map().contains_key("datacontenttype"));
+        let empty = binary(&[("content-type", "application/json")], b"").unwrap();
+        assert!(!empty.as_map().contains_key("data"));
+        assert_eq!(empty.as_map()["datacontenttype"], json!("application/json"));
+        let e = binary(&[("content-type", "application/json")], b"{nope").unwrap_err();
+        assert_eq!(summary(&e), (400, "invalid_data", Some("data")));
+    }
+
+    #[test]
+    fn header_values_are_percent_decoded() {
+        let decode = |s: &[u8]| decode_header_value(s);
+        assert_eq!(
+            decode(b"Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(),
+            "Euro € 😀"
+        );
+        assert_eq!(decode(b"lower%e2%82%ac").unwrap(), "lower€");
+        assert_eq!(
+            decode(b"%41%42c").unwrap(),
+            "ABc",
+            "needless escapes are accepted"
+        );
+        assert_eq!(decode(b"  padded \t").unwrap(), "padded");
+        assert_eq!(decode(b"\"quoted value\"").unwrap(), "quoted value");
+        assert_eq!(decode(br#""say \"hi\"""#).unwrap(), "say \"hi\"");
+        assert_eq!(decode(b"\"100%25\"").unwrap(), "100%");
+        assert_eq!(decode(b"a=\"b c\"").unwrap(), "a=b c");
+        assert_eq!(decode("raw é".as_bytes()).unwrap(), "raw é");
+        for bad in [
+            &b"%C0%A0"[..],
+            b"%E2%82",
+            b"%FF",
+            b"100%",
+            b"%2",
+            b"%g0",
+            b"\"open",
+            b"\"x\\",
+            b"\xff",
+        ] {
+            assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn decoded_control_characters_are_refused() {
+        let e = binary(&[("ce-subject", "a%0Ab")], b"").unwrap_err();
+        assert_eq!(summary(&e), (400, "invalid_attribute", Some("ce-subject")));
+    }
+
+    #[test]
+    fn structured_mode_errors() {
+        let limits = IngestLimits::default();
+        let e = parse_structured(b"{", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "malformed_json", None));
+        let e = parse_structured(b"[]", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "wrong_shape", None));
+        let e = parse_structured(br#"{"specversion":"1.0","id":"1","source":"/s"}"#, &limits)
+            .unwrap_err();
+        assert_eq!(summary(&e), (400, "missing_attribute", Some("type")));
+    }
+
+    #[test]
+    fn batch_entries_fail_alone() {
+        let body = br#"[
+            {"specversion":"1.0","id":"1","source":"/s","type":"t"},
+            {"specversion":"1.0","id":"2","source":"bad source","type":"t"},
+            7,
+            {"specversion":"1.0","id":"4","source":"/s","type":"t","data":null}
+        ]"#;
+        let results = parse_batch(body, &IngestLimits::default()).unwrap();
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[0].as_ref().unwrap().id(), "1");
+        let e = results[1].as_ref().unwrap_err();
+        assert_eq!(summary(e), (400, "invalid_attribute", Some("[1].source")));
+        let e = results[2].as_ref().unwrap_err();
+        assert_eq!(summary(e), (400, "wrong_shape", Some("[2]")));
+        assert_eq!(results[3].as_ref().unwrap().as_map()["data"], Value::Null);
+    }
+
+    #[test]
+    fn batch_limits() {
+        let limits = IngestLimits {
+            max_batch_entries: 2,
+            max_event_bytes: 200,
+            ..IngestLimits::default()
+        };
+        let e = parse_batch(b"[{},{},{}]", &limits).unwrap_err();
+        assert_eq!(summary(&e), (413, "too_many_entries", None));
+        let e = parse_batch(b"{}", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "wrong_shape", None));
+        let e = parse_batch(b"[", &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "malformed_json", None));
+        let big = "x".repeat(300);
+        let body = format!(
+            r#"[{{"specversion":"1.0","id":"1","source":"/s","type":"t"}},
+                {{"specversion":"1.0","id":"2","source":"/s","type":"t","data":"{big}"}}]"#
+        );
+        let results = parse_batch(body.as_bytes(), &limits).unwrap();
+        assert!(results[0].is_ok());
+        let e = results[1].as_ref().unwrap_err();
+        assert_eq!(summary(e), (413, "event_too_large", Some("[1]")));
+    }
+
+    #[test]
+    fn oversized_single_events() {
+        let limits = IngestLimits {
+            max_event_bytes: 100,
+            ..IngestLimits::default()
+        };
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"{}"}}"#,
+            "x".repeat(100)
+        );
+        let e = parse_structured(body.as_bytes(), &limits).unwrap_err();
+        assert_eq!(summary(&e), (413, "event_too_large", None));
+        let h = headers(&BINARY);
+        let e = parse_binary(&h, Some("text/plain"), &[b'x'; 100], &limits).unwrap_err();
+        assert_eq!(summary(&e), (413, "event_too_large", None));
+        // Whitespace in the body does not count: the stored form is compact.
+        let padded = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t"{}}}"#,
+            " ".repeat(200)
+        );
+        assert!(parse_structured(padded.as_bytes(), &limits).is_ok());
+    }
+
+    #[test]
+    fn content_type_that_is_not_ascii_is_refused() {
+        let mut h = headers(&BINARY);
+        h.insert(CONTENT_TYPE, HeaderValue::from_bytes(b"text/\xe9").unwrap());
+        let e = parse_cloudevents(&h, b"", &IngestLimits::default()).unwrap_err();
+        assert_eq!(summary(&e), (400, "invalid_header", Some("content-type")));
+    }
+}
