@@ -8,6 +8,7 @@
 /// The crate version, as reported by `busbar --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod pattern;
