@@ -2,14 +2,27 @@
 //! language and whose filters, transformers and connectors can be sandboxed
 //! WebAssembly components.
 //!
-//! The modules follow the data flow: [`pattern`] decides which rules an event
-//! matches, and [`transform`] reshapes a matched event for its target.
+//! The modules follow the data flow: [`api`] (HTTP edge) → [`ingest`]
+//! (validate, normalise to CloudEvents) → [`store`] (durable log, cursor,
+//! jobs, dead letters, queues) → [`route`] (rules: [`pattern`], [`transform`])
+//! → [`deliver`] (targets, retries, dead-lettering) — plus [`config`],
+//! [`catalog`] (the in-memory view of tenants and rules), [`telemetry`] and
+//! [`server`] (wiring and shutdown).
 
 /// The crate version, as reported by `busbar --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub mod api;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod pattern;
+pub mod route;
+pub mod server;
+pub mod store;
+pub mod telemetry;
 pub mod transform;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::event::Event;
 
+pub mod engine;
 pub mod http;
+pub mod queue;
 pub mod retry;
 
 /// What one delivery attempt achieved.

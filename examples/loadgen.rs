@@ -1,0 +1,293 @@
+//! Busbar load generator: end-to-end figures for BENCHMARKS.md.
+//!
+//! Starts a bus in this process (temp data dir, default durability) and a
+//! local HTTP sink, then drives ingestion over real HTTP on loopback:
+//!
+//! - `ingest`: events/s acknowledged, single events and batches, no rules;
+//! - `e2e`: N rules (one matching) delivering to the sink: delivered events/s
+//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate.
+//!
+//! Run: `cargo run --release -p busbar --example loadgen -- all`
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use busbar::config::Config;
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Scenario {
+    Ingest,
+    E2e,
+    All,
+}
+
+/// Busbar load generator.
+#[derive(Debug, Parser)]
+struct Args {
+    /// What to measure.
+    #[arg(value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent HTTP connections sending events.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Rules on the bus for e2e (one matches).
+    #[arg(long, default_value_t = 10)]
+    rules: usize,
+    /// Event rate for the latency measurement.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+}
+
+/// What the sink saw: count and per-event latency (µs since the event was sent).
+#[derive(Default)]
+struct Sink {
+    count: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+async fn sink_handler(State(sink): State<Arc<Sink>>, body: Bytes) -> &'static str {
+    if let Ok(v) = serde_json::from_slice::<Value>(&body)
+        && let Some(sent) = v["sent_us"].as_u64()
+    {
+        let now = started().elapsed().as_micros() as u64;
+        if let Ok(mut l) = sink.latencies_us.lock() {
+            l.push(now.saturating_sub(sent));
+        }
+    }
+    sink.count.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
+fn event(i: u64, source: &str) -> Value {
+    // About 1 KB, like the pattern benchmarks.
+    json!({"specversion": "1.0", "id": format!("ev-{i}"), "source": source, "type": "order.created",
+           "datacontenttype": "application/json",
+           "data": {"sent_us": started().elapsed().as_micros() as u64, "order": i, "customer": "c-42",
+                    "items": (0..8).map(|k| json!({"sku": format!("sku-{k}"), "qty": k, "price": 9.99})).collect::<Vec<_>>(),
+                    "note": "x".repeat(400)}})
+}
+
+struct Bench {
+    url: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl Bench {
+    async fn post(&self, content_type: &str, body: String) -> bool {
+        match self
+            .client
+            .post(format!("{}/v1/buses/default/events", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r.status().as_u16() == 202,
+            Err(_) => false,
+        }
+    }
+
+    /// Sends as fast as `connections` allow for `seconds`; returns acked events.
+    async fn flood(
+        self: &Arc<Self>,
+        connections: usize,
+        seconds: u64,
+        batch: usize,
+        source: &'static str,
+    ) -> u64 {
+        let acked = Arc::new(AtomicU64::new(0));
+        let counter = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (me, acked, counter) = (self.clone(), acked.clone(), counter.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let i = counter.fetch_add(batch as u64, Ordering::Relaxed);
+                    let ok = if batch == 1 {
+                        me.post("application/cloudevents+json", event(i, source).to_string())
+                            .await
+                    } else {
+                        let events: Vec<Value> =
+                            (0..batch as u64).map(|k| event(i + k, source)).collect();
+                        me.post(
+                            "application/cloudevents-batch+json",
+                            Value::Array(events).to_string(),
+                        )
+                        .await
+                    };
+                    if ok {
+                        acked.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        acked.load(Ordering::Relaxed)
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    started();
+    let dir = tempfile::tempdir()?;
+    let config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().to_owned(),
+        admin_key: Some("bench-admin".into()),
+        ..Config::default()
+    };
+    let running = busbar::server::start(config).await?;
+    let url = format!("http://{}", running.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+
+    let sink = Arc::new(Sink::default());
+    let app = Router::new()
+        .route("/sink", post(sink_handler))
+        .with_state(sink.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}/sink", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let tenant: Value = client
+        .post(format!("{url}/v1/admin/tenants"))
+        .bearer_auth("bench-admin")
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = tenant["api_key"].as_str().unwrap_or_default().to_owned();
+    let bench = Arc::new(Bench {
+        url: url.clone(),
+        key: key.clone(),
+        client: client.clone(),
+    });
+    println!(
+        "machine: {} cores; connections {}; {} s per figure",
+        std::thread::available_parallelism()?,
+        args.connections,
+        args.seconds
+    );
+
+    if matches!(args.scenario, Scenario::Ingest | Scenario::All) {
+        for batch in [1usize, 10] {
+            let n = bench
+                .flood(args.connections, args.seconds, batch, "bench.nomatch")
+                .await;
+            println!(
+                "ingest batch={batch:>2}: {:>9.0} events/s acknowledged",
+                n as f64 / args.seconds as f64
+            );
+        }
+    }
+
+    if matches!(args.scenario, Scenario::E2e | Scenario::All) {
+        for r in 0..args.rules {
+            let source = if r == 0 {
+                "bench.match".to_owned()
+            } else {
+                format!("bench.other{r}")
+            };
+            let rule = json!({"pattern": {"source": [source], "type": [{"prefix": "order."}]},
+                              "targets": [{"id": "sink", "type": "http", "url": sink_url}]});
+            client
+                .put(format!("{url}/v1/buses/default/rules/r{r}"))
+                .bearer_auth(&key)
+                .json(&rule)
+                .send()
+                .await?;
+        }
+        // Full speed, batches of 10: delivered events/s over the same window.
+        let before = sink.count.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        let sent = bench
+            .flood(args.connections, args.seconds, 10, "bench.match")
+            .await;
+        // Let deliveries drain (bounded) and count what arrived.
+        let drain_deadline = Instant::now() + Duration::from_secs(60);
+        while sink.count.load(Ordering::Relaxed) - before < sent && Instant::now() < drain_deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delivered = sink.count.load(Ordering::Relaxed) - before;
+        let elapsed = t0.elapsed().as_secs_f64();
+        println!(
+            "e2e {} rules, full speed: {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered",
+            args.rules,
+            delivered as f64 / elapsed
+        );
+
+        // Fixed rate, single events: latency percentiles.
+        if let Ok(mut l) = sink.latencies_us.lock() {
+            l.clear();
+        }
+        let total = args.rate * args.seconds;
+        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let before = sink.count.load(Ordering::Relaxed);
+        for i in 0..total {
+            ticker.tick().await;
+            let me = bench.clone();
+            tokio::spawn(async move {
+                me.post(
+                    "application/cloudevents+json",
+                    event(1_000_000_000 + i, "bench.match").to_string(),
+                )
+                .await
+            });
+        }
+        let drain_deadline = Instant::now() + Duration::from_secs(30);
+        while sink.count.load(Ordering::Relaxed) - before < total && Instant::now() < drain_deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut l = sink
+            .latencies_us
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        l.sort_unstable();
+        println!(
+            "e2e latency at {} events/s ({} delivered): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            args.rate,
+            l.len(),
+            percentile(&l, 0.50),
+            percentile(&l, 0.90),
+            percentile(&l, 0.99),
+            l.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+    }
+    running.stop().await?;
+    Ok(())
+}

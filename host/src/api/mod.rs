@@ -1,0 +1,256 @@
+//! The HTTP edge: routes, authentication and the JSON error shape.
+//!
+//! Handlers are thin: they authenticate, parse, call the module that owns the
+//! concept (ingest, route, store, catalog) and shape the answer. One handler
+//! file per resource family.
+
+mod admin;
+mod error;
+mod events;
+mod ops;
+mod queues;
+mod resources;
+mod tools;
+
+pub use error::ApiError;
+
+use crate::catalog::Catalog;
+use crate::deliver::engine::Engine;
+use crate::deliver::http::HttpClient;
+use crate::deliver::queue::QueueSignals;
+use crate::ingest::IngestLimits;
+use crate::pattern::PatternLimits;
+use crate::store::Store;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post, put};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Everything handlers share.
+pub struct AppState {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Tenants, keys, buses, rules, queues.
+    pub catalog: Arc<Catalog>,
+    /// The delivery engine (woken after a redrive).
+    pub engine: Arc<Engine>,
+    /// Long-poll wake-ups for queues.
+    pub queues: Arc<QueueSignals>,
+    /// Shared client for webhook targets.
+    pub http: HttpClient,
+    /// Hex SHA-256 of the admin key.
+    pub admin_key_hash: String,
+    /// Ingestion limits.
+    pub ingest_limits: IngestLimits,
+    /// Pattern limits.
+    pub pattern_limits: PatternLimits,
+    /// Largest request body accepted on event endpoints.
+    pub max_request_bytes: usize,
+    /// Prometheus renderer.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// False until start-up recovery is done, and again while shutting down.
+    pub ready: AtomicBool,
+}
+
+/// Shared state type for handlers.
+pub type State = axum::extract::State<Arc<AppState>>;
+
+/// Builds the complete router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let events_limit = state.max_request_bytes;
+    let v1 = Router::new()
+        .route(
+            "/admin/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route("/admin/tenants/{tenant}/keys", post(admin::create_key))
+        .route(
+            "/admin/tenants/{tenant}/keys/{key_id}",
+            delete(admin::revoke_key),
+        )
+        .route(
+            "/buses/{bus}/events",
+            post(events::post_cloudevents).layer(DefaultBodyLimit::max(events_limit)),
+        )
+        .route(
+            "/events",
+            post(events::put_events).layer(DefaultBodyLimit::max(events_limit)),
+        )
+        .route("/buses", get(resources::list_buses))
+        .route(
+            "/buses/{bus}",
+            put(resources::put_bus)
+                .get(resources::get_bus)
+                .delete(resources::delete_bus),
+        )
+        .route("/buses/{bus}/rules", get(resources::list_rules))
+        .route(
+            "/buses/{bus}/rules/{rule}",
+            put(resources::put_rule)
+                .get(resources::get_rule)
+                .delete(resources::delete_rule),
+        )
+        .route("/queues", get(queues::list_queues))
+        .route(
+            "/queues/{queue}",
+            put(queues::put_queue)
+                .get(queues::get_queue)
+                .delete(queues::delete_queue),
+        )
+        .route("/queues/{queue}/receive", post(queues::receive))
+        .route("/queues/{queue}/ack", post(queues::ack))
+        .route("/dlq", get(queues::list_dead_letters))
+        .route("/dlq/redrive", post(queues::redrive))
+        .route(
+            "/dlq/{id}",
+            get(queues::get_dead_letter).delete(queues::delete_dead_letter),
+        )
+        .route("/patterns/test", post(tools::test_pattern))
+        .route("/transforms/test", post(tools::test_transform));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// Hex SHA-256 of a key: keys are long random secrets, so a fast hash is
+/// enough to make a stolen database useless for authentication.
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Generates a key: `bb_` + 32 random bytes in hex.
+pub fn generate_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("bb_{hex}")
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <key> header"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <key>\""))
+}
+
+/// Constant-time comparison, so response timing reveals nothing about the admin key.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The tenant a request acts for (from its API key).
+pub struct Tenant(pub String);
+
+impl FromRequestParts<Arc<AppState>> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let hash = hash_key(bearer(parts)?);
+        if let Some(tenant) = state.catalog.authenticate(&hash) {
+            return Ok(Tenant(tenant));
+        }
+        if same(&hash, &state.admin_key_hash) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin key manages tenants; use a tenant API key here",
+            ));
+        }
+        Err(ApiError::unauthorized("unknown or revoked API key"))
+    }
+}
+
+/// Proof that the request carries the admin key.
+pub struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let hash = hash_key(bearer(parts)?);
+        if same(&hash, &state.admin_key_hash) {
+            return Ok(Admin);
+        }
+        if state.catalog.authenticate(&hash).is_some() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "this endpoint needs the admin key",
+            ));
+        }
+        Err(ApiError::unauthorized("unknown admin key"))
+    }
+}
+
+/// Parses a JSON body into `T`, naming the exact path of any problem.
+pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the request body is empty; expected JSON",
+            "body",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let code = if inner.is_syntax() || inner.is_eof() {
+            "invalid_json"
+        } else {
+            "invalid_field"
+        };
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::bad_request(code, inner.to_string(), field)
+    })
+}
+
+/// Checks a name from the URL.
+pub fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    if crate::route::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_name",
+            format!(
+                "{kind} name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with '.'"
+            ),
+            kind,
+        ))
+    }
+}
+
+/// A `{"items": [...], "next": null}` list.
+pub fn list<T: serde::Serialize>(
+    items: Vec<T>,
+    next: Option<String>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"items": items, "next": next}))
+}

@@ -1,0 +1,39 @@
+//! Health, readiness and metrics.
+
+use super::{ApiError, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use std::sync::atomic::Ordering;
+
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'static str, ApiError> {
+    if state.ready.load(Ordering::Acquire) {
+        Ok("ready")
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting up or shutting down",
+        ))
+    }
+}
+
+pub(super) async fn metrics(axum::extract::State(state): State) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}", uri.path()),
+    )
+}

@@ -1,0 +1,320 @@
+//! Pull queues (`/v1/queues/*`) and the dead-letter queue (`/v1/dlq/*`).
+
+use super::{ApiError, State, Tenant, check_name, list, parse_json};
+use crate::clock::now_ms;
+use crate::store::{DeadLetterFilter, Resource, ResourceKind};
+use axum::Json;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Longest a receive call may wait for messages.
+const MAX_WAIT_S: u64 = 20;
+/// Most messages one receive call returns.
+const MAX_MESSAGES: usize = 100;
+/// Longest visibility timeout (12 hours, like SQS).
+const MAX_VISIBILITY_S: u64 = 43_200;
+
+pub(super) async fn list_queues(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+) -> Json<Value> {
+    let items: Vec<Value> = state
+        .catalog
+        .queues(&tenant)
+        .into_iter()
+        .map(|(name, spec)| json!({"name": name, "settings": spec}))
+        .collect();
+    list(items, None)
+}
+
+pub(super) async fn put_queue(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(queue): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_name("queue", &queue)?;
+    let spec: Value = if body.is_empty() {
+        json!({})
+    } else {
+        parse_json(&body)?
+    };
+    let Value::Object(obj) = &spec else {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "a queue body must be a JSON object",
+            "body",
+        ));
+    };
+    if let Some(key) = obj.keys().find(|k| k.as_str() != "description") {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "unknown field",
+            key.clone(),
+        ));
+    }
+    let existed = state.catalog.has_queue(&tenant, &queue);
+    let resource = Resource {
+        tenant: tenant.clone(),
+        kind: ResourceKind::Queue,
+        name: queue.clone(),
+        spec: spec.clone(),
+        updated_ms: now_ms(),
+    };
+    state.store.put_resource(resource).await?;
+    state.catalog.put_queue(&tenant, &queue, spec.clone());
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(json!({"name": queue, "settings": spec}))))
+}
+
+pub(super) async fn get_queue(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(queue): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let spec = state
+        .catalog
+        .queues(&tenant)
+        .into_iter()
+        .find(|(n, _)| *n == queue)
+        .map(|(_, s)| s)
+        .ok_or_else(|| ApiError::not_found("queue", &queue))?;
+    let depth = state.store.queue_depth(&tenant, &queue).await?;
+    Ok(Json(
+        json!({"name": queue, "settings": spec, "depth": depth}),
+    ))
+}
+
+pub(super) async fn delete_queue(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(queue): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.catalog.has_queue(&tenant, &queue) {
+        return Err(ApiError::not_found("queue", &queue));
+    }
+    let users = state.catalog.referencing_rules(&tenant, Some(&queue), None);
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "queue is the target of rules {users:?}; change them first"
+        )));
+    }
+    state.store.queue_purge(&tenant, &queue).await?;
+    state
+        .store
+        .delete_resource(&tenant, ResourceKind::Queue, &queue)
+        .await?;
+    state.catalog.delete_queue(&tenant, &queue);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReceiveRequest {
+    #[serde(default = "one")]
+    max_messages: usize,
+    #[serde(default = "thirty")]
+    visibility_timeout_s: u64,
+    #[serde(default)]
+    wait_s: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+pub(super) async fn receive(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(queue): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    if !state.catalog.has_queue(&tenant, &queue) {
+        return Err(ApiError::not_found("queue", &queue));
+    }
+    let req: ReceiveRequest = if body.is_empty() {
+        parse_json(&Bytes::from_static(b"{}"))?
+    } else {
+        parse_json(&body)?
+    };
+    if req.max_messages == 0 || req.max_messages > MAX_MESSAGES {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("must be 1..={MAX_MESSAGES}"),
+            "max_messages",
+        ));
+    }
+    if req.visibility_timeout_s > MAX_VISIBILITY_S {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("must be at most {MAX_VISIBILITY_S}"),
+            "visibility_timeout_s",
+        ));
+    }
+    if req.wait_s > MAX_WAIT_S {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("must be at most {MAX_WAIT_S}"),
+            "wait_s",
+        ));
+    }
+    let visibility_ms = i64::try_from(req.visibility_timeout_s * 1000).unwrap_or(i64::MAX);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_s);
+    let signal = state.queues.waiter(&tenant, &queue);
+    loop {
+        // Register interest before looking, so a push in between is not missed.
+        let notified = signal.notified();
+        let messages = state
+            .store
+            .queue_receive(&tenant, &queue, req.max_messages, visibility_ms, now_ms())
+            .await?;
+        let now = tokio::time::Instant::now();
+        if !messages.is_empty() || now >= deadline {
+            return Ok(Json(json!({"messages": messages})));
+        }
+        // Also wake when hidden messages become visible again.
+        let _ =
+            tokio::time::timeout((deadline - now).min(Duration::from_millis(500)), notified).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AckRequest {
+    receipts: Vec<String>,
+}
+
+pub(super) async fn ack(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(queue): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    if !state.catalog.has_queue(&tenant, &queue) {
+        return Err(ApiError::not_found("queue", &queue));
+    }
+    let req: AckRequest = parse_json(&body)?;
+    let acked = state
+        .store
+        .queue_ack(&tenant, &queue, &req.receipts)
+        .await?;
+    Ok(Json(
+        json!({"acked": acked, "failed_count": req.receipts.len() - acked}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DlqQuery {
+    bus: Option<String>,
+    rule: Option<String>,
+    target: Option<String>,
+    limit: Option<usize>,
+    next: Option<i64>,
+}
+
+pub(super) async fn list_dead_letters(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    query: Result<Query<DlqQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text(), "query"))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = DeadLetterFilter {
+        bus: q.bus,
+        rule: q.rule,
+        target: q.target,
+    };
+    let items = state
+        .store
+        .list_dead_letters(&tenant, &filter, q.next, limit)
+        .await?;
+    let next = if items.len() == limit {
+        items.last().map(|d| d.id.to_string())
+    } else {
+        None
+    };
+    Ok(list(items, next))
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", "dead-letter ids are integers", "id"))
+}
+
+pub(super) async fn get_dead_letter(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state
+        .store
+        .dead_letter_entry(&tenant, parse_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dead letter", &id))?;
+    Ok(Json(json!(entry)))
+}
+
+pub(super) async fn delete_dead_letter(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .store
+        .delete_dead_letter(&tenant, parse_id(&id)?)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("dead letter", &id))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedriveRequest {
+    ids: Option<Vec<i64>>,
+    bus: Option<String>,
+    rule: Option<String>,
+    target: Option<String>,
+}
+
+pub(super) async fn redrive(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: RedriveRequest = parse_json(&body)?;
+    if req.ids.is_none() && req.bus.is_none() && req.rule.is_none() && req.target.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "give \"ids\" or a filter (bus, rule, target); an empty body would redrive everything",
+            "ids",
+        ));
+    }
+    let filter = DeadLetterFilter {
+        bus: req.bus,
+        rule: req.rule,
+        target: req.target,
+    };
+    let moved = state
+        .store
+        .redrive(&tenant, req.ids.as_deref(), &filter, now_ms())
+        .await?;
+    state.engine.wake();
+    Ok(Json(json!({"redriven": moved.len(), "ids": moved})))
+}

@@ -1,0 +1,370 @@
+//! The `busbar` command line: `serve`, `put`, and the pattern and transform testers.
+
+use crate::config::{Config, LogFormat};
+use crate::pattern::{Pattern, PatternLimits};
+use crate::route::eventbridge_aliases;
+use crate::transform::{RenderContext, TransformSpec};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Busbar: a multi-tenant event bus with EventBridge rules and Wasm plugins.
+#[derive(Debug, Parser)]
+#[command(name = "busbar", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bus.
+    Serve(ServeArgs),
+    /// Send one event to a running bus.
+    Put(PutArgs),
+    /// Event patterns.
+    Pattern {
+        /// Pattern action.
+        #[command(subcommand)]
+        action: PatternCommand,
+    },
+    /// Input transformers.
+    Transform {
+        /// Transform action.
+        #[command(subcommand)]
+        action: TransformCommand,
+    },
+}
+
+/// `busbar serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "BUSBAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:8080).
+    #[arg(long, env = "BUSBAR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default ./busbar-data).
+    #[arg(long, env = "BUSBAR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of `*.wasm` plugins to load and watch (local development).
+    #[arg(long, env = "BUSBAR_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "BUSBAR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Sync every commit to disk (survives power loss, slower).
+    #[arg(long, env = "BUSBAR_FSYNC_ALWAYS")]
+    pub fsync_always: bool,
+}
+
+/// `busbar put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Base URL of the bus.
+    #[arg(long, env = "BUSBAR_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Tenant API key.
+    #[arg(long, env = "BUSBAR_API_KEY")]
+    pub key: String,
+    /// Bus name.
+    #[arg(long, default_value = "default")]
+    pub bus: String,
+    /// CloudEvents `source`.
+    #[arg(long, default_value = "busbar.cli")]
+    pub source: String,
+    /// CloudEvents `type`.
+    #[arg(long = "type", default_value = "busbar.cli.event")]
+    pub event_type: String,
+    /// Event id (default: generated).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// JSON payload (`data`).
+    #[arg(long, conflicts_with = "file")]
+    pub data: Option<String>,
+    /// A whole event in CloudEvents JSON format.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+/// `busbar pattern ...`.
+#[derive(Debug, Subcommand)]
+pub enum PatternCommand {
+    /// Check whether an event matches a pattern (exit 0 on match, 1 on no match, 2 when invalid).
+    Test {
+        /// Pattern JSON file.
+        #[arg(long, required_unless_present = "jsonl")]
+        pattern: Option<PathBuf>,
+        /// Event JSON file.
+        #[arg(long, required_unless_present = "jsonl")]
+        event: Option<PathBuf>,
+        /// Read `{"id", "pattern", "event"}` lines on stdin, write `{"id", "match"}` or `{"id", "error"}`.
+        #[arg(long, conflicts_with_all = ["pattern", "event"])]
+        jsonl: bool,
+    },
+}
+
+/// `busbar transform ...`.
+#[derive(Debug, Subcommand)]
+pub enum TransformCommand {
+    /// Render a transform for an event and print the output.
+    Test {
+        /// Event JSON file.
+        #[arg(long, required_unless_present = "jsonl")]
+        event: Option<PathBuf>,
+        /// A JSON file with the transform: `{"input_paths_map", "input_template"}`, `{"input"}` or `{"input_path"}`.
+        #[arg(long, required_unless_present_any = ["jsonl", "input_template"])]
+        transform: Option<PathBuf>,
+        /// `input_paths_map` JSON file (with --input-template).
+        #[arg(long, requires = "input_template", conflicts_with = "transform")]
+        input_paths_map: Option<PathBuf>,
+        /// `input_template` text file.
+        #[arg(long, conflicts_with = "transform")]
+        input_template: Option<PathBuf>,
+        /// Read `{"id", "event", "input_paths_map", "input_template"}` lines on stdin, write `{"id", "output"}` or `{"id", "error"}`.
+        #[arg(long, conflicts_with_all = ["event", "transform"])]
+        jsonl: bool,
+    },
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// Matches one event against one pattern, with EventBridge's aliases applied.
+pub fn test_pattern(pattern: &Value, event: &Value) -> Result<bool, String> {
+    let compiled = Pattern::from_value(&eventbridge_aliases(pattern), &PatternLimits::default())
+        .map_err(|e| e.to_string())?;
+    Ok(compiled.matches(event))
+}
+
+/// Renders a transform spec (JSON object) for one event.
+pub fn test_transform(spec: Value, event: &Value) -> Result<String, String> {
+    let spec: TransformSpec =
+        serde_json::from_value(spec).map_err(|e| format!("invalid transform: {e}"))?;
+    let transform = spec.compile().map_err(|e| e.to_string())?;
+    let now = crate::clock::rfc3339(crate::clock::now_ms());
+    transform
+        .render(
+            event,
+            &RenderContext {
+                rule_name: "test-rule",
+                rule_arn: "busbar:rule/test/default/test-rule",
+                ingestion_time: &now,
+            },
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// Processes `--jsonl` input: one JSON object per line in, one per line out.
+/// Blank lines are skipped; a line that is not JSON gets an error line.
+pub fn run_jsonl(
+    input: impl BufRead,
+    mut output: impl Write,
+    handle: impl Fn(&mut serde_json::Map<String, Value>) -> Result<(&'static str, Value), String>,
+) -> anyhow::Result<()> {
+    for line in input.lines() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(mut obj)) => {
+                let id = obj.remove("id").unwrap_or(Value::Null);
+                match handle(&mut obj) {
+                    Ok((key, value)) => json!({"id": id, key: value}),
+                    Err(error) => json!({"id": id, "error": error}),
+                }
+            }
+            Ok(_) => json!({"id": null, "error": "each line must be a JSON object"}),
+            Err(e) => json!({"id": null, "error": format!("line is not JSON: {e}")}),
+        };
+        serde_json::to_writer(&mut output, &answer)?;
+        output.write_all(b"\n")?;
+    }
+    output.flush()?;
+    Ok(())
+}
+
+fn pattern_line(obj: &mut serde_json::Map<String, Value>) -> Result<(&'static str, Value), String> {
+    let pattern = obj.remove("pattern").ok_or("missing \"pattern\"")?;
+    let event = obj.remove("event").ok_or("missing \"event\"")?;
+    test_pattern(&pattern, &event).map(|m| ("match", Value::Bool(m)))
+}
+
+fn transform_line(
+    obj: &mut serde_json::Map<String, Value>,
+) -> Result<(&'static str, Value), String> {
+    let event = obj.remove("event").ok_or("missing \"event\"")?;
+    test_transform(Value::Object(std::mem::take(obj)), &event)
+        .map(|out| ("output", Value::String(out)))
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = match &args.config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = args.data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(format) = args.log_format {
+                config.log_format = format;
+            }
+            if args.fsync_always {
+                config.durability = crate::store::sqlite::Durability::Always;
+            }
+            if let Ok(key) = std::env::var("BUSBAR_ADMIN_KEY")
+                && !key.is_empty()
+            {
+                config.admin_key = Some(key);
+            }
+            if args.plugins_dir.is_some() {
+                bail!(
+                    "--plugins-dir needs Wasm plugin support, which this build does not have yet"
+                );
+            }
+            crate::telemetry::init_logging(config.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::server::serve(config))?;
+            Ok(0)
+        }
+        Command::Put(args) => put(args),
+        Command::Pattern {
+            action:
+                PatternCommand::Test {
+                    pattern,
+                    event,
+                    jsonl,
+                },
+        } => {
+            if jsonl {
+                run_jsonl(
+                    std::io::stdin().lock(),
+                    std::io::stdout().lock(),
+                    pattern_line,
+                )?;
+                return Ok(0);
+            }
+            let (Some(pattern), Some(event)) = (pattern, event) else {
+                bail!("--pattern and --event are required")
+            };
+            match test_pattern(&read_json(&pattern)?, &read_json(&event)?) {
+                Ok(true) => {
+                    println!("match");
+                    Ok(0)
+                }
+                Ok(false) => {
+                    println!("no match");
+                    Ok(1)
+                }
+                Err(e) => {
+                    eprintln!("invalid pattern: {e}");
+                    Ok(2)
+                }
+            }
+        }
+        Command::Transform {
+            action:
+                TransformCommand::Test {
+                    event,
+                    transform,
+                    input_paths_map,
+                    input_template,
+                    jsonl,
+                },
+        } => {
+            if jsonl {
+                run_jsonl(
+                    std::io::stdin().lock(),
+                    std::io::stdout().lock(),
+                    transform_line,
+                )?;
+                return Ok(0);
+            }
+            let Some(event) = event else {
+                bail!("--event is required")
+            };
+            let spec = match (transform, input_template) {
+                (Some(path), _) => read_json(&path)?,
+                (None, Some(template)) => {
+                    let template = std::fs::read_to_string(&template)
+                        .with_context(|| format!("cannot read {}", template.display()))?;
+                    let map = match input_paths_map {
+                        Some(p) => read_json(&p)?,
+                        None => json!({}),
+                    };
+                    json!({"input_paths_map": map, "input_template": template.trim_end_matches('\n')})
+                }
+                (None, None) => bail!("give --transform FILE or --input-template FILE"),
+            };
+            match test_transform(spec, &read_json(&event)?) {
+                Ok(out) => {
+                    println!("{out}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(2)
+                }
+            }
+        }
+    }
+}
+
+fn put(args: PutArgs) -> anyhow::Result<i32> {
+    let event = match &args.file {
+        Some(path) => read_json(path)?,
+        None => {
+            let data: Value = match &args.data {
+                Some(d) => serde_json::from_str(d).context("--data is not valid JSON")?,
+                None => json!({}),
+            };
+            let id = args
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("cli-{}", crate::clock::now_ms()));
+            json!({"specversion": "1.0", "id": id, "source": args.source, "type": args.event_type,
+                   "datacontenttype": "application/json", "data": data})
+        }
+    };
+    let url = format!(
+        "{}/v1/buses/{}/events",
+        args.url.trim_end_matches('/'),
+        args.bus
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&args.key)
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        anyhow::Ok((status, body))
+    })?;
+    println!("{body}");
+    Ok(if status.is_success() { 0 } else { 1 })
+}

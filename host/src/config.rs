@@ -1,0 +1,226 @@
+//! Server configuration: defaults, then the config file, then environment
+//! variables and flags (handled by the CLI), each overriding the one before.
+
+use crate::store::sqlite::Durability;
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `busbar serve` can be told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory for the database and plugin artifacts.
+    pub data_dir: PathBuf,
+    /// The admin key (plain text). When absent, the stored hash is used, or a
+    /// key is generated on first start and printed once.
+    pub admin_key: Option<String>,
+    /// `human` or `json` log lines.
+    pub log_format: LogFormat,
+    /// How hard commits are synced.
+    pub durability: Durability,
+    /// Size and count limits on ingestion.
+    pub limits: Limits,
+    /// Delivery engine tuning.
+    pub delivery: DeliveryConfig,
+    /// Pattern limits.
+    pub patterns: PatternConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("busbar-data"),
+            admin_key: None,
+            log_format: LogFormat::Human,
+            durability: Durability::Process,
+            limits: Limits::default(),
+            delivery: DeliveryConfig::default(),
+            patterns: PatternConfig::default(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Ingestion limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted event in bytes (serialised CloudEvents JSON); at most 1 MiB.
+    pub max_event_bytes: usize,
+    /// Most events in one CloudEvents batch.
+    pub max_batch_entries: usize,
+    /// Most entries in one `PutEvents` call.
+    pub max_put_events_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 256 * 1024,
+            max_batch_entries: 1000,
+            max_put_events_entries: 10,
+        }
+    }
+}
+
+/// Delivery engine tuning.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Attempts in flight at once for one target; beyond this, deliveries wait
+    /// in the store so a slow target never holds up the others.
+    pub max_in_flight_per_target: usize,
+    /// Attempts in flight at once across all targets.
+    pub max_in_flight: usize,
+    /// Hops through `bus` targets before an event is dead-lettered as a loop.
+    pub max_hops: u32,
+    /// How long routed events stay in the log (hours).
+    pub log_retention_hours: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_target: 256,
+            max_in_flight: 4096,
+            max_hops: 8,
+            log_retention_hours: 1,
+        }
+    }
+}
+
+/// Pattern limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatternConfig {
+    /// Largest pattern in characters.
+    pub max_chars: usize,
+}
+
+impl Default for PatternConfig {
+    fn default() -> Self {
+        Self { max_chars: 2048 }
+    }
+}
+
+/// Why a configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {field}: {message}")]
+    Invalid {
+        /// The setting at fault.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.limits.max_event_bytes == 0 || self.limits.max_event_bytes > 1024 * 1024 {
+            return invalid("limits.max_event_bytes", "must be between 1 and 1048576");
+        }
+        if self.limits.max_batch_entries == 0 {
+            return invalid("limits.max_batch_entries", "must be at least 1");
+        }
+        if self.delivery.max_in_flight == 0 || self.delivery.max_in_flight_per_target == 0 {
+            return invalid("delivery.max_in_flight", "must be at least 1");
+        }
+        if self.patterns.max_chars < 16 {
+            return invalid("patterns.max_chars", "must be at least 16");
+        }
+        Ok(())
+    }
+
+    /// The database directory, created if needed.
+    pub fn ensure_data_dir(&self) -> anyhow::Result<&Path> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
+        Ok(&self.data_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("busbar-data"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = toml::from_str::<Config>("listne = \"1.2.3.4:5\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_limits_are_rejected() {
+        let c: Config = toml::from_str("[limits]\nmax_event_bytes = 2000000").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "limits.max_event_bytes",
+                ..
+            })
+        ));
+    }
+}

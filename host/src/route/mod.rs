@@ -1,0 +1,452 @@
+//! Rules: from the JSON a tenant sends to the compiled runtime object the router uses.
+//!
+//! A rule body is first checked field by field (every problem is reported with
+//! its path), then compiled: the pattern into a matcher, the transform into a
+//! renderer, each target into a ready-to-use delivery object. A compiled
+//! [`Rule`] cannot be invalid.
+
+pub mod router;
+
+use crate::deliver::http::{HttpClient, HttpTarget, HttpTargetSpec};
+use crate::deliver::retry::RetryPolicy;
+use crate::pattern::{Pattern, PatternLimits};
+use crate::transform::{Transform, TransformSpec};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Most targets one rule may have.
+pub const MAX_TARGETS: usize = 100;
+
+/// One problem in a request body, with the JSON path at fault.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FieldError {
+    /// JSON path, e.g. `targets[1].url`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds a field error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Rule name, unique within its bus.
+    pub name: String,
+    /// Bus the rule belongs to.
+    pub bus: String,
+    /// Disabled rules match nothing.
+    pub enabled: bool,
+    /// The compiled pattern (after the `detail`/`detail-type` aliases are applied).
+    pub pattern: Pattern,
+    /// The transform, if any.
+    pub transform: Option<Transform>,
+    /// Where matched events go.
+    pub targets: Vec<Target>,
+    /// Whether undeliverable events are kept in the dead-letter queue.
+    pub dead_letter: bool,
+    /// The body as the tenant sent it (what `GET` returns).
+    pub spec: Value,
+}
+
+/// A compiled target.
+#[derive(Debug)]
+pub struct Target {
+    /// Target id, unique within the rule.
+    pub id: String,
+    /// Retry policy (the target's own, else the rule's, else the default).
+    pub retry: RetryPolicy,
+    /// What kind of target, ready to deliver.
+    pub kind: TargetKind,
+}
+
+/// The kinds of target.
+#[derive(Debug)]
+pub enum TargetKind {
+    /// An HTTP webhook.
+    Http(Arc<HttpTarget>),
+    /// Another bus of the same tenant.
+    Bus {
+        /// The destination bus.
+        bus: String,
+    },
+    /// A durable pull queue of the same tenant.
+    Queue {
+        /// The destination queue.
+        queue: String,
+    },
+}
+
+/// What compiling a rule needs from its surroundings.
+pub struct CompileContext<'a> {
+    /// The shared HTTP client for webhook targets.
+    pub http: &'a HttpClient,
+    /// Pattern limits.
+    pub pattern_limits: &'a PatternLimits,
+}
+
+/// Compiles a rule body; on failure returns every problem found.
+pub fn compile_rule(
+    bus: &str,
+    name: &str,
+    spec: &Value,
+    ctx: &CompileContext<'_>,
+) -> Result<Rule, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Some(obj) = spec.as_object() else {
+        return Err(vec![FieldError::new("", "a rule must be a JSON object")]);
+    };
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "pattern"
+                | "enabled"
+                | "filter"
+                | "transform"
+                | "targets"
+                | "retry_policy"
+                | "dead_letter"
+                | "description"
+        ) {
+            errors.push(FieldError::new(key.clone(), "unknown field"));
+        }
+    }
+
+    let pattern = match obj.get("pattern") {
+        None => {
+            errors.push(FieldError::new(
+                "pattern",
+                "missing: every rule needs an event pattern",
+            ));
+            None
+        }
+        Some(p) => match Pattern::from_value(&eventbridge_aliases(p), ctx.pattern_limits) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let field = if e.path.is_empty() {
+                    "pattern".to_owned()
+                } else {
+                    format!("pattern.{}", e.path)
+                };
+                errors.push(FieldError::new(field, e.reason));
+                None
+            }
+        },
+    };
+
+    let enabled = match obj.get("enabled") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new("enabled", "must be true or false"));
+            true
+        }
+    };
+
+    if obj.get("filter").is_some_and(|f| !f.is_null()) {
+        errors.push(FieldError::new(
+            "filter",
+            "filter plugins are not available on this server yet",
+        ));
+    }
+    if let Some(d) = obj.get("description")
+        && !d.is_string()
+    {
+        errors.push(FieldError::new("description", "must be a string"));
+    }
+
+    let transform = match obj.get("transform") {
+        None | Some(Value::Null) => None,
+        Some(t) => match serde_json::from_value::<TransformSpec>(t.clone()) {
+            Err(e) => {
+                errors.push(FieldError::new("transform", e.to_string()));
+                None
+            }
+            Ok(spec) => match spec.compile() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let field = if e.field.is_empty() {
+                        "transform".to_owned()
+                    } else {
+                        format!("transform.{}", e.field)
+                    };
+                    errors.push(FieldError::new(field, e.reason));
+                    None
+                }
+            },
+        },
+    };
+
+    let rule_retry = match obj.get("retry_policy") {
+        None | Some(Value::Null) => RetryPolicy::default(),
+        Some(r) => parse_retry(r, "retry_policy", &mut errors),
+    };
+
+    let dead_letter = match obj.get("dead_letter") {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(d)) => {
+            for key in d.keys().filter(|k| k.as_str() != "enabled") {
+                errors.push(FieldError::new(
+                    format!("dead_letter.{key}"),
+                    "unknown field",
+                ));
+            }
+            match d.get("enabled") {
+                None => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    errors.push(FieldError::new(
+                        "dead_letter.enabled",
+                        "must be true or false",
+                    ));
+                    true
+                }
+            }
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "dead_letter",
+                "must be an object like {\"enabled\": true}",
+            ));
+            true
+        }
+    };
+
+    let mut targets = Vec::new();
+    match obj.get("targets") {
+        None => errors.push(FieldError::new(
+            "targets",
+            "missing: a rule needs at least one target",
+        )),
+        Some(Value::Array(list)) if list.is_empty() => {
+            errors.push(FieldError::new("targets", "must list at least one target"))
+        }
+        Some(Value::Array(list)) if list.len() > MAX_TARGETS => errors.push(FieldError::new(
+            "targets",
+            format!("at most {MAX_TARGETS} targets per rule"),
+        )),
+        Some(Value::Array(list)) => {
+            let mut seen = HashSet::new();
+            for (i, t) in list.iter().enumerate() {
+                let path = format!("targets[{i}]");
+                if let Some(target) = compile_target(t, &path, &rule_retry, ctx, &mut errors) {
+                    if !seen.insert(target.id.clone()) {
+                        errors.push(FieldError::new(
+                            format!("{path}.id"),
+                            format!("duplicate target id {:?}", target.id),
+                        ));
+                    }
+                    targets.push(target);
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new("targets", "must be an array")),
+    }
+
+    match (errors.is_empty(), pattern) {
+        (true, Some(pattern)) => Ok(Rule {
+            name: name.to_owned(),
+            bus: bus.to_owned(),
+            enabled,
+            pattern,
+            transform,
+            targets,
+            dead_letter,
+            spec: spec.clone(),
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn parse_retry(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> RetryPolicy {
+    match serde_json::from_value::<RetryPolicy>(value.clone()) {
+        Err(e) => {
+            errors.push(FieldError::new(path, e.to_string()));
+            RetryPolicy::default()
+        }
+        Ok(policy) => {
+            if let Err(e) = policy.validate() {
+                errors.push(FieldError::new(format!("{path}.{}", e.field), e.reason));
+            }
+            policy
+        }
+    }
+}
+
+fn compile_target(
+    value: &Value,
+    path: &str,
+    rule_retry: &RetryPolicy,
+    ctx: &CompileContext<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Target> {
+    let Some(obj) = value.as_object() else {
+        errors.push(FieldError::new(path, "a target must be an object"));
+        return None;
+    };
+    let mut rest: Map<String, Value> = obj.clone();
+    let id = match rest.remove("id") {
+        Some(Value::String(id)) if valid_name(&id) => id,
+        Some(_) => {
+            errors.push(FieldError::new(
+                format!("{path}.id"),
+                "must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+            return None;
+        }
+        None => {
+            errors.push(FieldError::new(
+                format!("{path}.id"),
+                "missing: every target needs an id",
+            ));
+            return None;
+        }
+    };
+    let retry = match rest.remove("retry_policy") {
+        None | Some(Value::Null) => rule_retry.clone(),
+        Some(r) => parse_retry(&r, &format!("{path}.retry_policy"), errors),
+    };
+    let kind = match rest.remove("type") {
+        Some(Value::String(kind)) => kind,
+        _ => {
+            errors.push(FieldError::new(
+                format!("{path}.type"),
+                "missing: one of http, bus, queue, wasm",
+            ));
+            return None;
+        }
+    };
+    let kind = match kind.as_str() {
+        "http" => {
+            let spec = match serde_json::from_value::<HttpTargetSpec>(Value::Object(rest)) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    errors.push(FieldError::new(path, e.to_string()));
+                    return None;
+                }
+            };
+            match HttpTarget::new(spec, ctx.http.clone()) {
+                Ok(t) => TargetKind::Http(Arc::new(t)),
+                Err(e) => {
+                    errors.push(FieldError::new(format!("{path}.{}", e.field), e.reason));
+                    return None;
+                }
+            }
+        }
+        "bus" => TargetKind::Bus {
+            bus: single_name(rest, "bus", path, errors)?,
+        },
+        "queue" => TargetKind::Queue {
+            queue: single_name(rest, "queue", path, errors)?,
+        },
+        "wasm" => {
+            errors.push(FieldError::new(
+                format!("{path}.type"),
+                "wasm connector targets are not available yet",
+            ));
+            return None;
+        }
+        other => {
+            errors.push(FieldError::new(
+                format!("{path}.type"),
+                format!("unknown target type {other:?}: expected http, bus, queue or wasm"),
+            ));
+            return None;
+        }
+    };
+    Some(Target { id, retry, kind })
+}
+
+/// Reads the one required name field of `bus`/`queue` targets and rejects anything else.
+fn single_name(
+    mut rest: Map<String, Value>,
+    key: &str,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let name = rest.remove(key);
+    for other in rest.keys() {
+        errors.push(FieldError::new(format!("{path}.{other}"), "unknown field"));
+    }
+    match name {
+        Some(Value::String(n)) if valid_name(&n) => Some(n),
+        Some(_) => {
+            errors.push(FieldError::new(
+                format!("{path}.{key}"),
+                "must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+            None
+        }
+        None => {
+            errors.push(FieldError::new(format!("{path}.{key}"), "missing"));
+            None
+        }
+    }
+}
+
+/// Whether `name` is a valid resource name: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Lets EventBridge patterns work unchanged: top-level `detail` means `data`
+/// and `detail-type` means `type` (also inside a top-level `$or`).
+pub fn eventbridge_aliases(pattern: &Value) -> Value {
+    let Value::Object(obj) = pattern else {
+        return pattern.clone();
+    };
+    let mut out = Map::with_capacity(obj.len());
+    for (k, v) in obj {
+        let key = match k.as_str() {
+            "detail" if !obj.contains_key("data") => "data",
+            "detail-type" if !obj.contains_key("type") => "type",
+            _ => k.as_str(),
+        };
+        let value = match (key, v) {
+            ("$or", Value::Array(alts)) => {
+                Value::Array(alts.iter().map(eventbridge_aliases).collect())
+            }
+            _ => v.clone(),
+        };
+        out.insert(key.to_owned(), value);
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn aliases_rewrite_top_level_only() {
+        let p = json!({"detail-type": ["a"], "detail": {"detail": [1]}, "$or": [{"detail": {"x": [1]}}]});
+        assert_eq!(
+            eventbridge_aliases(&p),
+            json!({"type": ["a"], "data": {"detail": [1]}, "$or": [{"data": {"x": [1]}}]})
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("orders-2024.v1_x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

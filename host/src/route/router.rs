@@ -1,0 +1,291 @@
+//! The router: follows the log from the persisted cursor and turns each event
+//! into deliveries.
+//!
+//! It reads committed events in order (from the store's in-memory tail when it
+//! keeps up), matches them against their bus's rule index, renders transforms
+//! and hands each (rule, target) pair to its kind: webhooks to the delivery
+//! engine, queue and bus targets straight to the store in one write per batch.
+
+use crate::catalog::Catalog;
+use crate::clock::{now_ms, rfc3339};
+use crate::deliver::engine::{Delivery, Engine};
+use crate::deliver::queue::QueueSignals;
+use crate::event::Event;
+use crate::route::{Rule, TargetKind};
+use crate::store::{AttemptError, LoggedEvent, NewEvent, NewJob, NewQueueMessage, Seq, Store};
+use crate::telemetry;
+use crate::transform::RenderContext;
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The extension that counts how many `bus` targets an event passed through.
+pub const HOPS_EXTENSION: &str = "busbarhops";
+
+/// Events read from the log per round.
+const BATCH: usize = 1024;
+
+/// What the router needs.
+pub struct Router {
+    /// The store to read from and write side effects to.
+    pub store: Arc<dyn Store>,
+    /// Rules.
+    pub catalog: Arc<Catalog>,
+    /// Where webhook deliveries go.
+    pub engine: Arc<Engine>,
+    /// Long-poll wake-ups.
+    pub queues: Arc<QueueSignals>,
+    /// Most `bus` hops before an event is treated as looping.
+    pub max_hops: u32,
+}
+
+/// Side effects of one batch that go to the store together.
+#[derive(Default)]
+struct Writes {
+    queue: Vec<NewQueueMessage>,
+    forwarded: Vec<NewEvent>,
+}
+
+impl Router {
+    /// Routes until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut routed: Seq = loop {
+            match self.store.route_cursor().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read routing cursor");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        self.engine.watermark(|w| w.hold(routed, 0));
+        let mut committed = self.store.committed();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            committed.borrow_and_update();
+            let batch = match self.store.read_log(routed, BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the log");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Some(last) = batch.last() else {
+                tokio::select! {
+                    _ = committed.changed() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            };
+            routed = last.seq;
+            self.route_batch(batch).await;
+        }
+    }
+
+    async fn route_batch(&self, batch: Vec<LoggedEvent>) {
+        let mut writes = Writes::default();
+        let seqs: Vec<Seq> = batch.iter().map(|e| e.seq).collect();
+        self.engine.watermark(|w| {
+            for &seq in &seqs {
+                w.hold(seq, 1);
+            }
+        });
+        for event in batch {
+            self.route_one(event, &mut writes).await;
+        }
+        self.flush(writes).await;
+        self.engine.watermark(|w| {
+            for &seq in &seqs {
+                w.release(seq);
+            }
+        });
+    }
+
+    async fn route_one(&self, logged: LoggedEvent, writes: &mut Writes) {
+        let Some(routes) = self.catalog.bus(&logged.tenant, &logged.bus) else {
+            return;
+        };
+        if routes.index.is_empty() {
+            return;
+        }
+        let matched = match routes.index.matches_json(&logged.body) {
+            Ok(m) if m.is_empty() => return,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(seq = logged.seq, error = %e, "stored event is not JSON; skipped");
+                return;
+            }
+        };
+        telemetry::matched(&logged.tenant, matched.len() as u64);
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&logged.body) else {
+            return;
+        };
+        let value = Value::Object(map);
+        let event = Arc::new(Event::from_validated(match &value {
+            Value::Object(m) => m.clone(),
+            _ => return,
+        }));
+        let ingestion_time = rfc3339(logged.ingested_ms);
+        let mut rule_arn = String::new();
+        // Each rule fires once per event, whatever order the index reports them in.
+        let matched: BTreeSet<String> = matched.into_iter().collect();
+        for name in matched {
+            let Some(rule) = routes.rules.get(&name) else {
+                continue;
+            };
+            let body = match &rule.transform {
+                None => None,
+                Some(t) => {
+                    rule_arn.clear();
+                    rule_arn.push_str(&format!(
+                        "busbar:rule/{}/{}/{}",
+                        logged.tenant, rule.bus, rule.name
+                    ));
+                    let ctx = RenderContext {
+                        rule_name: &rule.name,
+                        rule_arn: &rule_arn,
+                        ingestion_time: &ingestion_time,
+                    };
+                    match t.render(&value, &ctx) {
+                        Ok(text) => Some(Arc::<str>::from(text)),
+                        Err(e) => {
+                            let error = AttemptError {
+                                code: "render_error".into(),
+                                message: e.to_string(),
+                                status: None,
+                            };
+                            for target in &rule.targets {
+                                let job = self.job(&logged, rule, &target.id, error.clone());
+                                self.engine
+                                    .dead_letter_job(None, job, "permanent", rule.dead_letter)
+                                    .await;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            for (index, target) in rule.targets.iter().enumerate() {
+                match &target.kind {
+                    TargetKind::Http(_) => {
+                        self.engine.watermark(|w| w.hold(logged.seq, 1));
+                        self.engine.dispatch(Delivery {
+                            seq: Some(logged.seq),
+                            job_id: None,
+                            tenant: logged.tenant.clone(),
+                            rule: rule.clone(),
+                            target: index,
+                            event: event.clone(),
+                            event_bytes: logged.body.clone(),
+                            body: body.clone(),
+                            attempts: 0,
+                            ingested_ms: logged.ingested_ms,
+                        });
+                    }
+                    TargetKind::Queue { queue } => writes.queue.push(NewQueueMessage {
+                        tenant: logged.tenant.clone(),
+                        queue: queue.clone(),
+                        body: body
+                            .as_ref()
+                            .map(|b| Bytes::from(b.as_bytes().to_vec()))
+                            .unwrap_or_else(|| logged.body.clone()),
+                    }),
+                    TargetKind::Bus { bus } => {
+                        self.forward(&logged, &event, rule, &target.id, bus, writes)
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends an event on to another bus of the tenant, counting hops to stop loops.
+    async fn forward(
+        &self,
+        logged: &LoggedEvent,
+        event: &Event,
+        rule: &Rule,
+        target: &str,
+        bus: &str,
+        writes: &mut Writes,
+    ) {
+        let hops = event
+            .as_map()
+            .get(HOPS_EXTENSION)
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if hops >= u64::from(self.max_hops) {
+            let error = AttemptError {
+                code: "loop_detected".into(),
+                message: format!(
+                    "event passed through {hops} bus targets (limit {})",
+                    self.max_hops
+                ),
+                status: None,
+            };
+            let job = self.job(logged, rule, target, error);
+            self.engine
+                .dead_letter_job(None, job, "permanent", rule.dead_letter)
+                .await;
+            return;
+        }
+        let mut map = event.as_map().clone();
+        map.insert(HOPS_EXTENSION.to_owned(), Value::from(hops + 1));
+        let forwarded = Event::from_validated(map);
+        writes.forwarded.push(NewEvent {
+            tenant: logged.tenant.clone(),
+            bus: bus.to_owned(),
+            event_id: logged.event_id.clone(),
+            body: Bytes::from(forwarded.to_json_bytes()),
+            ingested_ms: now_ms(),
+        });
+    }
+
+    fn job(&self, logged: &LoggedEvent, rule: &Rule, target: &str, error: AttemptError) -> NewJob {
+        NewJob {
+            tenant: logged.tenant.clone(),
+            bus: rule.bus.clone(),
+            rule: rule.name.clone(),
+            target: target.to_owned(),
+            event_id: logged.event_id.clone(),
+            event: logged.body.clone(),
+            body: None,
+            attempts: 0,
+            ingested_ms: logged.ingested_ms,
+            due_ms: now_ms(),
+            last_error: Some(error),
+        }
+    }
+
+    /// Writes the batch's queue messages and forwarded events, retrying until
+    /// the store takes them: the batch is not routed until they are durable.
+    async fn flush(&self, writes: Writes) {
+        let mut backoff = Duration::from_millis(10);
+        if !writes.queue.is_empty() {
+            while let Err(e) = self.store.queue_push(writes.queue.clone()).await {
+                tracing::error!(error = %e, "cannot write queue messages; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            let mut seen = BTreeSet::new();
+            for m in &writes.queue {
+                if seen.insert((&m.tenant, &m.queue)) {
+                    self.queues.signal(&m.tenant, &m.queue);
+                }
+            }
+        }
+        if !writes.forwarded.is_empty() {
+            while let Err(e) = self.store.append(writes.forwarded.clone()).await {
+                tracing::error!(error = %e, "cannot forward events; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

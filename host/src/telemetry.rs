@@ -1,0 +1,79 @@
+//! Logs and metrics.
+//!
+//! Metric names are part of the operational interface (dashboards depend on
+//! them), so every name is written once, here.
+
+use crate::config::LogFormat;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide metrics recorder (once) and returns its handle.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}
+
+/// Starts `tracing` output; safe to call more than once (later calls are ignored).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BUSBAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Events accepted into the log.
+pub fn accepted(tenant: &str, n: u64) {
+    counter!("busbar_events_accepted_total", "tenant" => tenant.to_owned()).increment(n);
+}
+
+/// Events refused at ingestion, by reason code.
+pub fn rejected(reason: &'static str, n: u64) {
+    counter!("busbar_events_rejected_total", "reason" => reason).increment(n);
+}
+
+/// Rule matches.
+pub fn matched(tenant: &str, n: u64) {
+    counter!("busbar_events_matched_total", "tenant" => tenant.to_owned()).increment(n);
+}
+
+/// A successful delivery, with the time since ingestion.
+pub fn delivered(labels: &[(&'static str, String)], latency_ms: i64) {
+    counter!("busbar_deliveries_total", labels).increment(1);
+    histogram!("busbar_ingest_to_delivery_seconds").record(latency_ms.max(0) as f64 / 1000.0);
+}
+
+/// A failed attempt that will be retried.
+pub fn retried(labels: &[(&'static str, String)]) {
+    counter!("busbar_delivery_retries_total", labels).increment(1);
+}
+
+/// A delivery given up on.
+pub fn dead_lettered(tenant: &str, exhausted: &str) {
+    counter!("busbar_dead_letters_total", "tenant" => tenant.to_owned(), "exhausted" => exhausted.to_owned())
+        .increment(1);
+}
+
+/// Events routed but not yet fully delivered or persisted.
+pub fn routing_backlog(n: i64) {
+    gauge!("busbar_routing_backlog_events").set(n as f64);
+}

@@ -1,0 +1,127 @@
+//! `kill -9` the real binary under load, restart it, and check that every
+//! acknowledged event is delivered at least once.
+
+use crate::support::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Starts `busbar serve` on a free port and returns the child and its base URL.
+fn spawn_bus(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("BUSBAR_ADMIN_KEY", ADMIN_KEY)
+        .env("BUSBAR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start busbar");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("busbar exited before listening")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("busbar listening on ") {
+            break url.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Receiver::start().await;
+    let (mut child, url) = spawn_bus(dir.path());
+    let client = reqwest::Client::new();
+
+    let tenant: serde_json::Value = client
+        .post(format!("{url}/v1/admin/tenants"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "crash"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let rule = json!({"pattern": {"source": ["load"]}, "targets": [{"id": "sink", "type": "http", "url": sink.url("/")}],
+                      "retry_policy": {"max_attempts": 1000, "base_delay_ms": 20, "max_delay_ms": 200}});
+    let resp = client
+        .put(format!("{url}/v1/buses/default/rules/all"))
+        .bearer_auth(&key)
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+
+    // Load: 8 senders, each sending events with unique ids until the server dies.
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut senders = Vec::new();
+    for worker in 0..8 {
+        let (client, url, key, acked) = (client.clone(), url.clone(), key.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..100_000 {
+                let id = format!("w{worker}-{i}");
+                let body = json!({"specversion": "1.0", "id": id, "source": "load", "type": "t", "data": {"i": i}});
+                let sent = client
+                    .post(format!("{url}/v1/buses/default/events"))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    // Kill once a good number of events were acknowledged and some delivered.
+    wait_for("load to build up", Duration::from_secs(30), || {
+        let n = acked.lock().unwrap().len();
+        let delivered = sink.received().len();
+        async move { (n >= 2000 && delivered > 0).then_some(()) }
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().clone();
+
+    let (mut child, _url) = spawn_bus(dir.path());
+    let missing = wait_for(
+        "every acknowledged event to be delivered",
+        Duration::from_secs(60),
+        || {
+            let delivered: HashSet<String> = sink
+                .received()
+                .iter()
+                .filter_map(|r| r.header("ce-id").map(str::to_owned))
+                .collect();
+            let missing: Vec<String> = acked.difference(&delivered).take(5).cloned().collect();
+            async move { missing.is_empty().then_some(missing) }
+        },
+    )
+    .await;
+    assert!(missing.is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,289 @@
+//! Shared test harness: a real bus on 127.0.0.1:0 with a temp data dir, real
+//! HTTP receivers, and condition waits with deadlines.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::any;
+use busbar::config::Config;
+use busbar::server::{self, Running};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+/// Waits until `check` returns Some, polling every 20 ms, failing after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bus running in this process.
+pub struct TestBus {
+    pub url: String,
+    pub client: reqwest::Client,
+    running: Option<Running>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestBus {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        let running = server::start(config_for(dir.path())).await.unwrap();
+        Self {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::new(),
+            running: Some(running),
+            dir: Some(dir),
+        }
+    }
+
+    /// Stops gracefully and returns the data dir for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+        self.dir.take().unwrap()
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(method, path, ADMIN_KEY, body).await
+    }
+
+    /// Creates a tenant and returns its API key.
+    pub async fn tenant(&self, name: &str) -> String {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/admin/tenants",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["api_key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn put(&self, key: &str, path: &str, body: Value) -> Value {
+        let (status, out) = self.call(reqwest::Method::PUT, path, key, Some(body)).await;
+        assert!(status.is_success(), "PUT {path}: {status} {out}");
+        out
+    }
+
+    /// Sends one structured-mode event; asserts 202.
+    pub async fn send(&self, key: &str, bus: &str, event: Value) {
+        let (status, body) = self
+            .raw(
+                key,
+                bus,
+                "application/cloudevents+json",
+                event.to_string(),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+
+    pub async fn raw(
+        &self,
+        key: &str,
+        bus: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/buses/{bus}/events", self.url))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.trigger_shutdown();
+        }
+    }
+}
+
+pub fn config_for(dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        admin_key: Some(ADMIN_KEY.to_owned()),
+        ..Config::default()
+    }
+}
+
+pub fn event(id: &str, source: &str, data: Value) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": source, "type": "test.event",
+           "datacontenttype": "application/json", "data": data})
+}
+
+/// A retry policy that makes tests fast.
+pub fn fast_retry(max_attempts: u32) -> Value {
+    json!({"max_attempts": max_attempts, "base_delay_ms": 10, "max_delay_ms": 50})
+}
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    got: Mutex<Vec<Received>>,
+    /// Answer this status for the next N requests, then 200.
+    fail: Mutex<(usize, u16)>,
+}
+
+/// A real HTTP receiver that records what it gets.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = {
+        let mut fail = state.fail.lock().unwrap();
+        if fail.0 > 0 {
+            fail.0 -= 1;
+            StatusCode::from_u16(fail.1).unwrap()
+        } else {
+            StatusCode::OK
+        }
+    };
+    if status.is_success() {
+        state.got.lock().unwrap().push(Received {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+        });
+    }
+    status
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let state = Arc::new(ReceiverState::default());
+        let app = Router::new()
+            .fallback(any(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Fail the next `n` requests with `status`.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        *self.state.fail.lock().unwrap() = (n, status);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.got.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests were accepted.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let me = self.clone();
+        wait_for(
+            &format!("{n} deliveries to {}", self.addr),
+            Duration::from_secs(20),
+            || {
+                let got = me.received();
+                async move { (got.len() >= n).then_some(got) }
+            },
+        )
+        .await
+    }
+}
