@@ -590,10 +590,7 @@ impl HttpTarget {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default();
-            match signer.headers(id, timestamp, &rendered.body) {
-                Ok(signed) => headers.extend(signed),
-                Err(failure) => return Outcome::Permanent(failure),
-            }
+            headers.extend(signer.headers(id, timestamp, &rendered.body));
         }
 
         let deadline = Instant::now() + self.timeout;
@@ -913,20 +910,27 @@ impl Signer {
     }
 
     /// The `webhook-id`, `webhook-timestamp` and `webhook-signature` headers.
-    fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> Result<HeaderMap, Failure> {
+    ///
+    /// The id is percent-encoded like a `ce-*` value (a no-op for the usual
+    /// ASCII ids) and signed as sent, so receivers can verify with what they
+    /// received.
+    fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> HeaderMap {
+        let id = percent_encode_header(id);
         let mut headers = HeaderMap::new();
-        let id_value = HeaderValue::from_str(id).map_err(|_| {
-            Failure::new("render_error", "the event id cannot be sent as webhook-id")
-        })?;
-        headers.insert(HeaderName::from_static("webhook-id"), id_value);
+        let signature = self.sign(&id, timestamp, body);
+        // Percent-encoded text and base64 are always valid header values.
+        if let (Ok(id), Ok(signature)) = (
+            HeaderValue::from_str(&id),
+            HeaderValue::from_str(&signature),
+        ) {
+            headers.insert(HeaderName::from_static("webhook-id"), id);
+            headers.insert(HeaderName::from_static("webhook-signature"), signature);
+        }
         headers.insert(
             HeaderName::from_static("webhook-timestamp"),
             HeaderValue::from(timestamp),
         );
-        if let Ok(signature) = HeaderValue::from_str(&self.sign(id, timestamp, body)) {
-            headers.insert(HeaderName::from_static("webhook-signature"), signature);
-        }
-        Ok(headers)
+        headers
     }
 }
 
@@ -1389,9 +1393,18 @@ mod tests {
             ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        let headers = signer.headers("msg_1", 1_700_000_000, b"{}").unwrap();
+        let headers = signer.headers("msg_1", 1_700_000_000, b"{}");
         assert_eq!(headers["webhook-id"], "msg_1");
+        let expected = signer.sign("msg_1", 1_700_000_000, b"{}");
+        assert_eq!(headers["webhook-signature"], expected.as_str());
         assert_eq!(headers["webhook-timestamp"], "1700000000");
+        // A non-ASCII id is sent, and signed, percent-encoded.
+        let headers = signer.headers("é 1", 1, b"");
+        assert_eq!(headers["webhook-id"], "%C3%A9%201");
+        assert_eq!(
+            headers["webhook-signature"],
+            signer.sign("%C3%A9%201", 1, b"").as_str()
+        );
         assert!(
             headers["webhook-signature"]
                 .to_str()
