@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use busbar::deliver::http::{
-    AuthSpec, DeliveryMode, HttpClient, HttpTarget, HttpTargetSpec, SigningSpec,
+    AuthSpec, DeliveryMode, HttpClient, HttpClientOptions, HttpTarget, HttpTargetSpec, SigningSpec,
 };
 use busbar::deliver::{Outcome, Payload};
 use busbar::event::Event;
@@ -567,4 +567,48 @@ async fn the_concurrency_cap_bounds_requests_in_flight() {
     assert_eq!(receiver.requests("/held").len(), 10);
     // Never more than the cap, and the cap was actually reached.
     assert_eq!(receiver.shared.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_guarded_client_refuses_private_destinations() {
+    let receiver = Receiver::start().await;
+    let guarded = HttpClient::with_options(&HttpClientOptions {
+        deny_private_networks: true,
+    })
+    .unwrap();
+    let port = receiver.addr.port();
+    let event = order_event();
+
+    // By IP literal (refused before connecting) and by a name that resolves
+    // to loopback (refused by the resolver).
+    for url in [
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://localhost:{port}/hook"),
+    ] {
+        let target = HttpTarget::new(HttpTargetSpec::new(&url), guarded.clone()).unwrap();
+        let Outcome::Permanent(f) = deliver(&target, &event).await else {
+            panic!("{url} must be refused")
+        };
+        assert_eq!(f.code, "forbidden_destination", "{url}: {f:?}");
+    }
+    // The OAuth2 token endpoint is guarded too.
+    let mut spec = oauth_spec(&receiver, "/protected");
+    spec.url = "https://hooks.example/in".into();
+    let target = HttpTarget::new(spec, guarded).unwrap();
+    let Outcome::Permanent(f) = deliver(&target, &event).await else {
+        panic!("a private token endpoint must be refused")
+    };
+    assert_eq!(f.code, "forbidden_destination");
+    assert!(receiver.shared.requests.lock().unwrap().is_empty());
+
+    // The default client delivers to the same receiver.
+    let open = target_for(&format!("http://localhost:{port}/hook"));
+    assert_eq!(
+        deliver(&open, &event).await,
+        Outcome::Delivered { status: 200 }
+    );
+}
+
+fn target_for(url: &str) -> HttpTarget {
+    target(HttpTargetSpec::new(url))
 }

@@ -27,7 +27,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -460,22 +461,149 @@ struct Compiled {
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: reqwest::Client,
+    /// Whether non-public destinations are refused (see
+    /// [`HttpClientOptions::deny_private_networks`]).
+    deny_private_networks: bool,
+}
+
+/// How the shared [`HttpClient`] is built.
+#[derive(Clone, Debug, Default)]
+pub struct HttpClientOptions {
+    /// Refuse to deliver to loopback, private, link-local and other
+    /// non-public addresses, whether the URL names them directly or a host
+    /// name resolves to them (a guard against tenants using webhooks to
+    /// reach the bus's own network, e.g. cloud metadata endpoints). Such a
+    /// delivery fails permanently with `forbidden_destination`. Environment
+    /// proxies are ignored when this is on, since a proxy would resolve the
+    /// host itself. Off by default: a single-tenant bus often delivers to
+    /// services next to it.
+    pub deny_private_networks: bool,
 }
 
 impl HttpClient {
-    /// Builds the client.
+    /// Builds the client with the default options.
     pub fn new() -> anyhow::Result<Self> {
-        let inner = reqwest::Client::builder()
+        Self::with_options(&HttpClientOptions::default())
+    }
+
+    /// Builds the client.
+    pub fn with_options(options: &HttpClientOptions) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
             .user_agent(concat!("busbar/", env!("CARGO_PKG_VERSION")))
             // Keep warm connections to busy targets, but not forever.
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self { inner })
+            .tcp_nodelay(true);
+        if options.deny_private_networks {
+            builder = builder
+                .no_proxy()
+                .dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        Ok(Self {
+            inner: builder.build()?,
+            deny_private_networks: options.deny_private_networks,
+        })
     }
+
+    /// Refuses `url` up front when it names a non-public IP address and the
+    /// client guards against those (host names are checked when resolved).
+    fn check_destination(&self, url: &Url) -> Result<(), Failure> {
+        let host = url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return Ok(());
+        };
+        if self.deny_private_networks && !is_public(ip) {
+            Err(ForbiddenDestination(ip).into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A destination the client refuses to connect to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a public address; delivery to private networks is disabled")]
+struct ForbiddenDestination(IpAddr);
+
+impl From<ForbiddenDestination> for Failure {
+    fn from(error: ForbiddenDestination) -> Self {
+        Failure::new(FORBIDDEN_DESTINATION, error.to_string())
+    }
+}
+
+/// The failure code of a refused destination.
+const FORBIDDEN_DESTINATION: &str = "forbidden_destination";
+
+/// Resolves host names like the system does, then keeps only public
+/// addresses (all of them private: the lookup fails with
+/// [`ForbiddenDestination`]).
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|addr| is_public(addr.ip()))
+                .collect();
+            match (public.is_empty(), resolved.first()) {
+                (true, Some(first)) => Err(ForbiddenDestination(first.ip()).into()),
+                _ => Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// Whether an address is on the public internet: not loopback, private,
+/// link-local, carrier-grade NAT, documentation, benchmarking, multicast or
+/// reserved (IPv4-mapped and NAT64 IPv6 addresses are judged by their IPv4).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded_v4 = || {
+                let [.., a, b, c, d] = v6.octets();
+                Ipv4Addr::new(a, b, c, d)
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public_v4(embedded_v4());
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || segments[..6] == [0; 6] // IPv4-compatible (deprecated)
+                || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || segments[..2] == [0x2001, 0x0db8]) // documentation
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0 // "this network"
+        || (a == 100 && (b & 0xc0) == 64) // carrier-grade NAT, 100.64/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18/15
+        || a >= 240) // reserved
 }
 
 /// A validated `http` target, ready to deliver. Cheap to share via `Arc`;
@@ -542,6 +670,15 @@ impl HttpTarget {
             Ok(rendered) => rendered,
             Err(failure) => return Outcome::Permanent(failure),
         };
+        let token_url = match &self.auth {
+            Some(Auth::OAuth2(oauth)) => Some(&oauth.token_url),
+            _ => None,
+        };
+        for url in std::iter::once(&self.url).chain(token_url) {
+            if let Err(failure) = self.client.check_destination(url) {
+                return Outcome::Permanent(failure);
+            }
+        }
         // Held until the attempt ends; the semaphore is never closed.
         let _permit = match &self.concurrency {
             Some(semaphore) => match semaphore.acquire().await {
@@ -556,6 +693,9 @@ impl HttpTarget {
         let bearer = match &self.auth {
             Some(Auth::OAuth2(oauth)) => match oauth.token(&self.client, self.timeout).await {
                 Ok(token) => Some(token),
+                Err(failure) if failure.code == FORBIDDEN_DESTINATION => {
+                    return Outcome::Permanent(failure);
+                }
                 Err(failure) => return Outcome::Retry(failure),
             },
             _ => None,
@@ -676,6 +816,9 @@ fn classify(
 
 /// Classifies a request that got no HTTP answer.
 fn classify_error(error: reqwest::Error) -> Outcome {
+    if let Some(forbidden) = find_forbidden(&error) {
+        return Outcome::Permanent(forbidden);
+    }
     let code = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {
@@ -686,6 +829,25 @@ fn classify_error(error: reqwest::Error) -> Outcome {
         "request_error"
     };
     Outcome::Retry(Failure::new(code, error_chain(error)))
+}
+
+/// The [`ForbiddenDestination`] behind a failed request, if that was why.
+fn find_forbidden(error: &reqwest::Error) -> Option<Failure> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        // `io::Error` hides its payload from `source()`; look inside it.
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in std::iter::once(current).chain(inner) {
+            if let Some(forbidden) = candidate.downcast_ref::<ForbiddenDestination>() {
+                return Some(Failure::new(FORBIDDEN_DESTINATION, forbidden.to_string()));
+            }
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// The error and its causes on one line, without the URL (it may carry
@@ -1027,7 +1189,10 @@ impl OAuth2 {
             .body(form)
             .send()
             .await
-            .map_err(|e| auth_error(format!("token endpoint: {}", error_chain(e))))?;
+            .map_err(|e| match find_forbidden(&e) {
+                Some(forbidden) => forbidden,
+                None => auth_error(format!("token endpoint: {}", error_chain(e))),
+            })?;
         let status = response.status();
         let body = read_capped(&mut response, TOKEN_BODY_CAP).await;
         if !status.is_success() {
@@ -1514,6 +1679,82 @@ mod tests {
         }
         // The first goes at once, the next four 100 ms apart.
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn public_addresses() {
+        let public = [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        let private = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+        ];
+        for ip in public {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+        for ip in private {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is private");
+        }
+    }
+
+    #[test]
+    fn ip_literal_destinations_are_checked_up_front() {
+        let guarded = HttpClient::with_options(&HttpClientOptions {
+            deny_private_networks: true,
+        })
+        .unwrap();
+        let open = HttpClient::new().unwrap();
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0x7f.1/",
+        ] {
+            let url = Url::parse(url).unwrap();
+            let err = guarded.check_destination(&url).unwrap_err();
+            assert_eq!(err.code, "forbidden_destination", "{url}");
+            assert!(open.check_destination(&url).is_ok());
+        }
+        for url in [
+            "http://8.8.8.8/",
+            "https://hooks.example/",
+            "http://[2606:4700::1]/",
+        ] {
+            assert!(
+                guarded.check_destination(&Url::parse(url).unwrap()).is_ok(),
+                "{url}"
+            );
+        }
     }
 
     #[test]
