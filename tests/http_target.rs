@@ -386,22 +386,42 @@ async fn oauth2_401_drops_the_token_and_retries() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_token_endpoint_failure_is_a_retryable_auth_error() {
     let receiver = Receiver::start().await;
     let mut spec = oauth_spec(&receiver, "/protected");
     if let Some(AuthSpec::Oauth2 { client_secret, .. }) = &mut spec.auth {
         *client_secret = "wrong".into();
     }
-    let target = target(spec);
+    let target = Arc::new(target(spec));
+    let event = Arc::new(order_event());
 
-    let Outcome::Retry(failure) = deliver(&target, &order_event()).await else {
-        panic!("token failures must be retried")
-    };
-    assert_eq!(failure.code, "auth_error");
-    assert_eq!(failure.status, Some(401));
-    assert!(failure.message.contains("invalid_client"), "{failure:?}");
+    // Deliveries queued behind a failed token request share its failure
+    // instead of each asking the endpoint in turn.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (target, event) = (target.clone(), event.clone());
+            tokio::spawn(async move { deliver(&target, &event).await })
+        })
+        .collect();
+    for task in tasks {
+        let Outcome::Retry(failure) = task.await.unwrap() else {
+            panic!("token failures must be retried")
+        };
+        assert_eq!(failure.code, "auth_error");
+        assert_eq!(failure.status, Some(401));
+        assert!(failure.message.contains("invalid_client"), "{failure:?}");
+    }
+    assert_eq!(receiver.requests("/token").len(), 1);
     assert!(receiver.requests("/protected").is_empty());
+
+    // A little later the endpoint is asked again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while receiver.requests("/token").len() < 2 {
+        assert!(Instant::now() < deadline, "token endpoint never retried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(matches!(deliver(&target, &event).await, Outcome::Retry(_)));
+    }
 }
 
 #[tokio::test]

@@ -251,6 +251,10 @@ impl HttpTargetSpec {
                 problems.add(field, "is set by auth");
                 continue;
             }
+            if headers.contains_key(&header_name) {
+                problems.add(field, "repeats a header (names are case-insensitive)");
+                continue;
+            }
             match HeaderValue::from_str(value) {
                 Ok(value) => {
                     headers.insert(header_name, value);
@@ -325,12 +329,17 @@ impl HttpTargetSpec {
 
 /// Why a header cannot be set in `headers` (the bus sets it), if it cannot.
 fn reserved_header(lowercase_name: &str) -> Option<&'static str> {
-    const RESERVED: [&str; 8] = [
+    const RESERVED: [&str; 13] = [
         "host",
         "content-length",
         "content-type",
         "transfer-encoding",
         "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
         "webhook-id",
         "webhook-timestamp",
         "webhook-signature",
@@ -423,13 +432,13 @@ fn check_auth(auth: &AuthSpec, problems: &mut Problems) -> Option<Auth> {
             if scope.as_deref().is_some_and(|s| s.trim().is_empty()) {
                 problems.add("auth.scope", "must not be empty when given");
             }
-            Some(Auth::OAuth2(OAuth2 {
+            Some(Auth::OAuth2(Box::new(OAuth2 {
                 token_url: token_url?,
                 client_id: client_id.clone(),
                 client_secret: client_secret.clone(),
                 scope: scope.clone(),
-                cache: tokio::sync::Mutex::new(None),
-            }))
+                cache: tokio::sync::Mutex::default(),
+            })))
         }
     }
 }
@@ -1101,7 +1110,7 @@ enum Auth {
     /// A fixed header (API key or basic credentials).
     Header(HeaderName, HeaderValue),
     /// OAuth2 client credentials.
-    OAuth2(OAuth2),
+    OAuth2(Box<OAuth2>),
 }
 
 /// OAuth2 client-credentials state: where to get tokens, and the cached one.
@@ -1110,11 +1119,33 @@ struct OAuth2 {
     client_id: String,
     client_secret: Secret,
     scope: Option<String>,
-    /// The current token. An async mutex held across the token request, so
-    /// that concurrent deliveries wait for one refresh instead of each
-    /// asking the endpoint.
-    cache: tokio::sync::Mutex<Option<Token>>,
+    /// The current token, or the last failure to get one. An async mutex
+    /// held across the token request, so that concurrent deliveries wait for
+    /// one refresh instead of each asking the endpoint.
+    cache: tokio::sync::Mutex<TokenState>,
 }
+
+/// What the token cache holds.
+#[derive(Default)]
+enum TokenState {
+    /// Nothing yet, or the token was refused.
+    #[default]
+    Empty,
+    /// A token to use until it nears expiry.
+    Valid(Token),
+    /// The last request for a token failed at `at`. Deliveries queued behind
+    /// that request get the same failure for a moment instead of each
+    /// waiting for its own timeout in turn.
+    Failed {
+        /// When the request failed.
+        at: Instant,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+/// How long a token endpoint failure is reused for waiting deliveries.
+const TOKEN_FAILURE_REUSE: Duration = Duration::from_secs(1);
 
 /// A cached access token.
 struct Token {
@@ -1141,30 +1172,45 @@ impl OAuth2 {
     /// fresh one from the token endpoint.
     async fn token(&self, client: &HttpClient, timeout: Duration) -> Result<HeaderValue, Failure> {
         let mut cache = self.cache.lock().await;
-        if let Some(token) = cache.as_ref()
-            && token.refresh_at.is_none_or(|at| Instant::now() < at)
-        {
-            return Ok(token.header.clone());
+        let now = Instant::now();
+        match &*cache {
+            TokenState::Valid(token) if token.refresh_at.is_none_or(|at| now < at) => {
+                return Ok(token.header.clone());
+            }
+            TokenState::Failed { at, failure } if now < *at + TOKEN_FAILURE_REUSE => {
+                return Err(failure.clone());
+            }
+            _ => {}
         }
-        *cache = None;
-        let token = tokio::time::timeout(timeout, self.fetch(client))
+        let fetched = tokio::time::timeout(timeout, self.fetch(client))
             .await
             .unwrap_or_else(|_| {
                 Err(auth_error(format!(
                     "token endpoint gave no answer within {} ms",
                     timeout.as_millis()
                 )))
-            })?;
-        let header = token.header.clone();
-        *cache = Some(token);
-        Ok(header)
+            });
+        match fetched {
+            Ok(token) => {
+                let header = token.header.clone();
+                *cache = TokenState::Valid(token);
+                Ok(header)
+            }
+            Err(failure) => {
+                *cache = TokenState::Failed {
+                    at: Instant::now(),
+                    failure: failure.clone(),
+                };
+                Err(failure)
+            }
+        }
     }
 
     /// Forgets `used` if it is still the cached token (the target refused it).
     async fn invalidate(&self, used: &HeaderValue) {
         let mut cache = self.cache.lock().await;
-        if cache.as_ref().is_some_and(|t| t.header == used) {
-            *cache = None;
+        if matches!(&*cache, TokenState::Valid(token) if token.header == used) {
+            *cache = TokenState::Empty;
         }
     }
 
@@ -1653,6 +1699,13 @@ mod tests {
         });
         spec.headers.insert("x-key".into(), "other".into());
         assert_eq!(spec.validate().unwrap_err().field, "headers.x-key");
+        spec.headers.clear();
+        spec.headers.insert("X-Trace".into(), "1".into());
+        spec.headers.insert("x-trace".into(), "2".into());
+        spec.headers.insert("Upgrade".into(), "h2c".into());
+        let err = spec.validate().unwrap_err();
+        let fields: Vec<String> = err.problems().map(|p| p.field).collect();
+        assert_eq!(fields, ["headers.Upgrade", "headers.x-trace"]);
         spec.headers.clear();
         spec.rate_limit_per_s = Some(f64::NAN);
         assert_eq!(spec.validate().unwrap_err().field, "rate_limit_per_s");
