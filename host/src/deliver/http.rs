@@ -17,6 +17,7 @@
 //! | no complete answer within `timeout_ms`          | `Retry`     | `timeout`       |
 //! | the OAuth2 token endpoint failed                | `Retry`     | `auth_error`    |
 //! | the event cannot be rendered (bad base64, ...)  | `Permanent` | `render_error`  |
+//! | a private address, when the client refuses them | `Permanent` | `forbidden_destination` |
 //!
 //! The event is sent in CloudEvents HTTP binary mode (attributes as `ce-*`
 //! headers, the payload as the body) unless the target asks for structured
