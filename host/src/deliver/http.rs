@@ -674,7 +674,8 @@ impl HttpTarget {
     /// Makes one delivery attempt and classifies the result.
     ///
     /// Waits for a concurrency slot and then for the rate limit, if the
-    /// target has them; the timeout starts after both.
+    /// target has them; the timeout starts after both. An OAuth2 token
+    /// request, when one is needed, gets its own `timeout_ms` before it.
     pub async fn deliver(&self, payload: Payload<'_>) -> Outcome {
         let rendered = match render(self.spec.mode, payload) {
             Ok(rendered) => rendered,
