@@ -17,7 +17,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use busbar::deliver::http::{
     AuthSpec, DeliveryMode, HttpClient, HttpClientOptions, HttpTarget, HttpTargetSpec, SigningSpec,
 };
-use busbar::deliver::{Outcome, Payload};
+use busbar::deliver::retry::RetryPolicy;
+use busbar::deliver::{Outcome, Payload, SpecError};
 use busbar::event::Event;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -631,4 +632,62 @@ async fn a_guarded_client_refuses_private_destinations() {
 
 fn target_for(url: &str) -> HttpTarget {
     target(HttpTargetSpec::new(url))
+}
+
+/// Every `tests/data/deliver/<kind>/*.json` is an invalid spec; the `.err`
+/// file next to it holds the expected problems, one `field: reason` per line
+/// (or `json: ...` when the document does not even deserialise). Run with
+/// `BUSBAR_BLESS=1` to rewrite the `.err` files after a deliberate change.
+#[test]
+fn invalid_specs_match_their_golden_errors() {
+    fn problems(error: SpecError) -> String {
+        error
+            .problems()
+            .map(|p| format!("{}: {}\n", p.field, p.reason))
+            .collect()
+    }
+    fn http(text: &str) -> String {
+        match serde_json::from_str::<HttpTargetSpec>(text) {
+            Err(e) => format!("json: {e}\n"),
+            Ok(spec) => spec.validate().map_or_else(problems, |()| "valid\n".into()),
+        }
+    }
+    fn retry(text: &str) -> String {
+        match serde_json::from_str::<RetryPolicy>(text) {
+            Err(e) => format!("json: {e}\n"),
+            Ok(policy) => policy
+                .validate()
+                .map_or_else(problems, |()| "valid\n".into()),
+        }
+    }
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/deliver");
+    let bless = std::env::var_os("BUSBAR_BLESS").is_some();
+    let mut checked = 0;
+    let mut mismatches = Vec::new();
+    for (dir, check) in [
+        ("http_invalid", http as fn(&str) -> String),
+        ("retry_invalid", retry),
+    ] {
+        let mut inputs: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "json"))
+            .collect();
+        inputs.sort();
+        assert!(!inputs.is_empty(), "no cases in {dir}");
+        for input in inputs {
+            let actual = check(&std::fs::read_to_string(&input).unwrap());
+            assert_ne!(actual, "valid\n", "{} is valid", input.display());
+            let golden = input.with_extension("err");
+            if bless {
+                std::fs::write(&golden, &actual).unwrap();
+            } else if std::fs::read_to_string(&golden).ok().as_deref() != Some(&actual) {
+                mismatches.push(format!("{}:\n{actual}", golden.display()));
+            }
+            checked += 1;
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(checked >= 20);
 }
