@@ -620,16 +620,22 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 /// the rate limiter, concurrency cap and OAuth2 token cache live here, so
 /// share one `HttpTarget` per configured target.
 pub struct HttpTarget {
+    /// Kept to answer [`HttpTarget::spec`] and for the delivery mode.
     spec: HttpTargetSpec,
+    /// Shared by all targets, so connections are pooled across them.
     client: HttpClient,
     url: Url,
     method: Method,
     /// The spec's static headers, parsed once.
     headers: HeaderMap,
+    /// Covers connecting, sending and receiving the (capped) answer.
     timeout: Duration,
+    /// Precomputed header, or OAuth2 state with its token cache.
     auth: Option<Auth>,
     signer: Option<Signer>,
+    /// Per target, so one slow or limited receiver never holds back others.
     rate: Option<RateLimiter>,
+    /// Permits for requests in flight; never closed.
     concurrency: Option<Semaphore>,
 }
 
