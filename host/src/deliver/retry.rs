@@ -64,7 +64,8 @@ const MAX_DELAY_LIMIT_MS: u64 = 86_400_000;
 
 /// Which limit ended the retries of a delivery (the dead-letter entry's
 /// `exhausted` field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exhausted {
     /// `max_attempts` attempts were made.
     MaxAttempts,
@@ -387,6 +388,14 @@ mod tests {
         .map(|e| e.as_str())
         .collect();
         assert_eq!(names, ["max_attempts", "max_event_age", "permanent"]);
+        for e in [
+            Exhausted::MaxAttempts,
+            Exhausted::MaxEventAge,
+            Exhausted::Permanent,
+        ] {
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+            assert_eq!(e.to_string(), e.as_str());
+        }
     }
 
     #[test]
