@@ -524,6 +524,21 @@ async fn connection_refused_is_retried() {
 }
 
 #[tokio::test]
+async fn a_failed_tls_handshake_is_a_retryable_connect_error() {
+    // The receiver speaks plain HTTP: rustls sends its ClientHello and
+    // gets garbage back.
+    let receiver = Receiver::start().await;
+    let url = format!("https://{}/hook", receiver.addr);
+    let target = target(HttpTargetSpec::new(url));
+
+    let Outcome::Retry(f) = deliver(&target, &order_event()).await else {
+        panic!("TLS failures must retry")
+    };
+    assert_eq!(f.code, "connect_error", "{f:?}");
+    assert!(receiver.requests("/hook").is_empty());
+}
+
+#[tokio::test]
 async fn a_slow_receiver_times_out_and_is_retried() {
     let receiver = Receiver::start().await;
     let mut spec = HttpTargetSpec::new(receiver.url("/slow"));
