@@ -17,6 +17,7 @@
 //! | no complete answer within `timeout_ms`          | `Retry`     | `timeout`       |
 //! | the OAuth2 token endpoint failed                | `Retry`     | `auth_error`    |
 //! | the event cannot be rendered (bad base64, ...)  | `Permanent` | `render_error`  |
+//! | a private address, when the client refuses them | `Permanent` | `forbidden_destination` |
 //!
 //! The event is sent in CloudEvents HTTP binary mode (attributes as `ce-*`
 //! headers, the payload as the body) unless the target asks for structured
@@ -27,7 +28,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -250,6 +252,10 @@ impl HttpTargetSpec {
                 problems.add(field, "is set by auth");
                 continue;
             }
+            if headers.contains_key(&header_name) {
+                problems.add(field, "repeats a header (names are case-insensitive)");
+                continue;
+            }
             match HeaderValue::from_str(value) {
                 Ok(value) => {
                     headers.insert(header_name, value);
@@ -324,12 +330,17 @@ impl HttpTargetSpec {
 
 /// Why a header cannot be set in `headers` (the bus sets it), if it cannot.
 fn reserved_header(lowercase_name: &str) -> Option<&'static str> {
-    const RESERVED: [&str; 8] = [
+    const RESERVED: [&str; 13] = [
         "host",
         "content-length",
         "content-type",
         "transfer-encoding",
         "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
         "webhook-id",
         "webhook-timestamp",
         "webhook-signature",
@@ -422,13 +433,13 @@ fn check_auth(auth: &AuthSpec, problems: &mut Problems) -> Option<Auth> {
             if scope.as_deref().is_some_and(|s| s.trim().is_empty()) {
                 problems.add("auth.scope", "must not be empty when given");
             }
-            Some(Auth::OAuth2(OAuth2 {
+            Some(Auth::OAuth2(Box::new(OAuth2 {
                 token_url: token_url?,
                 client_id: client_id.clone(),
                 client_secret: client_secret.clone(),
                 scope: scope.clone(),
-                cache: tokio::sync::Mutex::new(None),
-            }))
+                cache: tokio::sync::Mutex::default(),
+            })))
         }
     }
 }
@@ -460,38 +471,171 @@ struct Compiled {
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: reqwest::Client,
+    /// Whether non-public destinations are refused (see
+    /// [`HttpClientOptions::deny_private_networks`]).
+    deny_private_networks: bool,
+}
+
+/// How the shared [`HttpClient`] is built.
+#[derive(Clone, Debug, Default)]
+pub struct HttpClientOptions {
+    /// Refuse to deliver to loopback, private, link-local and other
+    /// non-public addresses, whether the URL names them directly or a host
+    /// name resolves to them (a guard against tenants using webhooks to
+    /// reach the bus's own network, e.g. cloud metadata endpoints). Such a
+    /// delivery fails permanently with `forbidden_destination`. Environment
+    /// proxies are ignored when this is on, since a proxy would resolve the
+    /// host itself. Off by default: a single-tenant bus often delivers to
+    /// services next to it.
+    pub deny_private_networks: bool,
 }
 
 impl HttpClient {
-    /// Builds the client.
+    /// Builds the client with the default options.
     pub fn new() -> anyhow::Result<Self> {
-        let inner = reqwest::Client::builder()
+        Self::with_options(&HttpClientOptions::default())
+    }
+
+    /// Builds the client.
+    pub fn with_options(options: &HttpClientOptions) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
             .user_agent(concat!("busbar/", env!("CARGO_PKG_VERSION")))
             // Keep warm connections to busy targets, but not forever.
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self { inner })
+            .tcp_nodelay(true);
+        if options.deny_private_networks {
+            builder = builder
+                .no_proxy()
+                .dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        Ok(Self {
+            inner: builder.build()?,
+            deny_private_networks: options.deny_private_networks,
+        })
     }
+
+    /// Refuses `url` up front when it names a non-public IP address and the
+    /// client guards against those (host names are checked when resolved).
+    fn check_destination(&self, url: &Url) -> Result<(), Failure> {
+        let host = url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return Ok(());
+        };
+        if self.deny_private_networks && !is_public(ip) {
+            Err(ForbiddenDestination(ip).into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A destination the client refuses to connect to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a public address; delivery to private networks is disabled")]
+struct ForbiddenDestination(IpAddr);
+
+impl From<ForbiddenDestination> for Failure {
+    fn from(error: ForbiddenDestination) -> Self {
+        Failure::new(FORBIDDEN_DESTINATION, error.to_string())
+    }
+}
+
+/// The failure code of a refused destination.
+const FORBIDDEN_DESTINATION: &str = "forbidden_destination";
+
+/// Resolves host names like the system does, then keeps only public
+/// addresses (all of them private: the lookup fails with
+/// [`ForbiddenDestination`]).
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|addr| is_public(addr.ip()))
+                .collect();
+            match (public.is_empty(), resolved.first()) {
+                (true, Some(first)) => Err(ForbiddenDestination(first.ip()).into()),
+                _ => Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// Whether an address is on the public internet: not loopback, private,
+/// link-local, carrier-grade NAT, documentation, benchmarking, multicast or
+/// reserved (IPv4-mapped and NAT64 IPv6 addresses are judged by their IPv4).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded_v4 = || {
+                let [.., a, b, c, d] = v6.octets();
+                Ipv4Addr::new(a, b, c, d)
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public_v4(embedded_v4());
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || segments[..6] == [0; 6] // IPv4-compatible (deprecated)
+                || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || segments[..2] == [0x2001, 0x0db8]) // documentation
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0 // "this network"
+        || (a == 100 && (b & 0xc0) == 64) // carrier-grade NAT, 100.64/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18/15
+        || a >= 240) // reserved
 }
 
 /// A validated `http` target, ready to deliver. Cheap to share via `Arc`;
 /// the rate limiter, concurrency cap and OAuth2 token cache live here, so
 /// share one `HttpTarget` per configured target.
 pub struct HttpTarget {
+    /// Kept to answer [`HttpTarget::spec`] and for the delivery mode.
     spec: HttpTargetSpec,
+    /// Shared by all targets, so connections are pooled across them.
     client: HttpClient,
     url: Url,
     method: Method,
     /// The spec's static headers, parsed once.
     headers: HeaderMap,
+    /// Covers connecting, sending and receiving the (capped) answer.
     timeout: Duration,
+    /// Precomputed header, or OAuth2 state with its token cache.
     auth: Option<Auth>,
     signer: Option<Signer>,
+    /// Per target, so one slow or limited receiver never holds back others.
     rate: Option<RateLimiter>,
+    /// Permits for requests in flight; never closed.
     concurrency: Option<Semaphore>,
 }
 
@@ -536,12 +680,22 @@ impl HttpTarget {
     /// Makes one delivery attempt and classifies the result.
     ///
     /// Waits for a concurrency slot and then for the rate limit, if the
-    /// target has them; the timeout starts after both.
+    /// target has them; the timeout starts after both. An OAuth2 token
+    /// request, when one is needed, gets its own `timeout_ms` before it.
     pub async fn deliver(&self, payload: Payload<'_>) -> Outcome {
         let rendered = match render(self.spec.mode, payload) {
             Ok(rendered) => rendered,
             Err(failure) => return Outcome::Permanent(failure),
         };
+        let token_url = match &self.auth {
+            Some(Auth::OAuth2(oauth)) => Some(&oauth.token_url),
+            _ => None,
+        };
+        for url in std::iter::once(&self.url).chain(token_url) {
+            if let Err(failure) = self.client.check_destination(url) {
+                return Outcome::Permanent(failure);
+            }
+        }
         // Held until the attempt ends; the semaphore is never closed.
         let _permit = match &self.concurrency {
             Some(semaphore) => match semaphore.acquire().await {
@@ -556,6 +710,9 @@ impl HttpTarget {
         let bearer = match &self.auth {
             Some(Auth::OAuth2(oauth)) => match oauth.token(&self.client, self.timeout).await {
                 Ok(token) => Some(token),
+                Err(failure) if failure.code == FORBIDDEN_DESTINATION => {
+                    return Outcome::Permanent(failure);
+                }
                 Err(failure) => return Outcome::Retry(failure),
             },
             _ => None,
@@ -590,10 +747,7 @@ impl HttpTarget {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default();
-            match signer.headers(id, timestamp, &rendered.body) {
-                Ok(signed) => headers.extend(signed),
-                Err(failure) => return Outcome::Permanent(failure),
-            }
+            headers.extend(signer.headers(id, timestamp, &rendered.body));
         }
 
         let deadline = Instant::now() + self.timeout;
@@ -679,6 +833,9 @@ fn classify(
 
 /// Classifies a request that got no HTTP answer.
 fn classify_error(error: reqwest::Error) -> Outcome {
+    if let Some(forbidden) = find_forbidden(&error) {
+        return Outcome::Permanent(forbidden);
+    }
     let code = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {
@@ -689,6 +846,25 @@ fn classify_error(error: reqwest::Error) -> Outcome {
         "request_error"
     };
     Outcome::Retry(Failure::new(code, error_chain(error)))
+}
+
+/// The [`ForbiddenDestination`] behind a failed request, if that was why.
+fn find_forbidden(error: &reqwest::Error) -> Option<Failure> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        // `io::Error` hides its payload from `source()`; look inside it.
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in std::iter::once(current).chain(inner) {
+            if let Some(forbidden) = candidate.downcast_ref::<ForbiddenDestination>() {
+                return Some(Failure::new(FORBIDDEN_DESTINATION, forbidden.to_string()));
+            }
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// The error and its causes on one line, without the URL (it may carry
@@ -913,20 +1089,27 @@ impl Signer {
     }
 
     /// The `webhook-id`, `webhook-timestamp` and `webhook-signature` headers.
-    fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> Result<HeaderMap, Failure> {
+    ///
+    /// The id is percent-encoded like a `ce-*` value (a no-op for the usual
+    /// ASCII ids) and signed as sent, so receivers can verify with what they
+    /// received.
+    fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> HeaderMap {
+        let id = percent_encode_header(id);
         let mut headers = HeaderMap::new();
-        let id_value = HeaderValue::from_str(id).map_err(|_| {
-            Failure::new("render_error", "the event id cannot be sent as webhook-id")
-        })?;
-        headers.insert(HeaderName::from_static("webhook-id"), id_value);
+        let signature = self.sign(&id, timestamp, body);
+        // Percent-encoded text and base64 are always valid header values.
+        if let (Ok(id), Ok(signature)) = (
+            HeaderValue::from_str(&id),
+            HeaderValue::from_str(&signature),
+        ) {
+            headers.insert(HeaderName::from_static("webhook-id"), id);
+            headers.insert(HeaderName::from_static("webhook-signature"), signature);
+        }
         headers.insert(
             HeaderName::from_static("webhook-timestamp"),
             HeaderValue::from(timestamp),
         );
-        if let Ok(signature) = HeaderValue::from_str(&self.sign(id, timestamp, body)) {
-            headers.insert(HeaderName::from_static("webhook-signature"), signature);
-        }
-        Ok(headers)
+        headers
     }
 }
 
@@ -935,7 +1118,7 @@ enum Auth {
     /// A fixed header (API key or basic credentials).
     Header(HeaderName, HeaderValue),
     /// OAuth2 client credentials.
-    OAuth2(OAuth2),
+    OAuth2(Box<OAuth2>),
 }
 
 /// OAuth2 client-credentials state: where to get tokens, and the cached one.
@@ -944,11 +1127,33 @@ struct OAuth2 {
     client_id: String,
     client_secret: Secret,
     scope: Option<String>,
-    /// The current token. An async mutex held across the token request, so
-    /// that concurrent deliveries wait for one refresh instead of each
-    /// asking the endpoint.
-    cache: tokio::sync::Mutex<Option<Token>>,
+    /// The current token, or the last failure to get one. An async mutex
+    /// held across the token request, so that concurrent deliveries wait for
+    /// one refresh instead of each asking the endpoint.
+    cache: tokio::sync::Mutex<TokenState>,
 }
+
+/// What the token cache holds.
+#[derive(Default)]
+enum TokenState {
+    /// Nothing yet, or the token was refused.
+    #[default]
+    Empty,
+    /// A token to use until it nears expiry.
+    Valid(Token),
+    /// The last request for a token failed at `at`. Deliveries queued behind
+    /// that request get the same failure for a moment instead of each
+    /// waiting for its own timeout in turn.
+    Failed {
+        /// When the request failed.
+        at: Instant,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+/// How long a token endpoint failure is reused for waiting deliveries.
+const TOKEN_FAILURE_REUSE: Duration = Duration::from_secs(1);
 
 /// A cached access token.
 struct Token {
@@ -975,30 +1180,45 @@ impl OAuth2 {
     /// fresh one from the token endpoint.
     async fn token(&self, client: &HttpClient, timeout: Duration) -> Result<HeaderValue, Failure> {
         let mut cache = self.cache.lock().await;
-        if let Some(token) = cache.as_ref()
-            && token.refresh_at.is_none_or(|at| Instant::now() < at)
-        {
-            return Ok(token.header.clone());
+        let now = Instant::now();
+        match &*cache {
+            TokenState::Valid(token) if token.refresh_at.is_none_or(|at| now < at) => {
+                return Ok(token.header.clone());
+            }
+            TokenState::Failed { at, failure } if now < *at + TOKEN_FAILURE_REUSE => {
+                return Err(failure.clone());
+            }
+            _ => {}
         }
-        *cache = None;
-        let token = tokio::time::timeout(timeout, self.fetch(client))
+        let fetched = tokio::time::timeout(timeout, self.fetch(client))
             .await
             .unwrap_or_else(|_| {
                 Err(auth_error(format!(
                     "token endpoint gave no answer within {} ms",
                     timeout.as_millis()
                 )))
-            })?;
-        let header = token.header.clone();
-        *cache = Some(token);
-        Ok(header)
+            });
+        match fetched {
+            Ok(token) => {
+                let header = token.header.clone();
+                *cache = TokenState::Valid(token);
+                Ok(header)
+            }
+            Err(failure) => {
+                *cache = TokenState::Failed {
+                    at: Instant::now(),
+                    failure: failure.clone(),
+                };
+                Err(failure)
+            }
+        }
     }
 
     /// Forgets `used` if it is still the cached token (the target refused it).
     async fn invalidate(&self, used: &HeaderValue) {
         let mut cache = self.cache.lock().await;
-        if cache.as_ref().is_some_and(|t| t.header == used) {
-            *cache = None;
+        if matches!(&*cache, TokenState::Valid(token) if token.header == used) {
+            *cache = TokenState::Empty;
         }
     }
 
@@ -1023,7 +1243,10 @@ impl OAuth2 {
             .body(form)
             .send()
             .await
-            .map_err(|e| auth_error(format!("token endpoint: {}", error_chain(e))))?;
+            .map_err(|e| match find_forbidden(&e) {
+                Some(forbidden) => forbidden,
+                None => auth_error(format!("token endpoint: {}", error_chain(e))),
+            })?;
         let status = response.status();
         let body = read_capped(&mut response, TOKEN_BODY_CAP).await;
         if !status.is_success() {
@@ -1389,9 +1612,18 @@ mod tests {
             ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        let headers = signer.headers("msg_1", 1_700_000_000, b"{}").unwrap();
+        let headers = signer.headers("msg_1", 1_700_000_000, b"{}");
         assert_eq!(headers["webhook-id"], "msg_1");
+        let expected = signer.sign("msg_1", 1_700_000_000, b"{}");
+        assert_eq!(headers["webhook-signature"], expected.as_str());
         assert_eq!(headers["webhook-timestamp"], "1700000000");
+        // A non-ASCII id is sent, and signed, percent-encoded.
+        let headers = signer.headers("é 1", 1, b"");
+        assert_eq!(headers["webhook-id"], "%C3%A9%201");
+        assert_eq!(
+            headers["webhook-signature"],
+            signer.sign("%C3%A9%201", 1, b"").as_str()
+        );
         assert!(
             headers["webhook-signature"]
                 .to_str()
@@ -1476,6 +1708,13 @@ mod tests {
         spec.headers.insert("x-key".into(), "other".into());
         assert_eq!(spec.validate().unwrap_err().field, "headers.x-key");
         spec.headers.clear();
+        spec.headers.insert("X-Trace".into(), "1".into());
+        spec.headers.insert("x-trace".into(), "2".into());
+        spec.headers.insert("Upgrade".into(), "h2c".into());
+        let err = spec.validate().unwrap_err();
+        let fields: Vec<String> = err.problems().map(|p| p.field).collect();
+        assert_eq!(fields, ["headers.Upgrade", "headers.x-trace"]);
+        spec.headers.clear();
         spec.rate_limit_per_s = Some(f64::NAN);
         assert_eq!(spec.validate().unwrap_err().field, "rate_limit_per_s");
     }
@@ -1501,6 +1740,82 @@ mod tests {
         }
         // The first goes at once, the next four 100 ms apart.
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn public_addresses() {
+        let public = [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        let private = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+        ];
+        for ip in public {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+        for ip in private {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is private");
+        }
+    }
+
+    #[test]
+    fn ip_literal_destinations_are_checked_up_front() {
+        let guarded = HttpClient::with_options(&HttpClientOptions {
+            deny_private_networks: true,
+        })
+        .unwrap();
+        let open = HttpClient::new().unwrap();
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0x7f.1/",
+        ] {
+            let url = Url::parse(url).unwrap();
+            let err = guarded.check_destination(&url).unwrap_err();
+            assert_eq!(err.code, "forbidden_destination", "{url}");
+            assert!(open.check_destination(&url).is_ok());
+        }
+        for url in [
+            "http://8.8.8.8/",
+            "https://hooks.example/",
+            "http://[2606:4700::1]/",
+        ] {
+            assert!(
+                guarded.check_destination(&Url::parse(url).unwrap()).is_ok(),
+                "{url}"
+            );
+        }
     }
 
     #[test]

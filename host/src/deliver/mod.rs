@@ -46,7 +46,8 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
     /// Stable `snake_case` code: `http_status`, `rate_limited`, `connect_error`,
-    /// `timeout`, `auth_error`, `render_error` or `request_error`.
+    /// `timeout`, `auth_error`, `render_error`, `request_error` or
+    /// `forbidden_destination` (see the table in [`http`]).
     pub code: String,
     /// Human-readable detail, e.g. the start of the target's error body.
     pub message: String,

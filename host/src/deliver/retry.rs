@@ -2,7 +2,8 @@
 //!
 //! A [`RetryPolicy`] is the `retry_policy` of a rule. The delivery engine asks
 //! [`RetryPolicy::check`] whether another attempt is allowed and
-//! [`RetryPolicy::next_delay`] how long to wait before it. Backoff is
+//! [`RetryPolicy::next_delay`] how long to wait before it, or simply
+//! [`RetryPolicy::after`] what to do next. Backoff is
 //! exponential with *full jitter* (a uniform draw between zero and the
 //! exponential cap), which spreads the retries of many events that failed
 //! together instead of bringing them back in synchronised waves.
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Problems;
 pub use super::SpecError;
+use super::{Outcome, Problems};
 
 /// A rule's retry policy: how long and how often to retry a delivery.
 ///
@@ -63,7 +64,8 @@ const MAX_DELAY_LIMIT_MS: u64 = 86_400_000;
 
 /// Which limit ended the retries of a delivery (the dead-letter entry's
 /// `exhausted` field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exhausted {
     /// `max_attempts` attempts were made.
     MaxAttempts,
@@ -90,7 +92,52 @@ impl fmt::Display for Exhausted {
     }
 }
 
+/// What the delivery engine should do after an attempt (see
+/// [`RetryPolicy::after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The event was delivered; nothing more to do.
+    Done,
+    /// Attempt again after this delay.
+    RetryIn(Duration),
+    /// Dead-letter the event: this limit ran out.
+    GiveUp(Exhausted),
+}
+
 impl RetryPolicy {
+    /// Decides what follows an attempt's `outcome`, given the attempts made
+    /// so far (this one included) and the event's age now.
+    ///
+    /// Combines [`check`](Self::check) and [`next_delay`](Self::next_delay),
+    /// and gives up early when the next attempt would fall after
+    /// `max_event_age_s` anyway.
+    pub fn after(&self, outcome: &Outcome, attempts_made: u32, event_age: Duration) -> Next {
+        self.after_with(outcome, attempts_made, event_age, &mut fastrand::Rng::new())
+    }
+
+    /// [`after`](Self::after) drawing the jitter from `rng`.
+    pub fn after_with(
+        &self,
+        outcome: &Outcome,
+        attempts_made: u32,
+        event_age: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Next {
+        let failure = match outcome {
+            Outcome::Delivered { .. } => return Next::Done,
+            Outcome::Permanent(_) => return Next::GiveUp(Exhausted::Permanent),
+            Outcome::Retry(failure) => failure,
+        };
+        if let Err(exhausted) = self.check(attempts_made, event_age) {
+            return Next::GiveUp(exhausted);
+        }
+        let delay = self.next_delay_with(attempts_made, failure.retry_after, rng);
+        match self.check(attempts_made, event_age.saturating_add(delay)) {
+            Ok(()) => Next::RetryIn(delay),
+            Err(exhausted) => Next::GiveUp(exhausted),
+        }
+    }
+
     /// Checks that every field is in range; reports all problems.
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut problems = Problems::default();
@@ -181,6 +228,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::Failure;
 
     fn policy(base_delay_ms: u64, max_delay_ms: u64) -> RetryPolicy {
         RetryPolicy {
@@ -340,5 +388,69 @@ mod tests {
         .map(|e| e.as_str())
         .collect();
         assert_eq!(names, ["max_attempts", "max_event_age", "permanent"]);
+        for e in [
+            Exhausted::MaxAttempts,
+            Exhausted::MaxEventAge,
+            Exhausted::Permanent,
+        ] {
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+            assert_eq!(e.to_string(), e.as_str());
+        }
+    }
+
+    #[test]
+    fn after_combines_outcome_limits_and_backoff() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            max_event_age_s: 3_600,
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            max_retry_after_s: 300,
+        };
+        let mut rng = fastrand::Rng::with_seed(9);
+        let retry = Outcome::Retry(Failure::new("http_status", "HTTP 503"));
+        let young = Duration::from_secs(10);
+
+        assert_eq!(
+            p.after_with(&Outcome::Delivered { status: 200 }, 1, young, &mut rng),
+            Next::Done
+        );
+        assert_eq!(
+            p.after_with(
+                &Outcome::Permanent(Failure::new("http_status", "HTTP 404")),
+                1,
+                young,
+                &mut rng
+            ),
+            Next::GiveUp(Exhausted::Permanent)
+        );
+        let Next::RetryIn(delay) = p.after_with(&retry, 2, young, &mut rng) else {
+            panic!("a young event with attempts left is retried")
+        };
+        assert!(delay <= Duration::from_secs(2));
+        assert_eq!(
+            p.after_with(&retry, 5, young, &mut rng),
+            Next::GiveUp(Exhausted::MaxAttempts)
+        );
+        assert_eq!(
+            p.after_with(&retry, 1, Duration::from_secs(3_600), &mut rng),
+            Next::GiveUp(Exhausted::MaxEventAge)
+        );
+        // A Retry-After that lands past the age limit ends the retries now.
+        let mut asked = Failure::new("rate_limited", "HTTP 429");
+        asked.retry_after = Some(Duration::from_secs(120));
+        assert_eq!(
+            p.after_with(
+                &Outcome::Retry(asked.clone()),
+                1,
+                Duration::from_secs(3_500),
+                &mut rng
+            ),
+            Next::GiveUp(Exhausted::MaxEventAge)
+        );
+        assert_eq!(
+            p.after_with(&Outcome::Retry(asked), 1, young, &mut rng),
+            Next::RetryIn(Duration::from_secs(120))
+        );
     }
 }
