@@ -603,3 +603,48 @@ async fn health_readiness_and_metrics_answer() {
         .unwrap();
     assert!(text.contains("busbar_events_accepted_total"), "{text}");
 }
+
+#[tokio::test]
+async fn pattern_and_transform_testers_over_http() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    let (status, body) = bus
+        .call(Method::POST, "/v1/patterns/test", &key, Some(json!({
+            "pattern": {"detail": {"n": [{"numeric": [">=", 3]}]}}, "event": {"data": {"n": 3.0}}})))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"match": true})));
+    let (status, body) = bus
+        .call(
+            Method::POST,
+            "/v1/patterns/test",
+            &key,
+            Some(json!({"pattern": {"a": [{"cidr": "10.0.0.0/33"}]}, "event": {}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "pattern.a[0].cidr", "{body}");
+    let (status, body) = bus
+        .call(Method::POST, "/v1/transforms/test", &key, Some(json!({
+            "event": {"data": {"who": "ann"}}, "input_paths_map": {"who": "$.data.who"}, "input_template": "{\"to\": <who>}"})))
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"output": "{\"to\": \"ann\"}"}))
+    );
+    let (status, body) = bus
+        .call(
+            Method::POST,
+            "/v1/transforms/test",
+            &key,
+            Some(json!({"event": {}, "input_template": "<nope>"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("input_template"),
+        "{body}"
+    );
+}

@@ -125,3 +125,87 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_the_restarted_bus_still_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_bus(dir.path());
+    let client = reqwest::Client::new();
+    let tenant: serde_json::Value = client
+        .post(format!("{url}/v1/admin/tenants"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "t"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    client
+        .put(format!("{url}/v1/queues/q"))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let rule = json!({"pattern": {"source": ["s"]}, "targets": [{"id": "q", "type": "queue", "queue": "q"}]});
+    client
+        .put(format!("{url}/v1/buses/default/rules/r"))
+        .bearer_auth(&key)
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let ev = json!({"specversion": "1.0", "id": format!("g{i}"), "source": "s", "type": "t"});
+        let r = client
+            .post(format!("{url}/v1/buses/default/events"))
+            .bearer_auth(&key)
+            .header("content-type", "application/cloudevents+json")
+            .body(ev.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    // SIGTERM: the process stops accepting, finishes its work and exits 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    let (mut child, url) = spawn_bus(dir.path());
+    let got = wait_for(
+        "all 50 messages on the queue",
+        Duration::from_secs(20),
+        || {
+            let (client, url, key) = (client.clone(), url.clone(), key.clone());
+            async move {
+                let r: serde_json::Value = client
+                    .get(format!("{url}/v1/queues/q"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (r["depth"].as_u64()? >= 50).then_some(r["depth"].as_u64()?)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        got, 50,
+        "each event routed exactly once across a graceful restart"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, LogFormat};
 use crate::pattern::{Pattern, PatternLimits};
-use crate::route::eventbridge_aliases;
+use crate::route::pattern_for_sample;
 use crate::transform::{RenderContext, TransformSpec};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -139,10 +139,13 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// Matches one event against one pattern, with EventBridge's aliases applied.
+/// Matches one event against one pattern (see [`pattern_for_sample`] for the aliases).
 pub fn test_pattern(pattern: &Value, event: &Value) -> Result<bool, String> {
-    let compiled = Pattern::from_value(&eventbridge_aliases(pattern), &PatternLimits::default())
-        .map_err(|e| e.to_string())?;
+    let compiled = Pattern::from_value(
+        &pattern_for_sample(pattern, event),
+        &PatternLimits::default(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(compiled.matches(event))
 }
 

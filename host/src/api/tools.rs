@@ -2,7 +2,7 @@
 
 use super::{ApiError, State, Tenant, parse_json};
 use crate::pattern::Pattern;
-use crate::route::{FieldError, eventbridge_aliases};
+use crate::route::{FieldError, pattern_for_sample};
 use crate::transform::{RenderContext, TransformSpec};
 use axum::Json;
 use bytes::Bytes;
@@ -22,15 +22,18 @@ pub(super) async fn test_pattern(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: PatternTest = parse_json(&body)?;
-    let pattern = Pattern::from_value(&eventbridge_aliases(&req.pattern), &state.pattern_limits)
-        .map_err(|e| {
-            let field = if e.path.is_empty() {
-                "pattern".to_owned()
-            } else {
-                format!("pattern.{}", e.path)
-            };
-            ApiError::invalid("invalid_pattern", vec![FieldError::new(field, e.reason)])
-        })?;
+    let pattern = Pattern::from_value(
+        &pattern_for_sample(&req.pattern, &req.event),
+        &state.pattern_limits,
+    )
+    .map_err(|e| {
+        let field = if e.path.is_empty() {
+            "pattern".to_owned()
+        } else {
+            format!("pattern.{}", e.path)
+        };
+        ApiError::invalid("invalid_pattern", vec![FieldError::new(field, e.reason)])
+    })?;
     Ok(Json(json!({"match": pattern.matches(&req.event)})))
 }
 

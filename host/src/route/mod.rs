@@ -427,6 +427,18 @@ pub fn eventbridge_aliases(pattern: &Value) -> Value {
     Value::Object(out)
 }
 
+/// The pattern a tester should compile for `event`: EventBridge's aliases
+/// apply (as on the bus) unless the sample event itself is EventBridge-shaped
+/// (has a top-level `detail` or `detail-type`), so both kinds of sample work.
+pub fn pattern_for_sample(pattern: &Value, event: &Value) -> Value {
+    let eventbridge_shaped = event.get("detail").is_some() || event.get("detail-type").is_some();
+    if eventbridge_shaped {
+        pattern.clone()
+    } else {
+        eventbridge_aliases(pattern)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

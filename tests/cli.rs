@@ -1,0 +1,138 @@
+//! The `busbar` binary's offline tools: `pattern test` and `transform test`.
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn busbar(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, value: &Value) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, value.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn pattern_test_exit_codes_say_match_no_match_and_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = write(
+        &dir,
+        "e.json",
+        &json!({"source": "shop", "detail": {"n": 5}}),
+    );
+    let yes = write(
+        &dir,
+        "yes.json",
+        &json!({"source": ["shop"], "detail": {"n": [{"numeric": [">", 1]}]}}),
+    );
+    let no = write(&dir, "no.json", &json!({"source": ["other"]}));
+    let bad = write(&dir, "bad.json", &json!({"source": [{"nonsense": 1}]}));
+    let out = busbar(
+        &["pattern", "test", "--pattern", &yes, "--event", &event],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = busbar(
+        &["pattern", "test", "--pattern", &no, "--event", &event],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = busbar(
+        &["pattern", "test", "--pattern", &bad, "--event", &event],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("source"),
+        "the error names the path: {stderr}"
+    );
+}
+
+#[test]
+fn pattern_test_jsonl_answers_each_line() {
+    let input = [
+        json!({"id": 1, "pattern": {"a": ["x"]}, "event": {"a": "x"}}).to_string(),
+        json!({"id": "two", "pattern": {"a": ["x"]}, "event": {"a": "y"}}).to_string(),
+        json!({"id": 3, "pattern": {"a": [{"prefix": 5}]}, "event": {"a": "y"}}).to_string(),
+        "not json".to_owned(),
+    ]
+    .join("\n");
+    let out = busbar(&["pattern", "test", "--jsonl"], Some(&input));
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], json!({"id": 1, "match": true}));
+    assert_eq!(lines[1], json!({"id": "two", "match": false}));
+    assert_eq!(lines[2]["id"], 3);
+    assert!(
+        lines[2]["error"].as_str().unwrap().contains("prefix"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3]["error"].is_string());
+}
+
+#[test]
+fn transform_test_renders_templates_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = write(
+        &dir,
+        "e.json",
+        &json!({"data": {"id": "o-1", "total": 12.5}}),
+    );
+    let spec = write(
+        &dir,
+        "t.json",
+        &json!({"input_paths_map": {"id": "$.data.id", "total": "$.data.total"},
+                "input_template": "{\"order\": <id>, \"sum\": <total>}"}),
+    );
+    let out = busbar(
+        &["transform", "test", "--event", &event, "--transform", &spec],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rendered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rendered, json!({"order": "o-1", "sum": 12.5}));
+
+    let input = [
+        json!({"id": "a", "event": {"x": "hi"}, "input_paths_map": {"x": "$.x"}, "input_template": "say <x>"}).to_string(),
+        json!({"id": "b", "event": {}, "input_paths_map": {}, "input_template": "<undefined>"}).to_string(),
+    ]
+    .join("\n");
+    let out = busbar(&["transform", "test", "--jsonl"], Some(&input));
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0], json!({"id": "a", "output": "say hi"}));
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("undefined"),
+        "{}",
+        lines[1]
+    );
+}
