@@ -10,6 +10,7 @@
 //! on a lock while matching.
 
 use crate::pattern::RuleSet;
+use crate::plugin::registry::PluginRecord;
 use crate::route::Rule;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +46,7 @@ struct TenantState {
     buses: BTreeMap<String, Arc<BusRoutes>>,
     queues: BTreeMap<String, Value>,
     keys: BTreeMap<String, i64>,
+    plugins: BTreeMap<String, PluginRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -262,6 +264,43 @@ impl Catalog {
             .is_some_and(|t| t.queues.remove(queue).is_some())
     }
 
+    /// A tenant's plugin.
+    pub fn plugin(&self, tenant: &str, name: &str) -> Option<PluginRecord> {
+        self.read().tenants.get(tenant)?.plugins.get(name).cloned()
+    }
+
+    /// A tenant's plugins.
+    pub fn plugins(&self, tenant: &str) -> Vec<PluginRecord> {
+        self.read().tenants.get(tenant).map(|t| t.plugins.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Creates or replaces a plugin record.
+    pub fn put_plugin(&self, tenant: &str, record: PluginRecord) {
+        if let Some(t) = self.write().tenants.get_mut(tenant) {
+            t.plugins.insert(record.name.clone(), record);
+        }
+    }
+
+    /// Removes a plugin record.
+    pub fn delete_plugin(&self, tenant: &str, name: &str) -> bool {
+        self.write().tenants.get_mut(tenant).is_some_and(|t| t.plugins.remove(name).is_some())
+    }
+
+    /// Rules (as `bus/rule`) that use the plugin as filter, transform or connector.
+    pub fn rules_using_plugin(&self, tenant: &str, plugin: &str) -> Vec<String> {
+        let state = self.read();
+        let Some(t) = state.tenants.get(tenant) else { return Vec::new() };
+        let mut out = Vec::new();
+        for (bus_name, routes) in &t.buses {
+            for (rule_name, rule) in &routes.rules {
+                if rule.plugins().any(|p| p == plugin) {
+                    out.push(format!("{bus_name}/{rule_name}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Rules (on any bus of the tenant) with a target that sends to `kind`/`name`.
     pub fn referencing_rules(
         &self,
@@ -279,7 +318,7 @@ impl Catalog {
                 let uses = rule.targets.iter().any(|target| match &target.kind {
                     crate::route::TargetKind::Queue { queue: q } => Some(q.as_str()) == queue,
                     crate::route::TargetKind::Bus { bus: b } => Some(b.as_str()) == bus,
-                    crate::route::TargetKind::Http(_) => false,
+                    crate::route::TargetKind::Http(_) | crate::route::TargetKind::Wasm(_) => false,
                 });
                 if uses {
                     out.push(format!("{bus_name}/{rule_name}"));

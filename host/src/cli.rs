@@ -39,6 +39,66 @@ pub enum Command {
         #[command(subcommand)]
         action: TransformCommand,
     },
+    /// Wasm plugins: scaffold, build, test locally, upload.
+    Plugin {
+        /// Plugin action.
+        #[command(subcommand)]
+        action: PluginCommand,
+    },
+}
+
+/// `busbar plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Scaffold a new plugin crate on the Busbar SDK.
+    New {
+        /// What kind of plugin.
+        #[arg(value_enum)]
+        kind: crate::plugin::PluginKind,
+        /// Crate name (also the directory created).
+        name: String,
+        /// Where the SDK lives (a path dependency); default: the published crate.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build the plugin crate in the current directory for wasm32-wasip2 (release).
+    Build {
+        /// The crate directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a plugin once in the real sandbox and print the result, logs, time, fuel and memory.
+    Test {
+        /// The component.
+        file: PathBuf,
+        /// Event JSON file (CloudEvents JSON format).
+        #[arg(long)]
+        event: PathBuf,
+        /// Configuration values, `key=value` (repeatable).
+        #[arg(long = "config", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Hosts a connector may call (repeatable).
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
+    },
+    /// Upload a component to a running bus.
+    Upload {
+        /// The component.
+        file: PathBuf,
+        /// Plugin name.
+        #[arg(long)]
+        name: String,
+        /// Base URL of the bus.
+        #[arg(long, env = "BUSBAR_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Tenant API key.
+        #[arg(long, env = "BUSBAR_API_KEY")]
+        key: String,
+    },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 /// `busbar serve`.
@@ -249,6 +309,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Put(args) => put(args),
+        Command::Plugin { action } => crate::plugin::cli::run(action),
         Command::Pattern {
             action:
                 PatternCommand::Test {

@@ -28,6 +28,24 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Pattern limits.
     pub patterns: PatternConfig,
+    /// Wasm plugin runtime settings.
+    pub plugins: PluginsConfig,
+}
+
+/// Wasm plugin runtime settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Largest component accepted for upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Limits for every invocation (CPU, memory, output, logs, time).
+    pub limits: crate::plugin::PluginLimits,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self { max_upload_bytes: 16 * 1024 * 1024, limits: crate::plugin::PluginLimits::default() }
+    }
 }
 
 impl Default for Config {
@@ -41,6 +59,7 @@ impl Default for Config {
             limits: Limits::default(),
             delivery: DeliveryConfig::default(),
             patterns: PatternConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }

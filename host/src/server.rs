@@ -10,6 +10,8 @@ use crate::deliver::http::HttpClient;
 use crate::deliver::queue::QueueSignals;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
+use crate::plugin::registry::{PluginHost, PluginRecord};
+use crate::plugin::{PluginRuntime, RuntimeConfig};
 use crate::route::router::Router;
 use crate::route::{CompileContext, compile_rule};
 use crate::store::sqlite::SqliteStore;
@@ -79,7 +81,11 @@ async fn admin_key(
 }
 
 /// Loads tenants, keys and resources from the store into a fresh catalog.
-async fn load_catalog(store: &dyn Store, ctx: &CompileContext<'_>) -> anyhow::Result<Catalog> {
+async fn load_catalog(
+    store: &dyn Store,
+    http: &HttpClient,
+    pattern_limits: &PatternLimits,
+) -> anyhow::Result<Catalog> {
     let snapshot = store.load_catalog().await?;
     let catalog = Catalog::default();
     for t in &snapshot.tenants {
@@ -88,7 +94,7 @@ async fn load_catalog(store: &dyn Store, ctx: &CompileContext<'_>) -> anyhow::Re
     for k in &snapshot.keys {
         catalog.add_key(&k.tenant, &k.id, &k.hash, k.created_ms);
     }
-    // Buses and queues first: rules refer to them.
+    // Buses, queues and plugins first: rules refer to them.
     for r in snapshot
         .resources
         .iter()
@@ -97,6 +103,10 @@ async fn load_catalog(store: &dyn Store, ctx: &CompileContext<'_>) -> anyhow::Re
         match r.kind {
             ResourceKind::Bus => catalog.put_bus(&r.tenant, &r.name, r.spec.clone()),
             ResourceKind::Queue => catalog.put_queue(&r.tenant, &r.name, r.spec.clone()),
+            ResourceKind::Plugin => match serde_json::from_value::<PluginRecord>(r.spec.clone()) {
+                Ok(record) => catalog.put_plugin(&r.tenant, record),
+                Err(e) => tracing::error!(tenant = %r.tenant, plugin = %r.name, error = %e, "stored plugin record unreadable; skipped"),
+            },
             ResourceKind::Rule => {}
         }
     }
@@ -108,7 +118,9 @@ async fn load_catalog(store: &dyn Store, ctx: &CompileContext<'_>) -> anyhow::Re
         let Some((bus, name)) = r.name.split_once('/') else {
             continue;
         };
-        match compile_rule(bus, name, &r.spec, ctx) {
+        let lookup = |plugin: &str| catalog.plugin(&r.tenant, plugin);
+        let ctx = CompileContext { http, pattern_limits, plugins: &lookup };
+        match compile_rule(bus, name, &r.spec, &ctx) {
             Ok(rule) => {
                 catalog.put_rule(&r.tenant, rule);
             }
@@ -130,17 +142,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_chars: config.patterns.max_chars,
         ..PatternLimits::default()
     };
-    let ctx = CompileContext {
-        http: &http,
-        pattern_limits: &pattern_limits,
-    };
-    let catalog = Arc::new(load_catalog(store.as_ref(), &ctx).await?);
+    let catalog = Arc::new(load_catalog(store.as_ref(), &http, &pattern_limits).await?);
+    config.plugins.limits.validate().context("plugins.limits")?;
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig {
+        max_upload_bytes: config.plugins.max_upload_bytes,
+        ..RuntimeConfig::new(dir.clone())
+    })?);
+    let plugins = Arc::new(PluginHost::new(runtime, catalog.clone(), config.plugins.limits.clone()));
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
 
     let engine = Arc::new(Engine::new(
         store.clone(),
         catalog.clone(),
+        plugins.clone(),
         config.delivery.max_in_flight,
         config.delivery.max_in_flight_per_target,
     ));
@@ -151,6 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         engine: engine.clone(),
         queues: queues.clone(),
         max_hops: config.delivery.max_hops,
+        plugins: plugins.clone(),
     });
     let ingest_limits = IngestLimits {
         max_event_bytes: config.limits.max_event_bytes,
@@ -164,6 +180,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         catalog,
         engine: engine.clone(),
         queues,
+        plugins,
+        max_plugin_bytes: config.plugins.max_upload_bytes,
         http,
         admin_key_hash,
         ingest_limits,

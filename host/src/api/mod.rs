@@ -8,6 +8,7 @@ mod admin;
 mod error;
 mod events;
 mod ops;
+mod plugins;
 mod queues;
 mod resources;
 mod tools;
@@ -20,6 +21,7 @@ use crate::deliver::http::HttpClient;
 use crate::deliver::queue::QueueSignals;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
+use crate::plugin::registry::PluginHost;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -41,6 +43,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Long-poll wake-ups for queues.
     pub queues: Arc<QueueSignals>,
+    /// The Wasm plugin host.
+    pub plugins: Arc<PluginHost>,
+    /// Largest plugin upload.
+    pub max_plugin_bytes: usize,
     /// Shared client for webhook targets.
     pub http: HttpClient,
     /// Hex SHA-256 of the admin key.
@@ -110,6 +116,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/dlq/{id}",
             get(queues::get_dead_letter).delete(queues::delete_dead_letter),
         )
+        .route(
+            "/plugins/{name}",
+            put(plugins::upload)
+                .layer(DefaultBodyLimit::max(state.max_plugin_bytes))
+                .get(plugins::get_plugin)
+                .delete(plugins::delete_plugin),
+        )
+        .route("/plugins", get(plugins::list_plugins))
+        .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/patterns/test", post(tools::test_pattern))
         .route("/transforms/test", post(tools::test_transform));
     Router::new()

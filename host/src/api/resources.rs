@@ -157,9 +157,11 @@ pub(super) async fn put_rule(
         .bus(&tenant, &bus)
         .ok_or_else(|| ApiError::not_found("bus", &bus))?;
     let spec: Value = parse_json(&body)?;
+    let lookup = |plugin: &str| state.catalog.plugin(&tenant, plugin);
     let ctx = CompileContext {
         http: &state.http,
         pattern_limits: &state.pattern_limits,
+        plugins: &lookup,
     };
     let rule = compile_rule(&bus, &name, &spec, &ctx)
         .map_err(|errors| ApiError::invalid("invalid_rule", errors))?;
@@ -178,6 +180,12 @@ pub(super) async fn put_rule(
                     format!("targets[{i}].queue"),
                     format!("queue {queue:?} does not exist"),
                 )),
+            // Connectors check their configuration at deploy time.
+            TargetKind::Wasm(wasm) => {
+                if let Err(e) = state.plugins.validate_connector(&tenant, &wasm.binding, &wasm.allowed_hosts).await {
+                    missing.push(FieldError::new(format!("targets[{i}].config"), format!("{}: {}", e.code, e.message)));
+                }
+            }
             _ => {}
         }
     }

@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use crate::deliver::{Failure, Outcome, Payload};
 use crate::event::Event;
+use crate::plugin::registry::PluginHost;
 use crate::route::{Rule, Target, TargetKind};
 use crate::store::{AttemptError, Job, Millis, NewJob, Seq, Store};
 use crate::telemetry;
@@ -125,6 +126,7 @@ impl Watermark {
 pub struct Engine {
     store: Arc<dyn Store>,
     catalog: Arc<Catalog>,
+    plugins: Arc<PluginHost>,
     global: Arc<Semaphore>,
     per_target_cap: usize,
     in_flight: Mutex<HashMap<(String, String, String, String), usize>>,
@@ -250,15 +252,16 @@ impl Engine {
     /// One attempt, then whatever follows from its outcome (ack, reschedule, dead letter).
     async fn attempt(&self, d: &Delivery) {
         let Some(target) = d.target() else { return };
-        let TargetKind::Http(http) = &target.kind else {
-            return;
+        let outcome = match &target.kind {
+            TargetKind::Http(http) => {
+                let payload = Payload { event: &d.event, body: d.body.as_deref() };
+                http.deliver(payload).await
+            }
+            TargetKind::Wasm(wasm) => {
+                self.plugins.deliver(&d.tenant, &wasm.binding, &wasm.allowed_hosts, &d.event).await
+            }
+            TargetKind::Queue { .. } | TargetKind::Bus { .. } => return,
         };
-        let outcome = http
-            .deliver(Payload {
-                event: &d.event,
-                body: d.body.as_deref(),
-            })
-            .await;
         let attempts = d.attempts + 1;
         let labels = [("tenant", d.tenant.clone())];
         match outcome {

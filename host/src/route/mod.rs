@@ -10,6 +10,8 @@ pub mod router;
 use crate::deliver::http::{HttpClient, HttpTarget, HttpTargetSpec};
 use crate::deliver::retry::RetryPolicy;
 use crate::pattern::{Pattern, PatternLimits};
+use crate::plugin::PluginKind;
+use crate::plugin::registry::{PluginBinding, PluginRecord};
 use crate::transform::{Transform, TransformSpec};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -48,14 +50,50 @@ pub struct Rule {
     pub enabled: bool,
     /// The compiled pattern (after the `detail`/`detail-type` aliases are applied).
     pub pattern: Pattern,
+    /// A filter plugin that must also accept the event.
+    pub filter: Option<PluginBinding>,
     /// The transform, if any.
-    pub transform: Option<Transform>,
+    pub transform: Option<RuleTransform>,
     /// Where matched events go.
     pub targets: Vec<Target>,
     /// Whether undeliverable events are kept in the dead-letter queue.
     pub dead_letter: bool,
     /// The body as the tenant sent it (what `GET` returns).
     pub spec: Value,
+}
+
+/// How a rule reshapes matched events.
+#[derive(Debug)]
+pub enum RuleTransform {
+    /// The built-in input transformer: one rendered text per event.
+    Builtin(Transform),
+    /// A transformer plugin: zero or more events per event.
+    Plugin(PluginBinding),
+}
+
+impl Rule {
+    /// Names of the plugins the rule uses.
+    pub fn plugins(&self) -> impl Iterator<Item = &str> {
+        let filter = self.filter.iter().map(|b| b.name.as_str());
+        let transform = match &self.transform {
+            Some(RuleTransform::Plugin(b)) => Some(b.name.as_str()),
+            _ => None,
+        };
+        let targets = self.targets.iter().filter_map(|t| match &t.kind {
+            TargetKind::Wasm(w) => Some(w.binding.name.as_str()),
+            _ => None,
+        });
+        filter.chain(transform).chain(targets)
+    }
+}
+
+/// A Wasm connector target.
+#[derive(Debug)]
+pub struct WasmTarget {
+    /// The connector plugin and its configuration.
+    pub binding: PluginBinding,
+    /// Hosts the connector may call (exact, or `*.suffix`).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A compiled target.
@@ -84,6 +122,8 @@ pub enum TargetKind {
         /// The destination queue.
         queue: String,
     },
+    /// A connector plugin.
+    Wasm(WasmTarget),
 }
 
 /// What compiling a rule needs from its surroundings.
@@ -92,6 +132,30 @@ pub struct CompileContext<'a> {
     pub http: &'a HttpClient,
     /// Pattern limits.
     pub pattern_limits: &'a PatternLimits,
+    /// Looks up the tenant's plugins by name.
+    pub plugins: &'a dyn Fn(&str) -> Option<PluginRecord>,
+}
+
+/// Checks that a binding names an existing plugin (and version) of the right kind.
+fn check_binding(binding: &PluginBinding, kind: PluginKind, field: &str, ctx: &CompileContext<'_>, errors: &mut Vec<FieldError>) {
+    match (ctx.plugins)(&binding.name) {
+        None => errors.push(FieldError::new(field, format!("plugin {:?} does not exist", binding.name))),
+        Some(record) if record.kind != kind => errors.push(FieldError::new(
+            field,
+            format!("plugin {:?} is a {}, not a {}", binding.name, record.kind.as_str(), kind.as_str()),
+        )),
+        Some(record) => {
+            if let Some(v) = binding.version
+                && record.version(v).is_none()
+            {
+                errors.push(FieldError::new(field, format!("plugin {:?} has no version {v}", binding.name)));
+            }
+        }
+    }
+}
+
+fn binding_error(base: &str, (sub, message): (String, String)) -> FieldError {
+    FieldError::new(if sub.is_empty() { base.to_owned() } else { format!("{base}.{sub}") }, message)
 }
 
 /// Compiles a rule body; on failure returns every problem found.
@@ -166,13 +230,23 @@ pub fn compile_rule(
 
     let transform = match obj.get("transform") {
         None | Some(Value::Null) => None,
+        Some(t) if t.get("plugin").is_some() => match PluginBinding::from_json(t, &[]) {
+            Ok(b) => {
+                check_binding(&b, PluginKind::Transformer, "transform.plugin", ctx, &mut errors);
+                Some(RuleTransform::Plugin(b))
+            }
+            Err(e) => {
+                errors.push(binding_error("transform", e));
+                None
+            }
+        },
         Some(t) => match serde_json::from_value::<TransformSpec>(t.clone()) {
             Err(e) => {
                 errors.push(FieldError::new("transform", e.to_string()));
                 None
             }
             Ok(spec) => match spec.compile() {
-                Ok(t) => Some(t),
+                Ok(t) => Some(RuleTransform::Builtin(t)),
                 Err(e) => {
                     let field = if e.field.is_empty() {
                         "transform".to_owned()
@@ -258,6 +332,7 @@ pub fn compile_rule(
             bus: bus.to_owned(),
             enabled,
             pattern,
+            filter,
             transform,
             targets,
             dead_letter,
@@ -391,6 +466,14 @@ fn single_name(
             None
         }
     }
+}
+
+/// Whether `h` is an allowed-host entry: a host name, an IP literal, or `*.suffix`.
+fn valid_host_pattern(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Whether `name` is a valid resource name: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with `.`.

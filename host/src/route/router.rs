@@ -11,7 +11,8 @@ use crate::clock::{now_ms, rfc3339};
 use crate::deliver::engine::{Delivery, Engine};
 use crate::deliver::queue::QueueSignals;
 use crate::event::Event;
-use crate::route::{Rule, TargetKind};
+use crate::plugin::registry::PluginHost;
+use crate::route::{Rule, RuleTransform, TargetKind};
 use crate::store::{AttemptError, LoggedEvent, NewEvent, NewJob, NewQueueMessage, Seq, Store};
 use crate::telemetry;
 use crate::transform::RenderContext;
@@ -40,6 +41,8 @@ pub struct Router {
     pub queues: Arc<QueueSignals>,
     /// Most `bus` hops before an event is treated as looping.
     pub max_hops: u32,
+    /// Runs filter and transformer plugins.
+    pub plugins: Arc<PluginHost>,
 }
 
 /// Side effects of one batch that go to the store together.
@@ -132,76 +135,92 @@ impl Router {
             _ => return,
         }));
         let ingestion_time = rfc3339(logged.ingested_ms);
-        let mut rule_arn = String::new();
         // Each rule fires once per event, whatever order the index reports them in.
         let matched: BTreeSet<String> = matched.into_iter().collect();
         for name in matched {
-            let Some(rule) = routes.rules.get(&name) else {
-                continue;
-            };
-            let body = match &rule.transform {
-                None => None,
-                Some(t) => {
-                    rule_arn.clear();
-                    rule_arn.push_str(&format!(
-                        "busbar:rule/{}/{}/{}",
-                        logged.tenant, rule.bus, rule.name
-                    ));
-                    let ctx = RenderContext {
-                        rule_name: &rule.name,
-                        rule_arn: &rule_arn,
-                        ingestion_time: &ingestion_time,
-                    };
-                    match t.render(&value, &ctx) {
-                        Ok(text) => Some(Arc::<str>::from(text)),
-                        Err(e) => {
-                            let error = AttemptError {
-                                code: "render_error".into(),
-                                message: e.to_string(),
-                                status: None,
-                            };
-                            for target in &rule.targets {
-                                let job = self.job(&logged, rule, &target.id, error.clone());
-                                self.engine
-                                    .dead_letter_job(None, job, "permanent", rule.dead_letter)
-                                    .await;
-                            }
-                            continue;
-                        }
-                    }
-                }
-            };
-            for (index, target) in rule.targets.iter().enumerate() {
-                match &target.kind {
-                    TargetKind::Http(_) => {
-                        self.engine.watermark(|w| w.hold(logged.seq, 1));
-                        self.engine.dispatch(Delivery {
-                            seq: Some(logged.seq),
-                            job_id: None,
-                            tenant: logged.tenant.clone(),
-                            rule: rule.clone(),
-                            target: index,
-                            event: event.clone(),
-                            event_bytes: logged.body.clone(),
-                            body: body.clone(),
-                            attempts: 0,
-                            ingested_ms: logged.ingested_ms,
-                        });
-                    }
-                    TargetKind::Queue { queue } => writes.queue.push(NewQueueMessage {
-                        tenant: logged.tenant.clone(),
-                        queue: queue.clone(),
-                        body: body
-                            .as_ref()
-                            .map(|b| Bytes::from(b.as_bytes().to_vec()))
-                            .unwrap_or_else(|| logged.body.clone()),
-                    }),
-                    TargetKind::Bus { bus } => {
-                        self.forward(&logged, &event, rule, &target.id, bus, writes)
-                            .await
+            let Some(rule) = routes.rules.get(&name) else { continue };
+            if let Some(filter) = &rule.filter {
+                match self.plugins.filter(&logged.tenant, filter, &event).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        self.dead_letter_rule(&logged, rule, error).await;
+                        continue;
                     }
                 }
             }
+            match &rule.transform {
+                None => self.deliver(&logged, rule, &event, &logged.body, None, writes).await,
+                Some(RuleTransform::Builtin(t)) => {
+                    let rule_arn = format!("busbar:rule/{}/{}/{}", logged.tenant, rule.bus, rule.name);
+                    let ctx = RenderContext { rule_name: &rule.name, rule_arn: &rule_arn, ingestion_time: &ingestion_time };
+                    match t.render(&value, &ctx) {
+                        Ok(text) => {
+                            let body = Some(Arc::<str>::from(text));
+                            self.deliver(&logged, rule, &event, &logged.body, body, writes).await;
+                        }
+                        Err(e) => {
+                            let error = AttemptError { code: "render_error".into(), message: e.to_string(), status: None };
+                            self.dead_letter_rule(&logged, rule, error).await;
+                        }
+                    }
+                }
+                Some(RuleTransform::Plugin(binding)) => match self.plugins.transform(&logged.tenant, binding, &event).await {
+                    Ok(outputs) => {
+                        for out in outputs {
+                            let bytes = Bytes::from(out.to_json_bytes());
+                            self.deliver(&logged, rule, &Arc::new(out), &bytes, None, writes).await;
+                        }
+                    }
+                    Err(error) => self.dead_letter_rule(&logged, rule, error).await,
+                },
+            }
+        }
+    }
+
+    /// Hands one (possibly transformed) event to every target of the rule.
+    async fn deliver(
+        &self,
+        logged: &LoggedEvent,
+        rule: &Arc<Rule>,
+        event: &Arc<Event>,
+        event_bytes: &Bytes,
+        body: Option<Arc<str>>,
+        writes: &mut Writes,
+    ) {
+        for (index, target) in rule.targets.iter().enumerate() {
+            match &target.kind {
+                TargetKind::Http(_) | TargetKind::Wasm(_) => {
+                    self.engine.watermark(|w| w.hold(logged.seq, 1));
+                    self.engine.dispatch(Delivery {
+                        seq: Some(logged.seq),
+                        job_id: None,
+                        tenant: logged.tenant.clone(),
+                        rule: rule.clone(),
+                        target: index,
+                        event: event.clone(),
+                        event_bytes: event_bytes.clone(),
+                        body: body.clone(),
+                        attempts: 0,
+                        ingested_ms: logged.ingested_ms,
+                    });
+                }
+                TargetKind::Queue { queue } => writes.queue.push(NewQueueMessage {
+                    tenant: logged.tenant.clone(),
+                    queue: queue.clone(),
+                    body: body.as_ref().map(|b| Bytes::from(b.as_bytes().to_vec())).unwrap_or_else(|| event_bytes.clone()),
+                }),
+                TargetKind::Bus { bus } => self.forward(logged, event, rule, &target.id, bus, writes).await,
+            }
+        }
+    }
+
+    /// Records a rule-level failure (filter, transform) against each of its targets.
+    async fn dead_letter_rule(&self, logged: &LoggedEvent, rule: &Rule, error: AttemptError) {
+        tracing::warn!(tenant = %logged.tenant, rule = %rule.name, event_id = %logged.event_id, code = %error.code, "{}", error.message);
+        for target in &rule.targets {
+            let job = self.job(logged, rule, &target.id, error.clone());
+            self.engine.dead_letter_job(None, job, "permanent", rule.dead_letter).await;
         }
     }
 

@@ -100,6 +100,8 @@ pub enum ResourceKind {
     Rule,
     /// A pull queue.
     Queue,
+    /// A Wasm plugin's versions (the spec is its `PluginRecord`).
+    Plugin,
 }
 
 impl ResourceKind {
@@ -109,6 +111,7 @@ impl ResourceKind {
             Self::Bus => "bus",
             Self::Rule => "rule",
             Self::Queue => "queue",
+            Self::Plugin => "plugin",
         }
     }
 
@@ -117,6 +120,7 @@ impl ResourceKind {
             "bus" => Some(Self::Bus),
             "rule" => Some(Self::Rule),
             "queue" => Some(Self::Queue),
+            "plugin" => Some(Self::Plugin),
             _ => None,
         }
     }

@@ -1,0 +1,179 @@
+//! `/v1/plugins/*`: upload, list, inspect, roll back and delete Wasm plugins.
+
+use super::{ApiError, State, Tenant, check_name, list, parse_json};
+use crate::clock::now_ms;
+use crate::plugin::registry::{PAUSE_AFTER_CRASHES, PluginRecord, PluginVersion};
+use crate::store::{Resource, ResourceKind};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Path, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn record_json(state: &super::AppState, tenant: &str, r: &PluginRecord) -> Value {
+    let versions: Vec<Value> = r
+        .versions
+        .iter()
+        .map(|v| {
+            let paused = state.plugins.is_paused(tenant, &r.name, v.version);
+            json!({"version": v.version, "sha256": v.sha256, "size": v.size, "created_ms": v.created_ms,
+                   "status": if paused { "paused" } else { "active" }})
+        })
+        .collect();
+    let paused = state.plugins.is_paused(tenant, &r.name, r.current);
+    json!({
+        "name": r.name, "kind": r.kind, "version": r.current, "current": r.current,
+        "status": if paused { "paused" } else { "active" },
+        "status_reason": if paused { Some(format!("paused after {PAUSE_AFTER_CRASHES} consecutive crashes; upload a fix or roll back")) } else { None },
+        "versions": versions,
+        "used_by": state.catalog.rules_using_plugin(tenant, &r.name),
+    })
+}
+
+async fn save(state: &super::AppState, tenant: &str, record: &PluginRecord) -> Result<(), ApiError> {
+    let spec = serde_json::to_value(record).map_err(ApiError::internal)?;
+    let resource = Resource { tenant: tenant.to_owned(), kind: ResourceKind::Plugin, name: record.name.clone(), spec, updated_ms: now_ms() };
+    state.store.put_resource(resource).await?;
+    state.catalog.put_plugin(tenant, record.clone());
+    Ok(())
+}
+
+pub(super) async fn upload(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    request: Request<Body>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_name("plugin", &name)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/wasm") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("upload a WebAssembly component with Content-Type: application/wasm (got {content_type:?})"),
+        )
+        .with_field("Content-Type"));
+    }
+    let wasm = Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the component exceeds the upload size limit")
+                .with_field("body")
+        } else {
+            ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
+        }
+    })?;
+    // Validation and compilation are CPU-heavy: keep them off the async workers.
+    let runtime = state.plugins.runtime.clone();
+    let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            let status = if e.code == "too_large" { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
+            let mut err = ApiError::new(status, "invalid_plugin", format!("{}: {}", e.code, e.message)).with_field("body");
+            err.code = match e.code.as_str() {
+                "too_large" => "too_large",
+                _ => "invalid_plugin",
+            };
+            err
+        })?;
+    let existing = state.catalog.plugin(&tenant, &name);
+    let (status, record) = match existing {
+        Some(r) if r.kind != prepared.kind => {
+            return Err(ApiError::conflict(format!(
+                "plugin {name:?} is a {}; this component is a {}: use another name",
+                r.kind.as_str(),
+                prepared.kind.as_str()
+            ))
+            .with_field("body"));
+        }
+        // The same bytes as an existing version: nothing new to store.
+        Some(r) if r.versions.iter().any(|v| v.sha256 == prepared.sha256) => {
+            let v = r.versions.iter().find(|v| v.sha256 == prepared.sha256).map(|v| v.version).unwrap_or(r.current);
+            return Ok((StatusCode::OK, Json(json!({"name": name, "kind": r.kind, "version": v, "sha256": prepared.sha256}))));
+        }
+        Some(mut r) => {
+            let version = r.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            r.versions.push(PluginVersion { version, sha256: prepared.sha256.clone(), size: prepared.size, created_ms: now_ms() });
+            r.current = version;
+            (StatusCode::OK, r)
+        }
+        None => (
+            StatusCode::CREATED,
+            PluginRecord {
+                name: name.clone(),
+                kind: prepared.kind,
+                current: 1,
+                versions: vec![PluginVersion { version: 1, sha256: prepared.sha256.clone(), size: prepared.size, created_ms: now_ms() }],
+            },
+        ),
+    };
+    save(&state, &tenant, &record).await?;
+    tracing::info!(tenant, plugin = %name, version = record.current, kind = record.kind.as_str(), compile_ms = prepared.compile_ms, "plugin uploaded");
+    Ok((status, Json(json!({"name": name, "kind": record.kind, "version": record.current, "sha256": prepared.sha256}))))
+}
+
+pub(super) async fn list_plugins(axum::extract::State(state): State, Tenant(tenant): Tenant) -> Json<Value> {
+    let items: Vec<Value> = state.catalog.plugins(&tenant).iter().map(|r| record_json(&state, &tenant, r)).collect();
+    list(items, None)
+}
+
+pub(super) async fn get_plugin(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state.catalog.plugin(&tenant, &name).ok_or_else(|| ApiError::not_found("plugin", &name))?;
+    Ok(Json(record_json(&state, &tenant, &record)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Rollback {
+    version: Option<u32>,
+}
+
+pub(super) async fn rollback(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let mut record = state.catalog.plugin(&tenant, &name).ok_or_else(|| ApiError::not_found("plugin", &name))?;
+    let req: Rollback = if body.is_empty() { Rollback { version: None } } else { parse_json(&body)? };
+    let target = match req.version {
+        Some(v) => record.version(v).map(|v| v.version).ok_or_else(|| {
+            ApiError::bad_request("invalid_field", format!("plugin {name:?} has no version {v}"), "version")
+        })?,
+        None => record
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .filter(|v| *v < record.current)
+            .max()
+            .ok_or_else(|| ApiError::conflict(format!("plugin {name:?} has no version before {}", record.current)))?,
+    };
+    record.current = target;
+    save(&state, &tenant, &record).await?;
+    state.plugins.resume(&tenant, &name, target);
+    Ok(Json(record_json(&state, &tenant, &record)))
+}
+
+pub(super) async fn delete_plugin(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.catalog.plugin(&tenant, &name).is_none() {
+        return Err(ApiError::not_found("plugin", &name));
+    }
+    let users = state.catalog.rules_using_plugin(&tenant, &name);
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!("plugin is used by rules {users:?}; change them first")));
+    }
+    state.store.delete_resource(&tenant, ResourceKind::Plugin, &name).await?;
+    state.catalog.delete_plugin(&tenant, &name);
+    Ok(StatusCode::NO_CONTENT)
+}
