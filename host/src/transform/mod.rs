@@ -280,7 +280,7 @@ impl Transform {
                     Var::RuleArn => Resolved::Str(ctx.rule_arn),
                     Var::IngestionTime => Resolved::Str(ctx.ingestion_time),
                     Var::Event => Resolved::EventSummary(event),
-                    Var::EventJson => Resolved::Json(event),
+                    Var::EventJson => Resolved::WholeEvent(event),
                 });
                 if template.checks_output()
                     && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&out)

@@ -3,12 +3,18 @@
 //! Each slot records the *context* its placeholder sits in, which decides how
 //! a value is written there (EventBridge's quoting rules):
 //!
-//! | value            | JSON position        | inside a `"string"`           | plain text          |
-//! |------------------|----------------------|-------------------------------|---------------------|
-//! | string           | `"quoted"`, escaped  | raw, JSON-escaped             | raw                 |
-//! | number/bool/null | JSON                 | JSON text                     | JSON text           |
-//! | object/array     | JSON                 | JSON without quotes, escaped  | JSON without quotes |
-//! | no match         | `""`                 | nothing                       | nothing             |
+//! | value            | JSON position       | string in a JSON template | string in a string template | plain text          |
+//! |------------------|---------------------|---------------------------|-----------------------------|---------------------|
+//! | string           | `"quoted"`, escaped | raw, JSON-escaped         | raw, JSON-escaped           | raw                 |
+//! | number/bool/null | JSON                | JSON text                 | JSON text                   | JSON text           |
+//! | object/array     | JSON                | its JSON text, escaped    | JSON without quotes         | JSON without quotes |
+//! | no match         | `""`                | nothing                   | nothing                     | nothing             |
+//!
+//! "JSON without quotes" is what EventBridge writes for an object or array
+//! referenced in a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`.
+//! Inside a string of a JSON template EventBridge does not deliver the event
+//! at all (its output is not valid JSON); Busbar embeds the escaped JSON text
+//! instead, keeping the output valid and the data intact.
 //!
 //! A template whose first non-blank character is `{` or `[` is a JSON
 //! template: its literal parts are minified at compile time, and its shape is
@@ -28,8 +34,10 @@ pub(crate) const MAX_TEMPLATE_LEN: usize = 8192;
 pub(crate) enum Context {
     /// A JSON value position in a JSON template: `{"a": <x>}`.
     Json,
-    /// Inside a JSON string literal: `"id <x>"`.
+    /// Inside a string literal of a JSON template: `{"a": "id <x>"}`.
     InString,
+    /// Inside a string literal of a string template: `"id <x>"`.
+    InTextString,
     /// Plain text outside any JSON string.
     Text,
 }
@@ -63,8 +71,11 @@ pub(crate) enum Resolved<'a> {
     Json(&'a Value),
     /// A string from the render context (rule name, ...).
     Str(&'a str),
-    /// The event without `data`/`data_base64`/`detail` (`<busbar.event>`).
+    /// The event without `data`/`data_base64`/`detail` (`<busbar.event>`),
+    /// always written as JSON.
     EventSummary(&'a Value),
+    /// The whole event (`<busbar.event-json>`), always written as JSON.
+    WholeEvent(&'a Value),
     /// The path matched nothing.
     Missing,
 }
@@ -126,7 +137,8 @@ impl Template {
             if let Some(name) = placeholder_at(rest) {
                 let context = match (kind, in_string) {
                     (Kind::PlainText, _) => Context::Text,
-                    (_, true) => Context::InString,
+                    (Kind::Json, true) => Context::InString,
+                    (Kind::QuotedText, true) => Context::InTextString,
                     (Kind::Json, false) => Context::Json,
                     (Kind::QuotedText, false) => Context::Text,
                 };
@@ -142,7 +154,9 @@ impl Template {
                     ));
                 }
                 match resolve(name) {
-                    Some(Var::Event | Var::EventJson) if context == Context::InString => {
+                    Some(Var::Event | Var::EventJson)
+                        if matches!(context, Context::InString | Context::InTextString) =>
+                    {
                         return Err(format!(
                             "<{name}> can only be used as a JSON value, not inside a string"
                         ));
@@ -325,26 +339,31 @@ fn placeholder_at(rest: &str) -> Option<&str> {
 }
 
 fn write_slot(out: &mut Vec<u8>, value: Resolved<'_>, context: Context) {
+    use Context::{InString, InTextString, Json, Text};
     match (value, context) {
-        (Resolved::Missing, Context::Json) => out.extend_from_slice(b"\"\""),
+        (Resolved::Missing, Json) => out.extend_from_slice(b"\"\""),
         (Resolved::Missing, _) => {}
-        (Resolved::Str(s), Context::Json) => {
+        (Resolved::Str(s), Json) => {
             out.push(b'"');
             escape_into(out, s);
             out.push(b'"');
         }
-        (Resolved::Str(s), Context::InString) => escape_into(out, s),
-        (Resolved::Str(s), Context::Text) => out.extend_from_slice(s.as_bytes()),
+        (Resolved::Str(s), InString | InTextString) => escape_into(out, s),
+        (Resolved::Str(s), Text) => out.extend_from_slice(s.as_bytes()),
         (Resolved::EventSummary(event), _) => write_event_summary(out, event),
-        (Resolved::Json(v), Context::Json) => write_json(out, v),
-        (Resolved::Json(Value::String(s)), Context::InString) => escape_into(out, s),
-        (Resolved::Json(Value::String(s)), Context::Text) => out.extend_from_slice(s.as_bytes()),
-        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), Context::InString) => {
+        (Resolved::WholeEvent(event), _) => write_json(out, event),
+        (Resolved::Json(v), Json) => write_json(out, v),
+        (Resolved::Json(Value::String(s)), InString | InTextString) => escape_into(out, s),
+        (Resolved::Json(Value::String(s)), Text) => out.extend_from_slice(s.as_bytes()),
+        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), InString) => {
+            escape_into(out, &v.to_string());
+        }
+        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), InTextString) => {
             let mut text = String::new();
             write_unquoted(&mut text, v);
             escape_into(out, &text);
         }
-        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), Context::Text) => {
+        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), Text) => {
             let mut text = String::new();
             write_unquoted(&mut text, v);
             out.extend_from_slice(text.as_bytes());
@@ -481,6 +500,11 @@ mod tests {
         assert_eq!(render("id <a>!", &json!("q\"")), "id q\"!");
         assert_eq!(render(r#"{"x": [<a>, <b>]}"#, &json!(1)), r#"{"x":[1,""]}"#);
         assert_eq!(render(r#"{"x": "<b>"}"#, &json!(1)), r#"{"x":""}"#);
+        assert_eq!(
+            render(r#"{"x": "<a>"}"#, &json!({"k": ["v"]})),
+            r#"{"x":"{\"k\":[\"v\"]}"}"#
+        );
+        assert_eq!(render("<a>", &json!({"k": ["v"]})), "{k:[v]}");
         assert_eq!(render(r#""a\"<a>\"""#, &json!(true)), r#""a\"true\"""#);
     }
 
