@@ -21,6 +21,8 @@
 //! text.
 
 mod path;
+#[cfg(test)]
+mod props;
 mod template;
 
 use std::borrow::Cow;
