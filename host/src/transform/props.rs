@@ -167,7 +167,7 @@ fn write(node: &Node, out: &mut String) {
 /// A top-level template: always an object or array.
 fn json_template() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::collection::vec(("[a-z]{1,3}", node()), 0..5).prop_map(|e| Node::Obj(e)),
+        prop::collection::vec(("[a-z]{1,3}", node()), 0..5).prop_map(Node::Obj),
         prop::collection::vec(node(), 0..5).prop_map(Node::Arr),
     ]
     .prop_map(|root| {
@@ -197,12 +197,11 @@ proptest! {
         ];
         for spec in specs {
             let _ = spec.validate();
-            if let Ok(transform) = spec.compile() {
-                if let Ok(out) = transform.render(&event, &CTX)
-                    && transform.output_is_json()
-                {
-                    prop_assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
-                }
+            if let Ok(transform) = spec.compile()
+                && let Ok(out) = transform.render(&event, &CTX)
+                && transform.output_is_json()
+            {
+                prop_assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
             }
         }
     }
