@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use self::path::JsonPath;
-use self::template::{Resolved, Template, Var};
+use self::template::{Resolved, Template, TemplateError, Var};
 
 /// How many variables `input_paths_map` may define (EventBridge's limit).
 pub const MAX_VARIABLES: usize = 100;
@@ -205,16 +205,30 @@ impl TransformSpec {
                 paths: used.into_iter().collect::<Option<Vec<_>>>()?,
                 template,
             }),
-            Err(reason) => {
-                let reason = if self.input_paths_map.is_none() && reason.contains("not defined") {
-                    reason.replace(
-                        "not defined in input_paths_map",
-                        "input_paths_map is not set",
-                    )
-                } else {
-                    reason
-                };
+            Err(TemplateError::Invalid(reason)) => {
                 problems.add("input_template", reason);
+                None
+            }
+            Err(TemplateError::Undefined(names)) => {
+                let listed = names
+                    .iter()
+                    .map(|n| format!("<{n}>"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let noun = if names.len() == 1 {
+                    "placeholder"
+                } else {
+                    "placeholders"
+                };
+                let why = if self.input_paths_map.is_some() {
+                    "not defined in input_paths_map"
+                } else {
+                    "input_paths_map is not set"
+                };
+                problems.add(
+                    "input_template",
+                    format!("contains invalid {noun} {listed}: {why}"),
+                );
                 None
             }
         }
@@ -304,17 +318,6 @@ impl Transform {
         match &self.mode {
             Mode::Constant(_) | Mode::Path(_) => true,
             Mode::Template { template, .. } => template.is_json(),
-        }
-    }
-
-    /// Whether rendering needs the event's payload-free summary or the whole
-    /// event as JSON (`<busbar.event>`, `<busbar.event-json>`).
-    pub fn uses_whole_event(&self) -> bool {
-        match &self.mode {
-            Mode::Template { template, .. } => {
-                template.uses(Var::Event) || template.uses(Var::EventJson)
-            }
-            Mode::Constant(_) | Mode::Path(_) => false,
         }
     }
 }
@@ -543,10 +546,6 @@ mod tests {
         assert!(json_kind(json!({"input": "x"})));
         assert!(json_kind(json!({"input_template": "[1]"})));
         assert!(!json_kind(json!({"input_template": "text"})));
-        let whole = spec(json!({"input_template": "{\"e\": <busbar.event-json>}"}))
-            .compile()
-            .unwrap();
-        assert!(whole.uses_whole_event());
     }
 
     #[test]

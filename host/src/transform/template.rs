@@ -99,6 +99,21 @@ enum Kind {
     PlainText,
 }
 
+/// Why a template does not compile.
+#[derive(Debug, PartialEq)]
+pub(crate) enum TemplateError {
+    /// Placeholders that name no variable, in order of first use.
+    Undefined(Vec<String>),
+    /// Anything else, as a one-line reason.
+    Invalid(String),
+}
+
+impl From<String> for TemplateError {
+    fn from(reason: String) -> Self {
+        Self::Invalid(reason)
+    }
+}
+
 struct Frame {
     object: bool,
     expect_key: bool,
@@ -106,16 +121,15 @@ struct Frame {
 
 impl Template {
     /// Compiles `text`; `resolve` maps a placeholder name to its variable.
-    /// The error is a one-line reason about `input_template`.
     pub(crate) fn compile(
         text: &str,
         mut resolve: impl FnMut(&str) -> Option<Var>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TemplateError> {
         if text.is_empty() {
-            return Err("must not be empty".into());
+            return Err(TemplateError::Invalid("must not be empty".into()));
         }
         if text.chars().count() > MAX_TEMPLATE_LEN {
-            return Err(format!("is longer than {MAX_TEMPLATE_LEN} characters"));
+            return Err(format!("is longer than {MAX_TEMPLATE_LEN} characters").into());
         }
         let kind = match text.trim_start().chars().next() {
             Some('{' | '[') => Kind::Json,
@@ -149,9 +163,9 @@ impl Template {
                         stack.last().is_some_and(|f| f.object && f.expect_key)
                     };
                 if key_position {
-                    return Err(format!(
-                        "placeholder <{name}> cannot be used as an object key"
-                    ));
+                    return Err(
+                        format!("placeholder <{name}> cannot be used as an object key").into(),
+                    );
                 }
                 match resolve(name) {
                     Some(Var::Event | Var::EventJson)
@@ -159,7 +173,8 @@ impl Template {
                     {
                         return Err(format!(
                             "<{name}> can only be used as a JSON value, not inside a string"
-                        ));
+                        )
+                        .into());
                     }
                     Some(var) => {
                         if !literal.is_empty() {
@@ -231,18 +246,8 @@ impl Template {
             parts.push(Part::Literal(literal));
         }
         if !undefined.is_empty() {
-            let names = undefined
-                .iter()
-                .map(|n| format!("<{n}>"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let noun = if undefined.len() == 1 {
-                "placeholder"
-            } else {
-                "placeholders"
-            };
-            return Err(format!(
-                "contains invalid {noun} {names}: not defined in input_paths_map"
+            return Err(TemplateError::Undefined(
+                undefined.into_iter().map(str::to_owned).collect(),
             ));
         }
 
@@ -275,16 +280,9 @@ impl Template {
         self.check_json
     }
 
-    /// Whether any slot holds `var`.
-    pub(crate) fn uses(&self, var: Var) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Slot { var: v, .. } if *v == var))
-    }
-
     /// Checks a JSON template once with every value placeholder filled, and
     /// decides whether rendered output needs checking at all.
-    fn check_shape(&mut self) -> Result<(), String> {
+    fn check_shape(&mut self) -> Result<(), TemplateError> {
         let mut probe = String::with_capacity(self.literal_len + 8);
         let mut every_value_whole = true;
         for (at, part) in self.parts.iter().enumerate() {
@@ -305,9 +303,7 @@ impl Template {
             }
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&probe) {
-            return Err(format!(
-                "is not valid JSON once its placeholders are filled: {e}"
-            ));
+            return Err(format!("is not valid JSON once its placeholders are filled: {e}").into());
         }
         self.check_json = !every_value_whole;
         Ok(())
@@ -528,9 +524,12 @@ mod tests {
 
     #[test]
     fn compile_errors() {
-        let err = |t: &str| Template::compile(t, vars).unwrap_err();
+        let err = |t: &str| match Template::compile(t, vars).unwrap_err() {
+            TemplateError::Invalid(reason) => reason,
+            TemplateError::Undefined(names) => names.join(","),
+        };
         assert!(err("").contains("empty"));
-        assert!(err("<a> <zz> <zz> <yy>").contains("<zz>, <yy>"));
+        assert_eq!(err("<a> <zz> <zz> <yy>"), "zz,yy");
         assert!(err(r#"{<a>: 1}"#).contains("object key"));
         assert!(err(r#"{"<a>": 1}"#).contains("object key"));
         assert!(err(r#"{"a": 1"#).contains("not valid JSON"));
