@@ -3,10 +3,34 @@
 //! A rule's `transform` is one of three modes, as in EventBridge:
 //!
 //! - `input`: constant JSON, sent as its JSON text;
-//! - `input_path`: one JSONPath into the event, the selected part sent as JSON;
+//! - `input_path`: one JSONPath into the event, the selected part sent as JSON
+//!   (a definite path that matches nothing fails the delivery);
 //! - `input_paths_map` + `input_template`: up to 100 variables, each a
 //!   JSONPath into the event, written into the template's `<name>`
-//!   placeholders with EventBridge's quoting rules (see [`template`]'s table).
+//!   placeholders.
+//!
+//! A template starting with `{` or `[` is JSON: it is sent minified, and a
+//! render whose output is not valid JSON fails. One starting with `"` is
+//! JSON-string text (`"instance <id> is <state>"`); anything else is plain
+//! text (`Order <id> shipped`). A value is written according to where its
+//! placeholder sits, following EventBridge:
+//!
+//! | value            | JSON position       | string in a JSON template | string in a string template | plain text          |
+//! |------------------|---------------------|---------------------------|-----------------------------|---------------------|
+//! | string           | `"quoted"`, escaped | raw, JSON-escaped         | raw, JSON-escaped           | raw                 |
+//! | number/bool/null | JSON                | JSON text                 | JSON text                   | JSON text           |
+//! | object/array     | JSON                | its JSON text, escaped    | JSON without quotes         | JSON without quotes |
+//! | no match         | `""`                | nothing                   | nothing                     | nothing             |
+//!
+//! "JSON without quotes" is what EventBridge writes for an object or array in
+//! a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`. For an object or
+//! array inside a string of a JSON template EventBridge delivers nothing (its
+//! output is not valid JSON); Busbar embeds the escaped JSON text instead.
+//! Values inside strings are JSON-escaped so the output stays valid (AWS
+//! inserts them unescaped). A path that matches nothing gives `""` in a JSON
+//! position, as AWS does. Paths use EventBridge's dot notation (`-` and `/`
+//! in names) or RFC 9535; a path that is not made of names and indices only
+//! (wildcards, slices, filters) gives the list of its matches.
 //!
 //! Reserved variables need no path: `<busbar.rule-name>`, `<busbar.rule-arn>`,
 //! `<busbar.ingestion-time>`, `<busbar.event>` (the event without its
@@ -18,7 +42,8 @@
 //!
 //! [`TransformSpec::compile`] validates a spec and compiles its paths and
 //! template once; [`Transform::render`] then only walks the event and copies
-//! text.
+//! text. The conformance table in `tests/data/transforms/` cites the
+//! EventBridge rule behind each case.
 
 mod path;
 #[cfg(test)]

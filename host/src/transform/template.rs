@@ -1,20 +1,9 @@
 //! Input templates, compiled once into literal text and placeholder slots.
 //!
-//! Each slot records the *context* its placeholder sits in, which decides how
-//! a value is written there (EventBridge's quoting rules):
-//!
-//! | value            | JSON position       | string in a JSON template | string in a string template | plain text          |
-//! |------------------|---------------------|---------------------------|-----------------------------|---------------------|
-//! | string           | `"quoted"`, escaped | raw, JSON-escaped         | raw, JSON-escaped           | raw                 |
-//! | number/bool/null | JSON                | JSON text                 | JSON text                   | JSON text           |
-//! | object/array     | JSON                | its JSON text, escaped    | JSON without quotes         | JSON without quotes |
-//! | no match         | `""`                | nothing                   | nothing                     | nothing             |
-//!
-//! "JSON without quotes" is what EventBridge writes for an object or array
-//! referenced in a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`.
-//! Inside a string of a JSON template EventBridge does not deliver the event
-//! at all (its output is not valid JSON); Busbar embeds the escaped JSON text
-//! instead, keeping the output valid and the data intact.
+//! Each slot records the *context* its placeholder sits in (a JSON value
+//! position, a string of a JSON template, a string of a string template, or
+//! plain text), which decides how a value is written there; the rules are
+//! tabled in the [parent module](super).
 //!
 //! A template whose first non-blank character is `{` or `[` is a JSON
 //! template: its literal parts are minified at compile time, and its shape is
