@@ -321,6 +321,33 @@ mod tests {
     }
 
     #[test]
+    fn odd_queries_neither_panic_nor_hang() {
+        let event = json!({"a": [1, "x", {"b": [2, 3]}, null], "s": "text", "n": -9});
+        let paths = [
+            "$.a[0:10:0]",
+            "$.a[::-1]",
+            "$.a[-9223372036854775808]",
+            "$.a[9223372036854775807]",
+            "$.a[-9223372036854775808:9223372036854775807:-9223372036854775808]",
+            "$..*",
+            "$..[*]",
+            "$.a[?length(@) > 1]",
+            "$.a[?match(@, '[')]",
+            "$.a[?search(@, '(')]",
+            "$.a[?count(@.*) > 0]",
+            "$.a[?value(@..b) == 2]",
+            "$.a[?@ == $.n]",
+            "$.s[0]",
+            "$.n.x[*]",
+        ];
+        for path in paths {
+            if let Ok(compiled) = JsonPath::compile(path) {
+                let _ = compiled.select(&event);
+            }
+        }
+    }
+
+    #[test]
     fn bad_paths_are_rejected_with_a_one_line_reason() {
         for bad in ["", "detail", "$.", "$[", "$.a[?", "$$"] {
             let err = JsonPath::compile(bad).unwrap_err();
