@@ -36,6 +36,10 @@ fn bench(c: &mut Criterion) {
         HeaderValue::from_static("application/cloudevents+json"),
     );
     group.throughput(Throughput::Elements(1));
+    // The floor: parsing the same body into a JSON map, with no validation.
+    group.bench_function("json_parse_only", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
+    });
     group.bench_function("structured", |b| {
         b.iter(|| parse_cloudevents(black_box(&headers), black_box(&body), &limits).unwrap())
     });
