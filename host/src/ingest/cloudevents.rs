@@ -515,6 +515,34 @@ mod tests {
         }
     }
 
+    /// The binding's encoder (3.1.3.2), upper- or lower-case hex.
+    fn percent_encode(s: &str, lower: bool) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            if ('!'..='~').contains(&c) && c != '"' && c != '%' {
+                out.push(c);
+            } else {
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&if lower {
+                        format!("%{b:02x}")
+                    } else {
+                        format!("%{b:02X}")
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn percent_encoding_round_trips(s in "\\PC*", lower in proptest::bool::ANY) {
+            let encoded = percent_encode(&s, lower);
+            proptest::prop_assert_eq!(decode_header_value(encoded.as_bytes()).unwrap(), s);
+        }
+    }
+
     #[test]
     fn decoded_control_characters_are_refused() {
         let e = binary(&[("ce-subject", "a%0Ab")], b"").unwrap_err();
