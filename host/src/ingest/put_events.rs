@@ -30,7 +30,8 @@ pub const DEFAULT_BUS: &str = "default";
 #[derive(Debug)]
 pub struct PutEventsEntry {
     /// The bus name from `EventBusName` (an ARN is reduced to its name);
-    /// `default` when absent. Empty only when the entry is not an object.
+    /// `default` when absent. Empty when it cannot be known (the entry is not
+    /// an object, or its `EventBusName` is invalid; `event` is then `Err`).
     pub bus: String,
     /// The validated event, or this entry's error (its field is an
     /// `Entries[i].Field` path).
