@@ -128,15 +128,12 @@ pub enum IngestError {
     },
 
     /// A batch or PutEvents request holds more entries than allowed. HTTP 413.
-    #[error(
-        "{} holds {count} entries, over the limit of {limit}",
-        field_or_body(field)
-    )]
+    /// (A batch is refused as soon as entry `limit + 1` is seen, so the total
+    /// is not counted.)
+    #[error("{} holds more than {limit} entries", field_or_body(field))]
     TooManyEntries {
         /// `None` for a batch body; `Entries` for PutEvents.
         field: Option<Field>,
-        /// How many entries were sent.
-        count: usize,
         /// The configured limit.
         limit: usize,
     },
@@ -258,13 +255,8 @@ impl IngestError {
                 size,
                 limit,
             },
-            Self::TooManyEntries {
-                field,
-                count,
-                limit,
-            } => Self::TooManyEntries {
+            Self::TooManyEntries { field, limit } => Self::TooManyEntries {
                 field: opt(field),
-                count,
                 limit,
             },
             Self::MissingAttribute { field } => Self::MissingAttribute { field: f(&field) },
@@ -406,7 +398,6 @@ mod tests {
             (
                 IngestError::TooManyEntries {
                     field: Some(f("Entries")),
-                    count: 11,
                     limit: 10,
                 },
                 413,
