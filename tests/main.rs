@@ -7,4 +7,5 @@ mod bus;
 mod cli;
 mod crash;
 mod http_target;
+mod ingest;
 mod transform_conformance;
