@@ -5,3 +5,5 @@
 fn binary_is_linkable() {
     assert!(!busbar::VERSION.is_empty());
 }
+
+mod pattern_conformance;

@@ -417,6 +417,12 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
         Value::Object(map) => {
             let (op, inner) = single(map, path)?;
             let here = child(path, op);
+            if !matches!(op, "prefix" | "suffix" | "equals-ignore-case" | "wildcard") {
+                return Err(error(
+                    &here,
+                    format!("unsupported anything-but pattern \"{op}\""),
+                ));
+            }
             let texts: Vec<&str> = match inner {
                 Value::String(s) => vec![s.as_str()],
                 Value::Array(items) if !items.is_empty() => items
@@ -441,12 +447,12 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
                 "equals-ignore-case" => Ok(AnythingBut::IgnoreCase(
                     texts.iter().map(|t| t.to_lowercase()).collect(),
                 )),
-                "wildcard" => Ok(AnythingBut::Wildcards(
+                _ => Ok(AnythingBut::Wildcards(
                     texts
                         .iter()
                         .enumerate()
                         .map(|(i, t)| {
-                            let at = if texts.len() == 1 && inner.is_string() {
+                            let at = if inner.is_string() {
                                 here.clone()
                             } else {
                                 index(&here, i)
@@ -454,10 +460,6 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
                             Wildcard::parse(t).map_err(|r| error(&at, r))
                         })
                         .collect::<Result<_, _>>()?,
-                )),
-                other => Err(error(
-                    &here,
-                    format!("unsupported anything-but pattern \"{other}\""),
                 )),
             }
         }
