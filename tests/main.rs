@@ -7,3 +7,4 @@ fn binary_is_linkable() {
 }
 
 mod pattern_conformance;
+mod pattern_properties;
