@@ -90,11 +90,32 @@ pub(crate) struct Flat<'a> {
     pub(crate) leaves: Vec<Leaf<'a>>,
     /// Trails of all leaves: `(array id, element index)` pairs from the root down.
     trails: Vec<(u32, u32)>,
-    /// Per path id: whether the event has at least one leaf there.
-    pub(crate) present: Vec<bool>,
+    /// Leaf numbers sorted by path id (then document order), filled by [`Flat::finish`].
+    by_path: Vec<u32>,
 }
 
 impl Flat<'_> {
+    /// Groups the leaves by path; called once flattening is complete.
+    fn finish(&mut self) {
+        self.by_path = (0..self.leaves.len() as u32).collect();
+        let leaves = &self.leaves;
+        self.by_path
+            .sort_by_key(|&i| leaves.get(i as usize).map_or(u32::MAX, |l| l.path));
+    }
+
+    /// The leaves at a path, in document order.
+    pub(crate) fn leaves_at(&self, path: u32) -> &[u32] {
+        let key = |i: &u32| self.leaves.get(*i as usize).map_or(u32::MAX, |l| l.path);
+        let start = self.by_path.partition_point(|i| key(i) < path);
+        let end = self.by_path.partition_point(|i| key(i) <= path);
+        self.by_path.get(start..end).unwrap_or_default()
+    }
+
+    /// Whether the event has at least one leaf at the path.
+    pub(crate) fn present(&self, path: u32) -> bool {
+        !self.leaves_at(path).is_empty()
+    }
+
     /// Whether two leaves can belong to one match: they never sit in different elements
     /// of the same array.
     pub(crate) fn consistent(&self, a: u32, b: u32) -> bool {
@@ -143,10 +164,7 @@ impl<'t, 'a> Collector<'t, 'a> {
             path: String::new(),
             stack: Vec::new(),
             next_array: 0,
-            flat: Flat {
-                present: vec![false; table.len()],
-                ..Flat::default()
-            },
+            flat: Flat::default(),
         }
     }
 
@@ -158,9 +176,6 @@ impl<'t, 'a> Collector<'t, 'a> {
             value,
             trail: (start, self.stack.len() as u32),
         });
-        if let Some(p) = self.flat.present.get_mut(path as usize) {
-            *p = true;
-        }
     }
 
     /// Appends `key` to the current path; returns the length to truncate back to.
@@ -226,6 +241,7 @@ pub(crate) fn flatten<'a>(event: &'a Value, table: &PathTable) -> Flat<'a> {
     if event.is_object() {
         collector.value(event, ROOT, 0);
     }
+    collector.flat.finish();
     collector.flat
 }
 
@@ -243,6 +259,7 @@ pub(crate) fn flatten_json<'a>(
     }
     .deserialize(&mut de)?;
     de.end()?;
+    collector.flat.finish();
     Ok(collector.flat)
 }
 
@@ -433,7 +450,8 @@ mod tests {
         let from_json = flatten_json(&text, &t).unwrap();
         assert_eq!(summary(&from_value), summary(&from_json));
         assert_eq!(from_value.leaves.len(), 5);
-        assert!(from_value.present.iter().all(|p| *p));
+        assert!((0..3).all(|p| from_value.present(p)));
+        assert_eq!(from_value.leaves_at(1), &[2, 3]);
     }
 
     #[test]

@@ -69,17 +69,17 @@ pub(crate) fn conjunction_matches(
     let mut slots: Vec<Vec<u32>> = Vec::with_capacity(conjunction.len());
     for (field, &path) in conjunction.iter().zip(paths) {
         let leaves: Vec<u32> = flat
-            .leaves
+            .leaves_at(path)
             .iter()
-            .enumerate()
-            .filter(|(_, leaf)| {
-                leaf.path == path && field.conditions.iter().any(|c| c.matches(&leaf.value))
+            .copied()
+            .filter(|&i| {
+                flat.leaves
+                    .get(i as usize)
+                    .is_some_and(|leaf| field.conditions.iter().any(|c| c.matches(&leaf.value)))
             })
-            .map(|(i, _)| i as u32)
             .collect();
         if leaves.is_empty() {
-            let absent = !flat.present.get(path as usize).copied().unwrap_or(false);
-            if field.allows_absence() && absent {
+            if field.allows_absence() && !flat.present(path) {
                 continue;
             }
             return false;
