@@ -94,9 +94,9 @@ impl LenMap {
     fn prefixes_of(&self, value: &[u8], found: &mut impl FnMut(u32)) {
         for (len, map) in &self.by_len {
             if let Some(head) = value.get(..*len)
-                && let Some(slots) = map.get(head)
+                && let Some(conjs) = map.get(head)
             {
-                slots.iter().for_each(|&s| found(s));
+                conjs.iter().for_each(|&c| found(c));
             }
         }
     }
@@ -104,9 +104,9 @@ impl LenMap {
     fn suffixes_of(&self, value: &[u8], found: &mut impl FnMut(u32)) {
         for (len, map) in &self.by_len {
             if let Some(start) = value.len().checked_sub(*len)
-                && let Some(slots) = map.get(&value[start..])
+                && let Some(conjs) = map.get(&value[start..])
             {
-                slots.iter().for_each(|&s| found(s));
+                conjs.iter().for_each(|&c| found(c));
             }
         }
     }
@@ -202,15 +202,15 @@ impl FieldIndex {
             |list: &Vec<u32>, found: &mut dyn FnMut(u32)| list.iter().for_each(|&s| found(s));
         match value {
             Scalar::Str(s) => {
-                if let Some(slots) = self.exact_str.get(s.as_ref()) {
-                    each(slots, &mut found);
+                if let Some(conjs) = self.exact_str.get(s.as_ref()) {
+                    each(conjs, &mut found);
                 }
                 self.prefix.prefixes_of(s.as_bytes(), &mut found);
                 self.suffix.suffixes_of(s.as_bytes(), &mut found);
                 if self.needs_lowercase() {
                     let lower = s.to_lowercase();
-                    if let Some(slots) = self.ignore_case.get(lower.as_str()) {
-                        each(slots, &mut found);
+                    if let Some(conjs) = self.ignore_case.get(lower.as_str()) {
+                        each(conjs, &mut found);
                     }
                     self.prefix_ignore_case
                         .prefixes_of(lower.as_bytes(), &mut found);
@@ -228,8 +228,8 @@ impl FieldIndex {
             }
             Scalar::Num(n) => {
                 let key = sortable(*n);
-                if let Some(slots) = self.exact_num.get(&key) {
-                    each(slots, &mut found);
+                if let Some(conjs) = self.exact_num.get(&key) {
+                    each(conjs, &mut found);
                 }
                 self.numeric.stab(key.into(), &mut found);
             }
@@ -240,7 +240,7 @@ impl FieldIndex {
         each(&self.exists, &mut found);
         for (condition, conj) in &self.other {
             if condition.matches(value) {
-                found(*slot);
+                found(*conj);
             }
         }
     }
