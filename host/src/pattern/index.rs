@@ -26,7 +26,7 @@ use super::flatten::{Flat, PathTable, Scalar};
 use super::interval::{IntervalBuilder, IntervalIndex};
 use super::matcher::conjunction_matches;
 use super::numeric::sortable;
-use super::parse::{Condition, Conjunction};
+use super::parse::{Condition, Conjunction, Field};
 use std::collections::HashMap;
 
 /// Hash map with the std hasher; keys are short strings and numbers.
@@ -251,6 +251,16 @@ impl Index {
     pub(crate) fn build<'p>(rules: impl IntoIterator<Item = (u32, &'p [Conjunction])>) -> Self {
         let mut index = Index::default();
         let mut intervals: Vec<Intervals> = Vec::new();
+        let rules: Vec<(u32, &[Conjunction])> = rules.into_iter().collect();
+        // How many conjunctions share each (path, condition): an anchor shared by many
+        // rules (e.g. `"status": ["paid"]`) would make all of them candidates at once.
+        let key = |field: &Field, c: &Condition| format!("{}\u{0}{c:?}", field.path);
+        let mut popularity: HashMap<String, usize> = HashMap::new();
+        for field in rules.iter().flat_map(|(_, cs)| cs.iter()).flatten() {
+            for c in &field.conditions {
+                *popularity.entry(key(field, c)).or_default() += 1;
+            }
+        }
         for (rule, conjunctions) in rules {
             for conjunction in conjunctions {
                 let id = index.conjunctions.len() as u32;
@@ -262,11 +272,21 @@ impl Index {
                     index.fields.push(FieldIndex::default());
                     intervals.push(Intervals::default());
                 }
+                // Prefer selective kinds of condition, then values few rules share;
+                // `exists: true` and `anything-but` match almost anything, so last.
                 let anchor = conjunction
                     .iter()
                     .zip(&paths)
                     .filter(|(field, _)| !field.allows_absence())
-                    .min_by_key(|(field, _)| field.conditions.iter().map(rank).max());
+                    .min_by_key(|(field, _)| {
+                        let worst = field.conditions.iter().map(rank).max().unwrap_or(0);
+                        let shared: usize = field
+                            .conditions
+                            .iter()
+                            .map(|c| popularity.get(&key(field, c)).copied().unwrap_or(0))
+                            .sum();
+                        (worst >= 4, shared, worst)
+                    });
                 match anchor {
                     Some((field, &path)) => {
                         if let (Some(f), Some(iv)) = (

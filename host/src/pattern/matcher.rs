@@ -3,7 +3,7 @@
 
 use super::flatten::{Flat, Scalar};
 use super::numeric::normalize;
-use super::parse::{AnythingBut, Condition, Conjunction};
+use super::parse::{AnythingBut, Condition, Conjunction, Field};
 
 impl Condition {
     /// Whether a present scalar satisfies the condition. `exists: false` never does (it
@@ -66,28 +66,50 @@ pub(crate) fn conjunction_matches(
     paths: &[u32],
     flat: &Flat<'_>,
 ) -> bool {
-    let mut slots: Vec<Vec<u32>> = Vec::with_capacity(conjunction.len());
+    // First pass, allocation-free: every field must hold, and a field with a matching
+    // leaf outside any array is consistent with any choice for the others.
+    let mut constrained = 0;
     for (field, &path) in conjunction.iter().zip(paths) {
-        let leaves: Vec<u32> = flat
-            .leaves_at(path)
-            .iter()
-            .copied()
-            .filter(|&i| {
-                flat.leaves
-                    .get(i as usize)
-                    .is_some_and(|leaf| field.conditions.iter().any(|c| c.matches(&leaf.value)))
-            })
-            .collect();
-        if leaves.is_empty() {
+        let mut found = false;
+        let mut free = false;
+        for leaf in matching(field, path, flat) {
+            found = true;
+            if !flat.in_array(leaf) {
+                free = true;
+                break;
+            }
+        }
+        if !found {
             if field.allows_absence() && !flat.present(path) {
                 continue;
             }
             return false;
         }
-        slots.push(leaves);
+        if !free {
+            constrained += 1;
+        }
     }
+    if constrained < 2 {
+        return true;
+    }
+    // Several fields can only be met inside arrays: search for a consistent choice.
+    let slots: Vec<Vec<u32>> = conjunction
+        .iter()
+        .zip(paths)
+        .map(|(field, &path)| matching(field, path, flat).collect())
+        .filter(|leaves: &Vec<u32>| !leaves.is_empty())
+        .collect();
     let slots: Vec<&[u32]> = slots.iter().map(Vec::as_slice).collect();
     choose(&slots, flat)
+}
+
+/// The leaves at `path` that satisfy one of the field's conditions.
+fn matching<'f>(field: &'f Field, path: u32, flat: &'f Flat<'_>) -> impl Iterator<Item = u32> + 'f {
+    flat.leaves_at(path).iter().copied().filter(move |&i| {
+        flat.leaves
+            .get(i as usize)
+            .is_some_and(|leaf| field.conditions.iter().any(|c| c.matches(&leaf.value)))
+    })
 }
 
 /// Whether one leaf can be picked from every slot such that all picks are pairwise
