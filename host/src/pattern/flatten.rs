@@ -9,10 +9,10 @@
 //! flattened from a parsed [`Value`] or straight from JSON text with a serde visitor that
 //! never builds the skipped parts ([`flatten_json`]).
 
+use foldhash::HashMap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 /// Nesting deeper than this (in a hand-built `Value`) is ignored instead of recursed into.
@@ -90,25 +90,28 @@ pub(crate) struct Flat<'a> {
     pub(crate) leaves: Vec<Leaf<'a>>,
     /// Trails of all leaves: `(array id, element index)` pairs from the root down.
     trails: Vec<(u32, u32)>,
-    /// Leaf numbers sorted by path id (then document order), filled by [`Flat::finish`].
-    by_path: Vec<u32>,
+    /// `(path id, leaf number)` sorted, filled by [`Flat::finish`].
+    by_path: Vec<(u32, u32)>,
+    /// Leaf numbers in the order of `by_path`.
+    grouped: Vec<u32>,
 }
 
 impl Flat<'_> {
     /// Groups the leaves by path; called once flattening is complete.
     fn finish(&mut self) {
-        self.by_path = (0..self.leaves.len() as u32).collect();
-        let leaves = &self.leaves;
-        self.by_path
-            .sort_by_key(|&i| leaves.get(i as usize).map_or(u32::MAX, |l| l.path));
+        self.by_path = (0u32..)
+            .zip(&self.leaves)
+            .map(|(i, leaf)| (leaf.path, i))
+            .collect();
+        self.by_path.sort_unstable();
+        self.grouped = self.by_path.iter().map(|&(_, i)| i).collect();
     }
 
     /// The leaves at a path, in document order.
     pub(crate) fn leaves_at(&self, path: u32) -> &[u32] {
-        let key = |i: &u32| self.leaves.get(*i as usize).map_or(u32::MAX, |l| l.path);
-        let start = self.by_path.partition_point(|i| key(i) < path);
-        let end = self.by_path.partition_point(|i| key(i) <= path);
-        self.by_path.get(start..end).unwrap_or_default()
+        let start = self.by_path.partition_point(|&(p, _)| p < path);
+        let end = self.by_path.partition_point(|&(p, _)| p <= path);
+        self.grouped.get(start..end).unwrap_or_default()
     }
 
     /// Whether the event has at least one leaf at the path.

@@ -27,9 +27,9 @@ use super::interval::{IntervalBuilder, IntervalIndex};
 use super::matcher::conjunction_matches;
 use super::numeric::sortable;
 use super::parse::{Condition, Conjunction, Field};
-use std::collections::HashMap;
+use foldhash::HashMap;
 
-/// Hash map with the std hasher; keys are short strings and numbers.
+/// Hash map from a literal to conjunction ids (foldhash: fast for short keys).
 type Map<K> = HashMap<K, Vec<u32>>;
 
 /// Compiled rule set.
@@ -255,7 +255,7 @@ impl Index {
         // How many conjunctions share each (path, condition): an anchor shared by many
         // rules (e.g. `"status": ["paid"]`) would make all of them candidates at once.
         let key = |field: &Field, c: &Condition| format!("{}\u{0}{c:?}", field.path);
-        let mut popularity: HashMap<String, usize> = HashMap::new();
+        let mut popularity: HashMap<String, usize> = HashMap::default();
         for field in rules.iter().flat_map(|(_, cs)| cs.iter()).flatten() {
             for c in &field.conditions {
                 *popularity.entry(key(field, c)).or_default() += 1;
