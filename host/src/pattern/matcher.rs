@@ -61,14 +61,20 @@ impl AnythingBut {
 }
 
 /// Whether one conjunction holds for the event. `paths[i]` is the path id of field `i`.
+///
+/// Array consistency: the leaves chosen for the fields must never sit in different
+/// elements of one array, and a field matched by `exists: false` must have no leaf that
+/// is consistent with the chosen ones (so it may exist in *other* array elements; this is
+/// what event-ruler's array-consistent matcher does).
 pub(crate) fn conjunction_matches(
     conjunction: &Conjunction,
     paths: &[u32],
     flat: &Flat<'_>,
 ) -> bool {
-    // First pass, allocation-free: every field must hold, and a field with a matching
-    // leaf outside any array is consistent with any choice for the others.
-    let mut constrained = 0;
+    // First pass, allocation-free. A field met by a leaf outside any array, or by being
+    // absent from the whole event, cannot conflict with anything: it is settled.
+    let mut unsettled = 0;
+    let mut needs_absence = false;
     for (field, &path) in conjunction.iter().zip(paths) {
         let mut found = false;
         let mut free = false;
@@ -79,28 +85,90 @@ pub(crate) fn conjunction_matches(
                 break;
             }
         }
-        if !found {
-            if field.allows_absence() && !flat.present(path) {
+        if free {
+            continue;
+        }
+        if field.allows_absence() {
+            let present = flat.leaves_at(path);
+            if present.is_empty() {
                 continue;
             }
+            if present.iter().all(|&leaf| flat.in_array(leaf)) {
+                // Absent, perhaps, from the elements the other fields choose.
+                needs_absence = true;
+                unsettled += 1;
+                continue;
+            }
+        }
+        if !found {
             return false;
         }
-        if !free {
-            constrained += 1;
-        }
+        unsettled += 1;
     }
-    if constrained < 2 {
+    if unsettled < 2 && !needs_absence {
         return true;
     }
-    // Several fields can only be met inside arrays: search for a consistent choice.
-    let slots: Vec<Vec<u32>> = conjunction
-        .iter()
-        .zip(paths)
-        .map(|(field, &path)| matching(field, path, flat).collect())
-        .filter(|leaves: &Vec<u32>| !leaves.is_empty())
-        .collect();
-    let slots: Vec<&[u32]> = slots.iter().map(Vec::as_slice).collect();
-    choose(&slots, flat)
+    // Search for a consistent choice among the unsettled fields.
+    let mut options: Vec<(u32, Vec<Option<u32>>)> = Vec::new();
+    for (field, &path) in conjunction.iter().zip(paths) {
+        let leaves: Vec<u32> = matching(field, path, flat).collect();
+        if leaves.iter().any(|&leaf| !flat.in_array(leaf)) {
+            continue;
+        }
+        let at = flat.leaves_at(path);
+        if field.allows_absence() && at.is_empty() {
+            continue;
+        }
+        let mut choices: Vec<Option<u32>> = leaves.into_iter().map(Some).collect();
+        if field.allows_absence() && at.iter().all(|&leaf| flat.in_array(leaf)) {
+            choices.push(None);
+        }
+        options.push((path, choices));
+    }
+    options.sort_by_key(|(_, choices)| choices.len());
+    let mut picked = Vec::with_capacity(options.len());
+    let mut absent = Vec::new();
+    search(&options, flat, &mut picked, &mut absent)
+}
+
+/// Depth-first search over the fields' choices (a leaf, or `None` for absent).
+fn search(
+    options: &[(u32, Vec<Option<u32>>)],
+    flat: &Flat<'_>,
+    picked: &mut Vec<u32>,
+    absent: &mut Vec<u32>,
+) -> bool {
+    let Some(((path, choices), rest)) = options.split_first() else {
+        // Every absent field must have no leaf consistent with all the picked ones.
+        return absent.iter().all(|&path| {
+            flat.leaves_at(path)
+                .iter()
+                .all(|&leaf| picked.iter().any(|&p| !flat.consistent(p, leaf)))
+        });
+    };
+    for choice in choices {
+        match *choice {
+            Some(leaf) => {
+                if picked.iter().all(|&p| flat.consistent(p, leaf)) {
+                    picked.push(leaf);
+                    let ok = search(rest, flat, picked, absent);
+                    picked.pop();
+                    if ok {
+                        return true;
+                    }
+                }
+            }
+            None => {
+                absent.push(*path);
+                let ok = search(rest, flat, picked, absent);
+                absent.pop();
+                if ok {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 /// The leaves at `path` that satisfy one of the field's conditions.
@@ -110,38 +178,4 @@ fn matching<'f>(field: &'f Field, path: u32, flat: &'f Flat<'_>) -> impl Iterato
             .get(i as usize)
             .is_some_and(|leaf| field.conditions.iter().any(|c| c.matches(&leaf.value)))
     })
-}
-
-/// Whether one leaf can be picked from every slot such that all picks are pairwise
-/// array-consistent. Every slot is non-empty.
-pub(crate) fn choose(slots: &[&[u32]], flat: &Flat<'_>) -> bool {
-    // Fields outside arrays never conflict: only slots whose every candidate sits in an
-    // array need the search.
-    let mut constrained: Vec<&[u32]> = slots
-        .iter()
-        .copied()
-        .filter(|s| s.iter().all(|&leaf| flat.in_array(leaf)))
-        .collect();
-    if constrained.len() < 2 {
-        return true;
-    }
-    constrained.sort_by_key(|s| s.len());
-    let mut picked = Vec::with_capacity(constrained.len());
-    search(&constrained, flat, &mut picked)
-}
-
-fn search(slots: &[&[u32]], flat: &Flat<'_>, picked: &mut Vec<u32>) -> bool {
-    let Some((first, rest)) = slots.split_first() else {
-        return true;
-    };
-    for &leaf in *first {
-        if picked.iter().all(|&p| flat.consistent(p, leaf)) {
-            picked.push(leaf);
-            if search(rest, flat, picked) {
-                return true;
-            }
-            picked.pop();
-        }
-    }
-    false
 }
