@@ -179,3 +179,54 @@ fn matching<'f>(field: &'f Field, path: u32, flat: &'f Flat<'_>) -> impl Iterato
             .is_some_and(|leaf| field.conditions.iter().any(|c| c.matches(&leaf.value)))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::pattern::Pattern;
+    use serde_json::json;
+
+    fn matches(pattern: serde_json::Value, event: serde_json::Value) -> bool {
+        Pattern::from_value(&pattern, &Default::default())
+            .unwrap()
+            .matches(&event)
+    }
+
+    #[test]
+    fn consistency_needs_backtracking() {
+        // The first "a" candidate (element 0) has no matching "b"; the search must move on.
+        let event = json!({"e": [{"a": 1, "b": 0}, {"a": 1, "b": 2}]});
+        assert!(matches(json!({"e": {"a": [1], "b": [2]}}), event.clone()));
+        assert!(!matches(json!({"e": {"a": [1], "b": [3]}}), event));
+    }
+
+    #[test]
+    fn nested_arrays_share_the_outer_element() {
+        let event =
+            json!({"o": [{"id": 1, "i": [{"s": "x"}, {"s": "y"}]}, {"id": 2, "i": [{"s": "z"}]}]});
+        assert!(matches(
+            json!({"o": {"id": [1], "i": {"s": ["y"]}}}),
+            event.clone()
+        ));
+        assert!(!matches(
+            json!({"o": {"id": [2], "i": {"s": ["y"]}}}),
+            event.clone()
+        ));
+        // Two fields in different elements of the inner array conflict too.
+        let event = json!({"o": [{"i": [{"s": "x"}, {"t": "y"}]}]});
+        assert!(!matches(
+            json!({"o": {"i": {"s": ["x"], "t": ["y"]}}}),
+            event
+        ));
+    }
+
+    #[test]
+    fn absence_is_relative_to_the_chosen_element() {
+        let p = json!({"t": {"s": ["on"], "n": [{"exists": false}]}});
+        assert!(matches(
+            p.clone(),
+            json!({"t": [{"s": "on"}, {"s": "off", "n": 1}]})
+        ));
+        assert!(!matches(p.clone(), json!({"t": [{"s": "on", "n": 1}]})));
+        assert!(matches(p, json!({"t": [{"s": "on", "n": 1}, {"s": "on"}]})));
+    }
+}
