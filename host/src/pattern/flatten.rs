@@ -34,32 +34,64 @@ pub(crate) enum Scalar<'a> {
 /// What the flattener does at one path.
 #[derive(Clone, Copy, Debug, Default)]
 struct PathEntry {
+    /// Node of this path in the [`PathTable`] trie.
+    node: u32,
     /// Id of the field if some pattern tests this exact path.
     leaf: Option<u32>,
     /// Whether some pattern tests a path below this one.
     descend: bool,
 }
 
-/// The field paths that matter, each with a dense id.
+/// One node of the path trie: a dotted path prefix.
 #[derive(Clone, Debug, Default)]
+struct PathNode {
+    children: HashMap<Box<str>, u32>,
+    leaf: Option<u32>,
+}
+
+/// The field paths that matter, each with a dense id, as a trie of dot-separated
+/// segments (so an event key is looked up by itself, not by its whole path, and a key
+/// containing dots walks several segments — dotted keys and nesting are the same).
+#[derive(Clone, Debug)]
 pub(crate) struct PathTable {
-    entries: HashMap<Box<str>, PathEntry>,
+    nodes: Vec<PathNode>,
     count: u32,
 }
 
+impl Default for PathTable {
+    fn default() -> Self {
+        Self {
+            nodes: vec![PathNode::default()],
+            count: 0,
+        }
+    }
+}
+
 impl PathTable {
-    /// The id of `path`, adding it (and its dotted prefixes) if new.
+    /// The id of `path`, adding it if new.
     pub(crate) fn intern(&mut self, path: &str) -> u32 {
-        if let Some(id) = self.entries.get(path).and_then(|e| e.leaf) {
-            return id;
+        let mut node = 0usize;
+        for segment in path.split('.') {
+            let next = self.nodes.len() as u32;
+            let child = match self.nodes.get_mut(node) {
+                Some(n) => *n.children.entry(segment.into()).or_insert(next),
+                None => return 0,
+            };
+            if child == next {
+                self.nodes.push(PathNode::default());
+            }
+            node = child as usize;
         }
-        let id = self.count;
-        self.count += 1;
-        self.entries.entry(path.into()).or_default().leaf = Some(id);
-        for (at, _) in path.match_indices('.') {
-            self.entries.entry(path[..at].into()).or_default().descend = true;
+        match self.nodes.get_mut(node) {
+            Some(PathNode { leaf: Some(id), .. }) => *id,
+            Some(n) => {
+                let id = self.count;
+                self.count += 1;
+                n.leaf = Some(id);
+                id
+            }
+            None => 0,
         }
-        id
     }
 
     /// Number of interned paths.
@@ -67,8 +99,21 @@ impl PathTable {
         self.count as usize
     }
 
-    fn get(&self, path: &str) -> Option<PathEntry> {
-        self.entries.get(path).copied()
+    fn entry(&self, node: u32) -> Option<PathEntry> {
+        self.nodes.get(node as usize).map(|n| PathEntry {
+            node,
+            leaf: n.leaf,
+            descend: !n.children.is_empty(),
+        })
+    }
+
+    /// The entry for `key` below `parent`.
+    fn child(&self, parent: u32, key: &str) -> Option<PathEntry> {
+        let mut node = parent;
+        for segment in key.split('.') {
+            node = *self.nodes.get(node as usize)?.children.get(segment)?;
+        }
+        self.entry(node)
     }
 }
 
@@ -149,7 +194,6 @@ impl Flat<'_> {
 /// Builds a [`Flat`] while walking an event.
 struct Collector<'t, 'a> {
     table: &'t PathTable,
-    path: String,
     stack: Vec<(u32, u32)>,
     next_array: u32,
     flat: Flat<'a>,
@@ -159,7 +203,6 @@ impl<'t, 'a> Collector<'t, 'a> {
     fn new(table: &'t PathTable) -> Self {
         Self {
             table,
-            path: String::new(),
             stack: Vec::new(),
             next_array: 0,
             flat: Flat::default(),
@@ -176,16 +219,6 @@ impl<'t, 'a> Collector<'t, 'a> {
         });
     }
 
-    /// Appends `key` to the current path; returns the length to truncate back to.
-    fn enter(&mut self, key: &str, depth: usize) -> usize {
-        let len = self.path.len();
-        if depth > 0 {
-            self.path.push('.');
-        }
-        self.path.push_str(key);
-        len
-    }
-
     fn value(&mut self, value: &'a Value, entry: PathEntry, depth: usize) {
         if depth > MAX_DEPTH {
             return;
@@ -193,11 +226,9 @@ impl<'t, 'a> Collector<'t, 'a> {
         match value {
             Value::Object(map) if entry.descend => {
                 for (key, inner) in map {
-                    let len = self.enter(key, depth);
-                    if let Some(e) = self.table.get(&self.path) {
+                    if let Some(e) = self.table.child(entry.node, key) {
                         self.value(inner, e, depth + 1);
                     }
-                    self.path.truncate(len);
                 }
             }
             Value::Array(items) if depth > 0 => {
@@ -229,6 +260,7 @@ fn scalar(value: &Value) -> Option<Scalar<'_>> {
 }
 
 const ROOT: PathEntry = PathEntry {
+    node: 0,
     leaf: None,
     descend: true,
 };
@@ -331,11 +363,12 @@ impl<'de: 'a, 'a> Visitor<'de> for Node<'_, '_, 'a> {
             return Ok(());
         }
         let Node {
-            collector, depth, ..
+            collector,
+            entry: parent,
+            depth,
         } = self;
         while let Some(key) = map.next_key_seed(Key)? {
-            let len = collector.enter(&key, depth);
-            match collector.table.get(&collector.path) {
+            match collector.table.child(parent.node, &key) {
                 Some(entry) => map.next_value_seed(Node {
                     collector: &mut *collector,
                     entry,
@@ -345,7 +378,6 @@ impl<'de: 'a, 'a> Visitor<'de> for Node<'_, '_, 'a> {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
-            collector.path.truncate(len);
         }
         Ok(())
     }
