@@ -180,7 +180,8 @@ impl Flat<'_> {
         !self.trail(leaf).is_empty()
     }
 
-    fn trail(&self, leaf: u32) -> &[(u32, u32)] {
+    /// The `(array id, element index)` pairs from the root down to the leaf.
+    pub(crate) fn trail(&self, leaf: u32) -> &[(u32, u32)] {
         match self.leaves.get(leaf as usize) {
             Some(l) => self
                 .trails

@@ -111,7 +111,7 @@ pub(crate) fn conjunction_matches(
     // Search for a consistent choice among the unsettled fields.
     let mut options: Vec<(u32, Vec<Option<u32>>)> = Vec::new();
     for (field, &path) in conjunction.iter().zip(paths) {
-        let leaves: Vec<u32> = matching(field, path, flat).collect();
+        let mut leaves: Vec<u32> = matching(field, path, flat).collect();
         if leaves.iter().any(|&leaf| !flat.in_array(leaf)) {
             continue;
         }
@@ -119,6 +119,9 @@ pub(crate) fn conjunction_matches(
         if field.allows_absence() && at.is_empty() {
             continue;
         }
+        // Leaves in the same array elements are interchangeable: keep one of each.
+        leaves.sort_by(|&a, &b| flat.trail(a).cmp(flat.trail(b)));
+        leaves.dedup_by(|a, b| flat.trail(*a) == flat.trail(*b));
         let mut choices: Vec<Option<u32>> = leaves.into_iter().map(Some).collect();
         if field.allows_absence() && at.iter().all(|&leaf| flat.in_array(leaf)) {
             choices.push(None);
@@ -131,7 +134,11 @@ pub(crate) fn conjunction_matches(
     search(&options, flat, &mut picked, &mut absent)
 }
 
-/// Depth-first search over the fields' choices (a leaf, or `None` for absent).
+/// Depth-first search over the fields' choices (a leaf, or `None` for absent). Every
+/// choice in `options` is consistent with `picked`: after each pick the remaining
+/// choices are filtered (forward checking), so a dead end shows up at once instead of
+/// after trying every combination of the fields in between; the field with the fewest
+/// choices goes next.
 fn search(
     options: &[(u32, Vec<Option<u32>>)],
     flat: &Flat<'_>,
@@ -149,13 +156,26 @@ fn search(
     for choice in choices {
         match *choice {
             Some(leaf) => {
-                if picked.iter().all(|&p| flat.consistent(p, leaf)) {
-                    picked.push(leaf);
-                    let ok = search(rest, flat, picked, absent);
-                    picked.pop();
-                    if ok {
-                        return true;
-                    }
+                let narrowed: Option<Vec<(u32, Vec<Option<u32>>)>> = rest
+                    .iter()
+                    .map(|(p, cs)| {
+                        let kept: Vec<Option<u32>> = cs
+                            .iter()
+                            .copied()
+                            .filter(|c| c.is_none_or(|other| flat.consistent(other, leaf)))
+                            .collect();
+                        (!kept.is_empty()).then_some((*p, kept))
+                    })
+                    .collect();
+                let Some(mut narrowed) = narrowed else {
+                    continue;
+                };
+                narrowed.sort_by_key(|(_, cs)| cs.len());
+                picked.push(leaf);
+                let ok = search(&narrowed, flat, picked, absent);
+                picked.pop();
+                if ok {
+                    return true;
                 }
             }
             None => {
@@ -217,6 +237,27 @@ mod tests {
             json!({"o": {"i": {"s": ["x"], "t": ["y"]}}}),
             event
         ));
+    }
+
+    #[test]
+    fn dead_ends_are_found_without_trying_every_combination() {
+        // Eight fields, each with 30 candidates in its own inner array of one outer
+        // element, and a ninth (sorted last, also 30 candidates) only present in another
+        // outer element: without forward checking this would try 30^8 combinations.
+        let mut inner = serde_json::Map::new();
+        let mut pattern = serde_json::Map::new();
+        for f in 0..8 {
+            let name = format!("f{f}");
+            inner.insert(
+                name.clone(),
+                json!((0..30).map(|_| json!({"v": 1})).collect::<Vec<_>>()),
+            );
+            pattern.insert(name, json!({"v": [1]}));
+        }
+        pattern.insert("last".into(), json!({"v": [1]}));
+        let last: Vec<_> = (0..30).map(|_| json!({"v": 1})).collect();
+        let event = json!({"o": [serde_json::Value::Object(inner), {"last": last}]});
+        assert!(!matches(json!({"o": pattern}), event));
     }
 
     #[test]
