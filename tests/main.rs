@@ -8,4 +8,6 @@ mod cli;
 mod crash;
 mod http_target;
 mod ingest;
+mod pattern_conformance;
+mod pattern_properties;
 mod transform_conformance;
