@@ -7,3 +7,4 @@ mod bus;
 mod cli;
 mod crash;
 mod http_target;
+mod openapi;
