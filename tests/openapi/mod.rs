@@ -3,6 +3,9 @@
 //! router registers, declares the authentication each route really asks for,
 //! and its request examples are accepted by a real bus.
 
+mod conformance;
+mod schema;
+
 use crate::support::TestBus;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -12,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 type Routes = BTreeMap<String, BTreeSet<String>>;
 
 /// The source of `busbar::api::router`, read at compile time.
-const ROUTER_SOURCE: &str = include_str!("../host/src/api/mod.rs");
+const ROUTER_SOURCE: &str = include_str!("../../host/src/api/mod.rs");
 
 /// The routing functions the scan understands; any other in a `.route(...)`
 /// call fails the scan rather than being skipped.
