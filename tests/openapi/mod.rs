@@ -420,6 +420,46 @@ async fn document_is_structurally_sound() {
     assert!(operation_ids.len() >= 30);
 }
 
+/// Every example in the document fits the schema beside it.
+#[test]
+fn examples_fit_their_schemas() {
+    let doc: Value = serde_json::from_str(include_str!("../../host/src/api/openapi.json")).unwrap();
+    let checker = schema::Checker::new(&doc);
+    let mut media_objects = Vec::new();
+    for (path, method, _, op) in operations(&doc) {
+        let here = format!("{method} {path}");
+        for (media, object) in op["requestBody"]["content"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            media_objects.push((format!("{here} request {media}"), object));
+        }
+        for (status, response) in op["responses"].as_object().unwrap() {
+            let response = resolve(&doc, response);
+            for (media, object) in response["content"].as_object().into_iter().flatten() {
+                media_objects.push((format!("{here} {status} {media}"), object));
+            }
+        }
+    }
+    let mut checked = 0;
+    for (here, object) in media_objects {
+        if !here.ends_with("json") {
+            continue;
+        }
+        let named = object["examples"].as_object().into_iter().flatten();
+        let examples = named
+            .map(|(name, e)| (name.as_str(), &e["value"]))
+            .chain(object.get("example").map(|e| ("example", e)));
+        for (name, value) in examples {
+            let errors = checker.errors(&object["schema"], value);
+            assert!(errors.is_empty(), "{here} {name}: {errors:#?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} examples");
+}
+
 fn example<'a>(doc: &'a Value, path: &str, method: &str, media: &str, name: &str) -> &'a Value {
     let value =
         &doc["paths"][path][method]["requestBody"]["content"][media]["examples"][name]["value"];
