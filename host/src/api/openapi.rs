@@ -2,8 +2,10 @@
 //!
 //! The document is hand-written in `openapi.json` beside this file and
 //! compiled into the binary, so the bus always serves the description of the
-//! routes it was built with. The integration test `openapi` checks that the
-//! document and [`router`](super::router) list the same routes and methods.
+//! routes it was built with. The integration tests in `tests/openapi/` check
+//! that the document and [`router`](super::router) list the same routes and
+//! methods, and that every answer of a running bus is documented and fits
+//! its schema.
 
 use axum::http::header;
 use axum::response::IntoResponse;
