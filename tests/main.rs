@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod http_target;
 mod ingest;
+mod openapi;
 mod pattern_conformance;
 mod pattern_properties;
 mod transform_conformance;

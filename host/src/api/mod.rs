@@ -7,6 +7,7 @@
 mod admin;
 mod error;
 mod events;
+mod openapi;
 mod ops;
 mod queues;
 mod resources;
@@ -111,7 +112,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(queues::get_dead_letter).delete(queues::delete_dead_letter),
         )
         .route("/patterns/test", post(tools::test_pattern))
-        .route("/transforms/test", post(tools::test_transform));
+        .route("/transforms/test", post(tools::test_transform))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
