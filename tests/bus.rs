@@ -647,3 +647,33 @@ async fn pattern_and_transform_testers_over_http() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn reading_a_rule_never_reveals_target_secrets() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/secret",
+        json!({"pattern": {"source": ["s"]}, "targets": [{
+            "id": "h", "type": "http", "url": "http://127.0.0.1:9/",
+            "auth": {"type": "basic", "username": "u", "password": "hunter2"},
+            "signing": {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}]}),
+    )
+    .await;
+    let (status, rule) = bus
+        .call(Method::GET, "/v1/buses/default/rules/secret", &key, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = rule.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("whsec_"),
+        "{text}"
+    );
+    assert_eq!(rule["targets"][0]["auth"]["username"], "u");
+    let (status, body) = bus
+        .call(Method::PATCH, "/v1/buses/default/rules/secret", &key, None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}

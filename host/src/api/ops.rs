@@ -37,3 +37,14 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
         format!("no such endpoint: {}", uri.path()),
     )
 }
+
+pub(super) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
