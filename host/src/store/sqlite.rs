@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
-    /// Survives a crash of the process (WAL, `synchronous=NORMAL`).
+    /// Survives a crash of the process (WAL, `synchronous=NORMAL`): config `fsync = "normal"`.
     #[default]
-    Process,
-    /// Survives power loss: fsync on every commit (`synchronous=FULL`).
+    #[serde(alias = "process")]
+    Normal,
+    /// Survives power loss: fsync on every commit (`synchronous=FULL`): config `fsync = "always"`.
     Always,
 }
 
@@ -74,7 +75,7 @@ impl SqliteStore {
         let conn =
             Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let sync = match durability {
-            Durability::Process => "NORMAL",
+            Durability::Normal => "NORMAL",
             Durability::Always => "FULL",
         };
         conn.execute_batch(&format!(
@@ -866,6 +867,20 @@ impl Store for SqliteStore {
                 params![tenant, queue],
                 |r| r.get::<_, i64>(0),
             )? as u64)
+        })
+        .await
+    }
+
+    async fn queue_depths(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.run(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT tenant, queue, COUNT(*) FROM queue_messages GROUP BY tenant, queue",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
