@@ -169,14 +169,15 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
         let mut completions = Vec::with_capacity(batch.len());
         let outcome = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // One savepoint per op, so a failed op rolls back alone. The
+            // statements are cached: parsing them per op showed up in profiles.
             for op in batch.drain(..) {
-                tx.execute_batch("SAVEPOINT op")?;
+                tx.prepare_cached("SAVEPOINT op")?.execute([])?;
                 let (ok, completion) = op(&tx);
-                if ok {
-                    tx.execute_batch("RELEASE op")?;
-                } else {
-                    tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+                if !ok {
+                    tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
                 }
+                tx.prepare_cached("RELEASE op")?.execute([])?;
                 completions.push(completion);
             }
             tx.commit()
