@@ -647,3 +647,67 @@ async fn pattern_and_transform_testers_over_http() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn reading_a_rule_never_reveals_target_secrets() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/secret",
+        json!({"pattern": {"source": ["s"]}, "targets": [{
+            "id": "h", "type": "http", "url": "http://127.0.0.1:9/",
+            "auth": {"type": "basic", "username": "u", "password": "hunter2"},
+            "signing": {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}]}),
+    )
+    .await;
+    let (status, rule) = bus
+        .call(Method::GET, "/v1/buses/default/rules/secret", &key, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = rule.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("whsec_"),
+        "{text}"
+    );
+    assert_eq!(rule["targets"][0]["auth"]["username"], "u");
+    let (status, body) = bus
+        .call(Method::PATCH, "/v1/buses/default/rules/secret", &key, None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_slow_target_does_not_hold_up_other_targets_or_ingestion() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    let (slow, fast) = (Receiver::start().await, Receiver::start().await);
+    slow.slow_down(Duration::from_secs(30));
+    let rule = json!({"pattern": {"source": ["s"]}, "targets": [
+        {"id": "slow", "type": "http", "url": slow.url("/"), "timeout_ms": 60000},
+        {"id": "fast", "type": "http", "url": fast.url("/")}]});
+    bus.put(&key, "/v1/buses/default/rules/r", rule).await;
+    // More events than the slow target's in-flight cap (256): its surplus waits in the store.
+    let batch: Vec<Value> = (0..300)
+        .map(|i| event(&format!("e{i}"), "s", json!({"i": i})))
+        .collect();
+    let (status, body) = bus
+        .raw(
+            &key,
+            "default",
+            "application/cloudevents-batch+json",
+            Value::Array(batch).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // The fast target gets all of them while the slow one is still holding its first requests.
+    let got = fast.wait_for(300).await;
+    assert_eq!(got.len(), 300);
+    assert!(slow.received().is_empty());
+    // And ingestion still answers at once.
+    bus.send(&key, "default", event("later", "s", json!({})))
+        .await;
+    fast.wait_for(301).await;
+}

@@ -7,3 +7,8 @@ mod bus;
 mod cli;
 mod crash;
 mod http_target;
+mod ingest;
+mod openapi;
+mod pattern_conformance;
+mod pattern_properties;
+mod transform_conformance;

@@ -289,7 +289,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 config.log_format = format;
             }
             if args.fsync_always {
-                config.durability = crate::store::sqlite::Durability::Always;
+                config.fsync = crate::store::sqlite::Durability::Always;
             }
             if let Ok(key) = std::env::var("BUSBAR_ADMIN_KEY")
                 && !key.is_empty()

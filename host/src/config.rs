@@ -20,8 +20,10 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// `human` or `json` log lines.
     pub log_format: LogFormat,
-    /// How hard commits are synced.
-    pub durability: Durability,
+    /// How hard commits are synced: `normal` (survives `kill -9`) or `always`
+    /// (fsync per commit, survives power loss).
+    #[serde(alias = "durability")]
+    pub fsync: Durability,
     /// Size and count limits on ingestion.
     pub limits: Limits,
     /// Delivery engine tuning.
@@ -55,7 +57,7 @@ impl Default for Config {
             data_dir: PathBuf::from("busbar-data"),
             admin_key: None,
             log_format: LogFormat::Human,
-            durability: Durability::Process,
+            fsync: Durability::Normal,
             limits: Limits::default(),
             delivery: DeliveryConfig::default(),
             patterns: PatternConfig::default(),
@@ -229,6 +231,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn fsync_always_is_a_setting() {
+        let c: Config = toml::from_str("fsync = \"always\"").unwrap();
+        assert_eq!(c.fsync, Durability::Always);
+        assert_eq!(Config::default().fsync, Durability::Normal);
     }
 
     #[test]

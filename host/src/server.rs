@@ -136,7 +136,7 @@ async fn load_catalog(
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
     let dir = config.ensure_data_dir()?.to_owned();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir, config.durability)?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir, config.fsync)?);
     let http = HttpClient::new()?;
     let pattern_limits = PatternLimits {
         max_chars: config.patterns.max_chars,

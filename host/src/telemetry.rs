@@ -73,7 +73,13 @@ pub fn dead_lettered(tenant: &str, exhausted: &str) {
         .increment(1);
 }
 
-/// Events routed but not yet fully delivered or persisted.
+/// Events committed but not yet fully routed (delivered or persisted).
 pub fn routing_backlog(n: i64) {
     gauge!("busbar_routing_backlog_events").set(n as f64);
+}
+
+/// Messages waiting on a pull queue (visible or in flight).
+pub fn queue_depth(tenant: &str, queue: &str, depth: u64) {
+    gauge!("busbar_queue_depth", "tenant" => tenant.to_owned(), "queue" => queue.to_owned())
+        .set(depth as f64);
 }

@@ -210,6 +210,8 @@ struct ReceiverState {
     got: Mutex<Vec<Received>>,
     /// Answer this status for the next N requests, then 200.
     fail: Mutex<(usize, u16)>,
+    /// Hold every request this long before answering.
+    delay: Mutex<Duration>,
 }
 
 /// A real HTTP receiver that records what it gets.
@@ -225,6 +227,10 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let status = {
         let mut fail = state.fail.lock().unwrap();
         if fail.0 > 0 {
@@ -267,6 +273,11 @@ impl Receiver {
     /// Fail the next `n` requests with `status`.
     pub fn fail_next(&self, n: usize, status: u16) {
         *self.state.fail.lock().unwrap() = (n, status);
+    }
+
+    /// Answer every request only after `delay` (a slow target).
+    pub fn slow_down(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
     }
 
     pub fn received(&self) -> Vec<Received> {

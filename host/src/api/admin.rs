@@ -1,12 +1,11 @@
 //! `/v1/admin/*`: tenants and their API keys.
 
-use super::{Admin, ApiError, State, check_name, generate_key, hash_key, list, parse_json};
+use super::{Admin, ApiError, Body, State, check_name, generate_key, hash_key, list, parse_json};
 use crate::clock::now_ms;
 use crate::store::{KeyRecord, Resource, ResourceKind, TenantRecord};
 use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -38,7 +37,7 @@ async fn issue_key(state: &super::AppState, tenant: &str) -> Result<(String, Str
 pub(super) async fn create_tenant(
     axum::extract::State(state): State,
     _: Admin,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: NewTenant = parse_json(&body)?;
     check_name("name", &req.name)?;

@@ -7,6 +7,7 @@
 mod admin;
 mod error;
 mod events;
+mod openapi;
 mod ops;
 mod plugins;
 mod queues;
@@ -126,13 +127,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/plugins", get(plugins::list_plugins))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/patterns/test", post(tools::test_pattern))
-        .route("/transforms/test", post(tools::test_transform));
+        .route("/transforms/test", post(tools::test_transform))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .with_state(state)
 }
 
@@ -221,6 +224,34 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             ));
         }
         Err(ApiError::unauthorized("unknown admin key"))
+    }
+}
+
+/// A request body, read with the API's error shape for "too large" and I/O failures.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        <Bytes as axum::extract::FromRequest<S>>::from_request(request, state)
+            .await
+            .map(Body)
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "the request body exceeds the size limit",
+                    )
+                    .with_field("body")
+                } else {
+                    ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
+                }
+            })
     }
 }
 

@@ -22,6 +22,23 @@ pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'stati
 }
 
 pub(super) async fn metrics(axum::extract::State(state): State) -> impl IntoResponse {
+    // Gauges that are cheaper to read at scrape time than to maintain on every change.
+    let committed = *state.store.committed().borrow();
+    crate::telemetry::routing_backlog(committed - state.engine.watermark(|w| w.low()));
+    if let Ok(depths) = state.store.queue_depths().await {
+        let depths: std::collections::HashMap<(String, String), u64> =
+            depths.into_iter().map(|(t, q, n)| ((t, q), n)).collect();
+        // Every known queue gets a value, empty ones included.
+        for tenant in state.catalog.tenants() {
+            for (queue, _) in state.catalog.queues(&tenant.name) {
+                let depth = depths
+                    .get(&(tenant.name.clone(), queue.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                crate::telemetry::queue_depth(&tenant.name, &queue, depth);
+            }
+        }
+    }
     let body = state
         .metrics
         .as_ref()
@@ -35,5 +52,16 @@ pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+pub(super) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
     )
 }

@@ -1,6 +1,6 @@
 //! Pull queues (`/v1/queues/*`) and the dead-letter queue (`/v1/dlq/*`).
 
-use super::{ApiError, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, Body, State, Tenant, check_name, list, parse_json};
 use crate::clock::now_ms;
 use crate::store::{DeadLetterFilter, Resource, ResourceKind};
 use axum::Json;
@@ -35,7 +35,7 @@ pub(super) async fn put_queue(
     axum::extract::State(state): State,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("queue", &queue)?;
     let spec: Value = if body.is_empty() {
@@ -139,7 +139,7 @@ pub(super) async fn receive(
     axum::extract::State(state): State,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     if !state.catalog.has_queue(&tenant, &queue) {
         return Err(ApiError::not_found("queue", &queue));
@@ -200,7 +200,7 @@ pub(super) async fn ack(
     axum::extract::State(state): State,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     if !state.catalog.has_queue(&tenant, &queue) {
         return Err(ApiError::not_found("queue", &queue));
@@ -296,7 +296,7 @@ pub(super) struct RedriveRequest {
 pub(super) async fn redrive(
     axum::extract::State(state): State,
     Tenant(tenant): Tenant,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: RedriveRequest = parse_json(&body)?;
     if req.ids.is_none() && req.bus.is_none() && req.rule.is_none() && req.target.is_none() {

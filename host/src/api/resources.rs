@@ -1,13 +1,12 @@
 //! Buses and rules: `/v1/buses/*`.
 
-use super::{ApiError, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, Body, State, Tenant, check_name, list, parse_json};
 use crate::clock::now_ms;
 use crate::route::{CompileContext, FieldError, TargetKind, compile_rule};
 use crate::store::{Resource, ResourceKind};
 use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use bytes::Bytes;
 use serde_json::{Value, json};
 
 /// Persisted name of a rule resource.
@@ -32,7 +31,7 @@ pub(super) async fn put_bus(
     axum::extract::State(state): State,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("bus", &bus)?;
     let spec: Value = if body.is_empty() {
@@ -118,11 +117,30 @@ pub(super) async fn delete_bus(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What stands in for a secret in answers.
+const REDACTED: &str = "********";
+
+/// A rule as answered: its body with credentials replaced, so reading a rule
+/// never reveals a target's API key, password, client secret or signing secret.
 fn rule_json(name: &str, spec: &Value) -> Value {
     let mut out = json!({"name": name});
     if let (Value::Object(o), Value::Object(s)) = (&mut out, spec) {
         for (k, v) in s {
             o.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(Value::Array(targets)) = out.get_mut("targets") {
+        for target in targets {
+            for (section, key) in [
+                ("auth", "value"),
+                ("auth", "password"),
+                ("auth", "client_secret"),
+                ("signing", "secret"),
+            ] {
+                if let Some(secret) = target.get_mut(section).and_then(|s| s.get_mut(key)) {
+                    *secret = Value::String(REDACTED.to_owned());
+                }
+            }
         }
     }
     out
@@ -149,7 +167,7 @@ pub(super) async fn put_rule(
     axum::extract::State(state): State,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("rule", &name)?;
     let existing = state

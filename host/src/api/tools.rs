@@ -1,11 +1,10 @@
 //! `POST /v1/patterns/test` and `POST /v1/transforms/test`: the testers over HTTP.
 
-use super::{ApiError, State, Tenant, parse_json};
+use super::{ApiError, Body, State, Tenant, parse_json};
 use crate::pattern::Pattern;
 use crate::route::{FieldError, pattern_for_sample};
 use crate::transform::{RenderContext, TransformSpec};
 use axum::Json;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,7 +18,7 @@ pub(super) struct PatternTest {
 pub(super) async fn test_pattern(
     axum::extract::State(state): State,
     _: Tenant,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: PatternTest = parse_json(&body)?;
     let pattern = Pattern::from_value(
@@ -44,7 +43,7 @@ pub(super) struct TransformTest {
     spec: serde_json::Map<String, Value>,
 }
 
-pub(super) async fn test_transform(_: Tenant, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn test_transform(_: Tenant, Body(body): Body) -> Result<Json<Value>, ApiError> {
     let req: TransformTest = parse_json(&body)?;
     let spec: TransformSpec = serde_json::from_value(Value::Object(req.spec))
         .map_err(|e| ApiError::bad_request("invalid_transform", e.to_string(), "body"))?;

@@ -91,45 +91,95 @@ pub fn parse_structured(body: &[u8], limits: &IngestLimits) -> Result<Event, Ing
 ///
 /// An empty array is a valid (empty) batch. More entries than
 /// `max_batch_entries` refuse the whole request with 413, like an oversized
-/// body: the request is too large, not malformed.
+/// body: the request is too large, not malformed. A JSON syntax error anywhere
+/// refuses the whole request (400 `malformed_json`): entries after it cannot
+/// be found.
 pub fn parse_batch(
     body: &[u8],
     limits: &IngestLimits,
 ) -> Result<Vec<Result<Event, IngestError>>, IngestError> {
-    let entries = match serde_json::from_slice(body) {
-        Ok(Value::Array(entries)) => entries,
-        Ok(_) => {
-            return Err(IngestError::WrongShape {
-                field: None,
-                expected: "a JSON array of CloudEvents",
-            });
-        }
-        Err(err) => return Err(malformed_json(&err)),
-    };
-    if entries.len() > limits.max_batch_entries {
-        return Err(IngestError::TooManyEntries {
-            field: None,
-            count: entries.len(),
-            limit: limits.max_batch_entries,
-        });
+    // The array is walked by hand and each entry parsed on its own, so that
+    // each entry's byte length is known: it bounds the entry's stored size
+    // (see `validate::MAX_GROWTH`), which spares the size count for all but
+    // huge entries, and an over-long batch is refused before it is parsed.
+    let mut pos = skip_whitespace(body, 0);
+    if body.get(pos) != Some(&b'[') {
+        // Not an array: say whether it is JSON at all.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => IngestError::WrongShape {
+                    field: None,
+                    expected: "a JSON array of CloudEvents",
+                },
+                Err(err) => malformed_json(&err),
+            },
+        );
     }
-    // The whole body bounds each entry's size (see `validate::MAX_GROWTH`):
-    // small batches skip the exact count for every entry.
-    let bound = body.len();
-    Ok(entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, entry)| {
+    pos = skip_whitespace(body, pos + 1);
+    let mut results = Vec::new();
+    if body.get(pos) == Some(&b']') {
+        pos += 1;
+    } else {
+        loop {
+            if results.len() == limits.max_batch_entries {
+                return Err(IngestError::TooManyEntries {
+                    field: None,
+                    limit: limits.max_batch_entries,
+                });
+            }
+            let mut stream = serde_json::Deserializer::from_slice(&body[pos..]).into_iter();
+            let entry = match stream.next() {
+                Some(Ok(entry)) => entry,
+                Some(Err(err)) => return Err(malformed_entry(&err, pos)),
+                None => return Err(malformed_at("expected a value", pos)),
+            };
+            let len = stream.byte_offset();
+            let index = results.len();
             let result = match entry {
-                Value::Object(map) => event_from_json(map, bound, limits),
+                Value::Object(map) => event_from_json(map, len, limits),
                 _ => Err(IngestError::WrongShape {
                     field: None,
                     expected: "a JSON object (one CloudEvent)",
                 }),
             };
-            result.map_err(|e| e.map_field(|f| batch_path(i, f)))
-        })
-        .collect())
+            results.push(result.map_err(|e| e.map_field(|f| batch_path(index, f))));
+            pos = skip_whitespace(body, pos + len);
+            match body.get(pos) {
+                Some(b',') => pos = skip_whitespace(body, pos + 1),
+                Some(b']') => {
+                    pos += 1;
+                    break;
+                }
+                _ => return Err(malformed_at("expected `,` or `]`", pos)),
+            }
+        }
+    }
+    if skip_whitespace(body, pos) != body.len() {
+        return Err(malformed_at("trailing characters after the array", pos));
+    }
+    Ok(results)
+}
+
+fn skip_whitespace(body: &[u8], from: usize) -> usize {
+    let rest = body.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+        .count()
+}
+
+fn malformed_at(what: &str, pos: usize) -> IngestError {
+    IngestError::MalformedJson {
+        field: None,
+        reason: format!("{what} at byte {pos}"),
+    }
+}
+
+fn malformed_entry(err: &serde_json::Error, pos: usize) -> IngestError {
+    IngestError::MalformedJson {
+        field: None,
+        reason: format!("{err} (in the entry starting at byte {pos})"),
+    }
 }
 
 fn batch_path(index: usize, field: &str) -> Field {
@@ -515,6 +565,34 @@ mod tests {
         }
     }
 
+    /// The binding's encoder (3.1.3.2), upper- or lower-case hex.
+    fn percent_encode(s: &str, lower: bool) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            if ('!'..='~').contains(&c) && c != '"' && c != '%' {
+                out.push(c);
+            } else {
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&if lower {
+                        format!("%{b:02x}")
+                    } else {
+                        format!("%{b:02X}")
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn percent_encoding_round_trips(s in "\\PC*", lower in proptest::bool::ANY) {
+            let encoded = percent_encode(&s, lower);
+            proptest::prop_assert_eq!(decode_header_value(encoded.as_bytes()).unwrap(), s);
+        }
+    }
+
     #[test]
     fn decoded_control_characters_are_refused() {
         let e = binary(&[("ce-subject", "a%0Ab")], b"").unwrap_err();
@@ -549,6 +627,63 @@ mod tests {
         let e = results[2].as_ref().unwrap_err();
         assert_eq!(summary(e), (400, "wrong_shape", Some("[2]")));
         assert_eq!(results[3].as_ref().unwrap().as_map()["data"], Value::Null);
+    }
+
+    #[test]
+    fn batch_syntax() {
+        let limits = IngestLimits::default();
+        for ok in [
+            &b"[]"[..],
+            b" [ ] \n",
+            b"[{} , {}]",
+            b"[1,[2],\"x\",null]",
+            b"\t[{\"a\":[]}]\r\n",
+        ] {
+            let results = parse_batch(ok, &limits).unwrap();
+            let expected = serde_json::from_slice::<Vec<Value>>(ok).unwrap().len();
+            assert_eq!(results.len(), expected, "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"[",
+            b"[1,]",
+            b"[,]",
+            b"[1 2]",
+            b"[{}{}]",
+            b"[1x]",
+            b"[] x",
+            b"[]]",
+            b"[\"\xff\"]",
+            b"nope",
+        ] {
+            let e = parse_batch(bad, &limits).unwrap_err();
+            assert_eq!(
+                summary(&e),
+                (400, "malformed_json", None),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The hand-walked array agrees with serde_json on what a JSON array is.
+        #[test]
+        fn batch_walk_agrees_with_serde_json(
+            tokens in proptest::collection::vec(proptest::sample::select(&[
+                "[", "]", ",", " ", "{}", "{\"a\":1}", "1", "-2.5e3", "\"s\"", "null", "x", "\"", ":",
+            ][..]), 0..12)
+        ) {
+            let body = tokens.concat();
+            let limits = IngestLimits::default();
+            let expected = match serde_json::from_slice::<Value>(body.as_bytes()) {
+                Ok(Value::Array(items)) => Ok(items.len()),
+                Ok(_) => Err("wrong_shape"),
+                Err(_) => Err("malformed_json"),
+            };
+            let actual = parse_batch(body.as_bytes(), &limits).map(|r| r.len()).map_err(|e| e.code());
+            proptest::prop_assert_eq!(actual, expected, "{}", body);
+        }
     }
 
     #[test]

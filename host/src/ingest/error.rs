@@ -128,15 +128,12 @@ pub enum IngestError {
     },
 
     /// A batch or PutEvents request holds more entries than allowed. HTTP 413.
-    #[error(
-        "{} holds {count} entries, over the limit of {limit}",
-        field_or_body(field)
-    )]
+    /// (A batch is refused as soon as entry `limit + 1` is seen, so the total
+    /// is not counted.)
+    #[error("{} holds more than {limit} entries", field_or_body(field))]
     TooManyEntries {
         /// `None` for a batch body; `Entries` for PutEvents.
         field: Option<Field>,
-        /// How many entries were sent.
-        count: usize,
         /// The configured limit.
         limit: usize,
     },
@@ -258,13 +255,8 @@ impl IngestError {
                 size,
                 limit,
             },
-            Self::TooManyEntries {
-                field,
-                count,
-                limit,
-            } => Self::TooManyEntries {
+            Self::TooManyEntries { field, limit } => Self::TooManyEntries {
                 field: opt(field),
-                count,
                 limit,
             },
             Self::MissingAttribute { field } => Self::MissingAttribute { field: f(&field) },
@@ -296,5 +288,206 @@ impl IngestError {
                 reason,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &'static str) -> Field {
+        Cow::Borrowed(s)
+    }
+
+    #[test]
+    fn every_variant_has_status_code_field_and_message() {
+        let r = || Cow::Borrowed("why");
+        let cases = [
+            (
+                IngestError::UnsupportedMediaType {
+                    content_type: "a/b".into(),
+                },
+                415,
+                "unsupported_media_type",
+                Some("content-type"),
+            ),
+            (
+                IngestError::MalformedJson {
+                    field: None,
+                    reason: "eof".into(),
+                },
+                400,
+                "malformed_json",
+                None,
+            ),
+            (
+                IngestError::WrongShape {
+                    field: Some(f("[1]")),
+                    expected: "an object",
+                },
+                400,
+                "wrong_shape",
+                Some("[1]"),
+            ),
+            (
+                IngestError::MissingAttribute { field: f("id") },
+                400,
+                "missing_attribute",
+                Some("id"),
+            ),
+            (
+                IngestError::UnsupportedSpecVersion {
+                    field: f("specversion"),
+                    value: "0.3".into(),
+                },
+                400,
+                "unsupported_specversion",
+                Some("specversion"),
+            ),
+            (
+                IngestError::InvalidAttribute {
+                    field: f("time"),
+                    reason: r(),
+                },
+                400,
+                "invalid_attribute",
+                Some("time"),
+            ),
+            (
+                IngestError::InvalidAttributeName { field: f("Ext") },
+                400,
+                "invalid_attribute_name",
+                Some("Ext"),
+            ),
+            (
+                IngestError::InvalidHeader {
+                    field: f("ce-id"),
+                    reason: r(),
+                },
+                400,
+                "invalid_header",
+                Some("ce-id"),
+            ),
+            (
+                IngestError::ConflictingData {
+                    field: f("data_base64"),
+                },
+                400,
+                "conflicting_data",
+                Some("data_base64"),
+            ),
+            (
+                IngestError::InvalidData {
+                    field: f("data"),
+                    reason: r(),
+                },
+                400,
+                "invalid_data",
+                Some("data"),
+            ),
+            (
+                IngestError::EventTooLarge {
+                    field: None,
+                    size: 2,
+                    limit: 1,
+                },
+                413,
+                "event_too_large",
+                None,
+            ),
+            (
+                IngestError::TooManyEntries {
+                    field: Some(f("Entries")),
+                    limit: 10,
+                },
+                413,
+                "too_many_entries",
+                Some("Entries"),
+            ),
+            (
+                IngestError::MissingField {
+                    field: f("Entries[0].Source"),
+                },
+                400,
+                "missing_field",
+                Some("Entries[0].Source"),
+            ),
+            (
+                IngestError::InvalidField {
+                    field: f("Entries[0].Time"),
+                    reason: r(),
+                },
+                400,
+                "invalid_field",
+                Some("Entries[0].Time"),
+            ),
+            (
+                IngestError::MalformedDetail {
+                    field: f("Entries[0].Detail"),
+                    reason: r(),
+                },
+                400,
+                "malformed_detail",
+                Some("Entries[0].Detail"),
+            ),
+        ];
+        for (err, status, code, field) in cases {
+            assert_eq!(
+                (err.status(), err.code(), err.field()),
+                (status, code, field),
+                "{err:?}"
+            );
+            assert!(!err.to_string().is_empty());
+            let expected = if code == "malformed_detail" {
+                "MalformedDetail"
+            } else {
+                "InvalidArgument"
+            };
+            assert_eq!(err.put_events_code(), expected);
+        }
+    }
+
+    #[test]
+    fn messages_read_as_sentences() {
+        let err = IngestError::InvalidAttribute {
+            field: f("time"),
+            reason: Cow::Borrowed("must be RFC 3339"),
+        };
+        assert_eq!(err.to_string(), "time is invalid: must be RFC 3339");
+        let err = IngestError::EventTooLarge {
+            field: None,
+            size: 300,
+            limit: 200,
+        };
+        assert_eq!(
+            err.to_string(),
+            "the event is 300 bytes in CloudEvents JSON form, over the limit of 200 bytes"
+        );
+    }
+
+    #[test]
+    fn fields_are_remapped() {
+        let prefix = |s: &str| Cow::Owned(format!("[2].{s}"));
+        let err = IngestError::MissingAttribute { field: f("id") }.map_field(prefix);
+        assert_eq!(err.field(), Some("[2].id"));
+        let whole = |s: &str| {
+            Cow::Owned(if s.is_empty() {
+                "[2]".to_owned()
+            } else {
+                s.to_owned()
+            })
+        };
+        let err = IngestError::EventTooLarge {
+            field: None,
+            size: 2,
+            limit: 1,
+        }
+        .map_field(whole);
+        assert_eq!(err.field(), Some("[2]"));
+        let err = IngestError::UnsupportedMediaType {
+            content_type: String::new(),
+        }
+        .map_field(prefix);
+        assert_eq!(err.field(), Some("content-type"));
     }
 }

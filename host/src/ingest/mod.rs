@@ -31,6 +31,20 @@
 //! Errors name their field: a header (`ce-id`, `content-type`), a JSON path
 //! (`time`, `[3].source`) or a PutEvents path (`Entries[2].Detail`).
 //!
+//! Decisions where the specs leave room:
+//!
+//! - A batch with more than `max_batch_entries` events (and a PutEvents
+//!   request with more than `max_put_events_entries`) is refused whole with
+//!   413 `too_many_entries`: the request is too large, not malformed.
+//! - Binary mode: `ce-*` values are strings (headers carry no JSON types);
+//!   `ce-datacontenttype` is refused (the binding says MUST NOT; Content-Type
+//!   carries it); a repeated `ce-*` header is refused; raw UTF-8 in a header
+//!   is tolerated; a `text/*` body that is not UTF-8, or a body without a
+//!   Content-Type, is kept byte-exact as `data_base64`.
+//! - Structured mode ignores any `ce-*` headers (the binding allows them).
+//! - Sizes are those of the stored compact JSON (whitespace in the request
+//!   does not count); the check costs nothing for events far below the limit.
+//!
 //! # Why the validation is ours and not `cloudevents-sdk`'s
 //!
 //! `cloudevents-sdk` 0.9 was evaluated as the validator and found unfit for

@@ -30,7 +30,8 @@ pub const DEFAULT_BUS: &str = "default";
 #[derive(Debug)]
 pub struct PutEventsEntry {
     /// The bus name from `EventBusName` (an ARN is reduced to its name);
-    /// `default` when absent. Empty only when the entry is not an object.
+    /// `default` when absent. Empty when it cannot be known (the entry is not
+    /// an object, or its `EventBusName` is invalid; `event` is then `Err`).
     pub bus: String,
     /// The validated event, or this entry's error (its field is an
     /// `Entries[i].Field` path).
@@ -78,7 +79,6 @@ pub fn parse_put_events(
     if entries.len() > limits.max_put_events_entries {
         return Err(IngestError::TooManyEntries {
             field: Some(Cow::Borrowed("Entries")),
-            count: entries.len(),
             limit: limits.max_put_events_entries,
         });
     }
@@ -92,7 +92,7 @@ pub fn parse_put_events(
         .enumerate()
         .map(|(i, entry)| {
             let parsed = match entry {
-                Value::Object(entry) => parse_entry(entry, body.len(), now, limits),
+                Value::Object(entry) => parse_entry(entry, now, limits),
                 _ => Err((String::new(), invalid_field("", "must be a JSON object"))),
             };
             match parsed {
@@ -138,7 +138,6 @@ fn entry_path(index: usize, field: &str) -> Field {
 /// caller can still account the failure to it.
 fn parse_entry(
     mut entry: Map<String, Value>,
-    input_bound: usize,
     now: DateTime<Utc>,
     limits: &IngestLimits,
 ) -> Result<(String, Event), (String, IngestError)> {
@@ -152,7 +151,7 @@ fn parse_entry(
             ));
         }
     };
-    match build_event(entry, input_bound, now, limits) {
+    match build_event(entry, now, limits) {
         Ok(event) => Ok((bus, event)),
         Err(err) => Err((bus, err)),
     }
@@ -207,12 +206,28 @@ fn required_string(
     }
 }
 
+/// The size of the input an entry's event is built from: its strings (the
+/// Detail text bounds the Detail object) plus room for what the bus adds.
+fn entry_input_bound(entry: &Map<String, Value>) -> usize {
+    const ADDED: usize = 256; // id, specversion, datacontenttype, member names
+    let value_len = |value: &Value| match value {
+        Value::String(s) => s.len(),
+        _ => 32, // a Time number's RFC 3339 form
+    };
+    entry.values().fold(ADDED, |sum, value| match value {
+        Value::Array(items) => items
+            .iter()
+            .fold(sum, |sum, item| sum.saturating_add(value_len(item) + 4)),
+        _ => sum.saturating_add(value_len(value)),
+    })
+}
+
 fn build_event(
     mut entry: Map<String, Value>,
-    input_bound: usize,
     now: DateTime<Utc>,
     limits: &IngestLimits,
 ) -> Result<Event, IngestError> {
+    let input_bound = entry_input_bound(&entry);
     let source = required_string(&mut entry, "Source")?;
     let detail_type = required_string(&mut entry, "DetailType")?;
     let detail = match entry.remove("Detail") {

@@ -9,10 +9,10 @@
 //! flattened from a parsed [`Value`] or straight from JSON text with a serde visitor that
 //! never builds the skipped parts ([`flatten_json`]).
 
+use foldhash::HashMap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 /// Nesting deeper than this (in a hand-built `Value`) is ignored instead of recursed into.
@@ -34,32 +34,64 @@ pub(crate) enum Scalar<'a> {
 /// What the flattener does at one path.
 #[derive(Clone, Copy, Debug, Default)]
 struct PathEntry {
+    /// Node of this path in the [`PathTable`] trie.
+    node: u32,
     /// Id of the field if some pattern tests this exact path.
     leaf: Option<u32>,
     /// Whether some pattern tests a path below this one.
     descend: bool,
 }
 
-/// The field paths that matter, each with a dense id.
+/// One node of the path trie: a dotted path prefix.
 #[derive(Clone, Debug, Default)]
+struct PathNode {
+    children: HashMap<Box<str>, u32>,
+    leaf: Option<u32>,
+}
+
+/// The field paths that matter, each with a dense id, as a trie of dot-separated
+/// segments (so an event key is looked up by itself, not by its whole path, and a key
+/// containing dots walks several segments — dotted keys and nesting are the same).
+#[derive(Clone, Debug)]
 pub(crate) struct PathTable {
-    entries: HashMap<Box<str>, PathEntry>,
+    nodes: Vec<PathNode>,
     count: u32,
 }
 
+impl Default for PathTable {
+    fn default() -> Self {
+        Self {
+            nodes: vec![PathNode::default()],
+            count: 0,
+        }
+    }
+}
+
 impl PathTable {
-    /// The id of `path`, adding it (and its dotted prefixes) if new.
+    /// The id of `path`, adding it if new.
     pub(crate) fn intern(&mut self, path: &str) -> u32 {
-        if let Some(id) = self.entries.get(path).and_then(|e| e.leaf) {
-            return id;
+        let mut node = 0usize;
+        for segment in path.split('.') {
+            let next = self.nodes.len() as u32;
+            let child = match self.nodes.get_mut(node) {
+                Some(n) => *n.children.entry(segment.into()).or_insert(next),
+                None => return 0,
+            };
+            if child == next {
+                self.nodes.push(PathNode::default());
+            }
+            node = child as usize;
         }
-        let id = self.count;
-        self.count += 1;
-        self.entries.entry(path.into()).or_default().leaf = Some(id);
-        for (at, _) in path.match_indices('.') {
-            self.entries.entry(path[..at].into()).or_default().descend = true;
+        match self.nodes.get_mut(node) {
+            Some(PathNode { leaf: Some(id), .. }) => *id,
+            Some(n) => {
+                let id = self.count;
+                self.count += 1;
+                n.leaf = Some(id);
+                id
+            }
+            None => 0,
         }
-        id
     }
 
     /// Number of interned paths.
@@ -67,8 +99,21 @@ impl PathTable {
         self.count as usize
     }
 
-    fn get(&self, path: &str) -> Option<PathEntry> {
-        self.entries.get(path).copied()
+    fn entry(&self, node: u32) -> Option<PathEntry> {
+        self.nodes.get(node as usize).map(|n| PathEntry {
+            node,
+            leaf: n.leaf,
+            descend: !n.children.is_empty(),
+        })
+    }
+
+    /// The entry for `key` below `parent`.
+    fn child(&self, parent: u32, key: &str) -> Option<PathEntry> {
+        let mut node = parent;
+        for segment in key.split('.') {
+            node = *self.nodes.get(node as usize)?.children.get(segment)?;
+        }
+        self.entry(node)
     }
 }
 
@@ -90,11 +135,30 @@ pub(crate) struct Flat<'a> {
     pub(crate) leaves: Vec<Leaf<'a>>,
     /// Trails of all leaves: `(array id, element index)` pairs from the root down.
     trails: Vec<(u32, u32)>,
-    /// Per path id: whether the event has at least one leaf there.
-    pub(crate) present: Vec<bool>,
+    /// `(path id, leaf number)` sorted, filled by [`Flat::finish`].
+    by_path: Vec<(u32, u32)>,
+    /// Leaf numbers in the order of `by_path`.
+    grouped: Vec<u32>,
 }
 
 impl Flat<'_> {
+    /// Groups the leaves by path; called once flattening is complete.
+    fn finish(&mut self) {
+        self.by_path = (0u32..)
+            .zip(&self.leaves)
+            .map(|(i, leaf)| (leaf.path, i))
+            .collect();
+        self.by_path.sort_unstable();
+        self.grouped = self.by_path.iter().map(|&(_, i)| i).collect();
+    }
+
+    /// The leaves at a path, in document order.
+    pub(crate) fn leaves_at(&self, path: u32) -> &[u32] {
+        let start = self.by_path.partition_point(|&(p, _)| p < path);
+        let end = self.by_path.partition_point(|&(p, _)| p <= path);
+        self.grouped.get(start..end).unwrap_or_default()
+    }
+
     /// Whether two leaves can belong to one match: they never sit in different elements
     /// of the same array.
     pub(crate) fn consistent(&self, a: u32, b: u32) -> bool {
@@ -116,7 +180,8 @@ impl Flat<'_> {
         !self.trail(leaf).is_empty()
     }
 
-    fn trail(&self, leaf: u32) -> &[(u32, u32)] {
+    /// The `(array id, element index)` pairs from the root down to the leaf.
+    pub(crate) fn trail(&self, leaf: u32) -> &[(u32, u32)] {
         match self.leaves.get(leaf as usize) {
             Some(l) => self
                 .trails
@@ -130,7 +195,6 @@ impl Flat<'_> {
 /// Builds a [`Flat`] while walking an event.
 struct Collector<'t, 'a> {
     table: &'t PathTable,
-    path: String,
     stack: Vec<(u32, u32)>,
     next_array: u32,
     flat: Flat<'a>,
@@ -140,13 +204,9 @@ impl<'t, 'a> Collector<'t, 'a> {
     fn new(table: &'t PathTable) -> Self {
         Self {
             table,
-            path: String::new(),
             stack: Vec::new(),
             next_array: 0,
-            flat: Flat {
-                present: vec![false; table.len()],
-                ..Flat::default()
-            },
+            flat: Flat::default(),
         }
     }
 
@@ -158,19 +218,6 @@ impl<'t, 'a> Collector<'t, 'a> {
             value,
             trail: (start, self.stack.len() as u32),
         });
-        if let Some(p) = self.flat.present.get_mut(path as usize) {
-            *p = true;
-        }
-    }
-
-    /// Appends `key` to the current path; returns the length to truncate back to.
-    fn enter(&mut self, key: &str, depth: usize) -> usize {
-        let len = self.path.len();
-        if depth > 0 {
-            self.path.push('.');
-        }
-        self.path.push_str(key);
-        len
     }
 
     fn value(&mut self, value: &'a Value, entry: PathEntry, depth: usize) {
@@ -180,11 +227,9 @@ impl<'t, 'a> Collector<'t, 'a> {
         match value {
             Value::Object(map) if entry.descend => {
                 for (key, inner) in map {
-                    let len = self.enter(key, depth);
-                    if let Some(e) = self.table.get(&self.path) {
+                    if let Some(e) = self.table.child(entry.node, key) {
                         self.value(inner, e, depth + 1);
                     }
-                    self.path.truncate(len);
                 }
             }
             Value::Array(items) if depth > 0 => {
@@ -216,6 +261,7 @@ fn scalar(value: &Value) -> Option<Scalar<'_>> {
 }
 
 const ROOT: PathEntry = PathEntry {
+    node: 0,
     leaf: None,
     descend: true,
 };
@@ -226,6 +272,7 @@ pub(crate) fn flatten<'a>(event: &'a Value, table: &PathTable) -> Flat<'a> {
     if event.is_object() {
         collector.value(event, ROOT, 0);
     }
+    collector.flat.finish();
     collector.flat
 }
 
@@ -243,6 +290,7 @@ pub(crate) fn flatten_json<'a>(
     }
     .deserialize(&mut de)?;
     de.end()?;
+    collector.flat.finish();
     Ok(collector.flat)
 }
 
@@ -316,11 +364,12 @@ impl<'de: 'a, 'a> Visitor<'de> for Node<'_, '_, 'a> {
             return Ok(());
         }
         let Node {
-            collector, depth, ..
+            collector,
+            entry: parent,
+            depth,
         } = self;
         while let Some(key) = map.next_key_seed(Key)? {
-            let len = collector.enter(&key, depth);
-            match collector.table.get(&collector.path) {
+            match collector.table.child(parent.node, &key) {
                 Some(entry) => map.next_value_seed(Node {
                     collector: &mut *collector,
                     entry,
@@ -330,7 +379,6 @@ impl<'de: 'a, 'a> Visitor<'de> for Node<'_, '_, 'a> {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
-            collector.path.truncate(len);
         }
         Ok(())
     }
@@ -433,7 +481,8 @@ mod tests {
         let from_json = flatten_json(&text, &t).unwrap();
         assert_eq!(summary(&from_value), summary(&from_json));
         assert_eq!(from_value.leaves.len(), 5);
-        assert!(from_value.present.iter().all(|p| *p));
+        assert!((0..3).all(|p| !from_value.leaves_at(p).is_empty()));
+        assert_eq!(from_value.leaves_at(1), &[2, 3]);
     }
 
     #[test]

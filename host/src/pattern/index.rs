@@ -1,31 +1,35 @@
 //! The rule-set automaton: many patterns compiled into per-field indexes.
 //!
-//! Every pattern is a disjunction of conjunctions; every field of every conjunction is a
-//! *slot* with a global id. For each field path the index keeps, per kind of condition,
-//! a structure that finds the slots a value satisfies without looking at the others:
+//! Every pattern is a disjunction of conjunctions of fields. Each conjunction is indexed
+//! under one *anchor* field: the most selective field that cannot be satisfied by
+//! absence (exact values first, then prefixes/suffixes, numeric ranges and CIDR blocks,
+//! wildcards, and last `exists: true` and `anything-but`). For each field path the index
+//! keeps, per kind of condition, a structure that finds the conjunctions whose anchor a
+//! value satisfies without looking at the others:
 //!
 //! * exact strings, numbers (by value), booleans and `null`: hash maps / lists;
 //! * `prefix` / `suffix` (and their `equals-ignore-case` forms): one hash map per
 //!   distinct literal length, probed with the value's first / last bytes;
 //! * `equals-ignore-case`: a hash map of lower-cased values;
 //! * `numeric` ranges and `cidr` blocks: interval trees ([`super::interval`]);
-//! * `exists: true`: a list; `exists: false` is a flag on the slot;
+//! * `exists: true`: a list;
 //! * `wildcard` and `anything-but`: a short list checked one by one.
 //!
 //! Matching an event flattens only the indexed paths, looks each leaf up in its path's
-//! index to collect `(slot, leaf)` hits, and then checks only the conjunctions that got
-//! a hit (plus those that can hold through absent fields alone): all their slots must be
-//! satisfied, by one array-consistent choice of leaves.
+//! index to collect candidate conjunctions, and fully checks only those (plus the few
+//! conjunctions that can hold through absent fields alone), with the same code as
+//! [`Pattern::matches`](super::Pattern::matches) — so the index is a filter that must
+//! never drop a match, which the property tests check.
 
 use super::cidr::{Family, parse_ip};
 use super::flatten::{Flat, PathTable, Scalar};
 use super::interval::{IntervalBuilder, IntervalIndex};
-use super::matcher::choose;
+use super::matcher::conjunction_matches;
 use super::numeric::sortable;
-use super::parse::{Condition, Conjunction};
-use std::collections::HashMap;
+use super::parse::{Condition, Conjunction, Field};
+use foldhash::HashMap;
 
-/// Hash map with the std hasher; keys are short strings and numbers.
+/// Hash map from a literal to conjunction ids (foldhash: fast for short keys).
 type Map<K> = HashMap<K, Vec<u32>>;
 
 /// Compiled rule set.
@@ -33,27 +37,37 @@ type Map<K> = HashMap<K, Vec<u32>>;
 pub(crate) struct Index {
     /// Paths used by any rule.
     pub(crate) table: PathTable,
-    /// Per path id.
+    /// Anchor conditions per path id; values are conjunction ids.
     fields: Vec<FieldIndex>,
     /// All conjunctions of all rules.
     conjunctions: Vec<Conj>,
-    /// Global slot id → conjunction id.
-    slot_conj: Vec<u32>,
-    /// Conjunctions that can hold with no hit at all (every slot allows absence).
-    absence_only: Vec<u32>,
+    /// Conjunctions with no anchor (every field allows absence): always checked.
+    always: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
 struct Conj {
     rule: u32,
-    first_slot: u32,
-    slots: Vec<Slot>,
+    fields: Conjunction,
+    paths: Vec<u32>,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    path: u32,
-    absence_ok: bool,
+/// How selective a condition is as an anchor (lower is better).
+fn rank(condition: &Condition) -> u8 {
+    match condition {
+        Condition::ExactStr(_)
+        | Condition::ExactNum(_)
+        | Condition::ExactBool(_)
+        | Condition::ExactNull
+        | Condition::EqualsIgnoreCase(_) => 0,
+        Condition::Prefix(_)
+        | Condition::Suffix(_)
+        | Condition::PrefixIgnoreCase(_)
+        | Condition::SuffixIgnoreCase(_) => 1,
+        Condition::Numeric(_) | Condition::Cidr(_) => 2,
+        Condition::Wildcard(_) => 3,
+        Condition::Exists(_) | Condition::AnythingBut(_) => 4,
+    }
 }
 
 /// Literal strings grouped by byte length, for prefix/suffix probes.
@@ -63,7 +77,7 @@ struct LenMap {
 }
 
 impl LenMap {
-    fn add(&mut self, literal: &str, slot: u32) {
+    fn add(&mut self, literal: &str, conj: u32) {
         let len = literal.len();
         let at = match self.by_len.iter().position(|(l, _)| *l == len) {
             Some(at) => at,
@@ -73,16 +87,16 @@ impl LenMap {
             }
         };
         if let Some((_, map)) = self.by_len.get_mut(at) {
-            map.entry(literal.as_bytes().into()).or_default().push(slot);
+            map.entry(literal.as_bytes().into()).or_default().push(conj);
         }
     }
 
     fn prefixes_of(&self, value: &[u8], found: &mut impl FnMut(u32)) {
         for (len, map) in &self.by_len {
             if let Some(head) = value.get(..*len)
-                && let Some(slots) = map.get(head)
+                && let Some(conjs) = map.get(head)
             {
-                slots.iter().for_each(|&s| found(s));
+                conjs.iter().for_each(|&c| found(c));
             }
         }
     }
@@ -90,9 +104,9 @@ impl LenMap {
     fn suffixes_of(&self, value: &[u8], found: &mut impl FnMut(u32)) {
         for (len, map) in &self.by_len {
             if let Some(start) = value.len().checked_sub(*len)
-                && let Some(slots) = map.get(&value[start..])
+                && let Some(conjs) = map.get(&value[start..])
             {
-                slots.iter().for_each(|&s| found(s));
+                conjs.iter().for_each(|&c| found(c));
             }
         }
     }
@@ -132,40 +146,40 @@ struct Intervals {
 }
 
 impl FieldIndex {
-    fn add(&mut self, condition: &Condition, slot: u32, intervals: &mut Intervals) {
+    fn add(&mut self, condition: &Condition, conj: u32, intervals: &mut Intervals) {
         match condition {
             Condition::ExactStr(s) => self
                 .exact_str
                 .entry(s.as_str().into())
                 .or_default()
-                .push(slot),
-            Condition::ExactNum(n) => self.exact_num.entry(sortable(*n)).or_default().push(slot),
-            Condition::ExactBool(true) => self.exact_true.push(slot),
-            Condition::ExactBool(false) => self.exact_false.push(slot),
-            Condition::ExactNull => self.exact_null.push(slot),
-            Condition::Prefix(p) => self.prefix.add(p, slot),
-            Condition::Suffix(p) => self.suffix.add(p, slot),
+                .push(conj),
+            Condition::ExactNum(n) => self.exact_num.entry(sortable(*n)).or_default().push(conj),
+            Condition::ExactBool(true) => self.exact_true.push(conj),
+            Condition::ExactBool(false) => self.exact_false.push(conj),
+            Condition::ExactNull => self.exact_null.push(conj),
+            Condition::Prefix(p) => self.prefix.add(p, conj),
+            Condition::Suffix(p) => self.suffix.add(p, conj),
             Condition::EqualsIgnoreCase(s) => self
                 .ignore_case
                 .entry(s.as_str().into())
                 .or_default()
-                .push(slot),
-            Condition::PrefixIgnoreCase(p) => self.prefix_ignore_case.add(p, slot),
-            Condition::SuffixIgnoreCase(p) => self.suffix_ignore_case.add(p, slot),
+                .push(conj),
+            Condition::PrefixIgnoreCase(p) => self.prefix_ignore_case.add(p, conj),
+            Condition::SuffixIgnoreCase(p) => self.suffix_ignore_case.add(p, conj),
             Condition::Numeric(range) => {
                 if let Some((first, last)) = range.key_interval() {
-                    intervals.numeric.add(first.into(), last.into(), slot);
+                    intervals.numeric.add(first.into(), last.into(), conj);
                 }
             }
             Condition::Cidr(c) => match c.family {
-                Family::V4 => intervals.cidr_v4.add(c.first, c.last, slot),
-                Family::V6 => intervals.cidr_v6.add(c.first, c.last, slot),
+                Family::V4 => intervals.cidr_v4.add(c.first, c.last, conj),
+                Family::V6 => intervals.cidr_v6.add(c.first, c.last, conj),
             },
-            Condition::Exists(true) => self.exists.push(slot),
-            // Absence is a property of the slot, not something a value can satisfy.
+            Condition::Exists(true) => self.exists.push(conj),
+            // Anchors never allow absence; nothing to index.
             Condition::Exists(false) => {}
             Condition::Wildcard(_) | Condition::AnythingBut(_) => {
-                self.other.push((condition.clone(), slot));
+                self.other.push((condition.clone(), conj));
             }
         }
     }
@@ -182,21 +196,21 @@ impl FieldIndex {
             && self.suffix_ignore_case.is_empty())
     }
 
-    /// Calls `found` with every slot the value satisfies.
+    /// Calls `found` with every conjunction whose anchor the value satisfies.
     fn collect(&self, value: &Scalar<'_>, mut found: impl FnMut(u32)) {
         let each =
             |list: &Vec<u32>, found: &mut dyn FnMut(u32)| list.iter().for_each(|&s| found(s));
         match value {
             Scalar::Str(s) => {
-                if let Some(slots) = self.exact_str.get(s.as_ref()) {
-                    each(slots, &mut found);
+                if let Some(conjs) = self.exact_str.get(s.as_ref()) {
+                    each(conjs, &mut found);
                 }
                 self.prefix.prefixes_of(s.as_bytes(), &mut found);
                 self.suffix.suffixes_of(s.as_bytes(), &mut found);
                 if self.needs_lowercase() {
                     let lower = s.to_lowercase();
-                    if let Some(slots) = self.ignore_case.get(lower.as_str()) {
-                        each(slots, &mut found);
+                    if let Some(conjs) = self.ignore_case.get(lower.as_str()) {
+                        each(conjs, &mut found);
                     }
                     self.prefix_ignore_case
                         .prefixes_of(lower.as_bytes(), &mut found);
@@ -214,8 +228,8 @@ impl FieldIndex {
             }
             Scalar::Num(n) => {
                 let key = sortable(*n);
-                if let Some(slots) = self.exact_num.get(&key) {
-                    each(slots, &mut found);
+                if let Some(conjs) = self.exact_num.get(&key) {
+                    each(conjs, &mut found);
                 }
                 self.numeric.stab(key.into(), &mut found);
             }
@@ -224,9 +238,9 @@ impl FieldIndex {
             Scalar::Null => each(&self.exact_null, &mut found),
         }
         each(&self.exists, &mut found);
-        for (condition, slot) in &self.other {
+        for (condition, conj) in &self.other {
             if condition.matches(value) {
-                found(*slot);
+                found(*conj);
             }
         }
     }
@@ -237,39 +251,59 @@ impl Index {
     pub(crate) fn build<'p>(rules: impl IntoIterator<Item = (u32, &'p [Conjunction])>) -> Self {
         let mut index = Index::default();
         let mut intervals: Vec<Intervals> = Vec::new();
+        let rules: Vec<(u32, &[Conjunction])> = rules.into_iter().collect();
+        // How many conjunctions share each (path, condition): an anchor shared by many
+        // rules (e.g. `"status": ["paid"]`) would make all of them candidates at once.
+        let key = |field: &Field, c: &Condition| format!("{}\u{0}{c:?}", field.path);
+        let mut popularity: HashMap<String, usize> = HashMap::default();
+        for field in rules.iter().flat_map(|(_, cs)| cs.iter()).flatten() {
+            for c in &field.conditions {
+                *popularity.entry(key(field, c)).or_default() += 1;
+            }
+        }
         for (rule, conjunctions) in rules {
             for conjunction in conjunctions {
-                let conj_id = index.conjunctions.len() as u32;
-                let first_slot = index.slot_conj.len() as u32;
-                let mut slots = Vec::with_capacity(conjunction.len());
-                for field in conjunction {
-                    let slot = index.slot_conj.len() as u32;
-                    index.slot_conj.push(conj_id);
-                    let path = index.table.intern(&field.path);
-                    while index.fields.len() <= path as usize {
-                        index.fields.push(FieldIndex::default());
-                        intervals.push(Intervals::default());
-                    }
-                    if let (Some(f), Some(iv)) = (
-                        index.fields.get_mut(path as usize),
-                        intervals.get_mut(path as usize),
-                    ) {
-                        for condition in &field.conditions {
-                            f.add(condition, slot, iv);
+                let id = index.conjunctions.len() as u32;
+                let paths: Vec<u32> = conjunction
+                    .iter()
+                    .map(|field| index.table.intern(&field.path))
+                    .collect();
+                while index.fields.len() < index.table.len() {
+                    index.fields.push(FieldIndex::default());
+                    intervals.push(Intervals::default());
+                }
+                // Prefer selective kinds of condition, then values few rules share;
+                // `exists: true` and `anything-but` match almost anything, so last.
+                let anchor = conjunction
+                    .iter()
+                    .zip(&paths)
+                    .filter(|(field, _)| !field.allows_absence())
+                    .min_by_key(|(field, _)| {
+                        let worst = field.conditions.iter().map(rank).max().unwrap_or(0);
+                        let shared: usize = field
+                            .conditions
+                            .iter()
+                            .map(|c| popularity.get(&key(field, c)).copied().unwrap_or(0))
+                            .sum();
+                        (worst >= 4, shared, worst)
+                    });
+                match anchor {
+                    Some((field, &path)) => {
+                        if let (Some(f), Some(iv)) = (
+                            index.fields.get_mut(path as usize),
+                            intervals.get_mut(path as usize),
+                        ) {
+                            for condition in &field.conditions {
+                                f.add(condition, id, iv);
+                            }
                         }
                     }
-                    slots.push(Slot {
-                        path,
-                        absence_ok: field.allows_absence(),
-                    });
-                }
-                if slots.iter().all(|s| s.absence_ok) {
-                    index.absence_only.push(conj_id);
+                    None => index.always.push(id),
                 }
                 index.conjunctions.push(Conj {
                     rule,
-                    first_slot,
-                    slots,
+                    fields: conjunction.clone(),
+                    paths,
                 });
             }
         }
@@ -281,90 +315,23 @@ impl Index {
 
     /// Rule numbers the flattened event matches, sorted, each once.
     pub(crate) fn matches(&self, flat: &Flat<'_>) -> Vec<u32> {
-        let mut hits: Vec<(u32, u32)> = Vec::new();
-        for (i, leaf) in flat.leaves.iter().enumerate() {
+        let mut candidates: Vec<u32> = Vec::new();
+        for leaf in &flat.leaves {
             if let Some(field) = self.fields.get(leaf.path as usize) {
-                field.collect(&leaf.value, |slot| hits.push((slot, i as u32)));
+                field.collect(&leaf.value, |conj| candidates.push(conj));
             }
         }
-        hits.sort_unstable();
-        hits.dedup();
-
-        let mut rules = Vec::new();
-        let mut scratch = Scratch::default();
-        let mut rest = hits.as_slice();
-        while let Some(&(slot, _)) = rest.first() {
-            let conj = self.slot_conj.get(slot as usize).copied().unwrap_or(0);
-            let len = rest
-                .iter()
-                .position(|&(s, _)| self.slot_conj.get(s as usize) != Some(&conj))
-                .unwrap_or(rest.len());
-            let (group, tail) = rest.split_at(len);
-            if let Some(c) = self.conjunctions.get(conj as usize)
-                && self.holds(c, group, flat, &mut scratch)
-            {
-                rules.push(c.rule);
-            }
-            rest = tail;
-        }
-        for &conj in &self.absence_only {
-            if let Some(c) = self.conjunctions.get(conj as usize)
-                && self.holds(c, &[], flat, &mut scratch)
-            {
-                rules.push(c.rule);
-            }
-        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut rules: Vec<u32> = candidates
+            .iter()
+            .chain(&self.always)
+            .filter_map(|&id| self.conjunctions.get(id as usize))
+            .filter(|c| conjunction_matches(&c.fields, &c.paths, flat))
+            .map(|c| c.rule)
+            .collect();
         rules.sort_unstable();
         rules.dedup();
         rules
     }
-
-    /// Whether a conjunction holds given its hits (sorted by slot, then leaf).
-    fn holds(
-        &self,
-        conj: &Conj,
-        hits: &[(u32, u32)],
-        flat: &Flat<'_>,
-        scratch: &mut Scratch,
-    ) -> bool {
-        scratch.bounds.clear();
-        let mut rest = hits;
-        for (offset, slot) in conj.slots.iter().enumerate() {
-            let global = conj.first_slot + offset as u32;
-            let len = rest.iter().take_while(|&&(s, _)| s == global).count();
-            let (mine, tail) = rest.split_at(len);
-            rest = tail;
-            if mine.is_empty() {
-                let present = flat
-                    .present
-                    .get(slot.path as usize)
-                    .copied()
-                    .unwrap_or(false);
-                if slot.absence_ok && !present {
-                    continue;
-                }
-                return false;
-            }
-            let start = hits.len() - rest.len() - len;
-            scratch.bounds.push((start, start + len));
-        }
-        if scratch.bounds.len() < 2 {
-            return true;
-        }
-        scratch.leaves.clear();
-        scratch.leaves.extend(hits.iter().map(|&(_, leaf)| leaf));
-        let slots: Vec<&[u32]> = scratch
-            .bounds
-            .iter()
-            .filter_map(|&(a, b)| scratch.leaves.get(a..b))
-            .collect();
-        choose(&slots, flat)
-    }
-}
-
-/// Buffers reused across the conjunctions checked for one event.
-#[derive(Default)]
-struct Scratch {
-    bounds: Vec<(usize, usize)>,
-    leaves: Vec<u32>,
 }

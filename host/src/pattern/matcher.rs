@@ -3,7 +3,7 @@
 
 use super::flatten::{Flat, Scalar};
 use super::numeric::normalize;
-use super::parse::{AnythingBut, Condition, Conjunction};
+use super::parse::{AnythingBut, Condition, Conjunction, Field};
 
 impl Condition {
     /// Whether a present scalar satisfies the condition. `exists: false` never does (it
@@ -61,65 +61,213 @@ impl AnythingBut {
 }
 
 /// Whether one conjunction holds for the event. `paths[i]` is the path id of field `i`.
+///
+/// Array consistency: the leaves chosen for the fields must never sit in different
+/// elements of one array, and a field matched by `exists: false` must have no leaf that
+/// is consistent with the chosen ones (so it may exist in *other* array elements; this is
+/// what event-ruler's array-consistent matcher does).
 pub(crate) fn conjunction_matches(
     conjunction: &Conjunction,
     paths: &[u32],
     flat: &Flat<'_>,
 ) -> bool {
-    let mut slots: Vec<Vec<u32>> = Vec::with_capacity(conjunction.len());
+    // First pass, allocation-free. A field met by a leaf outside any array, or by being
+    // absent from the whole event, cannot conflict with anything: it is settled.
+    let mut unsettled = 0;
+    let mut needs_absence = false;
     for (field, &path) in conjunction.iter().zip(paths) {
-        let leaves: Vec<u32> = flat
-            .leaves
-            .iter()
-            .enumerate()
-            .filter(|(_, leaf)| {
-                leaf.path == path && field.conditions.iter().any(|c| c.matches(&leaf.value))
-            })
-            .map(|(i, _)| i as u32)
-            .collect();
-        if leaves.is_empty() {
-            let absent = !flat.present.get(path as usize).copied().unwrap_or(false);
-            if field.allows_absence() && absent {
+        let mut found = false;
+        let mut free = false;
+        for leaf in matching(field, path, flat) {
+            found = true;
+            if !flat.in_array(leaf) {
+                free = true;
+                break;
+            }
+        }
+        if free {
+            continue;
+        }
+        if field.allows_absence() {
+            let present = flat.leaves_at(path);
+            if present.is_empty() {
                 continue;
             }
+            if present.iter().all(|&leaf| flat.in_array(leaf)) {
+                // Absent, perhaps, from the elements the other fields choose.
+                needs_absence = true;
+                unsettled += 1;
+                continue;
+            }
+        }
+        if !found {
             return false;
         }
-        slots.push(leaves);
+        unsettled += 1;
     }
-    let slots: Vec<&[u32]> = slots.iter().map(Vec::as_slice).collect();
-    choose(&slots, flat)
-}
-
-/// Whether one leaf can be picked from every slot such that all picks are pairwise
-/// array-consistent. Every slot is non-empty.
-pub(crate) fn choose(slots: &[&[u32]], flat: &Flat<'_>) -> bool {
-    // Fields outside arrays never conflict: only slots whose every candidate sits in an
-    // array need the search.
-    let mut constrained: Vec<&[u32]> = slots
-        .iter()
-        .copied()
-        .filter(|s| s.iter().all(|&leaf| flat.in_array(leaf)))
-        .collect();
-    if constrained.len() < 2 {
+    if unsettled < 2 && !needs_absence {
         return true;
     }
-    constrained.sort_by_key(|s| s.len());
-    let mut picked = Vec::with_capacity(constrained.len());
-    search(&constrained, flat, &mut picked)
+    // Search for a consistent choice among the unsettled fields.
+    let mut options: Vec<(u32, Vec<Option<u32>>)> = Vec::new();
+    for (field, &path) in conjunction.iter().zip(paths) {
+        let mut leaves: Vec<u32> = matching(field, path, flat).collect();
+        if leaves.iter().any(|&leaf| !flat.in_array(leaf)) {
+            continue;
+        }
+        let at = flat.leaves_at(path);
+        if field.allows_absence() && at.is_empty() {
+            continue;
+        }
+        // Leaves in the same array elements are interchangeable: keep one of each.
+        leaves.sort_by(|&a, &b| flat.trail(a).cmp(flat.trail(b)));
+        leaves.dedup_by(|a, b| flat.trail(*a) == flat.trail(*b));
+        let mut choices: Vec<Option<u32>> = leaves.into_iter().map(Some).collect();
+        if field.allows_absence() && at.iter().all(|&leaf| flat.in_array(leaf)) {
+            choices.push(None);
+        }
+        options.push((path, choices));
+    }
+    options.sort_by_key(|(_, choices)| choices.len());
+    let mut picked = Vec::with_capacity(options.len());
+    let mut absent = Vec::new();
+    search(&options, flat, &mut picked, &mut absent)
 }
 
-fn search(slots: &[&[u32]], flat: &Flat<'_>, picked: &mut Vec<u32>) -> bool {
-    let Some((first, rest)) = slots.split_first() else {
-        return true;
+/// Depth-first search over the fields' choices (a leaf, or `None` for absent). Every
+/// choice in `options` is consistent with `picked`: after each pick the remaining
+/// choices are filtered (forward checking), so a dead end shows up at once instead of
+/// after trying every combination of the fields in between; the field with the fewest
+/// choices goes next.
+fn search(
+    options: &[(u32, Vec<Option<u32>>)],
+    flat: &Flat<'_>,
+    picked: &mut Vec<u32>,
+    absent: &mut Vec<u32>,
+) -> bool {
+    let Some(((path, choices), rest)) = options.split_first() else {
+        // Every absent field must have no leaf consistent with all the picked ones.
+        return absent.iter().all(|&path| {
+            flat.leaves_at(path)
+                .iter()
+                .all(|&leaf| picked.iter().any(|&p| !flat.consistent(p, leaf)))
+        });
     };
-    for &leaf in *first {
-        if picked.iter().all(|&p| flat.consistent(p, leaf)) {
-            picked.push(leaf);
-            if search(rest, flat, picked) {
-                return true;
+    for choice in choices {
+        match *choice {
+            Some(leaf) => {
+                let narrowed: Option<Vec<(u32, Vec<Option<u32>>)>> = rest
+                    .iter()
+                    .map(|(p, cs)| {
+                        let kept: Vec<Option<u32>> = cs
+                            .iter()
+                            .copied()
+                            .filter(|c| c.is_none_or(|other| flat.consistent(other, leaf)))
+                            .collect();
+                        (!kept.is_empty()).then_some((*p, kept))
+                    })
+                    .collect();
+                let Some(mut narrowed) = narrowed else {
+                    continue;
+                };
+                narrowed.sort_by_key(|(_, cs)| cs.len());
+                picked.push(leaf);
+                let ok = search(&narrowed, flat, picked, absent);
+                picked.pop();
+                if ok {
+                    return true;
+                }
             }
-            picked.pop();
+            None => {
+                absent.push(*path);
+                let ok = search(rest, flat, picked, absent);
+                absent.pop();
+                if ok {
+                    return true;
+                }
+            }
         }
     }
     false
+}
+
+/// The leaves at `path` that satisfy one of the field's conditions.
+fn matching<'f>(field: &'f Field, path: u32, flat: &'f Flat<'_>) -> impl Iterator<Item = u32> + 'f {
+    flat.leaves_at(path).iter().copied().filter(move |&i| {
+        flat.leaves
+            .get(i as usize)
+            .is_some_and(|leaf| field.conditions.iter().any(|c| c.matches(&leaf.value)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pattern::Pattern;
+    use serde_json::json;
+
+    fn matches(pattern: serde_json::Value, event: serde_json::Value) -> bool {
+        Pattern::from_value(&pattern, &Default::default())
+            .unwrap()
+            .matches(&event)
+    }
+
+    #[test]
+    fn consistency_needs_backtracking() {
+        // The first "a" candidate (element 0) has no matching "b"; the search must move on.
+        let event = json!({"e": [{"a": 1, "b": 0}, {"a": 1, "b": 2}]});
+        assert!(matches(json!({"e": {"a": [1], "b": [2]}}), event.clone()));
+        assert!(!matches(json!({"e": {"a": [1], "b": [3]}}), event));
+    }
+
+    #[test]
+    fn nested_arrays_share_the_outer_element() {
+        let event =
+            json!({"o": [{"id": 1, "i": [{"s": "x"}, {"s": "y"}]}, {"id": 2, "i": [{"s": "z"}]}]});
+        assert!(matches(
+            json!({"o": {"id": [1], "i": {"s": ["y"]}}}),
+            event.clone()
+        ));
+        assert!(!matches(
+            json!({"o": {"id": [2], "i": {"s": ["y"]}}}),
+            event.clone()
+        ));
+        // Two fields in different elements of the inner array conflict too.
+        let event = json!({"o": [{"i": [{"s": "x"}, {"t": "y"}]}]});
+        assert!(!matches(
+            json!({"o": {"i": {"s": ["x"], "t": ["y"]}}}),
+            event
+        ));
+    }
+
+    #[test]
+    fn dead_ends_are_found_without_trying_every_combination() {
+        // Eight fields, each with 30 candidates in its own inner array of one outer
+        // element, and a ninth (sorted last, also 30 candidates) only present in another
+        // outer element: without forward checking this would try 30^8 combinations.
+        let mut inner = serde_json::Map::new();
+        let mut pattern = serde_json::Map::new();
+        for f in 0..8 {
+            let name = format!("f{f}");
+            inner.insert(
+                name.clone(),
+                json!((0..30).map(|_| json!({"v": 1})).collect::<Vec<_>>()),
+            );
+            pattern.insert(name, json!({"v": [1]}));
+        }
+        pattern.insert("last".into(), json!({"v": [1]}));
+        let last: Vec<_> = (0..30).map(|_| json!({"v": 1})).collect();
+        let event = json!({"o": [serde_json::Value::Object(inner), {"last": last}]});
+        assert!(!matches(json!({"o": pattern}), event));
+    }
+
+    #[test]
+    fn absence_is_relative_to_the_chosen_element() {
+        let p = json!({"t": {"s": ["on"], "n": [{"exists": false}]}});
+        assert!(matches(
+            p.clone(),
+            json!({"t": [{"s": "on"}, {"s": "off", "n": 1}]})
+        ));
+        assert!(!matches(p.clone(), json!({"t": [{"s": "on", "n": 1}]})));
+        assert!(matches(p, json!({"t": [{"s": "on", "n": 1}, {"s": "on"}]})));
+    }
 }

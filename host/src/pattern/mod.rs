@@ -16,9 +16,10 @@
 //! Notable semantics: nested objects and dotted keys name the same field
 //! (`{"a": {"b": …}}` ≡ `{"a.b": …}`); a non-object event has no fields; `exists` only
 //! sees leaves (scalars, including `null`), so an object, an empty array or a missing
-//! field are all "absent"; `exists: false` means no leaf at that path anywhere in the
-//! event; conditions over different fields must be met within one element of any array
-//! they share.
+//! field are all "absent"; conditions over different fields must be met within one
+//! element of any array they share (array consistency), and `exists: false` means no
+//! leaf at that path consistent with the leaves the other fields matched (so a field
+//! present only in *another* array element counts as absent, as in event-ruler).
 //!
 //! **Complexity score.** Wildcards make matching non-deterministic, so a pattern's
 //! complexity is the number of `*` wildcards in its `wildcard` and

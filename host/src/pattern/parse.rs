@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 /// Upper bound on the conjunctions one pattern may expand into through `$or`.
 pub(crate) const MAX_OR_BRANCHES: usize = 1024;
 
-/// Operator names; an object inside `$or` that uses one of them as a key is not an
+/// Reserved names (operators, numeric comparisons, and names event-ruler reserves for
+/// future operators); an object inside `$or` that uses one of them as a key is not an
 /// `$or` alternative (event-ruler's rule), so `$or` is then an ordinary field name.
-const OPERATORS: &[&str] = &[
+const RESERVED: &[&str] = &[
     "exact",
     "prefix",
     "suffix",
@@ -27,6 +28,21 @@ const OPERATORS: &[&str] = &[
     "numeric",
     "exists",
     "cidr",
+    "=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "regex",
+    "not-wildcard",
+    "not-equals-ignore-case",
+    "date-after",
+    "date-on-or-after",
+    "date-before",
+    "date-on-or-before",
+    "in-date-range",
+    "ip-address-in-range",
+    "ip-address-not-in-range",
 ];
 
 /// One condition on a field's value.
@@ -221,7 +237,7 @@ fn is_or(value: &Value) -> bool {
     !items.is_empty()
         && items.iter().all(|item| {
             item.as_object()
-                .is_some_and(|m| m.keys().all(|k| !OPERATORS.contains(&k.as_str())))
+                .is_some_and(|m| m.keys().all(|k| !RESERVED.contains(&k.as_str())))
         })
 }
 
@@ -417,6 +433,12 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
         Value::Object(map) => {
             let (op, inner) = single(map, path)?;
             let here = child(path, op);
+            if !matches!(op, "prefix" | "suffix" | "equals-ignore-case" | "wildcard") {
+                return Err(error(
+                    &here,
+                    format!("unsupported anything-but pattern \"{op}\""),
+                ));
+            }
             let texts: Vec<&str> = match inner {
                 Value::String(s) => vec![s.as_str()],
                 Value::Array(items) if !items.is_empty() => items
@@ -441,12 +463,12 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
                 "equals-ignore-case" => Ok(AnythingBut::IgnoreCase(
                     texts.iter().map(|t| t.to_lowercase()).collect(),
                 )),
-                "wildcard" => Ok(AnythingBut::Wildcards(
+                _ => Ok(AnythingBut::Wildcards(
                     texts
                         .iter()
                         .enumerate()
                         .map(|(i, t)| {
-                            let at = if texts.len() == 1 && inner.is_string() {
+                            let at = if inner.is_string() {
                                 here.clone()
                             } else {
                                 index(&here, i)
@@ -454,10 +476,6 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
                             Wildcard::parse(t).map_err(|r| error(&at, r))
                         })
                         .collect::<Result<_, _>>()?,
-                )),
-                other => Err(error(
-                    &here,
-                    format!("unsupported anything-but pattern \"{other}\""),
                 )),
             }
         }

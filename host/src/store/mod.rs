@@ -379,6 +379,8 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<usize>;
     /// Messages on a queue (visible or in flight).
     async fn queue_depth(&self, tenant: &str, queue: &str) -> StoreResult<u64>;
+    /// Depth of every non-empty queue: (tenant, queue, messages).
+    async fn queue_depths(&self) -> StoreResult<Vec<(String, String, u64)>>;
     /// Deletes every message of a queue.
     async fn queue_purge(&self, tenant: &str, queue: &str) -> StoreResult<()>;
 }

@@ -3,10 +3,34 @@
 //! A rule's `transform` is one of three modes, as in EventBridge:
 //!
 //! - `input`: constant JSON, sent as its JSON text;
-//! - `input_path`: one JSONPath into the event, the selected part sent as JSON;
+//! - `input_path`: one JSONPath into the event, the selected part sent as JSON
+//!   (a definite path that matches nothing fails the delivery);
 //! - `input_paths_map` + `input_template`: up to 100 variables, each a
 //!   JSONPath into the event, written into the template's `<name>`
-//!   placeholders with EventBridge's quoting rules (see [`template`]'s table).
+//!   placeholders.
+//!
+//! A template starting with `{` or `[` is JSON: it is sent minified, and a
+//! render whose output is not valid JSON fails. One starting with `"` is
+//! JSON-string text (`"instance <id> is <state>"`); anything else is plain
+//! text (`Order <id> shipped`). A value is written according to where its
+//! placeholder sits, following EventBridge:
+//!
+//! | value            | JSON position       | string in a JSON template | string in a string template | plain text          |
+//! |------------------|---------------------|---------------------------|-----------------------------|---------------------|
+//! | string           | `"quoted"`, escaped | raw, JSON-escaped         | raw, JSON-escaped           | raw                 |
+//! | number/bool/null | JSON                | JSON text                 | JSON text                   | JSON text           |
+//! | object/array     | JSON                | its JSON text, escaped    | JSON without quotes         | JSON without quotes |
+//! | no match         | `""`                | nothing                   | nothing                     | nothing             |
+//!
+//! "JSON without quotes" is what EventBridge writes for an object or array in
+//! a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`. For an object or
+//! array inside a string of a JSON template EventBridge delivers nothing (its
+//! output is not valid JSON); Busbar embeds the escaped JSON text instead.
+//! Values inside strings are JSON-escaped so the output stays valid (AWS
+//! inserts them unescaped). A path that matches nothing gives `""` in a JSON
+//! position, as AWS does. Paths use EventBridge's dot notation (`-` and `/`
+//! in names) or RFC 9535; a path that is not made of names and indices only
+//! (wildcards, slices, filters) gives the list of its matches.
 //!
 //! Reserved variables need no path: `<busbar.rule-name>`, `<busbar.rule-arn>`,
 //! `<busbar.ingestion-time>`, `<busbar.event>` (the event without its
@@ -18,9 +42,12 @@
 //!
 //! [`TransformSpec::compile`] validates a spec and compiles its paths and
 //! template once; [`Transform::render`] then only walks the event and copies
-//! text.
+//! text. The conformance table in `tests/data/transforms/` cites the
+//! EventBridge rule behind each case.
 
 mod path;
+#[cfg(test)]
+mod props;
 mod template;
 
 use std::borrow::Cow;
@@ -29,7 +56,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use self::path::JsonPath;
-use self::template::{Resolved, Template, Var};
+use self::template::{Resolved, Template, TemplateError, Var};
 
 /// How many variables `input_paths_map` may define (EventBridge's limit).
 pub const MAX_VARIABLES: usize = 100;
@@ -203,16 +230,30 @@ impl TransformSpec {
                 paths: used.into_iter().collect::<Option<Vec<_>>>()?,
                 template,
             }),
-            Err(reason) => {
-                let reason = if self.input_paths_map.is_none() && reason.contains("not defined") {
-                    reason.replace(
-                        "not defined in input_paths_map",
-                        "input_paths_map is not set",
-                    )
-                } else {
-                    reason
-                };
+            Err(TemplateError::Invalid(reason)) => {
                 problems.add("input_template", reason);
+                None
+            }
+            Err(TemplateError::Undefined(names)) => {
+                let listed = names
+                    .iter()
+                    .map(|n| format!("<{n}>"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let noun = if names.len() == 1 {
+                    "placeholder"
+                } else {
+                    "placeholders"
+                };
+                let why = if self.input_paths_map.is_some() {
+                    "not defined in input_paths_map"
+                } else {
+                    "input_paths_map is not set"
+                };
+                problems.add(
+                    "input_template",
+                    format!("contains invalid {noun} {listed}: {why}"),
+                );
                 None
             }
         }
@@ -280,7 +321,7 @@ impl Transform {
                     Var::RuleArn => Resolved::Str(ctx.rule_arn),
                     Var::IngestionTime => Resolved::Str(ctx.ingestion_time),
                     Var::Event => Resolved::EventSummary(event),
-                    Var::EventJson => Resolved::Json(event),
+                    Var::EventJson => Resolved::WholeEvent(event),
                 });
                 if template.checks_output()
                     && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&out)
@@ -302,17 +343,6 @@ impl Transform {
         match &self.mode {
             Mode::Constant(_) | Mode::Path(_) => true,
             Mode::Template { template, .. } => template.is_json(),
-        }
-    }
-
-    /// Whether rendering needs the event's payload-free summary or the whole
-    /// event as JSON (`<busbar.event>`, `<busbar.event-json>`).
-    pub fn uses_whole_event(&self) -> bool {
-        match &self.mode {
-            Mode::Template { template, .. } => {
-                template.uses(Var::Event) || template.uses(Var::EventJson)
-            }
-            Mode::Constant(_) | Mode::Path(_) => false,
         }
     }
 }
@@ -541,10 +571,6 @@ mod tests {
         assert!(json_kind(json!({"input": "x"})));
         assert!(json_kind(json!({"input_template": "[1]"})));
         assert!(!json_kind(json!({"input_template": "text"})));
-        let whole = spec(json!({"input_template": "{\"e\": <busbar.event-json>}"}))
-            .compile()
-            .unwrap();
-        assert!(whole.uses_whole_event());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! directly, without the general query engine. Any other path (wildcards,
 //! slices, filters, descendants, unions) selects a list, like Jayway JsonPath
 //! does for indefinite paths.
+//!
+//! Busbar events are CloudEvents, so, as in event patterns, a path starting
+//! with EventBridge's `$.detail` reads `data` and one starting with
+//! `$.detail-type` reads `type` when the event has no such member.
 
 use std::borrow::Cow;
 
@@ -19,10 +23,17 @@ use serde_json::Value;
 /// The longest path EventBridge accepts (`TargetInputPath`: 256 characters).
 pub(crate) const MAX_PATH_LEN: usize = 256;
 
+/// EventBridge top-level members and their CloudEvents names.
+const ALIASES: [(&str, &str); 2] = [("detail", "data"), ("detail-type", "type")];
+
 /// A compiled JSONPath.
 #[derive(Clone, Debug)]
 pub(crate) struct JsonPath {
     plan: Plan,
+    /// For a path starting with an EventBridge member (`detail`): that
+    /// member, and the plan reading its CloudEvents name (`data`) instead,
+    /// used when the event has no such member.
+    alias: Option<(&'static str, Plan)>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,11 +68,21 @@ impl JsonPath {
                 .join(" ");
             format!("invalid JSONPath `{path}`: {detail}")
         })?;
-        let plan = match definite_steps(&query) {
-            Some(steps) => Plan::Definite(steps),
-            None => Plan::Indefinite(query),
+        let alias = match query.segments.first() {
+            Some(Segment::Selector(Selector::Name(first))) => ALIASES
+                .iter()
+                .find(|(eventbridge, _)| first == eventbridge)
+                .map(|(eventbridge, cloudevents)| {
+                    let mut aliased = query.clone();
+                    aliased.segments[0] = Segment::name(cloudevents);
+                    (*eventbridge, Plan::new(aliased))
+                }),
+            _ => None,
         };
-        Ok(Self { plan })
+        Ok(Self {
+            plan: Plan::new(query),
+            alias,
+        })
     }
 
     /// Whether the path selects at most one value (no list is built).
@@ -73,7 +94,23 @@ impl JsonPath {
     /// What the path selects in `event`: `None` when a definite path matches
     /// nothing; an indefinite path always gives an array (maybe empty).
     pub(crate) fn select<'a>(&self, event: &'a Value) -> Option<Cow<'a, Value>> {
-        match &self.plan {
+        match &self.alias {
+            Some((member, aliased)) if event.get(member).is_none() => aliased.select(event),
+            _ => self.plan.select(event),
+        }
+    }
+}
+
+impl Plan {
+    fn new(query: JpQuery) -> Self {
+        match definite_steps(&query) {
+            Some(steps) => Plan::Definite(steps),
+            None => Plan::Indefinite(query),
+        }
+    }
+
+    fn select<'a>(&self, event: &'a Value) -> Option<Cow<'a, Value>> {
+        match self {
             Plan::Definite(steps) => walk(event, steps).map(Cow::Borrowed),
             Plan::Indefinite(query) => {
                 // `js_path_process` only fails when a query yields a computed
@@ -263,6 +300,51 @@ mod tests {
         assert_eq!(sel("$..id", &event), Some(json!([1, 2])));
         assert_eq!(sel("$.nothing[*]", &event), Some(json!([])));
         assert!(!JsonPath::compile("$.items[*]").unwrap().is_definite());
+    }
+
+    #[test]
+    fn eventbridge_members_read_cloudevents_names() {
+        let cloud = json!({"type": "order.created", "data": {"id": 7, "items": [1, 2]}});
+        assert_eq!(sel("$.detail.id", &cloud), Some(json!(7)));
+        assert_eq!(
+            sel("$.detail", &cloud),
+            Some(json!({"id": 7, "items": [1, 2]}))
+        );
+        assert_eq!(sel("$.detail-type", &cloud), Some(json!("order.created")));
+        assert_eq!(sel("$.detail.items[*]", &cloud), Some(json!([1, 2])));
+        assert_eq!(sel("$..detail", &cloud), Some(json!([])));
+        // An event that has the member reads it, never the alias.
+        let both = json!({"detail": {"id": 1}, "data": {"id": 2}});
+        assert_eq!(sel("$.detail.id", &both), Some(json!(1)));
+        let eventbridge = json!({"detail": {}, "data": {"id": 2}});
+        assert_eq!(sel("$.detail.id", &eventbridge), None);
+    }
+
+    #[test]
+    fn odd_queries_neither_panic_nor_hang() {
+        let event = json!({"a": [1, "x", {"b": [2, 3]}, null], "s": "text", "n": -9});
+        let paths = [
+            "$.a[0:10:0]",
+            "$.a[::-1]",
+            "$.a[-9223372036854775808]",
+            "$.a[9223372036854775807]",
+            "$.a[-9223372036854775808:9223372036854775807:-9223372036854775808]",
+            "$..*",
+            "$..[*]",
+            "$.a[?length(@) > 1]",
+            "$.a[?match(@, '[')]",
+            "$.a[?search(@, '(')]",
+            "$.a[?count(@.*) > 0]",
+            "$.a[?value(@..b) == 2]",
+            "$.a[?@ == $.n]",
+            "$.s[0]",
+            "$.n.x[*]",
+        ];
+        for path in paths {
+            if let Ok(compiled) = JsonPath::compile(path) {
+                let _ = compiled.select(&event);
+            }
+        }
     }
 
     #[test]

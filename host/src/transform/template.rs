@@ -1,14 +1,9 @@
 //! Input templates, compiled once into literal text and placeholder slots.
 //!
-//! Each slot records the *context* its placeholder sits in, which decides how
-//! a value is written there (EventBridge's quoting rules):
-//!
-//! | value            | JSON position        | inside a `"string"`           | plain text          |
-//! |------------------|----------------------|-------------------------------|---------------------|
-//! | string           | `"quoted"`, escaped  | raw, JSON-escaped             | raw                 |
-//! | number/bool/null | JSON                 | JSON text                     | JSON text           |
-//! | object/array     | JSON                 | JSON without quotes, escaped  | JSON without quotes |
-//! | no match         | `""`                 | nothing                       | nothing             |
+//! Each slot records the *context* its placeholder sits in (a JSON value
+//! position, a string of a JSON template, a string of a string template, or
+//! plain text), which decides how a value is written there; the rules are
+//! tabled in the [parent module](super).
 //!
 //! A template whose first non-blank character is `{` or `[` is a JSON
 //! template: its literal parts are minified at compile time, and its shape is
@@ -28,8 +23,10 @@ pub(crate) const MAX_TEMPLATE_LEN: usize = 8192;
 pub(crate) enum Context {
     /// A JSON value position in a JSON template: `{"a": <x>}`.
     Json,
-    /// Inside a JSON string literal: `"id <x>"`.
+    /// Inside a string literal of a JSON template: `{"a": "id <x>"}`.
     InString,
+    /// Inside a string literal of a string template: `"id <x>"`.
+    InTextString,
     /// Plain text outside any JSON string.
     Text,
 }
@@ -63,8 +60,11 @@ pub(crate) enum Resolved<'a> {
     Json(&'a Value),
     /// A string from the render context (rule name, ...).
     Str(&'a str),
-    /// The event without `data`/`data_base64`/`detail` (`<busbar.event>`).
+    /// The event without `data`/`data_base64`/`detail` (`<busbar.event>`),
+    /// always written as JSON.
     EventSummary(&'a Value),
+    /// The whole event (`<busbar.event-json>`), always written as JSON.
+    WholeEvent(&'a Value),
     /// The path matched nothing.
     Missing,
 }
@@ -88,6 +88,21 @@ enum Kind {
     PlainText,
 }
 
+/// Why a template does not compile.
+#[derive(Debug, PartialEq)]
+pub(crate) enum TemplateError {
+    /// Placeholders that name no variable, in order of first use.
+    Undefined(Vec<String>),
+    /// Anything else, as a one-line reason.
+    Invalid(String),
+}
+
+impl From<String> for TemplateError {
+    fn from(reason: String) -> Self {
+        Self::Invalid(reason)
+    }
+}
+
 struct Frame {
     object: bool,
     expect_key: bool,
@@ -95,16 +110,15 @@ struct Frame {
 
 impl Template {
     /// Compiles `text`; `resolve` maps a placeholder name to its variable.
-    /// The error is a one-line reason about `input_template`.
     pub(crate) fn compile(
         text: &str,
         mut resolve: impl FnMut(&str) -> Option<Var>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TemplateError> {
         if text.is_empty() {
-            return Err("must not be empty".into());
+            return Err(TemplateError::Invalid("must not be empty".into()));
         }
         if text.chars().count() > MAX_TEMPLATE_LEN {
-            return Err(format!("is longer than {MAX_TEMPLATE_LEN} characters"));
+            return Err(format!("is longer than {MAX_TEMPLATE_LEN} characters").into());
         }
         let kind = match text.trim_start().chars().next() {
             Some('{' | '[') => Kind::Json,
@@ -126,7 +140,8 @@ impl Template {
             if let Some(name) = placeholder_at(rest) {
                 let context = match (kind, in_string) {
                     (Kind::PlainText, _) => Context::Text,
-                    (_, true) => Context::InString,
+                    (Kind::Json, true) => Context::InString,
+                    (Kind::QuotedText, true) => Context::InTextString,
                     (Kind::Json, false) => Context::Json,
                     (Kind::QuotedText, false) => Context::Text,
                 };
@@ -137,15 +152,18 @@ impl Template {
                         stack.last().is_some_and(|f| f.object && f.expect_key)
                     };
                 if key_position {
-                    return Err(format!(
-                        "placeholder <{name}> cannot be used as an object key"
-                    ));
+                    return Err(
+                        format!("placeholder <{name}> cannot be used as an object key").into(),
+                    );
                 }
                 match resolve(name) {
-                    Some(Var::Event | Var::EventJson) if context == Context::InString => {
+                    Some(Var::Event | Var::EventJson)
+                        if matches!(context, Context::InString | Context::InTextString) =>
+                    {
                         return Err(format!(
                             "<{name}> can only be used as a JSON value, not inside a string"
-                        ));
+                        )
+                        .into());
                     }
                     Some(var) => {
                         if !literal.is_empty() {
@@ -217,18 +235,8 @@ impl Template {
             parts.push(Part::Literal(literal));
         }
         if !undefined.is_empty() {
-            let names = undefined
-                .iter()
-                .map(|n| format!("<{n}>"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let noun = if undefined.len() == 1 {
-                "placeholder"
-            } else {
-                "placeholders"
-            };
-            return Err(format!(
-                "contains invalid {noun} {names}: not defined in input_paths_map"
+            return Err(TemplateError::Undefined(
+                undefined.into_iter().map(str::to_owned).collect(),
             ));
         }
 
@@ -261,16 +269,9 @@ impl Template {
         self.check_json
     }
 
-    /// Whether any slot holds `var`.
-    pub(crate) fn uses(&self, var: Var) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Slot { var: v, .. } if *v == var))
-    }
-
     /// Checks a JSON template once with every value placeholder filled, and
     /// decides whether rendered output needs checking at all.
-    fn check_shape(&mut self) -> Result<(), String> {
+    fn check_shape(&mut self) -> Result<(), TemplateError> {
         let mut probe = String::with_capacity(self.literal_len + 8);
         let mut every_value_whole = true;
         for (at, part) in self.parts.iter().enumerate() {
@@ -291,9 +292,7 @@ impl Template {
             }
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&probe) {
-            return Err(format!(
-                "is not valid JSON once its placeholders are filled: {e}"
-            ));
+            return Err(format!("is not valid JSON once its placeholders are filled: {e}").into());
         }
         self.check_json = !every_value_whole;
         Ok(())
@@ -325,26 +324,31 @@ fn placeholder_at(rest: &str) -> Option<&str> {
 }
 
 fn write_slot(out: &mut Vec<u8>, value: Resolved<'_>, context: Context) {
+    use Context::{InString, InTextString, Json, Text};
     match (value, context) {
-        (Resolved::Missing, Context::Json) => out.extend_from_slice(b"\"\""),
+        (Resolved::Missing, Json) => out.extend_from_slice(b"\"\""),
         (Resolved::Missing, _) => {}
-        (Resolved::Str(s), Context::Json) => {
+        (Resolved::Str(s), Json) => {
             out.push(b'"');
             escape_into(out, s);
             out.push(b'"');
         }
-        (Resolved::Str(s), Context::InString) => escape_into(out, s),
-        (Resolved::Str(s), Context::Text) => out.extend_from_slice(s.as_bytes()),
+        (Resolved::Str(s), InString | InTextString) => escape_into(out, s),
+        (Resolved::Str(s), Text) => out.extend_from_slice(s.as_bytes()),
         (Resolved::EventSummary(event), _) => write_event_summary(out, event),
-        (Resolved::Json(v), Context::Json) => write_json(out, v),
-        (Resolved::Json(Value::String(s)), Context::InString) => escape_into(out, s),
-        (Resolved::Json(Value::String(s)), Context::Text) => out.extend_from_slice(s.as_bytes()),
-        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), Context::InString) => {
+        (Resolved::WholeEvent(event), _) => write_json(out, event),
+        (Resolved::Json(v), Json) => write_json(out, v),
+        (Resolved::Json(Value::String(s)), InString | InTextString) => escape_into(out, s),
+        (Resolved::Json(Value::String(s)), Text) => out.extend_from_slice(s.as_bytes()),
+        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), InString) => {
+            escape_into(out, &v.to_string());
+        }
+        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), InTextString) => {
             let mut text = String::new();
             write_unquoted(&mut text, v);
             escape_into(out, &text);
         }
-        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), Context::Text) => {
+        (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), Text) => {
             let mut text = String::new();
             write_unquoted(&mut text, v);
             out.extend_from_slice(text.as_bytes());
@@ -481,6 +485,11 @@ mod tests {
         assert_eq!(render("id <a>!", &json!("q\"")), "id q\"!");
         assert_eq!(render(r#"{"x": [<a>, <b>]}"#, &json!(1)), r#"{"x":[1,""]}"#);
         assert_eq!(render(r#"{"x": "<b>"}"#, &json!(1)), r#"{"x":""}"#);
+        assert_eq!(
+            render(r#"{"x": "<a>"}"#, &json!({"k": ["v"]})),
+            r#"{"x":"{\"k\":[\"v\"]}"}"#
+        );
+        assert_eq!(render("<a>", &json!({"k": ["v"]})), "{k:[v]}");
         assert_eq!(render(r#""a\"<a>\"""#, &json!(true)), r#""a\"true\"""#);
     }
 
@@ -504,9 +513,12 @@ mod tests {
 
     #[test]
     fn compile_errors() {
-        let err = |t: &str| Template::compile(t, vars).unwrap_err();
+        let err = |t: &str| match Template::compile(t, vars).unwrap_err() {
+            TemplateError::Invalid(reason) => reason,
+            TemplateError::Undefined(names) => names.join(","),
+        };
         assert!(err("").contains("empty"));
-        assert!(err("<a> <zz> <zz> <yy>").contains("<zz>, <yy>"));
+        assert_eq!(err("<a> <zz> <zz> <yy>"), "zz,yy");
         assert!(err(r#"{<a>: 1}"#).contains("object key"));
         assert!(err(r#"{"<a>": 1}"#).contains("object key"));
         assert!(err(r#"{"a": 1"#).contains("not valid JSON"));
