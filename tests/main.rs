@@ -5,3 +5,4 @@ mod support;
 
 mod bus;
 mod crash;
+mod plugin_runtime;

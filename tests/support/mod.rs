@@ -287,3 +287,4 @@ impl Receiver {
         .await
     }
 }
+pub mod guests;

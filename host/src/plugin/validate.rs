@@ -1,6 +1,8 @@
 //! Upload validation: a plugin must be a WebAssembly component (not a core
 //! module), under the size limit, export exactly one of Busbar's plugin
-//! interfaces (which tells its kind) and import nothing beyond its world.
+//! interfaces (which tells its kind) and import nothing beyond its world
+//! (plus the WASI p2 interfaces toolchains always import; only connectors get
+//! `wasi:http`).
 
 use serde::Serialize;
 use wasmtime::Engine;
@@ -122,13 +124,17 @@ fn allowed_import(kind: PluginKind, name: &str) -> bool {
         "busbar:plugin/log",
         "busbar:plugin/config",
     ];
-    // WASI p2 interfaces every toolchain imports; linked to an empty context.
+    // WASI p2 interfaces toolchains import, linked to an empty context (no
+    // env, args, files; every socket address and name lookup refused).
+    // Sockets are here because Rust's std imports them as soon as any code
+    // touches `std::net`; they are unusable all the same.
     const WASI_BASE: &[&str] = &[
         "wasi:cli/",
         "wasi:io/",
         "wasi:clocks/",
         "wasi:random/",
         "wasi:filesystem/",
+        "wasi:sockets/",
     ];
     const HTTP: &[&str] = &["wasi:http/types", "wasi:http/outgoing-handler"];
     let n = unversioned(name);
@@ -227,7 +233,7 @@ mod tests {
         assert!(!allowed_import(PluginKind::Filter, "wasi:http/outgoing-handler@0.2.12"));
         assert!(!allowed_import(PluginKind::Transformer, "wasi:http/types@0.2.12"));
         assert!(allowed_import(PluginKind::Connector, "wasi:http/outgoing-handler@0.2.12"));
-        assert!(!allowed_import(PluginKind::Connector, "wasi:sockets/tcp@0.2.0"));
+        assert!(allowed_import(PluginKind::Filter, "wasi:sockets/tcp@0.2.0"));
         assert!(!allowed_import(PluginKind::Filter, "evil:pkg/thing"));
     }
 }
