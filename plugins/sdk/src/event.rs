@@ -206,6 +206,75 @@ impl Event {
         Ok(())
     }
 
+    /// The event in CloudEvents structured JSON form (the body of an
+    /// `application/cloudevents+json` request): attributes and extensions at
+    /// the top level; JSON data under `data`, text data (`text/*`, XML) as a
+    /// string under `data`, other bytes in base64 under `data_base64`.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// let mut event = busbar_sdk::Event::json("1", "shop", "order.created", &json!({"n": 1})).unwrap();
+    /// event.set_extension("region", "eu");
+    /// assert_eq!(event.to_structured_json(), json!({
+    ///     "specversion": "1.0", "id": "1", "source": "shop", "type": "order.created",
+    ///     "datacontenttype": "application/json", "region": "eu", "data": {"n": 1}
+    /// }));
+    /// ```
+    pub fn to_structured_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value};
+        let mut out = Map::new();
+        out.insert("specversion".into(), Value::from(self.specversion.as_str()));
+        out.insert("id".into(), Value::from(self.id.as_str()));
+        out.insert("source".into(), Value::from(self.source.as_str()));
+        out.insert("type".into(), Value::from(self.ty.as_str()));
+        let optional = [
+            ("subject", &self.subject),
+            ("time", &self.time),
+            ("datacontenttype", &self.datacontenttype),
+            ("dataschema", &self.dataschema),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                out.insert(name.into(), Value::from(value.as_str()));
+            }
+        }
+        for (name, value) in &self.extensions {
+            out.entry(name.as_str())
+                .or_insert_with(|| Value::from(value.as_str()));
+        }
+        if let Some(data) = &self.data {
+            let json = self
+                .is_json()
+                .then(|| serde_json::from_slice::<Value>(data).ok())
+                .flatten();
+            let text = self
+                .is_text()
+                .then(|| std::str::from_utf8(data).ok())
+                .flatten();
+            match (json, text) {
+                (Some(json), _) => {
+                    out.insert("data".into(), json);
+                }
+                (None, Some(text)) => {
+                    out.insert("data".into(), Value::from(text));
+                }
+                (None, None) => {
+                    out.insert("data_base64".into(), Value::from(base64_encode(data)));
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// Whether the data is declared as text (`text/*`, or XML).
+    fn is_text(&self) -> bool {
+        self.datacontenttype.as_deref().is_some_and(|content_type| {
+            let essence = content_type.split(';').next().unwrap_or_default().trim();
+            let essence = essence.to_ascii_lowercase();
+            essence.starts_with("text/") || essence.ends_with("/xml") || essence.ends_with("+xml")
+        })
+    }
+
     /// The value of the extension attribute `name`, if present.
     ///
     /// ```
@@ -238,6 +307,28 @@ impl Event {
             None => self.extensions.push((name, value)),
         }
     }
+}
+
+/// Standard base64 with padding (RFC 4648), for `data_base64`.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Builds an [`Event`]; see [`Event::builder`].
@@ -349,6 +440,39 @@ mod tests {
             event.json_value(),
             Err(PluginError::InvalidEvent(_))
         ));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(base64_encode(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn structured_json_encodes_text_and_binary_data() {
+        let text = Event::builder("1", "s", "t")
+            .data("text/plain", b"hi".to_vec())
+            .build();
+        assert_eq!(text.to_structured_json()["data"], json!("hi"));
+        let binary = Event::builder("1", "s", "t")
+            .data("application/octet-stream", vec![0, 255])
+            .build();
+        assert_eq!(binary.to_structured_json()["data_base64"], json!("AP8="));
+        let extension_cannot_override = Event::builder("1", "s", "t").extension("id", "x").build();
+        assert_eq!(
+            extension_cannot_override.to_structured_json()["id"],
+            json!("1")
+        );
     }
 
     #[test]
