@@ -14,10 +14,18 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 /// Builds the guest plugins (release, wasm32-wasip2) and returns a component.
 fn guest(name: &str) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
     let target: PathBuf = match std::env::var("CARGO_TARGET_DIR") {
         Ok(d) => PathBuf::from(d),
-        Err(_) => std::env::current_exe().unwrap().ancestors().nth(3).unwrap().to_owned(),
+        Err(_) => std::env::current_exe()
+            .unwrap()
+            .ancestors()
+            .nth(3)
+            .unwrap()
+            .to_owned(),
     }
     .join("guests");
     let status = Command::new(env!("CARGO"))
@@ -27,8 +35,12 @@ fn guest(name: &str) -> Vec<u8> {
         .status()
         .unwrap();
     assert!(status.success(), "building the guest plugins failed");
-    std::fs::read(target.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_"))))
-        .unwrap()
+    std::fs::read(
+        target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_"))),
+    )
+    .unwrap()
 }
 
 fn event() -> Event {
@@ -39,13 +51,18 @@ fn event() -> Event {
 }
 
 fn bench(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rt = PluginRuntime::new(RuntimeConfig::new(dir.path())).unwrap();
     let filter_wasm = guest("amount-filter");
     let transformer_wasm = guest("enrich");
     let filter = rt.load(&rt.prepare(&filter_wasm).unwrap().sha256).unwrap();
-    let transformer = rt.load(&rt.prepare(&transformer_wasm).unwrap().sha256).unwrap();
+    let transformer = rt
+        .load(&rt.prepare(&transformer_wasm).unwrap().sha256)
+        .unwrap();
     let config: BTreeMap<String, String> = [
         ("field", "/amount"),
         ("threshold", "100"),
@@ -75,7 +92,13 @@ fn bench(c: &mut Criterion) {
     });
     drop(reused);
     c.bench_function("plugin/transformer/fresh_instance", |b| {
-        b.iter(|| tokio.block_on(rt.transform(&transformer, &cx, &ev)).unwrap().value.len())
+        b.iter(|| {
+            tokio
+                .block_on(rt.transform(&transformer, &cx, &ev))
+                .unwrap()
+                .value
+                .len()
+        })
     });
 
     let mut g = c.benchmark_group("plugin/compile");

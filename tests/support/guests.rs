@@ -75,9 +75,34 @@ pub fn guest(name: &str) -> PathBuf {
         TESTED.iter().any(|list| list.contains(&name)),
         "guest `{name}` is used by a test but missing from its module's TESTED list"
     );
-    let path = built().join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(path.exists(), "no component for guest `{name}` at {}", path.display());
+    let path = built().join(format!("{}.wasm", lib_name(name)));
+    assert!(
+        path.exists(),
+        "no component for guest `{name}` at {}",
+        path.display()
+    );
     path
+}
+
+/// The library name of the guest crate in directory `name` (e.g. `spin` is
+/// package `hostile-spin`, built as `hostile_spin.wasm`).
+fn lib_name(name: &str) -> String {
+    for group in ["examples", "hostile"] {
+        let manifest = repo_root()
+            .join("plugins")
+            .join(group)
+            .join(name)
+            .join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let manifest: toml::Table = text.parse().unwrap();
+        let lib = manifest.get("lib").and_then(|l| l.get("name"));
+        let package = manifest.get("package").and_then(|p| p.get("name"));
+        let name = lib.or(package).and_then(|n| n.as_str()).unwrap();
+        return name.replace('-', "_");
+    }
+    panic!("no guest crate `{name}` under plugins/examples or plugins/hostile")
 }
 
 /// The bytes of guest `name`.

@@ -30,7 +30,9 @@ pub struct ArtifactStore {
 
 /// Whether `s` is a lower-case hex sha256 (and so safe in a file name).
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Lower-case hex sha256 of `bytes`.
@@ -154,7 +156,11 @@ mod tests {
         store.write_artifact(&sha, b"machine code").unwrap();
         assert_eq!(store.read_artifact(&sha).unwrap(), b"machine code");
         let path = store.artifact_path(&sha);
-        assert!(path.to_str().unwrap().ends_with(&format!("{sha}-abcd.cwasm")));
+        assert!(
+            path.to_str()
+                .unwrap()
+                .ends_with(&format!("{sha}-abcd.cwasm"))
+        );
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[0] ^= 1;
         std::fs::write(&path, &bytes).unwrap();

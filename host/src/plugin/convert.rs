@@ -33,7 +33,12 @@ const KNOWN: &[&str] = &[
 /// Whether a content type carries JSON (absent means JSON in this bus).
 fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
@@ -148,7 +153,10 @@ pub fn wit_size(ce: &CloudEvent) -> usize {
         + opt(&ce.time)
         + opt(&ce.datacontenttype)
         + opt(&ce.dataschema)
-        + ce.extensions.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + ce.extensions
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
         + ce.data.as_ref().map_or(0, Vec::len)
 }
 
@@ -163,8 +171,10 @@ mod tests {
 
     #[test]
     fn json_data_round_trips() {
-        let e = event(json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
-            "datacontenttype": "application/json", "data": {"a": 1}, "tenantx": "x", "hop": 2}));
+        let e = event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+            "datacontenttype": "application/json", "data": {"a": 1}, "tenantx": "x", "hop": 2}),
+        );
         let w = to_wit(&e);
         assert_eq!(w.data.as_deref(), Some(br#"{"a":1}"#.as_slice()));
         assert!(w.extensions.contains(&("hop".into(), "2".into())));
@@ -175,8 +185,10 @@ mod tests {
 
     #[test]
     fn binary_data_uses_base64_both_ways() {
-        let e = event(json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
-            "datacontenttype": "application/octet-stream", "data_base64": "AAEC"}));
+        let e = event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+            "datacontenttype": "application/octet-stream", "data_base64": "AAEC"}),
+        );
         let w = to_wit(&e);
         assert_eq!(w.data.as_deref(), Some([0u8, 1, 2].as_slice()));
         let back = from_wit(w, &IngestLimits::default()).unwrap();
@@ -185,7 +197,9 @@ mod tests {
 
     #[test]
     fn unparsable_json_becomes_base64() {
-        let mut w = to_wit(&event(json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"})));
+        let mut w = to_wit(&event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
+        ));
         w.data = Some(b"{not json".to_vec());
         let back = from_wit(w, &IngestLimits::default()).unwrap();
         assert!(back.as_map().contains_key("data_base64"));
@@ -193,7 +207,9 @@ mod tests {
 
     #[test]
     fn invalid_output_events_are_refused() {
-        let ok = to_wit(&event(json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"})));
+        let ok = to_wit(&event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
+        ));
         let mut w = ok.clone();
         w.id.clear();
         assert!(from_wit(w, &IngestLimits::default()).is_err());

@@ -196,9 +196,21 @@ mod tests {
 
     #[test]
     fn fuel_changes_the_compatibility_digest() {
-        let a = PluginEngine::new(EngineSizing { max_instances: 2, consume_fuel: false }).unwrap();
-        let b = PluginEngine::new(EngineSizing { max_instances: 2, consume_fuel: true }).unwrap();
-        let a2 = PluginEngine::new(EngineSizing { max_instances: 2, consume_fuel: false }).unwrap();
+        let a = PluginEngine::new(EngineSizing {
+            max_instances: 2,
+            consume_fuel: false,
+        })
+        .unwrap();
+        let b = PluginEngine::new(EngineSizing {
+            max_instances: 2,
+            consume_fuel: true,
+        })
+        .unwrap();
+        let a2 = PluginEngine::new(EngineSizing {
+            max_instances: 2,
+            consume_fuel: false,
+        })
+        .unwrap();
         assert_ne!(a.compat, b.compat);
         assert_eq!(a.compat, a2.compat);
     }

@@ -18,14 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks, WasiBody};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Operator settings for outbound HTTP.
 #[derive(Clone, Debug)]
 pub struct OutboundConfig {
-    /// Hosts or IP addresses (exact, no wildcards) that may resolve to
-    /// otherwise refused addresses — e.g. `127.0.0.1` for a test receiver.
-    /// A tenant's allow-list alone never reaches such an address.
+    /// URL hosts (a name, or an address literal; exact, no wildcards) that
+    /// may reach otherwise refused addresses — e.g. `127.0.0.1` for a test
+    /// receiver. `127.0.0.1` allows `http://127.0.0.1:..` but not a name
+    /// resolving to it. A tenant's allow-list alone never reaches such an
+    /// address.
     pub allow_private: Vec<String>,
     /// Upper bound on the connect timeout (and the default).
     pub connect_timeout: Duration,
@@ -79,7 +81,10 @@ impl OutboundHttp {
         permits: &TenantPermits,
     ) -> Self {
         Self {
-            allowed: allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            allowed: allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             permits: Some(permits.get(tenant, config.max_concurrent_per_tenant)),
             config,
         }
@@ -213,7 +218,8 @@ impl WasiHttpHooks for OutboundHttp {
                 *request.uri_mut() =
                     http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
             }
-            let clamp = |asked: Option<Duration>, max: Duration| Some(asked.map_or(max, |a| a.min(max)));
+            let clamp =
+                |asked: Option<Duration>, max: Duration| Some(asked.map_or(max, |a| a.min(max)));
             let options = options.unwrap_or_default();
             let options = RequestOptions {
                 connect_timeout: clamp(options.connect_timeout, config.connect_timeout),
@@ -242,23 +248,34 @@ impl WasiHttpHooks for OutboundHttp {
 
 /// Resolves `host` and returns an address the policy allows.
 async fn resolve(host: &str, port: u16, config: &OutboundConfig) -> Result<SocketAddr, HttpError> {
-    let opted_in = |what: &str| config.allow_private.iter().any(|a| a.eq_ignore_ascii_case(what));
+    let opted_in = |what: &str| {
+        config
+            .allow_private
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(what))
+    };
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host((host, port)))
-            .await
-            .map_err(|_| HttpError::DnsTimeout)?
-            .map_err(|e| HttpError::DnsError {
-                rcode: Some(e.to_string()),
-                info_code: None,
-            })?
-            .collect(),
+        Err(_) => tokio::time::timeout(
+            config.connect_timeout,
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        .map_err(|_| HttpError::DnsTimeout)?
+        .map_err(|e| HttpError::DnsError {
+            rcode: Some(e.to_string()),
+            info_code: None,
+        })?
+        .collect(),
     };
     // Every answer must pass: a name that resolves to one public and one
     // private address is refused as a whole.
+    // The opt-in names what the URL says — a host name, or an address
+    // literal — so a name a tenant controls cannot reach an opted-in address
+    // by resolving to it.
     for addr in &addrs {
         let ip = addr.ip();
-        if is_restricted(ip) && !opted_in(host) && !opted_in(&ip.to_string()) {
+        if is_restricted(ip) && !opted_in(host) {
             tracing::info!(%host, %ip, "outbound request to a restricted address refused");
             return Err(HttpError::HttpRequestDenied);
         }
@@ -291,10 +308,23 @@ mod tests {
     #[test]
     fn restricted_addresses() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-            "169.254.169.254", "0.0.0.0", "100.100.100.200", "255.255.255.255",
-            "::1", "::", "fe80::1", "fd00:ec2::254", "fc00::1", "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.100.100.200",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
         ] {
             assert!(is_restricted(ip.parse().unwrap()), "{ip}");
         }
@@ -320,6 +350,11 @@ mod tests {
         };
         let addr = resolve("127.0.0.1", 8080, &config).await.unwrap();
         assert_eq!(addr, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        // Opting in an address does not let a name resolve to it.
+        assert!(matches!(
+            resolve("localhost", 80, &config).await,
+            Err(HttpError::HttpRequestDenied)
+        ));
         assert!(matches!(
             resolve("169.254.169.254", 80, &config).await,
             Err(HttpError::HttpRequestDenied)

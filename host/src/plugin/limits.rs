@@ -109,7 +109,11 @@ impl PluginLimits {
             "fuel",
             "must be positive when set".into(),
         );
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -130,7 +134,12 @@ mod tests {
             fuel: Some(0),
             ..PluginLimits::default()
         };
-        let fields: Vec<_> = limits.validate().unwrap_err().iter().map(|e| e.field).collect();
+        let fields: Vec<_> = limits
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(fields, ["cpu_ms", "memory_bytes", "fuel"]);
     }
 

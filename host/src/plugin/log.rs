@@ -385,7 +385,11 @@ mod tests {
         assert!(records[0].truncated);
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].source, LogSource::Host);
-        assert!(records[1].message.contains("7 bytes in 1 messages"), "{}", records[1].message);
+        assert!(
+            records[1].message.contains("7 bytes in 1 messages"),
+            "{}",
+            records[1].message
+        );
     }
 
     #[test]
@@ -397,10 +401,17 @@ mod tests {
         let mut err = l.stream(LogSource::Stderr);
         err.write(Bytes::from_static(b"oops\n")).unwrap();
         let records = l.finish();
-        let got: Vec<_> = records.iter().map(|r| (r.level, r.message.as_str())).collect();
+        let got: Vec<_> = records
+            .iter()
+            .map(|r| (r.level, r.message.as_str()))
+            .collect();
         assert_eq!(
             got,
-            [(LogLevel::Info, "hello"), (LogLevel::Warn, "oops"), (LogLevel::Info, "world")]
+            [
+                (LogLevel::Info, "hello"),
+                (LogLevel::Warn, "oops"),
+                (LogLevel::Info, "world")
+            ]
         );
     }
 
@@ -412,7 +423,11 @@ mod tests {
             out.write(Bytes::from(vec![b'x'; 4096])).unwrap();
         }
         let records = l.finish();
-        let kept: usize = records.iter().filter(|r| r.source == LogSource::Stdout).map(|r| r.message.len()).sum();
+        let kept: usize = records
+            .iter()
+            .filter(|r| r.source == LogSource::Stdout)
+            .map(|r| r.message.len())
+            .sum();
         assert!(kept <= 1000);
         assert_eq!(records.last().unwrap().source, LogSource::Host);
     }

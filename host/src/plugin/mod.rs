@@ -442,7 +442,9 @@ impl PluginRuntime {
             Some(b) => b,
             None => {
                 if self.artifacts.artifact_path(sha256).exists() {
-                    self.counters.artifact_rejects.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .artifact_rejects
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 return None;
             }
@@ -455,13 +457,17 @@ impl PluginRuntime {
                 }
                 Err(e) => {
                     tracing::warn!(%sha256, error = %e, "plugin artifact no longer links; recompiling");
-                    self.counters.artifact_rejects.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .artifact_rejects
+                        .fetch_add(1, Ordering::Relaxed);
                     None
                 }
             },
             Err(e) => {
                 tracing::warn!(%sha256, error = %e, "plugin artifact rejected; recompiling");
-                self.counters.artifact_rejects.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .artifact_rejects
+                    .fetch_add(1, Ordering::Relaxed);
                 self.artifacts.remove_artifact(sha256);
                 None
             }
@@ -536,7 +542,12 @@ impl PluginRuntime {
         event: &Event,
     ) -> Result<Invocation<bool>, PluginFailure> {
         let (ret, inv) = self
-            .run(p, cx, PluginKind::Filter, Call::Filter(convert::to_wit(event)))
+            .run(
+                p,
+                cx,
+                PluginKind::Filter,
+                Call::Filter(convert::to_wit(event)),
+            )
             .await?;
         match ret {
             Returned::Filter(Ok(pass)) => Ok(inv.with(pass)),
@@ -554,7 +565,12 @@ impl PluginRuntime {
         event: &Event,
     ) -> Result<Invocation<Vec<Event>>, PluginFailure> {
         let (ret, inv) = self
-            .run(p, cx, PluginKind::Transformer, Call::Transform(convert::to_wit(event)))
+            .run(
+                p,
+                cx,
+                PluginKind::Transformer,
+                Call::Transform(convert::to_wit(event)),
+            )
             .await?;
         let out = match ret {
             Returned::Transform(Ok(out)) => out,
@@ -652,7 +668,12 @@ impl PluginRuntime {
             event_id: cx.event_id.to_owned(),
         };
         let hooks = if kind == PluginKind::Connector {
-            OutboundHttp::new(cx.tenant, cx.allowed_hosts, self.outbound.clone(), &self.permits)
+            OutboundHttp::new(
+                cx.tenant,
+                cx.allowed_hosts,
+                self.outbound.clone(),
+                &self.permits,
+            )
         } else {
             OutboundHttp::deny_all()
         };
@@ -688,12 +709,10 @@ impl PluginRuntime {
         self.counters.invocations.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         // An exhausted pool waits here rather than failing to instantiate.
-        let _slot = self
-            .engine
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| PluginFailure::new(FailureKind::Internal, "plugin runtime shut down"))?;
+        let _slot =
+            self.engine.slots.acquire().await.map_err(|_| {
+                PluginFailure::new(FailureKind::Internal, "plugin runtime shut down")
+            })?;
         let mut store = self.new_store(p.kind, cx);
         let call_guest = call_guest(&p.pre, &mut store, call);
         let timeout = Duration::from_millis(cx.limits.timeout_ms);
@@ -795,7 +814,11 @@ impl PluginRuntime {
         let Pre::Filter(pre) = &p.pre else {
             return Err(PluginFailure::new(
                 FailureKind::Internal,
-                format!("plugin {} is a {}, not a filter", cx.plugin, p.kind.as_str()),
+                format!(
+                    "plugin {} is a {}, not a filter",
+                    cx.plugin,
+                    p.kind.as_str()
+                ),
             ));
         };
         let slot = self
@@ -824,7 +847,11 @@ async fn call_guest(pre: &Pre, store: &mut Store<State>, call: Call) -> wasmtime
     Ok(match (pre, call) {
         (Pre::Filter(pre), Call::Filter(ev)) => {
             let b = pre.instantiate_async(&mut *store).await?;
-            Returned::Filter(b.busbar_plugin_filter().call_filter(&mut *store, &ev).await?)
+            Returned::Filter(
+                b.busbar_plugin_filter()
+                    .call_filter(&mut *store, &ev)
+                    .await?,
+            )
         }
         (Pre::Transformer(pre), Call::Transform(ev)) => {
             let b = pre.instantiate_async(&mut *store).await?;
@@ -902,9 +929,10 @@ fn classify(e: &wasmtime::Error, state: &State) -> (FailureKind, String) {
         );
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel | Trap::Interrupt) => {
-            (FailureKind::Deadline, format!("fuel exhausted: {}", chain(e)))
-        }
+        Some(Trap::OutOfFuel | Trap::Interrupt) => (
+            FailureKind::Deadline,
+            format!("fuel exhausted: {}", chain(e)),
+        ),
         Some(Trap::StackOverflow) => (FailureKind::Trap, format!("stack overflow: {}", chain(e))),
         Some(trap) => (FailureKind::Trap, format!("{trap}: {}", chain(e))),
         None => (FailureKind::Trap, chain(e)),

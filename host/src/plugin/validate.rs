@@ -173,7 +173,11 @@ pub fn classify(engine: &Engine, component: &Component) -> Result<PluginKind, Pl
                 format!(
                     "the component exports several plugin interfaces ({}); a plugin \
                      is exactly one of filter, transformer or connector",
-                    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    kinds
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -228,11 +232,26 @@ mod tests {
 
     #[test]
     fn imports_by_kind() {
-        assert!(allowed_import(PluginKind::Filter, "wasi:cli/environment@0.2.3"));
-        assert!(allowed_import(PluginKind::Filter, "busbar:plugin/log@0.1.0"));
-        assert!(!allowed_import(PluginKind::Filter, "wasi:http/outgoing-handler@0.2.12"));
-        assert!(!allowed_import(PluginKind::Transformer, "wasi:http/types@0.2.12"));
-        assert!(allowed_import(PluginKind::Connector, "wasi:http/outgoing-handler@0.2.12"));
+        assert!(allowed_import(
+            PluginKind::Filter,
+            "wasi:cli/environment@0.2.3"
+        ));
+        assert!(allowed_import(
+            PluginKind::Filter,
+            "busbar:plugin/log@0.1.0"
+        ));
+        assert!(!allowed_import(
+            PluginKind::Filter,
+            "wasi:http/outgoing-handler@0.2.12"
+        ));
+        assert!(!allowed_import(
+            PluginKind::Transformer,
+            "wasi:http/types@0.2.12"
+        ));
+        assert!(allowed_import(
+            PluginKind::Connector,
+            "wasi:http/outgoing-handler@0.2.12"
+        ));
         assert!(allowed_import(PluginKind::Filter, "wasi:sockets/tcp@0.2.0"));
         assert!(!allowed_import(PluginKind::Filter, "evil:pkg/thing"));
     }
