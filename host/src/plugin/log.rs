@@ -125,7 +125,13 @@ impl Buffer {
             self.dropped_bytes += message.len() - end;
             (&message[..end], true)
         };
-        self.used += kept.len().max(1).min(room);
+        // A truncated message ends the budget; an empty one still costs a
+        // byte, so a flood of empty messages is bounded too.
+        self.used = if truncated {
+            self.cap
+        } else {
+            self.used + kept.len().max(1).min(room)
+        };
         let record = LogRecord {
             level,
             source,
