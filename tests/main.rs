@@ -12,3 +12,4 @@ mod openapi;
 mod pattern_conformance;
 mod pattern_properties;
 mod transform_conformance;
+mod plugin_runtime;

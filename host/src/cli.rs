@@ -52,9 +52,9 @@ pub enum Command {
 pub enum PluginCommand {
     /// Scaffold a new plugin crate on the Busbar SDK.
     New {
-        /// What kind of plugin.
-        #[arg(value_enum)]
-        kind: crate::plugin::PluginKind,
+        /// What kind of plugin: filter, transformer or connector.
+        #[arg(value_parser = ["filter", "transformer", "connector"])]
+        kind: String,
         /// Crate name (also the directory created).
         name: String,
         /// Where the SDK lives (a path dependency); default: the published crate.

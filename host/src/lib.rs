@@ -21,6 +21,7 @@ pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod pattern;
+pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -143,7 +143,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ..PatternLimits::default()
     };
     let catalog = Arc::new(load_catalog(store.as_ref(), &http, &pattern_limits).await?);
-    config.plugins.limits.validate().context("plugins.limits")?;
+    if let Err(problems) = config.plugins.limits.validate() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!("invalid config plugins.limits: {}", list.join("; "));
+    }
     let runtime = Arc::new(PluginRuntime::new(RuntimeConfig {
         max_upload_bytes: config.plugins.max_upload_bytes,
         ..RuntimeConfig::new(dir.clone())

@@ -298,3 +298,4 @@ impl Receiver {
         .await
     }
 }
+pub mod guests;

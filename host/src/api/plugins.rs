@@ -71,13 +71,13 @@ pub(super) async fn upload(
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| {
-            let status = if e.code == "too_large" { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
-            let mut err = ApiError::new(status, "invalid_plugin", format!("{}: {}", e.code, e.message)).with_field("body");
-            err.code = match e.code.as_str() {
-                "too_large" => "too_large",
-                _ => "invalid_plugin",
-            };
-            err
+            let code = e.code.as_str();
+            if code == "too_large" {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.message).with_field("body")
+            } else {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", format!("{code}: {}", e.message))
+                    .with_field("body")
+            }
         })?;
     let existing = state.catalog.plugin(&tenant, &name);
     let (status, record) = match existing {

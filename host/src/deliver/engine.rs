@@ -166,12 +166,14 @@ impl Engine {
     pub fn new(
         store: Arc<dyn Store>,
         catalog: Arc<Catalog>,
+        plugins: Arc<PluginHost>,
         max_in_flight: usize,
         per_target_cap: usize,
     ) -> Self {
         Self {
             store,
             catalog,
+            plugins,
             global: Arc::new(Semaphore::new(max_in_flight)),
             per_target_cap,
             in_flight: Mutex::new(HashMap::new()),

@@ -30,7 +30,14 @@ fn templates(kind: PluginKind) -> [(&'static str, &'static str); 2] {
 /// Runs a plugin subcommand; returns the exit code.
 pub fn run(action: PluginCommand) -> anyhow::Result<i32> {
     match action {
-        PluginCommand::New { kind, name, sdk_path } => new(kind, &name, sdk_path.as_deref()),
+        PluginCommand::New { kind, name, sdk_path } => {
+            let kind = match kind.as_str() {
+                "filter" => PluginKind::Filter,
+                "transformer" => PluginKind::Transformer,
+                _ => PluginKind::Connector,
+            };
+            new(kind, &name, sdk_path.as_deref())
+        }
         PluginCommand::Build { dir } => build(&dir),
         PluginCommand::Test { file, event, config, allow_hosts } => test(&file, &event, config, allow_hosts),
         PluginCommand::Upload { file, name, url, key } => upload(&file, &name, &url, &key),
@@ -45,19 +52,21 @@ fn new(kind: PluginKind, name: &str, sdk_path: Option<&Path>) -> anyhow::Result<
     if dir.exists() {
         bail!("{} already exists", dir.display());
     }
+    // The SDK is a path dependency: the given one, or this checkout's plugins/sdk.
     let sdk = match sdk_path {
-        Some(p) => {
-            let p = std::fs::canonicalize(p).with_context(|| format!("SDK path {}", p.display()))?;
-            format!("{{ path = {:?} }}", p.display().to_string())
-        }
-        None => format!("{:?}", crate::VERSION),
+        Some(p) => p.to_owned(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk"),
     };
+    let sdk = std::fs::canonicalize(&sdk)
+        .with_context(|| format!("busbar-sdk not found at {}; pass --sdk-path", sdk.display()))?
+        .display()
+        .to_string();
     for (path, text) in templates(kind) {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let text = text.replace("{{name}}", name).replace("{{sdk}}", &sdk);
+        let text = text.replace("{{name}}", name).replace("{{sdk_path}}", &sdk);
         std::fs::write(&target, text).with_context(|| format!("writing {}", target.display()))?;
     }
     println!("created {} plugin {name} in ./{name}", kind.as_str());
@@ -90,9 +99,9 @@ fn test(file: &Path, event: &Path, config: Vec<(String, String)>, allowed_hosts:
     };
     let event = Event::from_validated(map);
     let scratch = tempfile_dir()?;
-    let runtime = PluginRuntime::new(RuntimeConfig { fuel: true, ..RuntimeConfig::new(scratch.clone()) })?;
-    let prepared = runtime.prepare(&wasm).map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
-    let plugin = runtime.load(&prepared.sha256).map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+    let runtime = PluginRuntime::new(RuntimeConfig { consume_fuel: true, ..RuntimeConfig::new(scratch.clone()) })?;
+    let prepared = runtime.prepare(&wasm).map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
+    let plugin = runtime.load(&prepared.sha256).map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
     let config: BTreeMap<String, String> = config.into_iter().collect();
     let limits = PluginLimits::default();
     let cx = InvokeContext {

@@ -133,7 +133,7 @@ pub struct CompileContext<'a> {
     /// Pattern limits.
     pub pattern_limits: &'a PatternLimits,
     /// Looks up the tenant's plugins by name.
-    pub plugins: &'a dyn Fn(&str) -> Option<PluginRecord>,
+    pub plugins: &'a (dyn Fn(&str) -> Option<PluginRecord> + Sync),
 }
 
 /// Checks that a binding names an existing plugin (and version) of the right kind.
@@ -216,12 +216,19 @@ pub fn compile_rule(
         }
     };
 
-    if obj.get("filter").is_some_and(|f| !f.is_null()) {
-        errors.push(FieldError::new(
-            "filter",
-            "filter plugins are not available on this server yet",
-        ));
-    }
+    let filter = match obj.get("filter") {
+        None | Some(Value::Null) => None,
+        Some(f) => match PluginBinding::from_json(f, &[]) {
+            Ok(b) => {
+                check_binding(&b, PluginKind::Filter, "filter", ctx, &mut errors);
+                Some(b)
+            }
+            Err(e) => {
+                errors.push(binding_error("filter", e));
+                None
+            }
+        },
+    };
     if let Some(d) = obj.get("description")
         && !d.is_string()
     {

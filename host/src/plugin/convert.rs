@@ -1,0 +1,226 @@
+//! Conversion between the bus's CloudEvents JSON [`Event`] and the WIT
+//! `cloud-event` record.
+//!
+//! Into the guest: `data` becomes the bytes of its JSON text (or the string
+//! itself for a non-JSON content type), `data_base64` its decoded bytes;
+//! extensions become strings (non-strings in their JSON text form). Back
+//! from the guest: for a JSON content type (or none) data that parses as
+//! JSON becomes `data`; text becomes a string `data`; anything else
+//! `data_base64`. Every returned event is validated exactly as ingest
+//! validates events arriving over HTTP.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Map, Value};
+
+use super::bindings::types::CloudEvent;
+use crate::event::Event;
+use crate::ingest::{IngestLimits, parse_structured};
+
+const KNOWN: &[&str] = &[
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// Whether a content type carries JSON (absent means JSON in this bus).
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+fn is_text(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
+}
+
+/// The WIT record for an event.
+pub fn to_wit(event: &Event) -> CloudEvent {
+    let map = event.as_map();
+    let s = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_owned);
+    let content_type = s("datacontenttype");
+    let data = if let Some(b64) = map.get("data_base64").and_then(Value::as_str) {
+        // Ingest validated the encoding; an undecodable value cannot occur.
+        BASE64.decode(b64).ok()
+    } else {
+        match map.get("data") {
+            None => None,
+            Some(Value::String(text)) if !is_json(content_type.as_deref()) => {
+                Some(text.as_bytes().to_vec())
+            }
+            Some(v) => serde_json::to_vec(v).ok(),
+        }
+    };
+    let extensions = map
+        .iter()
+        .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    CloudEvent {
+        id: event.id().to_owned(),
+        source: event.source().to_owned(),
+        type_: event.event_type().to_owned(),
+        specversion: s("specversion").unwrap_or_else(|| "1.0".to_owned()),
+        subject: s("subject"),
+        time: s("time"),
+        datacontenttype: content_type,
+        dataschema: s("dataschema"),
+        extensions,
+        data,
+    }
+}
+
+/// An event from a WIT record, validated like any incoming event.
+pub fn from_wit(ce: CloudEvent, limits: &IngestLimits) -> Result<Event, String> {
+    let mut map = Map::new();
+    map.insert("specversion".into(), ce.specversion.into());
+    map.insert("id".into(), ce.id.into());
+    map.insert("source".into(), ce.source.into());
+    map.insert("type".into(), ce.type_.into());
+    for (k, v) in [
+        ("subject", ce.subject),
+        ("time", ce.time),
+        ("dataschema", ce.dataschema),
+    ] {
+        if let Some(v) = v {
+            map.insert(k.into(), v.into());
+        }
+    }
+    for (name, value) in ce.extensions {
+        if KNOWN.contains(&name.as_str()) {
+            return Err(format!(
+                "extension `{name}` collides with a CloudEvents attribute"
+            ));
+        }
+        map.insert(name, value.into());
+    }
+    if let Some(data) = ce.data {
+        let ct = ce.datacontenttype.as_deref();
+        let json = is_json(ct)
+            .then(|| serde_json::from_slice::<Value>(&data).ok())
+            .flatten();
+        match json {
+            Some(v) => {
+                map.insert("data".into(), v);
+            }
+            None => match String::from_utf8(data) {
+                Ok(text) if is_text(ct) => {
+                    map.insert("data".into(), text.into());
+                }
+                Ok(text) => {
+                    map.insert("data_base64".into(), BASE64.encode(text).into());
+                }
+                Err(e) => {
+                    map.insert("data_base64".into(), BASE64.encode(e.as_bytes()).into());
+                }
+            },
+        }
+    }
+    if let Some(ct) = ce.datacontenttype {
+        map.insert("datacontenttype".into(), ct.into());
+    }
+    let bytes = serde_json::to_vec(&map).map_err(|e| e.to_string())?;
+    parse_structured(&bytes, limits).map_err(|e| e.to_string())
+}
+
+/// Approximate size of an event in bytes (attributes and data), for output
+/// limits.
+pub fn wit_size(ce: &CloudEvent) -> usize {
+    let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+    ce.id.len()
+        + ce.source.len()
+        + ce.type_.len()
+        + ce.specversion.len()
+        + opt(&ce.subject)
+        + opt(&ce.time)
+        + opt(&ce.datacontenttype)
+        + opt(&ce.dataschema)
+        + ce.extensions
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + ce.data.as_ref().map_or(0, Vec::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(v: Value) -> Event {
+        parse_structured(v.to_string().as_bytes(), &IngestLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn json_data_round_trips() {
+        let e = event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+            "datacontenttype": "application/json", "data": {"a": 1}, "tenantx": "x", "hop": 2}),
+        );
+        let w = to_wit(&e);
+        assert_eq!(w.data.as_deref(), Some(br#"{"a":1}"#.as_slice()));
+        assert!(w.extensions.contains(&("hop".into(), "2".into())));
+        let back = from_wit(w, &IngestLimits::default()).unwrap();
+        assert_eq!(back.as_map()["data"], json!({"a": 1}));
+        assert_eq!(back.as_map()["tenantx"], json!("x"));
+    }
+
+    #[test]
+    fn binary_data_uses_base64_both_ways() {
+        let e = event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+            "datacontenttype": "application/octet-stream", "data_base64": "AAEC"}),
+        );
+        let w = to_wit(&e);
+        assert_eq!(w.data.as_deref(), Some([0u8, 1, 2].as_slice()));
+        let back = from_wit(w, &IngestLimits::default()).unwrap();
+        assert_eq!(back.as_map()["data_base64"], json!("AAEC"));
+    }
+
+    #[test]
+    fn unparsable_json_becomes_base64() {
+        let mut w = to_wit(&event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
+        ));
+        w.data = Some(b"{not json".to_vec());
+        let back = from_wit(w, &IngestLimits::default()).unwrap();
+        assert!(back.as_map().contains_key("data_base64"));
+    }
+
+    #[test]
+    fn invalid_output_events_are_refused() {
+        let ok = to_wit(&event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
+        ));
+        let mut w = ok.clone();
+        w.id.clear();
+        assert!(from_wit(w, &IngestLimits::default()).is_err());
+        let mut w = ok.clone();
+        w.specversion = "0.3".into();
+        assert!(from_wit(w, &IngestLimits::default()).is_err());
+        let mut w = ok.clone();
+        w.time = Some("yesterday".into());
+        assert!(from_wit(w, &IngestLimits::default()).is_err());
+        let mut w = ok;
+        w.extensions.push(("data".into(), "x".into()));
+        assert!(from_wit(w, &IngestLimits::default()).is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The data of one plugin [`Store`]: an empty WASI context, the host
+//! capabilities and the limits' bookkeeping. One per invocation.
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::types;
+use super::config::{self, PluginConfig};
+use super::engine::{MAX_MEMORY_BYTES, PluginEngine};
+use super::http::OutboundHttp;
+use super::log::{self, LogSource, PluginLog};
+use super::{PluginKind, PluginLimits};
+
+/// The `T` of every plugin `Store<T>`.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: OutboundHttp,
+    pub(crate) log: PluginLog,
+    config: PluginConfig,
+    pub(crate) limiter: Limiter,
+    /// Epoch ticks the guest may still run.
+    ticks_left: u64,
+    /// Set when the CPU deadline interrupted the guest.
+    pub(crate) deadline_hit: bool,
+}
+
+impl State {
+    /// A state with an empty WASI context whose stdout/stderr go to `log`.
+    pub fn new(
+        log: PluginLog,
+        config: PluginConfig,
+        hooks: OutboundHttp,
+        limits: &PluginLimits,
+    ) -> Self {
+        // The builder's defaults are the sandbox: no environment, no
+        // arguments, no preopened directories, stdin closed, no sockets
+        // and no name lookup.
+        let wasi = WasiCtx::builder()
+            .stdout(log.stream(LogSource::Stdout))
+            .stderr(log.stream(LogSource::Stderr))
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks,
+            log,
+            config,
+            limiter: Limiter::new(limits.memory_bytes),
+            ticks_left: PluginEngine::ticks_for(limits.cpu_ms),
+            deadline_hit: false,
+        }
+    }
+
+    /// Resets the CPU budget (for a reused instance).
+    pub fn reset_deadline(&mut self, limits: &PluginLimits) {
+        self.ticks_left = PluginEngine::ticks_for(limits.cpu_ms);
+        self.deadline_hit = false;
+    }
+}
+
+/// Builds a store for `state` with every per-invocation limit applied.
+pub fn store(engine: &PluginEngine, state: State, limits: &PluginLimits) -> Store<State> {
+    let mut store = Store::new(&engine.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(limits.hostcall_bytes);
+    store.set_max_component_handles(limits.max_handles);
+    if engine.consume_fuel {
+        // Cannot fail: the engine meters fuel.
+        let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+    }
+    // Check every tick: count one tick of the budget and yield to the
+    // executor, so a spinning guest shares its worker thread; trap when the
+    // budget is spent. Ticks spent blocked in host calls are not counted
+    // (the wall-clock timeout covers those).
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let s = cx.data_mut();
+        if s.ticks_left <= 1 {
+            s.deadline_hit = true;
+            return Err(Trap::Interrupt.into());
+        }
+        s.ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+/// A [`StoreLimits`] (trapping on a failed grow) that also records the peak
+/// memory and whether the limit was hit.
+pub struct Limiter {
+    inner: StoreLimits,
+    /// Largest linear memory size reached, in bytes.
+    pub peak: usize,
+    /// Set when a memory grow beyond the limit trapped.
+    pub exceeded: bool,
+}
+
+impl Limiter {
+    fn new(memory_bytes: usize) -> Self {
+        Self {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes.min(MAX_MEMORY_BYTES))
+                .trap_on_grow_failure(true)
+                .build(),
+            peak: 0,
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match self.inner.memory_growing(current, desired, maximum) {
+            Ok(true) => {
+                self.peak = self.peak.max(desired);
+                Ok(true)
+            }
+            other => {
+                self.exceeded = true;
+                other
+            }
+        }
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.exceeded = true;
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl types::Host for State {}
+
+/// The linker for one plugin kind: WASI p2 (empty context), log, config,
+/// and for connectors only, outbound `wasi:http`.
+pub fn linker(engine: &wasmtime::Engine, kind: PluginKind) -> wasmtime::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    log::add_to_linker(&mut linker, |s| &mut s.log)?;
+    config::add_to_linker(&mut linker, |s| &mut s.config)?;
+    if kind == PluginKind::Connector {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    Ok(linker)
+}
