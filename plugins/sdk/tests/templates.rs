@@ -1,6 +1,8 @@
 //! The `busbar plugin new` templates under `plugins/templates/` must build
 //! and pass their own tests once their placeholders are filled in.
 
+#![allow(clippy::unwrap_used)] // test code: a failure should panic with its cause
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
