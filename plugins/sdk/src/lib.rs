@@ -34,7 +34,7 @@
 //! Build the component with `cargo build --target wasm32-wasip2 --release`.
 //!
 //! The SDK owns the plugin WIT (`busbar:plugin@0.1.0`, in the repository's
-//! `wit/` directory) and the [`wit_bindgen`] bindings; plugin authors never
+//! `wit/` directory) and the `wit_bindgen` bindings; plugin authors never
 //! touch either.
 
 pub mod config;
