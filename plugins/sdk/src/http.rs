@@ -377,7 +377,26 @@ impl From<HttpError> for DeliveryError {
 
 /// Sends requests. [`Context::http`](crate::Context::http) gives the
 /// plugin's client; [`testing::FakeHttp`](crate::testing::FakeHttp) is one
-/// for tests.
+/// for tests. Implement it to stub HTTP your own way:
+///
+/// ```
+/// use busbar_sdk::http::{HttpClient, HttpError, Request, Response};
+///
+/// /// Answers 200 to the staging host and refuses every other host.
+/// struct StagingOnly;
+///
+/// impl HttpClient for StagingOnly {
+///     fn send(&self, request: &Request) -> Result<Response, HttpError> {
+///         match busbar_sdk::http::split_url(&request.url)?.authority {
+///             "staging.example.com" => Ok(Response::new(200)),
+///             other => Err(HttpError::Denied(other.to_owned())),
+///         }
+///     }
+/// }
+///
+/// let cx = busbar_sdk::Context::default().with_http(StagingOnly);
+/// assert!(cx.http().send(&Request::get("https://prod.example.com/")).is_err());
+/// ```
 pub trait HttpClient {
     /// Sends `request` and waits for the response (the body is read whole,
     /// up to [`MAX_RESPONSE_BODY`] bytes).

@@ -34,7 +34,7 @@
 //! Build the component with `cargo build --target wasm32-wasip2 --release`.
 //!
 //! The SDK owns the plugin WIT (`busbar:plugin@0.1.0`, in the repository's
-//! `wit/` directory) and the [`wit_bindgen`] bindings; plugin authors never
+//! `wit/` directory) and the `wit_bindgen` bindings; plugin authors never
 //! touch either.
 
 pub mod config;
@@ -55,7 +55,9 @@ pub use error::{DeliveryError, PluginError};
 pub use event::{Event, EventBuilder};
 
 /// The bindings generator, re-exported so that generated code and the export
-/// macros resolve it through this crate.
+/// macros resolve it through this crate. Only in the component build: natively
+/// there is no WIT glue to generate.
+#[cfg(target_arch = "wasm32")]
 pub use wit_bindgen;
 
 /// `serde`, re-exported for plugins that only need `serde_json::Value`.

@@ -1,6 +1,6 @@
 //! Logging to the host: [`log()`] and the [`trace!`](crate::trace),
 //! [`debug!`](crate::debug), [`info!`](crate::info), [`warn!`](crate::warn)
-//! and [`error!`](crate::error) macros.
+//! and [`error!`](macro@crate::error) macros.
 //!
 //! In a component, messages go to the host's `log` import, which attributes
 //! them to the plugin and the event and bounds their volume. Natively (unit
@@ -8,6 +8,11 @@
 //! [`testing::take_logs`](crate::testing::take_logs).
 
 /// Severity of a log message: the `log-level` enum of the WIT.
+///
+/// ```
+/// use busbar_sdk::log::Level;
+/// assert!(Level::Warn > Level::Info);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// Fine-grained diagnostics.

@@ -1,8 +1,10 @@
 //! A transformer whose output is far too large: the host must bound the
 //! number and size of output events.
 //!
-//! Config: `events` (default 1000000) events of `bytes` data bytes each
-//! (default 16).
+//! Config: `events` (default 100000) events of `bytes` data bytes each
+//! (default 16). The defaults flood the count (about 30 MiB of guest memory);
+//! `events = 4, bytes = 8388608` floods the size instead. Much more than
+//! either runs into the guest's memory limit before returning.
 
 use busbar_sdk::prelude::*;
 
@@ -11,7 +13,7 @@ pub struct FloodOutput;
 
 impl Transformer for FloodOutput {
     fn transform(event: Event, cx: &Context) -> Result<Vec<Event>, PluginError> {
-        let events: usize = cx.config().parse_or("events", 1_000_000)?;
+        let events: usize = cx.config().parse_or("events", 100_000)?;
         let bytes: usize = cx.config().parse_or("bytes", 16)?;
         Ok((0..events)
             .map(|i| {
