@@ -11,5 +11,5 @@ mod ingest;
 mod openapi;
 mod pattern_conformance;
 mod pattern_properties;
-mod transform_conformance;
 mod plugin_runtime;
+mod transform_conformance;

@@ -271,7 +271,11 @@ impl Catalog {
 
     /// A tenant's plugins.
     pub fn plugins(&self, tenant: &str) -> Vec<PluginRecord> {
-        self.read().tenants.get(tenant).map(|t| t.plugins.values().cloned().collect()).unwrap_or_default()
+        self.read()
+            .tenants
+            .get(tenant)
+            .map(|t| t.plugins.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Creates or replaces a plugin record.
@@ -283,13 +287,18 @@ impl Catalog {
 
     /// Removes a plugin record.
     pub fn delete_plugin(&self, tenant: &str, name: &str) -> bool {
-        self.write().tenants.get_mut(tenant).is_some_and(|t| t.plugins.remove(name).is_some())
+        self.write()
+            .tenants
+            .get_mut(tenant)
+            .is_some_and(|t| t.plugins.remove(name).is_some())
     }
 
     /// Rules (as `bus/rule`) that use the plugin as filter, transform or connector.
     pub fn rules_using_plugin(&self, tenant: &str, plugin: &str) -> Vec<String> {
         let state = self.read();
-        let Some(t) = state.tenants.get(tenant) else { return Vec::new() };
+        let Some(t) = state.tenants.get(tenant) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (bus_name, routes) in &t.buses {
             for (rule_name, rule) in &routes.rules {

@@ -46,7 +46,10 @@ pub struct PluginsConfig {
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        Self { max_upload_bytes: 16 * 1024 * 1024, limits: crate::plugin::PluginLimits::default() }
+        Self {
+            max_upload_bytes: 16 * 1024 * 1024,
+            limits: crate::plugin::PluginLimits::default(),
+        }
     }
 }
 

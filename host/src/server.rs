@@ -105,7 +105,9 @@ async fn load_catalog(
             ResourceKind::Queue => catalog.put_queue(&r.tenant, &r.name, r.spec.clone()),
             ResourceKind::Plugin => match serde_json::from_value::<PluginRecord>(r.spec.clone()) {
                 Ok(record) => catalog.put_plugin(&r.tenant, record),
-                Err(e) => tracing::error!(tenant = %r.tenant, plugin = %r.name, error = %e, "stored plugin record unreadable; skipped"),
+                Err(e) => {
+                    tracing::error!(tenant = %r.tenant, plugin = %r.name, error = %e, "stored plugin record unreadable; skipped")
+                }
             },
             ResourceKind::Rule => {}
         }
@@ -119,7 +121,11 @@ async fn load_catalog(
             continue;
         };
         let lookup = |plugin: &str| catalog.plugin(&r.tenant, plugin);
-        let ctx = CompileContext { http, pattern_limits, plugins: &lookup };
+        let ctx = CompileContext {
+            http,
+            pattern_limits,
+            plugins: &lookup,
+        };
         match compile_rule(bus, name, &r.spec, &ctx) {
             Ok(rule) => {
                 catalog.put_rule(&r.tenant, rule);
@@ -151,7 +157,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_upload_bytes: config.plugins.max_upload_bytes,
         ..RuntimeConfig::new(dir.clone())
     })?);
-    let plugins = Arc::new(PluginHost::new(runtime, catalog.clone(), config.plugins.limits.clone()));
+    let plugins = Arc::new(PluginHost::new(
+        runtime,
+        catalog.clone(),
+        config.plugins.limits.clone(),
+    ));
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
 

@@ -32,9 +32,19 @@ fn record_json(state: &super::AppState, tenant: &str, r: &PluginRecord) -> Value
     })
 }
 
-async fn save(state: &super::AppState, tenant: &str, record: &PluginRecord) -> Result<(), ApiError> {
+async fn save(
+    state: &super::AppState,
+    tenant: &str,
+    record: &PluginRecord,
+) -> Result<(), ApiError> {
     let spec = serde_json::to_value(record).map_err(ApiError::internal)?;
-    let resource = Resource { tenant: tenant.to_owned(), kind: ResourceKind::Plugin, name: record.name.clone(), spec, updated_ms: now_ms() };
+    let resource = Resource {
+        tenant: tenant.to_owned(),
+        kind: ResourceKind::Plugin,
+        name: record.name.clone(),
+        spec,
+        updated_ms: now_ms(),
+    };
     state.store.put_resource(resource).await?;
     state.catalog.put_plugin(tenant, record.clone());
     Ok(())
@@ -48,7 +58,10 @@ pub(super) async fn upload(
     request: Request<Body>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("plugin", &name)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !content_type.starts_with("application/wasm") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -57,14 +70,20 @@ pub(super) async fn upload(
         )
         .with_field("Content-Type"));
     }
-    let wasm = Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the component exceeds the upload size limit")
+    let wasm = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the component exceeds the upload size limit",
+                )
                 .with_field("body")
-        } else {
-            ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
-        }
-    })?;
+            } else {
+                ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
+            }
+        })?;
     // Validation and compilation are CPU-heavy: keep them off the async workers.
     let runtime = state.plugins.runtime.clone();
     let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
@@ -73,10 +92,15 @@ pub(super) async fn upload(
         .map_err(|e| {
             let code = e.code.as_str();
             if code == "too_large" {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.message).with_field("body")
-            } else {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", format!("{code}: {}", e.message))
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.message)
                     .with_field("body")
+            } else {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_plugin",
+                    format!("{code}: {}", e.message),
+                )
+                .with_field("body")
             }
         })?;
     let existing = state.catalog.plugin(&tenant, &name);
@@ -91,12 +115,27 @@ pub(super) async fn upload(
         }
         // The same bytes as an existing version: nothing new to store.
         Some(r) if r.versions.iter().any(|v| v.sha256 == prepared.sha256) => {
-            let v = r.versions.iter().find(|v| v.sha256 == prepared.sha256).map(|v| v.version).unwrap_or(r.current);
-            return Ok((StatusCode::OK, Json(json!({"name": name, "kind": r.kind, "version": v, "sha256": prepared.sha256}))));
+            let v = r
+                .versions
+                .iter()
+                .find(|v| v.sha256 == prepared.sha256)
+                .map(|v| v.version)
+                .unwrap_or(r.current);
+            return Ok((
+                StatusCode::OK,
+                Json(
+                    json!({"name": name, "kind": r.kind, "version": v, "sha256": prepared.sha256}),
+                ),
+            ));
         }
         Some(mut r) => {
             let version = r.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-            r.versions.push(PluginVersion { version, sha256: prepared.sha256.clone(), size: prepared.size, created_ms: now_ms() });
+            r.versions.push(PluginVersion {
+                version,
+                sha256: prepared.sha256.clone(),
+                size: prepared.size,
+                created_ms: now_ms(),
+            });
             r.current = version;
             (StatusCode::OK, r)
         }
@@ -106,17 +145,35 @@ pub(super) async fn upload(
                 name: name.clone(),
                 kind: prepared.kind,
                 current: 1,
-                versions: vec![PluginVersion { version: 1, sha256: prepared.sha256.clone(), size: prepared.size, created_ms: now_ms() }],
+                versions: vec![PluginVersion {
+                    version: 1,
+                    sha256: prepared.sha256.clone(),
+                    size: prepared.size,
+                    created_ms: now_ms(),
+                }],
             },
         ),
     };
     save(&state, &tenant, &record).await?;
     tracing::info!(tenant, plugin = %name, version = record.current, kind = record.kind.as_str(), compile_ms = prepared.compile_ms, "plugin uploaded");
-    Ok((status, Json(json!({"name": name, "kind": record.kind, "version": record.current, "sha256": prepared.sha256}))))
+    Ok((
+        status,
+        Json(
+            json!({"name": name, "kind": record.kind, "version": record.current, "sha256": prepared.sha256}),
+        ),
+    ))
 }
 
-pub(super) async fn list_plugins(axum::extract::State(state): State, Tenant(tenant): Tenant) -> Json<Value> {
-    let items: Vec<Value> = state.catalog.plugins(&tenant).iter().map(|r| record_json(&state, &tenant, r)).collect();
+pub(super) async fn list_plugins(
+    axum::extract::State(state): State,
+    Tenant(tenant): Tenant,
+) -> Json<Value> {
+    let items: Vec<Value> = state
+        .catalog
+        .plugins(&tenant)
+        .iter()
+        .map(|r| record_json(&state, &tenant, r))
+        .collect();
     list(items, None)
 }
 
@@ -125,7 +182,10 @@ pub(super) async fn get_plugin(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = state.catalog.plugin(&tenant, &name).ok_or_else(|| ApiError::not_found("plugin", &name))?;
+    let record = state
+        .catalog
+        .plugin(&tenant, &name)
+        .ok_or_else(|| ApiError::not_found("plugin", &name))?;
     Ok(Json(record_json(&state, &tenant, &record)))
 }
 
@@ -141,11 +201,22 @@ pub(super) async fn rollback(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let mut record = state.catalog.plugin(&tenant, &name).ok_or_else(|| ApiError::not_found("plugin", &name))?;
-    let req: Rollback = if body.is_empty() { Rollback { version: None } } else { parse_json(&body)? };
+    let mut record = state
+        .catalog
+        .plugin(&tenant, &name)
+        .ok_or_else(|| ApiError::not_found("plugin", &name))?;
+    let req: Rollback = if body.is_empty() {
+        Rollback { version: None }
+    } else {
+        parse_json(&body)?
+    };
     let target = match req.version {
         Some(v) => record.version(v).map(|v| v.version).ok_or_else(|| {
-            ApiError::bad_request("invalid_field", format!("plugin {name:?} has no version {v}"), "version")
+            ApiError::bad_request(
+                "invalid_field",
+                format!("plugin {name:?} has no version {v}"),
+                "version",
+            )
         })?,
         None => record
             .versions
@@ -153,7 +224,12 @@ pub(super) async fn rollback(
             .map(|v| v.version)
             .filter(|v| *v < record.current)
             .max()
-            .ok_or_else(|| ApiError::conflict(format!("plugin {name:?} has no version before {}", record.current)))?,
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "plugin {name:?} has no version before {}",
+                    record.current
+                ))
+            })?,
     };
     record.current = target;
     save(&state, &tenant, &record).await?;
@@ -171,9 +247,14 @@ pub(super) async fn delete_plugin(
     }
     let users = state.catalog.rules_using_plugin(&tenant, &name);
     if !users.is_empty() {
-        return Err(ApiError::conflict(format!("plugin is used by rules {users:?}; change them first")));
+        return Err(ApiError::conflict(format!(
+            "plugin is used by rules {users:?}; change them first"
+        )));
     }
-    state.store.delete_resource(&tenant, ResourceKind::Plugin, &name).await?;
+    state
+        .store
+        .delete_resource(&tenant, ResourceKind::Plugin, &name)
+        .await?;
     state.catalog.delete_plugin(&tenant, &name);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -200,8 +200,15 @@ pub(super) async fn put_rule(
                 )),
             // Connectors check their configuration at deploy time.
             TargetKind::Wasm(wasm) => {
-                if let Err(e) = state.plugins.validate_connector(&tenant, &wasm.binding, &wasm.allowed_hosts).await {
-                    missing.push(FieldError::new(format!("targets[{i}].config"), format!("{}: {}", e.code, e.message)));
+                if let Err(e) = state
+                    .plugins
+                    .validate_connector(&tenant, &wasm.binding, &wasm.allowed_hosts)
+                    .await
+                {
+                    missing.push(FieldError::new(
+                        format!("targets[{i}].config"),
+                        format!("{}: {}", e.code, e.message),
+                    ));
                 }
             }
             _ => {}

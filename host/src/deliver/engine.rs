@@ -256,11 +256,16 @@ impl Engine {
         let Some(target) = d.target() else { return };
         let outcome = match &target.kind {
             TargetKind::Http(http) => {
-                let payload = Payload { event: &d.event, body: d.body.as_deref() };
+                let payload = Payload {
+                    event: &d.event,
+                    body: d.body.as_deref(),
+                };
                 http.deliver(payload).await
             }
             TargetKind::Wasm(wasm) => {
-                self.plugins.deliver(&d.tenant, &wasm.binding, &wasm.allowed_hosts, &d.event).await
+                self.plugins
+                    .deliver(&d.tenant, &wasm.binding, &wasm.allowed_hosts, &d.event)
+                    .await
             }
             TargetKind::Queue { .. } | TargetKind::Bus { .. } => return,
         };

@@ -13,16 +13,34 @@ use std::process::Command;
 fn templates(kind: PluginKind) -> [(&'static str, &'static str); 2] {
     match kind {
         PluginKind::Filter => [
-            ("Cargo.toml", include_str!("../../../plugins/templates/filter/Cargo.toml")),
-            ("src/lib.rs", include_str!("../../../plugins/templates/filter/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../../../plugins/templates/filter/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../plugins/templates/filter/src/lib.rs"),
+            ),
         ],
         PluginKind::Transformer => [
-            ("Cargo.toml", include_str!("../../../plugins/templates/transformer/Cargo.toml")),
-            ("src/lib.rs", include_str!("../../../plugins/templates/transformer/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../../../plugins/templates/transformer/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../plugins/templates/transformer/src/lib.rs"),
+            ),
         ],
         PluginKind::Connector => [
-            ("Cargo.toml", include_str!("../../../plugins/templates/connector/Cargo.toml")),
-            ("src/lib.rs", include_str!("../../../plugins/templates/connector/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../../../plugins/templates/connector/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../plugins/templates/connector/src/lib.rs"),
+            ),
         ],
     }
 }
@@ -30,7 +48,11 @@ fn templates(kind: PluginKind) -> [(&'static str, &'static str); 2] {
 /// Runs a plugin subcommand; returns the exit code.
 pub fn run(action: PluginCommand) -> anyhow::Result<i32> {
     match action {
-        PluginCommand::New { kind, name, sdk_path } => {
+        PluginCommand::New {
+            kind,
+            name,
+            sdk_path,
+        } => {
             let kind = match kind.as_str() {
                 "filter" => PluginKind::Filter,
                 "transformer" => PluginKind::Transformer,
@@ -39,8 +61,18 @@ pub fn run(action: PluginCommand) -> anyhow::Result<i32> {
             new(kind, &name, sdk_path.as_deref())
         }
         PluginCommand::Build { dir } => build(&dir),
-        PluginCommand::Test { file, event, config, allow_hosts } => test(&file, &event, config, allow_hosts),
-        PluginCommand::Upload { file, name, url, key } => upload(&file, &name, &url, &key),
+        PluginCommand::Test {
+            file,
+            event,
+            config,
+            allow_hosts,
+        } => test(&file, &event, config, allow_hosts),
+        PluginCommand::Upload {
+            file,
+            name,
+            url,
+            key,
+        } => upload(&file, &name, &url, &key),
     }
 }
 
@@ -75,9 +107,13 @@ fn new(kind: PluginKind, name: &str, sdk_path: Option<&Path>) -> anyhow::Result<
 }
 
 fn build(dir: &Path) -> anyhow::Result<i32> {
-    let status = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
     if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("warning: could not run `rustup target add wasm32-wasip2`; trying the build anyway");
+        eprintln!(
+            "warning: could not run `rustup target add wasm32-wasip2`; trying the build anyway"
+        );
     }
     let status = Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-wasip2"])
@@ -91,17 +127,32 @@ fn build(dir: &Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn test(file: &Path, event: &Path, config: Vec<(String, String)>, allowed_hosts: Vec<String>) -> anyhow::Result<i32> {
+fn test(
+    file: &Path,
+    event: &Path,
+    config: Vec<(String, String)>,
+    allowed_hosts: Vec<String>,
+) -> anyhow::Result<i32> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let text = std::fs::read_to_string(event).with_context(|| format!("cannot read {}", event.display()))?;
-    let Value::Object(map) = serde_json::from_str::<Value>(&text).context("the event is not JSON")? else {
+    let text = std::fs::read_to_string(event)
+        .with_context(|| format!("cannot read {}", event.display()))?;
+    let Value::Object(map) =
+        serde_json::from_str::<Value>(&text).context("the event is not JSON")?
+    else {
         bail!("the event must be a JSON object (CloudEvents JSON format)");
     };
     let event = Event::from_validated(map);
     let scratch = tempfile_dir()?;
-    let runtime = PluginRuntime::new(RuntimeConfig { consume_fuel: true, ..RuntimeConfig::new(scratch.clone()) })?;
-    let prepared = runtime.prepare(&wasm).map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
-    let plugin = runtime.load(&prepared.sha256).map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        consume_fuel: true,
+        ..RuntimeConfig::new(scratch.clone())
+    })?;
+    let prepared = runtime
+        .prepare(&wasm)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
+    let plugin = runtime
+        .load(&prepared.sha256)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
     let config: BTreeMap<String, String> = config.into_iter().collect();
     let limits = PluginLimits::default();
     let cx = InvokeContext {
@@ -113,22 +164,33 @@ fn test(file: &Path, event: &Path, config: Vec<(String, String)>, allowed_hosts:
         limits: &limits,
         allowed_hosts: &allowed_hosts,
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = tokio.block_on(async {
         match prepared.kind {
-            PluginKind::Filter => runtime.filter(&plugin, &cx, &event).await.map(|i| summary(&i, json!(i.value))),
+            PluginKind::Filter => runtime
+                .filter(&plugin, &cx, &event)
+                .await
+                .map(|i| summary(&i, json!(i.value))),
             PluginKind::Transformer => runtime.transform(&plugin, &cx, &event).await.map(|i| {
-                let events: Vec<Value> = i.value.iter().map(|e| Value::Object(e.as_map().clone())).collect();
+                let events: Vec<Value> = i
+                    .value
+                    .iter()
+                    .map(|e| Value::Object(e.as_map().clone()))
+                    .collect();
                 summary(&i, json!(events))
             }),
             PluginKind::Connector => {
-                if let Err(f) = runtime.validate_config(&plugin, &cx).await {
-                    return Err(f);
-                }
-                runtime.deliver(&plugin, &cx, std::slice::from_ref(&event)).await.map(|i| {
-                    let outcomes: Vec<Value> = i.value.iter().map(|o| json!(format!("{o:?}"))).collect();
-                    summary(&i, json!(outcomes))
-                })
+                runtime.validate_config(&plugin, &cx).await?;
+                runtime
+                    .deliver(&plugin, &cx, std::slice::from_ref(&event))
+                    .await
+                    .map(|i| {
+                        let outcomes: Vec<Value> =
+                            i.value.iter().map(|o| json!(format!("{o:?}"))).collect();
+                        summary(&i, json!(outcomes))
+                    })
             }
         }
     });
@@ -144,7 +206,9 @@ fn test(file: &Path, event: &Path, config: Vec<(String, String)>, allowed_hosts:
             let logs: Vec<String> = f.logs.iter().map(|l| format!("{l:?}")).collect();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json!({"kind": prepared.kind.as_str(), "failure": f.kind.as_str(), "message": f.message, "logs": logs}))?
+                serde_json::to_string_pretty(
+                    &json!({"kind": prepared.kind.as_str(), "failure": f.kind.as_str(), "message": f.message, "logs": logs})
+                )?
             );
             Ok(1)
         }
@@ -163,7 +227,11 @@ fn summary<T>(i: &super::Invocation<T>, result: Value) -> Value {
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("busbar-plugin-test-{}-{}", std::process::id(), crate::clock::now_ms()));
+    let dir = std::env::temp_dir().join(format!(
+        "busbar-plugin-test-{}-{}",
+        std::process::id(),
+        crate::clock::now_ms()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -171,7 +239,9 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 fn upload(file: &Path, name: &str, url: &str, key: &str) -> anyhow::Result<i32> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let url = format!("{}/v1/plugins/{name}", url.trim_end_matches('/'));
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (ok, body) = tokio.block_on(async {
         let response = reqwest::Client::new()
             .put(&url)

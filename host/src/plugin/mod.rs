@@ -15,7 +15,6 @@
 //! limit — fails that invocation only.
 
 pub mod artifact;
-pub mod registry;
 mod bindings;
 pub mod cache;
 pub mod cli;
@@ -25,6 +24,7 @@ pub mod engine;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod registry;
 mod state;
 pub mod validate;
 

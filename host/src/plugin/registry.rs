@@ -10,7 +10,8 @@
 //! into the bus's error codes, and pauses a version that keeps crashing.
 
 use super::{
-    DeliveryResult, FailureKind, InvokeContext, LoadedPlugin, PluginFailure, PluginKind, PluginLimits, PluginRuntime,
+    DeliveryResult, FailureKind, InvokeContext, LoadedPlugin, PluginFailure, PluginKind,
+    PluginLimits, PluginRuntime,
 };
 use crate::catalog::Catalog;
 use crate::deliver::{Failure, Outcome};
@@ -75,13 +76,18 @@ impl PluginBinding {
         let (name, version) = match text.split_once('@') {
             None => (text, None),
             Some((name, v)) => {
-                let v: u32 =
-                    v.parse().ok().filter(|v| *v > 0).ok_or_else(|| format!("version in {text:?} must be a positive integer"))?;
+                let v: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| format!("version in {text:?} must be a positive integer"))?;
                 (name, Some(v))
             }
         };
         if !crate::route::valid_name(name) {
-            return Err(format!("plugin name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"));
+            return Err(format!(
+                "plugin name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+            ));
         }
         Ok((name.to_owned(), version))
     }
@@ -92,7 +98,11 @@ impl PluginBinding {
         match value {
             Value::String(s) => {
                 let (name, version) = Self::parse_ref(s).map_err(|e| (String::new(), e))?;
-                Ok(Self { name, version, config: BTreeMap::new() })
+                Ok(Self {
+                    name,
+                    version,
+                    config: BTreeMap::new(),
+                })
             }
             Value::Object(obj) => {
                 for key in obj.keys() {
@@ -101,13 +111,23 @@ impl PluginBinding {
                     }
                 }
                 let Some(Value::String(r)) = obj.get("plugin") else {
-                    return Err(("plugin".into(), "missing: name or name@version of a plugin".into()));
+                    return Err((
+                        "plugin".into(),
+                        "missing: name or name@version of a plugin".into(),
+                    ));
                 };
                 let (name, version) = Self::parse_ref(r).map_err(|e| ("plugin".into(), e))?;
                 let config = config_map(obj.get("config")).map_err(|e| ("config".into(), e))?;
-                Ok(Self { name, version, config })
+                Ok(Self {
+                    name,
+                    version,
+                    config,
+                })
             }
-            _ => Err((String::new(), "must be \"name\", \"name@version\" or {\"plugin\", \"config\"}".into())),
+            _ => Err((
+                String::new(),
+                "must be \"name\", \"name@version\" or {\"plugin\", \"config\"}".into(),
+            )),
         }
     }
 
@@ -157,7 +177,11 @@ impl std::fmt::Debug for PluginHost {
 
 /// Why a plugin could not run or failed.
 fn error(code: impl Into<String>, message: impl Into<String>) -> AttemptError {
-    AttemptError { code: code.into(), message: message.into(), status: None }
+    AttemptError {
+        code: code.into(),
+        message: message.into(),
+        status: None,
+    }
 }
 
 /// The error code recorded for a sandbox failure (`plugin_deadline`, ...).
@@ -168,13 +192,20 @@ pub fn failure_code(kind: FailureKind) -> String {
 impl PluginHost {
     /// Builds the host.
     pub fn new(runtime: Arc<PluginRuntime>, catalog: Arc<Catalog>, limits: PluginLimits) -> Self {
-        Self { runtime, catalog, limits, crashes: Mutex::new(HashMap::new()) }
+        Self {
+            runtime,
+            catalog,
+            limits,
+            crashes: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Whether a version is paused after repeated crashes.
     pub fn is_paused(&self, tenant: &str, name: &str, version: u32) -> bool {
         let crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
-        crashes.get(&(tenant.to_owned(), name.to_owned(), version)).is_some_and(|n| *n >= PAUSE_AFTER_CRASHES)
+        crashes
+            .get(&(tenant.to_owned(), name.to_owned(), version))
+            .is_some_and(|n| *n >= PAUSE_AFTER_CRASHES)
     }
 
     /// Clears a version's crash count (e.g. when it becomes current again).
@@ -190,7 +221,12 @@ impl PluginHost {
             let n = crashes.entry(key).or_insert(0);
             *n += 1;
             if *n == PAUSE_AFTER_CRASHES {
-                tracing::warn!(tenant, plugin = name, version, "plugin version paused after repeated crashes");
+                tracing::warn!(
+                    tenant,
+                    plugin = name,
+                    version,
+                    "plugin version paused after repeated crashes"
+                );
             }
         } else {
             crashes.remove(&key);
@@ -204,27 +240,45 @@ impl PluginHost {
         binding: &PluginBinding,
         kind: PluginKind,
     ) -> Result<(u32, Arc<LoadedPlugin>), AttemptError> {
-        let record = self
-            .catalog
-            .plugin(tenant, &binding.name)
-            .ok_or_else(|| error("plugin_missing", format!("plugin {:?} no longer exists", binding.name)))?;
+        let record = self.catalog.plugin(tenant, &binding.name).ok_or_else(|| {
+            error(
+                "plugin_missing",
+                format!("plugin {:?} no longer exists", binding.name),
+            )
+        })?;
         if record.kind != kind {
-            return Err(error("plugin_kind", format!("plugin {:?} is a {}, not a {}", binding.name, record.kind.as_str(), kind.as_str())));
+            return Err(error(
+                "plugin_kind",
+                format!(
+                    "plugin {:?} is a {}, not a {}",
+                    binding.name,
+                    record.kind.as_str(),
+                    kind.as_str()
+                ),
+            ));
         }
         let version = binding.version.unwrap_or(record.current);
-        let v = record
-            .version(version)
-            .ok_or_else(|| error("plugin_missing", format!("plugin {} has no version {version}", binding.name)))?;
+        let v = record.version(version).ok_or_else(|| {
+            error(
+                "plugin_missing",
+                format!("plugin {} has no version {version}", binding.name),
+            )
+        })?;
         if self.is_paused(tenant, &binding.name, version) {
             return Err(error(
                 "plugin_paused",
-                format!("{}@{version} is paused after {PAUSE_AFTER_CRASHES} consecutive crashes; upload a fix or roll back, then redrive", binding.name),
+                format!(
+                    "{}@{version} is paused after {PAUSE_AFTER_CRASHES} consecutive crashes; upload a fix or roll back, then redrive",
+                    binding.name
+                ),
             ));
         }
-        let loaded = self
-            .runtime
-            .load(&v.sha256)
-            .map_err(|e| error("plugin_load", format!("cannot load {}@{version}: {e}", binding.name)))?;
+        let loaded = self.runtime.load(&v.sha256).map_err(|e| {
+            error(
+                "plugin_load",
+                format!("cannot load {}@{version}: {e}", binding.name),
+            )
+        })?;
         Ok((version, loaded))
     }
 
@@ -247,14 +301,31 @@ impl PluginHost {
         }
     }
 
-    fn failed(&self, tenant: &str, binding: &PluginBinding, version: u32, f: PluginFailure) -> AttemptError {
-        let crashed = matches!(f.kind, FailureKind::Trap | FailureKind::OutOfMemory | FailureKind::Deadline);
+    fn failed(
+        &self,
+        tenant: &str,
+        binding: &PluginBinding,
+        version: u32,
+        f: PluginFailure,
+    ) -> AttemptError {
+        let crashed = matches!(
+            f.kind,
+            FailureKind::Trap | FailureKind::OutOfMemory | FailureKind::Deadline
+        );
         self.record(tenant, &binding.name, version, crashed);
-        error(failure_code(f.kind), format!("{}@{version}: {}", binding.name, f.message))
+        error(
+            failure_code(f.kind),
+            format!("{}@{version}: {}", binding.name, f.message),
+        )
     }
 
     /// Runs a filter; `Ok(true)` lets the event through.
-    pub async fn filter(&self, tenant: &str, binding: &PluginBinding, event: &Event) -> Result<bool, AttemptError> {
+    pub async fn filter(
+        &self,
+        tenant: &str,
+        binding: &PluginBinding,
+        event: &Event,
+    ) -> Result<bool, AttemptError> {
         let (version, plugin) = self.resolve(tenant, binding, PluginKind::Filter)?;
         let cx = self.context(tenant, binding, version, event.id(), &[]);
         match self.runtime.filter(&plugin, &cx, event).await {
@@ -267,7 +338,12 @@ impl PluginHost {
     }
 
     /// Runs a transformer: zero or more events out.
-    pub async fn transform(&self, tenant: &str, binding: &PluginBinding, event: &Event) -> Result<Vec<Event>, AttemptError> {
+    pub async fn transform(
+        &self,
+        tenant: &str,
+        binding: &PluginBinding,
+        event: &Event,
+    ) -> Result<Vec<Event>, AttemptError> {
         let (version, plugin) = self.resolve(tenant, binding, PluginKind::Transformer)?;
         let cx = self.context(tenant, binding, version, event.id(), &[]);
         match self.runtime.transform(&plugin, &cx, event).await {
@@ -288,46 +364,85 @@ impl PluginHost {
     ) -> Result<(), AttemptError> {
         let (version, plugin) = self.resolve(tenant, binding, PluginKind::Connector)?;
         let cx = self.context(tenant, binding, version, "", allowed_hosts);
-        self.runtime.validate_config(&plugin, &cx).await.map(|_| ()).map_err(|f| {
-            error(failure_code(f.kind), format!("{}@{version}: {}", binding.name, f.message))
-        })
+        self.runtime
+            .validate_config(&plugin, &cx)
+            .await
+            .map(|_| ())
+            .map_err(|f| {
+                error(
+                    failure_code(f.kind),
+                    format!("{}@{version}: {}", binding.name, f.message),
+                )
+            })
     }
 
     /// Delivers one event through a connector.
-    pub async fn deliver(&self, tenant: &str, binding: &PluginBinding, allowed_hosts: &[String], event: &Event) -> Outcome {
+    pub async fn deliver(
+        &self,
+        tenant: &str,
+        binding: &PluginBinding,
+        allowed_hosts: &[String],
+        event: &Event,
+    ) -> Outcome {
         let (version, plugin) = match self.resolve(tenant, binding, PluginKind::Connector) {
             Ok(v) => v,
             // Paused or missing plugins may be fixed by the tenant: keep retrying until the limits run out.
-            Err(e) if e.code == "plugin_paused" || e.code == "plugin_load" => return Outcome::Retry(failure(e)),
+            Err(e) if e.code == "plugin_paused" || e.code == "plugin_load" => {
+                return Outcome::Retry(failure(e));
+            }
             Err(e) => return Outcome::Permanent(failure(e)),
         };
         let cx = self.context(tenant, binding, version, event.id(), allowed_hosts);
-        match self.runtime.deliver(&plugin, &cx, std::slice::from_ref(event)).await {
+        match self
+            .runtime
+            .deliver(&plugin, &cx, std::slice::from_ref(event))
+            .await
+        {
             Ok(inv) => {
                 self.record(tenant, &binding.name, version, false);
                 match inv.value.into_iter().next() {
                     Some(DeliveryResult::Delivered) => Outcome::Delivered { status: 200 },
-                    Some(DeliveryResult::Retryable { message, retry_after }) => Outcome::Retry(Failure {
+                    Some(DeliveryResult::Retryable {
+                        message,
+                        retry_after,
+                    }) => Outcome::Retry(Failure {
                         code: "connector_retryable".into(),
                         message,
                         status: None,
                         retry_after,
                     }),
-                    Some(DeliveryResult::Permanent(message)) => Outcome::Permanent(Failure::new("connector_permanent", message)),
-                    None => Outcome::Retry(Failure::new("plugin_invalid_output", "the connector returned no outcome")),
+                    Some(DeliveryResult::Permanent(message)) => {
+                        Outcome::Permanent(Failure::new("connector_permanent", message))
+                    }
+                    None => Outcome::Retry(Failure::new(
+                        "plugin_invalid_output",
+                        "the connector returned no outcome",
+                    )),
                 }
             }
             Err(f) => {
-                let permanent = matches!(f.kind, FailureKind::InvalidEvent | FailureKind::InvalidConfig);
+                let permanent = matches!(
+                    f.kind,
+                    FailureKind::InvalidEvent | FailureKind::InvalidConfig
+                );
                 let e = self.failed(tenant, binding, version, f);
-                if permanent { Outcome::Permanent(failure(e)) } else { Outcome::Retry(failure(e)) }
+                if permanent {
+                    Outcome::Permanent(failure(e))
+                } else {
+                    Outcome::Retry(failure(e))
+                }
             }
         }
     }
 }
 
 fn failure(e: AttemptError) -> Failure {
-    Failure { code: e.code, message: e.message, status: None, retry_after: None::<Duration> }
+    Failure {
+        code: e.code,
+        message: e.message,
+        status: None,
+        retry_after: None::<Duration>,
+    }
 }
 
 #[cfg(test)]
@@ -337,8 +452,14 @@ mod tests {
 
     #[test]
     fn references_parse_with_and_without_versions() {
-        assert_eq!(PluginBinding::parse_ref("big-spender@3"), Ok(("big-spender".into(), Some(3))));
-        assert_eq!(PluginBinding::parse_ref("redact"), Ok(("redact".into(), None)));
+        assert_eq!(
+            PluginBinding::parse_ref("big-spender@3"),
+            Ok(("big-spender".into(), Some(3)))
+        );
+        assert_eq!(
+            PluginBinding::parse_ref("redact"),
+            Ok(("redact".into(), None))
+        );
         assert!(PluginBinding::parse_ref("x@0").is_err());
         assert!(PluginBinding::parse_ref("x@latest").is_err());
         assert!(PluginBinding::parse_ref("bad/name").is_err());
@@ -346,8 +467,11 @@ mod tests {
 
     #[test]
     fn bindings_carry_config_as_strings() {
-        let b = PluginBinding::from_json(&json!({"plugin": "f@2", "config": {"threshold": 100, "field": "/total"}}), &[])
-            .unwrap();
+        let b = PluginBinding::from_json(
+            &json!({"plugin": "f@2", "config": {"threshold": 100, "field": "/total"}}),
+            &[],
+        )
+        .unwrap();
         assert_eq!(b.version, Some(2));
         assert_eq!(b.config["threshold"], "100");
         assert_eq!(b.config["field"], "/total");

@@ -137,25 +137,49 @@ pub struct CompileContext<'a> {
 }
 
 /// Checks that a binding names an existing plugin (and version) of the right kind.
-fn check_binding(binding: &PluginBinding, kind: PluginKind, field: &str, ctx: &CompileContext<'_>, errors: &mut Vec<FieldError>) {
+fn check_binding(
+    binding: &PluginBinding,
+    kind: PluginKind,
+    field: &str,
+    ctx: &CompileContext<'_>,
+    errors: &mut Vec<FieldError>,
+) {
     match (ctx.plugins)(&binding.name) {
-        None => errors.push(FieldError::new(field, format!("plugin {:?} does not exist", binding.name))),
+        None => errors.push(FieldError::new(
+            field,
+            format!("plugin {:?} does not exist", binding.name),
+        )),
         Some(record) if record.kind != kind => errors.push(FieldError::new(
             field,
-            format!("plugin {:?} is a {}, not a {}", binding.name, record.kind.as_str(), kind.as_str()),
+            format!(
+                "plugin {:?} is a {}, not a {}",
+                binding.name,
+                record.kind.as_str(),
+                kind.as_str()
+            ),
         )),
         Some(record) => {
             if let Some(v) = binding.version
                 && record.version(v).is_none()
             {
-                errors.push(FieldError::new(field, format!("plugin {:?} has no version {v}", binding.name)));
+                errors.push(FieldError::new(
+                    field,
+                    format!("plugin {:?} has no version {v}", binding.name),
+                ));
             }
         }
     }
 }
 
 fn binding_error(base: &str, (sub, message): (String, String)) -> FieldError {
-    FieldError::new(if sub.is_empty() { base.to_owned() } else { format!("{base}.{sub}") }, message)
+    FieldError::new(
+        if sub.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}.{sub}")
+        },
+        message,
+    )
 }
 
 /// Compiles a rule body; on failure returns every problem found.
@@ -239,7 +263,13 @@ pub fn compile_rule(
         None | Some(Value::Null) => None,
         Some(t) if t.get("plugin").is_some() => match PluginBinding::from_json(t, &[]) {
             Ok(b) => {
-                check_binding(&b, PluginKind::Transformer, "transform.plugin", ctx, &mut errors);
+                check_binding(
+                    &b,
+                    PluginKind::Transformer,
+                    "transform.plugin",
+                    ctx,
+                    &mut errors,
+                );
                 Some(RuleTransform::Plugin(b))
             }
             Err(e) => {
@@ -431,11 +461,43 @@ fn compile_target(
             queue: single_name(rest, "queue", path, errors)?,
         },
         "wasm" => {
-            errors.push(FieldError::new(
-                format!("{path}.type"),
-                "wasm connector targets are not available yet",
-            ));
-            return None;
+            let allowed_hosts = match rest.remove("allowed_hosts") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(hosts)) => {
+                    let mut out = Vec::new();
+                    for (i, h) in hosts.iter().enumerate() {
+                        match h.as_str() {
+                            Some(h) if valid_host_pattern(h) => out.push(h.to_ascii_lowercase()),
+                            _ => errors.push(FieldError::new(
+                                format!("{path}.allowed_hosts[{i}]"),
+                                "must be a host name, host:port, an IP address, or *.suffix",
+                            )),
+                        }
+                    }
+                    out
+                }
+                Some(_) => {
+                    errors.push(FieldError::new(
+                        format!("{path}.allowed_hosts"),
+                        "must be an array of host names",
+                    ));
+                    Vec::new()
+                }
+            };
+            match PluginBinding::from_json(&Value::Object(rest), &[]) {
+                Ok(binding) => {
+                    let field = format!("{path}.plugin");
+                    check_binding(&binding, PluginKind::Connector, &field, ctx, errors);
+                    TargetKind::Wasm(WasmTarget {
+                        binding,
+                        allowed_hosts,
+                    })
+                }
+                Err(e) => {
+                    errors.push(binding_error(path, e));
+                    return None;
+                }
+            }
         }
         other => {
             errors.push(FieldError::new(
@@ -480,7 +542,9 @@ fn valid_host_pattern(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
     !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Whether `name` is a valid resource name: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with `.`.

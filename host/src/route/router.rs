@@ -138,7 +138,9 @@ impl Router {
         // Each rule fires once per event, whatever order the index reports them in.
         let matched: BTreeSet<String> = matched.into_iter().collect();
         for name in matched {
-            let Some(rule) = routes.rules.get(&name) else { continue };
+            let Some(rule) = routes.rules.get(&name) else {
+                continue;
+            };
             if let Some(filter) = &rule.filter {
                 match self.plugins.filter(&logged.tenant, filter, &event).await {
                     Ok(true) => {}
@@ -150,26 +152,44 @@ impl Router {
                 }
             }
             match &rule.transform {
-                None => self.deliver(&logged, rule, &event, &logged.body, None, writes).await,
+                None => {
+                    self.deliver(&logged, rule, &event, &logged.body, None, writes)
+                        .await
+                }
                 Some(RuleTransform::Builtin(t)) => {
-                    let rule_arn = format!("busbar:rule/{}/{}/{}", logged.tenant, rule.bus, rule.name);
-                    let ctx = RenderContext { rule_name: &rule.name, rule_arn: &rule_arn, ingestion_time: &ingestion_time };
+                    let rule_arn =
+                        format!("busbar:rule/{}/{}/{}", logged.tenant, rule.bus, rule.name);
+                    let ctx = RenderContext {
+                        rule_name: &rule.name,
+                        rule_arn: &rule_arn,
+                        ingestion_time: &ingestion_time,
+                    };
                     match t.render(&value, &ctx) {
                         Ok(text) => {
                             let body = Some(Arc::<str>::from(text));
-                            self.deliver(&logged, rule, &event, &logged.body, body, writes).await;
+                            self.deliver(&logged, rule, &event, &logged.body, body, writes)
+                                .await;
                         }
                         Err(e) => {
-                            let error = AttemptError { code: "render_error".into(), message: e.to_string(), status: None };
+                            let error = AttemptError {
+                                code: "render_error".into(),
+                                message: e.to_string(),
+                                status: None,
+                            };
                             self.dead_letter_rule(&logged, rule, error).await;
                         }
                     }
                 }
-                Some(RuleTransform::Plugin(binding)) => match self.plugins.transform(&logged.tenant, binding, &event).await {
+                Some(RuleTransform::Plugin(binding)) => match self
+                    .plugins
+                    .transform(&logged.tenant, binding, &event)
+                    .await
+                {
                     Ok(outputs) => {
                         for out in outputs {
                             let bytes = Bytes::from(out.to_json_bytes());
-                            self.deliver(&logged, rule, &Arc::new(out), &bytes, None, writes).await;
+                            self.deliver(&logged, rule, &Arc::new(out), &bytes, None, writes)
+                                .await;
                         }
                     }
                     Err(error) => self.dead_letter_rule(&logged, rule, error).await,
@@ -208,9 +228,15 @@ impl Router {
                 TargetKind::Queue { queue } => writes.queue.push(NewQueueMessage {
                     tenant: logged.tenant.clone(),
                     queue: queue.clone(),
-                    body: body.as_ref().map(|b| Bytes::from(b.as_bytes().to_vec())).unwrap_or_else(|| event_bytes.clone()),
+                    body: body
+                        .as_ref()
+                        .map(|b| Bytes::from(b.as_bytes().to_vec()))
+                        .unwrap_or_else(|| event_bytes.clone()),
                 }),
-                TargetKind::Bus { bus } => self.forward(logged, event, rule, &target.id, bus, writes).await,
+                TargetKind::Bus { bus } => {
+                    self.forward(logged, event, rule, &target.id, bus, writes)
+                        .await
+                }
             }
         }
     }
@@ -220,7 +246,9 @@ impl Router {
         tracing::warn!(tenant = %logged.tenant, rule = %rule.name, event_id = %logged.event_id, code = %error.code, "{}", error.message);
         for target in &rule.targets {
             let job = self.job(logged, rule, &target.id, error.clone());
-            self.engine.dead_letter_job(None, job, "permanent", rule.dead_letter).await;
+            self.engine
+                .dead_letter_job(None, job, "permanent", rule.dead_letter)
+                .await;
         }
     }
 
