@@ -22,6 +22,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Consecutive crashes (trap, out of memory, deadline) after which a version is paused.
 pub const PAUSE_AFTER_CRASHES: u32 = 5;
@@ -167,7 +168,13 @@ pub struct PluginHost {
     pub limits: PluginLimits,
     /// Consecutive crashes per (tenant, plugin, version).
     crashes: Mutex<HashMap<(String, String, u32), u32>>,
+    /// Invocations in progress per tenant, so one tenant's slow plugins cannot
+    /// take every sandbox instance.
+    tenant_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
+
+/// Plugin invocations one tenant may have running at once.
+pub const TENANT_CONCURRENCY: usize = 8;
 
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,7 +204,20 @@ impl PluginHost {
             catalog,
             limits,
             crashes: Mutex::new(HashMap::new()),
+            tenant_slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits for one of the tenant's invocation slots.
+    pub async fn tenant_slot(&self, tenant: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut slots = self.tenant_slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(TENANT_CONCURRENCY)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
     }
 
     /// Whether a version is paused after repeated crashes.
@@ -393,6 +413,7 @@ impl PluginHost {
             Err(e) => return Outcome::Permanent(failure(e)),
         };
         let cx = self.context(tenant, binding, version, event.id(), allowed_hosts);
+        let _slot = self.tenant_slot(tenant).await;
         match self
             .runtime
             .deliver(&plugin, &cx, std::slice::from_ref(event))

@@ -91,7 +91,7 @@ impl Router {
         }
     }
 
-    async fn route_batch(&self, batch: Vec<LoggedEvent>) {
+    async fn route_batch(self: &Arc<Self>, batch: Vec<LoggedEvent>) {
         let mut writes = Writes::default();
         let seqs: Vec<Seq> = batch.iter().map(|e| e.seq).collect();
         self.engine.watermark(|w| {
@@ -110,7 +110,7 @@ impl Router {
         });
     }
 
-    async fn route_one(&self, logged: LoggedEvent, writes: &mut Writes) {
+    async fn route_one(self: &Arc<Self>, logged: LoggedEvent, writes: &mut Writes) {
         let Some(routes) = self.catalog.bus(&logged.tenant, &logged.bus) else {
             return;
         };
@@ -129,71 +129,95 @@ impl Router {
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&logged.body) else {
             return;
         };
-        let value = Value::Object(map);
-        let event = Arc::new(Event::from_validated(match &value {
-            Value::Object(m) => m.clone(),
-            _ => return,
-        }));
-        let ingestion_time = rfc3339(logged.ingested_ms);
+        let event = Arc::new(Event::from_validated(map.clone()));
+        let value = Arc::new(Value::Object(map));
+        let logged = Arc::new(logged);
         // Each rule fires once per event, whatever order the index reports them in.
         let matched: BTreeSet<String> = matched.into_iter().collect();
         for name in matched {
-            let Some(rule) = routes.rules.get(&name) else {
+            let Some(rule) = routes.rules.get(&name).cloned() else {
                 continue;
             };
-            if let Some(filter) = &rule.filter {
-                match self.plugins.filter(&logged.tenant, filter, &event).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(error) => {
-                        self.dead_letter_rule(&logged, rule, error).await;
-                        continue;
+            if rule.filter.is_none() && !matches!(rule.transform, Some(RuleTransform::Plugin(_))) {
+                self.apply_rule(&logged, &rule, &event, &value, writes)
+                    .await;
+                continue;
+            }
+            // Plugin steps run beside the router, so a slow or spinning plugin
+            // delays only its own tenant's events, never the log as a whole.
+            self.engine.watermark(|w| w.hold(logged.seq, 1));
+            let (me, logged, event, value) =
+                (self.clone(), logged.clone(), event.clone(), value.clone());
+            tokio::spawn(async move {
+                let _slot = me.plugins.tenant_slot(&logged.tenant).await;
+                let mut writes = Writes::default();
+                me.apply_rule(&logged, &rule, &event, &value, &mut writes)
+                    .await;
+                me.flush(writes).await;
+                me.engine.watermark(|w| w.release(logged.seq));
+            });
+        }
+    }
+
+    /// Filter, transform and hand off one matched rule's deliveries.
+    async fn apply_rule(
+        &self,
+        logged: &LoggedEvent,
+        rule: &Arc<Rule>,
+        event: &Arc<Event>,
+        value: &Value,
+        writes: &mut Writes,
+    ) {
+        if let Some(filter) = &rule.filter {
+            match self.plugins.filter(&logged.tenant, filter, event).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    self.dead_letter_rule(logged, rule, error).await;
+                    return;
+                }
+            }
+        }
+        match &rule.transform {
+            None => {
+                self.deliver(logged, rule, event, &logged.body, None, writes)
+                    .await
+            }
+            Some(RuleTransform::Builtin(t)) => {
+                let ingestion_time = rfc3339(logged.ingested_ms);
+                let rule_arn = format!("busbar:rule/{}/{}/{}", logged.tenant, rule.bus, rule.name);
+                let ctx = RenderContext {
+                    rule_name: &rule.name,
+                    rule_arn: &rule_arn,
+                    ingestion_time: &ingestion_time,
+                };
+                match t.render(value, &ctx) {
+                    Ok(text) => {
+                        let body = Some(Arc::<str>::from(text));
+                        self.deliver(logged, rule, event, &logged.body, body, writes)
+                            .await;
+                    }
+                    Err(e) => {
+                        let error = AttemptError {
+                            code: "render_error".into(),
+                            message: e.to_string(),
+                            status: None,
+                        };
+                        self.dead_letter_rule(logged, rule, error).await;
                     }
                 }
             }
-            match &rule.transform {
-                None => {
-                    self.deliver(&logged, rule, &event, &logged.body, None, writes)
-                        .await
-                }
-                Some(RuleTransform::Builtin(t)) => {
-                    let rule_arn =
-                        format!("busbar:rule/{}/{}/{}", logged.tenant, rule.bus, rule.name);
-                    let ctx = RenderContext {
-                        rule_name: &rule.name,
-                        rule_arn: &rule_arn,
-                        ingestion_time: &ingestion_time,
-                    };
-                    match t.render(&value, &ctx) {
-                        Ok(text) => {
-                            let body = Some(Arc::<str>::from(text));
-                            self.deliver(&logged, rule, &event, &logged.body, body, writes)
-                                .await;
-                        }
-                        Err(e) => {
-                            let error = AttemptError {
-                                code: "render_error".into(),
-                                message: e.to_string(),
-                                status: None,
-                            };
-                            self.dead_letter_rule(&logged, rule, error).await;
-                        }
-                    }
-                }
-                Some(RuleTransform::Plugin(binding)) => match self
-                    .plugins
-                    .transform(&logged.tenant, binding, &event)
-                    .await
-                {
+            Some(RuleTransform::Plugin(binding)) => {
+                match self.plugins.transform(&logged.tenant, binding, event).await {
                     Ok(outputs) => {
                         for out in outputs {
                             let bytes = Bytes::from(out.to_json_bytes());
-                            self.deliver(&logged, rule, &Arc::new(out), &bytes, None, writes)
+                            self.deliver(logged, rule, &Arc::new(out), &bytes, None, writes)
                                 .await;
                         }
                     }
-                    Err(error) => self.dead_letter_rule(&logged, rule, error).await,
-                },
+                    Err(error) => self.dead_letter_rule(logged, rule, error).await,
+                }
             }
         }
     }
