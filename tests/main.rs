@@ -12,4 +12,5 @@ mod openapi;
 mod pattern_conformance;
 mod pattern_properties;
 mod plugin_runtime;
+mod plugins_bus;
 mod transform_conformance;

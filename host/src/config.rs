@@ -42,6 +42,10 @@ pub struct PluginsConfig {
     pub max_upload_bytes: usize,
     /// Limits for every invocation (CPU, memory, output, logs, time).
     pub limits: crate::plugin::PluginLimits,
+    /// URL hosts connectors may reach even though they are loopback, private
+    /// or link-local addresses (e.g. `127.0.0.1` for a local test receiver).
+    /// Empty by default: such addresses are refused whatever a target allows.
+    pub allow_private_hosts: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -49,6 +53,7 @@ impl Default for PluginsConfig {
         Self {
             max_upload_bytes: 16 * 1024 * 1024,
             limits: crate::plugin::PluginLimits::default(),
+            allow_private_hosts: Vec::new(),
         }
     }
 }

@@ -153,10 +153,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         anyhow::bail!("invalid config plugins.limits: {}", list.join("; "));
     }
-    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig {
-        max_upload_bytes: config.plugins.max_upload_bytes,
-        ..RuntimeConfig::new(dir.clone())
-    })?);
+    let mut runtime_config = RuntimeConfig::new(dir.clone());
+    runtime_config.max_upload_bytes = config.plugins.max_upload_bytes;
+    runtime_config.outbound.allow_private = config.plugins.allow_private_hosts.clone();
+    let runtime = Arc::new(PluginRuntime::new(runtime_config)?);
     let plugins = Arc::new(PluginHost::new(
         runtime,
         catalog.clone(),

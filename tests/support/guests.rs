@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Guests exercised by host tests, per test module.
-const TESTED: &[&[&str]] = &[crate::plugin_runtime::TESTED];
+const TESTED: &[&[&str]] = &[crate::plugin_runtime::TESTED, crate::plugins_bus::TESTED];
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

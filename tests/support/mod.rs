@@ -133,6 +133,46 @@ impl TestBus {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
 
+    /// Uploads a guest built from plugins/ as `name`; returns the answer.
+    pub async fn upload(&self, key: &str, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .put(format!("{}/v1/plugins/{name}", self.url))
+            .bearer_auth(key)
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Receives up to `n` messages from a queue, waiting until there are `n` (with a deadline).
+    pub async fn drain(&self, key: &str, queue: &str, n: usize) -> Vec<Value> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.len() < n && tokio::time::Instant::now() < deadline {
+            let (_, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/queues/{queue}/receive"),
+                    key,
+                    Some(json!({"max_messages": 100, "wait_s": 1})),
+                )
+                .await;
+            got.extend(
+                body["messages"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| m["event"].clone()),
+            );
+        }
+        got
+    }
+
     pub async fn raw(
         &self,
         key: &str,
@@ -173,6 +213,11 @@ pub fn config_for(dir: &Path) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
         admin_key: Some(ADMIN_KEY.to_owned()),
+        // Connector tests deliver to receivers on loopback.
+        plugins: busbar::config::PluginsConfig {
+            allow_private_hosts: vec!["127.0.0.1".to_owned()],
+            ..Default::default()
+        },
         ..Config::default()
     }
 }

@@ -1,0 +1,330 @@
+//! Wasm plugins inside the bus: upload, versions, rules with filters,
+//! transformers and connectors, live swap, rollback, pausing, isolation.
+
+use crate::support::guests::guest_bytes;
+use crate::support::*;
+use axum::http::StatusCode;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Guests these tests run through the bus.
+pub const TESTED: &[&str] = &[
+    "amount-filter",
+    "splitter",
+    "signed-webhook",
+    "panic",
+    "spin",
+];
+
+fn order(id: &str, amount: f64) -> Value {
+    event(id, "shop", json!({"amount": amount, "items": [1, 2, 3]}))
+}
+
+#[tokio::test]
+async fn uploads_are_validated_versioned_and_private_to_the_tenant() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    let wasm = guest_bytes("amount-filter");
+    let (status, body) = bus.upload(&key, "gate", wasm.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["kind"], "filter");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["sha256"].as_str().unwrap().len(), 64);
+    // The same bytes again: the same version.
+    let (status, again) = bus.upload(&key, "gate", wasm).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["version"], 1);
+    // Not a component: 422 naming the problem; wrong media type: 415.
+    let (status, err) = bus.upload(&key, "junk", b"\0asm\x01\0\0\0".to_vec()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_plugin");
+    let resp = bus
+        .client
+        .put(format!("{}/v1/plugins/x", bus.url))
+        .bearer_auth(&key)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    // Another kind under the same name: conflict.
+    let (status, _) = bus.upload(&key, "gate", guest_bytes("splitter")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Listed for its tenant only.
+    let (_, one) = bus.call(Method::GET, "/v1/plugins/gate", &key, None).await;
+    assert_eq!(one["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(one["status"], "active");
+    let other = bus.tenant("other").await;
+    let (status, _) = bus
+        .call(Method::GET, "/v1/plugins/gate", &other, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A rule cannot bind a plugin of the wrong kind or a missing version.
+    bus.put(&key, "/v1/queues/q", json!({})).await;
+    let (status, body) = bus
+        .call(
+            Method::PUT,
+            "/v1/buses/default/rules/r",
+            &key,
+            Some(json!({
+            "pattern": {"source": ["shop"]}, "filter": "gate@7",
+            "targets": [{"id": "q", "type": "queue", "queue": "q"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "filter");
+}
+
+#[tokio::test]
+async fn filter_and_transformer_plugins_shape_what_targets_get() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    assert_eq!(
+        bus.upload(&key, "big", guest_bytes("amount-filter"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        bus.upload(&key, "split", guest_bytes("splitter")).await.0,
+        StatusCode::CREATED
+    );
+    bus.put(&key, "/v1/queues/big", json!({})).await;
+    bus.put(&key, "/v1/queues/parts", json!({})).await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/big",
+        json!({
+        "pattern": {"source": ["shop"]},
+        "filter": {"plugin": "big", "config": {"threshold": 100}},
+        "targets": [{"id": "q", "type": "queue", "queue": "big"}]}),
+    )
+    .await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/split",
+        json!({
+        "pattern": {"source": ["shop"]},
+        "transform": {"plugin": "split@1", "config": {"pointer": "/items"}},
+        "targets": [{"id": "q", "type": "queue", "queue": "parts"}]}),
+    )
+    .await;
+    bus.send(&key, "default", order("small", 5.0)).await;
+    bus.send(&key, "default", order("large", 500.0)).await;
+    let big = bus.drain(&key, "big", 1).await;
+    assert_eq!(big.len(), 1);
+    assert_eq!(big[0]["id"], "large");
+    let parts = bus.drain(&key, "parts", 6).await;
+    assert_eq!(parts.len(), 6, "two orders of three items each");
+    let mut ids: Vec<String> = parts
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "large-0", "large-1", "large-2", "small-0", "small-1", "small-2"
+        ]
+    );
+    // Only the large order passed the filter: nothing else is waiting.
+    let (_, more) = bus
+        .call(
+            Method::POST,
+            "/v1/queues/big/receive",
+            &key,
+            Some(json!({"wait_s": 1})),
+        )
+        .await;
+    assert_eq!(more["messages"], json!([]), "{more}");
+}
+
+#[tokio::test]
+async fn a_connector_plugin_delivers_signed_webhooks() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    let sink = Receiver::start().await;
+    assert_eq!(
+        bus.upload(&key, "hook", guest_bytes("signed-webhook"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    bus.put(&key, "/v1/buses/default/rules/r", json!({
+        "pattern": {"source": ["shop"]},
+        "targets": [{"id": "w", "type": "wasm", "plugin": "hook",
+                     "config": {"url": sink.url("/signed"), "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+                     "allowed_hosts": ["127.0.0.1"]}]})).await;
+    bus.send(&key, "default", order("w1", 1.0)).await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].path, "/signed");
+    assert_eq!(got[0].header("webhook-id"), Some("w1"));
+    assert!(
+        got[0]
+            .header("webhook-signature")
+            .unwrap()
+            .starts_with("v1,")
+    );
+    // A connector whose config is invalid is refused when the rule is written.
+    let (status, body) = bus
+        .call(
+            Method::PUT,
+            "/v1/buses/default/rules/bad",
+            &key,
+            Some(json!({
+            "pattern": {"source": ["shop"]},
+            "targets": [{"id": "w", "type": "wasm", "plugin": "hook", "config": {}}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "targets[0].config");
+}
+
+#[tokio::test]
+async fn a_new_version_takes_effect_at_once_crashes_pause_it_and_rollback_restores() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    assert_eq!(
+        bus.upload(&key, "gate", guest_bytes("amount-filter"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    bus.put(&key, "/v1/queues/out", json!({})).await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/r",
+        json!({
+        "pattern": {"source": ["shop"]},
+        "filter": {"plugin": "gate", "config": {"threshold": 0}},
+        "targets": [{"id": "q", "type": "queue", "queue": "out"}]}),
+    )
+    .await;
+    bus.send(&key, "default", order("v1-a", 10.0)).await;
+    assert_eq!(bus.drain(&key, "out", 1).await[0]["id"], "v1-a");
+
+    // Version 2 panics on every event: the very next events fail with a trap.
+    let (status, body) = bus.upload(&key, "gate", guest_bytes("panic")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 2);
+    for i in 0..6 {
+        bus.send(&key, "default", order(&format!("v2-{i}"), 10.0))
+            .await;
+    }
+    let letters = wait_for("six dead letters", Duration::from_secs(20), || async {
+        let (_, dlq) = bus.call(Method::GET, "/v1/dlq?rule=r", &key, None).await;
+        let items = dlq["items"].as_array().cloned().unwrap_or_default();
+        (items.len() >= 6).then_some(items)
+    })
+    .await;
+    let codes: Vec<&str> = letters
+        .iter()
+        .map(|d| d["error_code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"plugin_trap"), "{codes:?}");
+    assert!(
+        codes.contains(&"plugin_paused"),
+        "after 5 crashes the version is paused: {codes:?}"
+    );
+    let (_, info) = bus.call(Method::GET, "/v1/plugins/gate", &key, None).await;
+    assert_eq!(info["status"], "paused", "{info}");
+    // It cannot be deleted while a rule uses it.
+    let (status, _) = bus
+        .call(Method::DELETE, "/v1/plugins/gate", &key, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Roll back to version 1 and redrive: everything arrives.
+    let (status, info) = bus
+        .call(Method::POST, "/v1/plugins/gate/rollback", &key, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["current"], 1);
+    let (_, redriven) = bus
+        .call(
+            Method::POST,
+            "/v1/dlq/redrive",
+            &key,
+            Some(json!({"rule": "r"})),
+        )
+        .await;
+    assert_eq!(redriven["redriven"], 6, "{redriven}");
+    bus.send(&key, "default", order("v1-b", 10.0)).await;
+    let got = bus.drain(&key, "out", 1).await;
+    assert_eq!(got[0]["id"], "v1-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_plugin_does_not_slow_another_tenant() {
+    let bus = TestBus::start().await;
+    let (a, b) = (bus.tenant("noisy").await, bus.tenant("quiet").await);
+    assert_eq!(
+        bus.upload(&a, "spin", guest_bytes("spin")).await.0,
+        StatusCode::CREATED
+    );
+    bus.put(&a, "/v1/queues/q", json!({})).await;
+    bus.put(
+        &a,
+        "/v1/buses/default/rules/r",
+        json!({"pattern": {"source": ["shop"]}, "filter": "spin",
+        "targets": [{"id": "q", "type": "queue", "queue": "q"}]}),
+    )
+    .await;
+    bus.put(&b, "/v1/queues/q", json!({})).await;
+    bus.put(
+        &b,
+        "/v1/buses/default/rules/r",
+        json!({"pattern": {"source": ["shop"]},
+        "targets": [{"id": "q", "type": "queue", "queue": "q"}]}),
+    )
+    .await;
+    // 80 events that each burn a full CPU deadline (100 ms): 8 s if they held up routing.
+    let noisy: Vec<Value> = (0..80).map(|i| order(&format!("n{i}"), 1.0)).collect();
+    let (status, _) = bus
+        .raw(
+            &a,
+            "default",
+            "application/cloudevents-batch+json",
+            Value::Array(noisy).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let started = Instant::now();
+    let quiet: Vec<Value> = (0..20).map(|i| order(&format!("q{i}"), 1.0)).collect();
+    let (status, _) = bus
+        .raw(
+            &b,
+            "default",
+            "application/cloudevents-batch+json",
+            Value::Array(quiet).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let got = bus.drain(&b, "q", 20).await;
+    assert_eq!(got.len(), 20);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "quiet tenant waited {:?}",
+        started.elapsed()
+    );
+    // The noisy tenant's events fail alone: the first ones with the deadline
+    // named, the rest as paused once the version has crashed five times.
+    wait_for(
+        "all 80 noisy events dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            let (_, dlq) = bus.call(Method::GET, "/v1/dlq?limit=1000", &a, None).await;
+            let items = dlq["items"].as_array().cloned().unwrap_or_default();
+            let deadline = items
+                .iter()
+                .filter(|d| d["error_code"] == "plugin_deadline")
+                .count();
+            (items.len() == 80 && deadline >= 5).then_some(())
+        },
+    )
+    .await;
+}
