@@ -328,3 +328,36 @@ async fn a_spinning_plugin_does_not_slow_another_tenant() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_plugins_dir_loads_and_reloads_components_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let file = plugins.path().join("gate.wasm");
+    std::fs::write(&file, guest_bytes("amount-filter")).unwrap();
+    let mut config = config_for(dir.path());
+    config.plugins_dir = Some(plugins.path().to_owned());
+    let bus = TestBus::start_with(dir, config).await;
+    // The development tenant appears; give it a key to look.
+    let key = wait_for("the dev tenant", Duration::from_secs(20), || async {
+        let (status, body) = bus
+            .admin(Method::POST, "/v1/admin/tenants/dev/keys", None)
+            .await;
+        (status == StatusCode::CREATED).then(|| body["api_key"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let plugin = wait_for("gate@1", Duration::from_secs(20), || async {
+        let (status, body) = bus.call(Method::GET, "/v1/plugins/gate", &key, None).await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
+    assert_eq!(plugin["kind"], "filter");
+    assert_eq!(plugin["current"], 1);
+    // Replacing the file makes a new version, live.
+    std::fs::write(&file, guest_bytes("panic")).unwrap();
+    wait_for("gate@2", Duration::from_secs(20), || async {
+        let (_, body) = bus.call(Method::GET, "/v1/plugins/gate", &key, None).await;
+        (body["current"] == 2).then_some(())
+    })
+    .await;
+}

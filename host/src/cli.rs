@@ -298,10 +298,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             {
                 config.admin_key = Some(key);
             }
-            if args.plugins_dir.is_some() {
-                bail!(
-                    "--plugins-dir needs Wasm plugin support, which this build does not have yet"
-                );
+            if let Some(dir) = args.plugins_dir {
+                config.plugins_dir = Some(dir);
             }
             crate::telemetry::init_logging(config.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -32,6 +32,11 @@ pub struct Config {
     pub patterns: PatternConfig,
     /// Wasm plugin runtime settings.
     pub plugins: PluginsConfig,
+    /// Directory of `*.wasm` plugins loaded (and reloaded on change) for
+    /// local development, as plugins of the tenant `plugins_tenant`.
+    pub plugins_dir: Option<PathBuf>,
+    /// The tenant that owns plugins from `plugins_dir` (created if missing).
+    pub plugins_tenant: String,
 }
 
 /// Wasm plugin runtime settings.
@@ -70,6 +75,8 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             patterns: PatternConfig::default(),
             plugins: PluginsConfig::default(),
+            plugins_dir: None,
+            plugins_tenant: "dev".to_owned(),
         }
     }
 }

@@ -205,11 +205,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = vec![
+    let mut tasks = Vec::new();
+    if let Some(dir) = &config.plugins_dir {
+        tasks.push(tokio::spawn(crate::plugin::dev_dir::watch_dir(
+            dir.clone(),
+            config.plugins_tenant.clone(),
+            store.clone(),
+            state.catalog.clone(),
+            state.plugins.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.extend([
         tokio::spawn(router.run(shutdown_rx.clone())),
         tokio::spawn(engine.clone().run_retries(shutdown_rx.clone())),
         tokio::spawn(engine.run_cursor(shutdown_rx.clone())),
-    ];
+    ]);
     tasks.push(tokio::spawn(prune_loop(
         store,
         Duration::from_secs(config.delivery.log_retention_hours * 3600),

@@ -51,7 +51,13 @@ impl TestBus {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        let running = server::start(config_for(dir.path())).await.unwrap();
+        let config = config_for(dir.path());
+        Self::start_with(dir, config).await
+    }
+
+    /// Starts with a config (made with [`config_for`] and adjusted).
+    pub async fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
+        let running = server::start(config).await.unwrap();
         Self {
             url: format!("http://{}", running.addr),
             client: reqwest::Client::new(),

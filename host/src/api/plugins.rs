@@ -2,8 +2,8 @@
 
 use super::{ApiError, State, Tenant, check_name, list, parse_json};
 use crate::clock::now_ms;
-use crate::plugin::registry::{PAUSE_AFTER_CRASHES, PluginRecord, PluginVersion};
-use crate::store::{Resource, ResourceKind};
+use crate::plugin::registry::{self, PAUSE_AFTER_CRASHES, PluginRecord, Registration, register};
+use crate::store::ResourceKind;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Request};
@@ -37,17 +37,7 @@ async fn save(
     tenant: &str,
     record: &PluginRecord,
 ) -> Result<(), ApiError> {
-    let spec = serde_json::to_value(record).map_err(ApiError::internal)?;
-    let resource = Resource {
-        tenant: tenant.to_owned(),
-        kind: ResourceKind::Plugin,
-        name: record.name.clone(),
-        spec,
-        updated_ms: now_ms(),
-    };
-    state.store.put_resource(resource).await?;
-    state.catalog.put_plugin(tenant, record.clone());
-    Ok(())
+    Ok(registry::save(state.store.as_ref(), &state.catalog, tenant, record).await?)
 }
 
 pub(super) async fn upload(
@@ -104,55 +94,20 @@ pub(super) async fn upload(
             }
         })?;
     let existing = state.catalog.plugin(&tenant, &name);
-    let (status, record) = match existing {
-        Some(r) if r.kind != prepared.kind => {
-            return Err(ApiError::conflict(format!(
-                "plugin {name:?} is a {}; this component is a {}: use another name",
-                r.kind.as_str(),
-                prepared.kind.as_str()
-            ))
-            .with_field("body"));
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let record = match register(existing, &name, &prepared, now_ms()) {
+        Err(conflict) => return Err(ApiError::conflict(conflict).with_field("body")),
+        Ok(Registration::Unchanged(version)) => {
+            let kind = prepared.kind;
+            let answer =
+                json!({"name": name, "kind": kind, "version": version, "sha256": prepared.sha256});
+            return Ok((StatusCode::OK, Json(answer)));
         }
-        // The same bytes as an existing version: nothing new to store.
-        Some(r) if r.versions.iter().any(|v| v.sha256 == prepared.sha256) => {
-            let v = r
-                .versions
-                .iter()
-                .find(|v| v.sha256 == prepared.sha256)
-                .map(|v| v.version)
-                .unwrap_or(r.current);
-            return Ok((
-                StatusCode::OK,
-                Json(
-                    json!({"name": name, "kind": r.kind, "version": v, "sha256": prepared.sha256}),
-                ),
-            ));
-        }
-        Some(mut r) => {
-            let version = r.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-            r.versions.push(PluginVersion {
-                version,
-                sha256: prepared.sha256.clone(),
-                size: prepared.size,
-                created_ms: now_ms(),
-            });
-            r.current = version;
-            (StatusCode::OK, r)
-        }
-        None => (
-            StatusCode::CREATED,
-            PluginRecord {
-                name: name.clone(),
-                kind: prepared.kind,
-                current: 1,
-                versions: vec![PluginVersion {
-                    version: 1,
-                    sha256: prepared.sha256.clone(),
-                    size: prepared.size,
-                    created_ms: now_ms(),
-                }],
-            },
-        ),
+        Ok(Registration::Added(record)) => record,
     };
     save(&state, &tenant, &record).await?;
     tracing::info!(tenant, plugin = %name, version = record.current, kind = record.kind.as_str(), compile_ms = prepared.compile_ms, "plugin uploaded");

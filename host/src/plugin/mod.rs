@@ -20,6 +20,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod dev_dir;
 pub mod engine;
 pub mod http;
 pub mod limits;

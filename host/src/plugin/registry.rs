@@ -60,6 +60,75 @@ impl PluginRecord {
     }
 }
 
+/// What uploading a prepared component under a name amounts to.
+#[derive(Debug)]
+pub enum Registration {
+    /// These exact bytes are already that version: nothing to store.
+    Unchanged(u32),
+    /// A record with the component added as the new current version.
+    Added(PluginRecord),
+}
+
+/// Adds a prepared component to a plugin's versions (or starts a new plugin).
+/// Refuses a component of another kind than the plugin's.
+pub fn register(
+    existing: Option<PluginRecord>,
+    name: &str,
+    prepared: &super::Prepared,
+    now_ms: i64,
+) -> Result<Registration, String> {
+    let version = |v: u32| PluginVersion {
+        version: v,
+        sha256: prepared.sha256.clone(),
+        size: prepared.size,
+        created_ms: now_ms,
+    };
+    match existing {
+        Some(r) if r.kind != prepared.kind => Err(format!(
+            "plugin {name:?} is a {}; this component is a {}: use another name",
+            r.kind.as_str(),
+            prepared.kind.as_str()
+        )),
+        Some(r) => match r.versions.iter().find(|v| v.sha256 == prepared.sha256) {
+            Some(v) => Ok(Registration::Unchanged(v.version)),
+            None => {
+                let mut r = r;
+                let next = r.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+                r.versions.push(version(next));
+                r.current = next;
+                Ok(Registration::Added(r))
+            }
+        },
+        None => Ok(Registration::Added(PluginRecord {
+            name: name.to_owned(),
+            kind: prepared.kind,
+            current: 1,
+            versions: vec![version(1)],
+        })),
+    }
+}
+
+/// Persists a plugin record, then makes it visible.
+pub async fn save(
+    store: &dyn crate::store::Store,
+    catalog: &Catalog,
+    tenant: &str,
+    record: &PluginRecord,
+) -> Result<(), crate::store::StoreError> {
+    let spec =
+        serde_json::to_value(record).map_err(|e| crate::store::StoreError::Backend(e.into()))?;
+    let resource = crate::store::Resource {
+        tenant: tenant.to_owned(),
+        kind: crate::store::ResourceKind::Plugin,
+        name: record.name.clone(),
+        spec,
+        updated_ms: crate::clock::now_ms(),
+    };
+    store.put_resource(resource).await?;
+    catalog.put_plugin(tenant, record.clone());
+    Ok(())
+}
+
 /// How a rule or target refers to a plugin, with the configuration it passes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PluginBinding {
