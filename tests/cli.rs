@@ -136,3 +136,72 @@ fn transform_test_renders_templates_and_reports_errors() {
         lines[1]
     );
 }
+
+#[test]
+fn plugin_test_runs_a_component_in_the_sandbox_and_reports_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = crate::support::guests::guest("amount-filter");
+    let event = write(
+        &dir,
+        "e.json",
+        &json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+                "datacontenttype": "application/json", "data": {"amount": 50}}),
+    );
+    let out = busbar(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--event",
+            &event,
+            "--config",
+            "threshold=10",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "filter");
+    assert_eq!(report["result"], true);
+    assert!(report["fuel_used"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["memory_peak_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["elapsed_us"].is_u64());
+    // A bad config is the plugin's own error, reported with a non-zero exit.
+    let out = busbar(
+        &["plugin", "test", wasm.to_str().unwrap(), "--event", &event],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failure"], "invalid_config", "{report}");
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_on_the_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = crate::support::guests::repo_root().join("plugins/sdk");
+    let out = Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .args([
+            "plugin",
+            "new",
+            "connector",
+            "my-hook",
+            "--sdk-path",
+            sdk.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let manifest = std::fs::read_to_string(dir.path().join("my-hook/Cargo.toml")).unwrap();
+    assert!(manifest.contains("name = \"my-hook\""), "{manifest}");
+    assert!(manifest.contains("busbar-sdk"), "{manifest}");
+    assert!(
+        !manifest.contains("{{"),
+        "placeholders are filled: {manifest}"
+    );
+    assert!(dir.path().join("my-hook/src/lib.rs").exists());
+}
