@@ -697,6 +697,14 @@ async fn artifacts_are_reused_across_runtimes_and_never_trusted_blindly() {
     assert_eq!(rt.stats().artifact_loads, 1);
     let artifact = rt.artifact_path(&sha);
     drop(rt);
+    // Uploading the same bytes again after a restart compiles nothing either.
+    let rt = PluginRuntime::new(config(dir.path())).unwrap();
+    assert_eq!(rt.prepare(&wasm).unwrap().compile_ms, 0);
+    assert_eq!(rt.stats().compiles, 0);
+    rt.evict(&sha);
+    assert!(run_in(&rt, &sha).await);
+    assert_eq!((rt.stats().compiles, rt.stats().artifact_loads), (0, 2));
+    drop(rt);
 
     // A corrupted artifact is detected and recompiled, not deserialised.
     let mut bytes = std::fs::read(&artifact).unwrap();
@@ -766,4 +774,75 @@ async fn a_plugin_called_as_the_wrong_kind_fails_cleanly() {
         .unwrap_err();
     assert_eq!(err.kind, FailureKind::Internal);
     assert!(err.message.contains("is a filter"), "{}", err.message);
+}
+
+// ---------------------------------------------------------------- wall clock and pool
+
+#[tokio::test]
+async fn a_connector_blocked_on_a_silent_server_times_out() {
+    // Accepts connections and never answers: the guest blocks in a host
+    // call, where epochs cannot interrupt it; the wall-clock timeout does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let p = load("ssrf").await;
+    let mut cx = Cx::new(&[("url", &format!("http://{addr}/"))]).hosts(&["127.0.0.1"]);
+    cx.limits.timeout_ms = 300;
+    let started = Instant::now();
+    let err = shared()
+        .deliver(&p, &cx.get("ssrf"), &[event("t-1", json!({}))])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Timeout, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_makes_invocations_wait_not_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_instances = 1;
+    let rt: &'static PluginRuntime = Box::leak(Box::new(PluginRuntime::new(c).unwrap()));
+    let spin = load_in(rt, "spin").await;
+    let filter = load_in(rt, "amount-filter").await;
+    let spinning = tokio::spawn(async move {
+        let mut cx = Cx::new(&[]);
+        cx.limits.cpu_ms = 300;
+        rt.filter(&spin, &cx.get("spin"), &event("s-1", json!({})))
+            .await
+            .unwrap_err()
+            .kind
+    });
+    // Wait until the spinner holds the only slot.
+    crate::support::wait_for("the spinner to start", Duration::from_secs(10), || async {
+        (rt.idle_instances() == 0).then_some(())
+    })
+    .await;
+    let cx = Cx::new(&[("threshold", "1")]);
+    let out = rt
+        .filter(
+            &filter,
+            &cx.get("amount-filter"),
+            &event("o-1", json!({"amount": 2})),
+        )
+        .await
+        .unwrap();
+    assert!(out.value);
+    // It waited for the spinner's slot (about 300 ms of CPU).
+    assert!(
+        out.elapsed >= Duration::from_millis(150),
+        "{:?}",
+        out.elapsed
+    );
+    assert_eq!(spinning.await.unwrap(), FailureKind::Deadline);
 }

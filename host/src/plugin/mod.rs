@@ -372,6 +372,17 @@ impl PluginRuntime {
         }
     }
 
+    /// Forgets a loaded version (e.g. after the plugin was deleted); its
+    /// files stay, content-addressed, for other plugins with the same bytes.
+    pub fn evict(&self, sha256: &str) {
+        self.cache.remove(sha256);
+    }
+
+    /// Instance slots free right now (a gauge: 0 means invocations queue).
+    pub fn idle_instances(&self) -> usize {
+        self.engine.slots.available_permits()
+    }
+
     /// Where this host keeps its compiled artifact of a component.
     pub fn artifact_path(&self, sha256: &str) -> PathBuf {
         self.artifacts.artifact_path(sha256)
@@ -385,6 +396,19 @@ impl PluginRuntime {
         if let Some(p) = self.cache.get(&sha256) {
             return Ok(Prepared {
                 kind: p.kind,
+                sha256,
+                size: wasm.len(),
+                compile_ms: 0,
+            });
+        }
+        // Stored by an earlier process: reuse its artifact, compile nothing.
+        if self.artifacts.wasm_path(&sha256).exists()
+            && let Some(loaded) = self.load_artifact(&sha256)
+        {
+            let kind = loaded.kind;
+            self.cache.insert(sha256.clone(), Arc::new(loaded));
+            return Ok(Prepared {
+                kind,
                 sha256,
                 size: wasm.len(),
                 compile_ms: 0,
