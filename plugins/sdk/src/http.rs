@@ -482,6 +482,15 @@ pub(crate) mod wasi {
                     .append(name, value.as_bytes())
                     .map_err(|e| HttpError::InvalidRequest(format!("header {name:?}: {e:?}")))?;
             }
+            // Without it the body goes out chunked, which some receivers
+            // refuse; the host checks that the body matches it.
+            let has_length = request.header_value("content-length").is_some();
+            if !has_length && (!request.body.is_empty() || request.method != Method::Get) {
+                let length = request.body.len().to_string();
+                headers
+                    .append("content-length", length.as_bytes())
+                    .map_err(|e| HttpError::InvalidRequest(format!("content-length: {e:?}")))?;
+            }
             let outgoing = OutgoingRequest::new(headers);
             let method = match request.method {
                 Method::Get => WasiMethod::Get,
