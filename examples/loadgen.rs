@@ -27,6 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 enum Scenario {
     Ingest,
     E2e,
+    /// Built-in transform vs Wasm filter + transformer, with a live swap.
+    Plugins,
     All,
 }
 
@@ -48,6 +50,41 @@ struct Args {
     /// Event rate for the latency measurement.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
+    /// Directory with the built example plugins (amount_filter.wasm, enrich.wasm),
+    /// e.g. plugins/target/wasm32-wasip2/release after
+    /// `cargo build --target wasm32-wasip2 --release` in plugins/.
+    #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
+    guests: std::path::PathBuf,
+}
+
+/// Uploads a component as plugin `name`; returns the answer's text.
+async fn upload(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    name: &str,
+    wasm: Vec<u8>,
+) -> anyhow::Result<String> {
+    let r = client
+        .put(format!("{url}/v1/plugins/{name}"))
+        .bearer_auth(key)
+        .header("content-type", "application/wasm")
+        .body(wasm)
+        .send()
+        .await?;
+    Ok(r.text().await?)
+}
+
+/// Appends an empty custom section: the same component under a new sha256,
+/// so uploading it makes a new version with identical behaviour.
+fn with_custom_section(mut wasm: Vec<u8>, tag: &str) -> Vec<u8> {
+    let name = tag.as_bytes();
+    let payload_len = 1 + name.len();
+    wasm.push(0); // custom section id
+    wasm.push(payload_len as u8); // LEB128, small
+    wasm.push(name.len() as u8);
+    wasm.extend_from_slice(name);
+    wasm
 }
 
 /// What the sink saw: count and per-event latency (µs since the event was sent).
@@ -291,6 +328,84 @@ async fn main() -> anyhow::Result<()> {
             l.last().copied().unwrap_or(0) as f64 / 1000.0
         );
     }
+    if matches!(args.scenario, Scenario::Plugins) {
+        let put = |path: String, body: Value| {
+            let (client, key) = (client.clone(), key.clone());
+            async move { client.put(path).bearer_auth(&key).json(&body).send().await }
+        };
+        let filter = std::fs::read(args.guests.join("amount_filter.wasm"))?;
+        let enrich = std::fs::read(args.guests.join("enrich.wasm"))?;
+        println!(
+            "upload filter: {}",
+            upload(&client, &url, &key, "gate", filter.clone()).await?
+        );
+        println!(
+            "upload transformer: {}",
+            upload(&client, &url, &key, "enrich", enrich).await?
+        );
+        let mut figures = Vec::new();
+        for (label, rule) in [
+            (
+                "built-in transform",
+                json!({"pattern": {"source": ["bench.plug"]},
+                       "transform": {"input_paths_map": {"order": "$.data.order", "sent": "$.data.sent_us"},
+                                     "input_template": "{\"order\": <order>, \"sent_us\": <sent>, \"region\": \"eu\"}"},
+                       "targets": [{"id": "sink", "type": "http", "url": sink_url}]}),
+            ),
+            (
+                "wasm filter + transformer",
+                json!({"pattern": {"source": ["bench.plug"]},
+                       "filter": {"plugin": "gate", "config": {"field": "/order", "threshold": -1}},
+                       "transform": {"plugin": "enrich", "config": {"region": "eu"}},
+                       "targets": [{"id": "sink", "type": "http", "url": sink_url}]}),
+            ),
+        ] {
+            put(format!("{url}/v1/buses/default/rules/plug"), rule).await?;
+            let before = sink.count.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            let swap = if label.starts_with("wasm") {
+                // Live swap half-way: a new version of the filter while events flow.
+                let (client, url, key) = (client.clone(), url.clone(), key.clone());
+                let (filter, half) = (filter.clone(), args.seconds / 2);
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(half)).await;
+                    upload(
+                        &client,
+                        &url,
+                        &key,
+                        "gate",
+                        with_custom_section(filter, "v2"),
+                    )
+                    .await
+                }))
+            } else {
+                None
+            };
+            let sent = bench
+                .flood(args.connections, args.seconds, 10, "bench.plug")
+                .await;
+            let drain_deadline = Instant::now() + Duration::from_secs(60);
+            while sink.count.load(Ordering::Relaxed) - before < sent
+                && Instant::now() < drain_deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let delivered = sink.count.load(Ordering::Relaxed) - before;
+            let rate = delivered as f64 / t0.elapsed().as_secs_f64();
+            println!(
+                "{label}: {sent} sent, {delivered} delivered, lost {}, {rate:.0} events/s delivered",
+                sent.saturating_sub(delivered)
+            );
+            if let Some(swap) = swap {
+                println!("live swap during the run: {}", swap.await??);
+            }
+            figures.push(rate);
+        }
+        if let [builtin, wasm] = figures[..] {
+            println!("wasm / built-in throughput: {:.2}", wasm / builtin);
+        }
+    }
+
     running.stop().await?;
     Ok(())
 }
