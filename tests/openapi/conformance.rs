@@ -5,10 +5,14 @@
 
 use super::schema::Checker;
 use super::served_document;
+use crate::support::guests::guest_bytes;
 use crate::support::{ADMIN_KEY, TestBus};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+
+/// Guests the scenario uploads.
+pub const TESTED: &[&str] = &["amount-filter", "splitter", "signed-webhook", "panic"];
 
 /// A request body.
 enum Body {
@@ -645,6 +649,176 @@ async fn every_answer_is_documented() {
             .await
             .0,
         S::UNPROCESSABLE_ENTITY
+    );
+
+    // Plugins.
+    let wasm = |bytes: Vec<u8>| raw(Some("application/wasm"), bytes);
+    let amount = guest_bytes("amount-filter");
+    let (status, body) = c
+        .call(M::PUT, "/v1/plugins/big-amounts", key, wasm(amount.clone()))
+        .await;
+    assert_eq!(status, S::CREATED, "{body}");
+    assert_eq!(
+        (&body["kind"], &body["version"]),
+        (&json!("filter"), &json!(1))
+    );
+    let (status, body) = c
+        .call(M::PUT, "/v1/plugins/big-amounts", key, wasm(amount))
+        .await;
+    assert_eq!((status, &body["version"]), (S::OK, &json!(1)), "same bytes");
+    let (status, body) = c
+        .call(
+            M::PUT,
+            "/v1/plugins/big-amounts",
+            key,
+            wasm(guest_bytes("splitter")),
+        )
+        .await;
+    assert_eq!(status, S::CONFLICT, "another kind: {body}");
+    for (name, guest) in [
+        ("split-lines", "splitter"),
+        ("signed-webhook", "signed-webhook"),
+    ] {
+        let path = format!("/v1/plugins/{name}");
+        let (status, body) = c.call(M::PUT, &path, key, wasm(guest_bytes(guest))).await;
+        assert_eq!(status, S::CREATED, "{name}: {body}");
+    }
+    let (status, body) = c
+        .call(M::PUT, "/v1/plugins/junk", key, wasm(b"not wasm".to_vec()))
+        .await;
+    assert_eq!(status, S::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plugin");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("not_a_component"), "{message}");
+    let (status, body) = c
+        .call(
+            M::PUT,
+            "/v1/plugins/junk",
+            key,
+            raw(Some("text/plain"), "hi"),
+        )
+        .await;
+    assert_eq!(status, S::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"]["field"], "Content-Type");
+    assert_eq!(
+        c.call(M::PUT, "/v1/plugins/.x", key, wasm(b"\0asm".to_vec()))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    let (status, body) = c.call(M::GET, "/v1/plugins", key, Body::None).await;
+    assert_eq!(status, S::OK);
+    assert_eq!(body["items"].as_array().unwrap().len(), 3, "{body}");
+    let (status, body) = c
+        .call(M::GET, "/v1/plugins/big-amounts", key, Body::None)
+        .await;
+    assert_eq!((status, &body["status"]), (S::OK, &json!("active")));
+    assert_eq!(
+        c.call(M::GET, "/v1/plugins/none", key, Body::None).await.0,
+        S::NOT_FOUND
+    );
+
+    // Rules using plugins: the documented example uses all three kinds.
+    let with_plugins = rule_examples["plugins"]["value"].clone();
+    let (status, body) = c
+        .call(M::PUT, "/v1/buses/orders/rules/p1", key, json(with_plugins))
+        .await;
+    assert_eq!(status, S::CREATED, "{body}");
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/orders/rules/p1", key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    let by_name = json!({"pattern": {"source": ["a"]}, "filter": "big-amounts",
+                         "targets": [{"id": "b", "type": "bus", "bus": "default"}]});
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/orders/rules/p2", key, json(by_name))
+            .await
+            .0,
+        S::CREATED
+    );
+    let wrong_kind = json!({"pattern": {"source": ["a"]}, "filter": "split-lines",
+                            "targets": [{"id": "b", "type": "bus", "bus": "default"}]});
+    let (status, body) = c
+        .call(M::PUT, "/v1/buses/orders/rules/p3", key, json(wrong_kind))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (S::BAD_REQUEST, &json!("filter"))
+    );
+    let no_config = json!({"pattern": {"source": ["a"]},
+                           "targets": [{"id": "w", "type": "wasm", "plugin": "signed-webhook"}]});
+    let (status, body) = c
+        .call(M::PUT, "/v1/buses/orders/rules/p3", key, json(no_config))
+        .await;
+    assert_eq!(status, S::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "targets[0].config");
+    let (status, body) = c
+        .call(M::GET, "/v1/plugins/big-amounts", key, Body::None)
+        .await;
+    assert_eq!(status, S::OK);
+    assert_eq!(body["used_by"], json!(["orders/p1", "orders/p2"]));
+
+    // Versions.
+    let plugin = "/v1/plugins/big-amounts";
+    let rollback = "/v1/plugins/big-amounts/rollback";
+    assert_eq!(
+        c.call(M::DELETE, plugin, key, Body::None).await.0,
+        S::CONFLICT
+    );
+    assert_eq!(
+        c.call(M::POST, rollback, key, Body::None).await.0,
+        S::CONFLICT
+    );
+    let (status, body) = c
+        .call(M::PUT, plugin, key, wasm(guest_bytes("panic")))
+        .await;
+    assert_eq!((status, &body["version"]), (S::OK, &json!(2)), "{body}");
+    assert_eq!(
+        c.call(M::POST, rollback, key, json(json!({"version": 9})))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    assert_eq!(
+        c.call(M::POST, rollback, key, json(json!({"colour": 1})))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    assert_eq!(
+        c.call(M::POST, "/v1/plugins/none/rollback", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let (status, body) = c.call(M::POST, rollback, key, Body::None).await;
+    assert_eq!((status, &body["current"]), (S::OK, &json!(1)), "{body}");
+    assert_eq!(body["versions"].as_array().unwrap().len(), 2);
+    let (status, body) = c
+        .call(M::POST, rollback, key, json(json!({"version": 2})))
+        .await;
+    assert_eq!((status, &body["current"]), (S::OK, &json!(2)), "{body}");
+
+    // Plugins go once no rule uses them.
+    for rule in ["p1", "p2"] {
+        let path = format!("/v1/buses/orders/rules/{rule}");
+        assert_eq!(
+            c.call(M::DELETE, &path, key, Body::None).await.0,
+            S::NO_CONTENT
+        );
+    }
+    for name in ["big-amounts", "split-lines", "signed-webhook"] {
+        let path = format!("/v1/plugins/{name}");
+        assert_eq!(
+            c.call(M::DELETE, &path, key, Body::None).await.0,
+            S::NO_CONTENT
+        );
+    }
+    assert_eq!(
+        c.call(M::DELETE, plugin, key, Body::None).await.0,
+        S::NOT_FOUND
     );
 
     // Deleting.

@@ -4,7 +4,7 @@
 //! its examples fit their schemas and are accepted by a real bus, and (in
 //! `conformance`) every answer of a real bus is documented.
 
-mod conformance;
+pub(crate) mod conformance;
 mod schema;
 
 use crate::support::TestBus;

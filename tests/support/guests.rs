@@ -11,7 +11,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Guests exercised by host tests, per test module.
-const TESTED: &[&[&str]] = &[crate::plugin_runtime::TESTED, crate::plugins_bus::TESTED];
+const TESTED: &[&[&str]] = &[
+    crate::plugin_runtime::TESTED,
+    crate::plugins_bus::TESTED,
+    crate::openapi::conformance::TESTED,
+];
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
