@@ -278,6 +278,31 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// Reads the optional settings body of a bus or queue: `{}` when empty, else
+/// an object whose only member may be `description`.
+pub fn settings_body(kind: &str, body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    let spec: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        parse_json(body)?
+    };
+    let Some(obj) = spec.as_object() else {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("a {kind} body must be a JSON object"),
+            "body",
+        ));
+    };
+    if let Some(key) = obj.keys().find(|k| k.as_str() != "description") {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "unknown field",
+            key.clone(),
+        ));
+    }
+    Ok(spec)
+}
+
 /// Checks a name from the URL.
 pub fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
     if crate::route::valid_name(name) {

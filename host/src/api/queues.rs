@@ -1,6 +1,6 @@
 //! Pull queues (`/v1/queues/*`) and the dead-letter queue (`/v1/dlq/*`).
 
-use super::{ApiError, Body, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, Body, State, Tenant, check_name, list, parse_json, settings_body};
 use crate::clock::now_ms;
 use crate::store::{DeadLetterFilter, Resource, ResourceKind};
 use axum::Json;
@@ -38,25 +38,7 @@ pub(super) async fn put_queue(
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("queue", &queue)?;
-    let spec: Value = if body.is_empty() {
-        json!({})
-    } else {
-        parse_json(&body)?
-    };
-    let Value::Object(obj) = &spec else {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "a queue body must be a JSON object",
-            "body",
-        ));
-    };
-    if let Some(key) = obj.keys().find(|k| k.as_str() != "description") {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "unknown field",
-            key.clone(),
-        ));
-    }
+    let spec = settings_body("queue", &body)?;
     let existed = state.catalog.has_queue(&tenant, &queue);
     let resource = Resource {
         tenant: tenant.clone(),

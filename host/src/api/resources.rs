@@ -1,6 +1,6 @@
 //! Buses and rules: `/v1/buses/*`.
 
-use super::{ApiError, Body, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, Body, State, Tenant, check_name, list, parse_json, settings_body};
 use crate::clock::now_ms;
 use crate::route::{CompileContext, FieldError, TargetKind, compile_rule};
 use crate::store::{Resource, ResourceKind};
@@ -34,25 +34,7 @@ pub(super) async fn put_bus(
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("bus", &bus)?;
-    let spec: Value = if body.is_empty() {
-        json!({})
-    } else {
-        parse_json(&body)?
-    };
-    let Value::Object(obj) = &spec else {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "a bus body must be a JSON object",
-            "body",
-        ));
-    };
-    if let Some(key) = obj.keys().find(|k| k.as_str() != "description") {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "unknown field",
-            key.clone(),
-        ));
-    }
+    let spec = settings_body("bus", &body)?;
     let existed = state.catalog.bus(&tenant, &bus).is_some();
     let resource = Resource {
         tenant: tenant.clone(),
