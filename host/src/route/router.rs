@@ -129,8 +129,7 @@ impl Router {
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&logged.body) else {
             return;
         };
-        let event = Arc::new(Event::from_validated(map.clone()));
-        let value = Arc::new(Value::Object(map));
+        let event = Arc::new(Event::from_validated(map));
         let logged = Arc::new(logged);
         // Each rule fires once per event, whatever order the index reports them in.
         let matched: BTreeSet<String> = matched.into_iter().collect();
@@ -139,20 +138,17 @@ impl Router {
                 continue;
             };
             if rule.filter.is_none() && !matches!(rule.transform, Some(RuleTransform::Plugin(_))) {
-                self.apply_rule(&logged, &rule, &event, &value, writes)
-                    .await;
+                self.apply_rule(&logged, &rule, &event, writes).await;
                 continue;
             }
             // Plugin steps run beside the router, so a slow or spinning plugin
             // delays only its own tenant's events, never the log as a whole.
             self.engine.watermark(|w| w.hold(logged.seq, 1));
-            let (me, logged, event, value) =
-                (self.clone(), logged.clone(), event.clone(), value.clone());
+            let (me, logged, event) = (self.clone(), logged.clone(), event.clone());
             tokio::spawn(async move {
                 let _slot = me.plugins.tenant_slot(&logged.tenant).await;
                 let mut writes = Writes::default();
-                me.apply_rule(&logged, &rule, &event, &value, &mut writes)
-                    .await;
+                me.apply_rule(&logged, &rule, &event, &mut writes).await;
                 me.flush(writes).await;
                 me.engine.watermark(|w| w.release(logged.seq));
             });
@@ -165,7 +161,6 @@ impl Router {
         logged: &LoggedEvent,
         rule: &Arc<Rule>,
         event: &Arc<Event>,
-        value: &Value,
         writes: &mut Writes,
     ) {
         if let Some(filter) = &rule.filter {
@@ -191,7 +186,9 @@ impl Router {
                     rule_arn: &rule_arn,
                     ingestion_time: &ingestion_time,
                 };
-                match t.render(value, &ctx) {
+                // The renderer reads a JSON value; built only for rules that need it.
+                let value = Value::Object(event.as_map().clone());
+                match t.render(&value, &ctx) {
                     Ok(text) => {
                         let body = Some(Arc::<str>::from(text));
                         self.deliver(logged, rule, event, &logged.body, body, writes)
