@@ -37,6 +37,21 @@ fn spawn_bus(data_dir: &Path) -> (Child, String) {
     (child, url)
 }
 
+/// Creates a tenant on a bus started by [`spawn_bus`]; returns its API key.
+async fn create_tenant(client: &reqwest::Client, url: &str, name: &str) -> String {
+    let tenant: serde_json::Value = client
+        .post(format!("{url}/v1/admin/tenants"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tenant["api_key"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,17 +59,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     let (mut child, url) = spawn_bus(dir.path());
     let client = reqwest::Client::new();
 
-    let tenant: serde_json::Value = client
-        .post(format!("{url}/v1/admin/tenants"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": "crash"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let key = create_tenant(&client, &url, "crash").await;
     let rule = json!({"pattern": {"source": ["load"]}, "targets": [{"id": "sink", "type": "http", "url": sink.url("/")}],
                       "retry_policy": {"max_attempts": 1000, "base_delay_ms": 20, "max_delay_ms": 200}});
     let resp = client
@@ -131,17 +136,7 @@ async fn sigterm_drains_and_the_restarted_bus_still_delivers() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url) = spawn_bus(dir.path());
     let client = reqwest::Client::new();
-    let tenant: serde_json::Value = client
-        .post(format!("{url}/v1/admin/tenants"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": "t"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let key = create_tenant(&client, &url, "t").await;
     client
         .put(format!("{url}/v1/queues/q"))
         .bearer_auth(&key)
