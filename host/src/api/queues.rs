@@ -80,9 +80,7 @@ pub(super) async fn delete_queue(
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.catalog.has_queue(&tenant, &queue) {
-        return Err(ApiError::not_found("queue", &queue));
-    }
+    require_queue(&state, &tenant, &queue)?;
     let users = state.catalog.referencing_rules(&tenant, Some(&queue), None);
     if !users.is_empty() {
         return Err(ApiError::conflict(format!(
@@ -109,6 +107,15 @@ pub(super) struct ReceiveRequest {
     wait_s: u64,
 }
 
+/// 404 unless the tenant has the queue.
+fn require_queue(state: &super::AppState, tenant: &str, queue: &str) -> Result<(), ApiError> {
+    if state.catalog.has_queue(tenant, queue) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("queue", queue))
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -123,9 +130,7 @@ pub(super) async fn receive(
     Path(queue): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.catalog.has_queue(&tenant, &queue) {
-        return Err(ApiError::not_found("queue", &queue));
-    }
+    require_queue(&state, &tenant, &queue)?;
     let req: ReceiveRequest = if body.is_empty() {
         parse_json(&Bytes::from_static(b"{}"))?
     } else {
@@ -184,9 +189,7 @@ pub(super) async fn ack(
     Path(queue): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.catalog.has_queue(&tenant, &queue) {
-        return Err(ApiError::not_found("queue", &queue));
-    }
+    require_queue(&state, &tenant, &queue)?;
     let req: AckRequest = parse_json(&body)?;
     let acked = state
         .store
