@@ -528,20 +528,33 @@ pub(crate) mod wasi {
             let _ = options.set_between_bytes_timeout(Some(timeout_ns));
 
             let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(map_error)?;
+            // A server may answer before it has read the whole body (HTTP
+            // allows it, and a fast 4xx often does); the body stream then
+            // closes. So a failed write is only reported when no response
+            // arrives.
+            let mut write_error = None;
             {
                 let stream = body.write().map_err(|()| invalid("body stream"))?;
                 for chunk in request.body.chunks(WRITE_CHUNK) {
-                    stream
-                        .blocking_write_and_flush(chunk)
-                        .map_err(|e| HttpError::Connection(format!("writing body: {e:?}")))?;
+                    if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                        write_error = Some(format!("writing body: {e:?}"));
+                        break;
+                    }
                 }
             }
-            OutgoingBody::finish(body, None).map_err(map_error)?;
+            if write_error.is_none() {
+                OutgoingBody::finish(body, None).map_err(map_error)?;
+            }
 
             pending.subscribe().block();
             let incoming = match pending.get() {
                 Some(Ok(Ok(response))) => response,
-                Some(Ok(Err(code))) => return Err(map_error(code)),
+                Some(Ok(Err(code))) => {
+                    return Err(match write_error {
+                        Some(e) => HttpError::Connection(e),
+                        None => map_error(code),
+                    });
+                }
                 Some(Err(())) | None => {
                     return Err(HttpError::Connection("response already taken".into()));
                 }
