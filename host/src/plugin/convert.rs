@@ -46,46 +46,59 @@ fn is_text(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
 }
 
-/// The WIT record for an event.
+/// The WIT record for an event. One pass over the event's attributes (this
+/// runs before every plugin invocation, so it avoids a hash lookup per
+/// attribute).
 pub fn to_wit(event: &Event) -> CloudEvent {
-    let map = event.as_map();
-    let s = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_owned);
-    let content_type = s("datacontenttype");
-    let data = if let Some(b64) = map.get("data_base64").and_then(Value::as_str) {
-        // Ingest validated the encoding; an undecodable value cannot occur.
-        BASE64.decode(b64).ok()
-    } else {
-        match map.get("data") {
-            None => None,
-            Some(Value::String(text)) if !is_json(content_type.as_deref()) => {
-                Some(text.as_bytes().to_vec())
-            }
-            Some(v) => serde_json::to_vec(v).ok(),
-        }
+    let mut ce = CloudEvent {
+        id: String::new(),
+        source: String::new(),
+        type_: String::new(),
+        specversion: String::new(),
+        subject: None,
+        time: None,
+        datacontenttype: None,
+        dataschema: None,
+        extensions: Vec::new(),
+        data: None,
     };
-    let extensions = map
-        .iter()
-        .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
-        .map(|(k, v)| {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), v)
-        })
-        .collect();
-    CloudEvent {
-        id: event.id().to_owned(),
-        source: event.source().to_owned(),
-        type_: event.event_type().to_owned(),
-        specversion: s("specversion").unwrap_or_else(|| "1.0".to_owned()),
-        subject: s("subject"),
-        time: s("time"),
-        datacontenttype: content_type,
-        dataschema: s("dataschema"),
-        extensions,
-        data,
+    let mut data = None;
+    let mut data_base64 = None;
+    for (name, value) in event.as_map() {
+        let text = || value.as_str().map(str::to_owned);
+        match name.as_str() {
+            "id" => ce.id = text().unwrap_or_default(),
+            "source" => ce.source = text().unwrap_or_default(),
+            "type" => ce.type_ = text().unwrap_or_default(),
+            "specversion" => ce.specversion = text().unwrap_or_default(),
+            "subject" => ce.subject = text(),
+            "time" => ce.time = text(),
+            "datacontenttype" => ce.datacontenttype = text(),
+            "dataschema" => ce.dataschema = text(),
+            "data" => data = Some(value),
+            "data_base64" => data_base64 = value.as_str(),
+            _ => ce.extensions.push((
+                name.clone(),
+                match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+            )),
+        }
     }
+    if ce.specversion.is_empty() {
+        "1.0".clone_into(&mut ce.specversion);
+    }
+    ce.data = match (data_base64, data) {
+        // Ingest validated the encoding; an undecodable value cannot occur.
+        (Some(b64), _) => BASE64.decode(b64).ok(),
+        (None, None) => None,
+        (None, Some(Value::String(text))) if !is_json(ce.datacontenttype.as_deref()) => {
+            Some(text.as_bytes().to_vec())
+        }
+        (None, Some(v)) => serde_json::to_vec(v).ok(),
+    };
+    ce
 }
 
 /// An event from a WIT record, validated like any incoming event.

@@ -129,6 +129,7 @@ fn config(sizing: EngineSizing) -> Config {
     // memset instead of madvise: cheaper for the small heaps plugins touch.
     pool.linear_memory_keep_resident(1 << 20);
     pool.table_keep_resident(64 << 10);
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
 
     let mut c = Config::new();
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -1,6 +1,7 @@
 //! The WIT glue, compiled only for `wasm32`. Not part of the public API:
 //! the export macros expand to paths into this module.
 
+use std::cell::OnceCell;
 use std::marker::PhantomData;
 
 use crate::log::Level;
@@ -72,6 +73,29 @@ fn host_config() -> Config {
     Config::from_pairs(wit_config::get_all())
 }
 
+thread_local! {
+    /// The context of this instance, read from the host on first use. The
+    /// host fixes an instance's configuration when it creates it, so an
+    /// instance that handles many events (the host may reuse one) asks for
+    /// it once instead of once per event.
+    static CONTEXT: OnceCell<Context> = const { OnceCell::new() };
+}
+
+/// Runs `f` with this instance's context, made by `init` on first use.
+/// (Only connectors pass an `init` that names `wasi:http`, so filters and
+/// transformers never import it.)
+fn with_context<R>(init: impl FnOnce() -> Context, f: impl FnOnce(&Context) -> R) -> R {
+    CONTEXT.with(|cell| f(cell.get_or_init(init)))
+}
+
+fn plain_context() -> Context {
+    Context::new(host_config())
+}
+
+fn connector_context() -> Context {
+    Context::new(host_config()).with_http(crate::http::wasi::WasiHttp)
+}
+
 fn from_wit(event: wit::CloudEvent) -> Event {
     Event {
         id: event.id,
@@ -128,8 +152,9 @@ pub struct FilterExport<T>(PhantomData<T>);
 
 impl<T: Filter> filter_bindings::exports::busbar::plugin::filter::Guest for FilterExport<T> {
     fn filter(event: wit::CloudEvent) -> Result<bool, wit::PluginError> {
-        let cx = Context::new(host_config());
-        T::filter(&from_wit(event), &cx).map_err(plugin_error)
+        with_context(plain_context, |cx| {
+            T::filter(&from_wit(event), cx).map_err(plugin_error)
+        })
     }
 }
 
@@ -140,10 +165,11 @@ impl<T: Transformer> transformer_bindings::exports::busbar::plugin::transformer:
     for TransformerExport<T>
 {
     fn transform(event: wit::CloudEvent) -> Result<Vec<wit::CloudEvent>, wit::PluginError> {
-        let cx = Context::new(host_config());
-        T::transform(from_wit(event), &cx)
-            .map(|events| events.into_iter().map(to_wit).collect())
-            .map_err(plugin_error)
+        with_context(plain_context, |cx| {
+            T::transform(from_wit(event), cx)
+                .map(|events| events.into_iter().map(to_wit).collect())
+                .map_err(plugin_error)
+        })
     }
 }
 
@@ -154,16 +180,18 @@ impl<T: Connector> connector_bindings::exports::busbar::plugin::connector::Guest
     for ConnectorExport<T>
 {
     fn validate_config() -> Result<(), wit::PluginError> {
-        T::validate_config(&host_config()).map_err(plugin_error)
+        with_context(connector_context, |cx| {
+            T::validate_config(cx.config()).map_err(plugin_error)
+        })
     }
 
     fn deliver(events: Vec<wit::CloudEvent>) -> Vec<Result<(), wit::DeliveryError>> {
-        let cx = Context::new(host_config()).with_http(crate::http::wasi::WasiHttp);
         let events: Vec<Event> = events.into_iter().map(from_wit).collect();
-        let mut outcomes: Vec<_> = T::deliver_batch(&events, &cx)
-            .into_iter()
-            .map(|outcome| outcome.map_err(delivery_error))
-            .collect();
+        let mut outcomes: Vec<_> =
+            with_context(connector_context, |cx| T::deliver_batch(&events, cx))
+                .into_iter()
+                .map(|outcome| outcome.map_err(delivery_error))
+                .collect();
         // The host requires exactly one outcome per event; a plugin that
         // returned too few or too many gets its surplus cut and the missing
         // ones reported as retryable, rather than failing the whole batch.
