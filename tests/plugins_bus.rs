@@ -142,6 +142,119 @@ async fn filter_and_transformer_plugins_shape_what_targets_get() {
 }
 
 #[tokio::test]
+async fn the_admin_sets_a_tenants_plugin_limits_and_they_apply_from_the_next_event() {
+    let bus = TestBus::start().await;
+    let tight = bus.tenant("tight").await;
+    let roomy = bus.tenant("roomy").await;
+    for key in [&tight, &roomy] {
+        assert_eq!(
+            bus.upload(key, "split", guest_bytes("splitter")).await.0,
+            StatusCode::CREATED
+        );
+        bus.put(key, "/v1/queues/parts", json!({})).await;
+        bus.put(
+            key,
+            "/v1/buses/default/rules/split",
+            json!({
+            "pattern": {"source": ["shop"]},
+            "transform": {"plugin": "split", "config": {"pointer": "/items"}},
+            "targets": [{"id": "q", "type": "queue", "queue": "parts"}]}),
+        )
+        .await;
+    }
+    let path = "/v1/admin/tenants/tight/plugin-limits";
+
+    // Bad limits are refused whole, each problem named by the override that
+    // set it; only the admin may set them, for a tenant that exists.
+    let (status, err) = bus
+        .admin(
+            Method::PUT,
+            path,
+            Some(json!({"all": {"cpu_ms": 0}, "connector": {"max_handles": 2}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_limits");
+    let fields: Vec<&str> = err["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["all.cpu_ms", "connector.max_handles"], "{err}");
+    let (status, err) = bus
+        .admin(Method::PUT, path, Some(json!({"filter": {"cpu": 5}})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["field"], "filter.cpu", "{err}");
+    let tight_limits = json!({"transformer": {"max_output_events": 2}});
+    let (status, _) = bus
+        .call(Method::PUT, path, &tight, Some(tight_limits.clone()))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = bus
+        .admin(
+            Method::PUT,
+            "/v1/admin/tenants/nobody/plugin-limits",
+            Some(tight_limits.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Before any change, both tenants split an order into three events.
+    bus.send(&tight, "default", order("before", 1.0)).await;
+    assert_eq!(bus.drain(&tight, "parts", 3).await.len(), 3);
+
+    let (status, set) = bus.admin(Method::PUT, path, Some(tight_limits)).await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["effective"]["transformer"]["max_output_events"], 2);
+    assert_eq!(set["effective"]["filter"]["max_output_events"], 100);
+    let (_, own) = bus
+        .call(Method::GET, "/v1/plugin-limits", &tight, None)
+        .await;
+    assert_eq!(own, set, "the tenant reads what the admin set");
+    let (_, other) = bus
+        .call(Method::GET, "/v1/plugin-limits", &roomy, None)
+        .await;
+    assert_eq!(other["effective"]["transformer"]["max_output_events"], 100);
+
+    // The next event of the tight tenant exceeds its output limit; the
+    // other tenant is untouched.
+    bus.send(&tight, "default", order("after", 1.0)).await;
+    bus.send(&roomy, "default", order("after", 1.0)).await;
+    assert_eq!(bus.drain(&roomy, "parts", 3).await.len(), 3);
+    let letter = wait_for("a dead letter", Duration::from_secs(20), || async {
+        let (_, dlq) = bus.call(Method::GET, "/v1/dlq", &tight, None).await;
+        dlq["items"].as_array().and_then(|i| i.first().cloned())
+    })
+    .await;
+    assert_eq!(letter["error_code"], "plugin_output_limit", "{letter}");
+    assert_eq!(letter["event"]["id"], "after");
+
+    // The limits survive a restart.
+    let dir = bus.stop().await;
+    let bus = TestBus::start_in(dir).await;
+    let (status, again) = bus.admin(Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again, set);
+
+    // Reset: the server's limits apply again.
+    let (status, _) = bus.admin(Method::DELETE, path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, reset) = bus.admin(Method::GET, path, None).await;
+    assert_eq!(reset["effective"]["transformer"]["max_output_events"], 100);
+    assert_eq!(reset["overrides"]["transformer"], json!({}));
+    bus.send(&tight, "default", order("reset", 1.0)).await;
+    let parts = bus.drain(&tight, "parts", 3).await;
+    assert_eq!(parts.len(), 3);
+    assert!(
+        parts
+            .iter()
+            .all(|p| p["id"].as_str().unwrap().starts_with("reset-"))
+    );
+}
+
+#[tokio::test]
 async fn a_connector_plugin_delivers_signed_webhooks() {
     let bus = TestBus::start().await;
     let key = bus.tenant("acme").await;

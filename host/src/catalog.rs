@@ -10,6 +10,7 @@
 //! on a lock while matching.
 
 use crate::pattern::RuleSet;
+use crate::plugin::LimitsOverrides;
 use crate::plugin::registry::PluginRecord;
 use crate::route::Rule;
 use serde_json::Value;
@@ -47,6 +48,8 @@ struct TenantState {
     queues: BTreeMap<String, Value>,
     keys: BTreeMap<String, i64>,
     plugins: BTreeMap<String, PluginRecord>,
+    /// The admin's overrides of this tenant's plugin limits.
+    plugin_limits: Option<Arc<LimitsOverrides>>,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +113,22 @@ impl Catalog {
                 created_ms,
                 ..Default::default()
             });
+    }
+
+    /// Sets (or with `None` clears) the admin's overrides of a tenant's
+    /// plugin limits; they apply from the next invocation.
+    pub fn set_plugin_limits(&self, tenant: &str, overrides: Option<LimitsOverrides>) {
+        if let Some(t) = self.write().tenants.get_mut(tenant) {
+            t.plugin_limits = overrides.map(Arc::new);
+        }
+    }
+
+    /// The admin's overrides of a tenant's plugin limits, if any.
+    pub fn plugin_limits(&self, tenant: &str) -> Option<Arc<LimitsOverrides>> {
+        self.read()
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.plugin_limits.clone())
     }
 
     /// All tenants.

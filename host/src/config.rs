@@ -47,10 +47,49 @@ pub struct PluginsConfig {
     pub max_upload_bytes: usize,
     /// Limits for every invocation (CPU, memory, output, logs, time).
     pub limits: crate::plugin::PluginLimits,
+    /// Changes to `limits` for filters only.
+    pub filter_limits: crate::plugin::LimitsOverride,
+    /// Changes to `limits` for transformers only.
+    pub transformer_limits: crate::plugin::LimitsOverride,
+    /// Changes to `limits` for connectors only (e.g. a longer `timeout_ms`
+    /// for slow receivers).
+    pub connector_limits: crate::plugin::LimitsOverride,
     /// URL hosts connectors may reach even though they are loopback, private
     /// or link-local addresses (e.g. `127.0.0.1` for a local test receiver).
     /// Empty by default: such addresses are refused whatever a target allows.
     pub allow_private_hosts: Vec<String>,
+}
+
+impl PluginsConfig {
+    /// The server's limits for each plugin kind: `limits`, changed by the
+    /// kind's `*_limits`. Problems are named as in the config file.
+    pub fn kind_limits(&self) -> Result<crate::plugin::KindLimits, Vec<String>> {
+        let named = |section: &str, problems: Vec<crate::plugin::limits::LimitError>| {
+            problems
+                .into_iter()
+                .map(|p| format!("plugins.{section}.{}: {}", p.field, p.message))
+                .collect::<Vec<_>>()
+        };
+        self.limits.validate().map_err(|p| named("limits", p))?;
+        let limits = crate::plugin::KindLimits::uniform(&self.limits).with(
+            &crate::plugin::LimitsOverrides {
+                all: Default::default(),
+                filter: self.filter_limits.clone(),
+                transformer: self.transformer_limits.clone(),
+                connector: self.connector_limits.clone(),
+            },
+        );
+        limits.validate().map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| {
+                    let (kind, field) = p.field.split_once('.').unwrap_or(("", &p.field));
+                    format!("plugins.{kind}_limits.{field}: {}", p.message)
+                })
+                .collect::<Vec<_>>()
+        })?;
+        Ok(limits)
+    }
 }
 
 impl Default for PluginsConfig {
@@ -58,6 +97,9 @@ impl Default for PluginsConfig {
         Self {
             max_upload_bytes: 16 * 1024 * 1024,
             limits: crate::plugin::PluginLimits::default(),
+            filter_limits: Default::default(),
+            transformer_limits: Default::default(),
+            connector_limits: Default::default(),
             allow_private_hosts: Vec::new(),
         }
     }
@@ -253,6 +295,31 @@ mod tests {
         let c: Config = toml::from_str("fsync = \"always\"").unwrap();
         assert_eq!(c.fsync, Durability::Always);
         assert_eq!(Config::default().fsync, Durability::Normal);
+    }
+
+    #[test]
+    fn plugin_limits_per_kind() {
+        let c: Config = toml::from_str(
+            "[plugins.limits]\ncpu_ms = 50\n[plugins.connector_limits]\ntimeout_ms = 60000\n",
+        )
+        .unwrap();
+        let limits = c.plugins.kind_limits().unwrap();
+        assert_eq!(
+            (limits.filter.cpu_ms, limits.filter.timeout_ms),
+            (50, 10_000)
+        );
+        assert_eq!(
+            (limits.connector.cpu_ms, limits.connector.timeout_ms),
+            (50, 60_000)
+        );
+        let c: Config = toml::from_str("[plugins.filter_limits]\ncpu_ms = 0\n").unwrap();
+        assert_eq!(
+            c.plugins.kind_limits().unwrap_err(),
+            ["plugins.filter_limits.cpu_ms: must be between 1 and 60000"]
+        );
+        let c: Config = toml::from_str("[plugins.limits]\nmax_handles = 2\n").unwrap();
+        assert!(c.plugins.kind_limits().unwrap_err()[0].starts_with("plugins.limits.max_handles"));
+        assert!(toml::from_str::<Config>("[plugins.filter_limits]\nfuel = 1\n").is_err());
     }
 
     #[test]

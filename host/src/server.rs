@@ -11,7 +11,7 @@ use crate::deliver::queue::QueueSignals;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
 use crate::plugin::registry::{PluginHost, PluginRecord};
-use crate::plugin::{PluginRuntime, RuntimeConfig};
+use crate::plugin::{LimitsOverrides, PluginRuntime, RuntimeConfig};
 use crate::route::router::Router;
 use crate::route::{CompileContext, compile_rule};
 use crate::store::sqlite::SqliteStore;
@@ -109,6 +109,14 @@ async fn load_catalog(
                     tracing::error!(tenant = %r.tenant, plugin = %r.name, error = %e, "stored plugin record unreadable; skipped")
                 }
             },
+            ResourceKind::PluginLimits => {
+                match serde_json::from_value::<LimitsOverrides>(r.spec.clone()) {
+                    Ok(overrides) => catalog.set_plugin_limits(&r.tenant, Some(overrides)),
+                    Err(e) => {
+                        tracing::error!(tenant = %r.tenant, error = %e, "stored plugin limits unreadable; server defaults apply")
+                    }
+                }
+            }
             ResourceKind::Rule => {}
         }
     }
@@ -149,19 +157,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ..PatternLimits::default()
     };
     let catalog = Arc::new(load_catalog(store.as_ref(), &http, &pattern_limits).await?);
-    if let Err(problems) = config.plugins.limits.validate() {
-        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        anyhow::bail!("invalid config plugins.limits: {}", list.join("; "));
-    }
+    let plugin_limits = config
+        .plugins
+        .kind_limits()
+        .map_err(|problems| anyhow::anyhow!("invalid config: {}", problems.join("; ")))?;
     let mut runtime_config = RuntimeConfig::new(dir.clone());
     runtime_config.max_upload_bytes = config.plugins.max_upload_bytes;
     runtime_config.outbound.allow_private = config.plugins.allow_private_hosts.clone();
     let runtime = Arc::new(PluginRuntime::new(runtime_config)?);
-    let plugins = Arc::new(PluginHost::new(
-        runtime,
-        catalog.clone(),
-        config.plugins.limits.clone(),
-    ));
+    let plugins = Arc::new(PluginHost::new(runtime, catalog.clone(), plugin_limits));
     let (admin_key_hash, generated_admin_key) =
         admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
 

@@ -232,6 +232,45 @@ async fn every_answer_is_documented() {
         S::NOT_FOUND
     );
 
+    // Plugin limits.
+    let limits = "/v1/admin/tenants/acme/plugin-limits";
+    let example = c.doc["paths"]["/v1/admin/tenants/{tenant}/plugin-limits"]["put"]["requestBody"]
+        ["content"]["application/json"]["examples"]["tighter_filters"]["value"]
+        .clone();
+    for (who, body, expected) in [
+        (admin, example, S::OK),
+        (admin, json!({"all": {"cpu_ms": 0}}), S::BAD_REQUEST),
+        (key, json!({}), S::FORBIDDEN),
+    ] {
+        assert_eq!(c.call(M::PUT, limits, who, json(body)).await.0, expected);
+    }
+    assert_eq!(c.call(M::GET, limits, admin, Body::None).await.0, S::OK);
+    assert_eq!(
+        c.call(M::GET, "/v1/plugin-limits", key, Body::None).await.0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/plugin-limits", admin, Body::None)
+            .await
+            .0,
+        S::FORBIDDEN
+    );
+    assert_eq!(
+        c.call(
+            M::GET,
+            "/v1/admin/tenants/nobody/plugin-limits",
+            admin,
+            Body::None
+        )
+        .await
+        .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::DELETE, limits, admin, Body::None).await.0,
+        S::NO_CONTENT
+    );
+
     // Buses and queues.
     assert_eq!(c.call(M::GET, "/v1/buses", key, Body::None).await.0, S::OK);
     assert_eq!(

@@ -1,7 +1,10 @@
-//! `/v1/admin/*`: tenants and their API keys.
+//! `/v1/admin/*`: tenants, their API keys and their plugin limits.
 
 use super::{Admin, ApiError, Body, State, check_name, generate_key, hash_key, list, parse_json};
 use crate::clock::now_ms;
+use crate::plugin::limits::LimitError;
+use crate::plugin::{LimitsOverride, LimitsOverrides};
+use crate::route::FieldError;
 use crate::store::{KeyRecord, Resource, ResourceKind, TenantRecord};
 use axum::Json;
 use axum::extract::Path;
@@ -104,4 +107,111 @@ pub(super) async fn revoke_key(
     }
     state.catalog.remove_key(&tenant, &key_id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The name of the one `plugin_limits` resource of a tenant.
+const PLUGIN_LIMITS: &str = "plugin_limits";
+
+/// A tenant's plugin limits: the admin's overrides and what each kind
+/// effectively runs under.
+fn plugin_limits_body(state: &super::AppState, tenant: &str) -> Value {
+    let overrides = state.catalog.plugin_limits(tenant).unwrap_or_default();
+    json!({
+        "tenant": tenant,
+        "overrides": *overrides,
+        "effective": state.plugins.defaults.with(&overrides),
+    })
+}
+
+/// Names a problem of the effective limits after the override that caused
+/// it (`all.cpu_ms` rather than `filter.cpu_ms` when `all` set it).
+fn limit_problems(overrides: &LimitsOverrides, problems: Vec<LimitError>) -> Vec<FieldError> {
+    let sets = |o: &LimitsOverride, field: &str| {
+        serde_json::to_value(o).is_ok_and(|v| v.get(field).is_some())
+    };
+    let mut errors: Vec<FieldError> = Vec::new();
+    for p in problems {
+        let (kind, field) = p.field.split_once('.').unwrap_or(("all", &p.field));
+        let own = match kind {
+            "filter" => &overrides.filter,
+            "transformer" => &overrides.transformer,
+            _ => &overrides.connector,
+        };
+        let path = if !sets(own, field) && sets(&overrides.all, field) {
+            format!("all.{field}")
+        } else {
+            p.field.clone()
+        };
+        if !errors.iter().any(|e| e.field == path) {
+            errors.push(FieldError::new(path, p.message));
+        }
+    }
+    errors
+}
+
+pub(super) async fn get_plugin_limits(
+    axum::extract::State(state): State,
+    _: Admin,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.catalog.has_tenant(&tenant) {
+        return Err(ApiError::not_found("tenant", &tenant));
+    }
+    Ok(Json(plugin_limits_body(&state, &tenant)))
+}
+
+pub(super) async fn put_plugin_limits(
+    axum::extract::State(state): State,
+    _: Admin,
+    Path(tenant): Path<String>,
+    Body(body): Body,
+) -> Result<Json<Value>, ApiError> {
+    if !state.catalog.has_tenant(&tenant) {
+        return Err(ApiError::not_found("tenant", &tenant));
+    }
+    let overrides: LimitsOverrides = parse_json(&body)?;
+    if let Err(problems) = state.plugins.defaults.with(&overrides).validate() {
+        return Err(ApiError::invalid(
+            "invalid_limits",
+            limit_problems(&overrides, problems),
+        ));
+    }
+    let spec = serde_json::to_value(&overrides).map_err(ApiError::internal)?;
+    state
+        .store
+        .put_resource(Resource {
+            tenant: tenant.clone(),
+            kind: ResourceKind::PluginLimits,
+            name: PLUGIN_LIMITS.into(),
+            spec,
+            updated_ms: now_ms(),
+        })
+        .await?;
+    state.catalog.set_plugin_limits(&tenant, Some(overrides));
+    tracing::info!(%tenant, "plugin limits changed");
+    Ok(Json(plugin_limits_body(&state, &tenant)))
+}
+
+pub(super) async fn delete_plugin_limits(
+    axum::extract::State(state): State,
+    _: Admin,
+    Path(tenant): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.catalog.has_tenant(&tenant) {
+        return Err(ApiError::not_found("tenant", &tenant));
+    }
+    state
+        .store
+        .delete_resource(&tenant, ResourceKind::PluginLimits, PLUGIN_LIMITS)
+        .await?;
+    state.catalog.set_plugin_limits(&tenant, None);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/plugin-limits`: a tenant reads the limits its plugins run under.
+pub(super) async fn own_plugin_limits(
+    axum::extract::State(state): State,
+    super::Tenant(tenant): super::Tenant,
+) -> Json<Value> {
+    Json(plugin_limits_body(&state, &tenant))
 }

@@ -81,6 +81,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             delete(admin::revoke_key),
         )
         .route(
+            "/admin/tenants/{tenant}/plugin-limits",
+            put(admin::put_plugin_limits)
+                .get(admin::get_plugin_limits)
+                .delete(admin::delete_plugin_limits),
+        )
+        .route("/plugin-limits", get(admin::own_plugin_limits))
+        .route(
             "/buses/{bus}/events",
             post(events::post_cloudevents).layer(DefaultBodyLimit::max(events_limit)),
         )

@@ -52,7 +52,7 @@ use self::state::State;
 use crate::event::Event;
 use crate::ingest::IngestLimits;
 
-pub use self::limits::PluginLimits;
+pub use self::limits::{KindLimits, LimitsOverride, LimitsOverrides, PluginLimits};
 pub use self::log::{LogLevel, LogRecord, LogSource};
 pub use self::validate::{PluginError, PluginErrorCode};
 

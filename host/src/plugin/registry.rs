@@ -10,8 +10,8 @@
 //! into the bus's error codes, and pauses a version that keeps crashing.
 
 use super::{
-    DeliveryResult, FailureKind, InvokeContext, LoadedPlugin, PluginFailure, PluginKind,
-    PluginLimits, PluginRuntime,
+    DeliveryResult, FailureKind, InvokeContext, KindLimits, LoadedPlugin, PluginFailure,
+    PluginKind, PluginLimits, PluginRuntime,
 };
 use crate::catalog::Catalog;
 use crate::deliver::{Failure, Outcome};
@@ -233,8 +233,9 @@ pub struct PluginHost {
     /// The sandbox.
     pub runtime: Arc<PluginRuntime>,
     catalog: Arc<Catalog>,
-    /// Limits applied to every invocation.
-    pub limits: PluginLimits,
+    /// The server's limits per kind; the admin's overrides for a tenant
+    /// (kept in the catalog) apply on top.
+    pub defaults: KindLimits,
     /// Consecutive crashes per (tenant, plugin, version).
     crashes: Mutex<HashMap<(String, String, u32), u32>>,
     /// Invocations in progress per tenant, so one tenant's slow plugins cannot
@@ -267,13 +268,23 @@ pub fn failure_code(kind: FailureKind) -> String {
 
 impl PluginHost {
     /// Builds the host.
-    pub fn new(runtime: Arc<PluginRuntime>, catalog: Arc<Catalog>, limits: PluginLimits) -> Self {
+    pub fn new(runtime: Arc<PluginRuntime>, catalog: Arc<Catalog>, defaults: KindLimits) -> Self {
         Self {
             runtime,
             catalog,
-            limits,
+            defaults,
             crashes: Mutex::new(HashMap::new()),
             tenant_slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The limits `tenant`'s plugins of `kind` run under: the server's, with
+    /// the admin's overrides for the tenant. Read per invocation, so a change
+    /// applies from the next one.
+    pub fn limits(&self, tenant: &str, kind: PluginKind) -> PluginLimits {
+        match self.catalog.plugin_limits(tenant) {
+            Some(overrides) => overrides.apply(&self.defaults, kind),
+            None => self.defaults.get(kind).clone(),
         }
     }
 
@@ -377,6 +388,7 @@ impl PluginHost {
         binding: &'a PluginBinding,
         version: u32,
         event_id: &'a str,
+        limits: &'a PluginLimits,
         allowed_hosts: &'a [String],
     ) -> InvokeContext<'a> {
         InvokeContext {
@@ -385,7 +397,7 @@ impl PluginHost {
             version,
             event_id,
             config: &binding.config,
-            limits: &self.limits,
+            limits,
             allowed_hosts,
         }
     }
@@ -416,7 +428,8 @@ impl PluginHost {
         event: &Event,
     ) -> Result<bool, AttemptError> {
         let (version, plugin) = self.resolve(tenant, binding, PluginKind::Filter)?;
-        let cx = self.context(tenant, binding, version, event.id(), &[]);
+        let limits = self.limits(tenant, PluginKind::Filter);
+        let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.filter(&plugin, &cx, event).await {
             Ok(inv) => {
                 self.record(tenant, &binding.name, version, false);
@@ -434,7 +447,8 @@ impl PluginHost {
         event: &Event,
     ) -> Result<Vec<Event>, AttemptError> {
         let (version, plugin) = self.resolve(tenant, binding, PluginKind::Transformer)?;
-        let cx = self.context(tenant, binding, version, event.id(), &[]);
+        let limits = self.limits(tenant, PluginKind::Transformer);
+        let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.transform(&plugin, &cx, event).await {
             Ok(inv) => {
                 self.record(tenant, &binding.name, version, false);
@@ -452,7 +466,8 @@ impl PluginHost {
         allowed_hosts: &[String],
     ) -> Result<(), AttemptError> {
         let (version, plugin) = self.resolve(tenant, binding, PluginKind::Connector)?;
-        let cx = self.context(tenant, binding, version, "", allowed_hosts);
+        let limits = self.limits(tenant, PluginKind::Connector);
+        let cx = self.context(tenant, binding, version, "", &limits, allowed_hosts);
         self.runtime
             .validate_config(&plugin, &cx)
             .await
@@ -481,7 +496,8 @@ impl PluginHost {
             }
             Err(e) => return Outcome::Permanent(failure(e)),
         };
-        let cx = self.context(tenant, binding, version, event.id(), allowed_hosts);
+        let limits = self.limits(tenant, PluginKind::Connector);
+        let cx = self.context(tenant, binding, version, event.id(), &limits, allowed_hosts);
         let _slot = self.tenant_slot(tenant).await;
         match self
             .runtime

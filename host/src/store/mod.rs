@@ -102,6 +102,9 @@ pub enum ResourceKind {
     Queue,
     /// A Wasm plugin's versions (the spec is its `PluginRecord`).
     Plugin,
+    /// The admin's overrides of a tenant's plugin limits (one per tenant,
+    /// named `plugin_limits`; the spec is its `LimitsOverrides`).
+    PluginLimits,
 }
 
 impl ResourceKind {
@@ -112,6 +115,7 @@ impl ResourceKind {
             Self::Rule => "rule",
             Self::Queue => "queue",
             Self::Plugin => "plugin",
+            Self::PluginLimits => "plugin_limits",
         }
     }
 
@@ -121,6 +125,7 @@ impl ResourceKind {
             "rule" => Some(Self::Rule),
             "queue" => Some(Self::Queue),
             "plugin" => Some(Self::Plugin),
+            "plugin_limits" => Some(Self::PluginLimits),
             _ => None,
         }
     }
