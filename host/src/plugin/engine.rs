@@ -125,8 +125,11 @@ fn config(sizing: EngineSizing) -> Config {
     pool.max_memory_size(MAX_MEMORY_BYTES);
     // Function tables of real plugins hold a few thousand entries.
     pool.table_elements(20_000);
-    // Keep the first 1 MiB of a freed memory slot resident and zero it with
-    // memset instead of madvise: cheaper for the small heaps plugins touch.
+    // Keep up to 1 MiB of a freed memory slot resident and reset it in
+    // place instead of madvise (whose page faults and TLB-flush IPIs cost
+    // more than the small heaps plugins touch). With PAGEMAP_SCAN (Linux
+    // 6.7+) only the pages the guest dirtied are reset, not the whole 1 MiB:
+    // a fresh filter instance went from 65 to 21 µs (BENCHMARKS.md).
     pool.linear_memory_keep_resident(1 << 20);
     pool.table_keep_resident(64 << 10);
     pool.pagemap_scan(wasmtime::Enabled::Auto);
