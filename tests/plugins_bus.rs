@@ -11,6 +11,7 @@ use std::time::Duration;
 /// Guests these tests run through the bus.
 pub const TESTED: &[&str] = &[
     "amount-filter",
+    "enrich",
     "splitter",
     "signed-webhook",
     "panic",
@@ -19,6 +20,17 @@ pub const TESTED: &[&str] = &[
 
 fn order(id: &str, amount: f64) -> Value {
     event(id, "shop", json!({"amount": amount, "items": [1, 2, 3]}))
+}
+
+/// The same component with a custom section appended: other bytes, so
+/// uploading it makes a new version that behaves the same.
+fn retagged(mut wasm: Vec<u8>, tag: &str) -> Vec<u8> {
+    assert!(tag.len() < 100, "one-byte LEB128 lengths");
+    wasm.push(0); // custom section id
+    wasm.push(1 + tag.len() as u8); // section size: name length byte + name
+    wasm.push(tag.len() as u8);
+    wasm.extend_from_slice(tag.as_bytes());
+    wasm
 }
 
 #[tokio::test]
@@ -367,6 +379,99 @@ async fn a_new_version_takes_effect_at_once_crashes_pause_it_and_rollback_restor
     bus.send(&key, "default", order("v1-b", 10.0)).await;
     let got = bus.drain(&key, "out", 1).await;
     assert_eq!(got[0]["id"], "v1-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_versions_while_events_flow_loses_and_duplicates_nothing() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    let (filter, enrich) = (guest_bytes("amount-filter"), guest_bytes("enrich"));
+    assert_eq!(
+        bus.upload(&key, "gate", filter.clone()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        bus.upload(&key, "enrich", enrich.clone()).await.0,
+        StatusCode::CREATED
+    );
+    bus.put(&key, "/v1/queues/out", json!({})).await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/r",
+        json!({
+        "pattern": {"source": ["shop"]},
+        "filter": {"plugin": "gate", "config": {"threshold": 0}},
+        "transform": {"plugin": "enrich", "config": {"region": "eu"}},
+        "targets": [{"id": "q", "type": "queue", "queue": "out"}]}),
+    )
+    .await;
+
+    // Batches of 10 events go in until both plugins have had four new
+    // versions each, so the swaps happen while events are in flight (at most
+    // 120 batches, so a slow machine still drains them in time).
+    let swapped = std::sync::atomic::AtomicBool::new(false);
+    let send = async {
+        let mut batches = 0;
+        while batches < 10 || (batches < 120 && !swapped.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            let batch: Vec<Value> = (0..10)
+                .map(|i| order(&format!("e{batches}-{i}"), 5.0))
+                .collect();
+            let (status, body) = bus
+                .raw(
+                    &key,
+                    "default",
+                    "application/cloudevents-batch+json",
+                    Value::Array(batch).to_string(),
+                    &[],
+                )
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            batches += 1;
+        }
+        batches
+    };
+    let swap = async {
+        for v in 2..=5 {
+            for (name, wasm) in [("gate", &filter), ("enrich", &enrich)] {
+                let (status, body) = bus
+                    .upload(&key, name, retagged(wasm.clone(), &format!("v{v}")))
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(body["version"], v);
+            }
+        }
+        swapped.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (batches, ()) = tokio::join!(send, swap);
+
+    let got = bus.drain(&key, "out", batches * 10).await;
+    let mut ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "no event delivered twice");
+    assert_eq!(got.len(), batches * 10, "every event delivered");
+    assert!(
+        got.iter().all(|e| e["data"]["region"] == "eu"),
+        "all enriched"
+    );
+    let (_, more) = bus
+        .call(
+            Method::POST,
+            "/v1/queues/out/receive",
+            &key,
+            Some(json!({"wait_s": 1})),
+        )
+        .await;
+    assert_eq!(more["messages"], json!([]), "nothing more: {more}");
+    let (_, dlq) = bus.call(Method::GET, "/v1/dlq", &key, None).await;
+    assert_eq!(dlq["items"], json!([]), "no failures: {dlq}");
+    for name in ["gate", "enrich"] {
+        let (_, info) = bus
+            .call(Method::GET, &format!("/v1/plugins/{name}"), &key, None)
+            .await;
+        assert_eq!(info["current"], 5, "{info}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
