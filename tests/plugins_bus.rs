@@ -93,16 +93,8 @@ async fn uploads_are_validated_versioned_and_private_to_the_tenant() {
 async fn filter_and_transformer_plugins_shape_what_targets_get() {
     let bus = TestBus::start().await;
     let key = bus.tenant("acme").await;
-    assert_eq!(
-        bus.upload(&key, "big", guest_bytes("amount-filter"))
-            .await
-            .0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        bus.upload(&key, "split", guest_bytes("splitter")).await.0,
-        StatusCode::CREATED
-    );
+    bus.install(&key, "big", "amount-filter").await;
+    bus.install(&key, "split", "splitter").await;
     bus.put(&key, "/v1/queues/big", json!({})).await;
     bus.put(&key, "/v1/queues/parts", json!({})).await;
     bus.put(
@@ -159,10 +151,7 @@ async fn the_admin_sets_a_tenants_plugin_limits_and_they_apply_from_the_next_eve
     let tight = bus.tenant("tight").await;
     let roomy = bus.tenant("roomy").await;
     for key in [&tight, &roomy] {
-        assert_eq!(
-            bus.upload(key, "split", guest_bytes("splitter")).await.0,
-            StatusCode::CREATED
-        );
+        bus.install(key, "split", "splitter").await;
         bus.put(key, "/v1/queues/parts", json!({})).await;
         bus.put(
             key,
@@ -271,12 +260,7 @@ async fn a_connector_plugin_delivers_signed_webhooks() {
     let bus = TestBus::start().await;
     let key = bus.tenant("acme").await;
     let sink = Receiver::start().await;
-    assert_eq!(
-        bus.upload(&key, "hook", guest_bytes("signed-webhook"))
-            .await
-            .0,
-        StatusCode::CREATED
-    );
+    bus.install(&key, "hook", "signed-webhook").await;
     bus.put(&key, "/v1/buses/default/rules/r", json!({
         "pattern": {"source": ["shop"]},
         "targets": [{"id": "w", "type": "wasm", "plugin": "hook",
@@ -311,12 +295,7 @@ async fn a_connector_plugin_delivers_signed_webhooks() {
 async fn a_new_version_takes_effect_at_once_crashes_pause_it_and_rollback_restores() {
     let bus = TestBus::start().await;
     let key = bus.tenant("acme").await;
-    assert_eq!(
-        bus.upload(&key, "gate", guest_bytes("amount-filter"))
-            .await
-            .0,
-        StatusCode::CREATED
-    );
+    bus.install(&key, "gate", "amount-filter").await;
     bus.put(&key, "/v1/queues/out", json!({})).await;
     bus.put(
         &key,
@@ -386,14 +365,8 @@ async fn swapping_versions_while_events_flow_loses_and_duplicates_nothing() {
     let bus = TestBus::start().await;
     let key = bus.tenant("acme").await;
     let (filter, enrich) = (guest_bytes("amount-filter"), guest_bytes("enrich"));
-    assert_eq!(
-        bus.upload(&key, "gate", filter.clone()).await.0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        bus.upload(&key, "enrich", enrich.clone()).await.0,
-        StatusCode::CREATED
-    );
+    bus.install(&key, "gate", "amount-filter").await;
+    bus.install(&key, "enrich", "enrich").await;
     bus.put(&key, "/v1/queues/out", json!({})).await;
     bus.put(
         &key,
@@ -478,10 +451,7 @@ async fn swapping_versions_while_events_flow_loses_and_duplicates_nothing() {
 async fn a_spinning_plugin_does_not_slow_another_tenant() {
     let bus = TestBus::start().await;
     let (a, b) = (bus.tenant("noisy").await, bus.tenant("quiet").await);
-    assert_eq!(
-        bus.upload(&a, "spin", guest_bytes("spin")).await.0,
-        StatusCode::CREATED
-    );
+    bus.install(&a, "spin", "spin").await;
     bus.put(&a, "/v1/queues/q", json!({})).await;
     bus.put(
         &a,

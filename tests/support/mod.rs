@@ -154,6 +154,12 @@ impl TestBus {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Uploads a guest as a new plugin `name`; asserts 201.
+    pub async fn install(&self, key: &str, name: &str, guest: &str) {
+        let (status, body) = self.upload(key, name, guests::guest_bytes(guest)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     /// Receives up to `n` messages from a queue, waiting until there are `n` (with a deadline).
     pub async fn drain(&self, key: &str, queue: &str, n: usize) -> Vec<Value> {
         let mut got = Vec::new();

@@ -18,6 +18,15 @@ pub(super) struct NewTenant {
     name: String,
 }
 
+/// 404 unless `tenant` exists (admin routes name it in the path).
+fn require_tenant(state: &super::AppState, tenant: &str) -> Result<(), ApiError> {
+    if state.catalog.has_tenant(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("tenant", tenant))
+    }
+}
+
 /// Creates a key for `tenant`, persisting only its hash. Returns (id, key).
 async fn issue_key(state: &super::AppState, tenant: &str) -> Result<(String, String), ApiError> {
     let key = generate_key();
@@ -87,9 +96,7 @@ pub(super) async fn create_key(
     _: Admin,
     Path(tenant): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if !state.catalog.has_tenant(&tenant) {
-        return Err(ApiError::not_found("tenant", &tenant));
-    }
+    require_tenant(&state, &tenant)?;
     let (key_id, api_key) = issue_key(&state, &tenant).await?;
     Ok((
         StatusCode::CREATED,
@@ -154,9 +161,7 @@ pub(super) async fn get_plugin_limits(
     _: Admin,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.catalog.has_tenant(&tenant) {
-        return Err(ApiError::not_found("tenant", &tenant));
-    }
+    require_tenant(&state, &tenant)?;
     Ok(Json(plugin_limits_body(&state, &tenant)))
 }
 
@@ -166,9 +171,7 @@ pub(super) async fn put_plugin_limits(
     Path(tenant): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.catalog.has_tenant(&tenant) {
-        return Err(ApiError::not_found("tenant", &tenant));
-    }
+    require_tenant(&state, &tenant)?;
     let overrides: LimitsOverrides = parse_json(&body)?;
     if let Err(problems) = state.plugins.defaults.with(&overrides).validate() {
         return Err(ApiError::invalid(
@@ -197,9 +200,7 @@ pub(super) async fn delete_plugin_limits(
     _: Admin,
     Path(tenant): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.catalog.has_tenant(&tenant) {
-        return Err(ApiError::not_found("tenant", &tenant));
-    }
+    require_tenant(&state, &tenant)?;
     state
         .store
         .delete_resource(&tenant, ResourceKind::PluginLimits, PLUGIN_LIMITS)
