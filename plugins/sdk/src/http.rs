@@ -529,32 +529,29 @@ pub(crate) mod wasi {
 
             let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(map_error)?;
             // A server may answer before it has read the whole body (HTTP
-            // allows it, and a fast 4xx often does); the body stream then
-            // closes. So a failed write is only reported when no response
-            // arrives.
-            let mut write_error = None;
+            // allows it, and a fast 4xx often does), and the host may refuse
+            // the request (a host not allowed, a restricted address) while
+            // the body is being written; either way the body stream closes.
+            // So a failed write is not an error of its own: the response, or
+            // the host's reason for having none, says what happened.
+            let mut write_failed = false;
             {
                 let stream = body.write().map_err(|()| invalid("body stream"))?;
                 for chunk in request.body.chunks(WRITE_CHUNK) {
-                    if let Err(e) = stream.blocking_write_and_flush(chunk) {
-                        write_error = Some(format!("writing body: {e:?}"));
+                    if stream.blocking_write_and_flush(chunk).is_err() {
+                        write_failed = true;
                         break;
                     }
                 }
             }
-            if write_error.is_none() {
+            if !write_failed {
                 OutgoingBody::finish(body, None).map_err(map_error)?;
             }
 
             pending.subscribe().block();
             let incoming = match pending.get() {
                 Some(Ok(Ok(response))) => response,
-                Some(Ok(Err(code))) => {
-                    return Err(match write_error {
-                        Some(e) => HttpError::Connection(e),
-                        None => map_error(code),
-                    });
-                }
+                Some(Ok(Err(code))) => return Err(map_error(code)),
                 Some(Err(())) | None => {
                     return Err(HttpError::Connection("response already taken".into()));
                 }
