@@ -1,0 +1,126 @@
+//! Configuration: tenants, API keys, named resources and store-wide settings.
+//!
+//! Resources are stored as the JSON the tenant sent (validated before it gets
+//! here), so the store needs no knowledge of what a rule or a plugin is. The
+//! in-memory catalog is rebuilt from a [`ConfigSnapshot`] at start-up.
+
+use super::{Millis, StoreResult};
+use async_trait::async_trait;
+
+/// A tenant's identity record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantRecord {
+    /// Unique, URL-safe name; also the tenant's id.
+    pub name: String,
+    /// Creation time.
+    pub created_ms: Millis,
+}
+
+/// A tenant API key; only its hash is ever stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public identifier, used to revoke the key.
+    pub id: String,
+    /// Tenant the key acts for.
+    pub tenant: String,
+    /// Hex SHA-256 of the secret key.
+    pub hash: String,
+    /// Creation time.
+    pub created_ms: Millis,
+}
+
+/// Kinds of named, tenant-owned configuration the store persists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    /// An event bus.
+    Bus,
+    /// A rule; its name is `bus/rule`.
+    Rule,
+    /// A pull queue.
+    Queue,
+    /// A Wasm plugin's versions (the spec is its plugin record).
+    Plugin,
+    /// The admin's overrides of a tenant's plugin limits (one per tenant,
+    /// named `plugin_limits`).
+    PluginLimits,
+}
+
+impl ResourceKind {
+    /// Every kind, in the order a catalog should load them (what others
+    /// refer to comes first: rules name buses, queues and plugins).
+    pub const LOAD_ORDER: [ResourceKind; 5] = [
+        Self::PluginLimits,
+        Self::Plugin,
+        Self::Queue,
+        Self::Bus,
+        Self::Rule,
+    ];
+
+    /// The stored name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bus => "bus",
+            Self::Rule => "rule",
+            Self::Queue => "queue",
+            Self::Plugin => "plugin",
+            Self::PluginLimits => "plugin_limits",
+        }
+    }
+
+    /// The kind with this stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::LOAD_ORDER.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A persisted configuration resource (its spec is the JSON the user sent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// Owning tenant.
+    pub tenant: String,
+    /// What it is.
+    pub kind: ResourceKind,
+    /// Name, unique per tenant and kind.
+    pub name: String,
+    /// The validated spec as JSON.
+    pub spec: serde_json::Value,
+    /// Last change.
+    pub updated_ms: Millis,
+}
+
+/// Everything the bus needs in memory at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSnapshot {
+    /// All tenants.
+    pub tenants: Vec<TenantRecord>,
+    /// All live (unrevoked) keys.
+    pub keys: Vec<KeyRecord>,
+    /// All resources.
+    pub resources: Vec<Resource>,
+}
+
+/// Tenants, keys, resources and settings.
+#[async_trait]
+pub trait ConfigStore: Send + Sync + 'static {
+    /// Loads every tenant, live key and resource.
+    async fn load(&self) -> StoreResult<ConfigSnapshot>;
+    /// Creates a tenant; [`Conflict`](super::StoreError::Conflict) if the name is taken.
+    async fn create_tenant(&self, tenant: TenantRecord) -> StoreResult<()>;
+    /// Stores a new key.
+    async fn put_key(&self, key: KeyRecord) -> StoreResult<()>;
+    /// Revokes a key; false if the tenant has no such live key.
+    async fn revoke_key(&self, tenant: &str, key_id: &str) -> StoreResult<bool>;
+    /// Creates or replaces a resource.
+    async fn put_resource(&self, resource: Resource) -> StoreResult<()>;
+    /// Deletes a resource; false if absent.
+    async fn delete_resource(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        name: &str,
+    ) -> StoreResult<bool>;
+    /// Reads a store-wide setting (e.g. the admin key hash).
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Writes a store-wide setting.
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+}
