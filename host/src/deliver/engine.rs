@@ -566,3 +566,325 @@ fn batches(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
     }
     groups
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::deliver::retry::RetryPolicy;
+    use crate::deliver::target::{Target, TargetServices};
+    use crate::store::memory::{FaultOp, MemoryStore};
+    use crate::store::{DeadLetterFilter, DeadLetters, Queues};
+    use crate::deliver::testing::Scripted;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// One bound target, found by the engine for stored jobs.
+    struct Directory(Mutex<Vec<Arc<BoundTarget>>>);
+
+    impl TargetDirectory for Directory {
+        fn bound_target(&self, tenant: &str, bus: &str, rule: &str, target: &str) -> Option<Arc<BoundTarget>> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|t| t.tenant == tenant && t.bus == bus && t.rule == rule && t.id == target)
+                .cloned()
+        }
+    }
+
+    struct Harness {
+        store: MemoryStore,
+        clock: SharedClock,
+        engine: Arc<Engine>,
+        shutdown: watch::Sender<bool>,
+    }
+
+    fn harness(targets: Vec<Arc<BoundTarget>>, config: EngineConfig) -> Harness {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let directory = Arc::new(Directory(Mutex::new(targets)));
+        let engine = Arc::new(Engine::new(Arc::new(store.clone()), directory, clock.clone(), config));
+        let (shutdown, rx) = watch::channel(false);
+        tokio::spawn(engine.clone().run_retries(rx));
+        Harness {
+            store,
+            clock,
+            engine,
+            shutdown,
+        }
+    }
+
+    fn bound(target: Arc<dyn Target>, retry: RetryPolicy) -> Arc<BoundTarget> {
+        Arc::new(BoundTarget {
+            tenant: "t".into(),
+            bus: "b".into(),
+            rule: "r".into(),
+            id: "x".into(),
+            retry,
+            dead_letter: true,
+            target,
+        })
+    }
+
+    fn item(id: &str) -> Item {
+        let map = serde_json::json!({"specversion": "1.0", "id": id, "source": "s", "type": "t"});
+        let serde_json::Value::Object(map) = map else { unreachable!() };
+        let event = Event::from_validated(map);
+        Item {
+            event_bytes: Bytes::from(event.to_json_bytes()),
+            event: Arc::new(event),
+            body: None,
+        }
+    }
+
+    /// A done-guard that counts its own release.
+    fn counted(released: &Arc<AtomicUsize>) -> DoneGuard {
+        struct Count(Arc<AtomicUsize>);
+        impl Drop for Count {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Arc::new(Count(released.clone()))
+    }
+
+    fn retry_503() -> Outcome {
+        Outcome::Retry(Failure {
+            status: Some(503),
+            ..Failure::new(FailureCode::HttpStatus, "HTTP 503")
+        })
+    }
+
+    /// Waits (on virtual time) until `check` holds.
+    async fn until<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..100_000 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    async fn dead_letters(store: &MemoryStore) -> Vec<crate::store::DeadLetter> {
+        store
+            .list_dead_letters("t", &DeadLetterFilter::default(), None, 100)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_first_attempts_are_retried_with_backoff_until_delivered() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target = Scripted::new(clock.clone(), vec![retry_503(), retry_503()]);
+        let policy = RetryPolicy {
+            base_delay_ms: 1_000,
+            max_delay_ms: 1_000,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy);
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        let released = Arc::new(AtomicUsize::new(0));
+        let start = h.clock.now_ms();
+        h.engine
+            .dispatch(vec![Delivery::first(b, item("e1"), start, counted(&released))]);
+        // The guard is released once the failure is stored as a job.
+        until("first attempt persisted", || async { released.load(Ordering::SeqCst) == 1 }).await;
+        assert_eq!(h.store.job_count(), 1);
+        until("three attempts", || async { target.calls().len() == 3 }).await;
+        until("job acked", || async { h.store.job_count() == 0 }).await;
+        let calls = target.calls();
+        // Full jitter: each retry waits between 0 and the 1 s cap.
+        for pair in calls.windows(2) {
+            assert!((0..=1_000 + 10).contains(&(pair[1].0 - pair[0].0)), "{calls:?}");
+        }
+        assert!(dead_letters(&h.store).await.is_empty());
+        h.shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_attempts_and_permanent_failures_dead_letter_with_their_reason() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target = Scripted::new(clock.clone(), vec![retry_503(), retry_503(), retry_503()]);
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            base_delay_ms: 10,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy);
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        let now = h.clock.now_ms();
+        h.engine
+            .dispatch(vec![Delivery::first(b.clone(), item("e1"), now, counted(&Arc::default()))]);
+        until("two attempts", || async { target.calls().len() == 2 }).await;
+        until("dead-lettered", || async { h.store.job_count() == 0 }).await;
+        let letters = dead_letters(&h.store).await;
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].exhausted, Exhausted::MaxAttempts);
+        assert_eq!((letters[0].attempts, letters[0].error.status), (2, Some(503)));
+        assert_eq!(letters[0].error.code, FailureCode::HttpStatus);
+
+        let permanent = Scripted::new(
+            clock.clone(),
+            vec![Outcome::Permanent(Failure::new(FailureCode::HttpStatus, "HTTP 404"))],
+        );
+        let p = bound(permanent.clone(), RetryPolicy::default());
+        h.engine
+            .dispatch(vec![Delivery::first(p, item("e2"), now, counted(&Arc::default()))]);
+        until("two dead letters", || async {
+            dead_letters(&h.store).await.len() == 2
+        })
+        .await;
+        let letters = dead_letters(&h.store).await;
+        assert_eq!(letters[0].exhausted, Exhausted::Permanent);
+        assert_eq!(letters[0].attempts, 1);
+        h.shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_early_when_the_next_attempt_would_pass_the_age_limit() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target = Scripted::new(clock.clone(), vec![Outcome::Retry(Failure {
+            retry_after: Some(Duration::from_secs(120)),
+            ..Failure::new(FailureCode::RateLimited, "HTTP 429")
+        })]);
+        // Ten minutes of age budget, and the target asks for two more minutes
+        // when the event is already nine minutes old: give up now.
+        let policy = RetryPolicy {
+            max_event_age_s: 600,
+            max_retry_after_s: 300,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy);
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        let ingested = h.clock.now_ms() - 540_000;
+        h.engine
+            .dispatch(vec![Delivery::first(b, item("old"), ingested, counted(&Arc::default()))]);
+        until("dead letter", || async { dead_letters(&h.store).await.len() == 1 }).await;
+        let letters = dead_letters(&h.store).await;
+        assert_eq!(letters[0].exhausted, Exhausted::MaxEventAge);
+        assert_eq!(target.calls().len(), 1);
+        h.shutdown.send_replace(true);
+    }
+
+    fn services(store: &MemoryStore, clock: &SharedClock) -> TargetServices {
+        let runtime = crate::plugin::PluginRuntime::new(crate::plugin::RuntimeConfig::new(
+            std::env::temp_dir().join("busbar-engine-tests"),
+        ));
+        struct NoPlugins;
+        impl crate::plugin::registry::PluginDirectory for NoPlugins {
+            fn plugin(&self, _: &str, _: &str) -> Option<crate::resource::PluginRecord> {
+                None
+            }
+            fn plugin_limits(&self, _: &str) -> Option<Arc<crate::plugin::LimitsOverrides>> {
+                None
+            }
+        }
+        TargetServices {
+            http: crate::deliver::http::HttpClient::new().unwrap(),
+            queues: Arc::new(store.clone()),
+            queue_signals: Arc::default(),
+            log: Arc::new(store.clone()),
+            max_hops: 8,
+            clock: clock.clone(),
+            plugins: Arc::new(crate::plugin::registry::PluginHost::new(
+                Arc::new(runtime.unwrap()),
+                Arc::new(NoPlugins),
+                crate::plugin::KindLimits::uniform(&crate::plugin::PluginLimits::default()),
+            )),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_and_bus_targets_follow_the_retry_policy_when_the_store_refuses() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let services = services(&store, &clock);
+        let lookup = |_: &str| None;
+        let cx = crate::deliver::BuildContext {
+            tenant: "t",
+            services: &services,
+            plugin: &lookup,
+        };
+        let spec = |v: serde_json::Value| crate::deliver::TargetSpec::parse(&v, "", &mut Default::default()).unwrap();
+        let queue = spec(serde_json::json!({"id": "q", "type": "queue", "queue": "audit"}))
+            .build(&cx)
+            .unwrap();
+        let bus = spec(serde_json::json!({"id": "x", "type": "bus", "bus": "other"}))
+            .build(&cx)
+            .unwrap();
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay_ms: 100,
+            max_delay_ms: 100,
+            ..RetryPolicy::default()
+        };
+        let q = Arc::new(BoundTarget {
+            id: "q".into(),
+            ..Arc::unwrap_or_clone(bound(queue, policy.clone()))
+        });
+        let b = Arc::new(BoundTarget {
+            id: "b".into(),
+            ..Arc::unwrap_or_clone(bound(bus, policy))
+        });
+        let directory = Arc::new(Directory(Mutex::new(vec![q.clone(), b.clone()])));
+        let engine = Arc::new(Engine::new(Arc::new(store.clone()), directory, clock.clone(), EngineConfig::default()));
+        let (shutdown, rx) = watch::channel(false);
+        tokio::spawn(engine.clone().run_retries(rx));
+        // The store refuses two pushes and two appends: the third attempt succeeds.
+        store.fail_next(FaultOp::QueuePush, 2);
+        store.fail_next(FaultOp::Append, 2);
+        let now = clock.now_ms();
+        engine.dispatch(vec![
+            Delivery::first(q.clone(), item("e1"), now, counted(&Arc::default())),
+            Delivery::first(b.clone(), item("e1"), now, counted(&Arc::default())),
+        ]);
+        until("queued", || async {
+            store.job_count() == 0 && store.queue_depth("t", "audit").await.unwrap() == 1
+        }).await;
+        assert!(dead_letters(&store).await.is_empty());
+        // Refused more often than the policy allows: dead-lettered as store errors.
+        store.fail_next(FaultOp::QueuePush, 5);
+        engine.dispatch(vec![Delivery::first(q, item("e2"), now, counted(&Arc::default()))]);
+        until("dead letter", || async { dead_letters(&store).await.len() == 1 }).await;
+        let letters = dead_letters(&store).await;
+        assert_eq!((letters[0].exhausted, letters[0].attempts), (Exhausted::MaxAttempts, 3));
+        assert_eq!(letters[0].error.code, FailureCode::StoreError);
+        shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_target_parks_deliveries_as_due_jobs_and_batches_them() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target = Arc::new(Scripted {
+            max_batch: 10,
+            clock: Mutex::new(Some(clock.clone())),
+            ..Scripted::default()
+        });
+        let b = bound(target.clone(), RetryPolicy::default());
+        let config = EngineConfig {
+            per_target_cap: 1,
+            ..EngineConfig::default()
+        };
+        let h = harness(vec![b.clone()], config);
+        let now = h.clock.now_ms();
+        let deliveries: Vec<Delivery> = (0..25)
+            .map(|i| Delivery::first(b.clone(), item(&format!("e{i}")), now, counted(&Arc::default())))
+            .collect();
+        h.engine.dispatch(deliveries);
+        until("all delivered", || async {
+            target.calls().iter().map(|(_, n)| n).sum::<usize>() == 25 && h.store.job_count() == 0
+        })
+        .await;
+        let calls = target.calls();
+        assert!(calls.iter().all(|(_, n)| *n <= 10), "{calls:?}");
+        assert!(calls.iter().any(|(_, n)| *n > 1), "deliveries due together are batched: {calls:?}");
+        h.shutdown.send_replace(true);
+    }
+}

@@ -20,6 +20,8 @@ pub mod http;
 pub mod queue;
 pub mod retry;
 pub mod target;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod wasm;
 mod webhook;
 

@@ -201,7 +201,7 @@ impl TargetSpec {
 
 /// A target as bound in one rule: what the engine needs to deliver to it,
 /// retry it and dead-letter for it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BoundTarget {
     /// Owning tenant.
     pub tenant: String,

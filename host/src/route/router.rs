@@ -233,3 +233,132 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::deliver::engine::EngineConfig;
+    use crate::deliver::retry::RetryPolicy;
+    use crate::deliver::testing::PanicsOnBoom;
+    use crate::deliver::{BoundTarget, Target, TargetDirectory};
+    use crate::pattern::{Pattern, PatternLimits};
+    use crate::plugin::registry::PluginDirectory;
+    use crate::route::{BusRoutes, RouteTable};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{EventLog, NewEvent};
+    use std::collections::BTreeMap;
+
+    /// One bus with one rule matching everything, delivering to `target`.
+    struct OneRule(Arc<BusRoutes>);
+
+    impl RouteTable for OneRule {
+        fn routes(&self, tenant: &str, bus: &str) -> Option<Arc<BusRoutes>> {
+            (tenant == "t" && bus == "b").then(|| self.0.clone())
+        }
+    }
+
+    impl TargetDirectory for OneRule {
+        fn bound_target(&self, _: &str, _: &str, rule: &str, target: &str) -> Option<Arc<BoundTarget>> {
+            self.0.rules.get(rule)?.targets.iter().find(|t| t.id == target).cloned()
+        }
+    }
+
+    impl PluginDirectory for OneRule {
+        fn plugin(&self, _: &str, _: &str) -> Option<crate::resource::PluginRecord> {
+            None
+        }
+        fn plugin_limits(&self, _: &str) -> Option<Arc<crate::plugin::LimitsOverrides>> {
+            None
+        }
+    }
+
+    fn table(target: Arc<dyn Target>) -> Arc<OneRule> {
+        let pattern = Pattern::from_value(&serde_json::json!({"source": ["s"]}), &PatternLimits::default()).unwrap();
+        let rule = Rule {
+            name: "r".into(),
+            bus: "b".into(),
+            enabled: true,
+            pattern,
+            filter: None,
+            transform: None,
+            targets: vec![Arc::new(BoundTarget {
+                tenant: "t".into(),
+                bus: "b".into(),
+                rule: "r".into(),
+                id: "x".into(),
+                retry: RetryPolicy::default(),
+                dead_letter: true,
+                target,
+            })],
+            dead_letter: true,
+            spec: Value::Null,
+        };
+        let mut rules = BTreeMap::new();
+        rules.insert("r".to_owned(), Arc::new(rule));
+        Arc::new(OneRule(Arc::new(BusRoutes::new(rules))))
+    }
+
+    fn event(id: &str) -> NewEvent {
+        let body = serde_json::json!({"specversion": "1.0", "id": id, "source": "s", "type": "t"});
+        NewEvent {
+            tenant: "t".into(),
+            bus: "b".into(),
+            event_id: id.into(),
+            body: Bytes::from(body.to_string()),
+            ingested_ms: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_while_holding_routing_progress_does_not_stall_it() {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let store = MemoryStore::new(clock.clone());
+        let target = Arc::new(PanicsOnBoom::default());
+        let table = table(target.clone());
+        let engine = Arc::new(Engine::new(
+            Arc::new(store.clone()),
+            table.clone(),
+            clock.clone(),
+            EngineConfig::default(),
+        ));
+        let runtime = crate::plugin::PluginRuntime::new(crate::plugin::RuntimeConfig::new(
+            std::env::temp_dir().join("busbar-router-tests"),
+        ))
+        .unwrap();
+        let plugins = Arc::new(PluginHost::new(
+            Arc::new(runtime),
+            table.clone(),
+            crate::plugin::KindLimits::uniform(&crate::plugin::PluginLimits::default()),
+        ));
+        let router = Arc::new(Router {
+            routes: table,
+            engine,
+            plugins,
+            clock,
+        });
+        let consumer = store.consumer().await.unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(router.run(consumer.clone(), shutdown));
+        // The delivery of "boom" panics inside the engine's task, which holds
+        // the event's routing progress; the events after it must still be routed.
+        store
+            .append(vec![event("boom"), event("after-1"), event("after-2")])
+            .await
+            .unwrap();
+        for _ in 0..10_000 {
+            if target.delivered.lock().unwrap().len() == 2 && consumer.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*target.delivered.lock().unwrap(), ["after-1", "after-2"]);
+        assert_eq!(consumer.in_flight(), 0, "every entry was acknowledged");
+        stop.send_replace(true);
+        let acks = running.await.unwrap();
+        acks.await.unwrap();
+        // A new consumer (as after a restart) has nothing left to route.
+        let after_restart = store.consumer().await.unwrap();
+        assert!(after_restart.next(10, Duration::ZERO).await.unwrap().is_empty());
+    }
+}
