@@ -176,8 +176,9 @@ impl EventLog for SqliteStore {
             reader: tokio::sync::Mutex::new(self.inner.tail.committed.subscribe()),
             acks: Mutex::new(Acks {
                 watermark: Watermark::starting_after(routed),
-                persisted: routed,
+                durable: routed,
             }),
+            cursor_write: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -200,12 +201,14 @@ struct SqliteConsumer {
     /// holds its view of the committed position.
     reader: tokio::sync::Mutex<watch::Receiver<Seq>>,
     acks: Mutex<Acks>,
+    /// Held while the cursor is being written.
+    cursor_write: tokio::sync::Mutex<()>,
 }
 
 struct Acks {
     watermark: Watermark,
-    /// The highest cursor written (or being written).
-    persisted: Seq,
+    /// The cursor as committed: everything up to it is acknowledged durably.
+    durable: Seq,
 }
 
 impl SqliteConsumer {
@@ -246,25 +249,33 @@ impl LogConsumer for SqliteConsumer {
     }
 
     async fn ack(&self, tokens: Vec<AckToken>) -> StoreResult<()> {
-        let (before, low) = {
+        let wanted = {
             let mut acks = self.acks();
             for token in &tokens {
                 if let Some(seq) = token.as_seq() {
                     acks.watermark.acked(seq);
                 }
             }
-            let (before, low) = (acks.persisted, acks.watermark.low());
-            if low <= before {
-                // Nothing new below which everything is acknowledged.
+            acks.watermark.low()
+        };
+        if wanted <= self.acks().durable {
+            // Nothing new below which everything is acknowledged (or
+            // someone else's write already covers it).
+            return Ok(());
+        }
+        // One cursor write at a time: acks that arrive meanwhile wait here,
+        // and the next write covers all of them (the router may ack entry by
+        // entry; this keeps that from costing the writer an op per entry).
+        let _writing = self.cursor_write.lock().await;
+        let low = {
+            let acks = self.acks();
+            if wanted <= acks.durable {
                 return Ok(());
             }
-            acks.persisted = low;
-            (before, low)
+            acks.watermark.low()
         };
-        let written = self
-            .store
+        self.store
             .run(move |tx| {
-                // MAX: concurrent acks may commit out of order.
                 tx.prepare_cached(
                     "INSERT INTO cursors (name, seq) VALUES ('route', ?) \
                      ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
@@ -272,15 +283,10 @@ impl LogConsumer for SqliteConsumer {
                 .execute([low])?;
                 Ok(())
             })
-            .await;
-        if written.is_err() {
-            // Let the next ack write it again.
-            let mut acks = self.acks();
-            if acks.persisted == low {
-                acks.persisted = before;
-            }
-        }
-        written
+            .await?;
+        let mut acks = self.acks();
+        acks.durable = acks.durable.max(low);
+        Ok(())
     }
 
     fn in_flight(&self) -> usize {

@@ -114,10 +114,10 @@ struct Inner {
     /// Woken when jobs may have become due earlier than a waiting
     /// `lease_due` thought (enqueue, retry, redrive).
     jobs_changed: Notify,
-    /// Commits made (group commit makes this far smaller than the
-    /// operations); the tests read it to see operations share commits.
+    /// What the writer did; the tests read it to see operations share
+    /// commits and acks share cursor writes.
     #[cfg_attr(not(test), allow(dead_code))]
-    commits: Arc<AtomicU64>,
+    stats: Arc<WriterStats>,
 }
 
 impl Drop for Inner {
@@ -188,14 +188,14 @@ impl SqliteStore {
             log::last_seq(&conn).context("reading the log's end")?,
             tuning.recent_events,
         ));
-        let commits = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(WriterStats::default());
         let (ops, rx) = mpsc::channel::<Op>(8192);
         let writer = {
-            let commits = commits.clone();
+            let stats = stats.clone();
             std::thread::Builder::new()
                 .name("busbar-store-writer".into())
                 .spawn(move || {
-                    writer_loop(conn, rx, &commits);
+                    writer_loop(conn, rx, &stats);
                     // The connection is closed; only now may another process
                     // take the dir.
                     drop(lock);
@@ -209,7 +209,7 @@ impl SqliteStore {
                 tail,
                 clock,
                 jobs_changed: Notify::new(),
-                commits,
+                stats,
             }),
         })
     }
@@ -286,7 +286,16 @@ fn classify(e: anyhow::Error) -> StoreError {
     StoreError::Backend(e)
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, commits: &AtomicU64) {
+/// Counts of the writer's work (cheap: two atomic adds per commit).
+#[derive(Debug, Default)]
+struct WriterStats {
+    /// Commits made (group commit makes this far smaller than `ops`).
+    commits: AtomicU64,
+    /// Operations run.
+    ops: AtomicU64,
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, stats: &WriterStats) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -311,7 +320,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, commits: &Atomi
             }
             tx.commit()
         })();
-        commits.fetch_add(1, Ordering::Relaxed);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .ops
+            .fetch_add(completions.len() as u64, Ordering::Relaxed);
         let result = outcome.map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "store commit failed");

@@ -124,7 +124,7 @@ async fn concurrent_appends_share_commits() {
     let store = open_at(dir.path(), manual());
     let consumer = store.consumer().await.unwrap();
     let blocked = Blocked::writer(&store).await;
-    let before = store.inner.commits.load(Ordering::SeqCst);
+    let before = store.inner.stats.commits.load(Ordering::SeqCst);
     let appends: Vec<_> = (0..100)
         .map(|i| {
             let store = store.clone();
@@ -136,7 +136,7 @@ async fn concurrent_appends_share_commits() {
     for append in appends {
         append.await.unwrap().expect("append");
     }
-    let commits = store.inner.commits.load(Ordering::SeqCst) - before;
+    let commits = store.inner.stats.commits.load(Ordering::SeqCst) - before;
     // The blocking op's commit, then one for all hundred appends.
     assert!(commits <= 2, "{commits} commits for 100 appends");
     let mut got = drain(consumer.as_ref(), 1000).await;
@@ -158,7 +158,7 @@ async fn a_failed_operation_rolls_back_alone() {
         .await
         .unwrap();
     let blocked = Blocked::writer(&store).await;
-    let before = store.inner.commits.load(Ordering::SeqCst);
+    let before = store.inner.stats.commits.load(Ordering::SeqCst);
     let first = tokio::spawn({
         let store = store.clone();
         async move { store.put_setting("first", "1").await }
@@ -209,7 +209,7 @@ async fn a_failed_operation_rolls_back_alone() {
     ));
     last.await.unwrap().expect("last");
     assert!(
-        store.inner.commits.load(Ordering::SeqCst) - before <= 2,
+        store.inner.stats.commits.load(Ordering::SeqCst) - before <= 2,
         "one shared commit"
     );
     assert_eq!(store.setting("first").await.unwrap().as_deref(), Some("1"));
@@ -551,4 +551,38 @@ async fn reopening_keeps_positions_increasing_after_a_prune() {
     let consumer = store.consumer().await.unwrap();
     store.append(vec![event("e3")]).await.unwrap();
     assert_eq!(drain(consumer.as_ref(), 10).await, ["e3"]);
+}
+
+#[tokio::test]
+async fn acks_that_arrive_together_share_cursor_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    {
+        let store = open_at(dir.path(), clock.clone());
+        let consumer = store.consumer().await.unwrap();
+        let events = (0..100).map(|i| event(&format!("e{i}"))).collect();
+        store.append(events).await.unwrap();
+        let entries = consumer.next(100, Duration::ZERO).await.unwrap();
+        assert_eq!(entries.len(), 100);
+        let before = store.inner.stats.ops.load(Ordering::SeqCst);
+        let acks: Vec<_> = entries
+            .into_iter()
+            .map(|e| {
+                let consumer = consumer.clone();
+                tokio::spawn(async move { consumer.ack(vec![e.ack]).await })
+            })
+            .collect();
+        for ack in acks {
+            ack.await.unwrap().expect("ack");
+        }
+        let ops = store.inner.stats.ops.load(Ordering::SeqCst) - before;
+        assert!(ops < 10, "{ops} cursor writes for 100 acks");
+        assert_eq!(consumer.in_flight(), 0);
+    }
+    let store = open_at(dir.path(), clock);
+    let consumer = store.consumer().await.unwrap();
+    assert!(
+        drain(consumer.as_ref(), 100).await.is_empty(),
+        "acked entries came back"
+    );
 }
