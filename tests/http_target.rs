@@ -211,7 +211,7 @@ async fn binary_mode_sends_attributes_as_ce_headers_and_data_as_body() {
 
     assert_eq!(
         deliver(&target, &event).await,
-        Outcome::Delivered { status: 200 }
+        Outcome::Delivered { status: Some(200) }
     );
 
     let request = receiver.last("/hook");
@@ -279,7 +279,7 @@ async fn a_transform_output_replaces_the_payload_but_ce_headers_stay() {
             body: Some("Order 42 totals 120"),
         })
         .await;
-    assert_eq!(outcome, Outcome::Delivered { status: 200 });
+    assert_eq!(outcome, Outcome::Delivered { status: Some(200) });
 
     let request = receiver.last("/hook");
     assert_eq!(request.body.as_ref(), b"Order 42 totals 120");
@@ -335,7 +335,7 @@ async fn oauth2_token_is_reused_then_refreshed_after_expiry() {
     for _ in 0..2 {
         assert_eq!(
             deliver(&target, &event).await,
-            Outcome::Delivered { status: 204 }
+            Outcome::Delivered { status: Some(204) }
         );
     }
     assert_eq!(receiver.shared.token_requests.load(Ordering::SeqCst), 1);
@@ -351,7 +351,7 @@ async fn oauth2_token_is_reused_then_refreshed_after_expiry() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
             deliver(&target, &event).await,
-            Outcome::Delivered { status: 204 }
+            Outcome::Delivered { status: Some(204) }
         );
     }
     assert_eq!(
@@ -641,7 +641,7 @@ async fn a_guarded_client_refuses_private_destinations() {
     let open = target_for(&format!("http://localhost:{port}/hook"));
     assert_eq!(
         deliver(&open, &event).await,
-        Outcome::Delivered { status: 200 }
+        Outcome::Delivered { status: Some(200) }
     );
 }
 

@@ -1,8 +1,13 @@
 //! Server configuration: defaults, then the config file, then environment
 //! variables and flags (handled by the CLI), each overriding the one before.
 
+use crate::deliver::engine::EngineConfig;
+use crate::ingest::IngestLimits;
+use crate::pattern::PatternLimits;
+use crate::plugin::{KindLimits, RuntimeConfig};
 use crate::store::sqlite::Durability;
 use anyhow::Context;
+use std::time::Duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -123,16 +128,7 @@ impl Default for Config {
     }
 }
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Human,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Ingestion limits.
 #[derive(Clone, Debug, Deserialize)]
@@ -225,7 +221,76 @@ pub enum ConfigError {
     },
 }
 
+/// Everything the running parts of the bus are built with, derived from a
+/// [`Config`] in one place ([`Config::runtime`]).
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    /// Ingestion limits (also what plugin outputs must meet).
+    pub ingest: IngestLimits,
+    /// Pattern limits.
+    pub patterns: PatternLimits,
+    /// Delivery engine tuning.
+    pub engine: EngineConfig,
+    /// The Wasm sandbox.
+    pub plugin_runtime: RuntimeConfig,
+    /// The server's plugin limits per kind.
+    pub plugin_limits: KindLimits,
+    /// Most `bus` hops before an event is treated as looping.
+    pub max_hops: u32,
+    /// How long routed events stay in the log.
+    pub log_retention: Duration,
+    /// Largest request body on event endpoints (a batch may carry many events).
+    pub max_request_bytes: usize,
+}
+
 impl Config {
+    /// Checks the configuration and turns it into the settings the running
+    /// parts are built with.
+    pub fn runtime(&self) -> Result<RuntimeSettings, ConfigError> {
+        self.validate()?;
+        let ingest = IngestLimits {
+            max_event_bytes: self.limits.max_event_bytes,
+            max_batch_entries: self.limits.max_batch_entries,
+            max_put_events_entries: self.limits.max_put_events_entries,
+        };
+        ingest.validate().map_err(|e| ConfigError::Invalid {
+            field: match e.field {
+                "max_event_bytes" => "limits.max_event_bytes",
+                "max_batch_entries" => "limits.max_batch_entries",
+                _ => "limits.max_put_events_entries",
+            },
+            message: e.reason.to_owned(),
+        })?;
+        let plugin_limits = self
+            .plugins
+            .kind_limits()
+            .map_err(|problems| ConfigError::Invalid {
+                field: "plugins",
+                message: problems.join("; "),
+            })?;
+        let mut plugin_runtime = RuntimeConfig::new(self.data_dir.clone());
+        plugin_runtime.max_upload_bytes = self.plugins.max_upload_bytes;
+        plugin_runtime.outbound.allow_private = self.plugins.allow_private_hosts.clone();
+        plugin_runtime.event_limits = ingest.clone();
+        Ok(RuntimeSettings {
+            patterns: PatternLimits {
+                max_chars: self.patterns.max_chars,
+                ..PatternLimits::default()
+            },
+            engine: EngineConfig {
+                max_in_flight: self.delivery.max_in_flight,
+                per_target_cap: self.delivery.max_in_flight_per_target,
+                ..EngineConfig::default()
+            },
+            plugin_runtime,
+            plugin_limits,
+            max_hops: self.delivery.max_hops,
+            log_retention: Duration::from_secs(self.delivery.log_retention_hours * 3600),
+            max_request_bytes: (self.limits.max_event_bytes * 4).max(16 * 1024 * 1024),
+            ingest,
+        })
+    }
+
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -3,25 +3,29 @@
 //! WebAssembly components.
 //!
 //! The modules follow the data flow: [`api`] (HTTP edge) → [`ingest`]
-//! (validate, normalise to CloudEvents) → [`store`] (durable log, cursor,
-//! jobs, dead letters, queues) → [`route`] (rules: [`pattern`], [`transform`])
-//! → [`deliver`] (targets, retries, dead-lettering) — plus [`config`],
-//! [`catalog`] (the in-memory view of tenants and rules), [`telemetry`] and
-//! [`server`] (wiring and shutdown).
+//! (validate, normalise to CloudEvents) → [`store`] (event log, delivery
+//! jobs, dead letters, queues, configuration) → [`route`] (rules:
+//! [`pattern`], [`transform`]) → [`plugin`] (the Wasm sandbox) → [`deliver`]
+//! (targets, retries, dead-lettering). [`control`] is the control plane
+//! (every configuration change, and the in-memory catalog the data plane
+//! reads); [`resource`] holds the nouns everything shares (names,
+//! validation problems, plugin records); [`config`], [`telemetry`],
+//! [`clock`] and [`server`] (wiring and shutdown) stand beside.
 
 /// The crate version, as reported by `busbar --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod api;
-pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod pattern;
 pub mod plugin;
+pub mod resource;
 pub mod route;
 pub mod server;
 pub mod store;

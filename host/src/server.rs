@@ -1,21 +1,19 @@
 //! `busbar serve`: wires the store, catalog, router, delivery engine and HTTP
 //! API together, and shuts them down in order.
 
-use crate::api::{self, AppState, hash_key};
-use crate::catalog::Catalog;
-use crate::clock::now_ms;
+use crate::api::{self, AppState};
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::control::{Catalog, ControlPlane};
+use crate::deliver::TargetServices;
 use crate::deliver::engine::Engine;
 use crate::deliver::http::HttpClient;
 use crate::deliver::queue::QueueSignals;
-use crate::ingest::IngestLimits;
-use crate::pattern::PatternLimits;
-use crate::plugin::registry::{PluginHost, PluginRecord};
-use crate::plugin::{LimitsOverrides, PluginRuntime, RuntimeConfig};
+use crate::plugin::PluginRuntime;
+use crate::plugin::registry::PluginHost;
 use crate::route::router::Router;
-use crate::route::{CompileContext, compile_rule};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{ResourceKind, Store};
+use crate::store::{EventLog, LogConsumer, Stores};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +22,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Settings key of the admin key's hash.
-const ADMIN_KEY_HASH: &str = "admin_key_hash";
+/// Longest a shutdown waits for deliveries in flight to finish or be stored.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// A running server.
 pub struct Running {
@@ -35,6 +33,8 @@ pub struct Running {
     pub generated_admin_key: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    router: JoinHandle<JoinHandle<()>>,
+    routing: Arc<dyn LogConsumer>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -44,11 +44,24 @@ impl Running {
         self.shutdown.send_replace(true);
     }
 
-    /// Waits until everything has stopped.
+    /// Waits until everything has stopped: the HTTP server, the router, and
+    /// (bounded) the deliveries still in flight, whose routing progress is
+    /// then written.
     pub async fn wait(self) -> anyhow::Result<()> {
         let http = self.http.await.context("HTTP server task")?;
         for task in self.tasks {
             let _ = task.await;
+        }
+        let acks = self.router.await.context("router task")?;
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while self.routing.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if tokio::time::timeout(Duration::from_secs(1), acks).await.is_err() {
+            tracing::warn!(
+                in_flight = self.routing.in_flight(),
+                "stopped with deliveries in flight; they will be routed again after the restart"
+            );
         }
         http.context("HTTP server")
     }
@@ -60,150 +73,73 @@ impl Running {
     }
 }
 
-/// Decides the admin key hash: the configured key wins; else the stored hash;
-/// else a new key is generated and returned so it can be shown once.
-async fn admin_key(
-    store: &dyn Store,
-    configured: Option<&str>,
-) -> anyhow::Result<(String, Option<String>)> {
-    if let Some(key) = configured {
-        let hash = hash_key(key);
-        store.put_setting(ADMIN_KEY_HASH, &hash).await?;
-        return Ok((hash, None));
-    }
-    if let Some(hash) = store.setting(ADMIN_KEY_HASH).await? {
-        return Ok((hash, None));
-    }
-    let key = api::generate_key();
-    let hash = hash_key(&key);
-    store.put_setting(ADMIN_KEY_HASH, &hash).await?;
-    Ok((hash, Some(key)))
-}
-
-/// Loads tenants, keys and resources from the store into a fresh catalog.
-async fn load_catalog(
-    store: &dyn Store,
-    http: &HttpClient,
-    pattern_limits: &PatternLimits,
-) -> anyhow::Result<Catalog> {
-    let snapshot = store.load_catalog().await?;
-    let catalog = Catalog::default();
-    for t in &snapshot.tenants {
-        catalog.add_tenant(&t.name, t.created_ms);
-    }
-    for k in &snapshot.keys {
-        catalog.add_key(&k.tenant, &k.id, &k.hash, k.created_ms);
-    }
-    // Buses, queues and plugins first: rules refer to them.
-    for r in snapshot
-        .resources
-        .iter()
-        .filter(|r| r.kind != ResourceKind::Rule)
-    {
-        match r.kind {
-            ResourceKind::Bus => catalog.put_bus(&r.tenant, &r.name, r.spec.clone()),
-            ResourceKind::Queue => catalog.put_queue(&r.tenant, &r.name, r.spec.clone()),
-            ResourceKind::Plugin => match serde_json::from_value::<PluginRecord>(r.spec.clone()) {
-                Ok(record) => catalog.put_plugin(&r.tenant, record),
-                Err(e) => {
-                    tracing::error!(tenant = %r.tenant, plugin = %r.name, error = %e, "stored plugin record unreadable; skipped")
-                }
-            },
-            ResourceKind::PluginLimits => {
-                match serde_json::from_value::<LimitsOverrides>(r.spec.clone()) {
-                    Ok(overrides) => catalog.set_plugin_limits(&r.tenant, Some(overrides)),
-                    Err(e) => {
-                        tracing::error!(tenant = %r.tenant, error = %e, "stored plugin limits unreadable; server defaults apply")
-                    }
-                }
-            }
-            ResourceKind::Rule => {}
-        }
-    }
-    for r in snapshot
-        .resources
-        .iter()
-        .filter(|r| r.kind == ResourceKind::Rule)
-    {
-        let Some((bus, name)) = r.name.split_once('/') else {
-            continue;
-        };
-        let lookup = |plugin: &str| catalog.plugin(&r.tenant, plugin);
-        let ctx = CompileContext {
-            http,
-            pattern_limits,
-            plugins: &lookup,
-        };
-        match compile_rule(bus, name, &r.spec, &ctx) {
-            Ok(rule) => {
-                catalog.put_rule(&r.tenant, rule);
-            }
-            Err(errors) => {
-                tracing::error!(tenant = %r.tenant, rule = %r.name, ?errors, "stored rule no longer compiles; skipped")
-            }
-        }
-    }
-    Ok(catalog)
-}
-
-/// Starts the bus and returns once it is listening.
+/// Starts the bus on the system clock and returns once it is listening.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    config.validate()?;
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// Starts the bus reading time from `clock` (tests control time with it).
+pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Running> {
+    let settings = config.runtime()?;
     let dir = config.ensure_data_dir()?.to_owned();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir, config.fsync)?);
-    let http = HttpClient::new()?;
-    let pattern_limits = PatternLimits {
-        max_chars: config.patterns.max_chars,
-        ..PatternLimits::default()
+    let backend = Arc::new(SqliteStore::open(&dir, config.fsync, clock.clone())?);
+    let stores = Stores::new(backend);
+    let catalog = Arc::new(Catalog::default());
+    let runtime = Arc::new(PluginRuntime::new(settings.plugin_runtime.clone())?);
+    let plugins = Arc::new(PluginHost::new(
+        runtime,
+        catalog.clone(),
+        settings.plugin_limits.clone(),
+    ));
+    let queue_signals = Arc::new(QueueSignals::default());
+    let services = TargetServices {
+        http: HttpClient::new()?,
+        queues: stores.queues.clone(),
+        queue_signals: queue_signals.clone(),
+        log: stores.log.clone(),
+        max_hops: settings.max_hops,
+        clock: clock.clone(),
+        plugins: plugins.clone(),
     };
-    let catalog = Arc::new(load_catalog(store.as_ref(), &http, &pattern_limits).await?);
-    let plugin_limits = config
-        .plugins
-        .kind_limits()
-        .map_err(|problems| anyhow::anyhow!("invalid config: {}", problems.join("; ")))?;
-    let mut runtime_config = RuntimeConfig::new(dir.clone());
-    runtime_config.max_upload_bytes = config.plugins.max_upload_bytes;
-    runtime_config.outbound.allow_private = config.plugins.allow_private_hosts.clone();
-    let runtime = Arc::new(PluginRuntime::new(runtime_config)?);
-    let plugins = Arc::new(PluginHost::new(runtime, catalog.clone(), plugin_limits));
+    let control = Arc::new(ControlPlane::new(
+        stores.config.clone(),
+        stores.queues.clone(),
+        catalog.clone(),
+        services,
+        settings.patterns.clone(),
+    ));
+    control.load().await?;
     let (admin_key_hash, generated_admin_key) =
-        admin_key(store.as_ref(), config.admin_key.as_deref()).await?;
+        control.admin_key(config.admin_key.as_deref()).await?;
 
     let engine = Arc::new(Engine::new(
-        store.clone(),
+        stores.jobs.clone(),
         catalog.clone(),
-        plugins.clone(),
-        config.delivery.max_in_flight,
-        config.delivery.max_in_flight_per_target,
+        clock.clone(),
+        settings.engine.clone(),
     ));
-    let queues = Arc::new(QueueSignals::default());
+    let routing = stores.log.consumer().await?;
     let router = Arc::new(Router {
-        store: store.clone(),
-        catalog: catalog.clone(),
+        routes: catalog.clone(),
         engine: engine.clone(),
-        queues: queues.clone(),
-        max_hops: config.delivery.max_hops,
         plugins: plugins.clone(),
+        clock: clock.clone(),
     });
-    let ingest_limits = IngestLimits {
-        max_event_bytes: config.limits.max_event_bytes,
-        max_batch_entries: config.limits.max_batch_entries,
-        max_put_events_entries: config.limits.max_put_events_entries,
-    };
-    // A batch may carry many events; still bounded so one request cannot exhaust memory.
-    let max_request_bytes = (config.limits.max_event_bytes * 4).max(16 * 1024 * 1024);
     let state = Arc::new(AppState {
-        store: store.clone(),
+        control: control.clone(),
         catalog,
-        engine: engine.clone(),
-        queues,
+        log: stores.log.clone(),
+        routing: routing.clone(),
+        dead_letters: stores.dead_letters.clone(),
+        queues: stores.queues.clone(),
+        queue_signals,
         plugins,
+        clock: clock.clone(),
         max_plugin_bytes: config.plugins.max_upload_bytes,
-        http,
         admin_key_hash,
-        ingest_limits,
-        pattern_limits,
-        max_request_bytes,
+        ingest_limits: settings.ingest.clone(),
+        pattern_limits: settings.patterns.clone(),
+        max_request_bytes: settings.max_request_bytes,
         metrics: crate::telemetry::metrics_handle(),
         ready: false.into(),
     });
@@ -211,23 +147,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     if let Some(dir) = &config.plugins_dir {
-        tasks.push(tokio::spawn(crate::plugin::dev_dir::watch_dir(
+        tasks.push(tokio::spawn(crate::control::dev_dir::watch_dir(
             dir.clone(),
             config.plugins_tenant.clone(),
-            store.clone(),
-            state.catalog.clone(),
-            state.plugins.clone(),
+            control,
             shutdown_rx.clone(),
         )));
     }
-    tasks.extend([
-        tokio::spawn(router.run(shutdown_rx.clone())),
-        tokio::spawn(engine.clone().run_retries(shutdown_rx.clone())),
-        tokio::spawn(engine.run_cursor(shutdown_rx.clone())),
-    ]);
+    let router = tokio::spawn(router.run(routing.clone(), shutdown_rx.clone()));
+    tasks.push(tokio::spawn(engine.run_retries(shutdown_rx.clone())));
     tasks.push(tokio::spawn(prune_loop(
-        store,
-        Duration::from_secs(config.delivery.log_retention_hours * 3600),
+        stores.log.clone(),
+        clock,
+        settings.log_retention,
         shutdown_rx.clone(),
     )));
 
@@ -253,13 +185,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         generated_admin_key,
         shutdown,
         tasks,
+        router,
+        routing,
         http,
     })
 }
 
 /// Deletes routed events past their retention, once a minute.
 async fn prune_loop(
-    store: Arc<dyn Store>,
+    log: Arc<dyn EventLog>,
+    clock: SharedClock,
     retention: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -268,8 +203,8 @@ async fn prune_loop(
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = shutdown.changed() => return,
         }
-        let before = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
-        match store.prune_log(before).await {
+        let before = clock.now_ms() - crate::clock::millis(retention);
+        match log.prune(before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "pruned routed events"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the log"),

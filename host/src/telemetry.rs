@@ -3,7 +3,6 @@
 //! Metric names are part of the operational interface (dashboards depend on
 //! them), so every name is written once, here.
 
-use crate::config::LogFormat;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -26,6 +25,17 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Starts `tracing` output; safe to call more than once (later calls are ignored).

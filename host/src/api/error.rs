@@ -2,7 +2,8 @@
 //! `{"error": {"code", "message", "field"?, "details"?}}` with a fitting status.
 
 use crate::ingest::IngestError;
-use crate::route::FieldError;
+use crate::control::ControlError;
+use crate::resource::{Problem, Problems};
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,7 @@ pub struct ApiError {
     /// The input at fault (JSON path or header name).
     pub field: Option<String>,
     /// Every problem, when there are several.
-    pub details: Vec<FieldError>,
+    pub details: Vec<Problem>,
 }
 
 impl ApiError {
@@ -71,7 +72,8 @@ impl ApiError {
     }
 
     /// 400 listing every validation problem; `field` is the first one's.
-    pub fn invalid(code: &'static str, errors: Vec<FieldError>) -> Self {
+    pub fn invalid(code: &'static str, problems: Problems) -> Self {
+        let errors = problems.into_vec();
         let message = match errors.as_slice() {
             [] => "invalid request".to_owned(),
             [one] => format!("{}: {}", display_field(&one.field), one.message),
@@ -131,7 +133,37 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "the server is shutting down",
             ),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store is unavailable; try again",
+                )
+            }
             StoreError::Backend(cause) => Self::internal(cause),
+        }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound { what, name } => Self::not_found(what, &name),
+            ControlError::Conflict { message, field } => {
+                let err = Self::conflict(message);
+                match field {
+                    Some(f) => err.with_field(f),
+                    None => err,
+                }
+            }
+            ControlError::Invalid { code, problems } => Self::invalid(code, problems),
+            ControlError::Unresolved { code, problems } => {
+                let mut err = Self::invalid(code, problems);
+                err.status = StatusCode::UNPROCESSABLE_ENTITY;
+                err
+            }
+            ControlError::Store(e) => e.into(),
         }
     }
 }

@@ -5,7 +5,6 @@
 
 use super::error::ingest_error_json;
 use super::{ApiError, State, Tenant};
-use crate::clock::now_ms;
 use crate::event::Event;
 use crate::ingest::{self, CloudEventsBody};
 use crate::store::NewEvent;
@@ -54,7 +53,7 @@ pub(super) async fn post_cloudevents(
     headers: HeaderMap,
     request: Request<Body>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if state.catalog.bus(&tenant, &bus).is_none() {
+    if !state.catalog.has_bus(&tenant, &bus) {
         return Err(ApiError::not_found("bus", &bus).with_field("bus"));
     }
     let body = read_body(request).await?;
@@ -62,12 +61,12 @@ pub(super) async fn post_cloudevents(
         ingest::parse_cloudevents(&headers, &body, &state.ingest_limits).inspect_err(|e| {
             telemetry::rejected(e.code(), 1);
         })?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     match parsed {
         CloudEventsBody::Single(event) => {
             let id = event.id().to_owned();
             state
-                .store
+                .log
                 .append(vec![new_event(&tenant, &bus, &event, now)])
                 .await?;
             telemetry::accepted(&tenant, 1);
@@ -93,7 +92,7 @@ pub(super) async fn post_cloudevents(
             let failed = entries.len() - accepted.len();
             if !accepted.is_empty() {
                 let n = accepted.len() as u64;
-                state.store.append(accepted).await?;
+                state.log.append(accepted).await?;
                 telemetry::accepted(&tenant, n);
             }
             Ok((
@@ -113,12 +112,12 @@ pub(super) async fn put_events(
     let entries = ingest::parse_put_events(&body, &state.ingest_limits).inspect_err(|e| {
         telemetry::rejected(e.code(), 1);
     })?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let mut results = Vec::with_capacity(entries.len());
     let mut accepted = Vec::new();
     for entry in &entries {
         match &entry.event {
-            Ok(event) if state.catalog.bus(&tenant, &entry.bus).is_some() => {
+            Ok(event) if state.catalog.has_bus(&tenant, &entry.bus) => {
                 accepted.push(new_event(&tenant, &entry.bus, event, now));
                 results.push(json!({"EventId": event.id()}));
             }
@@ -139,7 +138,7 @@ pub(super) async fn put_events(
     let failed = entries.len() - accepted.len();
     if !accepted.is_empty() {
         let n = accepted.len() as u64;
-        state.store.append(accepted).await?;
+        state.log.append(accepted).await?;
         telemetry::accepted(&tenant, n);
     }
     Ok(Json(

@@ -16,40 +16,44 @@ mod tools;
 
 pub use error::ApiError;
 
-use crate::catalog::Catalog;
-use crate::deliver::engine::Engine;
-use crate::deliver::http::HttpClient;
+use crate::clock::SharedClock;
+use crate::control::{Catalog, ControlPlane, hash_key};
 use crate::deliver::queue::QueueSignals;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
 use crate::plugin::registry::PluginHost;
-use crate::store::Store;
+use crate::store::{DeadLetters, EventLog, LogConsumer, Queues};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::routing::{delete, get, post, put};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 /// Everything handlers share.
 pub struct AppState {
-    /// The durable store.
-    pub store: Arc<dyn Store>,
-    /// Tenants, keys, buses, rules, queues.
+    /// Every configuration change goes through here.
+    pub control: Arc<ControlPlane>,
+    /// What handlers read: tenants, keys, buses, rules, queues, plugins.
     pub catalog: Arc<Catalog>,
-    /// The delivery engine (woken after a redrive).
-    pub engine: Arc<Engine>,
+    /// The event log (ingest appends here).
+    pub log: Arc<dyn EventLog>,
+    /// The routing consumer (for the backlog gauge).
+    pub routing: Arc<dyn LogConsumer>,
+    /// Dead letters.
+    pub dead_letters: Arc<dyn DeadLetters>,
+    /// Pull queues.
+    pub queues: Arc<dyn Queues>,
     /// Long-poll wake-ups for queues.
-    pub queues: Arc<QueueSignals>,
+    pub queue_signals: Arc<QueueSignals>,
     /// The Wasm plugin host.
     pub plugins: Arc<PluginHost>,
+    /// Time (ingest timestamps).
+    pub clock: SharedClock,
     /// Largest plugin upload.
     pub max_plugin_bytes: usize,
-    /// Shared client for webhook targets.
-    pub http: HttpClient,
     /// Hex SHA-256 of the admin key.
     pub admin_key_hash: String,
     /// Ingestion limits.
@@ -144,20 +148,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .with_state(state)
-}
-
-/// Hex SHA-256 of a key: keys are long random secrets, so a fast hash is
-/// enough to make a stolen database useless for authentication.
-pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Generates a key: `bb_` + 32 random bytes in hex.
-pub fn generate_key() -> String {
-    let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("bb_{hex}")
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -285,41 +275,23 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-/// Reads the optional settings body of a bus or queue: `{}` when empty, else
-/// an object whose only member may be `description`.
-pub fn settings_body(kind: &str, body: &Bytes) -> Result<serde_json::Value, ApiError> {
-    let spec: serde_json::Value = if body.is_empty() {
-        serde_json::json!({})
+/// Reads an optional JSON body: `{}` when empty.
+pub fn optional_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    if body.is_empty() {
+        Ok(serde_json::json!({}))
     } else {
-        parse_json(body)?
-    };
-    let Some(obj) = spec.as_object() else {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("a {kind} body must be a JSON object"),
-            "body",
-        ));
-    };
-    if let Some(key) = obj.keys().find(|k| k.as_str() != "description") {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "unknown field",
-            key.clone(),
-        ));
+        parse_json(body)
     }
-    Ok(spec)
 }
 
 /// Checks a name from the URL.
 pub fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
-    if crate::route::valid_name(name) {
+    if crate::resource::valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
             "invalid_name",
-            format!(
-                "{kind} name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with '.'"
-            ),
+            format!("{kind} name {name:?} {}", crate::resource::NAME_RULE),
             kind,
         ))
     }

@@ -23,11 +23,12 @@ pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'stati
 
 pub(super) async fn metrics(axum::extract::State(state): State) -> impl IntoResponse {
     // Gauges that are cheaper to read at scrape time than to maintain on every change.
-    let committed = *state.store.committed().borrow();
-    crate::telemetry::routing_backlog(committed - state.engine.watermark(|w| w.low()));
-    if let Ok(depths) = state.store.queue_depths().await {
-        let depths: std::collections::HashMap<(String, String), u64> =
-            depths.into_iter().map(|(t, q, n)| ((t, q), n)).collect();
+    crate::telemetry::routing_backlog(state.routing.in_flight() as i64);
+    if let Ok(depths) = state.queues.queue_depths().await {
+        let depths: std::collections::HashMap<(String, String), u64> = depths
+            .into_iter()
+            .map(|d| ((d.tenant, d.queue), d.messages))
+            .collect();
         // Every known queue gets a value, empty ones included.
         for tenant in state.catalog.tenants() {
             for (queue, _) in state.catalog.queues(&tenant.name) {

@@ -1,9 +1,8 @@
 //! `/v1/plugins/*`: upload, list, inspect, roll back and delete Wasm plugins.
 
 use super::{ApiError, State, Tenant, check_name, list, parse_json};
-use crate::clock::now_ms;
-use crate::plugin::registry::{self, PAUSE_AFTER_CRASHES, PluginRecord, Registration, register};
-use crate::store::ResourceKind;
+use crate::plugin::registry::{PAUSE_AFTER_CRASHES, PluginDirectory};
+use crate::resource::{PluginRecord, Registration, Upload};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Request};
@@ -30,14 +29,6 @@ fn record_json(state: &super::AppState, tenant: &str, r: &PluginRecord) -> Value
         "versions": versions,
         "used_by": state.catalog.rules_using_plugin(tenant, &r.name),
     })
-}
-
-async fn save(
-    state: &super::AppState,
-    tenant: &str,
-    record: &PluginRecord,
-) -> Result<(), ApiError> {
-    Ok(registry::save(state.store.as_ref(), &state.catalog, tenant, record).await?)
 }
 
 pub(super) async fn upload(
@@ -93,23 +84,25 @@ pub(super) async fn upload(
                 .with_field("body")
             }
         })?;
-    let existing = state.catalog.plugin(&tenant, &name);
-    let status = if existing.is_some() {
+    let status = if state.catalog.plugin(&tenant, &name).is_some() {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    let record = match register(existing, &name, &prepared, now_ms()) {
-        Err(conflict) => return Err(ApiError::conflict(conflict).with_field("body")),
-        Ok(Registration::Unchanged(version)) => {
+    let upload = Upload {
+        kind: prepared.kind,
+        sha256: &prepared.sha256,
+        size: prepared.size,
+    };
+    let record = match state.control.register_plugin(&tenant, &name, upload).await? {
+        Registration::Unchanged(version) => {
             let kind = prepared.kind;
             let answer =
                 json!({"name": name, "kind": kind, "version": version, "sha256": prepared.sha256});
             return Ok((StatusCode::OK, Json(answer)));
         }
-        Ok(Registration::Added(record)) => record,
+        Registration::Added(record) => record,
     };
-    save(&state, &tenant, &record).await?;
     tracing::info!(tenant, plugin = %name, version = record.current, kind = record.kind.as_str(), compile_ms = prepared.compile_ms, "plugin uploaded");
     Ok((
         status,
@@ -156,39 +149,15 @@ pub(super) async fn rollback(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let mut record = state
-        .catalog
-        .plugin(&tenant, &name)
-        .ok_or_else(|| ApiError::not_found("plugin", &name))?;
     let req: Rollback = if body.is_empty() {
         Rollback { version: None }
     } else {
         parse_json(&body)?
     };
-    let target = match req.version {
-        Some(v) => record.version(v).map(|v| v.version).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_field",
-                format!("plugin {name:?} has no version {v}"),
-                "version",
-            )
-        })?,
-        None => record
-            .versions
-            .iter()
-            .map(|v| v.version)
-            .filter(|v| *v < record.current)
-            .max()
-            .ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "plugin {name:?} has no version before {}",
-                    record.current
-                ))
-            })?,
-    };
-    record.current = target;
-    save(&state, &tenant, &record).await?;
-    state.plugins.resume(&tenant, &name, target);
+    let record = state
+        .control
+        .rollback_plugin(&tenant, &name, req.version)
+        .await?;
     Ok(Json(record_json(&state, &tenant, &record)))
 }
 
@@ -197,19 +166,6 @@ pub(super) async fn delete_plugin(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.catalog.plugin(&tenant, &name).is_none() {
-        return Err(ApiError::not_found("plugin", &name));
-    }
-    let users = state.catalog.rules_using_plugin(&tenant, &name);
-    if !users.is_empty() {
-        return Err(ApiError::conflict(format!(
-            "plugin is used by rules {users:?}; change them first"
-        )));
-    }
-    state
-        .store
-        .delete_resource(&tenant, ResourceKind::Plugin, &name)
-        .await?;
-    state.catalog.delete_plugin(&tenant, &name);
+    state.control.delete_plugin(&tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

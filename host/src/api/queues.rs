@@ -1,8 +1,7 @@
 //! Pull queues (`/v1/queues/*`) and the dead-letter queue (`/v1/dlq/*`).
 
-use super::{ApiError, Body, State, Tenant, check_name, list, parse_json, settings_body};
-use crate::clock::now_ms;
-use crate::store::{DeadLetterFilter, Resource, ResourceKind};
+use super::{ApiError, Body, State, Tenant, check_name, list, optional_json, parse_json};
+use crate::store::{DeadLetter, DeadLetterFilter, ReceivedMessage};
 use axum::Json;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
@@ -38,23 +37,14 @@ pub(super) async fn put_queue(
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("queue", &queue)?;
-    let spec = settings_body("queue", &body)?;
-    let existed = state.catalog.has_queue(&tenant, &queue);
-    let resource = Resource {
-        tenant: tenant.clone(),
-        kind: ResourceKind::Queue,
-        name: queue.clone(),
-        spec: spec.clone(),
-        updated_ms: now_ms(),
-    };
-    state.store.put_resource(resource).await?;
-    state.catalog.put_queue(&tenant, &queue, spec.clone());
-    let status = if existed {
-        StatusCode::OK
-    } else {
+    let settings = optional_json(&body)?;
+    let created = state.control.put_queue(&tenant, &queue, &settings).await?;
+    let status = if created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    Ok((status, Json(json!({"name": queue, "settings": spec}))))
+    Ok((status, Json(json!({"name": queue, "settings": settings}))))
 }
 
 pub(super) async fn get_queue(
@@ -62,16 +52,13 @@ pub(super) async fn get_queue(
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let spec = state
+    let settings = state
         .catalog
-        .queues(&tenant)
-        .into_iter()
-        .find(|(n, _)| *n == queue)
-        .map(|(_, s)| s)
+        .queue(&tenant, &queue)
         .ok_or_else(|| ApiError::not_found("queue", &queue))?;
-    let depth = state.store.queue_depth(&tenant, &queue).await?;
+    let depth = state.queues.queue_depth(&tenant, &queue).await?;
     Ok(Json(
-        json!({"name": queue, "settings": spec, "depth": depth}),
+        json!({"name": queue, "settings": settings, "depth": depth}),
     ))
 }
 
@@ -80,20 +67,37 @@ pub(super) async fn delete_queue(
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_queue(&state, &tenant, &queue)?;
-    let users = state.catalog.referencing_rules(&tenant, Some(&queue), None);
-    if !users.is_empty() {
-        return Err(ApiError::conflict(format!(
-            "queue is the target of rules {users:?}; change them first"
-        )));
-    }
-    state.store.queue_purge(&tenant, &queue).await?;
-    state
-        .store
-        .delete_resource(&tenant, ResourceKind::Queue, &queue)
-        .await?;
-    state.catalog.delete_queue(&tenant, &queue);
+    state.control.delete_queue(&tenant, &queue).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A body as JSON when it is JSON, else as text.
+fn json_or_text(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn message_json(m: &ReceivedMessage) -> Value {
+    json!({"receipt": m.receipt, "event": json_or_text(&m.body), "receive_count": m.receive_count})
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    json!({
+        "id": d.id,
+        "bus": d.bus,
+        "rule": d.rule,
+        "target": d.target,
+        "event_id": d.event_id,
+        "event": json_or_text(&d.event),
+        "body": d.body,
+        "error_code": d.error.code,
+        "error_message": d.error.message,
+        "attempts": d.attempts,
+        "last_status": d.error.status,
+        "exhausted": d.exhausted,
+        "ingested_ms": d.ingested_ms,
+        "created_ms": d.created_ms,
+    })
 }
 
 #[derive(Deserialize)]
@@ -157,18 +161,19 @@ pub(super) async fn receive(
             "wait_s",
         ));
     }
-    let visibility_ms = i64::try_from(req.visibility_timeout_s * 1000).unwrap_or(i64::MAX);
+    let visibility = Duration::from_secs(req.visibility_timeout_s);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_s);
-    let signal = state.queues.waiter(&tenant, &queue);
+    let signal = state.queue_signals.waiter(&tenant, &queue);
     loop {
         // Register interest before looking, so a push in between is not missed.
         let notified = signal.notified();
         let messages = state
-            .store
-            .queue_receive(&tenant, &queue, req.max_messages, visibility_ms, now_ms())
+            .queues
+            .queue_receive(&tenant, &queue, req.max_messages, visibility)
             .await?;
         let now = tokio::time::Instant::now();
         if !messages.is_empty() || now >= deadline {
+            let messages: Vec<Value> = messages.iter().map(message_json).collect();
             return Ok(Json(json!({"messages": messages})));
         }
         // Also wake when hidden messages become visible again.
@@ -192,7 +197,7 @@ pub(super) async fn ack(
     require_queue(&state, &tenant, &queue)?;
     let req: AckRequest = parse_json(&body)?;
     let acked = state
-        .store
+        .queues
         .queue_ack(&tenant, &queue, &req.receipts)
         .await?;
     Ok(Json(
@@ -224,7 +229,7 @@ pub(super) async fn list_dead_letters(
         target: q.target,
     };
     let items = state
-        .store
+        .dead_letters
         .list_dead_letters(&tenant, &filter, q.next, limit)
         .await?;
     let next = if items.len() == limit {
@@ -232,7 +237,7 @@ pub(super) async fn list_dead_letters(
     } else {
         None
     };
-    Ok(list(items, next))
+    Ok(list(items.iter().map(dead_letter_json).collect(), next))
 }
 
 fn parse_id(id: &str) -> Result<i64, ApiError> {
@@ -246,11 +251,11 @@ pub(super) async fn get_dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let entry = state
-        .store
+        .dead_letters
         .dead_letter_entry(&tenant, parse_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found("dead letter", &id))?;
-    Ok(Json(json!(entry)))
+    Ok(Json(dead_letter_json(&entry)))
 }
 
 pub(super) async fn delete_dead_letter(
@@ -259,7 +264,7 @@ pub(super) async fn delete_dead_letter(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state
-        .store
+        .dead_letters
         .delete_dead_letter(&tenant, parse_id(&id)?)
         .await?
     {
@@ -297,9 +302,8 @@ pub(super) async fn redrive(
         target: req.target,
     };
     let moved = state
-        .store
-        .redrive(&tenant, req.ids.as_deref(), &filter, now_ms())
+        .dead_letters
+        .redrive(&tenant, req.ids.as_deref(), &filter)
         .await?;
-    state.engine.wake();
     Ok(Json(json!({"redriven": moved.len(), "ids": moved})))
 }

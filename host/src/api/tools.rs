@@ -2,7 +2,8 @@
 
 use super::{ApiError, Body, State, Tenant, parse_json};
 use crate::pattern::Pattern;
-use crate::route::{FieldError, pattern_for_sample};
+use crate::resource::Problems;
+use crate::route::pattern_for_sample;
 use crate::transform::{RenderContext, TransformSpec};
 use axum::Json;
 use serde::Deserialize;
@@ -31,7 +32,7 @@ pub(super) async fn test_pattern(
         } else {
             format!("pattern.{}", e.path)
         };
-        ApiError::invalid("invalid_pattern", vec![FieldError::new(field, e.reason)])
+        ApiError::invalid("invalid_pattern", Problems::one(field, e.reason))
     })?;
     Ok(Json(json!({"match": pattern.matches(&req.event)})))
 }
@@ -48,10 +49,7 @@ pub(super) async fn test_transform(_: Tenant, Body(body): Body) -> Result<Json<V
     let spec: TransformSpec = serde_json::from_value(Value::Object(req.spec))
         .map_err(|e| ApiError::bad_request("invalid_transform", e.to_string(), "body"))?;
     let transform = spec.compile().map_err(|e| {
-        ApiError::invalid(
-            "invalid_transform",
-            vec![FieldError::new(e.field, e.reason)],
-        )
+        ApiError::invalid("invalid_transform", Problems::one(e.field, e.reason))
     })?;
     let now = crate::clock::rfc3339(crate::clock::now_ms());
     let ctx = RenderContext {

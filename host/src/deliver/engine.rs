@@ -1,158 +1,204 @@
-//! The delivery engine: first attempts in memory, retries from the store.
+//! The delivery engine: first attempts from memory, retries from the store,
+//! one retry policy and one dead-letter path for every kind of target.
 //!
 //! A routed event's first attempt runs straight from memory, so the common
-//! case (the target answers 2xx) costs no store write beyond the event itself.
-//! Anything that is not delivered at once is written to the store before the
-//! event counts as routed: a failed attempt becomes a job due after its
-//! backoff, an attempt that cannot start (its target is at its in-flight cap)
-//! becomes a job due now. The routing cursor only moves past an event when all
-//! its deliveries are done or persisted (the [`Watermark`]), so a crash can
-//! repeat deliveries but never lose one.
+//! case (the target takes it) costs no store write beyond the event itself.
+//! Anything not delivered at once is written to the store before the
+//! delivery counts as done: a failed attempt becomes a job due after its
+//! backoff, an attempt that cannot start (its target is at its in-flight
+//! cap) becomes a job due now. Each first attempt carries a [`DoneGuard`]
+//! from the router, dropped only when the delivery is done or persisted,
+//! so routing progress never moves past work that could still be lost.
 //!
-//! Isolation: each target has its own in-flight cap, so a slow or dead target
-//! fills only its own slots; its surplus waits in the store while every other
-//! target keeps its full speed.
+//! Retries come from [`DeliveryJobs::lease_due`]: the scheduler leases due
+//! jobs, attempts them, and acks, reschedules or dead-letters each. Leases
+//! are short and kept alive by a heartbeat while an attempt runs, so the
+//! jobs of a node that died are picked up again within one lease period
+//! (and at once by a restarted single node, whose store clears leases).
+//!
+//! Deliveries due together for the same target go out as one batch, up to
+//! the target's [`Target::max_batch`](super::Target::max_batch); outcomes
+//! stay per delivery.
+//!
+//! Isolation: each target has its own in-flight cap (calls in progress), so
+//! a slow or dead target fills only its own slots; its surplus waits in the
+//! store while every other target keeps its full speed.
 
-use crate::catalog::Catalog;
-use crate::clock::now_ms;
-use crate::deliver::{Failure, Outcome, Payload};
+use super::retry::Next;
+use super::target::{BoundTarget, Item, TargetDirectory};
+use super::{Failure, Outcome};
+use crate::clock::{Millis, SharedClock, millis};
 use crate::event::Event;
-use crate::plugin::registry::PluginHost;
-use crate::route::{Rule, Target, TargetKind};
-use crate::store::{AttemptError, Job, Millis, NewJob, Seq, Store};
+use crate::store::{
+    AttemptError, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, NewJob,
+};
 use crate::telemetry;
-use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 
-/// How long a leased retry job is reserved for one attempt; longer than the
-/// largest target timeout so a live attempt is never duplicated.
-const LEASE_MS: Millis = 120_000;
-/// Jobs leased per scheduler round.
-const LEASE_BATCH: usize = 256;
-/// Longest the scheduler sleeps without looking at the store.
-const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Held by a first attempt until its delivery is done or persisted; the
+/// router's routing progress is released when the last one drops.
+pub type DoneGuard = Arc<dyn Send + Sync>;
+
+/// How the engine is tuned.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Calls in flight at once across all targets.
+    pub max_in_flight: usize,
+    /// Calls in flight at once for one target.
+    pub per_target_cap: usize,
+    /// How long a leased job is reserved; renewed every third of it while
+    /// its attempt runs. Short, so a dead node's jobs come back quickly.
+    pub lease: Duration,
+    /// Jobs leased per scheduler round.
+    pub lease_batch: usize,
+    /// Longest the scheduler waits in one lease call (it also wakes on new jobs).
+    pub idle_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 4096,
+            per_target_cap: 256,
+            lease: Duration::from_secs(30),
+            lease_batch: 256,
+            idle_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a delivery came from, which decides how its result is recorded.
+#[derive(Clone)]
+enum Origin {
+    /// A first attempt: failures become new jobs; the guard is released
+    /// once the delivery is done or persisted.
+    First(#[allow(dead_code)] DoneGuard),
+    /// A retry of a stored job, held under this lease.
+    Job(JobLease),
+}
 
 /// One delivery of one event to one target.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Delivery {
-    /// Log position, for first attempts (they hold the routing watermark).
-    pub seq: Option<Seq>,
-    /// Store job id, for retries.
-    pub job_id: Option<i64>,
-    /// Owning tenant.
-    pub tenant: String,
-    /// The rule that matched.
-    pub rule: Arc<Rule>,
-    /// Index of the target within the rule.
-    pub target: usize,
-    /// The parsed event.
-    pub event: Arc<Event>,
-    /// The event bytes as stored.
-    pub event_bytes: Bytes,
-    /// The rendered transform output, if any.
-    pub body: Option<Arc<str>>,
+    /// The target, as bound in its rule.
+    pub target: Arc<BoundTarget>,
+    /// What to deliver.
+    pub item: Item,
     /// Attempts already made.
     pub attempts: u32,
-    /// When the event was accepted.
+    /// When the event was accepted (the age limit counts from here).
     pub ingested_ms: Millis,
+    origin: Origin,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("tenant", &self.target.tenant)
+            .field("rule", &self.target.rule)
+            .field("target", &self.target.id)
+            .field("event_id", &self.item.event.id())
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Delivery {
-    fn target(&self) -> Option<&Target> {
-        self.rule.targets.get(self.target)
+    /// A first attempt, holding `done` until it is delivered or persisted.
+    pub fn first(target: Arc<BoundTarget>, item: Item, ingested_ms: Millis, done: DoneGuard) -> Self {
+        Self {
+            target,
+            item,
+            attempts: 0,
+            ingested_ms,
+            origin: Origin::First(done),
+        }
     }
 
+    /// The delivery as a job to store.
     fn job(&self, attempts: u32, due_ms: Millis, last_error: Option<AttemptError>) -> NewJob {
-        NewJob {
-            tenant: self.tenant.clone(),
-            bus: self.rule.bus.clone(),
-            rule: self.rule.name.clone(),
-            target: self.target().map(|t| t.id.clone()).unwrap_or_default(),
-            event_id: self.event.id().to_owned(),
-            event: self.event_bytes.clone(),
-            body: self.body.as_deref().map(str::to_owned),
+        job_for(
+            &self.target,
+            &self.item,
+            self.ingested_ms,
             attempts,
-            ingested_ms: self.ingested_ms,
             due_ms,
             last_error,
+        )
+    }
+
+    fn lease(&self) -> Option<&JobLease> {
+        match &self.origin {
+            Origin::Job(lease) => Some(lease),
+            Origin::First(_) => None,
         }
     }
 }
 
-/// Tracks which routed events still have deliveries outstanding.
-#[derive(Debug, Default)]
-pub struct Watermark {
-    pending: BTreeMap<Seq, u32>,
-    high: Seq,
+fn job_for(
+    target: &BoundTarget,
+    item: &Item,
+    ingested_ms: Millis,
+    attempts: u32,
+    due_ms: Millis,
+    last_error: Option<AttemptError>,
+) -> NewJob {
+    NewJob {
+        tenant: target.tenant.clone(),
+        bus: target.bus.clone(),
+        rule: target.rule.clone(),
+        target: target.id.clone(),
+        event_id: item.event.id().to_owned(),
+        event: item.event_bytes.clone(),
+        body: item.body.as_deref().map(str::to_owned),
+        attempts,
+        ingested_ms,
+        due_ms,
+        last_error,
+    }
 }
 
-impl Watermark {
-    /// Starts tracking `seq` with `holds` outstanding pieces of work.
-    pub fn hold(&mut self, seq: Seq, holds: u32) {
-        self.high = self.high.max(seq);
-        if holds > 0 {
-            *self.pending.entry(seq).or_insert(0) += holds;
-        }
-    }
+/// Identifies a target across rule updates (rule objects are replaced when
+/// a rule changes; its targets' caps should not reset).
+type TargetKey = (String, String, String, String);
 
-    /// One piece of work for `seq` is done (delivered or persisted).
-    pub fn release(&mut self, seq: Seq) {
-        if let Some(n) = self.pending.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                self.pending.remove(&seq);
-            }
-        }
-    }
-
-    /// Highest seq such that it and everything before it is fully routed.
-    pub fn low(&self) -> Seq {
-        match self.pending.first_key_value() {
-            Some((seq, _)) => seq - 1,
-            None => self.high,
-        }
-    }
-
-    /// Whether nothing is outstanding.
-    pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
-    }
+fn key_of(t: &BoundTarget) -> TargetKey {
+    (t.tenant.clone(), t.bus.clone(), t.rule.clone(), t.id.clone())
 }
 
 /// The engine. Shared as `Arc<Engine>`.
 pub struct Engine {
-    store: Arc<dyn Store>,
-    catalog: Arc<Catalog>,
-    plugins: Arc<PluginHost>,
+    jobs: Arc<dyn DeliveryJobs>,
+    directory: Arc<dyn TargetDirectory>,
+    clock: SharedClock,
+    config: EngineConfig,
     global: Arc<Semaphore>,
-    per_target_cap: usize,
-    in_flight: Mutex<HashMap<(String, String, String, String), usize>>,
-    watermark: Mutex<Watermark>,
-    jobs_added: Notify,
+    in_flight: Mutex<HashMap<TargetKey, usize>>,
+    /// Leases of attempts in progress, renewed by the heartbeat.
+    leased: Mutex<HashSet<JobLease>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("per_target_cap", &self.per_target_cap)
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-/// Releases a target's in-flight slot when dropped.
+/// A target's in-flight slot, released when dropped.
 struct Slot {
     engine: Arc<Engine>,
-    key: (String, String, String, String),
+    key: TargetKey,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.engine.in_flight.lock()
-            && let Some(n) = map.get_mut(&self.key)
-        {
+        let mut map = self.engine.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 map.remove(&self.key);
@@ -161,43 +207,45 @@ impl Drop for Slot {
     }
 }
 
+/// A job lease the heartbeat keeps alive until this is dropped.
+struct Renewed {
+    engine: Arc<Engine>,
+    leases: Vec<JobLease>,
+}
+
+impl Drop for Renewed {
+    fn drop(&mut self) {
+        let mut set = self.engine.leased.lock().unwrap_or_else(|p| p.into_inner());
+        for lease in &self.leases {
+            set.remove(lease);
+        }
+    }
+}
+
 impl Engine {
-    /// Builds an engine over a store and catalog.
+    /// Builds an engine over the job store and the current rules.
     pub fn new(
-        store: Arc<dyn Store>,
-        catalog: Arc<Catalog>,
-        plugins: Arc<PluginHost>,
-        max_in_flight: usize,
-        per_target_cap: usize,
+        jobs: Arc<dyn DeliveryJobs>,
+        directory: Arc<dyn TargetDirectory>,
+        clock: SharedClock,
+        config: EngineConfig,
     ) -> Self {
         Self {
-            store,
-            catalog,
-            plugins,
-            global: Arc::new(Semaphore::new(max_in_flight)),
-            per_target_cap,
+            jobs,
+            directory,
+            clock,
+            global: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
             in_flight: Mutex::new(HashMap::new()),
-            watermark: Mutex::new(Watermark::default()),
-            jobs_added: Notify::new(),
+            leased: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Runs `f` on the watermark.
-    pub fn watermark<R>(&self, f: impl FnOnce(&mut Watermark) -> R) -> R {
-        let mut guard = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
-    }
-
-    fn try_slot(self: &Arc<Self>, d: &Delivery) -> Option<Slot> {
-        let key = (
-            d.tenant.clone(),
-            d.rule.bus.clone(),
-            d.rule.name.clone(),
-            d.target()?.id.clone(),
-        );
-        let mut map = self.in_flight.lock().ok()?;
+    fn try_slot(self: &Arc<Self>, target: &BoundTarget) -> Option<Slot> {
+        let key = key_of(target);
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key.clone()).or_insert(0);
-        if *n >= self.per_target_cap {
+        if *n >= self.config.per_target_cap {
             return None;
         }
         *n += 1;
@@ -207,43 +255,151 @@ impl Engine {
         })
     }
 
-    /// Starts a first attempt (never blocks). The caller has already added a
-    /// watermark hold for `d.seq`, which this releases when the delivery is
-    /// done or persisted.
-    pub fn dispatch(self: &Arc<Self>, d: Delivery) {
-        let engine = self.clone();
-        let slot = self.try_slot(&d);
-        let permit = self.global.clone().try_acquire_owned().ok();
-        tokio::spawn(async move {
-            match (slot, permit) {
-                (Some(slot), Some(permit)) => {
-                    engine.attempt(&d).await;
-                    drop((slot, permit));
+    /// Starts first attempts (never blocks): deliveries to the same target
+    /// go in batches; a batch whose target or the engine is at its cap is
+    /// stored as jobs due now instead.
+    pub fn dispatch(self: &Arc<Self>, deliveries: Vec<Delivery>) {
+        for batch in batches(deliveries) {
+            let slot = self.try_slot(&batch[0].target);
+            let permit = self.global.clone().try_acquire_owned().ok();
+            let engine = self.clone();
+            tokio::spawn(async move {
+                match (slot, permit) {
+                    (Some(slot), Some(permit)) => {
+                        engine.attempt(batch).await;
+                        drop((slot, permit));
+                    }
+                    // Busy target or engine: park the deliveries in the store.
+                    _ => {
+                        let now = engine.clock.now_ms();
+                        let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
+                        engine.persist(jobs).await;
+                    }
                 }
-                // Busy target or engine: park the delivery in the store.
-                _ => {
-                    let job = d.job(d.attempts, now_ms(), None);
-                    engine.persist(vec![job]).await;
-                }
-            }
-            if let Some(seq) = d.seq {
-                engine.watermark(|w| w.release(seq));
-            }
-        });
+            });
+        }
     }
 
-    /// Writes jobs, retrying until the store takes them: a routed delivery may
+    /// Writes jobs, retrying until the store takes them: a first attempt may
     /// only be released once it is durable.
     async fn persist(&self, jobs: Vec<NewJob>) {
         let mut backoff = Duration::from_millis(10);
+        while let Err(e) = self.jobs.enqueue(jobs.clone()).await {
+            tracing::error!(error = %e, "cannot persist delivery jobs; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One call to the target with the whole batch, then each delivery's
+    /// outcome recorded (ack, reschedule, dead letter).
+    async fn attempt(&self, batch: Vec<Delivery>) {
+        let target = batch[0].target.clone();
+        let items: Vec<Item> = batch.iter().map(|d| d.item.clone()).collect();
+        let mut outcomes = target.target.send(&items).await;
+        if outcomes.len() != batch.len() {
+            tracing::error!(kind = target.target.kind(), "a target answered {} outcomes for {} deliveries", outcomes.len(), batch.len());
+            outcomes.resize(
+                batch.len(),
+                Outcome::Retry(Failure::new(
+                    FailureCode::PluginInvalidOutput,
+                    "the target gave no outcome for this delivery",
+                )),
+            );
+        }
+        let mut new_jobs = Vec::new();
+        let mut guards = Vec::new();
+        for (d, outcome) in batch.into_iter().zip(outcomes) {
+            if let Some(job) = self.settle(&d, outcome).await {
+                new_jobs.push(job);
+            }
+            guards.push(d);
+        }
+        if !new_jobs.is_empty() {
+            self.persist(new_jobs).await;
+        }
+        // Only now may first attempts count as done.
+        drop(guards);
+    }
+
+    /// Records one delivery's outcome; returns the job to store when a first
+    /// attempt must be retried later.
+    async fn settle(&self, d: &Delivery, outcome: Outcome) -> Option<NewJob> {
+        let attempts = d.attempts + 1;
+        let now = self.clock.now_ms();
+        let labels = [("tenant", d.target.tenant.clone())];
+        let age = Duration::from_millis(u64::try_from(now - d.ingested_ms).unwrap_or(0));
+        let next = d.target.retry.after(&outcome, attempts, age);
+        match (next, outcome) {
+            (Next::Done, _) => {
+                telemetry::delivered(&labels, now - d.ingested_ms);
+                if let Some(lease) = d.lease()
+                    && let Err(e) = self.jobs.ack_job(lease).await
+                {
+                    tracing::warn!(error = %e, "cannot ack a delivered job; it may be delivered again");
+                }
+                None
+            }
+            (Next::RetryIn(delay), outcome) => {
+                telemetry::retried(&labels);
+                let error = outcome.failure().map(Failure::attempt_error);
+                let due = now + millis(delay);
+                match d.lease() {
+                    Some(lease) => {
+                        let error = error.unwrap_or_else(|| AttemptError::new(FailureCode::Unknown, ""));
+                        if let Err(e) = self.jobs.retry_job(lease, due, attempts, error).await {
+                            tracing::warn!(error = %e, "cannot reschedule a job; its lease will run out and it will be retried");
+                        }
+                        None
+                    }
+                    None => Some(d.job(attempts, due, error)),
+                }
+            }
+            (Next::GiveUp(exhausted), outcome) => {
+                let error = outcome.failure().map(Failure::attempt_error);
+                let job = d.job(attempts, now, error);
+                self.give_up(d.lease(), job, exhausted, d.target.dead_letter).await;
+                None
+            }
+        }
+    }
+
+    /// Gives up on a delivery: dead-letters it (or, when its rule turned
+    /// dead-lettering off, just drops it), retrying the store write until it
+    /// succeeds so that nothing is released before it is recorded.
+    pub async fn give_up(
+        &self,
+        lease: Option<&JobLease>,
+        job: NewJob,
+        exhausted: Exhausted,
+        dead_letter: bool,
+    ) {
+        telemetry::dead_lettered(&job.tenant, exhausted.as_str());
+        tracing::warn!(
+            tenant = %job.tenant, bus = %job.bus, rule = %job.rule, target = %job.target,
+            event_id = %job.event_id, %exhausted, error = ?job.last_error, "delivery failed for good"
+        );
+        let mut backoff = Duration::from_millis(10);
         loop {
-            match self.store.enqueue_jobs(jobs.clone()).await {
-                Ok(()) => {
-                    self.jobs_added.notify_one();
+            let result = if dead_letter {
+                self.jobs
+                    .dead_letter(lease, job.clone(), exhausted)
+                    .await
+                    .map(|_| ())
+            } else if let Some(lease) = lease {
+                self.jobs.ack_job(lease).await
+            } else {
+                Ok(())
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) if lease.is_some() => {
+                    // A stored job stays leased and comes back after its lease.
+                    tracing::error!(error = %e, "cannot record a dead letter; the job will be retried");
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot persist delivery jobs; retrying");
+                    tracing::error!(error = %e, "cannot record a dead letter; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -251,259 +407,162 @@ impl Engine {
         }
     }
 
-    /// One attempt, then whatever follows from its outcome (ack, reschedule, dead letter).
-    async fn attempt(&self, d: &Delivery) {
-        let Some(target) = d.target() else { return };
-        let outcome = match &target.kind {
-            TargetKind::Http(http) => {
-                let payload = Payload {
-                    event: &d.event,
-                    body: d.body.as_deref(),
-                };
-                http.deliver(payload).await
-            }
-            TargetKind::Wasm(wasm) => {
-                self.plugins
-                    .deliver(&d.tenant, &wasm.binding, &wasm.allowed_hosts, &d.event)
-                    .await
-            }
-            TargetKind::Queue { .. } | TargetKind::Bus { .. } => return,
-        };
-        let attempts = d.attempts + 1;
-        let labels = [("tenant", d.tenant.clone())];
-        match outcome {
-            Outcome::Delivered { .. } => {
-                telemetry::delivered(&labels, now_ms() - d.ingested_ms);
-                if let Some(id) = d.job_id
-                    && let Err(e) = self.store.ack_job(id).await
-                {
-                    tracing::warn!(error = %e, job = id, "cannot ack delivered job; it may be delivered again");
-                }
-            }
-            Outcome::Retry(failure) => {
-                let age =
-                    Duration::from_millis(u64::try_from(now_ms() - d.ingested_ms).unwrap_or(0));
-                match target.retry.check(attempts, age) {
-                    Ok(()) => {
-                        telemetry::retried(&labels);
-                        let delay = target.retry.next_delay(attempts, failure.retry_after);
-                        let due =
-                            now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                        let error = attempt_error(&failure);
-                        match d.job_id {
-                            Some(id) => {
-                                if let Err(e) = self.store.retry_job(id, due, attempts, error).await
-                                {
-                                    tracing::warn!(error = %e, job = id, "cannot reschedule job; its lease will expire");
-                                }
-                            }
-                            None => self.persist(vec![d.job(attempts, due, Some(error))]).await,
-                        }
-                    }
-                    Err(exhausted) => {
-                        self.dead_letter(d, attempts, &failure, exhausted.as_str())
-                            .await
-                    }
-                }
-            }
-            Outcome::Permanent(failure) => {
-                self.dead_letter(d, attempts, &failure, "permanent").await
-            }
-        }
-    }
-
-    async fn dead_letter(&self, d: &Delivery, attempts: u32, failure: &Failure, exhausted: &str) {
-        let job = d.job(attempts, now_ms(), Some(attempt_error(failure)));
-        self.dead_letter_job(d.job_id, job, exhausted, d.rule.dead_letter)
+    /// Dead-letters an event for a target without an attempt (a rule-level
+    /// failure: its filter or transform failed, so no target gets it).
+    pub async fn fail_unattempted(&self, target: &BoundTarget, item: &Item, ingested_ms: Millis, error: AttemptError) {
+        let job = job_for(target, item, ingested_ms, 0, self.clock.now_ms(), Some(error));
+        self.give_up(None, job, Exhausted::Permanent, target.dead_letter)
             .await;
-    }
-
-    /// Moves a delivery to the dead-letter queue (or drops it when the rule
-    /// turned dead-lettering off).
-    pub async fn dead_letter_job(
-        &self,
-        job_id: Option<i64>,
-        job: NewJob,
-        exhausted: &str,
-        enabled: bool,
-    ) {
-        telemetry::dead_lettered(&job.tenant, exhausted);
-        tracing::warn!(
-            tenant = %job.tenant, bus = %job.bus, rule = %job.rule, target = %job.target,
-            event_id = %job.event_id, exhausted, error = ?job.last_error, "delivery failed for good"
-        );
-        let result = if enabled {
-            self.store
-                .dead_letter(job_id, job, exhausted, now_ms())
-                .await
-                .map(|_| ())
-        } else if let Some(id) = job_id {
-            self.store.ack_job(id).await
-        } else {
-            Ok(())
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot record dead letter");
-        }
-    }
-
-    /// Wakes the retry scheduler (e.g. after a redrive).
-    pub fn wake(&self) {
-        self.jobs_added.notify_one();
     }
 
     /// The retry scheduler: leases due jobs and attempts them, until shutdown.
     pub async fn run_retries(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let heartbeat = tokio::spawn(self.clone().run_heartbeat(shutdown.clone()));
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
-            let leased = match self.store.lease_due(now_ms(), LEASE_MS, LEASE_BATCH).await {
-                Ok(jobs) => jobs,
+            let leased = tokio::select! {
+                leased = self.jobs.lease_due(self.config.lease_batch, self.config.lease, self.config.idle_wait) => leased,
+                _ = shutdown.changed() => break,
+            };
+            match leased {
+                Ok(jobs) => self.start_jobs(jobs).await,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot lease delivery jobs");
-                    Vec::new()
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.changed() => break,
+                    }
                 }
-            };
-            let full = leased.len() == LEASE_BATCH;
-            for job in leased {
-                self.start_job(job).await;
             }
-            if full {
+        }
+        heartbeat.abort();
+    }
+
+    /// Keeps the leases of running attempts alive.
+    async fn run_heartbeat(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let leases: Vec<JobLease> = self
+                .leased
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if leases.is_empty() {
                 continue;
             }
-            let sleep = match self.store.next_due().await {
-                Ok(Some(due)) => {
-                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(MAX_IDLE)
-                }
-                _ => MAX_IDLE,
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(sleep) => {}
-                _ = self.jobs_added.notified() => {}
-                _ = shutdown.changed() => {}
+            if let Err(e) = self.jobs.extend_leases(&leases, self.config.lease).await {
+                tracing::warn!(error = %e, "cannot renew job leases; other workers may repeat those attempts");
             }
         }
     }
 
-    async fn start_job(self: &Arc<Self>, job: Job) {
-        let Job { id, job } = job;
-        let rule = self
-            .catalog
-            .bus(&job.tenant, &job.bus)
-            .and_then(|b| b.rules.get(&job.rule).cloned());
-        let target = rule
-            .as_ref()
-            .and_then(|r| r.targets.iter().position(|t| t.id == job.target));
-        let (Some(rule), Some(target)) = (rule, target) else {
-            let mut job = job;
-            job.last_error = Some(AttemptError {
-                code: "target_removed".into(),
-                message: format!(
-                    "rule {}/{} or its target {} no longer exists",
-                    job.bus, job.rule, job.target
-                ),
-                status: None,
-            });
-            self.dead_letter_job(Some(id), job, "permanent", true).await;
-            return;
-        };
-        let event = match serde_json::from_slice(&job.event) {
-            Ok(serde_json::Value::Object(map)) => Arc::new(Event::from_validated(map)),
-            _ => {
-                self.dead_letter_job(Some(id), job, "permanent", rule.dead_letter)
+    async fn start_jobs(self: &Arc<Self>, jobs: Vec<LeasedJob>) {
+        let mut deliveries = Vec::with_capacity(jobs.len());
+        for LeasedJob { lease, job } in jobs {
+            let Some(target) =
+                self.directory
+                    .bound_target(&job.tenant, &job.bus, &job.rule, &job.target)
+            else {
+                let mut job = job;
+                job.last_error = Some(AttemptError::new(
+                    FailureCode::TargetRemoved,
+                    format!(
+                        "rule {}/{} or its target {} no longer exists",
+                        job.bus, job.rule, job.target
+                    ),
+                ));
+                self.give_up(Some(&lease), job, Exhausted::Permanent, true)
                     .await;
+                continue;
+            };
+            let event = match serde_json::from_slice(&job.event) {
+                Ok(serde_json::Value::Object(map)) => Arc::new(Event::from_validated(map)),
+                _ => {
+                    let mut job = job;
+                    job.last_error = Some(AttemptError::new(
+                        FailureCode::Corrupt,
+                        "the stored event is not a JSON object",
+                    ));
+                    self.give_up(Some(&lease), job, Exhausted::Permanent, target.dead_letter)
+                        .await;
+                    continue;
+                }
+            };
+            deliveries.push(Delivery {
+                target,
+                item: Item {
+                    event,
+                    event_bytes: job.event.clone(),
+                    body: job.body.as_deref().map(Arc::from),
+                },
+                attempts: job.attempts,
+                ingested_ms: job.ingested_ms,
+                origin: Origin::Job(lease),
+            });
+        }
+        for batch in batches(deliveries) {
+            let Some(slot) = self.try_slot(&batch[0].target) else {
+                // The target is at its cap: look again shortly, keeping each job's history.
+                let due = self.clock.now_ms() + 100;
+                for d in &batch {
+                    if let Some(lease) = d.lease() {
+                        let job = d.job(d.attempts, due, None);
+                        let error = job
+                            .last_error
+                            .unwrap_or_else(|| AttemptError::new(FailureCode::Unknown, ""));
+                        if let Err(e) = self.jobs.retry_job(lease, due, d.attempts, error).await {
+                            tracing::warn!(error = %e, "cannot defer a job");
+                        }
+                    }
+                }
+                continue;
+            };
+            let Ok(permit) = self.global.clone().acquire_owned().await else {
                 return;
-            }
-        };
-        let d = Delivery {
-            seq: None,
-            job_id: Some(id),
-            tenant: job.tenant.clone(),
-            rule,
-            target,
-            event,
-            event_bytes: job.event.clone(),
-            body: job.body.as_deref().map(Arc::from),
-            attempts: job.attempts,
-            ingested_ms: job.ingested_ms,
-        };
-        let Some(slot) = self.try_slot(&d) else {
-            // The target is at its cap: look again shortly, keeping the job's history.
-            let error = job.last_error.clone().unwrap_or_default();
-            if let Err(e) = self
-                .store
-                .retry_job(id, now_ms() + 100, job.attempts, error)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot defer job");
-            }
-            return;
-        };
-        let Ok(permit) = self.global.clone().acquire_owned().await else {
-            return;
-        };
-        let engine = self.clone();
-        tokio::spawn(async move {
-            engine.attempt(&d).await;
-            drop((slot, permit));
-        });
+            };
+            let renewed = self.renew_while_running(&batch);
+            let engine = self.clone();
+            tokio::spawn(async move {
+                engine.attempt(batch).await;
+                drop((slot, permit, renewed));
+            });
+        }
     }
 
-    /// Persists the routing cursor as the watermark advances, until shutdown;
-    /// then waits (bounded) for in-flight first attempts and persists once more.
-    pub async fn run_cursor(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut saved = self.store.route_cursor().await.unwrap_or(0);
-        loop {
-            let stop = tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(50)) => false,
-                _ = shutdown.changed() => true,
-            };
-            if stop {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                while !self.watermark(|w| w.is_idle()) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            let low = self.watermark(|w| w.low());
-            if low > saved {
-                match self.store.set_route_cursor(low).await {
-                    Ok(()) => saved = low,
-                    Err(e) => tracing::error!(error = %e, "cannot save routing cursor"),
-                }
-            }
-            if stop {
-                return;
-            }
+    fn renew_while_running(self: &Arc<Self>, batch: &[Delivery]) -> Renewed {
+        let leases: Vec<JobLease> = batch.iter().filter_map(|d| d.lease().cloned()).collect();
+        let mut set = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+        set.extend(leases.iter().cloned());
+        Renewed {
+            engine: self.clone(),
+            leases,
         }
     }
 }
 
-fn attempt_error(f: &Failure) -> AttemptError {
-    AttemptError {
-        code: f.code.clone(),
-        message: f.message.clone(),
-        status: f.status,
+/// Groups deliveries by target (keeping their order within each target)
+/// into batches no larger than the target takes.
+fn batches(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    let mut groups: Vec<Vec<Delivery>> = Vec::new();
+    let mut index: HashMap<*const BoundTarget, usize> = HashMap::new();
+    for d in deliveries {
+        let max = d.target.target.max_batch().max(1);
+        let key = Arc::as_ptr(&d.target);
+        match index.get(&key).copied() {
+            Some(i) if groups[i].len() < max => groups[i].push(d),
+            _ => {
+                index.insert(key, groups.len());
+                groups.push(vec![d]);
+            }
+        }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watermark_waits_for_the_oldest_outstanding_event() {
-        let mut w = Watermark::default();
-        w.hold(1, 1);
-        w.hold(2, 2);
-        w.hold(3, 0);
-        assert_eq!(w.low(), 0);
-        w.release(2);
-        assert_eq!(w.low(), 0);
-        w.release(1);
-        assert_eq!(w.low(), 1);
-        w.release(2);
-        assert_eq!(w.low(), 3);
-        assert!(w.is_idle());
-    }
+    groups
 }

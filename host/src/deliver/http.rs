@@ -44,7 +44,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use super::SpecError;
-use super::{Failure, Outcome, Payload, Problems};
+use super::{Failure, FailureCode, Outcome, Payload, Problems};
 use crate::event::Event;
 
 /// The default request timeout.
@@ -545,7 +545,7 @@ impl From<ForbiddenDestination> for Failure {
 }
 
 /// The failure code of a refused destination.
-const FORBIDDEN_DESTINATION: &str = "forbidden_destination";
+const FORBIDDEN_DESTINATION: FailureCode = FailureCode::ForbiddenDestination;
 
 /// Resolves host names like the system does, then keeps only public
 /// addresses (all of them private: the lookup fails with
@@ -700,7 +700,7 @@ impl HttpTarget {
         let _permit = match &self.concurrency {
             Some(semaphore) => match semaphore.acquire().await {
                 Ok(permit) => Some(permit),
-                Err(_) => return Outcome::Retry(Failure::new("request_error", "target shut down")),
+                Err(_) => return Outcome::Retry(Failure::new(FailureCode::RequestError, "target shut down")),
             },
             None => None,
         };
@@ -786,7 +786,7 @@ impl HttpTarget {
 
     fn timed_out(&self) -> Failure {
         Failure::new(
-            "timeout",
+            FailureCode::Timeout,
             format!("no complete answer within {} ms", self.timeout.as_millis()),
         )
     }
@@ -801,7 +801,9 @@ fn classify(
     oauth: bool,
 ) -> Outcome {
     if (200..300).contains(&status) {
-        return Outcome::Delivered { status };
+        return Outcome::Delivered {
+            status: Some(status),
+        };
     }
     let reason = reqwest::StatusCode::from_u16(status)
         .ok()
@@ -817,17 +819,17 @@ fn classify(
         message.push_str(": ");
         message.push_str(text);
     }
-    let failure = |code: &str| Failure {
-        code: code.to_owned(),
+    let failure = |code: FailureCode| Failure {
+        code,
         message: message.clone(),
         status: Some(status),
         retry_after,
     };
     match status {
-        429 => Outcome::Retry(failure("rate_limited")),
-        408 | 500..=599 => Outcome::Retry(failure("http_status")),
-        401 if oauth => Outcome::Retry(failure("http_status")),
-        _ => Outcome::Permanent(failure("http_status")),
+        429 => Outcome::Retry(failure(FailureCode::RateLimited)),
+        408 | 500..=599 => Outcome::Retry(failure(FailureCode::HttpStatus)),
+        401 if oauth => Outcome::Retry(failure(FailureCode::HttpStatus)),
+        _ => Outcome::Permanent(failure(FailureCode::HttpStatus)),
     }
 }
 
@@ -837,13 +839,13 @@ fn classify_error(error: reqwest::Error) -> Outcome {
         return Outcome::Permanent(forbidden);
     }
     let code = if error.is_timeout() {
-        "timeout"
+        FailureCode::Timeout
     } else if error.is_connect() {
-        "connect_error"
+        FailureCode::ConnectError
     } else if error.is_builder() {
-        return Outcome::Permanent(Failure::new("request_error", error_chain(error)));
+        return Outcome::Permanent(Failure::new(FailureCode::RequestError, error_chain(error)));
     } else {
-        "request_error"
+        FailureCode::RequestError
     };
     Outcome::Retry(Failure::new(code, error_chain(error)))
 }
@@ -936,7 +938,7 @@ fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendered, Failure>
     if let Some(content_type) = content_type {
         let value = HeaderValue::from_str(&content_type).map_err(|_| {
             Failure::new(
-                "render_error",
+                FailureCode::RenderError,
                 "datacontenttype is not a valid Content-Type",
             )
         })?;
@@ -954,7 +956,7 @@ fn binary_body(event: &Event) -> Result<(Option<String>, Vec<u8>), Failure> {
         let bytes = encoded
             .as_str()
             .and_then(|s| BASE64.decode(s).ok())
-            .ok_or_else(|| Failure::new("render_error", "data_base64 is not valid base64"))?;
+            .ok_or_else(|| Failure::new(FailureCode::RenderError, "data_base64 is not valid base64"))?;
         let content_type = declared.unwrap_or_else(|| "application/octet-stream".to_owned());
         return Ok((Some(content_type), bytes));
     }
@@ -1001,7 +1003,7 @@ fn add_ce_headers(event: &Event, headers: &mut HeaderMap) -> Result<(), Failure>
         let header_name =
             HeaderName::from_bytes(format!("ce-{name}").as_bytes()).map_err(|_| {
                 Failure::new(
-                    "render_error",
+                    FailureCode::RenderError,
                     format!("attribute {name:?} cannot be an HTTP header"),
                 )
             })?;
@@ -1287,7 +1289,7 @@ fn refresh_margin(lifetime: Duration) -> Duration {
 }
 
 fn auth_error(message: impl Into<String>) -> Failure {
-    Failure::new("auth_error", message)
+    Failure::new(FailureCode::AuthError, message)
 }
 
 /// Spaces requests evenly at the configured rate (a token bucket holding one
@@ -1368,7 +1370,7 @@ mod tests {
             let outcome = classify(status, None, b"", None, false);
             let got = match &outcome {
                 Outcome::Delivered { status: s } => {
-                    assert_eq!(*s, status);
+                    assert_eq!(*s, Some(status));
                     "delivered"
                 }
                 Outcome::Retry(_) => "retry",

@@ -1,27 +1,39 @@
 //! Delivery of routed events to their targets.
 //!
-//! The delivery engine (scheduling, persistence, dead letters) calls into the
-//! pieces here: [`http`] sends one attempt to a webhook and classifies what
-//! happened as an [`Outcome`]; [`retry`] decides whether and when to try again.
-//! The types in this module are the vocabulary they share.
+//! Every kind of target implements one trait, [`Target`]: it takes a batch
+//! of deliveries and answers one [`Outcome`] per delivery — delivered, retry
+//! later, or permanent failure, with a [`FailureCode`]. The kinds live one
+//! per file ([`http`] webhooks, [`queue`] pull queues, [`bus`] other buses,
+//! [`wasm`] connector plugins) and are built from a rule's JSON by
+//! [`target::TargetSpec`]. The [`engine`] applies the [`retry`] policy and
+//! dead-lettering to every kind alike, so adding a kind is one new file.
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::event::Event;
+pub use crate::store::FailureCode;
 
+pub mod bus;
 pub mod engine;
 pub mod http;
 pub mod queue;
 pub mod retry;
+pub mod target;
+pub mod wasm;
+mod webhook;
+
+pub use self::target::{
+    BoundTarget, BuildContext, Item, Reference, Target, TargetDirectory, TargetServices, TargetSpec,
+};
 
 /// What one delivery attempt achieved.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    /// The target accepted the event (a 2xx answer).
+    /// The target accepted the event.
     Delivered {
-        /// The HTTP status the target answered with.
-        status: u16,
+        /// The HTTP status the target answered with, for targets that speak HTTP.
+        status: Option<u16>,
     },
     /// The attempt failed in a way that may succeed later (5xx, 408, 429,
     /// connection errors, timeouts): schedule another attempt.
@@ -45,10 +57,8 @@ impl Outcome {
 /// dead-letter entry (`error_code`, `error_message`, `last_status`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
-    /// Stable `snake_case` code: `http_status`, `rate_limited`, `connect_error`,
-    /// `timeout`, `auth_error`, `render_error`, `request_error` or
-    /// `forbidden_destination` (see the table in [`http`]).
-    pub code: String,
+    /// Stable machine-readable code.
+    pub code: FailureCode,
     /// Human-readable detail, e.g. the start of the target's error body.
     pub message: String,
     /// The HTTP status, when the target answered at all.
@@ -60,12 +70,21 @@ pub struct Failure {
 
 impl Failure {
     /// A failure without an HTTP status or `Retry-After`.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
         Self {
-            code: code.into(),
+            code,
             message: message.into(),
             status: None,
             retry_after: None,
+        }
+    }
+
+    /// The failure as the store keeps it.
+    pub fn attempt_error(&self) -> crate::store::AttemptError {
+        crate::store::AttemptError {
+            code: self.code,
+            message: self.message.clone(),
+            status: self.status,
         }
     }
 }
@@ -157,6 +176,15 @@ impl SpecError {
                 more: problems.collect(),
             }),
         }
+    }
+}
+
+impl From<SpecError> for crate::resource::Problems {
+    fn from(e: SpecError) -> Self {
+        e.problems().map(|p| crate::resource::Problem {
+            field: p.field,
+            message: p.reason,
+        }).collect()
     }
 }
 

@@ -8,7 +8,6 @@
 //! exponential cap), which spreads the retries of many events that failed
 //! together instead of bringing them back in synchronised waves.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -63,34 +62,8 @@ const MAX_EVENT_AGE_LIMIT_S: u64 = 30 * 86_400;
 const MAX_DELAY_LIMIT_MS: u64 = 86_400_000;
 
 /// Which limit ended the retries of a delivery (the dead-letter entry's
-/// `exhausted` field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Exhausted {
-    /// `max_attempts` attempts were made.
-    MaxAttempts,
-    /// The event became older than `max_event_age_s`.
-    MaxEventAge,
-    /// The last attempt failed permanently; retrying could not help.
-    Permanent,
-}
-
-impl Exhausted {
-    /// The wire name: `max_attempts`, `max_event_age` or `permanent`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MaxAttempts => "max_attempts",
-            Self::MaxEventAge => "max_event_age",
-            Self::Permanent => "permanent",
-        }
-    }
-}
-
-impl fmt::Display for Exhausted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// `exhausted` field); the store keeps it.
+pub use crate::store::Exhausted;
 
 /// What the delivery engine should do after an attempt (see
 /// [`RetryPolicy::after`]).
@@ -228,7 +201,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::Failure;
+    use crate::deliver::{Failure, FailureCode};
 
     fn policy(base_delay_ms: u64, max_delay_ms: u64) -> RetryPolicy {
         RetryPolicy {
@@ -408,16 +381,16 @@ mod tests {
             max_retry_after_s: 300,
         };
         let mut rng = fastrand::Rng::with_seed(9);
-        let retry = Outcome::Retry(Failure::new("http_status", "HTTP 503"));
+        let retry = Outcome::Retry(Failure::new(FailureCode::HttpStatus, "HTTP 503"));
         let young = Duration::from_secs(10);
 
         assert_eq!(
-            p.after_with(&Outcome::Delivered { status: 200 }, 1, young, &mut rng),
+            p.after_with(&Outcome::Delivered { status: Some(200) }, 1, young, &mut rng),
             Next::Done
         );
         assert_eq!(
             p.after_with(
-                &Outcome::Permanent(Failure::new("http_status", "HTTP 404")),
+                &Outcome::Permanent(Failure::new(FailureCode::HttpStatus, "HTTP 404")),
                 1,
                 young,
                 &mut rng
@@ -437,7 +410,7 @@ mod tests {
             Next::GiveUp(Exhausted::MaxEventAge)
         );
         // A Retry-After that lands past the age limit ends the retries now.
-        let mut asked = Failure::new("rate_limited", "HTTP 429");
+        let mut asked = Failure::new(FailureCode::RateLimited, "HTTP 429");
         asked.retry_after = Some(Duration::from_secs(120));
         assert_eq!(
             p.after_with(

@@ -77,7 +77,7 @@ pub fn run(action: PluginCommand) -> anyhow::Result<i32> {
 }
 
 fn new(kind: PluginKind, name: &str, sdk_path: Option<&Path>) -> anyhow::Result<i32> {
-    if !crate::route::valid_name(name) {
+    if !crate::resource::valid_name(name) {
         bail!("plugin name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -");
     }
     let dir = Path::new(name);

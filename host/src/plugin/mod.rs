@@ -20,7 +20,6 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod convert;
-pub mod dev_dir;
 pub mod engine;
 pub mod http;
 pub mod limits;
@@ -35,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
@@ -56,28 +55,7 @@ pub use self::limits::{KindLimits, LimitsOverride, LimitsOverrides, PluginLimits
 pub use self::log::{LogLevel, LogRecord, LogSource};
 pub use self::validate::{PluginError, PluginErrorCode};
 
-/// What a plugin does, told from the interface it exports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PluginKind {
-    /// Decides whether an event goes on (`busbar:plugin/filter`).
-    Filter,
-    /// Rewrites an event into zero or more events (`busbar:plugin/transformer`).
-    Transformer,
-    /// Delivers batches of events to an external system (`busbar:plugin/connector`).
-    Connector,
-}
-
-impl PluginKind {
-    /// The kind's name, as serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Filter => "filter",
-            Self::Transformer => "transformer",
-            Self::Connector => "connector",
-        }
-    }
-}
+pub use crate::resource::PluginKind;
 
 /// How the runtime is set up; see [`RuntimeConfig::new`] for the defaults.
 #[derive(Clone, Debug)]

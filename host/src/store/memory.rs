@@ -1,1 +1,706 @@
-//! In-memory backend (being written by the lead).
+//! In-memory backend: every interface, no durability.
+//!
+//! It exists so that the router and the delivery engine can be tested on
+//! virtual time (with [`TokioClock`](crate::clock::TokioClock) and a paused
+//! tokio runtime every wait in here is a tokio timer, so `advance` moves
+//! jobs to due), and as the plainest statement of what each verb means: the
+//! conformance suite holds every backend to the behaviour written here.
+//! [`MemoryStore::fail_next`] injects failures, to test how callers
+//! survive a store that refuses a write.
+
+use super::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetters};
+use super::failure::{AttemptError, Exhausted};
+use super::jobs::{DeliveryJobs, JobLease, LeaseRepr, LeasedJob, NewJob};
+use super::log::{AckToken, EventLog, LogConsumer, LogEntry, NewEvent};
+use super::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
+use super::watermark::Watermark;
+use super::{
+    ConfigSnapshot, ConfigStore, KeyRecord, Millis, Resource, ResourceKind, StoreError,
+    StoreResult, TenantRecord,
+};
+use crate::clock::{SharedClock, millis};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Store operations [`MemoryStore::fail_next`] can make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultOp {
+    /// [`EventLog::append`].
+    Append,
+    /// [`Queues::queue_push`].
+    QueuePush,
+    /// [`DeliveryJobs::enqueue`].
+    Enqueue,
+    /// [`DeliveryJobs::dead_letter`].
+    DeadLetter,
+}
+
+/// The in-memory store. Cheap to clone (clones share the data).
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clock: SharedClock,
+    data: Mutex<Data>,
+    /// The highest appended position, for consumers waiting on appends.
+    appended: watch::Sender<i64>,
+    /// Woken when jobs are added or become due earlier.
+    jobs_changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    tenants: BTreeMap<String, TenantRecord>,
+    /// Key id → (record, revoked).
+    keys: BTreeMap<String, (KeyRecord, bool)>,
+    resources: BTreeMap<(String, ResourceKind, String), Resource>,
+    settings: BTreeMap<String, String>,
+    log: BTreeMap<i64, NewEvent>,
+    last_seq: i64,
+    /// Everything up to here is acknowledged (what a durable backend persists).
+    routed: i64,
+    jobs: BTreeMap<i64, JobRow>,
+    last_job: i64,
+    last_token: u64,
+    dead: BTreeMap<DeadLetterId, DeadLetter>,
+    last_dead: DeadLetterId,
+    queues: BTreeMap<(String, String), BTreeMap<i64, Message>>,
+    last_message: i64,
+    faults: HashMap<FaultOp, u32>,
+}
+
+#[derive(Debug)]
+struct JobRow {
+    job: NewJob,
+    lease_until: Millis,
+    token: u64,
+}
+
+impl JobRow {
+    /// When the job can next be leased.
+    fn available_at(&self) -> Millis {
+        self.job.due_ms.max(self.lease_until)
+    }
+}
+
+#[derive(Debug)]
+struct Message {
+    body: bytes::Bytes,
+    visible_ms: Millis,
+    receive_count: u32,
+    receipt: Option<String>,
+}
+
+impl Data {
+    /// Consumes one injected failure of `op`, if any.
+    fn fault(&mut self, op: FaultOp) -> StoreResult<()> {
+        match self.faults.get_mut(&op) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err(StoreError::Unavailable(format!("injected {op:?} failure")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn insert_job(&mut self, job: NewJob) {
+        self.last_job += 1;
+        self.jobs.insert(
+            self.last_job,
+            JobRow {
+                job,
+                lease_until: 0,
+                token: 0,
+            },
+        );
+    }
+
+    /// The row a lease refers to, if the lease is still the current one.
+    fn leased_row(&mut self, lease: &JobLease) -> Option<&mut JobRow> {
+        let LeaseRepr::Row { id, token } = lease.0 else {
+            return None;
+        };
+        self.jobs.get_mut(&id).filter(|row| row.token == token)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store reading time from `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        let (appended, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                data: Mutex::new(Data::default()),
+                appended,
+                jobs_changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// Makes the next `times` calls of `op` fail with
+    /// [`StoreError::Unavailable`] (for tests of callers' retries).
+    pub fn fail_next(&self, op: FaultOp, times: u32) {
+        self.data().faults.insert(op, times);
+    }
+
+    /// Jobs scheduled (leased or not): for tests.
+    pub fn job_count(&self) -> usize {
+        self.data().jobs.len()
+    }
+
+    fn data(&self) -> MutexGuard<'_, Data> {
+        self.inner.data()
+    }
+
+    fn now(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+}
+
+impl Inner {
+    fn data(&self) -> MutexGuard<'_, Data> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation below is a few infallible steps), so poisoning is ignored.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl ConfigStore for MemoryStore {
+    async fn load(&self) -> StoreResult<ConfigSnapshot> {
+        let d = self.data();
+        Ok(ConfigSnapshot {
+            tenants: d.tenants.values().cloned().collect(),
+            keys: d
+                .keys
+                .values()
+                .filter(|(_, revoked)| !revoked)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            resources: d.resources.values().cloned().collect(),
+        })
+    }
+
+    async fn create_tenant(&self, tenant: TenantRecord) -> StoreResult<()> {
+        let mut d = self.data();
+        if d.tenants.contains_key(&tenant.name) {
+            return Err(StoreError::Conflict(format!("tenant {}", tenant.name)));
+        }
+        d.tenants.insert(tenant.name.clone(), tenant);
+        Ok(())
+    }
+
+    async fn put_key(&self, key: KeyRecord) -> StoreResult<()> {
+        let mut d = self.data();
+        if d.keys.contains_key(&key.id) || d.keys.values().any(|(k, _)| k.hash == key.hash) {
+            return Err(StoreError::Conflict(format!("key {}", key.id)));
+        }
+        d.keys.insert(key.id.clone(), (key, false));
+        Ok(())
+    }
+
+    async fn revoke_key(&self, tenant: &str, key_id: &str) -> StoreResult<bool> {
+        let mut d = self.data();
+        match d.keys.get_mut(key_id) {
+            Some((key, revoked)) if key.tenant == tenant && !*revoked => {
+                *revoked = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn put_resource(&self, resource: Resource) -> StoreResult<()> {
+        let key = (
+            resource.tenant.clone(),
+            resource.kind,
+            resource.name.clone(),
+        );
+        self.data().resources.insert(key, resource);
+        Ok(())
+    }
+
+    async fn delete_resource(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        name: &str,
+    ) -> StoreResult<bool> {
+        let key = (tenant.to_owned(), kind, name.to_owned());
+        Ok(self.data().resources.remove(&key).is_some())
+    }
+
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self.data().settings.get(key).cloned())
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.data()
+            .settings
+            .insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
+    async fn append(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        let last = {
+            let mut d = self.data();
+            d.fault(FaultOp::Append)?;
+            for e in events {
+                d.last_seq += 1;
+                let seq = d.last_seq;
+                d.log.insert(seq, e);
+            }
+            d.last_seq
+        };
+        self.inner.appended.send_replace(last);
+        Ok(())
+    }
+
+    async fn consumer(&self) -> StoreResult<Arc<dyn LogConsumer>> {
+        let routed = self.data().routed;
+        Ok(Arc::new(MemoryConsumer {
+            inner: self.inner.clone(),
+            state: Mutex::new(Watermark::starting_after(routed)),
+        }))
+    }
+
+    async fn prune(&self, before: Millis) -> StoreResult<u64> {
+        let mut d = self.data();
+        let routed = d.routed;
+        let doomed: Vec<i64> = d
+            .log
+            .range(..=routed)
+            .filter(|(_, e)| e.ingested_ms < before)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &doomed {
+            d.log.remove(seq);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+/// The routing consumer of a [`MemoryStore`].
+#[derive(Debug)]
+struct MemoryConsumer {
+    inner: Arc<Inner>,
+    /// What was handed out and acknowledged.
+    state: Mutex<Watermark>,
+}
+
+impl MemoryConsumer {
+    fn watermark(&self) -> MutexGuard<'_, Watermark> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands out up to `max` entries after the highest one handed out.
+    fn take(&self, max: usize) -> Vec<LogEntry> {
+        let mut w = self.watermark();
+        let d = self.inner.data();
+        let entries: Vec<LogEntry> = d
+            .log
+            .range(w.high() + 1..)
+            .take(max)
+            .map(|(seq, e)| LogEntry {
+                event: e.clone(),
+                ack: AckToken::seq(*seq),
+            })
+            .collect();
+        for e in &entries {
+            if let Some(seq) = e.ack.as_seq() {
+                w.handed_out(seq);
+            }
+        }
+        entries
+    }
+}
+
+#[async_trait]
+impl LogConsumer for MemoryConsumer {
+    async fn next(&self, max: usize, wait: Duration) -> StoreResult<Vec<LogEntry>> {
+        let mut appended = self.inner.appended.subscribe();
+        appended.borrow_and_update();
+        let entries = self.take(max);
+        if !entries.is_empty() || wait.is_zero() {
+            return Ok(entries);
+        }
+        let _ = tokio::time::timeout(wait, appended.changed()).await;
+        Ok(self.take(max))
+    }
+
+    async fn ack(&self, tokens: Vec<AckToken>) -> StoreResult<()> {
+        let low = {
+            let mut w = self.watermark();
+            for t in &tokens {
+                if let Some(seq) = t.as_seq() {
+                    w.acked(seq);
+                }
+            }
+            w.low()
+        };
+        let mut d = self.inner.data();
+        d.routed = d.routed.max(low);
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.watermark().in_flight()
+    }
+}
+
+#[async_trait]
+impl DeliveryJobs for MemoryStore {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> StoreResult<()> {
+        {
+            let mut d = self.data();
+            d.fault(FaultOp::Enqueue)?;
+            for job in jobs {
+                d.insert_job(job);
+            }
+        }
+        self.inner.jobs_changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn lease_due(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<LeasedJob>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.inner.jobs_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = self.now();
+            let next_at = {
+                let mut d = self.data();
+                let mut due: Vec<(Millis, i64)> = d
+                    .jobs
+                    .iter()
+                    .filter(|(_, row)| row.available_at() <= now)
+                    .map(|(id, row)| (row.job.due_ms, *id))
+                    .collect();
+                due.sort_unstable();
+                due.truncate(max);
+                if !due.is_empty() {
+                    let mut leased = Vec::with_capacity(due.len());
+                    for (_, id) in due {
+                        d.last_token += 1;
+                        let token = d.last_token;
+                        if let Some(row) = d.jobs.get_mut(&id) {
+                            row.lease_until = now + millis(lease_for);
+                            row.token = token;
+                            leased.push(LeasedJob {
+                                lease: JobLease(LeaseRepr::Row { id, token }),
+                                job: row.job.clone(),
+                            });
+                        }
+                    }
+                    return Ok(leased);
+                }
+                d.jobs.values().map(JobRow::available_at).min()
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let until_due = next_at
+                .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
+                .unwrap_or(left);
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(until_due)) => {}
+                _ = changed => {}
+            }
+        }
+    }
+
+    async fn ack_job(&self, lease: &JobLease) -> StoreResult<()> {
+        if let LeaseRepr::Row { id, .. } = lease.0 {
+            self.data().jobs.remove(&id);
+        }
+        Ok(())
+    }
+
+    async fn retry_job(
+        &self,
+        lease: &JobLease,
+        due_ms: Millis,
+        attempts: u32,
+        error: AttemptError,
+    ) -> StoreResult<bool> {
+        let updated = {
+            let mut d = self.data();
+            match d.leased_row(lease) {
+                Some(row) => {
+                    row.job.due_ms = due_ms;
+                    row.job.attempts = attempts;
+                    row.job.last_error = Some(error);
+                    row.lease_until = 0;
+                    true
+                }
+                None => false,
+            }
+        };
+        if updated {
+            self.inner.jobs_changed.notify_waiters();
+        }
+        Ok(updated)
+    }
+
+    async fn extend_leases(&self, leases: &[JobLease], lease_for: Duration) -> StoreResult<usize> {
+        let until = self.now() + millis(lease_for);
+        let mut d = self.data();
+        let mut current = 0;
+        for lease in leases {
+            if let Some(row) = d.leased_row(lease) {
+                row.lease_until = row.lease_until.max(until);
+                current += 1;
+            }
+        }
+        Ok(current)
+    }
+
+    async fn dead_letter(
+        &self,
+        lease: Option<&JobLease>,
+        job: NewJob,
+        exhausted: Exhausted,
+    ) -> StoreResult<DeadLetterId> {
+        let now = self.now();
+        let mut d = self.data();
+        d.fault(FaultOp::DeadLetter)?;
+        if let Some(JobLease(LeaseRepr::Row { id, .. })) = lease {
+            d.jobs.remove(id);
+        }
+        d.last_dead += 1;
+        let id = d.last_dead;
+        let error = job
+            .last_error
+            .clone()
+            .unwrap_or_else(|| AttemptError::new(super::FailureCode::Unknown, ""));
+        d.dead.insert(
+            id,
+            DeadLetter {
+                id,
+                tenant: job.tenant,
+                bus: job.bus,
+                rule: job.rule,
+                target: job.target,
+                event_id: job.event_id,
+                event: job.event,
+                body: job.body,
+                error,
+                attempts: job.attempts,
+                exhausted,
+                ingested_ms: job.ingested_ms,
+                created_ms: now,
+            },
+        );
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryStore {
+    async fn list_dead_letters(
+        &self,
+        tenant: &str,
+        filter: &DeadLetterFilter,
+        before: Option<DeadLetterId>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeadLetter>> {
+        let d = self.data();
+        Ok(d.dead
+            .range(..before.unwrap_or(DeadLetterId::MAX))
+            .rev()
+            .map(|(_, letter)| letter)
+            .filter(|letter| letter.tenant == tenant && filter.matches(letter))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn dead_letter_entry(
+        &self,
+        tenant: &str,
+        id: DeadLetterId,
+    ) -> StoreResult<Option<DeadLetter>> {
+        Ok(self
+            .data()
+            .dead
+            .get(&id)
+            .filter(|d| d.tenant == tenant)
+            .cloned())
+    }
+
+    async fn delete_dead_letter(&self, tenant: &str, id: DeadLetterId) -> StoreResult<bool> {
+        let mut d = self.data();
+        if d.dead.get(&id).is_some_and(|letter| letter.tenant == tenant) {
+            d.dead.remove(&id);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn redrive(
+        &self,
+        tenant: &str,
+        ids: Option<&[DeadLetterId]>,
+        filter: &DeadLetterFilter,
+    ) -> StoreResult<Vec<DeadLetterId>> {
+        let now = self.now();
+        let moved = {
+            let mut d = self.data();
+            let chosen: Vec<DeadLetterId> = d
+                .dead
+                .values()
+                .filter(|letter| {
+                    letter.tenant == tenant
+                        && filter.matches(letter)
+                        && ids.is_none_or(|ids| ids.contains(&letter.id))
+                })
+                .map(|letter| letter.id)
+                .collect();
+            for id in &chosen {
+                if let Some(letter) = d.dead.remove(id) {
+                    d.insert_job(NewJob {
+                        tenant: letter.tenant,
+                        bus: letter.bus,
+                        rule: letter.rule,
+                        target: letter.target,
+                        event_id: letter.event_id,
+                        event: letter.event,
+                        body: letter.body,
+                        attempts: 0,
+                        // A redriven event gets a fresh age budget.
+                        ingested_ms: now,
+                        due_ms: now,
+                        last_error: None,
+                    });
+                }
+            }
+            chosen
+        };
+        if !moved.is_empty() {
+            self.inner.jobs_changed.notify_waiters();
+        }
+        Ok(moved)
+    }
+}
+
+#[async_trait]
+impl Queues for MemoryStore {
+    async fn queue_push(&self, messages: Vec<NewQueueMessage>) -> StoreResult<()> {
+        let mut d = self.data();
+        d.fault(FaultOp::QueuePush)?;
+        for m in messages {
+            d.last_message += 1;
+            let id = d.last_message;
+            d.queues.entry((m.tenant, m.queue)).or_default().insert(
+                id,
+                Message {
+                    body: m.body,
+                    visible_ms: 0,
+                    receive_count: 0,
+                    receipt: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn queue_receive(
+        &self,
+        tenant: &str,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> StoreResult<Vec<ReceivedMessage>> {
+        let now = self.now();
+        let mut d = self.data();
+        let Some(messages) = d.queues.get_mut(&(tenant.to_owned(), queue.to_owned())) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (id, m) in messages.iter_mut() {
+            if out.len() == max {
+                break;
+            }
+            if m.visible_ms > now {
+                continue;
+            }
+            let token: u64 = rand::random();
+            let receipt = format!("{id}.{token:016x}");
+            m.visible_ms = now + millis(visibility);
+            m.receive_count += 1;
+            m.receipt = Some(receipt.clone());
+            out.push(ReceivedMessage {
+                receipt,
+                body: m.body.clone(),
+                receive_count: m.receive_count,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn queue_ack(
+        &self,
+        tenant: &str,
+        queue: &str,
+        receipts: &[String],
+    ) -> StoreResult<usize> {
+        let mut d = self.data();
+        let Some(messages) = d.queues.get_mut(&(tenant.to_owned(), queue.to_owned())) else {
+            return Ok(0);
+        };
+        let before = messages.len();
+        messages.retain(|_, m| {
+            m.receipt
+                .as_ref()
+                .is_none_or(|r| !receipts.iter().any(|x| x == r))
+        });
+        Ok(before - messages.len())
+    }
+
+    async fn queue_depth(&self, tenant: &str, queue: &str) -> StoreResult<u64> {
+        Ok(self
+            .data()
+            .queues
+            .get(&(tenant.to_owned(), queue.to_owned()))
+            .map_or(0, |m| m.len() as u64))
+    }
+
+    async fn queue_depths(&self) -> StoreResult<Vec<QueueDepth>> {
+        Ok(self
+            .data()
+            .queues
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|((tenant, queue), m)| QueueDepth {
+                tenant: tenant.clone(),
+                queue: queue.clone(),
+                messages: m.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn queue_purge(&self, tenant: &str, queue: &str) -> StoreResult<()> {
+        self.data()
+            .queues
+            .remove(&(tenant.to_owned(), queue.to_owned()));
+        Ok(())
+    }
+}

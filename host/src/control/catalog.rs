@@ -1,50 +1,35 @@
-//! The in-memory view of tenants, keys, buses, rules and queues.
+//! The in-memory view of tenants, keys, buses, rules, queues and plugins.
 //!
 //! The store is the source of truth; the catalog is what the hot paths read
-//! (authentication on every request, rule lookup for every event). Writers
-//! persist first, then update the catalog, so a change is visible to the very
-//! next request once its `PUT` has answered.
+//! (authentication on every request, rule lookup for every event). Only the
+//! control plane writes it, after persisting, so a change is visible to the
+//! very next request once its `PUT` has answered.
 //!
-//! A bus's compiled rules live in an immutable [`BusRoutes`] behind an `Arc`:
-//! a rule change builds a new one and swaps it in, so the router never waits
-//! on a lock while matching.
+//! A bus's compiled rules live in an immutable [`BusRoutes`] behind an
+//! `Arc`: a rule change builds a new one and swaps it in, so the router
+//! never waits on a lock while matching.
 
-use crate::pattern::RuleSet;
+use crate::deliver::{BoundTarget, Reference, TargetDirectory};
 use crate::plugin::LimitsOverrides;
-use crate::plugin::registry::PluginRecord;
-use crate::route::Rule;
+use crate::plugin::registry::PluginDirectory;
+use crate::resource::PluginRecord;
+use crate::route::{BusRoutes, RouteTable, Rule};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-/// The compiled rules of one bus, immutable once built.
-#[derive(Debug, Default)]
-pub struct BusRoutes {
-    /// The bus's own settings as sent by the tenant.
-    pub spec: Value,
-    /// Rules by name.
-    pub rules: BTreeMap<String, Arc<Rule>>,
-    /// All enabled rules' patterns, indexed for matching.
-    pub index: RuleSet<String>,
-}
-
-impl BusRoutes {
-    fn rebuilt(spec: Value, rules: BTreeMap<String, Arc<Rule>>) -> Self {
-        let mut index = RuleSet::new();
-        for (name, rule) in &rules {
-            if rule.enabled {
-                index.insert(name.clone(), rule.pattern.clone());
-            }
-        }
-        Self { spec, rules, index }
-    }
+/// One bus: its settings as the tenant sent them, and its rules.
+#[derive(Debug, Clone)]
+struct BusEntry {
+    settings: Value,
+    routes: Arc<BusRoutes>,
 }
 
 /// One tenant's resources.
 #[derive(Debug, Default)]
 struct TenantState {
     created_ms: i64,
-    buses: BTreeMap<String, Arc<BusRoutes>>,
+    buses: BTreeMap<String, BusEntry>,
     queues: BTreeMap<String, Value>,
     keys: BTreeMap<String, i64>,
     plugins: BTreeMap<String, PluginRecord>,
@@ -53,7 +38,7 @@ struct TenantState {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct Tenants {
     tenants: BTreeMap<String, TenantState>,
     /// Key hash → (tenant, key id).
     keys: HashMap<String, (String, String)>,
@@ -62,7 +47,7 @@ struct State {
 /// Thread-safe catalog.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    state: RwLock<State>,
+    state: RwLock<Tenants>,
 }
 
 /// A summary of a tenant for the admin API.
@@ -78,14 +63,23 @@ pub struct TenantSummary {
     pub buses: Vec<String>,
 }
 
+/// A bus as the API shows it.
+#[derive(Clone, Debug)]
+pub struct BusView {
+    /// Its settings as sent.
+    pub settings: Value,
+    /// Its rules.
+    pub routes: Arc<BusRoutes>,
+}
+
 impl Catalog {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tenants> {
         self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tenants> {
         self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -105,7 +99,7 @@ impl Catalog {
     }
 
     /// Adds a tenant (no-op if present).
-    pub fn add_tenant(&self, tenant: &str, created_ms: i64) {
+    pub(super) fn add_tenant(&self, tenant: &str, created_ms: i64) {
         self.write()
             .tenants
             .entry(tenant.to_owned())
@@ -117,18 +111,10 @@ impl Catalog {
 
     /// Sets (or with `None` clears) the admin's overrides of a tenant's
     /// plugin limits; they apply from the next invocation.
-    pub fn set_plugin_limits(&self, tenant: &str, overrides: Option<LimitsOverrides>) {
+    pub(super) fn set_plugin_limits(&self, tenant: &str, overrides: Option<LimitsOverrides>) {
         if let Some(t) = self.write().tenants.get_mut(tenant) {
             t.plugin_limits = overrides.map(Arc::new);
         }
-    }
-
-    /// The admin's overrides of a tenant's plugin limits, if any.
-    pub fn plugin_limits(&self, tenant: &str) -> Option<Arc<LimitsOverrides>> {
-        self.read()
-            .tenants
-            .get(tenant)
-            .and_then(|t| t.plugin_limits.clone())
     }
 
     /// All tenants.
@@ -146,7 +132,7 @@ impl Catalog {
     }
 
     /// Registers a key.
-    pub fn add_key(&self, tenant: &str, key_id: &str, hash: &str, created_ms: i64) {
+    pub(super) fn add_key(&self, tenant: &str, key_id: &str, hash: &str, created_ms: i64) {
         let mut state = self.write();
         state
             .keys
@@ -157,7 +143,7 @@ impl Catalog {
     }
 
     /// Forgets a key.
-    pub fn remove_key(&self, tenant: &str, key_id: &str) {
+    pub(super) fn remove_key(&self, tenant: &str, key_id: &str) {
         let mut state = self.write();
         state
             .keys
@@ -167,12 +153,25 @@ impl Catalog {
         }
     }
 
-    /// The compiled rules of a bus, if the bus exists.
-    pub fn bus(&self, tenant: &str, bus: &str) -> Option<Arc<BusRoutes>> {
-        self.read().tenants.get(tenant)?.buses.get(bus).cloned()
+    /// A bus's settings and rules, if the bus exists.
+    pub fn bus(&self, tenant: &str, bus: &str) -> Option<BusView> {
+        let state = self.read();
+        let entry = state.tenants.get(tenant)?.buses.get(bus)?;
+        Some(BusView {
+            settings: entry.settings.clone(),
+            routes: entry.routes.clone(),
+        })
     }
 
-    /// The tenant's bus names.
+    /// Whether the tenant has the bus.
+    pub fn has_bus(&self, tenant: &str, bus: &str) -> bool {
+        self.read()
+            .tenants
+            .get(tenant)
+            .is_some_and(|t| t.buses.contains_key(bus))
+    }
+
+    /// The tenant's buses and their settings.
     pub fn buses(&self, tenant: &str) -> Vec<(String, Value)> {
         self.read()
             .tenants
@@ -180,29 +179,29 @@ impl Catalog {
             .map(|t| {
                 t.buses
                     .iter()
-                    .map(|(n, b)| (n.clone(), b.spec.clone()))
+                    .map(|(n, b)| (n.clone(), b.settings.clone()))
                     .collect()
             })
             .unwrap_or_default()
     }
 
     /// Creates or updates a bus's settings, keeping its rules.
-    pub fn put_bus(&self, tenant: &str, bus: &str, spec: Value) {
+    pub(super) fn put_bus(&self, tenant: &str, bus: &str, settings: Value) {
         let mut state = self.write();
         let Some(t) = state.tenants.get_mut(tenant) else {
             return;
         };
-        let rules = t
+        let routes = t
             .buses
             .get(bus)
-            .map(|b| b.rules.clone())
+            .map(|b| b.routes.clone())
             .unwrap_or_default();
         t.buses
-            .insert(bus.to_owned(), Arc::new(BusRoutes::rebuilt(spec, rules)));
+            .insert(bus.to_owned(), BusEntry { settings, routes });
     }
 
     /// Removes a bus and its rules.
-    pub fn delete_bus(&self, tenant: &str, bus: &str) -> bool {
+    pub(super) fn delete_bus(&self, tenant: &str, bus: &str) -> bool {
         let mut state = self.write();
         state
             .tenants
@@ -210,39 +209,34 @@ impl Catalog {
             .is_some_and(|t| t.buses.remove(bus).is_some())
     }
 
-    /// Adds or replaces a rule on an existing bus.
-    pub fn put_rule(&self, tenant: &str, rule: Rule) -> bool {
+    /// Adds or replaces a rule on an existing bus; false if the bus is gone.
+    pub(super) fn put_rule(&self, tenant: &str, rule: Arc<Rule>) -> bool {
         let mut state = self.write();
-        let Some(t) = state.tenants.get_mut(tenant) else {
+        let Some(entry) = state
+            .tenants
+            .get_mut(tenant)
+            .and_then(|t| t.buses.get_mut(&rule.bus))
+        else {
             return false;
         };
-        let Some(bus) = t.buses.get(&rule.bus) else {
-            return false;
-        };
-        let mut rules = bus.rules.clone();
-        let bus_name = rule.bus.clone();
-        rules.insert(rule.name.clone(), Arc::new(rule));
-        let rebuilt = BusRoutes::rebuilt(bus.spec.clone(), rules);
-        t.buses.insert(bus_name, Arc::new(rebuilt));
+        entry.routes = Arc::new(entry.routes.with(rule));
         true
     }
 
     /// Removes a rule.
-    pub fn delete_rule(&self, tenant: &str, bus: &str, rule: &str) -> bool {
+    pub(super) fn delete_rule(&self, tenant: &str, bus: &str, rule: &str) -> bool {
         let mut state = self.write();
-        let Some(t) = state.tenants.get_mut(tenant) else {
+        let Some(entry) = state
+            .tenants
+            .get_mut(tenant)
+            .and_then(|t| t.buses.get_mut(bus))
+        else {
             return false;
         };
-        let Some(routes) = t.buses.get(bus) else {
-            return false;
-        };
-        if !routes.rules.contains_key(rule) {
+        if !entry.routes.rules.contains_key(rule) {
             return false;
         }
-        let mut rules = routes.rules.clone();
-        rules.remove(rule);
-        let rebuilt = BusRoutes::rebuilt(routes.spec.clone(), rules);
-        t.buses.insert(bus.to_owned(), Arc::new(rebuilt));
+        entry.routes = Arc::new(entry.routes.without(rule));
         true
     }
 
@@ -252,6 +246,11 @@ impl Catalog {
             .tenants
             .get(tenant)
             .is_some_and(|t| t.queues.contains_key(queue))
+    }
+
+    /// A queue's settings.
+    pub fn queue(&self, tenant: &str, queue: &str) -> Option<Value> {
+        self.read().tenants.get(tenant)?.queues.get(queue).cloned()
     }
 
     /// The tenant's queues.
@@ -269,23 +268,18 @@ impl Catalog {
     }
 
     /// Creates or updates a queue.
-    pub fn put_queue(&self, tenant: &str, queue: &str, spec: Value) {
+    pub(super) fn put_queue(&self, tenant: &str, queue: &str, settings: Value) {
         if let Some(t) = self.write().tenants.get_mut(tenant) {
-            t.queues.insert(queue.to_owned(), spec);
+            t.queues.insert(queue.to_owned(), settings);
         }
     }
 
     /// Removes a queue.
-    pub fn delete_queue(&self, tenant: &str, queue: &str) -> bool {
+    pub(super) fn delete_queue(&self, tenant: &str, queue: &str) -> bool {
         self.write()
             .tenants
             .get_mut(tenant)
             .is_some_and(|t| t.queues.remove(queue).is_some())
-    }
-
-    /// A tenant's plugin.
-    pub fn plugin(&self, tenant: &str, name: &str) -> Option<PluginRecord> {
-        self.read().tenants.get(tenant)?.plugins.get(name).cloned()
     }
 
     /// A tenant's plugins.
@@ -298,14 +292,14 @@ impl Catalog {
     }
 
     /// Creates or replaces a plugin record.
-    pub fn put_plugin(&self, tenant: &str, record: PluginRecord) {
+    pub(super) fn put_plugin(&self, tenant: &str, record: PluginRecord) {
         if let Some(t) = self.write().tenants.get_mut(tenant) {
             t.plugins.insert(record.name.clone(), record);
         }
     }
 
     /// Removes a plugin record.
-    pub fn delete_plugin(&self, tenant: &str, name: &str) -> bool {
+    pub(super) fn delete_plugin(&self, tenant: &str, name: &str) -> bool {
         self.write()
             .tenants
             .get_mut(tenant)
@@ -314,45 +308,62 @@ impl Catalog {
 
     /// Rules (as `bus/rule`) that use the plugin as filter, transform or connector.
     pub fn rules_using_plugin(&self, tenant: &str, plugin: &str) -> Vec<String> {
+        self.rules_where(tenant, |rule| rule.plugins().iter().any(|p| p == plugin))
+    }
+
+    /// Rules (as `bus/rule`, on any bus of the tenant) with a target that
+    /// sends to `reference`.
+    pub fn rules_referencing(&self, tenant: &str, reference: &Reference) -> Vec<String> {
+        self.rules_where(tenant, |rule| rule.references().any(|(_, r)| &r == reference))
+    }
+
+    fn rules_where(&self, tenant: &str, pred: impl Fn(&Rule) -> bool) -> Vec<String> {
         let state = self.read();
         let Some(t) = state.tenants.get(tenant) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (bus_name, routes) in &t.buses {
-            for (rule_name, rule) in &routes.rules {
-                if rule.plugins().any(|p| p == plugin) {
+        for (bus_name, entry) in &t.buses {
+            for (rule_name, rule) in &entry.routes.rules {
+                if pred(rule) {
                     out.push(format!("{bus_name}/{rule_name}"));
                 }
             }
         }
         out
     }
+}
 
-    /// Rules (on any bus of the tenant) with a target that sends to `kind`/`name`.
-    pub fn referencing_rules(
+impl RouteTable for Catalog {
+    fn routes(&self, tenant: &str, bus: &str) -> Option<Arc<BusRoutes>> {
+        let state = self.read();
+        Some(state.tenants.get(tenant)?.buses.get(bus)?.routes.clone())
+    }
+}
+
+impl TargetDirectory for Catalog {
+    fn bound_target(
         &self,
         tenant: &str,
-        queue: Option<&str>,
-        bus: Option<&str>,
-    ) -> Vec<String> {
-        let state = self.read();
-        let Some(t) = state.tenants.get(tenant) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (bus_name, routes) in &t.buses {
-            for (rule_name, rule) in &routes.rules {
-                let uses = rule.targets.iter().any(|target| match &target.kind {
-                    crate::route::TargetKind::Queue { queue: q } => Some(q.as_str()) == queue,
-                    crate::route::TargetKind::Bus { bus: b } => Some(b.as_str()) == bus,
-                    crate::route::TargetKind::Http(_) | crate::route::TargetKind::Wasm(_) => false,
-                });
-                if uses {
-                    out.push(format!("{bus_name}/{rule_name}"));
-                }
-            }
-        }
-        out
+        bus: &str,
+        rule: &str,
+        target: &str,
+    ) -> Option<Arc<BoundTarget>> {
+        let routes = self.routes(tenant, bus)?;
+        let rule = routes.rules.get(rule)?;
+        rule.targets.iter().find(|t| t.id == target).cloned()
+    }
+}
+
+impl PluginDirectory for Catalog {
+    fn plugin(&self, tenant: &str, name: &str) -> Option<PluginRecord> {
+        self.read().tenants.get(tenant)?.plugins.get(name).cloned()
+    }
+
+    fn plugin_limits(&self, tenant: &str) -> Option<Arc<LimitsOverrides>> {
+        self.read()
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.plugin_limits.clone())
     }
 }

@@ -1,0 +1,68 @@
+//! Bus and queue settings: what `PUT /v1/buses/{bus}` and
+//! `PUT /v1/queues/{queue}` may say, checked member by member.
+
+use crate::resource::{Fields, Problems};
+use serde_json::Value;
+
+/// A bus's settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BusSettings {
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// A queue's settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueSettings {
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// Reads a settings object whose only member is `description`.
+fn description_only(value: &Value, what: &str) -> Result<Option<String>, Problems> {
+    let mut problems = Problems::new();
+    let mut description = None;
+    if let Some(mut f) = Fields::of(value, "", what, &mut problems) {
+        f.deny_unknown(&["description"]);
+        description = f.optional::<String>("description");
+    }
+    problems.finish().map(|()| description)
+}
+
+impl BusSettings {
+    /// Reads bus settings; every problem is reported.
+    pub fn parse(value: &Value) -> Result<Self, Problems> {
+        Ok(Self {
+            description: description_only(value, "a bus body")?,
+        })
+    }
+}
+
+impl QueueSettings {
+    /// Reads queue settings; every problem is reported.
+    pub fn parse(value: &Value) -> Result<Self, Problems> {
+        Ok(Self {
+            description: description_only(value, "a queue body")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn settings_refuse_wrong_types_and_unknown_members() {
+        assert_eq!(
+            BusSettings::parse(&json!({"description": "orders"})).unwrap(),
+            BusSettings {
+                description: Some("orders".into())
+            }
+        );
+        let p = BusSettings::parse(&json!({"description": 5, "colour": "red"})).unwrap_err();
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["colour", "description"]);
+        assert!(QueueSettings::parse(&json!([])).is_err());
+    }
+}

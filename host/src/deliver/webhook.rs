@@ -1,0 +1,39 @@
+//! The `http` target as a [`Target`]: building it from a rule and sending
+//! one event per call through [`HttpTarget`].
+
+use super::http::{HttpTarget, HttpTargetSpec};
+use super::target::{BuildContext, Item, Target, read_spec};
+use super::{Outcome, Payload};
+use crate::resource::Problems;
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Builds an `http` target.
+pub(super) fn build(
+    members: &Map<String, Value>,
+    cx: &BuildContext<'_>,
+) -> Result<Arc<dyn Target>, Problems> {
+    let spec: HttpTargetSpec = read_spec(members)?;
+    let target = HttpTarget::new(spec, cx.services.http.clone())?;
+    Ok(Arc::new(target))
+}
+
+#[async_trait]
+impl Target for HttpTarget {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    async fn send(&self, batch: &[Item]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            let payload = Payload {
+                event: &item.event,
+                body: item.body.as_deref(),
+            };
+            outcomes.push(self.deliver(payload).await);
+        }
+        outcomes
+    }
+}

@@ -1,0 +1,428 @@
+//! Rules: from the JSON a tenant sends to the compiled object the router runs.
+//!
+//! [`RuleSpec::parse`] reads the body member by member (every problem is
+//! reported with its path, not only the first), then [`RuleSpec::compile`]
+//! turns it into a [`Rule`]: the pattern into a matcher, the transform into
+//! a renderer or a plugin binding, each target into a ready
+//! [`BoundTarget`]. A compiled rule cannot be invalid.
+
+use crate::deliver::retry::RetryPolicy;
+use crate::deliver::{BoundTarget, BuildContext, TargetSpec};
+use crate::pattern::{Pattern, PatternLimits};
+use crate::resource::{Fields, PluginBinding, PluginKind, PluginRecord, Problems};
+use crate::transform::{Transform, TransformSpec};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Most targets one rule may have.
+pub const MAX_TARGETS: usize = 100;
+
+/// How a rule reshapes matched events, as written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TransformChoice {
+    /// The built-in input transformer.
+    Builtin(TransformSpec),
+    /// A transformer plugin.
+    Plugin(PluginBinding),
+}
+
+/// `dead_letter` as written.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterSpec {
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A rule body, read but not compiled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleSpec {
+    /// The event pattern (EventBridge's `detail`/`detail-type` aliases not yet applied).
+    pub pattern: Value,
+    /// Disabled rules match nothing.
+    pub enabled: bool,
+    /// A filter plugin that must also accept the event.
+    pub filter: Option<PluginBinding>,
+    /// How matched events are reshaped.
+    pub transform: Option<TransformChoice>,
+    /// Where matched events go.
+    pub targets: Vec<TargetSpec>,
+    /// The policy of targets that have none of their own.
+    pub retry_policy: Option<RetryPolicy>,
+    /// Whether undeliverable events are kept in the dead-letter queue.
+    pub dead_letter: bool,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// The members a rule may have.
+const MEMBERS: &[&str] = &[
+    "pattern",
+    "enabled",
+    "filter",
+    "transform",
+    "targets",
+    "retry_policy",
+    "dead_letter",
+    "description",
+];
+
+/// Reads a plugin binding member, recording problems under its path.
+fn binding(f: &mut Fields<'_>, name: &str, allowed: &[&str]) -> Option<PluginBinding> {
+    let value = f.raw(name)?;
+    match PluginBinding::from_json(value, allowed) {
+        Ok(b) => Some(b),
+        Err((sub, message)) => {
+            let field = crate::resource::join_path(&f.path_of(name), &sub);
+            f.problems().add(field, message);
+            None
+        }
+    }
+}
+
+impl RuleSpec {
+    /// Reads a rule body; every problem of shape is reported.
+    pub fn parse(value: &Value) -> Result<Self, Problems> {
+        let mut problems = Problems::new();
+        let spec = Self::read(value, &mut problems);
+        match spec {
+            Some(spec) if problems.is_empty() => Ok(spec),
+            _ => Err(problems),
+        }
+    }
+
+    fn read(value: &Value, problems: &mut Problems) -> Option<Self> {
+        let Some(mut f) = Fields::of(value, "", "a rule", problems) else {
+            return None;
+        };
+        f.deny_unknown(MEMBERS);
+        let pattern = f.raw("pattern").cloned();
+        if pattern.is_none() {
+            f.problem("pattern", "missing: every rule needs an event pattern");
+        }
+        let enabled = match f.raw("enabled") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                f.problem("enabled", "must be true or false");
+                true
+            }
+        };
+        let filter = binding(&mut f, "filter", &[]);
+        let transform = match f.raw("transform") {
+            None => None,
+            Some(t) if t.get("plugin").is_some() => {
+                binding(&mut f, "transform", &[]).map(TransformChoice::Plugin)
+            }
+            Some(_) => f.optional::<TransformSpec>("transform").map(TransformChoice::Builtin),
+        };
+        let retry_policy: Option<RetryPolicy> = f.optional("retry_policy");
+        if let Some(policy) = &retry_policy
+            && let Err(e) = policy.validate()
+        {
+            f.problems().extend_within("retry_policy", e.into());
+        }
+        let dead_letter = match f.raw("dead_letter") {
+            None => true,
+            Some(Value::Object(_)) => f
+                .optional::<DeadLetterSpec>("dead_letter")
+                .is_none_or(|d| d.enabled),
+            Some(_) => {
+                f.problem("dead_letter", "must be an object like {\"enabled\": true}");
+                true
+            }
+        };
+        let description = match f.raw("description") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                f.problem("description", "must be a string");
+                None
+            }
+        };
+        let mut targets = Vec::new();
+        match f.raw("targets") {
+            None => f.problem("targets", "missing: a rule needs at least one target"),
+            Some(Value::Array(list)) if list.is_empty() => {
+                f.problem("targets", "must list at least one target")
+            }
+            Some(Value::Array(list)) if list.len() > MAX_TARGETS => {
+                f.problem("targets", format!("at most {MAX_TARGETS} targets per rule"))
+            }
+            Some(Value::Array(list)) => {
+                let mut seen = HashSet::new();
+                for (i, t) in list.iter().enumerate() {
+                    let path = format!("targets[{i}]");
+                    if let Some(target) = TargetSpec::parse(t, &path, f.problems()) {
+                        if !seen.insert(target.id.clone()) {
+                            f.problems().add(
+                                format!("{path}.id"),
+                                format!("duplicate target id {:?}", target.id),
+                            );
+                        }
+                        targets.push(target);
+                    }
+                }
+            }
+            Some(_) => f.problem("targets", "must be an array"),
+        }
+        Some(Self {
+            pattern: pattern?,
+            enabled,
+            filter,
+            transform,
+            targets,
+            retry_policy,
+            dead_letter,
+            description,
+        })
+    }
+
+    /// Compiles the rule named `name` on bus `bus`; every problem is reported.
+    pub fn compile(&self, bus: &str, name: &str, cx: &RuleContext<'_>) -> Result<Rule, Problems> {
+        let mut problems = Problems::new();
+        let pattern = match Pattern::from_value(&eventbridge_aliases(&self.pattern), cx.pattern_limits) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problems.add(crate::resource::join_path("pattern", &e.path), e.reason);
+                None
+            }
+        };
+        let lookup = cx.targets.plugin;
+        if let Some(b) = &self.filter {
+            check_binding(lookup, b, PluginKind::Filter, "filter", &mut problems);
+        }
+        let transform = match &self.transform {
+            None => None,
+            Some(TransformChoice::Plugin(b)) => {
+                check_binding(lookup, b, PluginKind::Transformer, "transform.plugin", &mut problems);
+                Some(RuleTransform::Plugin(b.clone()))
+            }
+            Some(TransformChoice::Builtin(spec)) => match spec.compile() {
+                Ok(t) => Some(RuleTransform::Builtin(t)),
+                Err(e) => {
+                    problems.add(crate::resource::join_path("transform", &e.field), e.reason);
+                    None
+                }
+            },
+        };
+        let rule_retry = self.retry_policy.clone().unwrap_or_default();
+        let mut targets = Vec::with_capacity(self.targets.len());
+        for (i, spec) in self.targets.iter().enumerate() {
+            match spec.build(cx.targets) {
+                Ok(target) => targets.push(Arc::new(BoundTarget {
+                    tenant: cx.targets.tenant.to_owned(),
+                    bus: bus.to_owned(),
+                    rule: name.to_owned(),
+                    id: spec.id.clone(),
+                    retry: spec.retry_policy.clone().unwrap_or_else(|| rule_retry.clone()),
+                    dead_letter: self.dead_letter,
+                    target,
+                })),
+                Err(p) => problems.extend_within(&format!("targets[{i}]"), p),
+            }
+        }
+        problems.finish()?;
+        let pattern = pattern.ok_or_else(|| Problems::one("pattern", "invalid"))?;
+        Ok(Rule {
+            name: name.to_owned(),
+            bus: bus.to_owned(),
+            enabled: self.enabled,
+            pattern,
+            filter: self.filter.clone(),
+            transform,
+            targets,
+            dead_letter: self.dead_letter,
+            spec: Value::Null,
+        })
+    }
+}
+
+/// Checks that a binding names an existing plugin (and version) of the right kind.
+fn check_binding(
+    lookup: &(dyn Fn(&str) -> Option<PluginRecord> + Sync),
+    binding: &PluginBinding,
+    kind: PluginKind,
+    field: &str,
+    problems: &mut Problems,
+) {
+    match lookup(&binding.name) {
+        None => problems.add(field, format!("plugin {:?} does not exist", binding.name)),
+        Some(record) => {
+            if let Err(reason) = record.check_binding(binding, kind) {
+                problems.add(field, reason);
+            }
+        }
+    }
+}
+
+/// What compiling a rule needs from its surroundings.
+pub struct RuleContext<'a> {
+    /// Pattern limits.
+    pub pattern_limits: &'a PatternLimits,
+    /// Builds the targets (and names the tenant and its plugins).
+    pub targets: &'a BuildContext<'a>,
+}
+
+/// Compiles a rule body in one step (parse, then compile).
+pub fn compile_rule(bus: &str, name: &str, body: &Value, cx: &RuleContext<'_>) -> Result<Rule, Problems> {
+    let mut rule = RuleSpec::parse(body)?.compile(bus, name, cx)?;
+    rule.spec = body.clone();
+    Ok(rule)
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Rule name, unique within its bus.
+    pub name: String,
+    /// Bus the rule belongs to.
+    pub bus: String,
+    /// Disabled rules match nothing.
+    pub enabled: bool,
+    /// The compiled pattern (after the `detail`/`detail-type` aliases are applied).
+    pub pattern: Pattern,
+    /// A filter plugin that must also accept the event.
+    pub filter: Option<PluginBinding>,
+    /// The transform, if any.
+    pub transform: Option<RuleTransform>,
+    /// Where matched events go.
+    pub targets: Vec<Arc<BoundTarget>>,
+    /// Whether undeliverable events are kept in the dead-letter queue.
+    pub dead_letter: bool,
+    /// The body as the tenant sent it (what `GET` answers), when compiled
+    /// by [`compile_rule`].
+    pub spec: Value,
+}
+
+/// How a rule reshapes matched events.
+#[derive(Debug)]
+pub enum RuleTransform {
+    /// The built-in input transformer: one rendered text per event.
+    Builtin(Transform),
+    /// A transformer plugin: zero or more events per event.
+    Plugin(PluginBinding),
+}
+
+impl Rule {
+    /// Names of the plugins the rule uses (filter, transformer, connectors).
+    pub fn plugins(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.filter.iter().map(|b| b.name.clone()).collect();
+        if let Some(RuleTransform::Plugin(b)) = &self.transform {
+            names.push(b.name.clone());
+        }
+        names.extend(self.references().filter_map(|(_, r)| match r {
+            crate::deliver::Reference::Plugin(name) => Some(name),
+            _ => None,
+        }));
+        names
+    }
+
+    /// Everything the rule's targets send to, with the target's index.
+    pub fn references(&self) -> impl Iterator<Item = (usize, crate::deliver::Reference)> + '_ {
+        self.targets.iter().enumerate().flat_map(|(i, t)| {
+            t.target.references().into_iter().map(move |(_, r)| (i, r))
+        })
+    }
+
+    /// Whether the rule runs a plugin before its targets (filter or transformer).
+    pub fn has_plugin_steps(&self) -> bool {
+        self.filter.is_some() || matches!(self.transform, Some(RuleTransform::Plugin(_)))
+    }
+}
+
+/// Lets EventBridge patterns work unchanged: top-level `detail` means `data`
+/// and `detail-type` means `type` (also inside a top-level `$or`).
+pub fn eventbridge_aliases(pattern: &Value) -> Value {
+    let Value::Object(obj) = pattern else {
+        return pattern.clone();
+    };
+    let mut out = Map::with_capacity(obj.len());
+    for (k, v) in obj {
+        let key = match k.as_str() {
+            "detail" if !obj.contains_key("data") => "data",
+            "detail-type" if !obj.contains_key("type") => "type",
+            _ => k.as_str(),
+        };
+        let value = match (key, v) {
+            ("$or", Value::Array(alts)) => {
+                Value::Array(alts.iter().map(eventbridge_aliases).collect())
+            }
+            _ => v.clone(),
+        };
+        out.insert(key.to_owned(), value);
+    }
+    Value::Object(out)
+}
+
+/// The pattern a tester should compile for `event`: EventBridge's aliases
+/// apply (as on the bus) unless the sample event itself is EventBridge-shaped
+/// (has a top-level `detail` or `detail-type`), so both kinds of sample work.
+pub fn pattern_for_sample(pattern: &Value, event: &Value) -> Value {
+    let eventbridge_shaped = event.get("detail").is_some() || event.get("detail-type").is_some();
+    if eventbridge_shaped {
+        pattern.clone()
+    } else {
+        eventbridge_aliases(pattern)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn aliases_rewrite_top_level_only() {
+        let p = json!({"detail-type": ["a"], "detail": {"detail": [1]}, "$or": [{"detail": {"x": [1]}}]});
+        assert_eq!(
+            eventbridge_aliases(&p),
+            json!({"type": ["a"], "data": {"detail": [1]}, "$or": [{"data": {"x": [1]}}]})
+        );
+    }
+
+    #[test]
+    fn parse_reports_every_problem_with_its_path() {
+        let body = json!({
+            "pattern": {"source": ["s"]},
+            "enabled": "yes",
+            "filter": "bad/name",
+            "retry_policy": {"max_attempts": 0},
+            "dead_letter": {"enabled": 1},
+            "targets": [
+                {"id": "a", "type": "queue", "queue": "q"},
+                {"id": "a", "type": "queue", "queue": "r"},
+                {"type": "http"}
+            ],
+            "colour": "blue"
+        });
+        let problems = RuleSpec::parse(&body).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "colour",
+                "enabled",
+                "filter",
+                "retry_policy.max_attempts",
+                "dead_letter.enabled",
+                "targets[1].id",
+                "targets[2].id"
+            ],
+            "{problems}"
+        );
+        assert_eq!(
+            RuleSpec::parse(&json!([1])).unwrap_err().to_string(),
+            "a rule must be a JSON object"
+        );
+        let missing = RuleSpec::parse(&json!({})).unwrap_err();
+        let fields: Vec<&str> = missing.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["pattern", "targets"]);
+    }
+}
