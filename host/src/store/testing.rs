@@ -62,7 +62,6 @@ pub(crate) struct Subject {
 
 impl Subject {
     /// A backend that needs nothing kept alive.
-    #[allow(dead_code)] // TODO(memory): used by the in-memory backend's tests once merged
     pub(crate) fn new(store: Arc<dyn Backend>) -> Self {
         Self { store, _keep: None }
     }
@@ -1481,4 +1480,17 @@ pub(crate) async fn durable_reopen_ends_every_lease(open: &impl OpenAtDir, dir: 
         !store.retry_job(&leased, T0, 2, err).await.unwrap(),
         "a lease from before the restart"
     );
+}
+
+/// The in-memory backend against the suite (here rather than in
+/// `memory.rs`, to keep that file the plain statement of the verbs).
+mod memory {
+    use super::{Subject, conformance};
+    use crate::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        conformance(|clock| async move { Subject::new(Arc::new(MemoryStore::new(clock))) }).await;
+    }
 }
