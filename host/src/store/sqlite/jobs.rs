@@ -253,7 +253,9 @@ impl DeliveryJobs for SqliteStore {
         self.run(move |tx| {
             let until = clock.now_ms() + lease_ms;
             let mut stmt = tx.prepare_cached(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_token = ? AND lease_until <> 0",
+                // MAX: a heartbeat never shortens a lease.
+                "UPDATE jobs SET lease_until = MAX(lease_until, ?) \
+                 WHERE id = ? AND lease_token = ? AND lease_until <> 0",
             )?;
             let mut current = 0;
             for (id, token) in leases {
