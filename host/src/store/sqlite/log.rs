@@ -1,0 +1,295 @@
+//! [`EventLog`] on SQLite: the `events` table, a ring of the newest
+//! committed events in memory, and one persisted cursor.
+//!
+//! Positions are the table's `seq` (strictly increasing in commit order).
+//! The consumer hands out entries after the highest position it handed out,
+//! reading from the ring while it still holds them (the common case: routing
+//! keeps up with ingest) and from the file otherwise. Acks go into a
+//! [`Watermark`]; when its low mark rises, that mark is persisted as the
+//! `route` cursor, where the next consumer (after a restart) resumes.
+
+use super::SqliteStore;
+use crate::store::watermark::Watermark;
+use crate::store::{
+    AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, Millis, NewEvent, StoreError,
+    StoreResult,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A position in the log.
+type Seq = i64;
+
+/// The newest committed events, so the consumer reads them from memory.
+pub(super) struct Tail {
+    ring: Mutex<Ring>,
+    /// The highest committed position, sent after the ring has the events.
+    committed: watch::Sender<Seq>,
+}
+
+struct Ring {
+    events: VecDeque<(Seq, LoggedEvent)>,
+    capacity: usize,
+    /// The ring holds every committed event after this position.
+    covers_after: Seq,
+}
+
+impl Tail {
+    /// An empty ring after position `last` (everything up to it is in the file).
+    pub(super) fn new(last: Seq, capacity: usize) -> Self {
+        Self {
+            ring: Mutex::new(Ring {
+                events: VecDeque::with_capacity(capacity.min(4096)),
+                capacity: capacity.max(1),
+                covers_after: last,
+            }),
+            committed: watch::channel(last).0,
+        }
+    }
+
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        // The ring is only ever left consistent; a panic elsewhere while
+        // holding the lock does not make it unusable.
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds newly committed events (in position order), then announces them.
+    fn publish(&self, events: Vec<(Seq, LoggedEvent)>) {
+        let Some(&(last, _)) = events.last() else {
+            return;
+        };
+        {
+            let mut ring = self.ring();
+            for entry in events {
+                if ring.events.len() == ring.capacity
+                    && let Some((dropped, _)) = ring.events.pop_front()
+                {
+                    ring.covers_after = dropped;
+                }
+                ring.events.push_back(entry);
+            }
+        }
+        self.committed.send_replace(last);
+    }
+
+    /// Up to `max` events after `after`, if the ring still holds all of them.
+    fn read(&self, after: Seq, max: usize) -> Option<Vec<(Seq, LoggedEvent)>> {
+        let ring = self.ring();
+        if after < ring.covers_after {
+            return None;
+        }
+        let skip = ring.events.partition_point(|(seq, _)| *seq <= after);
+        Some(ring.events.iter().skip(skip).take(max).cloned().collect())
+    }
+}
+
+/// The highest position ever used (also after the newest events were pruned).
+pub(super) fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
+    let in_table: Seq =
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let used: Option<Seq> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(in_table.max(used.unwrap_or(0)))
+}
+
+/// Reads the persisted cursor (0 when routing never acknowledged anything).
+fn route_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Seq> {
+    Ok(tx
+        .prepare_cached("SELECT seq FROM cursors WHERE name = 'route'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+impl SqliteStore {
+    /// Up to `max` committed events after `after`, from the ring when it
+    /// holds them, else from the file.
+    async fn read_log(&self, after: Seq, max: usize) -> StoreResult<Vec<(Seq, LoggedEvent)>> {
+        let tail = &self.inner.tail;
+        if let Some(events) = tail.read(after, max) {
+            return Ok(events);
+        }
+        // Only what is committed: the read runs inside a group commit, where
+        // earlier operations' uncommitted appends are visible.
+        let committed = *tail.committed.borrow();
+        self.run(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, tenant, bus, event_id, body, ingested_ms FROM events \
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![after, committed, max as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    LoggedEvent {
+                        tenant: r.get(1)?,
+                        bus: r.get(2)?,
+                        event_id: r.get(3)?,
+                        body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                        ingested_ms: r.get(5)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tail = self.inner.tail.clone();
+        self.run_then(
+            move |tx| {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO events (tenant, bus, event_id, body, ingested_ms) VALUES (?, ?, ?, ?, ?)",
+                )?;
+                let mut logged = Vec::with_capacity(events.len());
+                for e in events {
+                    stmt.execute(params![e.tenant, e.bus, e.event_id, &e.body[..], e.ingested_ms])?;
+                    logged.push((tx.last_insert_rowid(), e));
+                }
+                Ok(logged)
+            },
+            move |logged| tail.publish(logged),
+        )
+        .await
+    }
+
+    async fn consumer(&self) -> StoreResult<Arc<dyn LogConsumer>> {
+        let routed = self.run(|tx| Ok(route_cursor(tx)?)).await?;
+        Ok(Arc::new(SqliteConsumer {
+            store: self.clone(),
+            reader: tokio::sync::Mutex::new(self.inner.tail.committed.subscribe()),
+            acks: Mutex::new(Acks {
+                watermark: Watermark::starting_after(routed),
+                durable: routed,
+            }),
+            cursor_write: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    async fn prune(&self, before: Millis) -> StoreResult<u64> {
+        self.run(move |tx| {
+            let cursor = route_cursor(tx)?;
+            let n = tx
+                .prepare_cached("DELETE FROM events WHERE seq <= ? AND ingested_ms < ?")?
+                .execute(params![cursor, before])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+/// The routing consumer.
+struct SqliteConsumer {
+    store: SqliteStore,
+    /// Serialises `next` (so two callers never get the same entries) and
+    /// holds its view of the committed position.
+    reader: tokio::sync::Mutex<watch::Receiver<Seq>>,
+    acks: Mutex<Acks>,
+    /// Held while the cursor is being written.
+    cursor_write: tokio::sync::Mutex<()>,
+}
+
+struct Acks {
+    watermark: Watermark,
+    /// The cursor as committed: everything up to it is acknowledged durably.
+    durable: Seq,
+}
+
+impl SqliteConsumer {
+    fn acks(&self) -> MutexGuard<'_, Acks> {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl LogConsumer for SqliteConsumer {
+    async fn next(&self, max: usize, wait: Duration) -> StoreResult<Vec<LogEntry>> {
+        let mut committed = self.reader.lock().await;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Seen before reading, so a commit after the read wakes the wait.
+            committed.borrow_and_update();
+            let after = self.acks().watermark.high();
+            let events = self.store.read_log(after, max).await?;
+            if !events.is_empty() || max == 0 {
+                let mut acks = self.acks();
+                return Ok(events
+                    .into_iter()
+                    .map(|(seq, event)| {
+                        acks.watermark.handed_out(seq);
+                        LogEntry {
+                            event,
+                            ack: AckToken::seq(seq),
+                        }
+                    })
+                    .collect());
+            }
+            match tokio::time::timeout_at(deadline, committed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(StoreError::Closed),
+                Err(_) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn ack(&self, tokens: Vec<AckToken>) -> StoreResult<()> {
+        let wanted = {
+            let mut acks = self.acks();
+            for token in &tokens {
+                if let Some(seq) = token.as_seq() {
+                    acks.watermark.acked(seq);
+                }
+            }
+            acks.watermark.low()
+        };
+        if wanted <= self.acks().durable {
+            // Nothing new below which everything is acknowledged (or
+            // someone else's write already covers it).
+            return Ok(());
+        }
+        // One cursor write at a time: acks that arrive meanwhile wait here,
+        // and the next write covers all of them (the router may ack entry by
+        // entry; this keeps that from costing the writer an op per entry).
+        let _writing = self.cursor_write.lock().await;
+        let low = {
+            let acks = self.acks();
+            if wanted <= acks.durable {
+                return Ok(());
+            }
+            acks.watermark.low()
+        };
+        self.store
+            .run(move |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO cursors (name, seq) VALUES ('route', ?) \
+                     ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                )?
+                .execute([low])?;
+                Ok(())
+            })
+            .await?;
+        let mut acks = self.acks();
+        acks.durable = acks.durable.max(low);
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.acks().watermark.in_flight()
+    }
+}

@@ -1,0 +1,345 @@
+//! SQLite backend: one file in WAL mode, one writer thread with group commit.
+//!
+//! Every operation is a closure run on the writer thread. The thread takes
+//! whatever operations are waiting, runs each inside its own savepoint of one
+//! transaction, commits once, and only then answers the callers. Concurrent
+//! requests therefore share one commit (and one sync), and a caller never sees
+//! success for data that is not committed.
+//!
+//! Durability: `synchronous=NORMAL` in WAL mode means a commit is in the OS
+//! before it is acknowledged, so a killed process (`kill -9`) loses nothing;
+//! [`Durability::Always`] (`synchronous=FULL`) also syncs the WAL on every
+//! commit, surviving power loss.
+//!
+//! One process owns a data dir: [`SqliteStore::open`] takes an exclusive lock
+//! on `busbar.lock` (released by the OS when the process ends, `kill -9`
+//! included), and because nobody else can hold a job's lease it makes every
+//! leased job due again at once — a restart after a crash resumes delivery
+//! immediately instead of waiting for the dead process's leases to run out.
+//!
+//! The interfaces live one per file: [`config`], [`log`] (with the in-memory
+//! tail of recent events), [`jobs`], [`dead_letters`], [`queues`]; the
+//! schema and its migrations in [`schema`].
+
+mod config;
+mod dead_letters;
+mod jobs;
+mod log;
+mod queues;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use self::log::Tail;
+use super::{StoreError, StoreResult};
+use crate::clock::SharedClock;
+use anyhow::Context;
+use rusqlite::{Connection, Transaction};
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// How hard commits are synced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Survives a crash of the process (WAL, `synchronous=NORMAL`): config `fsync = "normal"`.
+    #[default]
+    #[serde(alias = "process")]
+    Normal,
+    /// Survives power loss: fsync on every commit (`synchronous=FULL`): config `fsync = "always"`.
+    Always,
+}
+
+/// Why a data dir could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process (or another store in this process) holds the data
+    /// dir's lock. Two writers would take each other's job leases.
+    #[error("data dir {} is in use by another busbar process", .0.display())]
+    InUse(PathBuf),
+    /// The database was written by a newer Busbar, whose schema this version
+    /// does not know.
+    #[error(
+        "data dir {} was written by a newer busbar (schema version {found}, this version knows up to {known})",
+        .dir.display()
+    )]
+    NewerSchema {
+        /// The data dir.
+        dir: PathBuf,
+        /// The schema version found in the file.
+        found: i64,
+        /// The newest schema version this build knows.
+        known: i64,
+    },
+    /// Anything else (I/O, a corrupt file, ...).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// The lock file that marks a data dir as owned by one process.
+const LOCK_FILE: &str = "busbar.lock";
+/// The database file in the data dir.
+const DB_FILE: &str = "busbar.db";
+/// Most operations one commit may carry; bounds commit latency under load.
+const MAX_OPS_PER_COMMIT: usize = 2048;
+/// Recently committed events kept in memory so routing rarely reads the file.
+const RECENT_EVENTS: usize = 32 * 1024;
+/// Prepared statements kept per connection: every fixed statement of the
+/// backend fits, so none is parsed twice (parsing showed up in profiles).
+const STATEMENT_CACHE: usize = 128;
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Op = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Completion) + Send>;
+
+/// The SQLite store. Cheap to clone; the file is closed (and the data dir
+/// unlocked) when the last clone is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Operations for the writer thread; taken on drop to stop it.
+    ops: Option<mpsc::Sender<Op>>,
+    /// The writer thread, joined on drop so the file and the lock are
+    /// released when the store is gone.
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Recently appended events and the committed position.
+    tail: Arc<Tail>,
+    /// The only source of "now".
+    clock: SharedClock,
+    /// Woken when jobs may have become due earlier than a waiting
+    /// `lease_due` thought (enqueue, retry, redrive).
+    jobs_changed: Notify,
+    /// What the writer did; the tests read it to see operations share
+    /// commits and acks share cursor writes.
+    #[cfg_attr(not(test), allow(dead_code))]
+    stats: Arc<WriterStats>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop after the ops it holds.
+        self.ops.take();
+        if let Some(writer) = self.writer.take()
+            && writer.thread().id() != std::thread::current().id()
+        {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Knobs that tests turn (the ring's size, to see it wrap).
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    recent_events: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            recent_events: RECENT_EVENTS,
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/busbar.db`, migrates its schema, makes
+    /// every leased job due again and starts the writer thread. Fails with
+    /// [`OpenError::InUse`] if another process has the dir open. All times
+    /// (due jobs, leases, visibility, revocation) come from `clock`.
+    pub fn open(dir: &Path, durability: Durability, clock: SharedClock) -> Result<Self, OpenError> {
+        Self::open_tuned(dir, durability, clock, Tuning::default())
+    }
+
+    fn open_tuned(
+        dir: &Path,
+        durability: Durability,
+        clock: SharedClock,
+        tuning: Tuning,
+    ) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        let mut conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Always => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;
+             PRAGMA busy_timeout=5000; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+        ))
+        .context("configuring the database")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        schema::migrate(&mut conn, dir)?;
+        let reclaimed = jobs::reclaim_leases(&conn).context("reclaiming job leases")?;
+        if reclaimed > 0 {
+            tracing::info!(
+                jobs = reclaimed,
+                "made jobs leased before the restart due again"
+            );
+        }
+        let tail = Arc::new(Tail::new(
+            log::last_seq(&conn).context("reading the log's end")?,
+            tuning.recent_events,
+        ));
+        let stats = Arc::new(WriterStats::default());
+        let (ops, rx) = mpsc::channel::<Op>(8192);
+        let writer = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("busbar-store-writer".into())
+                .spawn(move || {
+                    writer_loop(conn, rx, &stats);
+                    // The connection is closed; only now may another process
+                    // take the dir.
+                    drop(lock);
+                })
+                .context("starting the store writer")?
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ops: Some(ops),
+                writer: Some(writer),
+                tail,
+                clock,
+                jobs_changed: Notify::new(),
+                stats,
+            }),
+        })
+    }
+
+    /// Now, by the store's clock.
+    fn now_ms(&self) -> crate::clock::Millis {
+        self.inner.clock.now_ms()
+    }
+
+    /// Runs `f` inside the next group commit and returns its result once committed.
+    async fn run<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> anyhow::Result<R> + Send + 'static,
+    {
+        self.run_then(f, |r| r).await
+    }
+
+    /// Like [`Self::run`], and passes the result through `on_commit` on the
+    /// writer thread right after a successful commit, in commit order (used
+    /// to publish appended events before anyone can see the commit).
+    async fn run_then<R, T, F, H>(&self, f: F, on_commit: H) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> anyhow::Result<R> + Send + 'static,
+        H: FnOnce(R) -> T + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel::<StoreResult<T>>();
+        let op: Op = Box::new(move |tx| {
+            let result = f(tx);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let answer = match (commit, result) {
+                    (Ok(()), Ok(r)) => Ok(on_commit(r)),
+                    (Ok(()), Err(e)) => Err(classify(e)),
+                    (Err(e), _) => Err(StoreError::Backend(anyhow::anyhow!("commit failed: {e}"))),
+                };
+                let _ = reply.send(answer);
+            });
+            (ok, completion)
+        });
+        let ops = self.inner.ops.as_ref().ok_or(StoreError::Closed)?;
+        ops.send(op).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Takes the data dir's lock, or says who has it.
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(OpenError::InUse(dir.to_path_buf())),
+        Err(TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))?
+        }
+    }
+}
+
+/// Maps a constraint violation to `Conflict`, everything else to `Backend`.
+fn classify(e: anyhow::Error) -> StoreError {
+    if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>()
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StoreError::Conflict(e.to_string());
+    }
+    StoreError::Backend(e)
+}
+
+/// Counts of the writer's work (cheap: two atomic adds per commit).
+#[derive(Debug, Default)]
+struct WriterStats {
+    /// Commits made (group commit makes this far smaller than `ops`).
+    commits: AtomicU64,
+    /// Operations run.
+    ops: AtomicU64,
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, stats: &WriterStats) {
+    let mut batch: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_OPS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // One savepoint per op, so a failed op rolls back alone.
+            for op in batch.drain(..) {
+                tx.prepare_cached("SAVEPOINT op")?.execute([])?;
+                let (ok, completion) = op(&tx);
+                if !ok {
+                    tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
+                }
+                tx.prepare_cached("RELEASE op")?.execute([])?;
+                completions.push(completion);
+            }
+            tx.commit()
+        })();
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .ops
+            .fetch_add(completions.len() as u64, Ordering::Relaxed);
+        let result = outcome.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store commit failed");
+        }
+        for completion in completions {
+            completion(result.clone());
+        }
+        // Ops that completed before a failed commit got their error above;
+        // anything left over (a failure before all ops ran) is dropped, which
+        // its caller sees as `Closed`.
+        batch.clear();
+    }
+}
+
+/// A random hex token (queue receipts).
+fn random_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,91 @@
+//! The schema and its migrations, tracked in SQLite's `user_version`.
+//!
+//! Version 1 is the schema Busbar shipped before versions were recorded (its
+//! files say `user_version = 0`); every `CREATE` in it says `IF NOT EXISTS`,
+//! so it both creates a new file and accepts one written by that version.
+//! Each later version is one step applied in place, so a data dir from any
+//! earlier version opens and keeps its events, jobs, dead letters and queues.
+
+use super::OpenError;
+use anyhow::Context;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// The schema before versions were recorded.
+pub(super) const V1: &str = r#"
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL, revoked_ms INTEGER);
+CREATE TABLE IF NOT EXISTS resources (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL, PRIMARY KEY (tenant, kind, name));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    event_id TEXT NOT NULL, body BLOB NOT NULL, ingested_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    rule TEXT NOT NULL, target TEXT NOT NULL, event_id TEXT NOT NULL, event BLOB NOT NULL,
+    body TEXT, attempts INTEGER NOT NULL, ingested_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0, error_code TEXT, error_message TEXT, last_status INTEGER);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (due_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    rule TEXT NOT NULL, target TEXT NOT NULL, event_id TEXT NOT NULL, event BLOB NOT NULL,
+    body TEXT, error_code TEXT NOT NULL, error_message TEXT NOT NULL, attempts INTEGER NOT NULL,
+    last_status INTEGER, exhausted TEXT NOT NULL, ingested_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant, id);
+CREATE TABLE IF NOT EXISTS queue_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, queue TEXT NOT NULL,
+    body BLOB NOT NULL, visible_ms INTEGER NOT NULL DEFAULT 0, receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue_messages (tenant, queue, visible_ms, id);
+"#;
+
+/// Version 2: job leases carry a generation (`lease_token`), so a lease that
+/// ran out cannot retry or extend a job leased again since; and jobs are
+/// indexed by when they are next leasable (due, or the lease runs out),
+/// which is what `lease_due` asks for and waits on.
+const V2: &str = r#"
+ALTER TABLE jobs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS jobs_due;
+CREATE INDEX jobs_ready ON jobs (MAX(due_ms, lease_until), id);
+"#;
+
+/// Every version's step, in order: entry `i` brings a file to version `i + 1`.
+const STEPS: [&str; 2] = [V1, V2];
+
+/// The schema version this build writes.
+pub(super) const CURRENT: i64 = STEPS.len() as i64;
+
+/// Brings the file to [`CURRENT`] in one transaction.
+pub(super) fn migrate(conn: &mut Connection, dir: &Path) -> Result<(), OpenError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .context("reading the schema version")?;
+    if found > CURRENT {
+        return Err(OpenError::NewerSchema {
+            dir: dir.to_path_buf(),
+            found,
+            known: CURRENT,
+        });
+    }
+    if found == CURRENT {
+        return Ok(());
+    }
+    let tx = conn.transaction().context("starting the migration")?;
+    for (i, step) in STEPS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.execute_batch(step)
+            .with_context(|| format!("migrating the schema to version {}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", CURRENT)
+        .context("recording the schema version")?;
+    tx.commit().context("committing the migration")?;
+    if found > 0 {
+        tracing::info!(from = found, to = CURRENT, "migrated the store's schema");
+    }
+    Ok(())
+}

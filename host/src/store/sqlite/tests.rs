@@ -1,0 +1,588 @@
+//! The conformance suite on SQLite, and what only SQLite has: group commit,
+//! savepoints, the tail ring, schema migration and the data-dir lock.
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+use crate::store::testing::{self, Subject, T0};
+use crate::store::{
+    Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs, EventLog, Exhausted,
+    FailureCode, LogConsumer, NewEvent, Queues,
+};
+use bytes::Bytes;
+use std::time::Duration;
+
+fn manual() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(T0))
+}
+
+fn open_at(dir: &Path, clock: SharedClock) -> SqliteStore {
+    SqliteStore::open(dir, Durability::Normal, clock).expect("open")
+}
+
+fn event(id: &str) -> NewEvent {
+    NewEvent {
+        tenant: "acme".into(),
+        bus: "orders".into(),
+        event_id: id.into(),
+        body: Bytes::from(format!(r#"{{"id":"{id}"}}"#)),
+        ingested_ms: T0,
+    }
+}
+
+/// Runs raw SQL on the writer (to change the file behind the store's back).
+async fn exec(store: &SqliteStore, sql: &'static str) {
+    store
+        .run(move |tx| Ok(tx.execute_batch(sql)?))
+        .await
+        .expect(sql);
+}
+
+/// Every event id the consumer hands out until it has nothing more.
+async fn drain(consumer: &dyn LogConsumer, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.next(max, Duration::ZERO).await.expect("next");
+        if batch.is_empty() {
+            return out;
+        }
+        assert!(batch.len() <= max);
+        out.extend(batch.into_iter().map(|e| e.event.event_id));
+    }
+}
+
+/// Holds the writer thread inside an operation until released, so that
+/// operations sent meanwhile queue up and go into the next commit together.
+struct Blocked {
+    release: std::sync::mpsc::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Blocked {
+    async fn writer(store: &SqliteStore) -> Self {
+        let (running_tx, running) = oneshot::channel();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = store.clone();
+        let done = tokio::spawn(async move {
+            blocker
+                .run(move |_| {
+                    let _ = running_tx.send(());
+                    let _ = wait.recv_timeout(Duration::from_secs(10));
+                    Ok(())
+                })
+                .await
+                .expect("blocking op");
+        });
+        running.await.expect("the writer ran the blocking op");
+        Self { release, done }
+    }
+
+    /// Operations waiting for the writer.
+    fn queued(store: &SqliteStore) -> usize {
+        let ops = store.inner.ops.as_ref().expect("open");
+        ops.max_capacity() - ops.capacity()
+    }
+
+    async fn until_queued(store: &SqliteStore, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Self::queued(store) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ops were not queued"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn release(self) {
+        self.release.send(()).expect("release");
+        self.done.await.expect("blocking op");
+    }
+}
+
+#[tokio::test]
+async fn passes_the_conformance_suite() {
+    testing::conformance(|clock| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_at(dir.path(), clock);
+        Subject::keeping(Arc::new(store), dir)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn passes_the_durability_suite() {
+    testing::durability(
+        |dir: PathBuf, clock| async move { Arc::new(open_at(&dir, clock)) as Arc<dyn Backend> },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let consumer = store.consumer().await.unwrap();
+    let blocked = Blocked::writer(&store).await;
+    let before = store.inner.stats.commits.load(Ordering::SeqCst);
+    let appends: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(vec![event(&format!("e{i}"))]).await })
+        })
+        .collect();
+    Blocked::until_queued(&store, 100).await;
+    blocked.release().await;
+    for append in appends {
+        append.await.unwrap().expect("append");
+    }
+    let commits = store.inner.stats.commits.load(Ordering::SeqCst) - before;
+    // The blocking op's commit, then one for all hundred appends.
+    assert!(commits <= 2, "{commits} commits for 100 appends");
+    let mut got = drain(consumer.as_ref(), 1000).await;
+    got.sort();
+    let mut want: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_failed_operation_rolls_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    store
+        .create_tenant(crate::store::TenantRecord {
+            name: "acme".into(),
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+    let blocked = Blocked::writer(&store).await;
+    let before = store.inner.stats.commits.load(Ordering::SeqCst);
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.put_setting("first", "1").await }
+    });
+    Blocked::until_queued(&store, 1).await;
+    let failing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .run(|tx| -> anyhow::Result<()> {
+                    tx.execute(
+                        "INSERT INTO settings (key, value) VALUES ('partial', 'x')",
+                        [],
+                    )?;
+                    anyhow::bail!("the op fails after writing")
+                })
+                .await
+        }
+    });
+    Blocked::until_queued(&store, 2).await;
+    let conflict = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .create_tenant(crate::store::TenantRecord {
+                    name: "acme".into(),
+                    created_ms: T0,
+                })
+                .await
+        }
+    });
+    Blocked::until_queued(&store, 3).await;
+    let last = tokio::spawn({
+        let store = store.clone();
+        async move { store.put_setting("last", "2").await }
+    });
+    Blocked::until_queued(&store, 4).await;
+    blocked.release().await;
+
+    first.await.unwrap().expect("first");
+    assert!(matches!(
+        failing.await.unwrap(),
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        conflict.await.unwrap(),
+        Err(StoreError::Conflict(_))
+    ));
+    last.await.unwrap().expect("last");
+    assert!(
+        store.inner.stats.commits.load(Ordering::SeqCst) - before <= 2,
+        "one shared commit"
+    );
+    assert_eq!(store.setting("first").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(
+        store.setting("partial").await.unwrap(),
+        None,
+        "not rolled back"
+    );
+    assert_eq!(store.setting("last").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(store.load().await.unwrap().tenants.len(), 1);
+}
+
+#[tokio::test]
+async fn the_tail_ring_serves_recent_events_without_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let consumer = store.consumer().await.unwrap();
+    store.append(vec![event("e1"), event("e2")]).await.unwrap();
+    store.append(vec![event("e3")]).await.unwrap();
+    exec(&store, "DELETE FROM events").await;
+    assert_eq!(drain(consumer.as_ref(), 2).await, ["e1", "e2", "e3"]);
+}
+
+#[tokio::test]
+async fn after_the_ring_wraps_reads_fall_back_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning { recent_events: 4 };
+    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    for i in 1..=10 {
+        store.append(vec![event(&format!("e{i}"))]).await.unwrap();
+    }
+    let consumer = store.consumer().await.unwrap();
+    let first: Vec<String> = consumer
+        .next(3, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.event_id)
+        .collect();
+    assert_eq!(
+        first,
+        ["e1", "e2", "e3"],
+        "from the file: the ring holds e7..e10"
+    );
+    // The ring still holds e7..e10: without them in the file, only the ring
+    // can hand them out.
+    exec(&store, "DELETE FROM events WHERE seq >= 7").await;
+    assert_eq!(
+        drain(consumer.as_ref(), 3).await,
+        ["e4", "e5", "e6", "e7", "e8", "e9", "e10"]
+    );
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_dir_fails_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open_at(dir.path(), manual());
+    first.put_setting("k", "v").await.unwrap();
+    let second = SqliteStore::open(dir.path(), Durability::Normal, manual());
+    match second {
+        Err(e @ OpenError::InUse(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&dir.path().display().to_string())
+                    && text.contains("is in use by another busbar process"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a data dir in use"),
+    }
+    // Still usable: the failed open changed nothing.
+    assert_eq!(first.setting("k").await.unwrap().as_deref(), Some("v"));
+    drop(first);
+    let again = open_at(dir.path(), manual());
+    assert_eq!(again.setting("k").await.unwrap().as_deref(), Some("v"));
+}
+
+#[tokio::test]
+async fn a_reopen_makes_leased_jobs_due_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    {
+        let store = open_at(dir.path(), clock.clone());
+        let job = crate::store::NewJob {
+            tenant: "acme".into(),
+            bus: "orders".into(),
+            rule: "r".into(),
+            target: "t".into(),
+            event_id: "e1".into(),
+            event: Bytes::from_static(b"{}"),
+            body: None,
+            attempts: 0,
+            ingested_ms: T0,
+            due_ms: T0,
+            last_error: None,
+        };
+        store.enqueue(vec![job]).await.unwrap();
+        let leased = store
+            .lease_due(10, Duration::from_secs(120), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+    }
+    let store = open_at(dir.path(), clock.clone());
+    let leased = store
+        .lease_due(10, Duration::from_secs(120), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1, "the job stayed leased across the restart");
+}
+
+#[tokio::test]
+async fn a_retry_ends_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let store = open_at(dir.path(), clock.clone());
+    let job = crate::store::NewJob {
+        tenant: "acme".into(),
+        bus: "orders".into(),
+        rule: "r".into(),
+        target: "t".into(),
+        event_id: "e1".into(),
+        event: Bytes::from_static(b"{}"),
+        body: None,
+        attempts: 0,
+        ingested_ms: T0,
+        due_ms: T0,
+        last_error: None,
+    };
+    store.enqueue(vec![job]).await.unwrap();
+    let lease = store
+        .lease_due(10, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    let err = crate::store::AttemptError::new(FailureCode::Timeout, "slow");
+    assert!(
+        store
+            .retry_job(&lease, T0 + 1_000, 1, err.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.retry_job(&lease, T0, 2, err).await.unwrap(),
+        "retried twice"
+    );
+    assert_eq!(
+        store
+            .extend_leases(&[lease], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
+    clock.advance(1_000);
+    let due = store
+        .lease_due(10, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(due[0].job.attempts, 1);
+}
+
+/// The schema of the version before `user_version` was recorded, verbatim.
+const OLD_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL, revoked_ms INTEGER);
+CREATE TABLE IF NOT EXISTS resources (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL, PRIMARY KEY (tenant, kind, name));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    event_id TEXT NOT NULL, body BLOB NOT NULL, ingested_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    rule TEXT NOT NULL, target TEXT NOT NULL, event_id TEXT NOT NULL, event BLOB NOT NULL,
+    body TEXT, attempts INTEGER NOT NULL, ingested_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0, error_code TEXT, error_message TEXT, last_status INTEGER);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (due_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    rule TEXT NOT NULL, target TEXT NOT NULL, event_id TEXT NOT NULL, event BLOB NOT NULL,
+    body TEXT, error_code TEXT NOT NULL, error_message TEXT NOT NULL, attempts INTEGER NOT NULL,
+    last_status INTEGER, exhausted TEXT NOT NULL, ingested_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_letters_tenant ON dead_letters (tenant, id);
+CREATE TABLE IF NOT EXISTS queue_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, queue TEXT NOT NULL,
+    body BLOB NOT NULL, visible_ms INTEGER NOT NULL DEFAULT 0, receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue_messages (tenant, queue, visible_ms, id);
+"#;
+
+#[tokio::test]
+async fn a_data_dir_of_the_previous_version_opens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What the previous version left behind: a routed event and two
+        // unrouted ones, a job its (killed) process had leased, a dead
+        // letter, a queue message, config.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        conn.execute_batch(OLD_SCHEMA).unwrap();
+        conn.execute_batch(&format!(
+            r#"
+            INSERT INTO tenants VALUES ('acme', {T0});
+            INSERT INTO api_keys (id, tenant, hash, created_ms) VALUES ('k1', 'acme', 'h1', {T0});
+            INSERT INTO resources VALUES ('acme', 'bus', 'orders', '{{"description":"d"}}', {T0});
+            INSERT INTO settings VALUES ('admin_key_hash', 'abc');
+            INSERT INTO events (tenant, bus, event_id, body, ingested_ms) VALUES
+                ('acme', 'orders', 'e1', X'7B7D', {T0}),
+                ('acme', 'orders', 'e2', X'7B7D', {T0}),
+                ('acme', 'orders', 'e3', X'7B7D', {T0});
+            INSERT INTO cursors VALUES ('route', 1);
+            INSERT INTO jobs (tenant, bus, rule, target, event_id, event, body, attempts, ingested_ms,
+                due_ms, lease_until, error_code, error_message, last_status)
+                VALUES ('acme', 'orders', 'r', 't', 'e1', X'7B7D', NULL, 2, {T0}, {T0}, {lease},
+                        'http_status', '503 Service Unavailable', 503);
+            INSERT INTO dead_letters (tenant, bus, rule, target, event_id, event, body, error_code,
+                error_message, attempts, last_status, exhausted, ingested_ms, created_ms)
+                VALUES ('acme', 'orders', 'r', 't', 'e0', X'7B7D', 'rendered', 'timeout', 'slow', 5,
+                        NULL, 'max_attempts', {T0}, {T0});
+            INSERT INTO queue_messages (tenant, queue, body) VALUES ('acme', 'q', X'6D31');
+            "#,
+            lease = T0 + 120_000
+        ))
+        .unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 0);
+    }
+    let store = open_at(dir.path(), manual());
+
+    let config = store.load().await.unwrap();
+    assert_eq!(config.tenants.len(), 1);
+    assert_eq!(config.keys.len(), 1);
+    assert_eq!(config.resources.len(), 1);
+    assert_eq!(
+        store.setting("admin_key_hash").await.unwrap().as_deref(),
+        Some("abc")
+    );
+
+    let consumer = store.consumer().await.unwrap();
+    assert_eq!(drain(consumer.as_ref(), 10).await, ["e2", "e3"]);
+
+    let jobs = store
+        .lease_due(10, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "the old lease was ended at open");
+    let job = &jobs[0].job;
+    assert_eq!((job.event_id.as_str(), job.attempts), ("e1", 2));
+    let error = job.last_error.as_ref().unwrap();
+    assert_eq!(
+        (error.code, error.status),
+        (FailureCode::HttpStatus, Some(503))
+    );
+    let err = crate::store::AttemptError::new(FailureCode::Timeout, "again");
+    assert!(store.retry_job(&jobs[0].lease, T0, 3, err).await.unwrap());
+
+    let letters = store
+        .list_dead_letters("acme", &DeadLetterFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        (
+            letter.error.code,
+            letter.error.message.as_str(),
+            letter.exhausted
+        ),
+        (FailureCode::Timeout, "slow", Exhausted::MaxAttempts)
+    );
+    assert_eq!(letter.body.as_deref(), Some("rendered"));
+
+    let messages = store
+        .queue_receive("acme", "q", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        store
+            .queue_ack("acme", "q", &[messages[0].receipt.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+
+    drop(consumer);
+    drop(store);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::CURRENT);
+}
+
+#[tokio::test]
+async fn a_data_dir_of_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_at(dir.path(), manual()));
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", schema::CURRENT + 1)
+            .unwrap();
+    }
+    match SqliteStore::open(dir.path(), Durability::Normal, manual()) {
+        Err(OpenError::NewerSchema { found, known, .. }) => {
+            assert_eq!((found, known), (schema::CURRENT + 1, schema::CURRENT));
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a newer schema"),
+    }
+}
+
+#[tokio::test]
+async fn reopening_keeps_positions_increasing_after_a_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    {
+        let store = open_at(dir.path(), clock.clone());
+        let consumer = store.consumer().await.unwrap();
+        store.append(vec![event("e1"), event("e2")]).await.unwrap();
+        let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+        consumer
+            .ack(entries.into_iter().map(|e| e.ack).collect())
+            .await
+            .unwrap();
+        assert_eq!(store.prune(clock.now_ms() + 1).await.unwrap(), 2);
+    }
+    // The log is empty now; new entries must still come after the cursor.
+    let store = open_at(dir.path(), clock.clone());
+    let consumer = store.consumer().await.unwrap();
+    store.append(vec![event("e3")]).await.unwrap();
+    assert_eq!(drain(consumer.as_ref(), 10).await, ["e3"]);
+}
+
+#[tokio::test]
+async fn acks_that_arrive_together_share_cursor_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    {
+        let store = open_at(dir.path(), clock.clone());
+        let consumer = store.consumer().await.unwrap();
+        let events = (0..100).map(|i| event(&format!("e{i}"))).collect();
+        store.append(events).await.unwrap();
+        let entries = consumer.next(100, Duration::ZERO).await.unwrap();
+        assert_eq!(entries.len(), 100);
+        let before = store.inner.stats.ops.load(Ordering::SeqCst);
+        let acks: Vec<_> = entries
+            .into_iter()
+            .map(|e| {
+                let consumer = consumer.clone();
+                tokio::spawn(async move { consumer.ack(vec![e.ack]).await })
+            })
+            .collect();
+        for ack in acks {
+            ack.await.unwrap().expect("ack");
+        }
+        let ops = store.inner.stats.ops.load(Ordering::SeqCst) - before;
+        assert!(ops < 10, "{ops} cursor writes for 100 acks");
+        assert_eq!(consumer.in_flight(), 0);
+    }
+    let store = open_at(dir.path(), clock);
+    let consumer = store.consumer().await.unwrap();
+    assert!(
+        drain(consumer.as_ref(), 100).await.is_empty(),
+        "acked entries came back"
+    );
+}
