@@ -7,10 +7,10 @@ use crate::pattern::PatternLimits;
 use crate::plugin::{KindLimits, RuntimeConfig};
 use crate::store::sqlite::Durability;
 use anyhow::Context;
-use std::time::Duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Everything `busbar serve` can be told.
 #[derive(Clone, Debug, Deserialize)]
@@ -261,17 +261,17 @@ impl Config {
             },
             message: e.reason.to_owned(),
         })?;
-        let plugin_limits = self
-            .plugins
-            .kind_limits()
-            .map_err(|problems| ConfigError::Invalid {
-                field: "plugins",
-                message: problems.join("; "),
-            })?;
+        let plugin_limits =
+            self.plugins
+                .kind_limits()
+                .map_err(|problems| ConfigError::Invalid {
+                    field: "plugins",
+                    message: problems.join("; "),
+                })?;
         let mut plugin_runtime = RuntimeConfig::new(self.data_dir.clone());
         plugin_runtime.max_upload_bytes = self.plugins.max_upload_bytes;
         plugin_runtime.outbound.allow_private = self.plugins.allow_private_hosts.clone();
-        plugin_runtime.event_limits = ingest.clone();
+        plugin_runtime.event_limits = ingest;
         Ok(RuntimeSettings {
             patterns: PatternLimits {
                 max_chars: self.patterns.max_chars,

@@ -57,7 +57,10 @@ impl Running {
         while self.routing.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if tokio::time::timeout(Duration::from_secs(1), acks).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), acks)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = self.routing.in_flight(),
                 "stopped with deliveries in flight; they will be routed again after the restart"
@@ -137,7 +140,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         clock: clock.clone(),
         max_plugin_bytes: config.plugins.max_upload_bytes,
         admin_key_hash,
-        ingest_limits: settings.ingest.clone(),
+        ingest_limits: settings.ingest,
         pattern_limits: settings.patterns.clone(),
         max_request_bytes: settings.max_request_bytes,
         metrics: crate::telemetry::metrics_handle(),

@@ -1,8 +1,8 @@
 //! One error shape for every endpoint:
 //! `{"error": {"code", "message", "field"?, "details"?}}` with a fitting status.
 
-use crate::ingest::IngestError;
 use crate::control::ControlError;
+use crate::ingest::IngestError;
 use crate::resource::{Problem, Problems};
 use crate::store::StoreError;
 use axum::http::StatusCode;

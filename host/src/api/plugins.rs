@@ -94,7 +94,11 @@ pub(super) async fn upload(
         sha256: &prepared.sha256,
         size: prepared.size,
     };
-    let record = match state.control.register_plugin(&tenant, &name, upload).await? {
+    let record = match state
+        .control
+        .register_plugin(&tenant, &name, upload)
+        .await?
+    {
         Registration::Unchanged(version) => {
             let kind = prepared.kind;
             let answer =

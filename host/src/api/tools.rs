@@ -48,9 +48,9 @@ pub(super) async fn test_transform(_: Tenant, Body(body): Body) -> Result<Json<V
     let req: TransformTest = parse_json(&body)?;
     let spec: TransformSpec = serde_json::from_value(Value::Object(req.spec))
         .map_err(|e| ApiError::bad_request("invalid_transform", e.to_string(), "body"))?;
-    let transform = spec.compile().map_err(|e| {
-        ApiError::invalid("invalid_transform", Problems::one(e.field, e.reason))
-    })?;
+    let transform = spec
+        .compile()
+        .map_err(|e| ApiError::invalid("invalid_transform", Problems::one(e.field, e.reason)))?;
     let now = crate::clock::rfc3339(crate::clock::now_ms());
     let ctx = RenderContext {
         rule_name: "test-rule",

@@ -314,7 +314,9 @@ impl Catalog {
     /// Rules (as `bus/rule`, on any bus of the tenant) with a target that
     /// sends to `reference`.
     pub fn rules_referencing(&self, tenant: &str, reference: &Reference) -> Vec<String> {
-        self.rules_where(tenant, |rule| rule.references().any(|(_, r)| &r == reference))
+        self.rules_where(tenant, |rule| {
+            rule.references().any(|(_, r)| &r == reference)
+        })
     }
 
     fn rules_where(&self, tenant: &str, pred: impl Fn(&Rule) -> bool) -> Vec<String> {

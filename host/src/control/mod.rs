@@ -168,7 +168,8 @@ impl ControlPlane {
             self.catalog.add_tenant(&t.name, t.created_ms);
         }
         for k in &snapshot.keys {
-            self.catalog.add_key(&k.tenant, &k.id, &k.hash, k.created_ms);
+            self.catalog
+                .add_key(&k.tenant, &k.id, &k.hash, k.created_ms);
         }
         for kind in ResourceKind::LOAD_ORDER {
             for r in snapshot.resources.iter().filter(|r| r.kind == kind) {
@@ -190,7 +191,8 @@ impl ControlPlane {
             ResourceKind::Bus => self.catalog.put_bus(&r.tenant, &r.name, r.spec.clone()),
             ResourceKind::Queue => self.catalog.put_queue(&r.tenant, &r.name, r.spec.clone()),
             ResourceKind::Plugin => {
-                let record: PluginRecord = serde_json::from_value(r.spec.clone()).map_err(invalid)?;
+                let record: PluginRecord =
+                    serde_json::from_value(r.spec.clone()).map_err(invalid)?;
                 self.catalog.put_plugin(&r.tenant, record);
             }
             ResourceKind::PluginLimits => {
@@ -239,7 +241,10 @@ impl ControlPlane {
 
     /// Decides the admin key hash: the configured key wins; else the stored
     /// hash; else a new key is generated and returned so it can be shown once.
-    pub async fn admin_key(&self, configured: Option<&str>) -> ControlResult<(String, Option<String>)> {
+    pub async fn admin_key(
+        &self,
+        configured: Option<&str>,
+    ) -> ControlResult<(String, Option<String>)> {
         if let Some(key) = configured {
             let hash = hash_key(key);
             self.config.put_setting(ADMIN_KEY_HASH, &hash).await?;
@@ -259,7 +264,10 @@ impl ControlPlane {
         if !crate::resource::valid_name(name) {
             return Err(ControlError::Invalid {
                 code: "invalid_name",
-                problems: Problems::one("name", format!("tenant name {name:?} {}", crate::resource::NAME_RULE)),
+                problems: Problems::one(
+                    "name",
+                    format!("tenant name {name:?} {}", crate::resource::NAME_RULE),
+                ),
             });
         }
         if self.catalog.has_tenant(name) {
@@ -435,8 +443,13 @@ impl ControlPlane {
             });
         }
         let created = !view.routes.rules.contains_key(name);
-        self.persist(tenant, ResourceKind::Rule, &rule_key(bus, name), body.clone())
-            .await?;
+        self.persist(
+            tenant,
+            ResourceKind::Rule,
+            &rule_key(bus, name),
+            body.clone(),
+        )
+        .await?;
         let rule = Arc::new(rule);
         if !self.catalog.put_rule(tenant, rule.clone()) {
             return Err(ControlError::not_found("bus", bus));
@@ -463,7 +476,12 @@ impl ControlPlane {
     // ---- queues ------------------------------------------------------------
 
     /// Creates or updates a queue; true when it was created.
-    pub async fn put_queue(&self, tenant: &str, queue: &str, settings: &Value) -> ControlResult<bool> {
+    pub async fn put_queue(
+        &self,
+        tenant: &str,
+        queue: &str,
+        settings: &Value,
+    ) -> ControlResult<bool> {
         QueueSettings::parse(settings).map_err(|problems| ControlError::Invalid {
             code: "invalid_field",
             problems,
@@ -540,12 +558,18 @@ impl ControlPlane {
             .plugin(tenant, name)
             .ok_or_else(|| ControlError::not_found("plugin", name))?;
         let target = match version {
-            Some(v) => record.version(v).map(|v| v.version).ok_or_else(|| {
-                ControlError::Invalid {
-                    code: "invalid_field",
-                    problems: Problems::one("version", format!("plugin {name:?} has no version {v}")),
-                }
-            })?,
+            Some(v) => {
+                record
+                    .version(v)
+                    .map(|v| v.version)
+                    .ok_or_else(|| ControlError::Invalid {
+                        code: "invalid_field",
+                        problems: Problems::one(
+                            "version",
+                            format!("plugin {name:?} has no version {v}"),
+                        ),
+                    })?
+            }
             None => record.previous().ok_or_else(|| {
                 ControlError::conflict(format!(
                     "plugin {name:?} has no version before {}",
@@ -580,7 +604,11 @@ impl ControlPlane {
     /// Sets the admin's overrides of a tenant's plugin limits; refuses
     /// overrides whose effective limits are invalid, naming each problem
     /// after the override that caused it.
-    pub async fn set_plugin_limits(&self, tenant: &str, overrides: LimitsOverrides) -> ControlResult<()> {
+    pub async fn set_plugin_limits(
+        &self,
+        tenant: &str,
+        overrides: LimitsOverrides,
+    ) -> ControlResult<()> {
         self.require_tenant(tenant)?;
         if let Err(problems) = self.plugins.defaults.with(&overrides).validate() {
             return Err(ControlError::Invalid {

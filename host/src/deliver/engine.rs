@@ -108,7 +108,12 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     /// A first attempt, holding `done` until it is delivered or persisted.
-    pub fn first(target: Arc<BoundTarget>, item: Item, ingested_ms: Millis, done: DoneGuard) -> Self {
+    pub fn first(
+        target: Arc<BoundTarget>,
+        item: Item,
+        ingested_ms: Millis,
+        done: DoneGuard,
+    ) -> Self {
         Self {
             target,
             item,
@@ -166,7 +171,12 @@ fn job_for(
 type TargetKey = (String, String, String, String);
 
 fn key_of(t: &BoundTarget) -> TargetKey {
-    (t.tenant.clone(), t.bus.clone(), t.rule.clone(), t.id.clone())
+    (
+        t.tenant.clone(),
+        t.bus.clone(),
+        t.rule.clone(),
+        t.id.clone(),
+    )
 }
 
 /// The engine. Shared as `Arc<Engine>`.
@@ -197,7 +207,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.engine.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .engine
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -298,7 +312,12 @@ impl Engine {
         let items: Vec<Item> = batch.iter().map(|d| d.item.clone()).collect();
         let mut outcomes = target.target.send(&items).await;
         if outcomes.len() != batch.len() {
-            tracing::error!(kind = target.target.kind(), "a target answered {} outcomes for {} deliveries", outcomes.len(), batch.len());
+            tracing::error!(
+                kind = target.target.kind(),
+                "a target answered {} outcomes for {} deliveries",
+                outcomes.len(),
+                batch.len()
+            );
             outcomes.resize(
                 batch.len(),
                 Outcome::Retry(Failure::new(
@@ -346,7 +365,8 @@ impl Engine {
                 let due = now + millis(delay);
                 match d.lease() {
                     Some(lease) => {
-                        let error = error.unwrap_or_else(|| AttemptError::new(FailureCode::Unknown, ""));
+                        let error =
+                            error.unwrap_or_else(|| AttemptError::new(FailureCode::Unknown, ""));
                         if let Err(e) = self.jobs.retry_job(lease, due, attempts, error).await {
                             tracing::warn!(error = %e, "cannot reschedule a job; its lease will run out and it will be retried");
                         }
@@ -358,7 +378,8 @@ impl Engine {
             (Next::GiveUp(exhausted), outcome) => {
                 let error = outcome.failure().map(Failure::attempt_error);
                 let job = d.job(attempts, now, error);
-                self.give_up(d.lease(), job, exhausted, d.target.dead_letter).await;
+                self.give_up(d.lease(), job, exhausted, d.target.dead_letter)
+                    .await;
                 None
             }
         }
@@ -409,8 +430,21 @@ impl Engine {
 
     /// Dead-letters an event for a target without an attempt (a rule-level
     /// failure: its filter or transform failed, so no target gets it).
-    pub async fn fail_unattempted(&self, target: &BoundTarget, item: &Item, ingested_ms: Millis, error: AttemptError) {
-        let job = job_for(target, item, ingested_ms, 0, self.clock.now_ms(), Some(error));
+    pub async fn fail_unattempted(
+        &self,
+        target: &BoundTarget,
+        item: &Item,
+        ingested_ms: Millis,
+        error: AttemptError,
+    ) {
+        let job = job_for(
+            target,
+            item,
+            ingested_ms,
+            0,
+            self.clock.now_ms(),
+            Some(error),
+        );
         self.give_up(None, job, Exhausted::Permanent, target.dead_letter)
             .await;
     }
@@ -573,9 +607,9 @@ mod tests {
     use crate::clock::TokioClock;
     use crate::deliver::retry::RetryPolicy;
     use crate::deliver::target::{Target, TargetServices};
+    use crate::deliver::testing::Scripted;
     use crate::store::memory::{FaultOp, MemoryStore};
     use crate::store::{DeadLetterFilter, DeadLetters, Queues};
-    use crate::deliver::testing::Scripted;
     use bytes::Bytes;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -583,7 +617,13 @@ mod tests {
     struct Directory(Mutex<Vec<Arc<BoundTarget>>>);
 
     impl TargetDirectory for Directory {
-        fn bound_target(&self, tenant: &str, bus: &str, rule: &str, target: &str) -> Option<Arc<BoundTarget>> {
+        fn bound_target(
+            &self,
+            tenant: &str,
+            bus: &str,
+            rule: &str,
+            target: &str,
+        ) -> Option<Arc<BoundTarget>> {
             self.0
                 .lock()
                 .unwrap()
@@ -604,7 +644,12 @@ mod tests {
         let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
         let store = MemoryStore::new(clock.clone());
         let directory = Arc::new(Directory(Mutex::new(targets)));
-        let engine = Arc::new(Engine::new(Arc::new(store.clone()), directory, clock.clone(), config));
+        let engine = Arc::new(Engine::new(
+            Arc::new(store.clone()),
+            directory,
+            clock.clone(),
+            config,
+        ));
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(engine.clone().run_retries(rx));
         Harness {
@@ -629,7 +674,9 @@ mod tests {
 
     fn item(id: &str) -> Item {
         let map = serde_json::json!({"specversion": "1.0", "id": id, "source": "s", "type": "t"});
-        let serde_json::Value::Object(map) = map else { unreachable!() };
+        let serde_json::Value::Object(map) = map else {
+            unreachable!()
+        };
         let event = Event::from_validated(map);
         Item {
             event_bytes: Bytes::from(event.to_json_bytes()),
@@ -691,17 +738,27 @@ mod tests {
         let h = harness(vec![b.clone()], EngineConfig::default());
         let released = Arc::new(AtomicUsize::new(0));
         let start = h.clock.now_ms();
-        h.engine
-            .dispatch(vec![Delivery::first(b, item("e1"), start, counted(&released))]);
+        h.engine.dispatch(vec![Delivery::first(
+            b,
+            item("e1"),
+            start,
+            counted(&released),
+        )]);
         // The guard is released once the failure is stored as a job.
-        until("first attempt persisted", || async { released.load(Ordering::SeqCst) == 1 }).await;
+        until("first attempt persisted", || async {
+            released.load(Ordering::SeqCst) == 1
+        })
+        .await;
         assert_eq!(h.store.job_count(), 1);
         until("three attempts", || async { target.calls().len() == 3 }).await;
         until("job acked", || async { h.store.job_count() == 0 }).await;
         let calls = target.calls();
         // Full jitter: each retry waits between 0 and the 1 s cap.
         for pair in calls.windows(2) {
-            assert!((0..=1_000 + 10).contains(&(pair[1].0 - pair[0].0)), "{calls:?}");
+            assert!(
+                (0..=1_000 + 10).contains(&(pair[1].0 - pair[0].0)),
+                "{calls:?}"
+            );
         }
         assert!(dead_letters(&h.store).await.is_empty());
         h.shutdown.send_replace(true);
@@ -720,23 +777,37 @@ mod tests {
         let b = bound(target.clone(), policy);
         let h = harness(vec![b.clone()], EngineConfig::default());
         let now = h.clock.now_ms();
-        h.engine
-            .dispatch(vec![Delivery::first(b.clone(), item("e1"), now, counted(&Arc::default()))]);
+        h.engine.dispatch(vec![Delivery::first(
+            b.clone(),
+            item("e1"),
+            now,
+            counted(&Arc::default()),
+        )]);
         until("two attempts", || async { target.calls().len() == 2 }).await;
         until("dead-lettered", || async { h.store.job_count() == 0 }).await;
         let letters = dead_letters(&h.store).await;
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].exhausted, Exhausted::MaxAttempts);
-        assert_eq!((letters[0].attempts, letters[0].error.status), (2, Some(503)));
+        assert_eq!(
+            (letters[0].attempts, letters[0].error.status),
+            (2, Some(503))
+        );
         assert_eq!(letters[0].error.code, FailureCode::HttpStatus);
 
         let permanent = Scripted::new(
             clock.clone(),
-            vec![Outcome::Permanent(Failure::new(FailureCode::HttpStatus, "HTTP 404"))],
+            vec![Outcome::Permanent(Failure::new(
+                FailureCode::HttpStatus,
+                "HTTP 404",
+            ))],
         );
         let p = bound(permanent.clone(), RetryPolicy::default());
-        h.engine
-            .dispatch(vec![Delivery::first(p, item("e2"), now, counted(&Arc::default()))]);
+        h.engine.dispatch(vec![Delivery::first(
+            p,
+            item("e2"),
+            now,
+            counted(&Arc::default()),
+        )]);
         until("two dead letters", || async {
             dead_letters(&h.store).await.len() == 2
         })
@@ -750,10 +821,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_stop_early_when_the_next_attempt_would_pass_the_age_limit() {
         let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
-        let target = Scripted::new(clock.clone(), vec![Outcome::Retry(Failure {
-            retry_after: Some(Duration::from_secs(120)),
-            ..Failure::new(FailureCode::RateLimited, "HTTP 429")
-        })]);
+        let target = Scripted::new(
+            clock.clone(),
+            vec![Outcome::Retry(Failure {
+                retry_after: Some(Duration::from_secs(120)),
+                ..Failure::new(FailureCode::RateLimited, "HTTP 429")
+            })],
+        );
         // Ten minutes of age budget, and the target asks for two more minutes
         // when the event is already nine minutes old: give up now.
         let policy = RetryPolicy {
@@ -764,9 +838,16 @@ mod tests {
         let b = bound(target.clone(), policy);
         let h = harness(vec![b.clone()], EngineConfig::default());
         let ingested = h.clock.now_ms() - 540_000;
-        h.engine
-            .dispatch(vec![Delivery::first(b, item("old"), ingested, counted(&Arc::default()))]);
-        until("dead letter", || async { dead_letters(&h.store).await.len() == 1 }).await;
+        h.engine.dispatch(vec![Delivery::first(
+            b,
+            item("old"),
+            ingested,
+            counted(&Arc::default()),
+        )]);
+        until("dead letter", || async {
+            dead_letters(&h.store).await.len() == 1
+        })
+        .await;
         let letters = dead_letters(&h.store).await;
         assert_eq!(letters[0].exhausted, Exhausted::MaxEventAge);
         assert_eq!(target.calls().len(), 1);
@@ -812,7 +893,9 @@ mod tests {
             services: &services,
             plugin: &lookup,
         };
-        let spec = |v: serde_json::Value| crate::deliver::TargetSpec::parse(&v, "", &mut Default::default()).unwrap();
+        let spec = |v: serde_json::Value| {
+            crate::deliver::TargetSpec::parse(&v, "", &mut Default::default()).unwrap()
+        };
         let queue = spec(serde_json::json!({"id": "q", "type": "queue", "queue": "audit"}))
             .build(&cx)
             .unwrap();
@@ -834,7 +917,12 @@ mod tests {
             ..Arc::unwrap_or_clone(bound(bus, policy))
         });
         let directory = Arc::new(Directory(Mutex::new(vec![q.clone(), b.clone()])));
-        let engine = Arc::new(Engine::new(Arc::new(store.clone()), directory, clock.clone(), EngineConfig::default()));
+        let engine = Arc::new(Engine::new(
+            Arc::new(store.clone()),
+            directory,
+            clock.clone(),
+            EngineConfig::default(),
+        ));
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(engine.clone().run_retries(rx));
         // The store refuses two pushes and two appends: the third attempt succeeds.
@@ -847,14 +935,26 @@ mod tests {
         ]);
         until("queued", || async {
             store.job_count() == 0 && store.queue_depth("t", "audit").await.unwrap() == 1
-        }).await;
+        })
+        .await;
         assert!(dead_letters(&store).await.is_empty());
         // Refused more often than the policy allows: dead-lettered as store errors.
         store.fail_next(FaultOp::QueuePush, 5);
-        engine.dispatch(vec![Delivery::first(q, item("e2"), now, counted(&Arc::default()))]);
-        until("dead letter", || async { dead_letters(&store).await.len() == 1 }).await;
+        engine.dispatch(vec![Delivery::first(
+            q,
+            item("e2"),
+            now,
+            counted(&Arc::default()),
+        )]);
+        until("dead letter", || async {
+            dead_letters(&store).await.len() == 1
+        })
+        .await;
         let letters = dead_letters(&store).await;
-        assert_eq!((letters[0].exhausted, letters[0].attempts), (Exhausted::MaxAttempts, 3));
+        assert_eq!(
+            (letters[0].exhausted, letters[0].attempts),
+            (Exhausted::MaxAttempts, 3)
+        );
         assert_eq!(letters[0].error.code, FailureCode::StoreError);
         shutdown.send_replace(true);
     }
@@ -875,7 +975,14 @@ mod tests {
         let h = harness(vec![b.clone()], config);
         let now = h.clock.now_ms();
         let deliveries: Vec<Delivery> = (0..25)
-            .map(|i| Delivery::first(b.clone(), item(&format!("e{i}")), now, counted(&Arc::default())))
+            .map(|i| {
+                Delivery::first(
+                    b.clone(),
+                    item(&format!("e{i}")),
+                    now,
+                    counted(&Arc::default()),
+                )
+            })
             .collect();
         h.engine.dispatch(deliveries);
         until("all delivered", || async {
@@ -884,7 +991,10 @@ mod tests {
         .await;
         let calls = target.calls();
         assert!(calls.iter().all(|(_, n)| *n <= 10), "{calls:?}");
-        assert!(calls.iter().any(|(_, n)| *n > 1), "deliveries due together are batched: {calls:?}");
+        assert!(
+            calls.iter().any(|(_, n)| *n > 1),
+            "deliveries due together are batched: {calls:?}"
+        );
         h.shutdown.send_replace(true);
     }
 }

@@ -700,7 +700,12 @@ impl HttpTarget {
         let _permit = match &self.concurrency {
             Some(semaphore) => match semaphore.acquire().await {
                 Ok(permit) => Some(permit),
-                Err(_) => return Outcome::Retry(Failure::new(FailureCode::RequestError, "target shut down")),
+                Err(_) => {
+                    return Outcome::Retry(Failure::new(
+                        FailureCode::RequestError,
+                        "target shut down",
+                    ));
+                }
             },
             None => None,
         };
@@ -956,7 +961,9 @@ fn binary_body(event: &Event) -> Result<(Option<String>, Vec<u8>), Failure> {
         let bytes = encoded
             .as_str()
             .and_then(|s| BASE64.decode(s).ok())
-            .ok_or_else(|| Failure::new(FailureCode::RenderError, "data_base64 is not valid base64"))?;
+            .ok_or_else(|| {
+                Failure::new(FailureCode::RenderError, "data_base64 is not valid base64")
+            })?;
         let content_type = declared.unwrap_or_else(|| "application/octet-stream".to_owned());
         return Ok((Some(content_type), bytes));
     }

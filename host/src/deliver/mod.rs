@@ -183,10 +183,12 @@ impl SpecError {
 
 impl From<SpecError> for crate::resource::Problems {
     fn from(e: SpecError) -> Self {
-        e.problems().map(|p| crate::resource::Problem {
-            field: p.field,
-            message: p.reason,
-        }).collect()
+        e.problems()
+            .map(|p| crate::resource::Problem {
+                field: p.field,
+                message: p.reason,
+            })
+            .collect()
     }
 }
 

@@ -385,7 +385,12 @@ mod tests {
         let young = Duration::from_secs(10);
 
         assert_eq!(
-            p.after_with(&Outcome::Delivered { status: Some(200) }, 1, young, &mut rng),
+            p.after_with(
+                &Outcome::Delivered { status: Some(200) },
+                1,
+                young,
+                &mut rng
+            ),
             Next::Done
         );
         assert_eq!(

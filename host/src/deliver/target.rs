@@ -162,8 +162,7 @@ impl TargetSpec {
             let prefix = f.path_of("retry_policy");
             f.problems().extend_within(&prefix, e.into());
         }
-        let kind: Option<String> =
-            f.required("type", &format!("missing: one of {}", kind_names()));
+        let kind: Option<String> = f.required("type", &format!("missing: one of {}", kind_names()));
         if let Some(kind) = &kind
             && !KINDS.iter().any(|(name, _)| name == kind)
         {
@@ -275,7 +274,10 @@ mod tests {
         assert!(problems.is_empty(), "{problems}");
         assert_eq!((spec.id.as_str(), spec.kind.as_str()), ("q", "queue"));
         assert_eq!(spec.retry_policy.unwrap().max_attempts, 3);
-        assert_eq!(spec.members, *json!({"queue": "audit"}).as_object().unwrap());
+        assert_eq!(
+            spec.members,
+            *json!({"queue": "audit"}).as_object().unwrap()
+        );
 
         let mut problems = Problems::new();
         assert!(
@@ -305,8 +307,8 @@ mod tests {
         struct Spec {
             queue: String,
         }
-        let err = read_spec::<Spec>(json!({"queue": "q", "color": 1}).as_object().unwrap())
-            .unwrap_err();
+        let err =
+            read_spec::<Spec>(json!({"queue": "q", "color": 1}).as_object().unwrap()).unwrap_err();
         assert_eq!(err.first().unwrap().field, "color");
         let err = read_spec::<Spec>(json!({}).as_object().unwrap()).unwrap_err();
         assert_eq!(err.first().unwrap().field, "queue");

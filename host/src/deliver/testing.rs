@@ -1,8 +1,8 @@
 //! Targets for tests of the engine and the router.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use super::target::{Item, Target};
 use super::Outcome;
+use super::target::{Item, Target};
 use crate::clock::{Millis, SharedClock};
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
@@ -58,7 +58,6 @@ impl Target for Scripted {
     }
 }
 
-
 /// A target that panics on events whose id is `boom` and delivers the rest,
 /// recording the ids it delivered.
 #[derive(Debug, Default)]
@@ -76,7 +75,10 @@ impl Target for PanicsOnBoom {
     async fn send(&self, batch: &[Item]) -> Vec<Outcome> {
         for item in batch {
             assert!(item.event.id() != "boom", "a bug in a target");
-            self.delivered.lock().unwrap().push(item.event.id().to_owned());
+            self.delivered
+                .lock()
+                .unwrap()
+                .push(item.event.id().to_owned());
         }
         vec![Outcome::Delivered { status: None }; batch.len()]
     }

@@ -87,7 +87,11 @@ impl std::fmt::Debug for PluginHost {
 
 impl PluginHost {
     /// Builds the host.
-    pub fn new(runtime: Arc<PluginRuntime>, directory: Arc<dyn PluginDirectory>, defaults: KindLimits) -> Self {
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        directory: Arc<dyn PluginDirectory>,
+        defaults: KindLimits,
+    ) -> Self {
         Self {
             runtime,
             directory,
@@ -159,12 +163,15 @@ impl PluginHost {
         binding: &PluginBinding,
         kind: PluginKind,
     ) -> Result<(u32, Arc<LoadedPlugin>), PluginCallError> {
-        let record = self.directory.plugin(tenant, &binding.name).ok_or_else(|| {
-            error(
-                FailureCode::PluginMissing,
-                format!("plugin {:?} no longer exists", binding.name),
-            )
-        })?;
+        let record = self
+            .directory
+            .plugin(tenant, &binding.name)
+            .ok_or_else(|| {
+                error(
+                    FailureCode::PluginMissing,
+                    format!("plugin {:?} no longer exists", binding.name),
+                )
+            })?;
         if record.kind != kind {
             return Err(error(
                 FailureCode::PluginKind,

@@ -236,15 +236,27 @@ mod tests {
         let mut f = Fields::of(&value, "rule", "a rule", &mut problems).unwrap();
         assert_eq!(f.optional::<bool>("enabled"), None);
         assert_eq!(f.optional::<u32>("n"), Some(3));
-        assert_eq!(f.optional::<std::collections::BTreeMap<String, Vec<u32>>>("nested"), None);
+        assert_eq!(
+            f.optional::<std::collections::BTreeMap<String, Vec<u32>>>("nested"),
+            None
+        );
         assert_eq!(f.required::<String>("missing", "missing: say it"), None);
         f.deny_unknown(&["enabled", "n", "nested", "missing"]);
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["rule.enabled", "rule.nested.a[1]", "rule.missing", "rule.extra"]
+            [
+                "rule.enabled",
+                "rule.nested.a[1]",
+                "rule.missing",
+                "rule.extra"
+            ]
         );
-        assert!(problems.to_string().starts_with("rule.enabled: invalid type"));
+        assert!(
+            problems
+                .to_string()
+                .starts_with("rule.enabled: invalid type")
+        );
     }
 
     #[test]

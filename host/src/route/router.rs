@@ -259,8 +259,20 @@ mod tests {
     }
 
     impl TargetDirectory for OneRule {
-        fn bound_target(&self, _: &str, _: &str, rule: &str, target: &str) -> Option<Arc<BoundTarget>> {
-            self.0.rules.get(rule)?.targets.iter().find(|t| t.id == target).cloned()
+        fn bound_target(
+            &self,
+            _: &str,
+            _: &str,
+            rule: &str,
+            target: &str,
+        ) -> Option<Arc<BoundTarget>> {
+            self.0
+                .rules
+                .get(rule)?
+                .targets
+                .iter()
+                .find(|t| t.id == target)
+                .cloned()
         }
     }
 
@@ -274,7 +286,11 @@ mod tests {
     }
 
     fn table(target: Arc<dyn Target>) -> Arc<OneRule> {
-        let pattern = Pattern::from_value(&serde_json::json!({"source": ["s"]}), &PatternLimits::default()).unwrap();
+        let pattern = Pattern::from_value(
+            &serde_json::json!({"source": ["s"]}),
+            &PatternLimits::default(),
+        )
+        .unwrap();
         let rule = Rule {
             name: "r".into(),
             bus: "b".into(),
@@ -359,6 +375,12 @@ mod tests {
         acks.await.unwrap();
         // A new consumer (as after a restart) has nothing left to route.
         let after_restart = store.consumer().await.unwrap();
-        assert!(after_restart.next(10, Duration::ZERO).await.unwrap().is_empty());
+        assert!(
+            after_restart
+                .next(10, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

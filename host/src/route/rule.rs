@@ -98,9 +98,7 @@ impl RuleSpec {
     }
 
     fn read(value: &Value, problems: &mut Problems) -> Option<Self> {
-        let Some(mut f) = Fields::of(value, "", "a rule", problems) else {
-            return None;
-        };
+        let mut f = Fields::of(value, "", "a rule", problems)?;
         f.deny_unknown(MEMBERS);
         let pattern = f.raw("pattern").cloned();
         if pattern.is_none() {
@@ -120,7 +118,9 @@ impl RuleSpec {
             Some(t) if t.get("plugin").is_some() => {
                 binding(&mut f, "transform", &[]).map(TransformChoice::Plugin)
             }
-            Some(_) => f.optional::<TransformSpec>("transform").map(TransformChoice::Builtin),
+            Some(_) => f
+                .optional::<TransformSpec>("transform")
+                .map(TransformChoice::Builtin),
         };
         let retry_policy: Option<RetryPolicy> = f.optional("retry_policy");
         if let Some(policy) = &retry_policy
@@ -187,13 +187,14 @@ impl RuleSpec {
     /// Compiles the rule named `name` on bus `bus`; every problem is reported.
     pub fn compile(&self, bus: &str, name: &str, cx: &RuleContext<'_>) -> Result<Rule, Problems> {
         let mut problems = Problems::new();
-        let pattern = match Pattern::from_value(&eventbridge_aliases(&self.pattern), cx.pattern_limits) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                problems.add(crate::resource::join_path("pattern", &e.path), e.reason);
-                None
-            }
-        };
+        let pattern =
+            match Pattern::from_value(&eventbridge_aliases(&self.pattern), cx.pattern_limits) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    problems.add(crate::resource::join_path("pattern", &e.path), e.reason);
+                    None
+                }
+            };
         let lookup = cx.targets.plugin;
         if let Some(b) = &self.filter {
             check_binding(lookup, b, PluginKind::Filter, "filter", &mut problems);
@@ -201,7 +202,13 @@ impl RuleSpec {
         let transform = match &self.transform {
             None => None,
             Some(TransformChoice::Plugin(b)) => {
-                check_binding(lookup, b, PluginKind::Transformer, "transform.plugin", &mut problems);
+                check_binding(
+                    lookup,
+                    b,
+                    PluginKind::Transformer,
+                    "transform.plugin",
+                    &mut problems,
+                );
                 Some(RuleTransform::Plugin(b.clone()))
             }
             Some(TransformChoice::Builtin(spec)) => match spec.compile() {
@@ -221,7 +228,10 @@ impl RuleSpec {
                     bus: bus.to_owned(),
                     rule: name.to_owned(),
                     id: spec.id.clone(),
-                    retry: spec.retry_policy.clone().unwrap_or_else(|| rule_retry.clone()),
+                    retry: spec
+                        .retry_policy
+                        .clone()
+                        .unwrap_or_else(|| rule_retry.clone()),
                     dead_letter: self.dead_letter,
                     target,
                 })),
@@ -271,7 +281,12 @@ pub struct RuleContext<'a> {
 }
 
 /// Compiles a rule body in one step (parse, then compile).
-pub fn compile_rule(bus: &str, name: &str, body: &Value, cx: &RuleContext<'_>) -> Result<Rule, Problems> {
+pub fn compile_rule(
+    bus: &str,
+    name: &str,
+    body: &Value,
+    cx: &RuleContext<'_>,
+) -> Result<Rule, Problems> {
     let mut rule = RuleSpec::parse(body)?.compile(bus, name, cx)?;
     rule.spec = body.clone();
     Ok(rule)
@@ -326,9 +341,10 @@ impl Rule {
 
     /// Everything the rule's targets send to, with the target's index.
     pub fn references(&self) -> impl Iterator<Item = (usize, crate::deliver::Reference)> + '_ {
-        self.targets.iter().enumerate().flat_map(|(i, t)| {
-            t.target.references().into_iter().map(move |(_, r)| (i, r))
-        })
+        self.targets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.target.references().into_iter().map(move |(_, r)| (i, r)))
     }
 
     /// Whether the rule runs a plugin before its targets (filter or transformer).

@@ -169,9 +169,15 @@ impl Exhausted {
         }
     }
 
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    /// Parses a stored name. A name this version does not know (written
+    /// by a newer version) reads as [`Permanent`](Self::Permanent): the
+    /// retries ended for a reason this version cannot name, and reading
+    /// the rest of the dead letter matters more.
+    pub fn parse(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .unwrap_or(Self::Permanent)
     }
 }
 
@@ -195,8 +201,9 @@ mod tests {
             );
         }
         assert_eq!(FailureCode::parse("from_the_future"), FailureCode::Unknown);
+        assert_eq!(Exhausted::parse("from_the_future"), Exhausted::Permanent);
         for e in Exhausted::ALL {
-            assert_eq!(Exhausted::parse(e.as_str()), Some(e));
+            assert_eq!(Exhausted::parse(e.as_str()), e);
             assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
         }
     }

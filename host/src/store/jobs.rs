@@ -81,7 +81,8 @@ pub trait DeliveryJobs: Send + Sync + 'static {
     /// Schedules deliveries; durable when `Ok`.
     async fn enqueue(&self, jobs: Vec<NewJob>) -> StoreResult<()>;
 
-    /// Leases up to `max` jobs that are due (earliest first) for
+    /// Leases up to `max` jobs that are due (roughly earliest first: by
+    /// when each became leasable) for
     /// `lease_for`. When none is due, waits up to `wait` for one to become
     /// due (or be enqueued) and returns what is due then (possibly nothing).
     async fn lease_due(
@@ -96,8 +97,9 @@ pub trait DeliveryJobs: Send + Sync + 'static {
     async fn ack_job(&self, lease: &JobLease) -> StoreResult<()>;
 
     /// The attempt failed: the job becomes due at `due_ms` with its new
-    /// attempt count and error. False (and nothing changes) if the lease is
-    /// no longer current (it ran out and the job was leased again).
+    /// attempt count and error, and the lease ends. False (and nothing
+    /// changes) if the lease is no longer current (it ran out and the job
+    /// was leased again, or it was already used to retry).
     async fn retry_job(
         &self,
         lease: &JobLease,
@@ -110,8 +112,9 @@ pub trait DeliveryJobs: Send + Sync + 'static {
     /// that take long). Returns how many were still current.
     async fn extend_leases(&self, leases: &[JobLease], lease_for: Duration) -> StoreResult<usize>;
 
-    /// Gives up on a delivery: removes the job (when `lease` is given) and
-    /// records the dead letter, in one step. `job.last_error` is the reason.
+    /// Gives up on a delivery: removes the job (when `lease` is given,
+    /// current or not — as with [`ack_job`](Self::ack_job)) and records the
+    /// dead letter, in one step. `job.last_error` is the reason.
     async fn dead_letter(
         &self,
         lease: Option<&JobLease>,

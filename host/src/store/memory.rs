@@ -442,12 +442,17 @@ impl DeliveryJobs for MemoryStore {
     ) -> StoreResult<bool> {
         let updated = {
             let mut d = self.data();
+            d.last_token += 1;
+            let next_token = d.last_token;
             match d.leased_row(lease) {
                 Some(row) => {
                     row.job.due_ms = due_ms;
                     row.job.attempts = attempts;
                     row.job.last_error = Some(error);
+                    // The attempt is over: end the lease, so the same
+                    // lease can neither retry nor extend the job again.
                     row.lease_until = 0;
+                    row.token = next_token;
                     true
                 }
                 None => false,
@@ -547,7 +552,10 @@ impl DeadLetters for MemoryStore {
 
     async fn delete_dead_letter(&self, tenant: &str, id: DeadLetterId) -> StoreResult<bool> {
         let mut d = self.data();
-        if d.dead.get(&id).is_some_and(|letter| letter.tenant == tenant) {
+        if d.dead
+            .get(&id)
+            .is_some_and(|letter| letter.tenant == tenant)
+        {
             d.dead.remove(&id);
             Ok(true)
         } else {

@@ -140,7 +140,7 @@ pub(crate) async fn conformance(make: impl MakeStore) {
         jobs_expired_lease_makes_job_due_again,
         jobs_stale_lease_cannot_retry_or_extend,
         jobs_ack_removes_the_job,
-        jobs_retry_reschedules_with_attempts_and_error,
+        jobs_retry_reschedules_with_attempts_and_error_and_ends_the_lease,
         jobs_extend_keeps_the_lease_past_its_expiry,
         jobs_dead_letter_moves_the_job,
         dead_letters_list_newest_first_with_paging_and_filters,
@@ -789,7 +789,9 @@ pub(crate) async fn jobs_ack_removes_the_job(make: &impl MakeStore) {
 /// `retry_job`: the job becomes due at the new time (not earlier, and not
 /// only when the lease would have run out) with the new attempt count and
 /// error.
-pub(crate) async fn jobs_retry_reschedules_with_attempts_and_error(make: &impl MakeStore) {
+pub(crate) async fn jobs_retry_reschedules_with_attempts_and_error_and_ends_the_lease(
+    make: &impl MakeStore,
+) {
     let (s, clock) = fresh(make).await;
     s.store
         .enqueue(vec![job("acme", "r", "e1", T0)])
@@ -806,6 +808,21 @@ pub(crate) async fn jobs_retry_reschedules_with_attempts_and_error(make: &impl M
             .retry_job(&leased.lease, T0 + 5_000, 3, err.clone())
             .await
             .unwrap()
+    );
+    assert!(
+        !s.store
+            .retry_job(&leased.lease, T0, 4, err.clone())
+            .await
+            .unwrap(),
+        "a retry ends the lease: the same lease cannot retry again"
+    );
+    assert_eq!(
+        s.store
+            .extend_leases(std::slice::from_ref(&leased.lease), MINUTE)
+            .await
+            .unwrap(),
+        0,
+        "nor extend it"
     );
     assert!(lease(&s, 10, MINUTE).await.is_empty(), "not due yet");
     clock.advance(4_999);

@@ -17,13 +17,7 @@ const DEAD_LETTER_COLUMNS: &str = "id, tenant, bus, rule, target, event_id, even
 
 fn row_to_dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     let exhausted: String = r.get(12)?;
-    let exhausted = Exhausted::parse(&exhausted).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            12,
-            rusqlite::types::Type::Text,
-            format!("unknown exhausted value {exhausted:?}").into(),
-        )
-    })?;
+    let exhausted = Exhausted::parse(&exhausted);
     Ok(DeadLetter {
         id: r.get(0)?,
         tenant: r.get(1)?,

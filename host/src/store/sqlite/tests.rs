@@ -322,57 +322,6 @@ async fn a_reopen_makes_leased_jobs_due_at_once() {
     assert_eq!(leased.len(), 1, "the job stayed leased across the restart");
 }
 
-#[tokio::test]
-async fn a_retry_ends_the_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = manual();
-    let store = open_at(dir.path(), clock.clone());
-    let job = crate::store::NewJob {
-        tenant: "acme".into(),
-        bus: "orders".into(),
-        rule: "r".into(),
-        target: "t".into(),
-        event_id: "e1".into(),
-        event: Bytes::from_static(b"{}"),
-        body: None,
-        attempts: 0,
-        ingested_ms: T0,
-        due_ms: T0,
-        last_error: None,
-    };
-    store.enqueue(vec![job]).await.unwrap();
-    let lease = store
-        .lease_due(10, Duration::from_secs(60), Duration::ZERO)
-        .await
-        .unwrap()
-        .remove(0)
-        .lease;
-    let err = crate::store::AttemptError::new(FailureCode::Timeout, "slow");
-    assert!(
-        store
-            .retry_job(&lease, T0 + 1_000, 1, err.clone())
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store.retry_job(&lease, T0, 2, err).await.unwrap(),
-        "retried twice"
-    );
-    assert_eq!(
-        store
-            .extend_leases(&[lease], Duration::from_secs(60))
-            .await
-            .unwrap(),
-        0
-    );
-    clock.advance(1_000);
-    let due = store
-        .lease_due(10, Duration::from_secs(60), Duration::ZERO)
-        .await
-        .unwrap();
-    assert_eq!(due[0].job.attempts, 1);
-}
-
 /// The schema of the version before `user_version` was recorded, verbatim.
 const OLD_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
