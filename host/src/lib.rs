@@ -20,6 +20,7 @@ pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
+pub mod net;
 pub mod pattern;
 pub mod plugin;
 pub mod route;
