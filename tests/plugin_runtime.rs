@@ -40,7 +40,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(dir);
     c.max_instances = 16;
     // Test receivers listen on loopback; production never opts in.
-    c.outbound.allow_private = vec!["127.0.0.1".into()];
+    c.outbound.egress = busbar::net::EgressPolicy::allowing(&["127.0.0.1"]).unwrap();
     c
 }
 

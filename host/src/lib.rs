@@ -13,6 +13,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod api;
+pub mod binding;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

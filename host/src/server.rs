@@ -129,8 +129,9 @@ async fn load_catalog(
             continue;
         };
         let lookup = |plugin: &str| catalog.plugin(&r.tenant, plugin);
+        let http = http.for_tenant(&r.tenant);
         let ctx = CompileContext {
-            http,
+            http: &http,
             pattern_limits,
             plugins: &lookup,
         };
@@ -151,7 +152,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate()?;
     let dir = config.ensure_data_dir()?.to_owned();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir, config.fsync)?);
-    let http = HttpClient::new()?;
+    let egress = config.egress_policy()?;
+    if !config.plugins.allow_private_hosts.is_empty() {
+        tracing::warn!(
+            "[plugins] allow_private_hosts is deprecated: its entries are added to [egress] allow, \
+             for webhooks too; move them there"
+        );
+    }
+    let http = HttpClient::new(&egress)?;
     let pattern_limits = PatternLimits {
         max_chars: config.patterns.max_chars,
         ..PatternLimits::default()
@@ -163,7 +171,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(|problems| anyhow::anyhow!("invalid config: {}", problems.join("; ")))?;
     let mut runtime_config = RuntimeConfig::new(dir.clone());
     runtime_config.max_upload_bytes = config.plugins.max_upload_bytes;
-    runtime_config.outbound.allow_private = config.plugins.allow_private_hosts.clone();
+    runtime_config.outbound.egress = egress;
     let runtime = Arc::new(PluginRuntime::new(runtime_config)?);
     let plugins = Arc::new(PluginHost::new(runtime, catalog.clone(), plugin_limits));
     let (admin_key_hash, generated_admin_key) =

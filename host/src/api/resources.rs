@@ -158,8 +158,9 @@ pub(super) async fn put_rule(
         .ok_or_else(|| ApiError::not_found("bus", &bus))?;
     let spec: Value = parse_json(&body)?;
     let lookup = |plugin: &str| state.catalog.plugin(&tenant, plugin);
+    let http = state.http.for_tenant(&tenant);
     let ctx = CompileContext {
-        http: &state.http,
+        http: &http,
         pattern_limits: &state.pattern_limits,
         plugins: &lookup,
     };
