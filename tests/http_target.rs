@@ -648,6 +648,47 @@ async fn a_guarded_client_refuses_private_destinations() {
     );
 }
 
+/// An address of every special block, and IPv6 forms carrying a special
+/// IPv4 address, as URL hosts.
+pub fn special_hosts() -> Vec<String> {
+    let mut hosts: Vec<String> = busbar::net::special::blocks()
+        .map(|(block, _)| match block.network() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        })
+        .collect();
+    hosts.extend(
+        [
+            "[::ffff:169.254.169.254]",
+            "[::127.0.0.1]",
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:a9fe:a9fe::1]",
+            "[2002:7f00:1::]",
+            "[4000::1]",
+            "[5f00::1]",
+        ]
+        .map(str::to_owned),
+    );
+    hosts
+}
+
+#[tokio::test]
+async fn every_special_range_is_refused_before_connecting() {
+    let guarded = HttpClient::new(&EgressPolicy::default()).unwrap();
+    let event = order_event();
+    let hosts = special_hosts();
+    assert!(hosts.len() > 30, "{hosts:?}");
+    for host in hosts {
+        // The discard port: nothing would answer if a request were sent.
+        let url = format!("http://{host}:9/hook");
+        let target = HttpTarget::new(HttpTargetSpec::new(&url), guarded.clone()).unwrap();
+        let Outcome::Permanent(f) = deliver(&target, &event).await else {
+            panic!("{url} must be refused")
+        };
+        assert_eq!(f.code, "forbidden_destination", "{url}: {f:?}");
+    }
+}
+
 fn target_for(url: &str) -> HttpTarget {
     target(HttpTargetSpec::new(url))
 }

@@ -62,6 +62,11 @@ impl Cidr {
         }
     }
 
+    /// The block's first address.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
     /// Whether `ip` lies in the block. An address of the other family never
     /// does (an IPv4-mapped IPv6 address is not an IPv4 address here; callers
     /// canonicalise first where they mean the same host).

@@ -107,8 +107,12 @@ const V6: &[(Cidr, &str)] = &[
     (Cidr::v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), "multicast"),
 ];
 
-const V6_UNSPECIFIED: Cidr = Cidr::v6([0; 8], 128);
-const V6_LOOPBACK: Cidr = Cidr::v6([0, 0, 0, 0, 0, 0, 0, 1], 128);
+/// The two IPv6 addresses named before the forms that carry an IPv4
+/// address, which would take them for 0.0.0.0 and 0.0.0.1.
+const V6_EXACT: &[(Cidr, &str)] = &[
+    (Cidr::v6([0; 8], 128), "unspecified"),
+    (Cidr::v6([0, 0, 0, 0, 0, 0, 0, 1], 128), "loopback"),
+];
 const V6_GLOBAL_UNICAST: Cidr = Cidr::v6([0x2000, 0, 0, 0, 0, 0, 0, 0], 3);
 
 /// Why `ip` is not a public address, or `None` when it is.
@@ -117,6 +121,13 @@ pub fn special(ip: IpAddr) -> Option<Special> {
         IpAddr::V4(v4) => special_v4(v4),
         IpAddr::V6(v6) => special_v6(v6),
     }
+}
+
+/// Every special block with its name, IPv4 then IPv6 (except the forms
+/// judged by the IPv4 address they carry, and the space outside `2000::/3`),
+/// for tests that walk them all.
+pub fn blocks() -> impl Iterator<Item = (Cidr, &'static str)> {
+    V4.iter().chain(V6_EXACT).chain(V6).copied()
 }
 
 /// Whether `ip` is on the public internet.
@@ -136,16 +147,18 @@ fn special_v4(ip: Ipv4Addr) -> Option<Special> {
 
 fn special_v6(ip: Ipv6Addr) -> Option<Special> {
     let addr = IpAddr::V6(ip);
-    // Named before the IPv4-compatible form, which would take them for
-    // 0.0.0.0 and 0.0.0.1.
-    for (block, name) in [(V6_UNSPECIFIED, "unspecified"), (V6_LOOPBACK, "loopback")] {
-        if block.contains(addr) {
-            return Some(Special {
+    let listed = |table: &[(Cidr, &'static str)]| {
+        table
+            .iter()
+            .find(|(block, _)| block.contains(addr))
+            .map(|&(block, name)| Special {
                 name,
                 block: Some(block),
                 embedded: None,
-            });
-        }
+            })
+    };
+    if let Some(special) = listed(V6_EXACT) {
+        return Some(special);
     }
     if let Some((form, v4)) = embedded_v4(ip) {
         return special_v4(v4).map(|special| Special {
@@ -153,12 +166,8 @@ fn special_v6(ip: Ipv6Addr) -> Option<Special> {
             ..special
         });
     }
-    if let Some(&(block, name)) = V6.iter().find(|(block, _)| block.contains(addr)) {
-        return Some(Special {
-            name,
-            block: Some(block),
-            embedded: None,
-        });
+    if let Some(special) = listed(V6) {
+        return Some(special);
     }
     (!V6_GLOBAL_UNICAST.contains(addr)).then_some(Special {
         name: "outside IPv6 global unicast 2000::/3",
@@ -388,10 +397,10 @@ mod tests {
 
     #[test]
     fn every_table_block_is_exercised() {
-        for (block, name) in V4.iter().chain(V6) {
+        for (block, name) in blocks() {
             assert!(
                 TABLE.iter().any(|(ip, expected)| {
-                    *expected == Some(*name) && block.contains(ip.parse().unwrap())
+                    *expected == Some(name) && block.contains(ip.parse().unwrap())
                 }),
                 "no test address in {block} ({name})"
             );
