@@ -90,7 +90,7 @@ async fn a_loopback_receiver_that_is_not_allowed_gets_nothing() {
     }
     let message = |i: usize| dead[i]["error_message"].as_str().unwrap().to_owned();
     assert!(
-        message(0).starts_with("127.0.0.1 is loopback"),
+        message(0).starts_with("127.0.0.1 is in 127.0.0.0/8 (loopback)"),
         "{}",
         message(0)
     );
@@ -196,4 +196,51 @@ async fn a_tenants_own_allow_list_opens_loopback_for_that_tenant_only() {
     dead_letters(&bus, &globex, "r", 4).await;
     let got = sink.wait_for(4).await;
     assert!(got.iter().all(|r| r.path.starts_with("/acme/")), "{got:?}");
+}
+
+/// `busbar serve` with the given arguments and environment; it must exit
+/// (with an error) on its own.
+fn serve_fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_busbar"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env_remove("BUSBAR_EGRESS_ALLOW");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn bad_egress_entries_stop_the_bus_naming_where_they_are() {
+    let err = serve_fails(&["--egress-allow", "10.0.0.0/33"], &[]);
+    assert!(err.contains("--egress-allow"), "{err}");
+    assert!(
+        err.contains("has a prefix length that is not 0 to 32"),
+        "{err}"
+    );
+
+    let err = serve_fails(&[], &[("BUSBAR_EGRESS_ALLOW", "127.0.0.1,not a host")]);
+    assert!(err.contains("\"not a host\" is not an IP address"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busbar.toml");
+    std::fs::write(
+        &file,
+        "[egress]\nallow = [\"::1\"]\n[egress.tenants.acme]\nallow = [\"10.1.0.0/8\"]\n",
+    )
+    .unwrap();
+    let err = serve_fails(&["--config", file.to_str().unwrap()], &[]);
+    assert!(
+        err.contains(
+            "egress.tenants.acme.allow[0]: \"10.1.0.0/8\" has bits set after the prefix; \
+             the block is 10.0.0.0/8"
+        ),
+        "{err}"
+    );
 }

@@ -7,7 +7,10 @@
 //! jobs, dead letters, queues) → [`route`] (rules: [`pattern`], [`transform`])
 //! → [`deliver`] (targets, retries, dead-lettering) — plus [`config`],
 //! [`catalog`] (the in-memory view of tenants and rules), [`telemetry`] and
-//! [`server`] (wiring and shutdown).
+//! [`server`] (wiring and shutdown). At the bottom, used by the others and
+//! using nothing but [`event`]: [`binding`] (the CloudEvents HTTP binding and
+//! media types, for ingest and delivery alike) and [`net`] (the egress
+//! policy every outbound request follows).
 
 /// The crate version, as reported by `busbar --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

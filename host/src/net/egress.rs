@@ -163,13 +163,12 @@ impl fmt::Display for Forbidden {
         match &self.host {
             Some(host) => write!(
                 f,
-                "{host} resolves to {}, which is {}; \
-                 an [egress] allow entry for the host name opens it",
+                "{host} resolves to {}, which is {}; egress does not allow it for this host",
                 self.addr, self.reason
             ),
             None => write!(
                 f,
-                "{} is {}; an [egress] allow entry for the address opens it",
+                "{} is {}; egress does not allow it",
                 self.addr, self.reason
             ),
         }
@@ -486,8 +485,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "169.254.169.254 is link-local (incl. cloud metadata) (169.254.0.0/16); \
-             an [egress] allow entry for the address opens it"
+            "169.254.169.254 is in 169.254.0.0/16 (link-local, incl. cloud metadata); \
+             egress does not allow it"
         );
     }
 
@@ -512,7 +511,7 @@ mod tests {
         assert!(
             refused
                 .to_string()
-                .starts_with("localhost resolves to 127.0.0.1, which is loopback"),
+                .starts_with("localhost resolves to 127.0.0.1, which is in 127.0.0.0/8 (loopback)"),
             "{refused}"
         );
         // Mixed answers: only the public addresses are kept.

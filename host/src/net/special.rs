@@ -40,16 +40,18 @@ pub struct Special {
     pub embedded: Option<(&'static str, Ipv4Addr)>,
 }
 
+/// Reads after "`addr` is": `in 127.0.0.0/8 (loopback)`,
+/// `NAT64 of 169.254.169.254, in 169.254.0.0/16 (link-local, ...)`,
+/// `outside IPv6 global unicast 2000::/3`.
 impl fmt::Display for Special {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some((form, v4)) = self.embedded {
-            write!(f, "{form}, carrying {v4}: ")?;
+            write!(f, "{form} of {v4}, ")?;
         }
-        f.write_str(self.name)?;
-        if let Some(block) = self.block {
-            write!(f, " ({block})")?;
+        match self.block {
+            Some(block) => write!(f, "in {block} ({})", self.name),
+            None => f.write_str(self.name),
         }
-        Ok(())
     }
 }
 
@@ -58,23 +60,23 @@ impl fmt::Display for Special {
 const V4: &[(Cidr, &str)] = &[
     (Cidr::v4(0, 0, 0, 0, 8), "\"this network\""),
     (Cidr::v4(10, 0, 0, 0, 8), "private"),
-    (Cidr::v4(100, 64, 0, 0, 10), "shared address space (CGNAT)"),
+    (Cidr::v4(100, 64, 0, 0, 10), "shared address space, CGNAT"),
     (Cidr::v4(127, 0, 0, 0, 8), "loopback"),
     (
         Cidr::v4(169, 254, 0, 0, 16),
-        "link-local (incl. cloud metadata)",
+        "link-local, incl. cloud metadata",
     ),
     (Cidr::v4(172, 16, 0, 0, 12), "private"),
     (Cidr::v4(192, 0, 0, 0, 24), "IETF protocol assignments"),
-    (Cidr::v4(192, 0, 2, 0, 24), "documentation (TEST-NET-1)"),
+    (Cidr::v4(192, 0, 2, 0, 24), "documentation, TEST-NET-1"),
     (
         Cidr::v4(192, 88, 99, 0, 24),
         "deprecated 6to4 relay anycast",
     ),
     (Cidr::v4(192, 168, 0, 0, 16), "private"),
     (Cidr::v4(198, 18, 0, 0, 15), "benchmarking"),
-    (Cidr::v4(198, 51, 100, 0, 24), "documentation (TEST-NET-2)"),
-    (Cidr::v4(203, 0, 113, 0, 24), "documentation (TEST-NET-3)"),
+    (Cidr::v4(198, 51, 100, 0, 24), "documentation, TEST-NET-2"),
+    (Cidr::v4(203, 0, 113, 0, 24), "documentation, TEST-NET-3"),
     (Cidr::v4(224, 0, 0, 0, 4), "multicast"),
     (Cidr::v4(255, 255, 255, 255, 32), "broadcast"),
     (Cidr::v4(240, 0, 0, 0, 4), "reserved"),
@@ -97,12 +99,12 @@ const V6: &[(Cidr, &str)] = &[
     (Cidr::v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), "documentation"),
     (
         Cidr::v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),
-        "unique local (private)",
+        "unique local, private",
     ),
     (Cidr::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), "link-local"),
     (
         Cidr::v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),
-        "site-local (deprecated)",
+        "deprecated site-local",
     ),
     (Cidr::v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), "multicast"),
 ];
@@ -209,9 +211,9 @@ mod tests {
         ("11.0.0.0", None),
         // CGNAT 100.64/10 (incl. Alibaba's metadata 100.100.100.200)
         ("100.63.255.255", None),
-        ("100.64.0.0", Some("shared address space (CGNAT)")),
-        ("100.100.100.200", Some("shared address space (CGNAT)")),
-        ("100.127.255.255", Some("shared address space (CGNAT)")),
+        ("100.64.0.0", Some("shared address space, CGNAT")),
+        ("100.100.100.200", Some("shared address space, CGNAT")),
+        ("100.127.255.255", Some("shared address space, CGNAT")),
         ("100.128.0.0", None),
         // loopback 127/8
         ("126.255.255.255", None),
@@ -221,9 +223,9 @@ mod tests {
         ("128.0.0.0", None),
         // link-local 169.254/16, incl. the metadata address
         ("169.253.255.255", None),
-        ("169.254.0.0", Some("link-local (incl. cloud metadata)")),
-        ("169.254.169.254", Some("link-local (incl. cloud metadata)")),
-        ("169.254.255.255", Some("link-local (incl. cloud metadata)")),
+        ("169.254.0.0", Some("link-local, incl. cloud metadata")),
+        ("169.254.169.254", Some("link-local, incl. cloud metadata")),
+        ("169.254.255.255", Some("link-local, incl. cloud metadata")),
         ("169.255.0.0", None),
         // private 172.16/12
         ("172.15.255.255", None),
@@ -237,8 +239,8 @@ mod tests {
         ("192.0.0.255", Some("IETF protocol assignments")),
         ("192.0.1.0", None),
         // TEST-NET-1 192.0.2/24
-        ("192.0.2.0", Some("documentation (TEST-NET-1)")),
-        ("192.0.2.255", Some("documentation (TEST-NET-1)")),
+        ("192.0.2.0", Some("documentation, TEST-NET-1")),
+        ("192.0.2.255", Some("documentation, TEST-NET-1")),
         ("192.0.3.0", None),
         // deprecated 6to4 relay anycast 192.88.99/24
         ("192.88.98.255", None),
@@ -257,13 +259,13 @@ mod tests {
         ("198.20.0.0", None),
         // TEST-NET-2 198.51.100/24
         ("198.51.99.255", None),
-        ("198.51.100.0", Some("documentation (TEST-NET-2)")),
-        ("198.51.100.255", Some("documentation (TEST-NET-2)")),
+        ("198.51.100.0", Some("documentation, TEST-NET-2")),
+        ("198.51.100.255", Some("documentation, TEST-NET-2")),
         ("198.51.101.0", None),
         // TEST-NET-3 203.0.113/24
         ("203.0.112.255", None),
-        ("203.0.113.0", Some("documentation (TEST-NET-3)")),
-        ("203.0.113.255", Some("documentation (TEST-NET-3)")),
+        ("203.0.113.0", Some("documentation, TEST-NET-3")),
+        ("203.0.113.255", Some("documentation, TEST-NET-3")),
         ("203.0.114.0", None),
         // multicast 224/4
         ("223.255.255.255", None),
@@ -284,7 +286,7 @@ mod tests {
         ("::ffff:127.0.0.1", Some("loopback")),
         (
             "::ffff:169.254.169.254",
-            Some("link-local (incl. cloud metadata)"),
+            Some("link-local, incl. cloud metadata"),
         ),
         ("::ffff:10.0.0.1", Some("private")),
         ("::ffff:0.0.0.0", Some("\"this network\"")),
@@ -297,7 +299,7 @@ mod tests {
         // NAT64 64:ff9b::/96: judged by the IPv4 address
         (
             "64:ff9b::a9fe:a9fe",
-            Some("link-local (incl. cloud metadata)"),
+            Some("link-local, incl. cloud metadata"),
         ),
         ("64:ff9b::a00:1", Some("private")),
         ("64:ff9b::7f00:1", Some("loopback")),
@@ -315,7 +317,7 @@ mod tests {
         ("2002:7f00:1::", Some("loopback")),
         (
             "2002:a9fe:a9fe::1",
-            Some("link-local (incl. cloud metadata)"),
+            Some("link-local, incl. cloud metadata"),
         ),
         ("2002:c0a8:101:1::1", Some("private")),
         ("2002:808:808::1", None),
@@ -347,11 +349,11 @@ mod tests {
         ("100::", Some("discard-only")),
         ("100::ffff:ffff:ffff:ffff", Some("discard-only")),
         // unique local fc00::/7
-        ("fc00::", Some("unique local (private)")),
-        ("fd00:ec2::254", Some("unique local (private)")),
+        ("fc00::", Some("unique local, private")),
+        ("fd00:ec2::254", Some("unique local, private")),
         (
             "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            Some("unique local (private)"),
+            Some("unique local, private"),
         ),
         // link-local fe80::/10
         ("fe80::", Some("link-local")),
@@ -360,10 +362,10 @@ mod tests {
             Some("link-local"),
         ),
         // site-local fec0::/10 (deprecated)
-        ("fec0::", Some("site-local (deprecated)")),
+        ("fec0::", Some("deprecated site-local")),
         (
             "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            Some("site-local (deprecated)"),
+            Some("deprecated site-local"),
         ),
         // multicast ff00::/8
         ("ff00::", Some("multicast")),
@@ -412,13 +414,13 @@ mod tests {
         let shown = |ip: &str| special(ip.parse().unwrap()).unwrap().to_string();
         assert_eq!(
             shown("169.254.169.254"),
-            "link-local (incl. cloud metadata) (169.254.0.0/16)"
+            "in 169.254.0.0/16 (link-local, incl. cloud metadata)"
         );
         assert_eq!(
             shown("64:ff9b::a9fe:a9fe"),
-            "NAT64, carrying 169.254.169.254: link-local (incl. cloud metadata) (169.254.0.0/16)"
+            "NAT64 of 169.254.169.254, in 169.254.0.0/16 (link-local, incl. cloud metadata)"
         );
-        assert_eq!(shown("::1"), "loopback (::1/128)");
+        assert_eq!(shown("::1"), "in ::1/128 (loopback)");
         assert_eq!(shown("4000::"), "outside IPv6 global unicast 2000::/3");
     }
 
