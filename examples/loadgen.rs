@@ -202,6 +202,11 @@ async fn main() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         data_dir: dir.path().to_owned(),
         admin_key: Some("bench-admin".into()),
+        // The sink the bus delivers to listens on loopback.
+        egress: busbar::net::EgressConfig {
+            allow: vec!["127.0.0.1".into()],
+            ..Default::default()
+        },
         ..Config::default()
     };
     let running = busbar::server::start(config).await?;

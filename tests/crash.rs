@@ -15,6 +15,8 @@ fn spawn_bus(data_dir: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        // The sink is on loopback, which egress refuses by default.
+        .args(["--egress-allow", "127.0.0.1"])
         .env("BUSBAR_ADMIN_KEY", ADMIN_KEY)
         .env("BUSBAR_LOG", "warn")
         .stdout(Stdio::piped())

@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use busbar::deliver::http::{
-    AuthSpec, DeliveryMode, HttpClient, HttpClientOptions, HttpTarget, HttpTargetSpec, SigningSpec,
+    AuthSpec, DeliveryMode, HttpClient, HttpTarget, HttpTargetSpec, SigningSpec,
 };
 use busbar::deliver::retry::RetryPolicy;
 use busbar::deliver::{Outcome, Payload, SpecError};
 use busbar::event::Event;
+use busbar::net::EgressPolicy;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -184,8 +185,13 @@ fn order_event() -> Event {
     }))
 }
 
+/// A client that may reach the receivers, which listen on loopback.
+fn loopback_client() -> HttpClient {
+    HttpClient::new(&EgressPolicy::allowing(&["127.0.0.1", "::1", "localhost"]).unwrap()).unwrap()
+}
+
 fn target(spec: HttpTargetSpec) -> HttpTarget {
-    HttpTarget::new(spec, HttpClient::new().unwrap()).unwrap()
+    HttpTarget::new(spec, loopback_client()).unwrap()
 }
 
 async fn deliver(target: &HttpTarget, event: &Event) -> Outcome {
@@ -608,10 +614,7 @@ async fn the_concurrency_cap_bounds_requests_in_flight() {
 #[tokio::test]
 async fn a_guarded_client_refuses_private_destinations() {
     let receiver = Receiver::start().await;
-    let guarded = HttpClient::with_options(&HttpClientOptions {
-        deny_private_networks: true,
-    })
-    .unwrap();
+    let guarded = HttpClient::new(&EgressPolicy::default()).unwrap();
     let port = receiver.addr.port();
     let event = order_event();
 
@@ -637,12 +640,53 @@ async fn a_guarded_client_refuses_private_destinations() {
     assert_eq!(f.code, "forbidden_destination");
     assert!(receiver.shared.requests.lock().unwrap().is_empty());
 
-    // The default client delivers to the same receiver.
+    // A client allowing loopback delivers to the same receiver.
     let open = target_for(&format!("http://localhost:{port}/hook"));
     assert_eq!(
         deliver(&open, &event).await,
         Outcome::Delivered { status: Some(200) }
     );
+}
+
+/// An address of every special block, and IPv6 forms carrying a special
+/// IPv4 address, as URL hosts.
+pub fn special_hosts() -> Vec<String> {
+    let mut hosts: Vec<String> = busbar::net::special::blocks()
+        .map(|(block, _)| match block.network() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        })
+        .collect();
+    hosts.extend(
+        [
+            "[::ffff:169.254.169.254]",
+            "[::127.0.0.1]",
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:a9fe:a9fe::1]",
+            "[2002:7f00:1::]",
+            "[4000::1]",
+            "[5f00::1]",
+        ]
+        .map(str::to_owned),
+    );
+    hosts
+}
+
+#[tokio::test]
+async fn every_special_range_is_refused_before_connecting() {
+    let guarded = HttpClient::new(&EgressPolicy::default()).unwrap();
+    let event = order_event();
+    let hosts = special_hosts();
+    assert!(hosts.len() > 30, "{hosts:?}");
+    for host in hosts {
+        // The discard port: nothing would answer if a request were sent.
+        let url = format!("http://{host}:9/hook");
+        let target = HttpTarget::new(HttpTargetSpec::new(&url), guarded.clone()).unwrap();
+        let Outcome::Permanent(f) = deliver(&target, &event).await else {
+            panic!("{url} must be refused")
+        };
+        assert_eq!(f.code, "forbidden_destination", "{url}: {f:?}");
+    }
 }
 
 fn target_for(url: &str) -> HttpTarget {

@@ -40,7 +40,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(dir);
     c.max_instances = 16;
     // Test receivers listen on loopback; production never opts in.
-    c.outbound.allow_private = vec!["127.0.0.1".into()];
+    c.outbound.egress = busbar::net::EgressPolicy::allowing(&["127.0.0.1"]).unwrap();
     c
 }
 
@@ -657,6 +657,28 @@ async fn ssrf_is_denied_for_metadata_and_unlisted_hosts() {
         out.value
     );
     assert!(receiver.received().is_empty());
+}
+
+#[tokio::test]
+async fn every_special_range_is_refused_for_connectors() {
+    let p = load("ssrf").await;
+    let rt = shared();
+    // The runtime allows 127.0.0.1 only; the target lists every host, so
+    // egress alone refuses them.
+    for host in crate::http_target::special_hosts() {
+        let url = format!("http://{host}:9/");
+        let listed = host.trim_start_matches('[').trim_end_matches(']');
+        let cx = Cx::new(&[("url", &url)]).hosts(&[listed]);
+        let out = rt
+            .deliver(&p, &cx.get("ssrf"), &[event("r-1", json!({}))])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out.value[0], DeliveryResult::Permanent(m) if m.contains("denied")),
+            "{url}: {:?}",
+            out.value
+        );
+    }
 }
 
 // ---------------------------------------------------------------- artifacts

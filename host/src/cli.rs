@@ -124,6 +124,24 @@ pub struct ServeArgs {
     /// Sync every commit to disk (survives power loss, slower).
     #[arg(long, env = "BUSBAR_FSYNC_ALWAYS")]
     pub fsync_always: bool,
+    /// Let webhooks and connectors reach this non-public address, CIDR block
+    /// or host name (e.g. `127.0.0.1` for a receiver on this machine); added
+    /// to `[egress] allow`. Repeatable; the variable takes a comma-separated list.
+    #[arg(
+        long = "egress-allow",
+        env = "BUSBAR_EGRESS_ALLOW",
+        value_name = "CIDR|IP|HOST",
+        value_delimiter = ',',
+        value_parser = parse_egress_entry
+    )]
+    pub egress_allow: Vec<String>,
+}
+
+/// Checks an `--egress-allow` value as an `[egress] allow` entry.
+fn parse_egress_entry(s: &str) -> Result<String, String> {
+    s.parse::<crate::net::Entry>()
+        .map(|_| s.trim().to_owned())
+        .map_err(|e| format!("{s:?} {e}"))
 }
 
 /// `busbar put`.
@@ -301,6 +319,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(dir) = args.plugins_dir {
                 config.plugins_dir = Some(dir);
             }
+            config.egress.allow.extend(args.egress_allow);
             crate::telemetry::init_logging(config.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

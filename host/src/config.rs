@@ -3,6 +3,7 @@
 
 use crate::deliver::engine::EngineConfig;
 use crate::ingest::IngestLimits;
+use crate::net::{EgressConfig, EgressConfigError, EgressPolicy};
 use crate::pattern::PatternLimits;
 use crate::plugin::{KindLimits, RuntimeConfig};
 use crate::store::sqlite::Durability;
@@ -37,6 +38,9 @@ pub struct Config {
     pub patterns: PatternConfig,
     /// Wasm plugin runtime settings.
     pub plugins: PluginsConfig,
+    /// Non-public destinations outbound HTTP (webhooks and connectors) may
+    /// reach; everything but the public internet is refused by default.
+    pub egress: EgressConfig,
     /// Directory of `*.wasm` plugins loaded (and reloaded on change) for
     /// local development, as plugins of the tenant `plugins_tenant`.
     pub plugins_dir: Option<PathBuf>,
@@ -59,9 +63,9 @@ pub struct PluginsConfig {
     /// Changes to `limits` for connectors only (e.g. a longer `timeout_ms`
     /// for slow receivers).
     pub connector_limits: crate::plugin::LimitsOverride,
-    /// URL hosts connectors may reach even though they are loopback, private
-    /// or link-local addresses (e.g. `127.0.0.1` for a local test receiver).
-    /// Empty by default: such addresses are refused whatever a target allows.
+    /// Deprecated alias of `[egress] allow` (its entries are added to it,
+    /// for webhooks too). It listed URL hosts connectors may reach even
+    /// though they are not public, which is what `[egress] allow` entries do.
     pub allow_private_hosts: Vec<String>,
 }
 
@@ -122,6 +126,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             patterns: PatternConfig::default(),
             plugins: PluginsConfig::default(),
+            egress: EgressConfig::default(),
             plugins_dir: None,
             plugins_tenant: "dev".to_owned(),
         }
@@ -211,6 +216,10 @@ pub enum ConfigError {
         /// What is wrong and where.
         message: String,
     },
+    /// An `[egress]` entry (or one of its alias) is not an address, block or
+    /// host name; each problem names its key, e.g. `egress.allow[2]`.
+    #[error("invalid config: {0}")]
+    Egress(#[from] EgressConfigError),
     /// A value is out of range.
     #[error("invalid config: {field}: {message}")]
     Invalid {
@@ -231,6 +240,8 @@ pub struct RuntimeSettings {
     pub patterns: PatternLimits,
     /// Delivery engine tuning.
     pub engine: EngineConfig,
+    /// Where outbound requests (webhooks, connectors) may go.
+    pub egress: EgressPolicy,
     /// The Wasm sandbox.
     pub plugin_runtime: RuntimeConfig,
     /// The server's plugin limits per kind.
@@ -268,9 +279,10 @@ impl Config {
                     field: "plugins",
                     message: problems.join("; "),
                 })?;
+        let egress = self.egress_policy()?;
         let mut plugin_runtime = RuntimeConfig::new(self.data_dir.clone());
         plugin_runtime.max_upload_bytes = self.plugins.max_upload_bytes;
-        plugin_runtime.outbound.allow_private = self.plugins.allow_private_hosts.clone();
+        plugin_runtime.outbound.egress = egress.clone();
         plugin_runtime.event_limits = ingest;
         Ok(RuntimeSettings {
             patterns: PatternLimits {
@@ -282,6 +294,7 @@ impl Config {
                 per_target_cap: self.delivery.max_in_flight_per_target,
                 ..EngineConfig::default()
             },
+            egress,
             plugin_runtime,
             plugin_limits,
             max_hops: self.delivery.max_hops,
@@ -324,7 +337,18 @@ impl Config {
         if self.patterns.max_chars < 16 {
             return invalid("patterns.max_chars", "must be at least 16");
         }
+        self.egress_policy()?;
         Ok(())
+    }
+
+    /// The egress policy: `[egress]`, with the deprecated
+    /// `[plugins] allow_private_hosts` added to its `allow`.
+    pub fn egress_policy(&self) -> Result<EgressPolicy, ConfigError> {
+        let alias = (
+            "plugins.allow_private_hosts",
+            &self.plugins.allow_private_hosts[..],
+        );
+        Ok(EgressPolicy::from_config(&self.egress, &[alias])?)
     }
 
     /// The database directory, created if needed.
@@ -385,6 +409,42 @@ mod tests {
         let c: Config = toml::from_str("[plugins.limits]\nmax_handles = 2\n").unwrap();
         assert!(c.plugins.kind_limits().unwrap_err()[0].starts_with("plugins.limits.max_handles"));
         assert!(toml::from_str::<Config>("[plugins.filter_limits]\nfuel = 1\n").is_err());
+    }
+
+    #[test]
+    fn egress_is_validated_up_front_and_the_old_key_still_works() {
+        let c: Config = toml::from_str(
+            "[plugins]\nallow_private_hosts = [\"127.0.0.1\"]\n\
+             [egress]\nallow = [\"10.0.0.0/8\", \"hooks.internal\"]\n\
+             [egress.tenants.acme]\nallow = [\"192.168.0.0/16\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let policy = c.egress_policy().unwrap();
+        let all = policy.for_tenant("globex");
+        assert!(all.check_address("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(all.check_address("10.9.9.9".parse().unwrap()).is_ok());
+        assert!(all.check_address("192.168.1.1".parse().unwrap()).is_err());
+        let acme = policy.for_tenant("acme");
+        assert!(acme.check_address("192.168.1.1".parse().unwrap()).is_ok());
+        assert!(acme.check_address("127.0.0.1".parse().unwrap()).is_ok());
+
+        let c: Config = toml::from_str("[egress]\nallow = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid config: egress.allow[0]: \"10.0.0.0/33\" has a prefix length that is not 0 to 32"
+        );
+        let c: Config = toml::from_str("[plugins]\nallow_private_hosts = [\"a b\"]\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("plugins.allow_private_hosts[0]"), "{err}");
+        assert!(toml::from_str::<Config>("[egress]\nallow_hosts = []\n").is_err());
+        // Nothing is allowed by default.
+        let all = Config::default()
+            .egress_policy()
+            .unwrap()
+            .for_tenant("acme");
+        assert!(all.entries().is_empty());
     }
 
     #[test]

@@ -10,12 +10,16 @@
 //! (every configuration change, and the in-memory catalog the data plane
 //! reads); [`resource`] holds the nouns everything shares (names,
 //! validation problems, plugin records); [`config`], [`telemetry`],
-//! [`clock`] and [`server`] (wiring and shutdown) stand beside.
+//! [`clock`] and [`server`] (wiring and shutdown) stand beside. At the
+//! bottom, used by the others and using nothing but [`event`]: [`binding`]
+//! (the CloudEvents HTTP binding and media types, for ingest and delivery
+//! alike) and [`net`] (the egress policy every outbound request follows).
 
 /// The crate version, as reported by `busbar --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod api;
+pub mod binding;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -23,6 +27,7 @@ pub mod control;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
+pub mod net;
 pub mod pattern;
 pub mod plugin;
 pub mod resource;

@@ -84,6 +84,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// Starts the bus reading time from `clock` (tests control time with it).
 pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Running> {
     let settings = config.runtime()?;
+    if !config.plugins.allow_private_hosts.is_empty() {
+        tracing::warn!(
+            "[plugins] allow_private_hosts is deprecated: its entries are added to [egress] allow, \
+             for webhooks too; move them there"
+        );
+    }
     let dir = config.ensure_data_dir()?.to_owned();
     let backend = Arc::new(SqliteStore::open(&dir, config.fsync, clock.clone())?);
     let stores = Stores::new(backend);
@@ -96,7 +102,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
     ));
     let queue_signals = Arc::new(QueueSignals::default());
     let services = TargetServices {
-        http: HttpClient::new()?,
+        http: HttpClient::new(&settings.egress)?,
         queues: stores.queues.clone(),
         queue_signals: queue_signals.clone(),
         log: stores.log.clone(),

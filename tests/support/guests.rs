@@ -15,6 +15,7 @@ const TESTED: &[&[&str]] = &[
     crate::plugin_runtime::TESTED,
     crate::plugins_bus::TESTED,
     crate::openapi::conformance::TESTED,
+    crate::egress::TESTED,
 ];
 
 /// The repository root.

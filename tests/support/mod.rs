@@ -225,9 +225,9 @@ pub fn config_for(dir: &Path) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
         admin_key: Some(ADMIN_KEY.to_owned()),
-        // Connector tests deliver to receivers on loopback.
-        plugins: busbar::config::PluginsConfig {
-            allow_private_hosts: vec!["127.0.0.1".to_owned()],
+        // Webhooks and connectors deliver to receivers on loopback.
+        egress: busbar::net::EgressConfig {
+            allow: vec!["127.0.0.1".to_owned()],
             ..Default::default()
         },
         ..Config::default()

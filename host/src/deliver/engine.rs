@@ -868,7 +868,8 @@ mod tests {
             }
         }
         TargetServices {
-            http: crate::deliver::http::HttpClient::new().unwrap(),
+            http: crate::deliver::http::HttpClient::new(&crate::net::EgressPolicy::default())
+                .unwrap(),
             queues: Arc::new(store.clone()),
             queue_signals: Arc::default(),
             log: Arc::new(store.clone()),

@@ -15,7 +15,8 @@ pub(super) fn build(
     cx: &BuildContext<'_>,
 ) -> Result<Arc<dyn Target>, Problems> {
     let spec: HttpTargetSpec = read_spec(members)?;
-    let target = HttpTarget::new(spec, cx.services.http.clone())?;
+    // Each tenant's webhooks go through its own egress allow-list.
+    let target = HttpTarget::new(spec, cx.services.http.for_tenant(cx.tenant))?;
     Ok(Arc::new(target))
 }
 

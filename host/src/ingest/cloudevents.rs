@@ -10,15 +10,13 @@ use serde_json::{Map, Value};
 use super::error::{Field, IngestError};
 use super::validate::{self, attr};
 use super::{IngestLimits, syntax};
+use crate::binding::{body, headers as ce_headers, media};
 use crate::event::Event;
 
 /// The media type of the JSON event format (structured mode).
-pub const STRUCTURED_MEDIA_TYPE: &str = "application/cloudevents+json";
+pub const STRUCTURED_MEDIA_TYPE: &str = media::STRUCTURED;
 /// The media type of the JSON batch format (batched mode).
-pub const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
-
-/// Prefix of the binary-mode attribute headers (names arrive lowercased).
-const HEADER_PREFIX: &str = "ce-";
+pub const BATCH_MEDIA_TYPE: &str = media::BATCH;
 
 /// What a CloudEvents request carried.
 #[derive(Debug)]
@@ -50,7 +48,7 @@ pub fn parse_cloudevents(
         })?),
         None => None,
     };
-    let essence = content_type.map(syntax::essence).unwrap_or_default();
+    let essence = content_type.map(media::essence).unwrap_or_default();
     if essence.eq_ignore_ascii_case(STRUCTURED_MEDIA_TYPE) {
         return parse_structured(body, limits).map(CloudEventsBody::Single);
     }
@@ -59,7 +57,7 @@ pub fn parse_cloudevents(
     }
     if headers
         .keys()
-        .any(|name| name.as_str().starts_with(HEADER_PREFIX))
+        .any(|name| ce_headers::attribute(name.as_str()).is_some())
     {
         return parse_binary(headers, content_type, body, limits).map(CloudEventsBody::Single);
     }
@@ -201,14 +199,15 @@ fn event_from_json(
 }
 
 /// Binary mode: attributes in `ce-*` headers, the payload in the body, its
-/// media type in Content-Type (which becomes `datacontenttype`).
+/// media type in Content-Type (which becomes `datacontenttype`), mapped as
+/// [`crate::binding`] says.
 ///
 /// Header values are unquoted (RFC 7230 quoted-strings) and percent-decoded
 /// once, then must be UTF-8. All `ce-*` values are strings (headers carry no
 /// JSON types). The body becomes `data` parsed as JSON for a JSON media type
 /// (`*/json`, `*/*+json`), `data` as a string for `text/*` when it is UTF-8,
-/// and `data_base64` otherwise (including no Content-Type); an empty body
-/// means no data.
+/// and `data_base64` otherwise (including no Content-Type or an invalid
+/// one); an empty body means no data.
 pub fn parse_binary(
     headers: &HeaderMap,
     content_type: Option<&str>,
@@ -218,7 +217,7 @@ pub fn parse_binary(
     let mut map = Map::new();
     let mut input_bound = body.len();
     for (name, value) in headers {
-        let Some(attribute) = name.as_str().strip_prefix(HEADER_PREFIX) else {
+        let Some(attribute) = ce_headers::attribute(name.as_str()) else {
             continue;
         };
         let header = || Cow::Owned(name.as_str().to_owned());
@@ -239,11 +238,12 @@ pub fn parse_binary(
                 reason: Cow::Borrowed("appears more than once"),
             });
         }
-        let decoded =
-            decode_header_value(value.as_bytes()).map_err(|reason| IngestError::InvalidHeader {
+        let decoded = ce_headers::decode_value(value.as_bytes()).map_err(|reason| {
+            IngestError::InvalidHeader {
                 field: header(),
                 reason: Cow::Borrowed(reason),
-            })?;
+            }
+        })?;
         input_bound += name.as_str().len() + value.len() + 8;
         map.insert(attribute.to_owned(), Value::String(decoded));
     }
@@ -261,111 +261,26 @@ pub fn parse_binary(
         map.insert(key.to_owned(), data);
     }
 
-    validate::check_attributes(&mut map).map_err(|e| e.map_field(header_for_attribute))?;
+    validate::check_attributes(&mut map).map_err(|e| e.map_field(ce_headers::carrier))?;
     validate::check_size(&map, input_bound, limits)?;
     Ok(Event::from_validated(map))
 }
 
-/// The header that carried an attribute in binary mode.
-fn header_for_attribute(attribute: &str) -> Field {
-    match attribute {
-        "" => Cow::Borrowed(""),
-        attr::DATACONTENTTYPE => Cow::Borrowed("content-type"),
-        attr::DATA | attr::DATA_BASE64 => Cow::Borrowed(attr::DATA),
-        other => Cow::Owned(format!("{HEADER_PREFIX}{other}")),
-    }
-}
-
-/// The JSON member and value a binary-mode body becomes.
+/// The JSON member and value a binary-mode body becomes. A Content-Type
+/// that is not a valid media type is refused by validation afterwards; until
+/// then it declares nothing.
 fn binary_data(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<(&'static str, Value), IngestError> {
-    if let Some(ct) = content_type {
-        if syntax::check_media_type(ct).is_ok() && syntax::is_json_media_type(ct) {
-            let data = serde_json::from_slice(body).map_err(|err| IngestError::InvalidData {
-                field: Cow::Borrowed(attr::DATA),
-                reason: Cow::Owned(format!(
-                    "the body is declared as JSON ({ct}) but does not parse: {err}"
-                )),
-            })?;
-            return Ok((attr::DATA, data));
-        }
-        if syntax::is_text_media_type(ct)
-            && let Ok(text) = std::str::from_utf8(body)
-        {
-            return Ok((attr::DATA, Value::String(text.to_owned())));
-        }
-    }
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
-    Ok((attr::DATA_BASE64, Value::String(encoded)))
-}
-
-/// Decodes a binary-mode header value (HTTP binding 3.1.3.2): optional
-/// whitespace trimmed, double-quoted strings unescaped, then one round of
-/// percent-decoding; the bytes must be UTF-8 (overlong forms refused).
-pub(crate) fn decode_header_value(raw: &[u8]) -> Result<String, &'static str> {
-    let start = raw.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
-    let end = raw.len()
-        - raw[start..]
-            .iter()
-            .rev()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-    let raw = &raw[start..end];
-
-    // Fast path: nothing to unquote or decode.
-    if !raw.iter().any(|&b| b == b'%' || b == b'"') {
-        return std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| "is not valid UTF-8");
-    }
-
-    let unquoted = unquote(raw)?;
-    let mut out = Vec::with_capacity(unquoted.len());
-    let mut i = 0;
-    while i < unquoted.len() {
-        let b = unquoted[i];
-        if b == b'%' {
-            let hi = unquoted.get(i + 1).and_then(|&h| (h as char).to_digit(16));
-            let lo = unquoted.get(i + 2).and_then(|&h| (h as char).to_digit(16));
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err("has a % not followed by two hex digits");
-            };
-            // Two hex digits always fit in a byte.
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "does not percent-decode to valid UTF-8")
-}
-
-/// Removes RFC 7230 double quotes and backslash escapes inside them.
-fn unquote(raw: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
-    if !raw.contains(&b'"') {
-        return Ok(Cow::Borrowed(raw));
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut quoted = false;
-    let mut bytes = raw.iter();
-    while let Some(&b) = bytes.next() {
-        match (quoted, b) {
-            (_, b'"') => quoted = !quoted,
-            (true, b'\\') => match bytes.next() {
-                Some(&escaped) => out.push(escaped),
-                None => return Err("ends inside a backslash escape"),
-            },
-            _ => out.push(b),
-        }
-    }
-    if quoted {
-        return Err("has an unterminated quoted string");
-    }
-    Ok(Cow::Owned(out))
+    let declared = content_type.filter(|ct| syntax::check_media_type(ct).is_ok());
+    body::from_body(declared, body).map_err(|err| IngestError::InvalidData {
+        field: Cow::Borrowed(attr::DATA),
+        reason: Cow::Owned(format!(
+            "the body is declared as JSON ({}) but does not parse: {err}",
+            declared.unwrap_or_default()
+        )),
+    })
 }
 
 #[cfg(test)]
@@ -529,68 +444,6 @@ mod tests {
         assert_eq!(empty.as_map()["datacontenttype"], json!("application/json"));
         let e = binary(&[("content-type", "application/json")], b"{nope").unwrap_err();
         assert_eq!(summary(&e), (400, "invalid_data", Some("data")));
-    }
-
-    #[test]
-    fn header_values_are_percent_decoded() {
-        let decode = |s: &[u8]| decode_header_value(s);
-        assert_eq!(
-            decode(b"Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(),
-            "Euro € 😀"
-        );
-        assert_eq!(decode(b"lower%e2%82%ac").unwrap(), "lower€");
-        assert_eq!(
-            decode(b"%41%42c").unwrap(),
-            "ABc",
-            "needless escapes are accepted"
-        );
-        assert_eq!(decode(b"  padded \t").unwrap(), "padded");
-        assert_eq!(decode(b"\"quoted value\"").unwrap(), "quoted value");
-        assert_eq!(decode(br#""say \"hi\"""#).unwrap(), "say \"hi\"");
-        assert_eq!(decode(b"\"100%25\"").unwrap(), "100%");
-        assert_eq!(decode(b"a=\"b c\"").unwrap(), "a=b c");
-        assert_eq!(decode("raw é".as_bytes()).unwrap(), "raw é");
-        for bad in [
-            &b"%C0%A0"[..],
-            b"%E2%82",
-            b"%FF",
-            b"100%",
-            b"%2",
-            b"%g0",
-            b"\"open",
-            b"\"x\\",
-            b"\xff",
-        ] {
-            assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    /// The binding's encoder (3.1.3.2), upper- or lower-case hex.
-    fn percent_encode(s: &str, lower: bool) -> String {
-        let mut out = String::new();
-        for c in s.chars() {
-            if ('!'..='~').contains(&c) && c != '"' && c != '%' {
-                out.push(c);
-            } else {
-                let mut buf = [0; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&if lower {
-                        format!("%{b:02x}")
-                    } else {
-                        format!("%{b:02X}")
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn percent_encoding_round_trips(s in "\\PC*", lower in proptest::bool::ANY) {
-            let encoded = percent_encode(&s, lower);
-            proptest::prop_assert_eq!(decode_header_value(encoded.as_bytes()).unwrap(), s);
-        }
     }
 
     #[test]

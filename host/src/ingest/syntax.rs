@@ -296,30 +296,6 @@ fn skip_quoted_string(s: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// The media type without parameters, e.g. `application/json` (not lowercased).
-pub(crate) fn essence(media_type: &str) -> &str {
-    let end = media_type.find(';').unwrap_or(media_type.len());
-    media_type[..end].trim_matches([' ', '\t'])
-}
-
-/// Whether a media type declares JSON-formatted content: `*/json` or `*/*+json`
-/// (JSON format section 3.1), case-insensitively.
-pub(crate) fn is_json_media_type(media_type: &str) -> bool {
-    let essence = essence(media_type);
-    let Some((_, subtype)) = essence.split_once('/') else {
-        return false;
-    };
-    subtype.eq_ignore_ascii_case("json")
-        || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json")
-}
-
-/// Whether a media type is `text/*`, case-insensitively.
-pub(crate) fn is_text_media_type(media_type: &str) -> bool {
-    essence(media_type)
-        .get(..5)
-        .is_some_and(|t| t.eq_ignore_ascii_case("text/"))
-}
-
 /// The `Timestamp` type: RFC 3339 (section 5.6 `date-time`).
 pub(crate) fn check_timestamp(s: &str) -> Result<(), Reason> {
     // chrono checks the calendar too (month lengths, leap years, hour 23 max,
@@ -442,23 +418,6 @@ mod tests {
         ] {
             assert!(check_media_type(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn media_type_kinds() {
-        assert!(is_json_media_type("application/json"));
-        assert!(is_json_media_type("Application/JSON; charset=utf-8"));
-        assert!(is_json_media_type("text/json"));
-        assert!(is_json_media_type("application/geo+json"));
-        assert!(is_json_media_type("application/cloudevents+JSON"));
-        assert!(!is_json_media_type("application/+json"));
-        assert!(!is_json_media_type("application/jsonx"));
-        assert!(!is_json_media_type("application/xml"));
-        assert!(!is_json_media_type("json"));
-        assert!(is_text_media_type("text/plain"));
-        assert!(is_text_media_type("Text/CSV; charset=utf-8"));
-        assert!(!is_text_media_type("application/text"));
-        assert_eq!(essence(" text/plain ; charset=utf-8"), "text/plain");
     }
 
     #[test]

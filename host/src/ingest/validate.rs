@@ -160,7 +160,7 @@ pub(crate) fn check_attributes(map: &mut Map<String, Value>) -> Result<(), Inges
         check_base64(encoded)?;
     } else if has_data
         && let Some(content_type) = content_type
-        && !syntax::is_json_media_type(content_type)
+        && !crate::binding::media::is_json(content_type)
         && !map.get(attr::DATA).is_some_and(Value::is_string)
     {
         // JSON format 3.1.2: non-JSON data travels as a string.

@@ -30,20 +30,14 @@ const KNOWN: &[&str] = &[
     "data_base64",
 ];
 
-/// Whether a content type carries JSON (absent means JSON in this bus).
+/// Whether a content type carries JSON (absent means JSON), by the bus's one
+/// media-type rule.
 fn is_json(content_type: Option<&str>) -> bool {
-    let Some(ct) = content_type else { return true };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+    crate::binding::media::declares_json(content_type)
 }
 
 fn is_text(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
+    content_type.is_some_and(crate::binding::media::is_text)
 }
 
 /// The WIT record for an event. One pass over the event's attributes (this

@@ -2,21 +2,22 @@
 //! allow-list.
 //!
 //! A request goes out only if its host is listed by the target (exact name or
-//! `*.suffix`). The host resolves the name itself and refuses loopback,
-//! link-local (which includes cloud metadata at 169.254.169.254), private,
-//! shared, unspecified, multicast and broadcast addresses, unless the
-//! operator opted that exact host or address in
-//! ([`OutboundConfig::allow_private`], meant for tests and trusted
-//! networks). The request is then sent by our own client to the checked
-//! address, for `http` and `https` alike, so a second DNS answer cannot
-//! redirect it; the URL host still names the server in the `Host` header and,
-//! for `https`, in SNI and certificate verification (against Mozilla's roots,
-//! as wasmtime's default client). Timeouts the guest asks for are clamped, and
-//! each tenant has a cap on concurrent outbound requests. Refusals reach the
-//! guest as `error-code::http-request-denied`.
+//! `*.suffix`), and only to an address the bus's egress policy admits
+//! ([`crate::net::egress`], the same policy webhooks follow): the host
+//! resolves the name itself and refuses loopback, private, link-local (which
+//! includes cloud metadata at 169.254.169.254) and every other non-public
+//! address unless the operator's `[egress]` section (for every tenant, or
+//! for the connector's tenant) allows it. The request is then sent by our
+//! own client to the checked address, for `http` and `https` alike, so a
+//! second DNS answer cannot redirect it; the URL host still names the server
+//! in the `Host` header and, for `https`, in SNI and certificate verification
+//! (against Mozilla's roots, as wasmtime's default client). Timeouts the
+//! guest asks for are clamped, and each tenant has a cap on concurrent
+//! outbound requests. Refusals reach the guest as
+//! `error-code::http-request-denied`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
@@ -34,15 +35,15 @@ use tokio_rustls::rustls::{self, ClientConfig, pki_types::ServerName};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::net::{AllowList, EgressPolicy, ResolveError};
+
 /// Operator settings for outbound HTTP.
 #[derive(Clone, Debug)]
 pub struct OutboundConfig {
-    /// URL hosts (a name, or an address literal; exact, no wildcards) that
-    /// may reach otherwise refused addresses — e.g. `127.0.0.1` for a test
-    /// receiver. `127.0.0.1` allows `http://127.0.0.1:..` but not a name
-    /// resolving to it. A tenant's allow-list alone never reaches such an
-    /// address.
-    pub allow_private: Vec<String>,
+    /// Which non-public destinations each tenant may reach (`[egress]`);
+    /// none by default. A target's `allowed_hosts` alone never reaches such
+    /// an address.
+    pub egress: EgressPolicy,
     /// Upper bound on the connect timeout (and the default).
     pub connect_timeout: Duration,
     /// Upper bound on the time to the first response byte (and the default).
@@ -56,7 +57,7 @@ pub struct OutboundConfig {
 impl Default for OutboundConfig {
     fn default() -> Self {
         Self {
-            allow_private: Vec::new(),
+            egress: EgressPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(30),
             between_bytes_timeout: Duration::from_secs(30),
@@ -82,6 +83,8 @@ impl TenantPermits {
 /// of its store.
 pub struct OutboundHttp {
     allowed: Arc<[String]>,
+    /// The tenant's egress list.
+    egress: Arc<AllowList>,
     config: Arc<OutboundConfig>,
     permits: Option<Arc<Semaphore>>,
 }
@@ -100,6 +103,7 @@ impl OutboundHttp {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             permits: Some(permits.get(tenant, config.max_concurrent_per_tenant)),
+            egress: config.egress.for_tenant(tenant),
             config,
         }
     }
@@ -109,6 +113,7 @@ impl OutboundHttp {
     pub fn deny_all() -> Self {
         Self {
             allowed: Arc::from(Vec::new()),
+            egress: Arc::default(),
             config: Arc::new(OutboundConfig::default()),
             permits: None,
         }
@@ -146,42 +151,6 @@ fn split_port(entry: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Whether an address is never reachable from a connector without an
-/// explicit operator opt-in.
-pub fn is_restricted(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => restricted_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return restricted_v4(v4);
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (incl. fd00:ec2::254)
-                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 may embed any v4
-                || (s[0] == 0x2002) // 6to4 may embed any v4
-                || v6.to_ipv4().is_some_and(|v4| s[0..6] == [0; 6] && restricted_v4(v4))
-        }
-    }
-}
-
-fn restricted_v4(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local() // 169.254/16, incl. 169.254.169.254 metadata
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || o[0] == 0 // "this network"
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared 100.64/10 (incl. 100.100.100.200 metadata)
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-        || o[0] >= 240 // reserved
-}
-
 /// What becomes of a request once the connection is driven: the response
 /// head (its body streams as the guest reads it) and the future that drives
 /// the connection to its end.
@@ -201,6 +170,7 @@ impl WasiHttpHooks for OutboundHttp {
         _fut: IoFuture,
     ) -> SendFuture {
         let allowed = self.allowed.clone();
+        let egress = self.egress.clone();
         let config = self.config.clone();
         let permits = self.permits.clone();
         Box::new(async move {
@@ -213,7 +183,7 @@ impl WasiHttpHooks for OutboundHttp {
                 tracing::info!(%host, "outbound request to a host not allowed by the target refused");
                 return Err(HttpError::HttpRequestDenied);
             }
-            let addr = resolve(&target.host, target.port, &config).await?;
+            let addr = resolve(&target.host, target.port, &egress, &config).await?;
             let timeouts = Timeouts::clamped(options, &config);
             let tls = client_tls()?;
             let permit = permits
@@ -500,40 +470,27 @@ fn tls_error(e: std::io::Error) -> HttpError {
     }
 }
 
-/// Resolves `host` and returns an address the policy allows.
-async fn resolve(host: &str, port: u16, config: &OutboundConfig) -> Result<SocketAddr, HttpError> {
-    let opted_in = |what: &str| {
-        config
-            .allow_private
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(what))
-    };
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(
-            config.connect_timeout,
-            tokio::net::lookup_host((host, port)),
-        )
+/// Resolves `host` and returns the first address the egress list admits
+/// (see [`AllowList::resolve`]): the one the request is then sent to.
+async fn resolve(
+    host: &str,
+    port: u16,
+    egress: &AllowList,
+    config: &OutboundConfig,
+) -> Result<SocketAddr, HttpError> {
+    let addrs = tokio::time::timeout(config.connect_timeout, egress.resolve(host, port))
         .await
         .map_err(|_| HttpError::DnsTimeout)?
-        .map_err(|e| HttpError::DnsError {
-            rcode: Some(e.to_string()),
-            info_code: None,
-        })?
-        .collect(),
-    };
-    // Every answer must pass: a name that resolves to one public and one
-    // private address is refused as a whole.
-    // The opt-in names what the URL says — a host name, or an address
-    // literal — so a name a tenant controls cannot reach an opted-in address
-    // by resolving to it.
-    for addr in &addrs {
-        let ip = addr.ip();
-        if is_restricted(ip) && !opted_in(host) {
-            tracing::info!(%host, %ip, "outbound request to a restricted address refused");
-            return Err(HttpError::HttpRequestDenied);
-        }
-    }
+        .map_err(|e| match e {
+            ResolveError::Forbidden(refused) => {
+                tracing::info!(%host, reason = %refused, "outbound request refused by egress");
+                HttpError::HttpRequestDenied
+            }
+            ResolveError::Lookup { source, .. } => HttpError::DnsError {
+                rcode: Some(source.to_string()),
+                info_code: None,
+            },
+        })?;
     addrs.first().copied().ok_or(HttpError::DestinationNotFound)
 }
 
@@ -787,59 +744,52 @@ mod tests {
         assert!(!host_allowed(&[], "hooks.slack.com", 443));
     }
 
-    #[test]
-    fn restricted_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.100.100.200",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00:ec2::254",
-            "fc00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-        ] {
-            assert!(is_restricted(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["1.1.1.1", "172.32.0.1", "93.184.216.34", "2606:4700::1111"] {
-            assert!(!is_restricted(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
     #[tokio::test]
     async fn resolution_refuses_private_unless_opted_in() {
         let config = OutboundConfig::default();
+        let egress = AllowList::default();
+        let resolve = |host, port, egress| resolve(host, port, egress, &config);
         assert!(matches!(
-            resolve("127.0.0.1", 80, &config).await,
+            resolve("127.0.0.1", 80, &egress).await,
             Err(HttpError::HttpRequestDenied)
         ));
         assert!(matches!(
-            resolve("localhost", 80, &config).await,
+            resolve("localhost", 80, &egress).await,
             Err(HttpError::HttpRequestDenied)
         ));
-        let config = OutboundConfig {
-            allow_private: vec!["127.0.0.1".into()],
-            ..OutboundConfig::default()
-        };
-        let addr = resolve("127.0.0.1", 8080, &config).await.unwrap();
+        let egress = AllowList::parse(&["127.0.0.1"]).unwrap();
+        let addr = resolve("127.0.0.1", 8080, &egress).await.unwrap();
         assert_eq!(addr, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         // Opting in an address does not let a name resolve to it.
         assert!(matches!(
-            resolve("localhost", 80, &config).await,
+            resolve("localhost", 80, &egress).await,
             Err(HttpError::HttpRequestDenied)
         ));
         assert!(matches!(
-            resolve("169.254.169.254", 80, &config).await,
+            resolve("169.254.169.254", 80, &egress).await,
             Err(HttpError::HttpRequestDenied)
         ));
+    }
+
+    #[test]
+    fn each_invocation_gets_its_tenants_egress_list() {
+        let config: crate::net::EgressConfig =
+            toml::from_str("[tenants.acme]\nallow = [\"127.0.0.1\"]\n").unwrap();
+        let config = Arc::new(OutboundConfig {
+            egress: EgressPolicy::from_config(&config, &[]).unwrap(),
+            ..OutboundConfig::default()
+        });
+        let permits = TenantPermits::default();
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let acme = OutboundHttp::new("acme", &[], config.clone(), &permits);
+        assert!(acme.egress.check_address(loopback).is_ok());
+        let other = OutboundHttp::new("globex", &[], config, &permits);
+        assert!(other.egress.check_address(loopback).is_err());
+        assert!(
+            OutboundHttp::deny_all()
+                .egress
+                .check_address(loopback)
+                .is_err()
+        );
     }
 }

@@ -128,7 +128,9 @@ impl Event {
     }
 
     /// Whether the data is declared as JSON: no content type (the
-    /// CloudEvents default is JSON), `application/json`, or any `+json` type.
+    /// CloudEvents default is JSON), or a media type of the form `*/json` or
+    /// `*/*+json` (`application/json`, `text/json`, `application/vnd.api+json`,
+    /// ...), any case, parameters ignored. The bus decides the same way.
     ///
     /// ```
     /// let mut event = busbar_sdk::Event::new("1", "s", "t");
@@ -138,18 +140,9 @@ impl Event {
     /// assert!(!event.is_json());
     /// ```
     pub fn is_json(&self) -> bool {
-        match &self.datacontenttype {
-            None => true,
-            Some(content_type) => {
-                let essence = content_type
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase();
-                essence == APPLICATION_JSON || essence.ends_with("+json")
-            }
-        }
+        self.datacontenttype
+            .as_deref()
+            .is_none_or(is_json_media_type)
     }
 
     /// Deserialises the data, which must be JSON, into `T`.
@@ -417,10 +410,50 @@ impl EventBuilder {
     }
 }
 
+/// Whether a media type declares JSON: `*/json` or `*/*+json` with RFC 9110
+/// token type and subtype, any case, parameters ignored (CloudEvents JSON
+/// format 1.0, section 3.1). The same rule as the bus's
+/// `host/src/binding/media.rs`; both are tested against one case table,
+/// `tests/data/media_types.json`.
+fn is_json_media_type(media_type: &str) -> bool {
+    let end = media_type.find(';').unwrap_or(media_type.len());
+    let essence = media_type[..end].trim_matches([' ', '\t']);
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token(kind) || !token(subtype) {
+        return false;
+    }
+    // Tokens are ASCII, so the byte slice is on a character boundary.
+    subtype.eq_ignore_ascii_case("json")
+        || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The host checks the same table (`host/src/binding/media.rs`), so the
+    /// SDK and the bus cannot disagree on what is JSON.
+    #[test]
+    fn json_media_types_follow_the_shared_table() {
+        let table: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/data/media_types.json")).unwrap();
+        let cases = table["cases"].as_array().unwrap();
+        assert!(cases.len() > 20);
+        for case in cases {
+            let mut event = Event::new("1", "s", "t");
+            event.datacontenttype = case["media_type"].as_str().map(str::to_owned);
+            let json = case["json"].as_bool().unwrap();
+            assert_eq!(event.is_json(), json, "{:?}", event.datacontenttype);
+        }
+    }
 
     #[test]
     fn data_as_rejects_non_json_content_type() {

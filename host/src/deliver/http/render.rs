@@ -1,0 +1,228 @@
+//! The request an event becomes: CloudEvents binary or structured mode
+//! ([`crate::binding`]), or a transform's output as the body.
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+
+use super::super::{Failure, FailureCode, Payload};
+use super::spec::DeliveryMode;
+use crate::binding::{EncodeError, body, headers, media};
+
+/// The request's event-dependent headers and body.
+#[derive(Debug)]
+pub(super) struct Rendered {
+    pub(super) headers: HeaderMap,
+    pub(super) body: Vec<u8>,
+}
+
+/// Lays out the payload per the CloudEvents HTTP binding. A transform's
+/// output replaces the payload: sent as `application/json` when it parses
+/// as JSON, else as UTF-8 text; binary mode still carries the attributes.
+pub(super) fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendered, Failure> {
+    let mut headers = HeaderMap::new();
+    if mode == DeliveryMode::Binary {
+        headers::to_headers(payload.event, &mut headers).map_err(render_error)?;
+    }
+    let (content_type, body) = match (payload.body, mode) {
+        (Some(text), _) => {
+            let content_type = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                media::APPLICATION_JSON
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            (Some(content_type.to_owned()), text.as_bytes().to_vec())
+        }
+        (None, DeliveryMode::Structured) => (
+            Some(media::STRUCTURED_CONTENT_TYPE.to_owned()),
+            payload.event.to_json_bytes(),
+        ),
+        (None, DeliveryMode::Binary) => body::to_body(payload.event).map_err(render_error)?,
+    };
+    if let Some(content_type) = content_type {
+        let value = HeaderValue::from_str(&content_type)
+            .map_err(|_| render_error(EncodeError::ContentType))?;
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    Ok(Rendered { headers, body })
+}
+
+fn render_error(error: EncodeError) -> Failure {
+    Failure::new(FailureCode::RenderError, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use serde_json::{Value, json};
+
+    fn event(value: Value) -> Event {
+        let Value::Object(map) = value else {
+            panic!("not an object")
+        };
+        Event::from_validated(map)
+    }
+
+    fn base_event() -> Value {
+        json!({
+            "specversion": "1.0",
+            "id": "evt-1",
+            "source": "shop.orders",
+            "type": "order.created",
+        })
+    }
+
+    #[test]
+    fn binary_mode_maps_attributes_to_ce_headers() {
+        let mut value = base_event();
+        value["time"] = json!("2026-01-01T00:00:00Z");
+        value["subject"] = json!("order 42 \"rush\"");
+        value["datacontenttype"] = json!("application/json");
+        value["resources"] = json!(["arn:a", "arn:b"]);
+        value["hops"] = json!(2);
+        value["vip"] = json!(true);
+        value["nothing"] = Value::Null;
+        value["data"] = json!({"total": 120});
+        let event = event(value);
+        let rendered = render(
+            DeliveryMode::Binary,
+            Payload {
+                event: &event,
+                body: None,
+            },
+        )
+        .unwrap();
+        let h = &rendered.headers;
+        assert_eq!(h["ce-specversion"], "1.0");
+        assert_eq!(h["ce-id"], "evt-1");
+        assert_eq!(h["ce-source"], "shop.orders");
+        assert_eq!(h["ce-type"], "order.created");
+        assert_eq!(h["ce-time"], "2026-01-01T00:00:00Z");
+        assert_eq!(h["ce-subject"], "order%2042%20%22rush%22");
+        assert_eq!(h["ce-resources"], "arn:a,arn:b");
+        assert_eq!(h["ce-hops"], "2");
+        assert_eq!(h["ce-vip"], "true");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        for absent in [
+            "ce-data",
+            "ce-datacontenttype",
+            "ce-data_base64",
+            "ce-nothing",
+        ] {
+            assert!(!h.contains_key(absent), "{absent}");
+        }
+        assert_eq!(rendered.body, br#"{"total":120}"#);
+    }
+
+    #[test]
+    fn binary_mode_bodies() {
+        // JSON data without a content type: application/json.
+        let mut value = base_event();
+        value["data"] = json!([1, 2]);
+        let r = render_binary(value);
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.body, b"[1,2]");
+
+        // A string under a non-JSON content type is sent as the text itself.
+        let mut value = base_event();
+        value["datacontenttype"] = json!("text/plain");
+        value["data"] = json!("hello");
+        let r = render_binary(value);
+        assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(r.body, b"hello");
+
+        // A string under a JSON content type is a JSON string.
+        let mut value = base_event();
+        value["datacontenttype"] = json!("application/vnd.x+json; charset=utf-8");
+        value["data"] = json!("hello");
+        assert_eq!(render_binary(value).body, br#""hello""#);
+
+        // Binary data is decoded.
+        let mut value = base_event();
+        value["datacontenttype"] = json!("image/png");
+        value["data_base64"] = json!(BASE64.encode([0u8, 159, 146, 150]));
+        let r = render_binary(value);
+        assert_eq!(r.headers[header::CONTENT_TYPE], "image/png");
+        assert_eq!(r.body, [0u8, 159, 146, 150]);
+
+        let mut value = base_event();
+        value["data_base64"] = json!("AAEC");
+        let r = render_binary(value);
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/octet-stream");
+
+        // No data: no body, no Content-Type.
+        let r = render_binary(base_event());
+        assert!(r.body.is_empty());
+        assert!(!r.headers.contains_key(header::CONTENT_TYPE));
+
+        // Broken base64 is a permanent render error.
+        let mut value = base_event();
+        value["data_base64"] = json!("not base64!");
+        let err = render(
+            DeliveryMode::Binary,
+            Payload {
+                event: &event(value),
+                body: None,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "render_error");
+    }
+
+    fn render_binary(value: Value) -> Rendered {
+        render(
+            DeliveryMode::Binary,
+            Payload {
+                event: &event(value),
+                body: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn structured_mode_and_transformed_bodies() {
+        let mut value = base_event();
+        value["data"] = json!({"a": 1});
+        let event = event(value);
+        let r = render(
+            DeliveryMode::Structured,
+            Payload {
+                event: &event,
+                body: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r.headers[header::CONTENT_TYPE],
+            "application/cloudevents+json; charset=utf-8"
+        );
+        assert_eq!(r.body, event.to_json_bytes());
+        assert!(!r.headers.keys().any(|k| k.as_str().starts_with("ce-")));
+
+        // A transform's output replaces the payload; binary mode keeps ce-*.
+        let r = render(
+            DeliveryMode::Binary,
+            Payload {
+                event: &event,
+                body: Some(r#"{"order": 1}"#),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers["ce-id"], "evt-1");
+        assert_eq!(r.body, br#"{"order": 1}"#);
+        let r = render(
+            DeliveryMode::Structured,
+            Payload {
+                event: &event,
+                body: Some("order 1 shipped"),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(r.body, b"order 1 shipped");
+        assert!(!r.headers.contains_key("ce-id"));
+    }
+}
