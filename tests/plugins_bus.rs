@@ -356,8 +356,17 @@ async fn a_new_version_takes_effect_at_once_crashes_pause_it_and_rollback_restor
         .await;
     assert_eq!(redriven["redriven"], 6, "{redriven}");
     bus.send(&key, "default", order("v1-b", 10.0)).await;
-    let got = bus.drain(&key, "out", 1).await;
-    assert_eq!(got[0]["id"], "v1-b");
+    // Everything arrives: the new event and the six redriven ones. (Until
+    // the targets were re-cut behind one trait, redriven deliveries to a
+    // queue target were leased and never attempted, and this test read only
+    // the first message, so it could not see them missing.)
+    let got = bus.drain(&key, "out", 7).await;
+    let mut ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["v1-b", "v2-0", "v2-1", "v2-2", "v2-3", "v2-4", "v2-5"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,8 @@ fn yes() -> bool {
 /// A rule body, read but not compiled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleSpec {
-    /// The event pattern (EventBridge's `detail`/`detail-type` aliases not yet applied).
+    /// The event pattern (EventBridge's `detail`/`detail-type` aliases not
+    /// yet applied); `null` only in a spec read with problems.
     pub pattern: Value,
     /// Disabled rules match nothing.
     pub enabled: bool,
@@ -100,8 +101,8 @@ impl RuleSpec {
     fn read(value: &Value, problems: &mut Problems) -> Option<Self> {
         let mut f = Fields::of(value, "", "a rule", problems)?;
         f.deny_unknown(MEMBERS);
-        let pattern = f.raw("pattern").cloned();
-        if pattern.is_none() {
+        let pattern = f.raw("pattern").cloned().unwrap_or(Value::Null);
+        if pattern.is_null() {
             f.problem("pattern", "missing: every rule needs an event pattern");
         }
         let enabled = match f.raw("enabled") {
@@ -173,7 +174,7 @@ impl RuleSpec {
             Some(_) => f.problem("targets", "must be an array"),
         }
         Some(Self {
-            pattern: pattern?,
+            pattern,
             enabled,
             filter,
             transform,
@@ -187,17 +188,36 @@ impl RuleSpec {
     /// Compiles the rule named `name` on bus `bus`; every problem is reported.
     pub fn compile(&self, bus: &str, name: &str, cx: &RuleContext<'_>) -> Result<Rule, Problems> {
         let mut problems = Problems::new();
-        let pattern =
+        match self.compile_into(bus, name, cx, &mut problems) {
+            Some(rule) if problems.is_empty() => Ok(rule),
+            _ => Err(problems),
+        }
+    }
+
+    /// Compiles what can be compiled, recording every problem, so a spec
+    /// read with problems still has the rest of it checked.
+    fn compile_into(
+        &self,
+        bus: &str,
+        name: &str,
+        cx: &RuleContext<'_>,
+        problems: &mut Problems,
+    ) -> Option<Rule> {
+        let before = problems.len();
+        let pattern = if self.pattern.is_null() {
+            None
+        } else {
             match Pattern::from_value(&eventbridge_aliases(&self.pattern), cx.pattern_limits) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     problems.add(crate::resource::join_path("pattern", &e.path), e.reason);
                     None
                 }
-            };
+            }
+        };
         let lookup = cx.targets.plugin;
         if let Some(b) = &self.filter {
-            check_binding(lookup, b, PluginKind::Filter, "filter", &mut problems);
+            check_binding(lookup, b, PluginKind::Filter, "filter", problems);
         }
         let transform = match &self.transform {
             None => None,
@@ -207,7 +227,7 @@ impl RuleSpec {
                     b,
                     PluginKind::Transformer,
                     "transform.plugin",
-                    &mut problems,
+                    problems,
                 );
                 Some(RuleTransform::Plugin(b.clone()))
             }
@@ -238,13 +258,14 @@ impl RuleSpec {
                 Err(p) => problems.extend_within(&format!("targets[{i}]"), p),
             }
         }
-        problems.finish()?;
-        let pattern = pattern.ok_or_else(|| Problems::one("pattern", "invalid"))?;
-        Ok(Rule {
+        if problems.len() > before {
+            return None;
+        }
+        Some(Rule {
             name: name.to_owned(),
             bus: bus.to_owned(),
             enabled: self.enabled,
-            pattern,
+            pattern: pattern?,
             filter: self.filter.clone(),
             transform,
             targets,
@@ -287,9 +308,16 @@ pub fn compile_rule(
     body: &Value,
     cx: &RuleContext<'_>,
 ) -> Result<Rule, Problems> {
-    let mut rule = RuleSpec::parse(body)?.compile(bus, name, cx)?;
-    rule.spec = body.clone();
-    Ok(rule)
+    let mut problems = Problems::new();
+    let rule = RuleSpec::read(body, &mut problems)
+        .and_then(|spec| spec.compile_into(bus, name, cx, &mut problems));
+    match rule {
+        Some(mut rule) if problems.is_empty() => {
+            rule.spec = body.clone();
+            Ok(rule)
+        }
+        _ => Err(problems),
+    }
 }
 
 /// A compiled rule.
