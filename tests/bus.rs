@@ -711,3 +711,35 @@ async fn a_slow_target_does_not_hold_up_other_targets_or_ingestion() {
         .await;
     fast.wait_for(301).await;
 }
+
+/// Issue 9: bus and queue settings of the wrong type, or unknown ones, are
+/// refused with 400 naming the field (every problem listed), and nothing is created.
+#[tokio::test]
+async fn bus_and_queue_settings_are_checked_member_by_member() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    for path in ["/v1/buses/orders", "/v1/queues/audit"] {
+        let (status, body) = bus
+            .call(
+                Method::PUT,
+                path,
+                &key,
+                Some(json!({"description": 5, "colour": "red"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let fields: Vec<&str> = body["error"]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["colour", "description"], "{path}: {body}");
+        let (status, _) = bus.call(Method::GET, path, &key, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} was not created");
+        let (status, body) = bus
+            .call(Method::PUT, path, &key, Some(json!({"description": "ok"})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {body}");
+    }
+}
