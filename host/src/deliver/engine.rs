@@ -76,8 +76,9 @@ enum Origin {
     /// A first attempt: failures become new jobs; the guard is released
     /// once the delivery is done or persisted.
     First(#[allow(dead_code)] DoneGuard),
-    /// A retry of a stored job, held under this lease.
-    Job(JobLease),
+    /// A retry of a stored job, held under this lease, with the error its
+    /// last attempt left (kept when the job is only deferred).
+    Job(JobLease, Option<AttemptError>),
 }
 
 /// One delivery of one event to one target.
@@ -137,7 +138,7 @@ impl Delivery {
 
     fn lease(&self) -> Option<&JobLease> {
         match &self.origin {
-            Origin::Job(lease) => Some(lease),
+            Origin::Job(lease, _) => Some(lease),
             Origin::First(_) => None,
         }
     }
@@ -539,7 +540,7 @@ impl Engine {
                 },
                 attempts: job.attempts,
                 ingested_ms: job.ingested_ms,
-                origin: Origin::Job(lease),
+                origin: Origin::Job(lease, job.last_error),
             });
         }
         for batch in batches(deliveries) {
@@ -547,11 +548,13 @@ impl Engine {
                 // The target is at its cap: look again shortly, keeping each job's history.
                 let due = self.clock.now_ms() + 100;
                 for d in &batch {
-                    if let Some(lease) = d.lease() {
-                        let job = d.job(d.attempts, due, None);
-                        let error = job
-                            .last_error
-                            .unwrap_or_else(|| AttemptError::new(FailureCode::Unknown, ""));
+                    if let Origin::Job(lease, last_error) = &d.origin {
+                        let error = last_error.clone().unwrap_or_else(|| {
+                            AttemptError::new(
+                                FailureCode::TargetBusy,
+                                "deferred: the target was at its in-flight cap",
+                            )
+                        });
                         if let Err(e) = self.jobs.retry_job(lease, due, d.attempts, error).await {
                             tracing::warn!(error = %e, "cannot defer a job");
                         }

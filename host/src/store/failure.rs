@@ -83,6 +83,8 @@ failure_codes! {
     LoopDetected = "loop_detected",
     /// The rule or target of a scheduled delivery no longer exists.
     TargetRemoved = "target_removed",
+    /// A delivery was deferred because its target was at its in-flight cap.
+    TargetBusy = "target_busy",
     /// The store refused a write the target needed (queue and bus targets).
     StoreError = "store_error",
     /// A stored delivery could not be read back (should not happen).
