@@ -14,4 +14,5 @@ mod pattern_conformance;
 mod pattern_properties;
 mod plugin_runtime;
 mod plugins_bus;
+mod targets;
 mod transform_conformance;

@@ -93,3 +93,10 @@ pub fn queue_depth(tenant: &str, queue: &str, depth: u64) {
     gauge!("busbar_queue_depth", "tenant" => tenant.to_owned(), "queue" => queue.to_owned())
         .set(depth as f64);
 }
+
+/// The plugin runtime's own counters (absolute values, read at scrape time).
+pub fn plugin_runtime(invocations: u64, compiles: u64, artifact_loads: u64) {
+    counter!("busbar_plugin_invocations_total").absolute(invocations);
+    counter!("busbar_plugin_compiles_total").absolute(compiles);
+    counter!("busbar_plugin_artifact_loads_total").absolute(artifact_loads);
+}

@@ -16,6 +16,7 @@ const TESTED: &[&[&str]] = &[
     crate::plugins_bus::TESTED,
     crate::openapi::conformance::TESTED,
     crate::egress::TESTED,
+    crate::targets::TESTED,
 ];
 
 /// The repository root.

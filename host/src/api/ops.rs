@@ -24,6 +24,8 @@ pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'stati
 pub(super) async fn metrics(axum::extract::State(state): State) -> impl IntoResponse {
     // Gauges that are cheaper to read at scrape time than to maintain on every change.
     crate::telemetry::routing_backlog(state.routing.in_flight() as i64);
+    let stats = state.plugins.runtime.stats();
+    crate::telemetry::plugin_runtime(stats.invocations, stats.compiles, stats.artifact_loads);
     if let Ok(depths) = state.queues.queue_depths().await {
         let depths: std::collections::HashMap<(String, String), u64> = depths
             .into_iter()
