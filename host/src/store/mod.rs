@@ -32,6 +32,7 @@ pub mod failure;
 pub mod jobs;
 pub mod log;
 pub mod memory;
+pub mod nats;
 pub mod queues;
 pub mod sqlite;
 #[cfg(test)]
@@ -39,7 +40,8 @@ pub(crate) mod testing;
 mod watermark;
 
 pub use self::config::{
-    ConfigSnapshot, ConfigStore, KeyRecord, Resource, ResourceKind, TenantRecord,
+    ConfigChange, ConfigSnapshot, ConfigStore, ConfigWatch, KeyRecord, Resource, ResourceKind,
+    TenantRecord,
 };
 pub use self::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetters};
 pub use self::failure::{AttemptError, Exhausted, FailureCode};
