@@ -135,9 +135,11 @@ pub enum ConfigChange {
 
 /// The configuration changes committed after the watch began, by any
 /// node, this one included, in commit order (so a node applies every
-/// change, its own as well, idempotently). To miss nothing, a node opens
-/// the watch *before* [`ConfigStore::load`], then applies what the watch
-/// reports on top of the snapshot.
+/// change, its own as well, idempotently). Changes of one key may be
+/// coalesced: a key changed twice before the watcher read the first change
+/// may report only the second (the latest state is what matters). To miss
+/// nothing, a node opens the watch *before* [`ConfigStore::load`], then
+/// applies what the watch reports on top of the snapshot.
 #[async_trait]
 pub trait ConfigWatch: Send {
     /// The next change, waiting for one. An error means changes may have

@@ -183,8 +183,12 @@ impl Pool {
     }
 
     /// Every held message's ack subject, taking them out (a drop hands them back).
-    pub(super) fn take_all(&self) -> Vec<String> {
-        self.state().held.drain().map(|(_, h)| h.reply).collect()
+    pub(super) fn take_all(&self) -> Vec<(u64, String)> {
+        self.state()
+            .held
+            .drain()
+            .map(|(seq, h)| (seq, h.reply))
+            .collect()
     }
 
     /// Removes a held job; its ack subject.
@@ -246,7 +250,7 @@ impl NatsStore {
         s.job_pool
             .consumer
             .get_or_try_init(|| async {
-                s.timed(
+                let mut workers = s.timed(
                     "open the job consumer",
                     s.jobs.get_or_create_consumer(
                         WORKERS,
@@ -262,7 +266,9 @@ impl NatsStore {
                         },
                     ),
                 )
-                .await
+                .await?;
+                s.await_leader(&mut workers).await?;
+                Ok(workers)
             })
             .await
     }

@@ -102,7 +102,7 @@ impl EventLog for NatsStore {
 
     async fn consumer(&self) -> StoreResult<Arc<dyn LogConsumer>> {
         let s = &self.inner;
-        let consumer = s
+        let mut consumer = s
             .timed(
                 "open the routing consumer",
                 s.log.get_or_create_consumer(
@@ -118,6 +118,7 @@ impl EventLog for NatsStore {
                 ),
             )
             .await?;
+        s.await_leader(&mut consumer).await?;
         let held = Arc::new(InFlight::default());
         let weak = Arc::downgrade(&held);
         s.hold(weak);
@@ -344,7 +345,7 @@ impl LogConsumer for NatsLogConsumer {
 
 impl Drop for NatsLogConsumer {
     fn drop(&mut self) {
-        let replies: Vec<String> = self.held.map().drain().map(|(_, r)| r).collect();
+        let replies: Vec<(u64, String)> = self.held.map().drain().collect();
         self.store.inner.drain(replies);
     }
 }

@@ -437,6 +437,7 @@ impl Shared {
             "connection",
             "temporarily unavailable",
             "not enough",
+            "503",
             "no suitable peers",
             "leader",
             "quorum",
@@ -557,18 +558,44 @@ impl Shared {
         }
     }
 
+    /// Waits until a just-created consumer has a leader to answer pulls
+    /// (on a cluster the first pulls would otherwise get "no responders").
+    async fn await_leader(
+        &self,
+        consumer: &mut async_nats::jetstream::consumer::Consumer<
+            async_nats::jetstream::consumer::pull::Config,
+        >,
+    ) -> StoreResult<()> {
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout * 2;
+        loop {
+            let info = self.timed("open a consumer", consumer.info()).await?;
+            if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(
+                    "NATS: the consumer has no leader".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Hands messages back to the server at once, when a handle is dropped
     /// (a clean shutdown), so other nodes need not wait for `AckWait`.
-    fn drain(&self, replies: Vec<String>) {
+    fn drain(&self, mut replies: Vec<(u64, String)>) {
         if replies.is_empty() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // In sequence order: the server redelivers naked messages in the
+        // order of the naks, and the oldest should come back first.
+        replies.sort_unstable_by_key(|(seq, _)| *seq);
         let client = self.client.clone();
         let task = runtime.spawn(async move {
-            for reply in replies {
+            for (_, reply) in replies {
                 let nak = client.request(reply, Bytes::from_static(b"-NAK"));
                 let _ = tokio::time::timeout(Duration::from_secs(2), nak).await;
             }
