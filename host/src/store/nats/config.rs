@@ -77,7 +77,12 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> StoreResult<T>
 }
 
 fn resource_key(tenant: &str, kind: ResourceKind, name: &str) -> String {
-    format!("r.{}.{}.{}", token(tenant), token(kind.as_str()), token(name))
+    format!(
+        "r.{}.{}.{}",
+        token(tenant),
+        token(kind.as_str()),
+        token(name)
+    )
 }
 
 impl ResourceJson {
@@ -111,7 +116,11 @@ impl NatsStore {
                 Some(r) => r.rev,
                 None => 0,
             };
-            match s.config.put(key, Some(value.clone()), Expect::Rev(rev)).await {
+            match s
+                .config
+                .put(key, Some(value.clone()), Expect::Rev(rev))
+                .await
+            {
                 Ok(_) => return Ok(true),
                 // Someone wrote the key meanwhile: look again.
                 Err(TableError::Conflict) => continue,
@@ -316,9 +325,7 @@ impl ConfigStore for NatsStore {
                 }),
             )
             .await?;
-        let messages = s
-            .timed("watch config", consumer.messages())
-            .await?;
+        let messages = s.timed("watch config", consumer.messages()).await?;
         Ok(Some(Box::new(NatsConfigWatch {
             store: self.clone(),
             messages,

@@ -122,7 +122,9 @@ impl NatsStore {
     ) -> StoreResult<()> {
         let s = &self.inner;
         let subject = self.dlq_filter(tenant, filter);
-        let below = before.and_then(|b| u64::try_from(b).ok()).unwrap_or(u64::MAX);
+        let below = before
+            .and_then(|b| u64::try_from(b).ok())
+            .unwrap_or(u64::MAX);
         let mut seq = 1;
         while seq < below {
             let Some(m) = s.first_at_or_after(&s.dlq, &subject, seq).await? else {

@@ -40,11 +40,11 @@
 //! then the job's message is double-acked.
 
 use super::{Holder, NatsStore, frame, unframe};
+use crate::clock::millis;
 use crate::store::dead_letters::DeadLetterId;
 use crate::store::failure::{AttemptError, Exhausted, FailureCode};
 use crate::store::jobs::{DeliveryJobs, JobLease, LeaseRepr, LeasedJob, NewJob};
 use crate::store::{Millis, StoreResult};
-use crate::clock::millis;
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,12 @@ impl Pool {
 
     /// Leases up to `max` due jobs, earliest due first; otherwise tells
     /// when the earliest held job becomes available.
-    fn pick(&self, max: usize, lease_for: Duration, now: Millis) -> (Vec<LeasedJob>, Option<Millis>) {
+    fn pick(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        now: Millis,
+    ) -> (Vec<LeasedJob>, Option<Millis>) {
         let mut st = self.state();
         let mut due: Vec<(Millis, u64)> = st
             .held
@@ -231,7 +236,11 @@ impl Pool {
 
 impl Holder for Pool {
     fn held_replies(&self) -> Vec<String> {
-        self.state().held.values().map(|h| h.reply.clone()).collect()
+        self.state()
+            .held
+            .values()
+            .map(|h| h.reply.clone())
+            .collect()
     }
 }
 
@@ -250,23 +259,24 @@ impl NatsStore {
         s.job_pool
             .consumer
             .get_or_try_init(|| async {
-                let mut workers = s.timed(
-                    "open the job consumer",
-                    s.jobs.get_or_create_consumer(
-                        WORKERS,
-                        pull::Config {
-                            durable_name: Some(WORKERS.into()),
-                            ack_policy: AckPolicy::Explicit,
-                            ack_wait: s.options.ack_wait,
-                            // Delayed naks count as pending: room for every
-                            // scheduled retry, not a cap.
-                            max_ack_pending: 1_000_000,
-                            deliver_policy: consumer::DeliverPolicy::All,
-                            ..Default::default()
-                        },
-                    ),
-                )
-                .await?;
+                let mut workers = s
+                    .timed(
+                        "open the job consumer",
+                        s.jobs.get_or_create_consumer(
+                            WORKERS,
+                            pull::Config {
+                                durable_name: Some(WORKERS.into()),
+                                ack_policy: AckPolicy::Explicit,
+                                ack_wait: s.options.ack_wait,
+                                // Delayed naks count as pending: room for every
+                                // scheduled retry, not a cap.
+                                max_ack_pending: 1_000_000,
+                                deliver_policy: consumer::DeliverPolicy::All,
+                                ..Default::default()
+                            },
+                        ),
+                    )
+                    .await?;
                 s.await_leader(&mut workers).await?;
                 Ok(workers)
             })
@@ -362,7 +372,10 @@ impl NatsStore {
         let batch = s
             .timed(
                 "read jobs",
-                workers.fetch().max_messages(room.min(DRAIN_BATCH)).messages(),
+                workers
+                    .fetch()
+                    .max_messages(room.min(DRAIN_BATCH))
+                    .messages(),
             )
             .await?;
         let messages = super::log::collect(s, batch, Duration::ZERO).await?;
@@ -371,7 +384,10 @@ impl NatsStore {
     }
 
     /// Publishes jobs (pipelined) and records the highest sequence written.
-    pub(super) async fn publish_jobs(&self, jobs: Vec<(NewJob, Option<String>)>) -> StoreResult<()> {
+    pub(super) async fn publish_jobs(
+        &self,
+        jobs: Vec<(NewJob, Option<String>)>,
+    ) -> StoreResult<()> {
         let s = &self.inner;
         let mut acks = Vec::with_capacity(jobs.len());
         let mut sent = Vec::with_capacity(jobs.len());
@@ -396,7 +412,11 @@ impl NatsStore {
         for ((subject, payload, id), result) in sent.into_iter().zip(results) {
             let seq = match result {
                 Ok(Ok(ack)) => ack.sequence,
-                _ => s.publish("enqueue", subject, payload, Some(&id)).await?.sequence,
+                _ => {
+                    s.publish("enqueue", subject, payload, Some(&id))
+                        .await?
+                        .sequence
+                }
             };
             s.job_pool.wrote(seq);
         }

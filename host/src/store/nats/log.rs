@@ -300,10 +300,7 @@ impl LogConsumer for NatsLogConsumer {
                 messages.extend(self.pull(max - 1, None).await?);
             }
         }
-        Ok(messages
-            .into_iter()
-            .filter_map(|m| self.entry(m))
-            .collect())
+        Ok(messages.into_iter().filter_map(|m| self.entry(m)).collect())
     }
 
     async fn ack(&self, tokens: Vec<AckToken>) -> StoreResult<()> {

@@ -486,12 +486,9 @@ impl Shared {
     /// Sends an ack kind to a message's ack subject and waits for the
     /// server to confirm it (a "double ack").
     async fn ack_sync(&self, reply: String, kind: &'static [u8]) -> StoreResult<()> {
-        self.timed(
-            "ack",
-            self.client.request(reply, Bytes::from_static(kind)),
-        )
-        .await
-        .map(|_| ())
+        self.timed("ack", self.client.request(reply, Bytes::from_static(kind)))
+            .await
+            .map(|_| ())
     }
 
     /// The message at `seq` or the first one after it whose subject matches
@@ -537,11 +534,8 @@ impl Shared {
 
     /// Deletes one message; false if it was not there.
     async fn delete_message(&self, stream: &JsStream, seq: u64) -> StoreResult<bool> {
-        match tokio::time::timeout(
-            self.options.request_timeout * 2,
-            stream.delete_message(seq),
-        )
-        .await
+        match tokio::time::timeout(self.options.request_timeout * 2, stream.delete_message(seq))
+            .await
         {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(e)) => match e.kind() {

@@ -131,7 +131,11 @@ impl Queues for NatsStore {
             };
             let value = serde_json::to_vec(&state)
                 .map_err(|e| crate::store::StoreError::Backend(e.into()))?;
-            match s.qstate.put(&key, Some(value.into()), Expect::Rev(rev)).await {
+            match s
+                .qstate
+                .put(&key, Some(value.into()), Expect::Rev(rev))
+                .await
+            {
                 Ok(_) => out.push(ReceivedMessage {
                     receipt: format!("{}.{:016x}", m.sequence, state.token),
                     body: m.payload,

@@ -143,9 +143,7 @@ impl Table {
         };
         match tokio::time::timeout(self.timeout, send).await {
             Ok(Ok(ack)) => Ok(ack.sequence),
-            Ok(Err(e))
-                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
-            {
+            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 Err(TableError::Conflict)
             }
             Ok(Err(e)) => Err(TableError::Other(e.to_string())),

@@ -136,7 +136,11 @@ async fn an_unreachable_server_fails_fast_and_says_where() {
     )
     .await
     .expect_err("nothing listens there");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let text = err.to_string();
     assert!(matches!(err, ConnectError::Unreachable { .. }), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
@@ -162,16 +166,16 @@ fn event(id: &str) -> NewEvent {
 }
 
 /// Retries `f` until it succeeds or `within` runs out.
-async fn eventually<T>(
-    within: Duration,
-    mut f: impl AsyncFnMut() -> StoreResult<T>,
-) -> T {
+async fn eventually<T>(within: Duration, mut f: impl AsyncFnMut() -> StoreResult<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         match f().await {
             Ok(v) => return v,
             Err(e) => {
-                assert!(Instant::now() < deadline, "still failing after {within:?}: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "still failing after {within:?}: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
