@@ -21,10 +21,11 @@
 //! virtual time.
 //!
 //! Backends: [`sqlite`] (the single-node default: one file, one writer
-//! thread with group commit) and [`memory`] (no durability; for tests of the
-//! router and the delivery engine, and as the reference implementation).
-//! Both pass the same conformance suite (`store::testing`, run by each
-//! backend's unit tests).
+//! thread with group commit), [`nats`] (NATS JetStream: several bus nodes
+//! share one deployment; see its design) and [`memory`] (no durability; for
+//! tests of the router and the delivery engine, and as the reference
+//! implementation). All pass the same conformance suite (`store::testing`,
+//! run by each backend's unit tests; the NATS runs start real servers).
 
 pub mod config;
 pub mod dead_letters;

@@ -1,4 +1,4 @@
-//! Configuration on JetStream: a [`Table`](super::table::Table) (stream
+//! Configuration on JetStream: a key/value table (stream
 //! `P_CONFIG`, one message per key), watched by every node.
 //!
 //! Keys (each part one escaped subject token):

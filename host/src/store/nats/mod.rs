@@ -10,7 +10,7 @@
 //! | [`jobs`]             | `DeliveryJobs`   | stream `P_JOBS` (work queue), consumer `workers`|
 //! | [`dead_letters`]     | `DeadLetters`    | stream `P_DLQ`                                  |
 //! | [`queues`]           | `Queues`         | streams `P_QUEUES` + `P_QSTATE` (receipts)      |
-//! | [`table`]            | (helper)         | a key/value table with compare-and-set          |
+//! | `table`              | (helper)         | a key/value table with compare-and-set          |
 //!
 //! `P` is the deployment's prefix (default `BUSBAR`; the subjects use it in
 //! lower case): several deployments — or every test — share one cluster
@@ -22,7 +22,7 @@
 //! `busbar.log.<tenant>.<bus>`, `busbar.jobs.<tenant>.<bus>`,
 //! `busbar.dlq.<tenant>.<bus>.<rule>.<target>`, `busbar.queue.<tenant>.<queue>`,
 //! `busbar.cfg.r.<tenant>.<kind>.<name>`. Names are escaped into one subject
-//! token each ([`token`]), so a name with a dot stays one token. This is
+//! token each (`token`), so a name with a dot stays one token. This is
 //! what makes a tenant's data addressable: listing and filtering are
 //! subject filters the server answers from its subject index, and deleting
 //! a tenant is one purge per stream with the filter `*.*.<tenant>.>`.
@@ -69,6 +69,56 @@
 //! kept from firing for a live node by in-progress acks (`+WPI`) every
 //! `AckWait/3` for everything the node holds. JetStream's consumer
 //! `BackOff` is not used: it silently replaces `AckWait`.
+//!
+//! # Consumers, in-flight caps, acks
+//!
+//! Pull consumers with explicit acks throughout; each shared one (`router`
+//! on the log, `workers` on the jobs) is durable and shared by every node,
+//! so the server spreads the work and remembers progress. The routing
+//! consumer's `max_ack_pending` (`log_max_in_flight`) caps what all nodes
+//! hold unrouted. Per-target in-flight caps stay in the delivery engine,
+//! which sees every attempt; a consumer per target would mean a consumer
+//! per rule target (thousands), each polled. A clean shutdown naks what
+//! the node holds, in sequence order, so it is redelivered at once.
+//!
+//! # Retention and deleting a tenant
+//!
+//! `log_max_age` / `log_max_bytes` bound the log (besides `prune`), and
+//! `dead_letter_max_age` the dead letters; jobs leave their work-queue
+//! stream when acked, queue messages when acked. A tenant's data is every
+//! message under `*.*.<tenant>.>` (config: `cfg.*.<tenant>.>` for
+//! resources): one filtered purge per stream deletes it.
+//!
+//! # Sample server settings
+//!
+//! Every node of a 3-node cluster, `replicas = 3`:
+//!
+//! ```text
+//! server_name: n1                     # n2, n3
+//! listen: 0.0.0.0:4222
+//! jetstream { store_dir: /var/lib/nats, sync_interval: always }   # or omit: 2 min
+//! cluster { name: busbar, listen: 0.0.0.0:6222,
+//!           routes: [nats-route://n1:6222, nats-route://n2:6222, nats-route://n3:6222] }
+//! ```
+//!
+//! `sync_interval: always` + R3: an acknowledged event survives the loss of
+//! one server, including power loss. Default interval + R3: it survives
+//! any one server's crash, not a power loss of two at once. R1 with
+//! `always`: it survives a restart of the server, not the loss of its disk.
+//!
+//! # Where the interfaces do not fit JetStream well
+//!
+//! - `DeadLetters::list_dead_letters` is newest first with `before`
+//!   paging; JetStream reads forward only, so a page walks the tenant's
+//!   matching letters (see [`dead_letters`]). Paging oldest-first with an
+//!   `after` cursor would be one request per page.
+//! - `LogConsumer::ack` tokens and `JobLease` are node-local here (a lease
+//!   is a token in the holding node's pool): an ack or retry must come from
+//!   the node that leased, which the engine does. `ack_job` with a lease
+//!   from before a restart does nothing (the job comes back after
+//!   `AckWait`, so it may be attempted once more).
+//! - `LogConsumer` ("one consumer per process") is a share of a cluster-wide
+//!   consumer; `in_flight` counts this node's share only.
 //!
 //! Details per interface are in each file's documentation.
 
