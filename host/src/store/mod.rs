@@ -21,10 +21,11 @@
 //! virtual time.
 //!
 //! Backends: [`sqlite`] (the single-node default: one file, one writer
-//! thread with group commit) and [`memory`] (no durability; for tests of the
-//! router and the delivery engine, and as the reference implementation).
-//! Both pass the same conformance suite (`store::testing`, run by each
-//! backend's unit tests).
+//! thread with group commit), [`nats`] (NATS JetStream: several bus nodes
+//! share one deployment; see its design) and [`memory`] (no durability; for
+//! tests of the router and the delivery engine, and as the reference
+//! implementation). All pass the same conformance suite (`store::testing`,
+//! run by each backend's unit tests; the NATS runs start real servers).
 
 pub mod config;
 pub mod dead_letters;
@@ -32,6 +33,7 @@ pub mod failure;
 pub mod jobs;
 pub mod log;
 pub mod memory;
+pub mod nats;
 pub mod queues;
 pub mod sqlite;
 #[cfg(test)]
@@ -39,7 +41,8 @@ pub(crate) mod testing;
 mod watermark;
 
 pub use self::config::{
-    ConfigSnapshot, ConfigStore, KeyRecord, Resource, ResourceKind, TenantRecord,
+    ConfigChange, ConfigSnapshot, ConfigStore, ConfigWatch, KeyRecord, Resource, ResourceKind,
+    TenantRecord,
 };
 pub use self::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetters};
 pub use self::failure::{AttemptError, Exhausted, FailureCode};
