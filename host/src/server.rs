@@ -161,7 +161,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .plugins
         .kind_limits()
         .map_err(|problems| anyhow::anyhow!("invalid config: {}", problems.join("; ")))?;
+    // One set of ingest limits: for events arriving over HTTP and for events
+    // transformer plugins return.
+    let ingest_limits = IngestLimits {
+        max_event_bytes: config.limits.max_event_bytes,
+        max_batch_entries: config.limits.max_batch_entries,
+        max_put_events_entries: config.limits.max_put_events_entries,
+    };
     let mut runtime_config = RuntimeConfig::new(dir.clone());
+    runtime_config.event_limits = ingest_limits;
     runtime_config.max_upload_bytes = config.plugins.max_upload_bytes;
     runtime_config.outbound.allow_private = config.plugins.allow_private_hosts.clone();
     let runtime = Arc::new(PluginRuntime::new(runtime_config)?);
@@ -185,11 +193,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_hops: config.delivery.max_hops,
         plugins: plugins.clone(),
     });
-    let ingest_limits = IngestLimits {
-        max_event_bytes: config.limits.max_event_bytes,
-        max_batch_entries: config.limits.max_batch_entries,
-        max_put_events_entries: config.limits.max_put_events_entries,
-    };
     // A batch may carry many events; still bounded so one request cannot exhaust memory.
     let max_request_bytes = (config.limits.max_event_bytes * 4).max(16 * 1024 * 1024);
     let state = Arc::new(AppState {

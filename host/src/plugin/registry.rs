@@ -10,8 +10,8 @@
 //! into the bus's error codes, and pauses a version that keeps crashing.
 
 use super::{
-    DeliveryResult, FailureKind, InvokeContext, KindLimits, LoadedPlugin, PluginFailure,
-    PluginKind, PluginLimits, PluginRuntime,
+    ConnectorPlugin, DeliveryResult, FailureKind, FilterPlugin, InvokeContext, KindLimits,
+    PluginFailure, PluginHandle, PluginKind, PluginLimits, PluginRuntime, TransformerPlugin,
 };
 use crate::catalog::Catalog;
 use crate::deliver::{Failure, Outcome};
@@ -334,12 +334,12 @@ impl PluginHost {
     }
 
     /// Finds the version a binding means right now and loads it.
-    fn resolve(
+    fn resolve<P: PluginHandle>(
         &self,
         tenant: &str,
         binding: &PluginBinding,
-        kind: PluginKind,
-    ) -> Result<(u32, Arc<LoadedPlugin>), AttemptError> {
+    ) -> Result<(u32, P), AttemptError> {
+        let kind = P::KIND;
         let record = self.catalog.plugin(tenant, &binding.name).ok_or_else(|| {
             error(
                 "plugin_missing",
@@ -373,7 +373,7 @@ impl PluginHost {
                 ),
             ));
         }
-        let loaded = self.runtime.load(&v.sha256).map_err(|e| {
+        let loaded = self.runtime.load_as(&v.sha256).map_err(|e| {
             error(
                 "plugin_load",
                 format!("cannot load {}@{version}: {e}", binding.name),
@@ -427,7 +427,7 @@ impl PluginHost {
         binding: &PluginBinding,
         event: &Event,
     ) -> Result<bool, AttemptError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Filter)?;
+        let (version, plugin) = self.resolve::<FilterPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Filter);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.filter(&plugin, &cx, event).await {
@@ -446,7 +446,7 @@ impl PluginHost {
         binding: &PluginBinding,
         event: &Event,
     ) -> Result<Vec<Event>, AttemptError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Transformer)?;
+        let (version, plugin) = self.resolve::<TransformerPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Transformer);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.transform(&plugin, &cx, event).await {
@@ -465,7 +465,7 @@ impl PluginHost {
         binding: &PluginBinding,
         allowed_hosts: &[String],
     ) -> Result<(), AttemptError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Connector)?;
+        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Connector);
         let cx = self.context(tenant, binding, version, "", &limits, allowed_hosts);
         self.runtime
@@ -488,7 +488,7 @@ impl PluginHost {
         allowed_hosts: &[String],
         event: &Event,
     ) -> Outcome {
-        let (version, plugin) = match self.resolve(tenant, binding, PluginKind::Connector) {
+        let (version, plugin) = match self.resolve::<ConnectorPlugin>(tenant, binding) {
             Ok(v) => v,
             // Paused or missing plugins may be fixed by the tenant: keep retrying until the limits run out.
             Err(e) if e.code == "plugin_paused" || e.code == "plugin_load" => {
