@@ -152,7 +152,7 @@ handle!(
 
 impl FilterPlugin {
     /// Instantiates the filter in `store` and calls it once.
-    pub(super) async fn call(
+    async fn call(
         &self,
         store: &mut Store<State>,
         event: &CloudEvent,

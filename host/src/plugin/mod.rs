@@ -247,7 +247,7 @@ pub struct PluginFailure {
 }
 
 impl PluginFailure {
-    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
