@@ -1,8 +1,11 @@
-//! The `busbar` binary's offline tools: `pattern test` and `transform test`.
+//! The `busbar` binary's offline tools: `pattern test`, `transform test`
+//! and `plugin new|build|test`.
 
 use serde_json::{Value, json};
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Instant;
 
 fn busbar(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
@@ -204,4 +207,118 @@ fn plugin_new_scaffolds_a_crate_on_the_sdk() {
         "placeholders are filled: {manifest}"
     );
     assert!(dir.path().join("my-hook/src/lib.rs").exists());
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_that_builds_outside_the_repo() {
+    // A user without the Busbar source: a home and a cache of their own, a
+    // working directory outside the repository, no --sdk-path.
+    let started = Instant::now();
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    let work = tempfile::tempdir().unwrap();
+    let new = |args: &[&str], xdg: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
+        cmd.args(args)
+            .current_dir(work.path())
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME");
+        if let Some(dir) = xdg {
+            cmd.env("XDG_CACHE_HOME", dir);
+        }
+        cmd.output().unwrap()
+    };
+    let out = new(
+        &["plugin", "new", "transformer", "my-labeler"],
+        Some(&cache),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let krate = work.path().join("my-labeler");
+    let manifest = std::fs::read_to_string(krate.join("Cargo.toml")).unwrap();
+    let sdks: Vec<_> = std::fs::read_dir(cache.join("busbar/sdk"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sdks.len(), 1, "{sdks:?}");
+    let sdk = &sdks[0];
+    assert!(
+        manifest.contains(&format!("path = \"{}\"", sdk.display())),
+        "the SDK dependency is the cached copy: {manifest}"
+    );
+    let repo = crate::support::guests::repo_root().canonicalize().unwrap();
+    assert!(
+        !manifest.contains(&repo.display().to_string()),
+        "{manifest}"
+    );
+    for file in [
+        "Cargo.toml",
+        "src/lib.rs",
+        "wit/plugin.wit",
+        "wit/deps/io.wit",
+    ] {
+        assert!(
+            sdk.join(file).is_file(),
+            "{file} missing in {}",
+            sdk.display()
+        );
+    }
+    assert!(
+        krate.join("Cargo.lock").is_file(),
+        "the versions are pinned"
+    );
+    // Without XDG_CACHE_HOME the cache is ~/.cache.
+    let out = new(&["plugin", "new", "filter", "my-gate"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(home.path().join(".cache/busbar/sdk").is_dir());
+
+    // `busbar plugin build`, offline, into a target dir shared between runs
+    // so the SDK's dependencies compile once.
+    let target = crate::support::guests::host_target_dir().join("scaffold");
+    let out = Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .args(["plugin", "build", "--dir", krate.to_str().unwrap()])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_NET_OFFLINE", "true")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_labeler.wasm");
+    assert!(wasm.is_file(), "{}", wasm.display());
+
+    // The component runs in the sandbox and does what the template says.
+    let event = write(
+        &work,
+        "e.json",
+        &json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+                "datacontenttype": "application/json", "data": {"amount": 5}}),
+    );
+    let out = busbar(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--event",
+            &event,
+            "--config",
+            "label=vip",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "transformer", "{report}");
+    assert_eq!(
+        report["result"][0]["data"],
+        json!({"amount": 5, "label": "vip"}),
+        "{report}"
+    );
+    eprintln!(
+        "scaffolded, built and ran a plugin in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

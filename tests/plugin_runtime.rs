@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use busbar::event::Event;
 use busbar::ingest::{IngestLimits, parse_structured};
 use busbar::plugin::{
-    DeliveryResult, FailureKind, InvokeContext, LoadedPlugin, LogSource, PluginErrorCode,
-    PluginKind, PluginLimits, PluginRuntime, RuntimeConfig,
+    ConnectorPlugin, DeliveryResult, FailureKind, FilterPlugin, InvokeContext, LogSource,
+    PluginErrorCode, PluginHandle, PluginKind, PluginLimits, PluginRuntime, RuntimeConfig,
+    TransformerPlugin,
 };
 use serde_json::{Value, json};
 
@@ -34,6 +35,7 @@ pub const TESTED: &[&str] = &[
     "flood-log",
     "snoop",
     "ssrf",
+    "mislabel",
 ];
 
 fn config(dir: &std::path::Path) -> RuntimeConfig {
@@ -55,16 +57,17 @@ fn shared() -> &'static PluginRuntime {
     .0
 }
 
-async fn load_in(rt: &'static PluginRuntime, name: &str) -> Arc<LoadedPlugin> {
+/// Prepares guest `name` in `rt` and loads it as the handle of kind `P`.
+async fn load_in<P: PluginHandle>(rt: &'static PluginRuntime, name: &str) -> P {
     let bytes = guest_bytes(name);
     let prepared = tokio::task::spawn_blocking(move || rt.prepare(&bytes))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("preparing {name}: {e:?}"));
-    rt.load(&prepared.sha256).unwrap()
+    rt.load_as(&prepared.sha256).unwrap()
 }
 
-async fn load(name: &str) -> Arc<LoadedPlugin> {
+async fn load<P: PluginHandle>(name: &str) -> P {
     load_in(shared(), name).await
 }
 
@@ -206,7 +209,7 @@ fn uploads_are_checked_against_the_worlds() {
 
 #[tokio::test]
 async fn amount_filter_passes_big_orders_only() {
-    let p = load("amount-filter").await;
+    let p: FilterPlugin = load("amount-filter").await;
     assert_eq!(p.kind(), PluginKind::Filter);
     let cx = Cx::new(&[("threshold", "100")]);
     let rt = shared();
@@ -246,7 +249,7 @@ async fn amount_filter_passes_big_orders_only() {
 
 #[tokio::test]
 async fn pii_redact_masks_emails_phones_and_fields() {
-    let p = load("pii-redact").await;
+    let p: TransformerPlugin = load("pii-redact").await;
     let cx = Cx::new(&[("fields", "ssn")]);
     let input = event(
         "e-1",
@@ -267,7 +270,7 @@ async fn pii_redact_masks_emails_phones_and_fields() {
 
 #[tokio::test]
 async fn splitter_emits_one_event_per_element_with_stable_ids() {
-    let p = load("splitter").await;
+    let p: TransformerPlugin = load("splitter").await;
     let cx = Cx::new(&[("pointer", "/items"), ("type", "order.line")]);
     let input = event(
         "o-7",
@@ -295,7 +298,7 @@ async fn splitter_emits_one_event_per_element_with_stable_ids() {
 
 #[tokio::test]
 async fn enrich_adds_configured_and_derived_fields() {
-    let p = load("enrich").await;
+    let p: TransformerPlugin = load("enrich").await;
     let cx = Cx::new(&[
         ("region", "eu-west-1"),
         ("tenant_tier", "gold"),
@@ -317,7 +320,7 @@ async fn enrich_adds_configured_and_derived_fields() {
 #[tokio::test]
 async fn signed_webhook_delivers_signed_requests_and_classifies_failures() {
     let receiver = Receiver::start().await;
-    let p = load("signed-webhook").await;
+    let p: ConnectorPlugin = load("signed-webhook").await;
     assert_eq!(p.kind(), PluginKind::Connector);
     let url = receiver.url("/hook");
     let cx = Cx::new(&[("url", &url), ("secret", "s3cret")]).hosts(&["127.0.0.1"]);
@@ -395,7 +398,7 @@ async fn signed_webhook_delivers_signed_requests_and_classifies_failures() {
 #[tokio::test]
 async fn chat_notify_posts_a_rendered_message() {
     let receiver = Receiver::start().await;
-    let p = load("chat-notify").await;
+    let p: ConnectorPlugin = load("chat-notify").await;
     let url = receiver.url("/services/T0/B0");
     let cx = Cx::new(&[
         ("webhook_url", &url),
@@ -423,8 +426,8 @@ async fn chat_notify_posts_a_rendered_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_hits_the_deadline_without_starving_other_invocations() {
-    let spin = load("spin").await;
-    let filter = load("amount-filter").await;
+    let spin: FilterPlugin = load("spin").await;
+    let filter: FilterPlugin = load("amount-filter").await;
     let rt = shared();
     let spinning = tokio::spawn(async move {
         let mut cx = Cx::new(&[]);
@@ -465,9 +468,66 @@ async fn spin_hits_the_deadline_without_starving_other_invocations() {
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_spinners_on_a_busy_machine_end_by_their_cpu_deadline() {
+    // Sixteen spinners share two workers, and two more threads compete for
+    // the machine's CPUs. Giving each its 100 ms of CPU takes the workers at
+    // least 800 ms, beyond the 500 ms wall-clock timeout: waiting for a
+    // worker is not the guest's doing and must not turn a CPU deadline into
+    // a timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_instances = 16;
+    let rt: &'static PluginRuntime = Box::leak(Box::new(PluginRuntime::new(c).unwrap()));
+    let spin: FilterPlugin = load_in(rt, "spin").await;
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let spinners: Vec<_> = (0..16)
+        .map(|i| {
+            let spin = spin.clone();
+            tokio::spawn(async move {
+                let mut cx = Cx::new(&[]);
+                cx.limits.cpu_ms = 100;
+                cx.limits.timeout_ms = 500;
+                let started = Instant::now();
+                let err = rt
+                    .filter(&spin, &cx.get("spin"), &event(&format!("s-{i}"), json!({})))
+                    .await
+                    .unwrap_err();
+                (err.kind, started.elapsed())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for s in spinners {
+        outcomes.push(s.await.unwrap());
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        outcomes
+            .iter()
+            .all(|(kind, _)| *kind == FailureKind::Deadline),
+        "{outcomes:?}"
+    );
+    let slowest = outcomes.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(slowest >= Duration::from_millis(500), "{slowest:?}");
+}
+
 #[tokio::test]
 async fn hog_runs_out_of_memory() {
-    let p = load("hog").await;
+    let p: FilterPlugin = load("hog").await;
     let mut cx = Cx::new(&[]);
     cx.limits.memory_bytes = 16 << 20;
     let err = shared()
@@ -487,7 +547,7 @@ async fn hog_runs_out_of_memory() {
 
 #[tokio::test]
 async fn deep_recursion_is_a_stack_overflow_trap() {
-    let p = load("deep").await;
+    let p: FilterPlugin = load("deep").await;
     let cx = Cx::new(&[]);
     let err = shared()
         .filter(&p, &cx.get("deep"), &event("d-1", json!({})))
@@ -499,7 +559,7 @@ async fn deep_recursion_is_a_stack_overflow_trap() {
 
 #[tokio::test]
 async fn panic_is_a_trap_with_the_panic_message_in_the_logs() {
-    let p = load("panic").await;
+    let p: FilterPlugin = load("panic").await;
     let cx = Cx::new(&[]);
     let err = shared()
         .filter(&p, &cx.get("panic"), &event("p-1", json!({})))
@@ -514,7 +574,7 @@ async fn panic_is_a_trap_with_the_panic_message_in_the_logs() {
         err.logs
     );
     // The next invocation of the same plugin is unaffected (fresh instance).
-    let amount = load("amount-filter").await;
+    let amount: FilterPlugin = load("amount-filter").await;
     let ok = Cx::new(&[("threshold", "1")]);
     assert!(
         shared()
@@ -531,7 +591,7 @@ async fn panic_is_a_trap_with_the_panic_message_in_the_logs() {
 
 #[tokio::test]
 async fn flood_output_hits_the_output_limits() {
-    let p = load("flood-output").await;
+    let p: TransformerPlugin = load("flood-output").await;
     let many = Cx::new(&[("events", "1000")]);
     let err = shared()
         .transform(&p, &many.get("flood-output"), &event("f-1", json!({})))
@@ -558,8 +618,83 @@ async fn flood_output_hits_the_output_limits() {
 }
 
 #[tokio::test]
+async fn an_output_flood_is_refused_while_copying_as_the_output_limit() {
+    // Far more events than the copy budget of the output limits: wasmtime
+    // stops copying the result at that budget, and it is the output limit,
+    // not a trap (a trap would count toward pausing the plugin).
+    let p: TransformerPlugin = load("flood-output").await;
+    let flood = Cx::new(&[("events", "20000")]);
+    let err = shared()
+        .transform(&p, &flood.get("flood-output"), &event("f-4", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::OutputLimit, "{err:?}");
+    assert!(err.message.contains("output limits"), "{}", err.message);
+    // Few events, more bytes than one host call may carry.
+    let bytes = Cx::new(&[("events", "2"), ("bytes", "3000000")]);
+    let err = shared()
+        .transform(&p, &bytes.get("flood-output"), &event("f-5", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::OutputLimit, "{err:?}");
+    // Within the limits nothing changed.
+    let few = Cx::new(&[("events", "100"), ("bytes", "10000")]);
+    let out = shared()
+        .transform(&p, &few.get("flood-output"), &event("f-6", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(out.value.len(), 100);
+}
+
+#[tokio::test]
+async fn a_host_call_with_too_much_data_is_the_output_limit() {
+    let p: FilterPlugin = load("flood-log").await;
+    let mut cx = Cx::new(&[
+        ("bytes", "2000000"),
+        ("message_bytes", "2000000"),
+        ("stdio_bytes", "0"),
+    ]);
+    cx.limits.hostcall_bytes = 1 << 20;
+    let err = shared()
+        .filter(&p, &cx.get("flood-log"), &event("l-2", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::OutputLimit, "{err:?}");
+    assert!(err.message.contains("host call"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn transformer_outputs_are_validated_like_ingested_events() {
+    let p: TransformerPlugin = load("mislabel").await;
+    // Declared JSON, not JSON: ingest refuses such a body, so does the host.
+    let cx = Cx::new(&[]);
+    let err = shared()
+        .transform(&p, &cx.get("mislabel"), &event("m-1", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::InvalidOutput, "{err:?}");
+    assert!(err.message.contains("declared as JSON"), "{}", err.message);
+    // The same bytes as text pass, as a string.
+    let text = Cx::new(&[("datacontenttype", "text/plain")]);
+    let out = shared()
+        .transform(&p, &text.get("mislabel"), &event("m-2", json!({})))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(out[0].as_map()["data"], json!("{not json"));
+    // A larger event than ingest accepts is refused as well.
+    let big = "x".repeat(300_000);
+    let large = Cx::new(&[("datacontenttype", "text/plain"), ("data", &big)]);
+    let err = shared()
+        .transform(&p, &large.get("mislabel"), &event("m-3", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::InvalidOutput, "{err:?}");
+}
+
+#[tokio::test]
 async fn flood_log_succeeds_with_logs_truncated() {
-    let p = load("flood-log").await;
+    let p: FilterPlugin = load("flood-log").await;
     let mut cx = Cx::new(&[
         ("bytes", "1000000"),
         ("message_bytes", "10000"),
@@ -596,7 +731,7 @@ async fn flood_log_succeeds_with_logs_truncated() {
 
 #[tokio::test]
 async fn snoop_sees_no_files_no_env_no_args() {
-    let p = load("snoop").await;
+    let p: TransformerPlugin = load("snoop").await;
     let cx = Cx::new(&[("path", "/proc/self/environ")]);
     let out = shared()
         .transform(&p, &cx.get("snoop"), &event("n-1", json!({})))
@@ -619,7 +754,7 @@ async fn snoop_sees_no_files_no_env_no_args() {
 
 #[tokio::test]
 async fn ssrf_is_denied_for_metadata_and_unlisted_hosts() {
-    let p = load("ssrf").await;
+    let p: ConnectorPlugin = load("ssrf").await;
     let rt = shared();
     // Metadata endpoint, even when the target lists it.
     let cx = Cx::new(&[("socket", "true")]).hosts(&["169.254.169.254"]);
@@ -703,7 +838,7 @@ async fn artifacts_are_reused_across_runtimes_and_never_trusted_blindly() {
         prepared.sha256
     };
     async fn run_in(rt: &PluginRuntime, sha: &str) -> bool {
-        let p = rt.load(sha).unwrap();
+        let p: FilterPlugin = rt.load_as(sha).unwrap();
         let cx = Cx::new(&[("threshold", "1")]);
         let ev = event("a-1", json!({"amount": 2}));
         rt.filter(&p, &cx.get("amount-filter"), &ev)
@@ -760,7 +895,7 @@ async fn artifacts_are_reused_across_runtimes_and_never_trusted_blindly() {
     assert_eq!(rt.stats().artifact_rejects, 1);
 
     // Fuel metering reports instructions used.
-    let p = fuel_rt.load(&sha).unwrap();
+    let p: FilterPlugin = fuel_rt.load_as(&sha).unwrap();
     let cx = Cx::new(&[("threshold", "1")]);
     let out = fuel_rt
         .filter(
@@ -788,14 +923,19 @@ async fn unknown_digests_are_not_found() {
 
 #[tokio::test]
 async fn a_plugin_called_as_the_wrong_kind_fails_cleanly() {
-    let p = load("amount-filter").await;
-    let cx = Cx::new(&[]);
+    // Each call takes only its kind's handle (calling a filter as a
+    // transformer does not compile); loading a version as the wrong kind is
+    // refused with a typed error.
+    let p: FilterPlugin = load("amount-filter").await;
     let err = shared()
-        .transform(&p, &cx.get("amount-filter"), &event("k-1", json!({})))
-        .await
+        .load_as::<TransformerPlugin>(p.sha256())
         .unwrap_err();
-    assert_eq!(err.kind, FailureKind::Internal);
+    assert_eq!(err.code, PluginErrorCode::WrongKind);
     assert!(err.message.contains("is a filter"), "{}", err.message);
+    assert_eq!(
+        shared().load(p.sha256()).unwrap().kind(),
+        PluginKind::Filter
+    );
 }
 
 // ---------------------------------------------------------------- wall clock and pool
@@ -812,7 +952,7 @@ async fn a_connector_blocked_on_a_silent_server_times_out() {
             open.push(socket);
         }
     });
-    let p = load("ssrf").await;
+    let p: ConnectorPlugin = load("ssrf").await;
     let mut cx = Cx::new(&[("url", &format!("http://{addr}/"))]).hosts(&["127.0.0.1"]);
     cx.limits.timeout_ms = 300;
     let started = Instant::now();
@@ -835,8 +975,8 @@ async fn an_exhausted_pool_makes_invocations_wait_not_fail() {
     let mut c = config(dir.path());
     c.max_instances = 1;
     let rt: &'static PluginRuntime = Box::leak(Box::new(PluginRuntime::new(c).unwrap()));
-    let spin = load_in(rt, "spin").await;
-    let filter = load_in(rt, "amount-filter").await;
+    let spin: FilterPlugin = load_in(rt, "spin").await;
+    let filter: FilterPlugin = load_in(rt, "amount-filter").await;
     let spinning = tokio::spawn(async move {
         let mut cx = Cx::new(&[]);
         cx.limits.cpu_ms = 300;

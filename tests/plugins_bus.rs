@@ -16,6 +16,8 @@ pub const TESTED: &[&str] = &[
     "signed-webhook",
     "panic",
     "spin",
+    "flood-output",
+    "mislabel",
 ];
 
 fn order(id: &str, amount: f64) -> Value {
@@ -543,6 +545,121 @@ async fn a_spinning_plugin_does_not_slow_another_tenant() {
         .collect();
     let deadline = codes.iter().filter(|c| **c == "plugin_deadline").count();
     assert!(deadline >= 5, "{codes:?}");
+}
+
+#[tokio::test]
+async fn an_output_flood_is_the_output_limit_and_never_pauses_the_plugin() {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    bus.install(&key, "flood", "flood-output").await;
+    bus.put(&key, "/v1/queues/out", json!({})).await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/r",
+        json!({
+        "pattern": {"source": ["shop"]},
+        "transform": {"plugin": "flood", "config": {"events": 20000}},
+        "targets": [{"id": "q", "type": "queue", "queue": "out"}]}),
+    )
+    .await;
+    // More events than it takes crashes to pause a version.
+    let events = registry_pause_after() + 1;
+    for i in 0..events {
+        bus.send(&key, "default", order(&format!("f{i}"), 1.0))
+            .await;
+    }
+    let letters = wait_for(
+        "a dead letter per event",
+        Duration::from_secs(30),
+        || async {
+            let (_, dlq) = bus.call(Method::GET, "/v1/dlq", &key, None).await;
+            let items = dlq["items"].as_array().cloned().unwrap_or_default();
+            (items.len() >= events).then_some(items)
+        },
+    )
+    .await;
+    let codes: Vec<&str> = letters
+        .iter()
+        .map(|d| d["error_code"].as_str().unwrap())
+        .collect();
+    assert!(
+        codes.iter().all(|c| *c == "plugin_output_limit"),
+        "{codes:?}"
+    );
+    let (_, info) = bus.call(Method::GET, "/v1/plugins/flood", &key, None).await;
+    assert_eq!(info["status"], "active", "{info}");
+}
+
+fn registry_pause_after() -> usize {
+    busbar::plugin::registry::PAUSE_AFTER_CRASHES as usize
+}
+
+/// Sets up tenant `acme` with transformer `t` (guest `guest`, `config`)
+/// feeding queue `out`; returns the tenant's key.
+async fn transform_into_queue(bus: &TestBus, guest: &str, config: Value) -> String {
+    let key = bus.tenant("acme").await;
+    bus.install(&key, "t", guest).await;
+    bus.put(&key, "/v1/queues/out", json!({})).await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/r",
+        json!({
+        "pattern": {"source": ["shop"]},
+        "transform": {"plugin": "t", "config": config},
+        "targets": [{"id": "q", "type": "queue", "queue": "out"}]}),
+    )
+    .await;
+    key
+}
+
+async fn first_dead_letter(bus: &TestBus, key: &str) -> Value {
+    wait_for("a dead letter", Duration::from_secs(20), || async {
+        let (_, dlq) = bus.call(Method::GET, "/v1/dlq", key, None).await;
+        dlq["items"].as_array().and_then(|i| i.first().cloned())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn transformer_outputs_meet_the_same_rules_as_ingested_events() {
+    // Data declared as JSON that is not JSON: refused at ingest, and so
+    // refused from a plugin.
+    let bus = TestBus::start().await;
+    let key = transform_into_queue(&bus, "mislabel", json!({})).await;
+    bus.send(&key, "default", order("m1", 1.0)).await;
+    let letter = first_dead_letter(&bus, &key).await;
+    assert_eq!(letter["error_code"], "plugin_invalid_output", "{letter}");
+    assert!(
+        letter["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("declared as JSON"),
+        "{letter}"
+    );
+    bus.stop().await;
+
+    // A ~600 KB event (800 KB as stored, data in base64) is over the
+    // default `max_event_bytes` of 256 KiB...
+    let big = json!({"events": 1, "bytes": 600000});
+    let bus = TestBus::start().await;
+    let key = transform_into_queue(&bus, "flood-output", big.clone()).await;
+    bus.send(&key, "default", order("b1", 1.0)).await;
+    let letter = first_dead_letter(&bus, &key).await;
+    assert_eq!(letter["error_code"], "plugin_invalid_output", "{letter}");
+    bus.stop().await;
+
+    // ...and within `[limits] max_event_bytes` raised to 1 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.limits.max_event_bytes = 1 << 20;
+    let bus = TestBus::start_with(dir, config).await;
+    let key = transform_into_queue(&bus, "flood-output", big).await;
+    bus.send(&key, "default", order("b2", 1.0)).await;
+    let got = bus.drain(&key, "out", 1).await;
+    assert_eq!(got[0]["id"], "b2-0");
+    assert_eq!(got[0]["data_base64"].as_str().unwrap().len(), 800_000);
+    let (_, dlq) = bus.call(Method::GET, "/v1/dlq", &key, None).await;
+    assert_eq!(dlq["items"], json!([]), "{dlq}");
 }
 
 #[tokio::test]

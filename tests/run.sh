@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-wasip2
 
+# The SDK vendors the plugin WIT (so it builds outside this repository, as
+# `busbar plugin new` writes it); it must stay identical to the host's.
+if ! diff -r wit plugins/sdk/wit; then
+  echo "plugins/sdk/wit differs from wit/: copy wit/ to plugins/sdk/wit" >&2
+  exit 1
+fi
+
 # Guest side: the plugins/ workspace (SDK, examples, hostile test plugins).
 (
   cd plugins

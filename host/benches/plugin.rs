@@ -9,7 +9,9 @@ use std::process::Command;
 
 use busbar::event::Event;
 use busbar::ingest::{IngestLimits, parse_structured};
-use busbar::plugin::{InvokeContext, PluginLimits, PluginRuntime, RuntimeConfig};
+use busbar::plugin::{
+    FilterPlugin, InvokeContext, PluginLimits, PluginRuntime, RuntimeConfig, TransformerPlugin,
+};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 /// Builds the guest plugins (release, wasm32-wasip2) and returns a component.
@@ -59,9 +61,11 @@ fn bench(c: &mut Criterion) {
     let rt = PluginRuntime::new(RuntimeConfig::new(dir.path())).unwrap();
     let filter_wasm = guest("amount-filter");
     let transformer_wasm = guest("enrich");
-    let filter = rt.load(&rt.prepare(&filter_wasm).unwrap().sha256).unwrap();
-    let transformer = rt
-        .load(&rt.prepare(&transformer_wasm).unwrap().sha256)
+    let filter: FilterPlugin = rt
+        .load_as(&rt.prepare(&filter_wasm).unwrap().sha256)
+        .unwrap();
+    let transformer: TransformerPlugin = rt
+        .load_as(&rt.prepare(&transformer_wasm).unwrap().sha256)
         .unwrap();
     let config: BTreeMap<String, String> = [
         ("field", "/amount"),

@@ -11,6 +11,8 @@ use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod plugin;
+
 /// Busbar: a multi-tenant event bus with EventBridge rules and Wasm plugins.
 #[derive(Debug, Parser)]
 #[command(name = "busbar", version, about)]
@@ -57,7 +59,9 @@ pub enum PluginCommand {
         kind: String,
         /// Crate name (also the directory created).
         name: String,
-        /// Where the SDK lives (a path dependency); default: the published crate.
+        /// Where the SDK lives (a path dependency), e.g. a checkout's
+        /// `plugins/sdk`; default: the SDK this binary carries, written to
+        /// `$XDG_CACHE_HOME/busbar/sdk/` (or `~/.cache/busbar/sdk/`).
         #[arg(long)]
         sdk_path: Option<PathBuf>,
     },
@@ -328,7 +332,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Put(args) => put(args),
-        Command::Plugin { action } => crate::plugin::cli::run(action),
+        Command::Plugin { action } => plugin::run(action),
         Command::Pattern {
             action:
                 PatternCommand::Test {

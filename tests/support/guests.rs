@@ -28,7 +28,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The host's target dir: the test binary lives in `<target>/debug/deps/`.
-fn host_target_dir() -> PathBuf {
+pub fn host_target_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }

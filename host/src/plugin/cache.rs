@@ -1,12 +1,11 @@
 //! The in-memory cache of loaded plugin versions (compiled component plus
 //! its pre-instantiation), keyed by the component's sha256.
 
-use std::sync::Arc;
-
 use super::LoadedPlugin;
 
-/// Loaded plugins, least recently used evicted beyond the capacity.
-pub struct PluginCache(moka::sync::Cache<String, Arc<LoadedPlugin>>);
+/// Loaded plugins, least recently used evicted beyond the capacity. A
+/// [`LoadedPlugin`] is cheap to clone (shared compiled code).
+pub struct PluginCache(moka::sync::Cache<String, LoadedPlugin>);
 
 impl PluginCache {
     /// A cache holding at most `capacity` versions.
@@ -15,12 +14,12 @@ impl PluginCache {
     }
 
     /// The loaded plugin with this digest, if cached.
-    pub fn get(&self, sha256: &str) -> Option<Arc<LoadedPlugin>> {
+    pub fn get(&self, sha256: &str) -> Option<LoadedPlugin> {
         self.0.get(sha256)
     }
 
     /// Caches a loaded plugin.
-    pub fn insert(&self, sha256: String, plugin: Arc<LoadedPlugin>) {
+    pub fn insert(&self, sha256: String, plugin: LoadedPlugin) {
         self.0.insert(sha256, plugin);
     }
 

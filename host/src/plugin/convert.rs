@@ -4,10 +4,11 @@
 //! Into the guest: `data` becomes the bytes of its JSON text (or the string
 //! itself for a non-JSON content type), `data_base64` its decoded bytes;
 //! extensions become strings (non-strings in their JSON text form). Back
-//! from the guest: for a JSON content type (or none) data that parses as
-//! JSON becomes `data`; text becomes a string `data`; anything else
-//! `data_base64`. Every returned event is validated exactly as ingest
-//! validates events arriving over HTTP.
+//! from the guest: for a JSON content type, data must parse as JSON and
+//! becomes `data` (as ingest requires of a body declared as JSON); without a
+//! content type, data that parses as JSON becomes `data`; text becomes a
+//! string `data`; anything else `data_base64`. Every returned event is
+//! validated exactly as ingest validates events arriving over HTTP.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -121,9 +122,16 @@ pub fn from_wit(ce: CloudEvent, limits: &IngestLimits) -> Result<Event, String> 
     }
     if let Some(data) = ce.data {
         let ct = ce.datacontenttype.as_deref();
-        let json = is_json(ct)
-            .then(|| serde_json::from_slice::<Value>(&data).ok())
-            .flatten();
+        let json =
+            match (is_json(ct), ct) {
+                (false, _) => None,
+                // Declared JSON must be JSON, as ingest requires of a body.
+                (true, Some(ct)) => Some(serde_json::from_slice::<Value>(&data).map_err(|e| {
+                    format!("data is declared as JSON ({ct}) but does not parse: {e}")
+                })?),
+                // No content type: kept byte-exact unless it is JSON.
+                (true, None) => serde_json::from_slice::<Value>(&data).ok(),
+            };
         match json {
             Some(v) => {
                 map.insert("data".into(), v);
@@ -210,6 +218,22 @@ mod tests {
         w.data = Some(b"{not json".to_vec());
         let back = from_wit(w, &IngestLimits::default()).unwrap();
         assert!(back.as_map().contains_key("data_base64"));
+    }
+
+    #[test]
+    fn data_declared_as_json_must_be_json() {
+        let mut w = to_wit(&event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+                   "datacontenttype": "application/json", "data": {"a": 1}}),
+        ));
+        w.data = Some(b"{not json".to_vec());
+        let err = from_wit(w.clone(), &IngestLimits::default()).unwrap_err();
+        assert!(err.contains("declared as JSON"), "{err}");
+        w.datacontenttype = Some("application/cloudevents+json; charset=utf-8".into());
+        assert!(from_wit(w.clone(), &IngestLimits::default()).is_err());
+        w.datacontenttype = Some("text/plain".into());
+        let back = from_wit(w, &IngestLimits::default()).unwrap();
+        assert_eq!(back.as_map()["data"], json!("{not json"));
     }
 
     #[test]

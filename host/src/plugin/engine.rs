@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
-/// How often the ticker thread advances the engine's epoch. CPU deadlines are
-/// counted in these ticks, so this is their resolution.
+/// How often the ticker thread advances the engine's epoch: a running guest's
+/// CPU time is checked against its deadline at every tick (see `cpu`), so
+/// this is the deadline's resolution and a guest's longest slice.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Largest linear memory any plugin may grow to; per-plugin limits
@@ -86,12 +87,6 @@ impl PluginEngine {
             ticker: Some(ticker),
         })
     }
-
-    /// Epoch ticks for a CPU deadline of `ms` milliseconds (at least one).
-    pub fn ticks_for(ms: u64) -> u64 {
-        let tick = EPOCH_TICK.as_millis().max(1) as u64;
-        ms.div_ceil(tick).max(1)
-    }
 }
 
 impl Drop for PluginEngine {
@@ -146,8 +141,9 @@ fn config(sizing: EngineSizing) -> Config {
     c.memory_guard_size(32 << 20);
     c.memory_reservation_for_growth(0);
     // CPU deadlines: a ticker thread advances the epoch every `EPOCH_TICK`;
-    // each store traps once its budget of ticks is spent. Much cheaper than
-    // fuel, which instruments every basic block.
+    // at each tick a store checks its invocation's CPU time and traps once
+    // the budget is spent. Much cheaper than fuel, which instruments every
+    // basic block.
     c.epoch_interruption(true);
     // Fuel only when asked (`busbar plugin test` reports instructions used);
     // it changes the generated code, and so the artifact compatibility hash.
@@ -191,12 +187,6 @@ fn compat_digest(engine: &Engine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ticks_round_up_and_are_never_zero() {
-        assert_eq!(PluginEngine::ticks_for(0), 1);
-        assert_eq!(PluginEngine::ticks_for(10), 10);
-    }
 
     #[test]
     fn fuel_changes_the_compatibility_digest() {

@@ -13,22 +13,28 @@ use super::engine::MAX_MEMORY_BYTES;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
-    /// CPU deadline in milliseconds, enforced with epoch ticks: a guest that
-    /// computes longer traps ([`super::FailureKind::Deadline`]).
+    /// CPU deadline in milliseconds: the invocation's own CPU time, checked
+    /// every epoch tick; a guest that computes longer traps
+    /// ([`super::FailureKind::Deadline`]).
     pub cpu_ms: u64,
     /// Wall-clock limit in milliseconds for a whole invocation, including
     /// time blocked in host calls (outbound HTTP), which epochs cannot
-    /// interrupt ([`super::FailureKind::Timeout`]).
+    /// interrupt ([`super::FailureKind::Timeout`]). Time spent waiting for a
+    /// CPU on a busy machine is not counted, so a computing guest always
+    /// meets its CPU deadline first (when `cpu_ms` < `timeout_ms`).
     pub timeout_ms: u64,
     /// Largest linear memory in bytes; growing beyond it traps
     /// ([`super::FailureKind::OutOfMemory`]).
     pub memory_bytes: usize,
     /// Bytes a guest may pass into a single host call (log messages, HTTP
-    /// bodies, ...).
+    /// bodies, ...), and a filter's or connector's result; more is
+    /// [`super::FailureKind::OutputLimit`].
     pub hostcall_bytes: usize,
-    /// Events a transformer may return for one input event.
+    /// Events a transformer may return for one input event
+    /// ([`super::FailureKind::OutputLimit`]).
     pub max_output_events: usize,
-    /// Total bytes (attributes and data) a transformer may return.
+    /// Total bytes (attributes and data) a transformer may return
+    /// ([`super::FailureKind::OutputLimit`]).
     pub max_output_bytes: usize,
     /// Log bytes kept per invocation; the rest is dropped and counted.
     pub log_bytes: usize,

@@ -7,8 +7,9 @@
 //! [`crate::resource::PluginRecord`]s, found through a [`PluginDirectory`].
 
 use super::{
-    DeliveryResult, FailureKind, InvokeContext, KindLimits, LimitsOverrides, LoadedPlugin,
-    PluginFailure, PluginKind, PluginLimits, PluginRuntime,
+    ConnectorPlugin, DeliveryResult, FailureKind, FilterPlugin, InvokeContext, KindLimits,
+    LimitsOverrides, PluginFailure, PluginHandle, PluginKind, PluginLimits, PluginRuntime,
+    TransformerPlugin,
 };
 use crate::event::Event;
 use crate::resource::{PluginBinding, PluginRecord};
@@ -157,12 +158,12 @@ impl PluginHost {
     }
 
     /// Finds the version a binding means right now and loads it.
-    fn resolve(
+    fn resolve<P: PluginHandle>(
         &self,
         tenant: &str,
         binding: &PluginBinding,
-        kind: PluginKind,
-    ) -> Result<(u32, Arc<LoadedPlugin>), PluginCallError> {
+    ) -> Result<(u32, P), PluginCallError> {
+        let kind = P::KIND;
         let record = self
             .directory
             .plugin(tenant, &binding.name)
@@ -199,7 +200,7 @@ impl PluginHost {
                 ),
             ));
         }
-        let loaded = self.runtime.load(&v.sha256).map_err(|e| {
+        let loaded = self.runtime.load_as(&v.sha256).map_err(|e| {
             error(
                 FailureCode::PluginLoad,
                 format!("cannot load {}@{version}: {e}", binding.name),
@@ -253,7 +254,7 @@ impl PluginHost {
         binding: &PluginBinding,
         event: &Event,
     ) -> Result<bool, PluginCallError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Filter)?;
+        let (version, plugin) = self.resolve::<FilterPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Filter);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.filter(&plugin, &cx, event).await {
@@ -272,7 +273,7 @@ impl PluginHost {
         binding: &PluginBinding,
         event: &Event,
     ) -> Result<Vec<Event>, PluginCallError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Transformer)?;
+        let (version, plugin) = self.resolve::<TransformerPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Transformer);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.transform(&plugin, &cx, event).await {
@@ -291,7 +292,7 @@ impl PluginHost {
         binding: &PluginBinding,
         allowed_hosts: &[String],
     ) -> Result<(), PluginCallError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Connector)?;
+        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Connector);
         let cx = self.context(tenant, binding, version, "", &limits, allowed_hosts);
         self.runtime
@@ -314,7 +315,7 @@ impl PluginHost {
         allowed_hosts: &[String],
         events: &[Event],
     ) -> Result<Vec<DeliveryResult>, PluginCallError> {
-        let (version, plugin) = self.resolve(tenant, binding, PluginKind::Connector)?;
+        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding)?;
         let limits = self.limits(tenant, PluginKind::Connector);
         let event_id = events.first().map(Event::id).unwrap_or_default();
         let cx = self.context(tenant, binding, version, event_id, &limits, allowed_hosts);

@@ -1,13 +1,19 @@
 //! The data of one plugin [`Store`]: an empty WASI context, the host
 //! capabilities and the limits' bookkeeping. One per invocation.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    CallHook, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::types;
 use super::config::{self, PluginConfig};
+use super::cpu::CpuClock;
 use super::engine::{MAX_MEMORY_BYTES, PluginEngine};
 use super::http::OutboundHttp;
 use super::log::{self, LogSource, PluginLog};
@@ -22,19 +28,27 @@ pub struct State {
     pub(crate) log: PluginLog,
     config: PluginConfig,
     pub(crate) limiter: Limiter,
-    /// Epoch ticks the guest may still run.
-    ticks_left: u64,
+    /// The invocation's CPU time so far.
+    pub(crate) clock: Arc<CpuClock>,
+    /// CPU time the guest may use.
+    cpu_limit: Duration,
     /// Set when the CPU deadline interrupted the guest.
     pub(crate) deadline_hit: bool,
+    /// Bytes a guest may pass into one host call.
+    pub(crate) hostcall_bytes: usize,
+    /// Bytes the host copies out of the guest's result before giving up.
+    pub(crate) result_bytes: usize,
 }
 
 impl State {
-    /// A state with an empty WASI context whose stdout/stderr go to `log`.
+    /// A state with an empty WASI context whose stdout/stderr go to `log`;
+    /// the guest's result may cost `result_bytes` to copy into the host.
     pub fn new(
         log: PluginLog,
         config: PluginConfig,
         hooks: OutboundHttp,
         limits: &PluginLimits,
+        result_bytes: usize,
     ) -> Self {
         // The builder's defaults are the sandbox: no environment, no
         // arguments, no preopened directories, stdin closed, no sockets
@@ -51,14 +65,18 @@ impl State {
             log,
             config,
             limiter: Limiter::new(limits.memory_bytes),
-            ticks_left: PluginEngine::ticks_for(limits.cpu_ms),
+            clock: Arc::default(),
+            cpu_limit: Duration::from_millis(limits.cpu_ms),
             deadline_hit: false,
+            hostcall_bytes: limits.hostcall_bytes,
+            result_bytes,
         }
     }
 
-    /// Resets the CPU budget (for a reused instance).
-    pub fn reset_deadline(&mut self, limits: &PluginLimits) {
-        self.ticks_left = PluginEngine::ticks_for(limits.cpu_ms);
+    /// Starts a new CPU budget (for a reused instance).
+    #[cfg(feature = "bench-internals")]
+    pub fn reset_deadline(&mut self) {
+        self.clock = Arc::default();
         self.deadline_hit = false;
     }
 }
@@ -73,19 +91,33 @@ pub fn store(engine: &PluginEngine, state: State, limits: &PluginLimits) -> Stor
         // Cannot fail: the engine meters fuel.
         let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
     }
-    // Check every tick: count one tick of the budget and yield to the
-    // executor, so a spinning guest shares its worker thread; trap when the
-    // budget is spent. Ticks spent blocked in host calls are not counted
-    // (the wall-clock timeout covers those).
+    // Check every tick: trap once the invocation's measured CPU time (see
+    // `cpu`) reaches the limit, otherwise yield to the executor, so a
+    // spinning guest shares its worker thread. Time blocked in host calls is
+    // not CPU time (the wall-clock timeout covers it).
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut cx| {
         let s = cx.data_mut();
-        if s.ticks_left <= 1 {
+        if s.clock.used() >= s.cpu_limit {
             s.deadline_hit = true;
             return Err(Trap::Interrupt.into());
         }
-        s.ticks_left -= 1;
+        s.clock.yielding();
         Ok(UpdateDeadline::Yield(1))
+    });
+    // Hostcall fuel bounds what wasmtime copies out of the guest: the
+    // arguments of each host call (`hostcall_bytes`), and the result of the
+    // guest's export once it returns (`result_bytes`), so an oversized
+    // output is refused while copying, before it is all in host memory.
+    // Every host call resets the budget; the export's return switches it.
+    store.call_hook(|mut cx, hook| {
+        let fuel = match hook {
+            CallHook::CallingHost => cx.data().hostcall_bytes,
+            CallHook::ReturningFromWasm => cx.data().result_bytes,
+            CallHook::CallingWasm | CallHook::ReturningFromHost => return Ok(()),
+        };
+        cx.set_hostcall_fuel(fuel);
+        Ok(())
     });
     store
 }

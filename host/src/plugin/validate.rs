@@ -32,6 +32,8 @@ pub enum PluginErrorCode {
     CompileFailed,
     /// No plugin stored under that digest.
     NotFound,
+    /// The stored plugin is of another kind than the one asked for.
+    WrongKind,
     /// Storage or other host failure.
     Internal,
 }
@@ -48,6 +50,7 @@ impl PluginErrorCode {
             Self::IncompatibleWorld => "incompatible_world",
             Self::CompileFailed => "compile_failed",
             Self::NotFound => "not_found",
+            Self::WrongKind => "wrong_kind",
             Self::Internal => "internal",
         }
     }

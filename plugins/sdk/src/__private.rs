@@ -12,7 +12,7 @@ use crate::{Config, Connector, Context, DeliveryError, Event, Filter, PluginErro
 /// `with`, and the SDK has one Rust type per WIT type.
 pub mod filter_bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "busbar:plugin/filter-plugin",
         runtime_path: "crate::wit_bindgen::rt",
         pub_export_macro: true,
@@ -22,7 +22,7 @@ pub mod filter_bindings {
 /// Bindings of the transformer world.
 pub mod transformer_bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "busbar:plugin/transformer-plugin",
         runtime_path: "crate::wit_bindgen::rt",
         pub_export_macro: true,
@@ -38,7 +38,7 @@ pub mod transformer_bindings {
 /// crate, which the HTTP client uses.
 pub mod connector_bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "busbar:plugin/connector-plugin",
         runtime_path: "crate::wit_bindgen::rt",
         pub_export_macro: true,

@@ -33,9 +33,10 @@
 //! `cargo test`; [`testing`] provides a fake HTTP client and captures logs.
 //! Build the component with `cargo build --target wasm32-wasip2 --release`.
 //!
-//! The SDK owns the plugin WIT (`busbar:plugin@0.1.0`, in the repository's
-//! `wit/` directory) and the `wit_bindgen` bindings; plugin authors never
-//! touch either.
+//! The SDK owns the plugin WIT (`busbar:plugin@0.1.0`, vendored in the
+//! crate's own `wit/` directory, a copy of the repository's `wit/` that the
+//! test command keeps identical, so the crate builds wherever it is copied)
+//! and the `wit_bindgen` bindings; plugin authors never touch either.
 
 pub mod config;
 mod context;

@@ -1,8 +1,18 @@
 //! `busbar plugin new|build|test|upload`: the plugin author's tools.
+//!
+//! `new` scaffolds a crate that builds anywhere: its `busbar-sdk` path
+//! dependency is the SDK this binary carries (see [`sdk`]) unless
+//! `--sdk-path` names another, and it gets the plugins workspace's
+//! `Cargo.lock`, so it resolves the dependency versions the SDK is tested with.
 
-use super::{InvokeContext, PluginKind, PluginLimits, PluginRuntime, RuntimeConfig};
-use crate::cli::PluginCommand;
+mod sdk;
+
+use super::PluginCommand;
 use crate::event::Event;
+use crate::plugin::{
+    ConnectorPlugin, FilterPlugin, Invocation, InvokeContext, LoadedPlugin, PluginKind,
+    PluginLimits, PluginRuntime, RuntimeConfig, TransformerPlugin,
+};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -84,15 +94,12 @@ fn new(kind: PluginKind, name: &str, sdk_path: Option<&Path>) -> anyhow::Result<
     if dir.exists() {
         bail!("{} already exists", dir.display());
     }
-    // The SDK is a path dependency: the given one, or this checkout's plugins/sdk.
     let sdk = match sdk_path {
-        Some(p) => p.to_owned(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk"),
+        Some(p) => std::fs::canonicalize(p)
+            .with_context(|| format!("busbar-sdk not found at {}", p.display()))?,
+        None => sdk::install()?,
     };
-    let sdk = std::fs::canonicalize(&sdk)
-        .with_context(|| format!("busbar-sdk not found at {}; pass --sdk-path", sdk.display()))?
-        .display()
-        .to_string();
+    let sdk = toml_escape(&sdk.display().to_string());
     for (path, text) in templates(kind) {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
@@ -101,9 +108,17 @@ fn new(kind: PluginKind, name: &str, sdk_path: Option<&Path>) -> anyhow::Result<
         let text = text.replace("{{name}}", name).replace("{{sdk_path}}", &sdk);
         std::fs::write(&target, text).with_context(|| format!("writing {}", target.display()))?;
     }
+    let lock = dir.join("Cargo.lock");
+    std::fs::write(&lock, sdk::PLUGINS_LOCK)
+        .with_context(|| format!("writing {}", lock.display()))?;
     println!("created {} plugin {name} in ./{name}", kind.as_str());
     println!("next: cd {name} && cargo test && busbar plugin build");
     Ok(0)
+}
+
+/// `text` as the inside of a TOML basic string.
+fn toml_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 fn build(dir: &Path) -> anyhow::Result<i32> {
@@ -150,9 +165,6 @@ fn test(
     let prepared = runtime
         .prepare(&wasm)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
-    let plugin = runtime
-        .load(&prepared.sha256)
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
     let config: BTreeMap<String, String> = config.into_iter().collect();
     let limits = PluginLimits::default();
     let cx = InvokeContext {
@@ -167,31 +179,14 @@ fn test(
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let loaded = runtime
+        .load(&prepared.sha256)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code.as_str(), e.message))?;
     let report = tokio.block_on(async {
-        match prepared.kind {
-            PluginKind::Filter => runtime
-                .filter(&plugin, &cx, &event)
-                .await
-                .map(|i| summary(&i, json!(i.value))),
-            PluginKind::Transformer => runtime.transform(&plugin, &cx, &event).await.map(|i| {
-                let events: Vec<Value> = i
-                    .value
-                    .iter()
-                    .map(|e| Value::Object(e.as_map().clone()))
-                    .collect();
-                summary(&i, json!(events))
-            }),
-            PluginKind::Connector => {
-                runtime.validate_config(&plugin, &cx).await?;
-                runtime
-                    .deliver(&plugin, &cx, std::slice::from_ref(&event))
-                    .await
-                    .map(|i| {
-                        let outcomes: Vec<Value> =
-                            i.value.iter().map(|o| json!(format!("{o:?}"))).collect();
-                        summary(&i, json!(outcomes))
-                    })
-            }
+        match &loaded {
+            LoadedPlugin::Filter(p) => run_filter(&runtime, p, &cx, &event).await,
+            LoadedPlugin::Transformer(p) => run_transformer(&runtime, p, &cx, &event).await,
+            LoadedPlugin::Connector(p) => run_connector(&runtime, p, &cx, &event).await,
         }
     });
     let _ = std::fs::remove_dir_all(&scratch);
@@ -215,7 +210,44 @@ fn test(
     }
 }
 
-fn summary<T>(i: &super::Invocation<T>, result: Value) -> Value {
+async fn run_filter(
+    runtime: &PluginRuntime,
+    p: &FilterPlugin,
+    cx: &InvokeContext<'_>,
+    event: &Event,
+) -> Result<Value, crate::plugin::PluginFailure> {
+    let i = runtime.filter(p, cx, event).await?;
+    Ok(summary(&i, json!(i.value)))
+}
+
+async fn run_transformer(
+    runtime: &PluginRuntime,
+    p: &TransformerPlugin,
+    cx: &InvokeContext<'_>,
+    event: &Event,
+) -> Result<Value, crate::plugin::PluginFailure> {
+    let i = runtime.transform(p, cx, event).await?;
+    let events: Vec<Value> = i
+        .value
+        .iter()
+        .map(|e| Value::Object(e.as_map().clone()))
+        .collect();
+    Ok(summary(&i, json!(events)))
+}
+
+async fn run_connector(
+    runtime: &PluginRuntime,
+    p: &ConnectorPlugin,
+    cx: &InvokeContext<'_>,
+    event: &Event,
+) -> Result<Value, crate::plugin::PluginFailure> {
+    runtime.validate_config(p, cx).await?;
+    let i = runtime.deliver(p, cx, std::slice::from_ref(event)).await?;
+    let outcomes: Vec<Value> = i.value.iter().map(|o| json!(format!("{o:?}"))).collect();
+    Ok(summary(&i, json!(outcomes)))
+}
+
+fn summary<T>(i: &Invocation<T>, result: Value) -> Value {
     let logs: Vec<String> = i.logs.iter().map(|l| format!("{l:?}")).collect();
     json!({
         "result": result,
