@@ -29,6 +29,7 @@
 
 mod cidr;
 mod flatten;
+mod ignore_case;
 mod index;
 mod interval;
 mod matcher;
@@ -69,6 +70,27 @@ pub struct PatternError {
     pub path: String,
     /// Human-readable reason.
     pub reason: String,
+}
+
+/// A pattern of a named set that does not compile (see [`RuleSet::compile_named`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {}", self.field(), self.error.reason)]
+pub struct NamedPatternError {
+    /// The pattern's name in the set.
+    pub name: String,
+    /// What is wrong with it.
+    pub error: PatternError,
+}
+
+impl NamedPatternError {
+    /// The request path at fault: `patterns.<name>` or `patterns.<name>.<path>`.
+    pub fn field(&self) -> String {
+        if self.error.path == "$" {
+            format!("patterns.{}", self.name)
+        } else {
+            format!("patterns.{}.{}", self.name, self.error.path)
+        }
+    }
 }
 
 /// A validated, compiled event pattern.
@@ -246,7 +268,7 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             .collect()
     }
 
-    /// Keys of all patterns the event matches, each once.
+    /// Keys of all patterns the event matches, each once, in no particular order.
     pub fn matches(&self, event: &Value) -> Vec<K> {
         let index = self.index();
         let flat = flatten::flatten(event, &index.table);
@@ -259,6 +281,25 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         let index = self.index();
         let flat = flatten::flatten_json(json, &index.table)?;
         Ok(self.keys(index.matches(&flat)))
+    }
+}
+
+impl RuleSet<String> {
+    /// Compiles named patterns into one rule set — the index a bus runs its rules
+    /// with — for testing a bus's rules together; the first pattern that does not
+    /// compile is reported with its name.
+    pub fn compile_named(
+        patterns: impl IntoIterator<Item = (String, Value)>,
+        limits: &PatternLimits,
+    ) -> Result<Self, NamedPatternError> {
+        let mut set = Self::new();
+        for (name, pattern) in patterns {
+            match Pattern::from_value(&pattern, limits) {
+                Ok(compiled) => set.insert(name, compiled),
+                Err(error) => return Err(NamedPatternError { name, error }),
+            }
+        }
+        Ok(set)
     }
 }
 
@@ -292,6 +333,33 @@ mod tests {
         assert_eq!(rules.matches_json(br#"{"x": 2}"#).unwrap(), vec!["b"]);
         assert!(rules.remove(&"b"));
         assert!(rules.is_empty());
+    }
+
+    #[test]
+    fn named_sets_name_the_invalid_pattern() {
+        let set = RuleSet::compile_named(
+            [
+                ("big".to_owned(), json!({"n": [{"numeric": [">", 10]}]})),
+                ("any".to_owned(), json!({"n": [{"exists": true}]})),
+            ],
+            &PatternLimits::default(),
+        )
+        .unwrap();
+        let mut matched = set.matches(&json!({"n": 20}));
+        matched.sort();
+        assert_eq!(matched, ["any", "big"]);
+        let err = RuleSet::compile_named(
+            [
+                ("ok".to_owned(), json!({"n": [1]})),
+                ("bad".to_owned(), json!({"n": [{"nope": 1}]})),
+            ],
+            &PatternLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), "patterns.bad.n[0].nope");
+        let err =
+            RuleSet::compile_named([("x".to_owned(), json!([]))], &Default::default()).unwrap_err();
+        assert_eq!(err.field(), "patterns.x");
     }
 
     #[test]
