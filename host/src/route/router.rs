@@ -196,7 +196,7 @@ impl Router {
                     }
                     Err(e) => {
                         let error = AttemptError {
-                            code: "render_error".into(),
+                            code: e.code().into(),
                             message: e.to_string(),
                             status: None,
                         };
