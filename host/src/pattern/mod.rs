@@ -11,15 +11,23 @@
 //!   pattern uses, remembering array elements for array-consistent matching;
 //! * [`matcher`] matches one pattern; [`index`] compiles many into per-path indexes
 //!   ([`RuleSet`]) so that the cost of matching grows slowly with the rule count;
-//! * [`numeric`], [`cidr`], [`wildcard`] and [`interval`] are the value-level pieces.
+//! * [`numeric`], [`cidr`], [`ignore_case`], [`wildcard`] and [`interval`] are the
+//!   value-level pieces.
 //!
 //! Notable semantics: nested objects and dotted keys name the same field
 //! (`{"a": {"b": …}}` ≡ `{"a.b": …}`); a non-object event has no fields; `exists` only
 //! sees leaves (scalars, including `null`), so an object, an empty array or a missing
 //! field are all "absent"; conditions over different fields must be met within one
 //! element of any array they share (array consistency), and `exists: false` means no
-//! leaf at that path consistent with the leaves the other fields matched (so a field
-//! present only in *another* array element counts as absent, as in event-ruler).
+//! leaf at that path consistent with the leaves matched by the fields *before* it in
+//! event-ruler's order (field paths sorted as Java strings), so a field present only
+//! in another array element counts as absent when an earlier field chose an element
+//! without it ([`matcher`]). `equals-ignore-case` compares per character, as Java's
+//! lower/upper case of each pattern character ([`ignore_case`]); IP addresses are read
+//! as Java reads them and blocks matched as event-ruler's hex-digit ranges, and a
+//! plain IP address in a value list matches by address ([`cidr`]). Where event-ruler
+//! has a quirk of its own (Java treating a character outside the BMP as two `?`,
+//! refusing `/32` and `/128` blocks), Busbar does the sensible thing instead.
 //!
 //! **Complexity score.** Wildcards make matching non-deterministic, so a pattern's
 //! complexity is the number of `*` wildcards in its `wildcard` and
