@@ -6,6 +6,7 @@ mod support;
 mod bus;
 mod cli;
 mod crash;
+mod http_edge;
 mod http_target;
 mod ingest;
 mod openapi;
