@@ -15,12 +15,12 @@
 //! text (`Order <id> shipped`). A value is written according to where its
 //! placeholder sits, following EventBridge:
 //!
-//! | value            | JSON position       | string in a JSON template | string in a string template | plain text          |
-//! |------------------|---------------------|---------------------------|-----------------------------|---------------------|
-//! | string           | `"quoted"`, escaped | raw, JSON-escaped         | raw, JSON-escaped           | raw                 |
-//! | number/bool/null | JSON                | JSON text                 | JSON text                   | JSON text           |
-//! | object/array     | JSON                | its JSON text, escaped    | JSON without quotes         | JSON without quotes |
-//! | no match         | `""`                | nothing                   | nothing                     | nothing             |
+//! | value            | JSON position       | string in a JSON template             | string in a string template | plain text          |
+//! |------------------|---------------------|---------------------------------------|-----------------------------|---------------------|
+//! | string           | `"quoted"`, escaped | raw, JSON-escaped                     | raw, JSON-escaped           | raw                 |
+//! | number/bool/null | JSON                | JSON text                             | JSON text                   | JSON text           |
+//! | object/array     | JSON                | JSON text (an error if it holds `"`) | JSON without quotes         | JSON without quotes |
+//! | no match         | `""`                | nothing                               | nothing                     | nothing             |
 //!
 //! "JSON without quotes" is what EventBridge writes for an object or array in
 //! a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`. Inside a string of
