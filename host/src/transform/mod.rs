@@ -19,7 +19,7 @@
 //! |------------------|---------------------|---------------------------------------|-----------------------------|---------------------|
 //! | string           | `"quoted"`, escaped | raw, JSON-escaped                     | raw, JSON-escaped           | raw                 |
 //! | number/bool/null | JSON                | JSON text                             | JSON text                   | JSON text           |
-//! | object/array     | JSON                | JSON text (an error if it holds `"`) | JSON without quotes         | JSON without quotes |
+//! | object/array     | JSON                | JSON text (an error if it holds `"`)  | JSON without quotes         | JSON without quotes |
 //! | no match         | `""`                | nothing                               | nothing                     | nothing             |
 //!
 //! "JSON without quotes" is what EventBridge writes for an object or array in
