@@ -322,3 +322,81 @@ fn plugin_new_scaffolds_a_crate_that_builds_outside_the_repo() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn pattern_test_jsonl_evaluates_named_patterns_as_one_rule_set() {
+    let input = [
+        json!({"id": 1, "patterns": {"paid": {"data": {"status": ["paid"]}}, "shop": {"source": ["shop"]}, "none": {"source": ["x"]}},
+               "event": {"source": "shop", "data": {"status": "paid"}}})
+        .to_string(),
+        json!({"id": 2, "patterns": {"ok": {"a": [1]}, "bad": {"a": [{"equals-ignore-case": 1}]}}, "event": {}}).to_string(),
+        json!({"id": 3, "patterns": {"a": {"a": [1]}}, "pattern": {"a": [1]}, "event": {}}).to_string(),
+    ]
+    .join("\n");
+    let out = busbar(&["pattern", "test", "--jsonl"], Some(&input));
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0], json!({"id": 1, "matched": ["paid", "shop"]}));
+    let error = lines[1]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("patterns.bad.a[0].equals-ignore-case: "),
+        "{error}"
+    );
+    assert!(lines[2]["error"].as_str().unwrap().contains("not both"));
+}
+
+#[test]
+fn transform_test_takes_the_rule_context_and_reports_invalid_json() {
+    let input = [
+        json!({"id": "ctx", "event": {}, "rule_name": "orders", "rule_arn": "arn:x", "ingestion_time": "2026-01-02T03:04:05Z",
+               "input_template": "<aws.events.rule-name> <aws.events.rule-arn> <aws.events.event.ingestion-time>"})
+        .to_string(),
+        json!({"id": "bad", "event": {}, "ingestion_time": 5, "input": 1}).to_string(),
+        json!({"id": "obj", "event": {"data": {"c": {"k": "v"}}}, "input_paths_map": {"c": "$.data.c"},
+               "input_template": "{\"c\": \"<c>\"}"})
+        .to_string(),
+    ]
+    .join("\n");
+    let out = busbar(&["transform", "test", "--jsonl"], Some(&input));
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0],
+        json!({"id": "ctx", "output": "orders arn:x 2026-01-02T03:04:05Z"})
+    );
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ingestion_time"),
+        "{}",
+        lines[1]
+    );
+    let error = lines[2]["error"].as_str().unwrap();
+    assert!(error.starts_with("transform_invalid_json: "), "{error}");
+    assert!(error.contains("<c> at line 1, column 8"), "{error}");
+
+    // The same as a file: an error and exit code 2.
+    let dir = tempfile::tempdir().unwrap();
+    let event = write(&dir, "e.json", &json!({"data": {"c": [1, "two"]}}));
+    let spec = write(
+        &dir,
+        "t.json",
+        &json!({"input_paths_map": {"c": "$.data.c"}, "input_template": "[\"<c>\"]"}),
+    );
+    let out = busbar(
+        &["transform", "test", "--event", &event, "--transform", &spec],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("transform_invalid_json"), "{stderr}");
+}

@@ -7,6 +7,7 @@ mod bus;
 mod cli;
 mod crash;
 mod egress;
+mod http_edge;
 mod http_target;
 mod ingest;
 mod openapi;

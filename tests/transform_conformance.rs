@@ -81,7 +81,7 @@ fn check(case: &Case) -> Result<(), String> {
         ) {
             (Some(expected), None, Ok(out)) if &out == expected => Ok(()),
             (Some(expected), None, Ok(out)) => Err(format!("expected\n  {expected}\ngot\n  {out}")),
-            (None, Some(reason), Err(e)) if e.0.contains(reason.as_str()) => Ok(()),
+            (None, Some(reason), Err(e)) if e.to_string().contains(reason.as_str()) => Ok(()),
             (_, _, result) => Err(format!(
                 "case needs exactly one of output/render_error matching; got {result:?}"
             )),

@@ -1,9 +1,9 @@
 //! The `busbar` command line: `serve`, `put`, and the pattern and transform testers.
 
 use crate::config::{Config, LogFormat};
-use crate::pattern::{Pattern, PatternLimits};
+use crate::pattern::{Pattern, PatternLimits, RuleSet};
 use crate::route::pattern_for_sample;
-use crate::transform::{RenderContext, TransformSpec};
+use crate::transform::{SampleContext, TransformSpec};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -188,7 +188,9 @@ pub enum PatternCommand {
         /// Event JSON file.
         #[arg(long, required_unless_present = "jsonl")]
         event: Option<PathBuf>,
-        /// Read `{"id", "pattern", "event"}` lines on stdin, write `{"id", "match"}` or `{"id", "error"}`.
+        /// Read `{"id", "pattern", "event"}` lines on stdin, write `{"id", "match"}` or `{"id", "error"}`;
+        /// a line `{"id", "patterns": {"name": pattern, ...}, "event"}` is evaluated as one rule set
+        /// and answered `{"id", "matched": [names]}`.
         #[arg(long, conflicts_with_all = ["pattern", "event"])]
         jsonl: bool,
     },
@@ -211,7 +213,8 @@ pub enum TransformCommand {
         /// `input_template` text file.
         #[arg(long, conflicts_with = "transform")]
         input_template: Option<PathBuf>,
-        /// Read `{"id", "event", "input_paths_map", "input_template"}` lines on stdin, write `{"id", "output"}` or `{"id", "error"}`.
+        /// Read `{"id", "event", "input_paths_map", "input_template"}` lines on stdin (optionally with
+        /// the rule context `rule_name`, `rule_arn`, `ingestion_time`), write `{"id", "output"}` or `{"id", "error"}`.
         #[arg(long, conflicts_with_all = ["event", "transform"])]
         jsonl: bool,
     },
@@ -233,22 +236,43 @@ pub fn test_pattern(pattern: &Value, event: &Value) -> Result<bool, String> {
     Ok(compiled.matches(event))
 }
 
-/// Renders a transform spec (JSON object) for one event.
-pub fn test_transform(spec: Value, event: &Value) -> Result<String, String> {
-    let spec: TransformSpec =
-        serde_json::from_value(spec).map_err(|e| format!("invalid transform: {e}"))?;
+/// Matches one event against named patterns evaluated as one rule set (the index a
+/// bus runs its rules with); answers the names that match, sorted. An invalid
+/// pattern is named: `patterns.<name>.<path>: reason`.
+pub fn test_patterns(
+    patterns: serde_json::Map<String, Value>,
+    event: &Value,
+) -> Result<Vec<String>, String> {
+    if patterns.is_empty() {
+        return Err("patterns must name at least one pattern".into());
+    }
+    let aliased = patterns
+        .into_iter()
+        .map(|(name, p)| (name, pattern_for_sample(&p, event)));
+    let set =
+        RuleSet::compile_named(aliased, &PatternLimits::default()).map_err(|e| e.to_string())?;
+    let mut matched = set.matches(event);
+    matched.sort();
+    Ok(matched)
+}
+
+/// Renders a transform spec (JSON object) for one event; the object may also hold
+/// the rule context (`rule_name`, `rule_arn`, `ingestion_time`, see
+/// [`SampleContext`]). A render error is reported with its code
+/// (`transform_invalid_json: ...`).
+pub fn test_transform(
+    mut spec: serde_json::Map<String, Value>,
+    event: &Value,
+) -> Result<String, String> {
+    let context =
+        SampleContext::take_from(&mut spec, || crate::clock::rfc3339(crate::clock::now_ms()))
+            .map_err(|e| e.to_string())?;
+    let spec: TransformSpec = serde_json::from_value(Value::Object(spec))
+        .map_err(|e| format!("invalid transform: {e}"))?;
     let transform = spec.compile().map_err(|e| e.to_string())?;
-    let now = crate::clock::rfc3339(crate::clock::now_ms());
     transform
-        .render(
-            event,
-            &RenderContext {
-                rule_name: "test-rule",
-                rule_arn: "busbar:rule/test/default/test-rule",
-                ingestion_time: &now,
-            },
-        )
-        .map_err(|e| e.to_string())
+        .render(event, &context.render_context())
+        .map_err(|e| format!("{}: {e}", e.code()))
 }
 
 /// Processes `--jsonl` input: one JSON object per line in, one per line out.
@@ -282,17 +306,23 @@ pub fn run_jsonl(
 }
 
 fn pattern_line(obj: &mut serde_json::Map<String, Value>) -> Result<(&'static str, Value), String> {
-    let pattern = obj.remove("pattern").ok_or("missing \"pattern\"")?;
     let event = obj.remove("event").ok_or("missing \"event\"")?;
-    test_pattern(&pattern, &event).map(|m| ("match", Value::Bool(m)))
+    match (obj.remove("pattern"), obj.remove("patterns")) {
+        (Some(pattern), None) => test_pattern(&pattern, &event).map(|m| ("match", Value::Bool(m))),
+        (None, Some(Value::Object(patterns))) => {
+            test_patterns(patterns, &event).map(|names| ("matched", json!(names)))
+        }
+        (None, Some(_)) => Err("\"patterns\" must be an object of named patterns".into()),
+        (Some(_), Some(_)) => Err("give either \"pattern\" or \"patterns\", not both".into()),
+        (None, None) => Err("missing \"pattern\" (or \"patterns\")".into()),
+    }
 }
 
 fn transform_line(
     obj: &mut serde_json::Map<String, Value>,
 ) -> Result<(&'static str, Value), String> {
     let event = obj.remove("event").ok_or("missing \"event\"")?;
-    test_transform(Value::Object(std::mem::take(obj)), &event)
-        .map(|out| ("output", Value::String(out)))
+    test_transform(std::mem::take(obj), &event).map(|out| ("output", Value::String(out)))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -400,6 +430,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     json!({"input_paths_map": map, "input_template": template.trim_end_matches('\n')})
                 }
                 (None, None) => bail!("give --transform FILE or --input-template FILE"),
+            };
+            let Value::Object(spec) = spec else {
+                bail!("the transform must be a JSON object")
             };
             match test_transform(spec, &read_json(&event)?) {
                 Ok(out) => {

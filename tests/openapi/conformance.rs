@@ -668,6 +668,26 @@ async fn every_answer_is_documented() {
         c.call(M::POST, "/v1/patterns/test", key, json(bad)).await.0,
         S::BAD_REQUEST
     );
+    let set = json!({"patterns": {"orders": {"source": ["shop.orders"]}, "other": {"source": ["x"]}}, "event": e});
+    assert_eq!(
+        c.call(M::POST, "/v1/patterns/test", key, json(set)).await.0,
+        S::OK
+    );
+    let context = json!({"event": e, "rule_name": "r", "ingestion_time": "2026-01-15T10:00:01Z",
+                         "input_template": "<aws.events.rule-name> at <aws.events.event.ingestion-time>"});
+    assert_eq!(
+        c.call(M::POST, "/v1/transforms/test", key, json(context))
+            .await
+            .0,
+        S::OK
+    );
+    let in_string = json!({"event": e, "input_paths_map": {"d": "$.data"}, "input_template": "{\"d\": \"<d>\"}"});
+    assert_eq!(
+        c.call(M::POST, "/v1/transforms/test", key, json(in_string))
+            .await
+            .0,
+        S::UNPROCESSABLE_ENTITY
+    );
     let template = json!({"event": e, "input_paths_map": {"id": "$.data.id"}, "input_template": "{\"order\": <id>}"});
     assert_eq!(
         c.call(M::POST, "/v1/transforms/test", key, json(template))

@@ -11,29 +11,20 @@ use crate::store::NewEvent;
 use crate::telemetry;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequest, Path, Request};
+use axum::extract::{Path, Request};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-/// Reads the body, turning "too large" into the API's 413 shape (the limit is
-/// enforced by axum before the body is read when Content-Length says so).
+/// Reads the body, turning "too large" into the API's 413 shape (answered before
+/// the body arrives when Content-Length already says so: see [`super::read_body`]).
 async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                telemetry::rejected("request_too_large", 1);
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "event_too_large",
-                    "the request body exceeds the size limit",
-                )
-                .with_field("body")
-            } else {
-                ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
-            }
-        })
+    super::read_body(request).await.map_err(|e| {
+        if matches!(e, super::BodyError::TooLarge) {
+            telemetry::rejected("request_too_large", 1);
+        }
+        e.into_api_error("event_too_large", "the request body exceeds the size limit")
+    })
 }
 
 fn new_event(tenant: &str, bus: &str, event: &Event, now: i64) -> NewEvent {

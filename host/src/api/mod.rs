@@ -150,6 +150,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The key of an `Authorization: Bearer <key>` header. The scheme name is
+/// case-insensitive (RFC 7235 §2.1: `bearer`, `BEARER` work too) and may be
+/// followed by more than one space.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
@@ -159,8 +162,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .to_str()
         .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
     value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
         .filter(|k| !k.is_empty())
         .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <key>\""))
 }
@@ -224,31 +228,72 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     }
 }
 
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Larger than the route's limit (`DefaultBodyLimit`): by `Content-Length`,
+    /// or by the bytes received.
+    TooLarge,
+    /// The body could not be received; the reason.
+    Unreadable(String),
+}
+
+impl BodyError {
+    /// The API error for this failure, with `too_large` (413) answered as
+    /// `code` and `message`.
+    pub fn into_api_error(self, code: &'static str, message: &str) -> ApiError {
+        match self {
+            Self::TooLarge => {
+                ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, code, message)
+                    .with_field("body")
+            }
+            Self::Unreadable(reason) => ApiError::bad_request("unreadable_body", reason, "body"),
+        }
+    }
+}
+
+/// Reads a request body within the route's size limit (`DefaultBodyLimit`).
+///
+/// axum counts the bytes only as they arrive, so a request whose `Content-Length`
+/// announces more than the limit would be held open until its body (which may
+/// never come) is sent; it is refused here at once, before any of it is read. The
+/// limit is not repeated here: it is what axum's limiting wrapper reports as its
+/// upper size bound.
+pub async fn read_body(request: axum::extract::Request) -> Result<Bytes, BodyError> {
+    use axum::RequestExt;
+    use axum::body::HttpBody as _;
+    let declared = request.body().size_hint().lower();
+    let request = request.with_limited_body();
+    if request
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|limit| declared > limit)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    <Bytes as axum::extract::FromRequest<()>>::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                BodyError::TooLarge
+            } else {
+                BodyError::Unreadable(rejection.body_text())
+            }
+        })
+}
+
 /// A request body, read with the API's error shape for "too large" and I/O failures.
 pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     type Rejection = ApiError;
 
-    async fn from_request(
-        request: axum::extract::Request,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        <Bytes as axum::extract::FromRequest<S>>::from_request(request, state)
+    async fn from_request(request: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        read_body(request)
             .await
             .map(Body)
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        "the request body exceeds the size limit",
-                    )
-                    .with_field("body")
-                } else {
-                    ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
-                }
-            })
+            .map_err(|e| e.into_api_error("too_large", "the request body exceeds the size limit"))
     }
 }
 

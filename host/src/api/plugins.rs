@@ -5,7 +5,7 @@ use crate::plugin::registry::{PAUSE_AFTER_CRASHES, PluginDirectory};
 use crate::resource::{PluginRecord, Registration, Upload};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequest, Path, Request};
+use axum::extract::{Path, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -51,20 +51,9 @@ pub(super) async fn upload(
         )
         .with_field("Content-Type"));
     }
-    let wasm = Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the component exceeds the upload size limit",
-                )
-                .with_field("body")
-            } else {
-                ApiError::bad_request("unreadable_body", rejection.body_text(), "body")
-            }
-        })?;
+    let wasm = super::read_body(request).await.map_err(|e| {
+        e.into_api_error("too_large", "the component exceeds the upload size limit")
+    })?;
     // Validation and compilation are CPU-heavy: keep them off the async workers.
     let runtime = state.plugins.runtime.clone();
     let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))

@@ -8,6 +8,7 @@ use http::header::CONTENT_TYPE;
 use serde_json::{Map, Value};
 
 use super::error::{Field, IngestError};
+use super::members::Members;
 use super::validate::{self, attr};
 use super::{IngestLimits, syntax};
 use crate::binding::{body, headers as ce_headers, media};
@@ -76,8 +77,8 @@ fn malformed_json(err: &serde_json::Error) -> IngestError {
 /// Structured mode: the body is one event in the JSON format.
 pub fn parse_structured(body: &[u8], limits: &IngestLimits) -> Result<Event, IngestError> {
     match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => event_from_json(map, body.len(), limits),
-        Ok(_) => Err(IngestError::WrongShape {
+        Ok(Members::Object { map, repeated }) => event_from_json(map, repeated, body.len(), limits),
+        Ok(Members::NotObject) => Err(IngestError::WrongShape {
             field: None,
             expected: "a JSON object (one CloudEvent)",
         }),
@@ -125,7 +126,8 @@ pub fn parse_batch(
                     limit: limits.max_batch_entries,
                 });
             }
-            let mut stream = serde_json::Deserializer::from_slice(&body[pos..]).into_iter();
+            let mut stream =
+                serde_json::Deserializer::from_slice(&body[pos..]).into_iter::<Members>();
             let entry = match stream.next() {
                 Some(Ok(entry)) => entry,
                 Some(Err(err)) => return Err(malformed_entry(&err, pos)),
@@ -134,8 +136,8 @@ pub fn parse_batch(
             let len = stream.byte_offset();
             let index = results.len();
             let result = match entry {
-                Value::Object(map) => event_from_json(map, len, limits),
-                _ => Err(IngestError::WrongShape {
+                Members::Object { map, repeated } => event_from_json(map, repeated, len, limits),
+                Members::NotObject => Err(IngestError::WrongShape {
                     field: None,
                     expected: "a JSON object (one CloudEvent)",
                 }),
@@ -190,9 +192,15 @@ fn batch_path(index: usize, field: &str) -> Field {
 
 fn event_from_json(
     mut map: Map<String, Value>,
+    repeated: Option<String>,
     input_bound: usize,
     limits: &IngestLimits,
 ) -> Result<Event, IngestError> {
+    if let Some(name) = repeated {
+        return Err(IngestError::DuplicateMember {
+            field: Cow::Owned(name),
+        });
+    }
     validate::check_attributes(&mut map)?;
     validate::check_size(&map, input_bound, limits)?;
     Ok(Event::from_validated(map))

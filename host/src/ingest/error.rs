@@ -154,6 +154,14 @@ pub enum IngestError {
         reason: Cow<'static, str>,
     },
 
+    /// A member name appears twice in an event's JSON object (or a PutEvents
+    /// entry or request): which value counts would depend on the parser. HTTP 400.
+    #[error("{field} is given more than once; member names must be unique")]
+    DuplicateMember {
+        /// The repeated member (`id`, `[2].source`, `Entries[0].Source`).
+        field: Field,
+    },
+
     /// A PutEvents `Detail` is not a string holding a JSON object. HTTP 400.
     #[error("{field} is malformed: {reason}")]
     MalformedDetail {
@@ -200,6 +208,7 @@ impl IngestError {
             Self::MissingField { .. } => "missing_field",
             Self::InvalidField { .. } => "invalid_field",
             Self::MalformedDetail { .. } => "malformed_detail",
+            Self::DuplicateMember { .. } => "duplicate_member",
         }
     }
 
@@ -220,7 +229,8 @@ impl IngestError {
             | Self::InvalidData { field, .. }
             | Self::MissingField { field }
             | Self::InvalidField { field, .. }
-            | Self::MalformedDetail { field, .. } => Some(field),
+            | Self::MalformedDetail { field, .. }
+            | Self::DuplicateMember { field } => Some(field),
         }
     }
 
@@ -287,6 +297,7 @@ impl IngestError {
                 field: f(&field),
                 reason,
             },
+            Self::DuplicateMember { field } => Self::DuplicateMember { field: f(&field) },
         }
     }
 }

@@ -23,6 +23,10 @@
 //!   recommended 20 characters is accepted: that SHOULD binds producers, and
 //!   refusing would only break interoperability. Extension values are strings,
 //!   booleans or integers in the signed 32-bit range.
+//! - No member name appears twice in the event object, a PutEvents entry or
+//!   the PutEvents request (400 `duplicate_member`): which value counts would
+//!   depend on the parser. Objects inside `data` are not checked (see
+//!   `members.rs` for why).
 //! - `data` and `data_base64` never both; `data_base64` is padded standard
 //!   base64; with a non-JSON `datacontenttype`, `data` must be a string.
 //! - The event's compact JSON form is at most `max_event_bytes` (413
@@ -65,6 +69,7 @@
 
 mod cloudevents;
 mod error;
+mod members;
 mod put_events;
 mod sdk;
 mod syntax;

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use super::IngestLimits;
 use super::error::{Field, IngestError};
+use super::members::{Members, Request};
 use super::validate::{self, attr};
 use crate::event::Event;
 
@@ -49,9 +50,9 @@ pub fn parse_put_events(
     body: &[u8],
     limits: &IngestLimits,
 ) -> Result<Vec<PutEventsEntry>, IngestError> {
-    let request = match serde_json::from_slice(body) {
-        Ok(Value::Object(request)) => request,
-        Ok(_) => {
+    let (entries, repeated) = match serde_json::from_slice(body) {
+        Ok(Request::Object { entries, repeated }) => (entries, repeated),
+        Ok(Request::NotObject) => {
             return Err(IngestError::WrongShape {
                 field: None,
                 expected: "a JSON object with an Entries array",
@@ -64,9 +65,14 @@ pub fn parse_put_events(
             });
         }
     };
-    let entries = match request.into_iter().find(|(k, _)| k == "Entries") {
-        Some((_, Value::Array(entries))) => entries,
-        Some(_) => return Err(invalid_field("Entries", "must be an array of entries")),
+    if let Some(name) = repeated {
+        return Err(IngestError::DuplicateMember {
+            field: Cow::Owned(name),
+        });
+    }
+    let entries = match entries {
+        Some(Some(entries)) => entries,
+        Some(None) => return Err(invalid_field("Entries", "must be an array of entries")),
         None => {
             return Err(IngestError::MissingField {
                 field: Cow::Borrowed("Entries"),
@@ -92,8 +98,10 @@ pub fn parse_put_events(
         .enumerate()
         .map(|(i, entry)| {
             let parsed = match entry {
-                Value::Object(entry) => parse_entry(entry, now, limits),
-                _ => Err((String::new(), invalid_field("", "must be a JSON object"))),
+                Members::Object { map, repeated } => parse_entry(map, repeated, now, limits),
+                Members::NotObject => {
+                    Err((String::new(), invalid_field("", "must be a JSON object")))
+                }
             };
             match parsed {
                 Ok((bus, event)) => PutEventsEntry {
@@ -134,13 +142,23 @@ fn entry_path(index: usize, field: &str) -> Field {
     }
 }
 
-/// One entry; on failure also returns the bus (when it could be read) so the
-/// caller can still account the failure to it.
+/// One entry (`repeated`: a member name it gives twice); on failure also returns
+/// the bus (when it could be read) so the caller can still account the failure
+/// to it.
 fn parse_entry(
     mut entry: Map<String, Value>,
+    repeated: Option<String>,
     now: DateTime<Utc>,
     limits: &IngestLimits,
 ) -> Result<(String, Event), (String, IngestError)> {
+    if repeated.as_deref() == Some("EventBusName") {
+        return Err((
+            String::new(),
+            IngestError::DuplicateMember {
+                field: Cow::Borrowed("EventBusName"),
+            },
+        ));
+    }
     let bus = match entry.remove("EventBusName") {
         None | Some(Value::Null) => DEFAULT_BUS.to_owned(),
         Some(Value::String(name)) => bus_name(&name).map_err(|e| (String::new(), e))?.to_owned(),
@@ -151,6 +169,14 @@ fn parse_entry(
             ));
         }
     };
+    if let Some(name) = repeated {
+        return Err((
+            bus,
+            IngestError::DuplicateMember {
+                field: Cow::Owned(name),
+            },
+        ));
+    }
     match build_event(entry, now, limits) {
         Ok(event) => Ok((bus, event)),
         Err(err) => Err((bus, err)),

@@ -10,8 +10,10 @@
 //! * exact strings, numbers (by value), booleans and `null`: hash maps / lists;
 //! * `prefix` / `suffix` (and their `equals-ignore-case` forms): one hash map per
 //!   distinct literal length, probed with the value's first / last bytes;
-//! * `equals-ignore-case`: a hash map of lower-cased values;
-//! * `numeric` ranges and `cidr` blocks: interval trees ([`super::interval`]);
+//! * `equals-ignore-case`: a hash map by [`ignore_case::key`] (probed with the value's
+//!   key), the `prefix`/`suffix` forms by key length like the case-sensitive ones;
+//! * `numeric` ranges and `cidr` blocks: interval trees ([`super::interval`]), one per
+//!   address family (a block is stored with the interval it matches in each family);
 //! * `exists: true`: a list;
 //! * `wildcard` and `anything-but`: a short list checked one by one.
 //!
@@ -23,6 +25,7 @@
 
 use super::cidr::{Family, parse_ip};
 use super::flatten::{Flat, PathTable, Scalar};
+use super::ignore_case;
 use super::interval::{IntervalBuilder, IntervalIndex};
 use super::matcher::conjunction_matches;
 use super::numeric::sortable;
@@ -133,7 +136,8 @@ struct FieldIndex {
     cidr_v4: IntervalIndex,
     cidr_v6: IntervalIndex,
     exists: Vec<u32>,
-    /// Conditions without an index (wildcard, anything-but), checked one by one.
+    /// Conditions without an index (wildcard, anything-but, the rare ignore-case text
+    /// without a key), checked one by one.
     other: Vec<(Condition, u32)>,
 }
 
@@ -159,22 +163,31 @@ impl FieldIndex {
             Condition::ExactNull => self.exact_null.push(conj),
             Condition::Prefix(p) => self.prefix.add(p, conj),
             Condition::Suffix(p) => self.suffix.add(p, conj),
-            Condition::EqualsIgnoreCase(s) => self
-                .ignore_case
-                .entry(s.as_str().into())
-                .or_default()
-                .push(conj),
-            Condition::PrefixIgnoreCase(p) => self.prefix_ignore_case.add(p, conj),
-            Condition::SuffixIgnoreCase(p) => self.suffix_ignore_case.add(p, conj),
+            Condition::EqualsIgnoreCase(x) => match x.key() {
+                Some(key) => self.ignore_case.entry(key.into()).or_default().push(conj),
+                None => self.other.push((condition.clone(), conj)),
+            },
+            Condition::PrefixIgnoreCase(x) => match x.key() {
+                Some(key) => self.prefix_ignore_case.add(key, conj),
+                None => self.other.push((condition.clone(), conj)),
+            },
+            Condition::SuffixIgnoreCase(x) => match x.key() {
+                Some(key) => self.suffix_ignore_case.add(key, conj),
+                None => self.other.push((condition.clone(), conj)),
+            },
             Condition::Numeric(range) => {
                 if let Some((first, last)) = range.key_interval() {
                     intervals.numeric.add(first.into(), last.into(), conj);
                 }
             }
-            Condition::Cidr(c) => match c.family {
-                Family::V4 => intervals.cidr_v4.add(c.first, c.last, conj),
-                Family::V6 => intervals.cidr_v6.add(c.first, c.last, conj),
-            },
+            Condition::Cidr(c) => {
+                if let Some((first, last)) = c.interval(Family::V4) {
+                    intervals.cidr_v4.add(first, last, conj);
+                }
+                if let Some((first, last)) = c.interval(Family::V6) {
+                    intervals.cidr_v6.add(first, last, conj);
+                }
+            }
             Condition::Exists(true) => self.exists.push(conj),
             // Anchors never allow absence; nothing to index.
             Condition::Exists(false) => {}
@@ -190,7 +203,7 @@ impl FieldIndex {
         self.cidr_v6 = intervals.cidr_v6.build();
     }
 
-    fn needs_lowercase(&self) -> bool {
+    fn needs_key(&self) -> bool {
         !(self.ignore_case.is_empty()
             && self.prefix_ignore_case.is_empty()
             && self.suffix_ignore_case.is_empty())
@@ -207,15 +220,15 @@ impl FieldIndex {
                 }
                 self.prefix.prefixes_of(s.as_bytes(), &mut found);
                 self.suffix.suffixes_of(s.as_bytes(), &mut found);
-                if self.needs_lowercase() {
-                    let lower = s.to_lowercase();
-                    if let Some(conjs) = self.ignore_case.get(lower.as_str()) {
+                if self.needs_key() {
+                    let key = ignore_case::key(s);
+                    if let Some(conjs) = self.ignore_case.get(key.as_str()) {
                         each(conjs, &mut found);
                     }
                     self.prefix_ignore_case
-                        .prefixes_of(lower.as_bytes(), &mut found);
+                        .prefixes_of(key.as_bytes(), &mut found);
                     self.suffix_ignore_case
-                        .suffixes_of(lower.as_bytes(), &mut found);
+                        .suffixes_of(key.as_bytes(), &mut found);
                 }
                 if !(self.cidr_v4.is_empty() && self.cidr_v6.is_empty())
                     && let Some((family, ip)) = parse_ip(s)

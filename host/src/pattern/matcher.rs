@@ -26,9 +26,9 @@ impl Condition {
             Condition::ExactStr(x) => x == s,
             Condition::Prefix(p) => s.starts_with(p.as_str()),
             Condition::Suffix(p) => s.ends_with(p.as_str()),
-            Condition::EqualsIgnoreCase(x) => s.to_lowercase() == *x,
-            Condition::PrefixIgnoreCase(p) => s.to_lowercase().starts_with(p.as_str()),
-            Condition::SuffixIgnoreCase(p) => s.to_lowercase().ends_with(p.as_str()),
+            Condition::EqualsIgnoreCase(x) => x.equals(s),
+            Condition::PrefixIgnoreCase(p) => p.is_prefix_of(s),
+            Condition::SuffixIgnoreCase(p) => p.is_suffix_of(s),
             Condition::Wildcard(w) => w.matches(s),
             Condition::Cidr(c) => c.contains(s),
             _ => false,
@@ -50,22 +50,24 @@ impl AnythingBut {
             (AnythingBut::Suffixes(ps), Scalar::Str(s)) => {
                 ps.iter().any(|p| s.ends_with(p.as_str()))
             }
-            (AnythingBut::IgnoreCase(xs), Scalar::Str(s)) => {
-                let lower = s.to_lowercase();
-                xs.contains(&lower)
-            }
+            (AnythingBut::IgnoreCase(xs), Scalar::Str(s)) => xs.iter().any(|x| x.equals(s)),
             (AnythingBut::Wildcards(ws), Scalar::Str(s)) => ws.iter().any(|w| w.matches(s)),
             _ => false,
         }
     }
 }
 
-/// Whether one conjunction holds for the event. `paths[i]` is the path id of field `i`.
+/// Whether one conjunction holds for the event. `paths[i]` is the path id of field `i`;
+/// the fields are in event-ruler's order (see `parse::parse`).
 ///
 /// Array consistency: the leaves chosen for the fields must never sit in different
-/// elements of one array, and a field matched by `exists: false` must have no leaf that
-/// is consistent with the chosen ones (so it may exist in *other* array elements; this is
-/// what event-ruler's array-consistent matcher does).
+/// elements of one array. A field met by `exists: false` must have no leaf consistent
+/// with the leaves chosen for the fields *before* it: event-ruler walks a rule's fields
+/// in order and checks absence against the array elements matched so far
+/// (`ACFinder.tryMustNotExistMatch` / `StructuredFinder.handleAbsence` with
+/// `NameState.getNameTransitions(event, membership)`), so a field present in another
+/// array element counts as absent only when an earlier field chose an element without
+/// it.
 pub(crate) fn conjunction_matches(
     conjunction: &Conjunction,
     paths: &[u32],
@@ -74,8 +76,8 @@ pub(crate) fn conjunction_matches(
     // First pass, allocation-free. A field met by a leaf outside any array, or by being
     // absent from the whole event, cannot conflict with anything: it is settled.
     let mut unsettled = 0;
-    let mut needs_absence = false;
-    for (field, &path) in conjunction.iter().zip(paths) {
+    let mut last_absence = None;
+    for (i, (field, &path)) in conjunction.iter().zip(paths).enumerate() {
         let mut found = false;
         let mut free = false;
         for leaf in matching(field, path, flat) {
@@ -94,8 +96,8 @@ pub(crate) fn conjunction_matches(
                 continue;
             }
             if present.iter().all(|&leaf| flat.in_array(leaf)) {
-                // Absent, perhaps, from the elements the other fields choose.
-                needs_absence = true;
+                // Absent, perhaps, from the elements the earlier fields choose.
+                last_absence = Some(i);
                 unsettled += 1;
                 continue;
             }
@@ -105,14 +107,17 @@ pub(crate) fn conjunction_matches(
         }
         unsettled += 1;
     }
-    if unsettled < 2 && !needs_absence {
+    if unsettled < 2 && last_absence.is_none() {
         return true;
     }
-    // Search for a consistent choice among the unsettled fields.
-    let mut options: Vec<(u32, Vec<Option<u32>>)> = Vec::new();
-    for (field, &path) in conjunction.iter().zip(paths) {
+    // Search for a consistent choice among the unsettled fields, and the settled ones
+    // before the last field that needs absence: choosing one of their leaves inside an
+    // array may be what makes a later field absent.
+    let mut options: Vec<Choices> = Vec::new();
+    for (i, (field, &path)) in conjunction.iter().zip(paths).enumerate() {
         let mut leaves: Vec<u32> = matching(field, path, flat).collect();
-        if leaves.iter().any(|&leaf| !flat.in_array(leaf)) {
+        let free = leaves.iter().any(|&leaf| !flat.in_array(leaf));
+        if free && last_absence.is_none_or(|last| i > last) {
             continue;
         }
         let at = flat.leaves_at(path);
@@ -126,52 +131,72 @@ pub(crate) fn conjunction_matches(
         if field.allows_absence() && at.iter().all(|&leaf| flat.in_array(leaf)) {
             choices.push(None);
         }
-        options.push((path, choices));
+        options.push(Choices {
+            field: i,
+            path,
+            choices,
+        });
     }
-    options.sort_by_key(|(_, choices)| choices.len());
+    options.sort_by_key(|o| o.choices.len());
     let mut picked = Vec::with_capacity(options.len());
     let mut absent = Vec::new();
     search(&options, flat, &mut picked, &mut absent)
 }
 
-/// Depth-first search over the fields' choices (a leaf, or `None` for absent). Every
-/// choice in `options` is consistent with `picked`: after each pick the remaining
+/// One field's possible choices in the search: a leaf, or `None` for absent.
+#[derive(Clone, Debug)]
+struct Choices {
+    /// Position of the field in its conjunction.
+    field: usize,
+    /// The field's path id.
+    path: u32,
+    choices: Vec<Option<u32>>,
+}
+
+/// Depth-first search over the fields' choices. Every choice in `options` is
+/// consistent with `picked` (`(field, leaf)` pairs): after each pick the remaining
 /// choices are filtered (forward checking), so a dead end shows up at once instead of
 /// after trying every combination of the fields in between; the field with the fewest
-/// choices goes next.
+/// choices goes next. Absences (`(field, path)` in `absent`) are checked once every
+/// field has a choice, against the leaves picked for the fields before each.
 fn search(
-    options: &[(u32, Vec<Option<u32>>)],
+    options: &[Choices],
     flat: &Flat<'_>,
-    picked: &mut Vec<u32>,
-    absent: &mut Vec<u32>,
+    picked: &mut Vec<(usize, u32)>,
+    absent: &mut Vec<(usize, u32)>,
 ) -> bool {
-    let Some(((path, choices), rest)) = options.split_first() else {
-        // Every absent field must have no leaf consistent with all the picked ones.
-        return absent.iter().all(|&path| {
-            flat.leaves_at(path)
-                .iter()
-                .all(|&leaf| picked.iter().any(|&p| !flat.consistent(p, leaf)))
+    let Some((first, rest)) = options.split_first() else {
+        return absent.iter().all(|&(field, path)| {
+            flat.leaves_at(path).iter().all(|&leaf| {
+                picked
+                    .iter()
+                    .any(|&(before, p)| before < field && !flat.consistent(p, leaf))
+            })
         });
     };
-    for choice in choices {
+    for choice in &first.choices {
         match *choice {
             Some(leaf) => {
-                let narrowed: Option<Vec<(u32, Vec<Option<u32>>)>> = rest
+                let narrowed: Option<Vec<Choices>> = rest
                     .iter()
-                    .map(|(p, cs)| {
-                        let kept: Vec<Option<u32>> = cs
+                    .map(|o| {
+                        let kept: Vec<Option<u32>> = o
+                            .choices
                             .iter()
                             .copied()
                             .filter(|c| c.is_none_or(|other| flat.consistent(other, leaf)))
                             .collect();
-                        (!kept.is_empty()).then_some((*p, kept))
+                        (!kept.is_empty()).then_some(Choices {
+                            choices: kept,
+                            ..*o
+                        })
                     })
                     .collect();
                 let Some(mut narrowed) = narrowed else {
                     continue;
                 };
-                narrowed.sort_by_key(|(_, cs)| cs.len());
-                picked.push(leaf);
+                narrowed.sort_by_key(|o| o.choices.len());
+                picked.push((first.field, leaf));
                 let ok = search(&narrowed, flat, picked, absent);
                 picked.pop();
                 if ok {
@@ -179,7 +204,7 @@ fn search(
                 }
             }
             None => {
-                absent.push(*path);
+                absent.push((first.field, first.path));
                 let ok = search(rest, flat, picked, absent);
                 absent.pop();
                 if ok {
@@ -261,13 +286,24 @@ mod tests {
     }
 
     #[test]
-    fn absence_is_relative_to_the_chosen_element() {
-        let p = json!({"t": {"s": ["on"], "n": [{"exists": false}]}});
+    fn absence_is_relative_to_the_elements_chosen_before_it() {
+        // "z" comes after "s": absent from the element "s" chose.
+        let p = json!({"t": {"s": ["on"], "z": [{"exists": false}]}});
         assert!(matches(
+            p.clone(),
+            json!({"t": [{"s": "on"}, {"s": "off", "z": 1}]})
+        ));
+        assert!(!matches(p.clone(), json!({"t": [{"s": "on", "z": 1}]})));
+        assert!(matches(p, json!({"t": [{"s": "on", "z": 1}, {"s": "on"}]})));
+        // "n" comes before "s": nothing is chosen yet, so any "n" is present.
+        let p = json!({"t": {"s": ["on"], "n": [{"exists": false}]}});
+        assert!(!matches(
             p.clone(),
             json!({"t": [{"s": "on"}, {"s": "off", "n": 1}]})
         ));
-        assert!(!matches(p.clone(), json!({"t": [{"s": "on", "n": 1}]})));
-        assert!(matches(p, json!({"t": [{"s": "on", "n": 1}, {"s": "on"}]})));
+        assert!(matches(p, json!({"t": [{"s": "on"}, {"s": "off"}]})));
+        // A field settled outside arrays may still choose an element for a later absence.
+        let p = json!({"x": {"a": ["1"], "b": [{"exists": false}]}});
+        assert!(matches(p, json!({"x.a": "1", "x": [{"a": "1"}, {"b": 2}]})));
     }
 }

@@ -11,15 +11,23 @@
 //!   pattern uses, remembering array elements for array-consistent matching;
 //! * [`matcher`] matches one pattern; [`index`] compiles many into per-path indexes
 //!   ([`RuleSet`]) so that the cost of matching grows slowly with the rule count;
-//! * [`numeric`], [`cidr`], [`wildcard`] and [`interval`] are the value-level pieces.
+//! * [`numeric`], [`cidr`], [`ignore_case`], [`wildcard`] and [`interval`] are the
+//!   value-level pieces.
 //!
 //! Notable semantics: nested objects and dotted keys name the same field
 //! (`{"a": {"b": …}}` ≡ `{"a.b": …}`); a non-object event has no fields; `exists` only
 //! sees leaves (scalars, including `null`), so an object, an empty array or a missing
 //! field are all "absent"; conditions over different fields must be met within one
 //! element of any array they share (array consistency), and `exists: false` means no
-//! leaf at that path consistent with the leaves the other fields matched (so a field
-//! present only in *another* array element counts as absent, as in event-ruler).
+//! leaf at that path consistent with the leaves matched by the fields *before* it in
+//! event-ruler's order (field paths sorted as Java strings), so a field present only
+//! in another array element counts as absent when an earlier field chose an element
+//! without it ([`matcher`]). `equals-ignore-case` compares per character, as Java's
+//! lower/upper case of each pattern character ([`ignore_case`]); IP addresses are read
+//! as Java reads them and blocks matched as event-ruler's hex-digit ranges, and a
+//! plain IP address in a value list matches by address ([`cidr`]). Where event-ruler
+//! has a quirk of its own (Java treating a character outside the BMP as two `?`,
+//! refusing `/32` and `/128` blocks), Busbar does the sensible thing instead.
 //!
 //! **Complexity score.** Wildcards make matching non-deterministic, so a pattern's
 //! complexity is the number of `*` wildcards in its `wildcard` and
@@ -29,6 +37,7 @@
 
 mod cidr;
 mod flatten;
+mod ignore_case;
 mod index;
 mod interval;
 mod matcher;
@@ -69,6 +78,27 @@ pub struct PatternError {
     pub path: String,
     /// Human-readable reason.
     pub reason: String,
+}
+
+/// A pattern of a named set that does not compile (see [`RuleSet::compile_named`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {}", self.field(), self.error.reason)]
+pub struct NamedPatternError {
+    /// The pattern's name in the set.
+    pub name: String,
+    /// What is wrong with it.
+    pub error: PatternError,
+}
+
+impl NamedPatternError {
+    /// The request path at fault: `patterns.<name>` or `patterns.<name>.<path>`.
+    pub fn field(&self) -> String {
+        if self.error.path == "$" {
+            format!("patterns.{}", self.name)
+        } else {
+            format!("patterns.{}.{}", self.name, self.error.path)
+        }
+    }
 }
 
 /// A validated, compiled event pattern.
@@ -246,7 +276,7 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             .collect()
     }
 
-    /// Keys of all patterns the event matches, each once.
+    /// Keys of all patterns the event matches, each once, in no particular order.
     pub fn matches(&self, event: &Value) -> Vec<K> {
         let index = self.index();
         let flat = flatten::flatten(event, &index.table);
@@ -259,6 +289,25 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         let index = self.index();
         let flat = flatten::flatten_json(json, &index.table)?;
         Ok(self.keys(index.matches(&flat)))
+    }
+}
+
+impl RuleSet<String> {
+    /// Compiles named patterns into one rule set — the index a bus runs its rules
+    /// with — for testing a bus's rules together; the first pattern that does not
+    /// compile is reported with its name.
+    pub fn compile_named(
+        patterns: impl IntoIterator<Item = (String, Value)>,
+        limits: &PatternLimits,
+    ) -> Result<Self, NamedPatternError> {
+        let mut set = Self::new();
+        for (name, pattern) in patterns {
+            match Pattern::from_value(&pattern, limits) {
+                Ok(compiled) => set.insert(name, compiled),
+                Err(error) => return Err(NamedPatternError { name, error }),
+            }
+        }
+        Ok(set)
     }
 }
 
@@ -292,6 +341,33 @@ mod tests {
         assert_eq!(rules.matches_json(br#"{"x": 2}"#).unwrap(), vec!["b"]);
         assert!(rules.remove(&"b"));
         assert!(rules.is_empty());
+    }
+
+    #[test]
+    fn named_sets_name_the_invalid_pattern() {
+        let set = RuleSet::compile_named(
+            [
+                ("big".to_owned(), json!({"n": [{"numeric": [">", 10]}]})),
+                ("any".to_owned(), json!({"n": [{"exists": true}]})),
+            ],
+            &PatternLimits::default(),
+        )
+        .unwrap();
+        let mut matched = set.matches(&json!({"n": 20}));
+        matched.sort();
+        assert_eq!(matched, ["any", "big"]);
+        let err = RuleSet::compile_named(
+            [
+                ("ok".to_owned(), json!({"n": [1]})),
+                ("bad".to_owned(), json!({"n": [{"nope": 1}]})),
+            ],
+            &PatternLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), "patterns.bad.n[0].nope");
+        let err =
+            RuleSet::compile_named([("x".to_owned(), json!([]))], &Default::default()).unwrap_err();
+        assert_eq!(err.field(), "patterns.x");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use super::PatternError;
 use super::cidr::Cidr;
+use super::ignore_case::IgnoreCase;
 use super::numeric::{Range, normalize};
 use super::wildcard::Wildcard;
 use serde_json::{Map, Value};
@@ -60,17 +61,18 @@ pub(crate) enum Condition {
     Prefix(String),
     /// The value is a string ending with this.
     Suffix(String),
-    /// The value is a string equal to this, ignoring case (stored lower-cased).
-    EqualsIgnoreCase(String),
-    /// The value is a string starting with this, ignoring case (stored lower-cased).
-    PrefixIgnoreCase(String),
-    /// The value is a string ending with this, ignoring case (stored lower-cased).
-    SuffixIgnoreCase(String),
+    /// The value is a string equal to this, ignoring case.
+    EqualsIgnoreCase(IgnoreCase),
+    /// The value is a string starting with this, ignoring case.
+    PrefixIgnoreCase(IgnoreCase),
+    /// The value is a string ending with this, ignoring case.
+    SuffixIgnoreCase(IgnoreCase),
     /// The value is a string matching this wildcard.
     Wildcard(Wildcard),
     /// The value is a number in this range.
     Numeric(Range),
-    /// The value is a string holding an IP address in this block.
+    /// The value is a string holding an IP address in this block (a `cidr` pattern, or a
+    /// plain IP address in a value list, which event-ruler compares by address).
     Cidr(Cidr),
     /// `exists: true` (any value) or `exists: false` (the field is absent).
     Exists(bool),
@@ -89,8 +91,8 @@ pub(crate) enum AnythingBut {
     Prefixes(Vec<String>),
     /// Strings ending with one of these.
     Suffixes(Vec<String>),
-    /// Strings equal, ignoring case, to one of these (stored lower-cased).
-    IgnoreCase(Vec<String>),
+    /// Strings equal, ignoring case, to one of these.
+    IgnoreCase(Vec<IgnoreCase>),
     /// Strings matching one of these wildcards.
     Wildcards(Vec<Wildcard>),
 }
@@ -126,7 +128,10 @@ pub(crate) fn parse(
     };
     let mut conjunctions = object(map, None, "", vec![Vec::new()])?;
     for conjunction in &mut conjunctions {
-        conjunction.sort_by(|a, b| a.path.cmp(&b.path));
+        // event-ruler walks a rule's fields in Java `String` order (UTF-16 units:
+        // `GenericMachine.addPatternRule` sorts the keys), and `exists: false` depends on
+        // that order (see `matcher::conjunction_matches`).
+        conjunction.sort_by(|a, b| a.path.encode_utf16().cmp(b.path.encode_utf16()));
         if let Some(pair) = conjunction.windows(2).find(|w| w[0].path == w[1].path) {
             return Err(error(
                 &pair[0].path,
@@ -290,7 +295,12 @@ fn leaf(items: &[Value], path: &str) -> Result<Vec<Condition>, PatternError> {
         .map(|(i, item)| {
             let here = index(path, i);
             match item {
-                Value::String(s) => Ok(Condition::ExactStr(s.clone())),
+                // event-ruler `JsonRuleCompiler.writeRules`: a string that is an IP
+                // address becomes the one-address range (`CIDR.ipToRangeIfPossible`).
+                Value::String(s) => Ok(match Cidr::address(s) {
+                    Some(address) => Condition::Cidr(address),
+                    None => Condition::ExactStr(s.clone()),
+                }),
                 Value::Number(n) => number(n, &here).map(Condition::ExactNum),
                 Value::Bool(b) => Ok(Condition::ExactBool(*b)),
                 Value::Null => Ok(Condition::ExactNull),
@@ -356,13 +366,13 @@ fn operator(map: &Map<String, Value>, path: &str) -> Result<Condition, PatternEr
             };
             match (name, ignore_case) {
                 ("prefix", false) => Condition::Prefix(text.to_owned()),
-                ("prefix", true) => Condition::PrefixIgnoreCase(text.to_lowercase()),
+                ("prefix", true) => Condition::PrefixIgnoreCase(IgnoreCase::new(text)),
                 (_, false) => Condition::Suffix(text.to_owned()),
-                (_, true) => Condition::SuffixIgnoreCase(text.to_lowercase()),
+                (_, true) => Condition::SuffixIgnoreCase(IgnoreCase::new(text)),
             }
         }
         "equals-ignore-case" => {
-            Condition::EqualsIgnoreCase(string(value, &here, name)?.to_lowercase())
+            Condition::EqualsIgnoreCase(IgnoreCase::new(string(value, &here, name)?))
         }
         "wildcard" => Condition::Wildcard(
             Wildcard::parse(string(value, &here, name)?).map_err(|r| error(&here, r))?,
@@ -456,25 +466,35 @@ fn anything_but(value: &Value, path: &str) -> Result<AnythingBut, PatternError> 
                     ));
                 }
             };
+            let at = |i: usize| {
+                if inner.is_string() {
+                    here.clone()
+                } else {
+                    index(&here, i)
+                }
+            };
+            // event-ruler `JsonRuleCompiler.processAnythingButValuesSet*MatchExpression`:
+            // "Null prefix/suffix not allowed".
+            if matches!(op, "prefix" | "suffix")
+                && let Some(i) = texts.iter().position(|t| t.is_empty())
+            {
+                return Err(error(
+                    &at(i),
+                    format!("empty {op} is not allowed in anything-but"),
+                ));
+            }
             let owned = || texts.iter().map(|t| (*t).to_owned()).collect();
             match op {
                 "prefix" => Ok(AnythingBut::Prefixes(owned())),
                 "suffix" => Ok(AnythingBut::Suffixes(owned())),
                 "equals-ignore-case" => Ok(AnythingBut::IgnoreCase(
-                    texts.iter().map(|t| t.to_lowercase()).collect(),
+                    texts.iter().map(|t| IgnoreCase::new(t)).collect(),
                 )),
                 _ => Ok(AnythingBut::Wildcards(
                     texts
                         .iter()
                         .enumerate()
-                        .map(|(i, t)| {
-                            let at = if inner.is_string() {
-                                here.clone()
-                            } else {
-                                index(&here, i)
-                            };
-                            Wildcard::parse(t).map_err(|r| error(&at, r))
-                        })
+                        .map(|(i, t)| Wildcard::parse(t).map_err(|r| error(&at(i), r)))
                         .collect::<Result<_, _>>()?,
                 )),
             }

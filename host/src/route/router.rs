@@ -188,7 +188,7 @@ impl Router {
                         ..original
                     }],
                     Err(e) => {
-                        let error = AttemptError::new(FailureCode::RenderError, e.to_string());
+                        let error = AttemptError::new(FailureCode::parse(e.code()), e.to_string());
                         return self.fail_rule(logged, rule, &original, error).await;
                     }
                 }

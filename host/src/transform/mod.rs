@@ -15,19 +15,26 @@
 //! text (`Order <id> shipped`). A value is written according to where its
 //! placeholder sits, following EventBridge:
 //!
-//! | value            | JSON position       | string in a JSON template | string in a string template | plain text          |
-//! |------------------|---------------------|---------------------------|-----------------------------|---------------------|
-//! | string           | `"quoted"`, escaped | raw, JSON-escaped         | raw, JSON-escaped           | raw                 |
-//! | number/bool/null | JSON                | JSON text                 | JSON text                   | JSON text           |
-//! | object/array     | JSON                | its JSON text, escaped    | JSON without quotes         | JSON without quotes |
-//! | no match         | `""`                | nothing                   | nothing                     | nothing             |
+//! | value            | JSON position       | string in a JSON template             | string in a string template | plain text          |
+//! |------------------|---------------------|---------------------------------------|-----------------------------|---------------------|
+//! | string           | `"quoted"`, escaped | raw, JSON-escaped                     | raw, JSON-escaped           | raw                 |
+//! | number/bool/null | JSON                | JSON text                             | JSON text                   | JSON text           |
+//! | object/array     | JSON                | JSON text (an error if it holds `"`)  | JSON without quotes         | JSON without quotes |
+//! | no match         | `""`                | nothing                               | nothing                     | nothing             |
 //!
 //! "JSON without quotes" is what EventBridge writes for an object or array in
-//! a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`. For an object or
-//! array inside a string of a JSON template EventBridge delivers nothing (its
-//! output is not valid JSON); Busbar embeds the escaped JSON text instead.
-//! Values inside strings are JSON-escaped so the output stays valid (AWS
-//! inserts them unescaped). A path that matches nothing gives `""` in a JSON
+//! a string template: `{acc_id:0a78,sf_id:baz}`, `[HIGH]`. Inside a string of
+//! a JSON template EventBridge inserts the JSON text as it is ("EventBridge
+//! doesn't escape values extracted by Input Path", User Guide, Common Issues
+//! with Transforming Input), so an object or array holding a string or a key
+//! makes the output invalid JSON and the target is not invoked (AWS-recorded:
+//! localstack `test_input_transformer_nested_keys_replacement_not_valid`).
+//! Busbar does the same but never silently: rendering fails with
+//! [`RenderError::StructureInString`] (code `transform_invalid_json`), which
+//! names the placeholder and its line and column, and the delivery is
+//! dead-lettered with it; an object or array without quotes (`[1,2]`, `{}`)
+//! is written as is, as EventBridge does. Strings inside strings are
+//! JSON-escaped so the output stays valid (AWS inserts them unescaped). A path that matches nothing gives `""` in a JSON
 //! position, as AWS does. Paths use EventBridge's dot notation (`-` and `/`
 //! in names) or RFC 9535; a path that is not made of names and indices only
 //! (wildcards, slices, filters) gives the list of its matches.
@@ -112,8 +119,64 @@ pub struct TransformError {
 
 /// Why rendering failed for one event (permanent for that delivery).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct RenderError(pub String);
+pub enum RenderError {
+    /// `input_path` selected nothing.
+    #[error("input_path matched nothing in the event")]
+    NoMatch,
+    /// An object or array inside a string of a JSON template: EventBridge writes its
+    /// JSON unescaped there, which makes the output invalid JSON (see the module docs).
+    #[error(
+        "placeholder {at} holds an {kind} inside a JSON string: EventBridge inserts its JSON \
+         unescaped there, so the rendered input is not valid JSON and the target is not \
+         invoked; put the placeholder outside the quotes to send the {kind} as JSON"
+    )]
+    StructureInString {
+        /// The placeholder and where it is in the template.
+        at: Position,
+        /// `"object"` or `"array"`.
+        kind: &'static str,
+    },
+    /// The rendered JSON template is not valid JSON (e.g. `{"a": -<x>}` with a
+    /// string), with the parser's reason.
+    #[error("the rendered input_template is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The output is not UTF-8 (cannot happen: every part is a `&str` or JSON).
+    #[error("the rendered input is not UTF-8")]
+    NotUtf8,
+}
+
+/// A placeholder's place in the template text: its name, line and column (1-based,
+/// in characters), for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The placeholder's name (without `<` `>`).
+    pub name: Box<str>,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub column: usize,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "<{}> at line {}, column {} of input_template",
+            self.name, self.line, self.column
+        )
+    }
+}
+
+impl RenderError {
+    /// The failure code a dead letter or an API error carries: `transform_invalid_json`
+    /// when the output would not be valid JSON, `render_error` otherwise.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::StructureInString { .. } | Self::InvalidJson(_) => "transform_invalid_json",
+            Self::NoMatch | Self::NotUtf8 => "render_error",
+        }
+    }
+}
 
 /// Values for the reserved variables (`<busbar.rule-name>`, ...).
 #[derive(Clone, Debug, Default)]
@@ -124,6 +187,80 @@ pub struct RenderContext<'a> {
     pub ingestion_time: &'a str,
     /// The rule's full identifier (`<busbar.rule-arn>`, `<aws.events.rule-arn>`).
     pub rule_arn: &'a str,
+}
+
+/// The rule context a tester renders with (`busbar transform test`,
+/// `POST /v1/transforms/test`): what a rule would give, so templates using
+/// `<aws.events.rule-name>`, `<aws.events.rule-arn>` or
+/// `<aws.events.event.ingestion-time>` can be tried offline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleContext {
+    /// `<busbar.rule-name>`; default `test-rule`.
+    pub rule_name: String,
+    /// `<busbar.rule-arn>`; default `busbar:rule/test/default/<rule_name>`.
+    pub rule_arn: String,
+    /// `<busbar.ingestion-time>`, RFC 3339; default: now.
+    pub ingestion_time: String,
+}
+
+impl SampleContext {
+    /// Fills in the defaults; `ingestion_time` must be an RFC 3339 timestamp, as the
+    /// bus would give (the error names the field).
+    pub fn new(
+        rule_name: Option<String>,
+        rule_arn: Option<String>,
+        ingestion_time: Option<String>,
+        now: impl FnOnce() -> String,
+    ) -> Result<Self, TransformError> {
+        let rule_name = rule_name.unwrap_or_else(|| "test-rule".to_owned());
+        let rule_arn = rule_arn.unwrap_or_else(|| format!("busbar:rule/test/default/{rule_name}"));
+        let ingestion_time = match ingestion_time {
+            Some(time) => {
+                if chrono::DateTime::parse_from_rfc3339(&time).is_err() {
+                    return Err(TransformError {
+                        field: "ingestion_time".into(),
+                        reason: "must be an RFC 3339 timestamp such as 2026-01-02T03:04:05Z".into(),
+                    });
+                }
+                time
+            }
+            None => now(),
+        };
+        Ok(Self {
+            rule_name,
+            rule_arn,
+            ingestion_time,
+        })
+    }
+
+    /// Reads the context members out of a tester's JSON object (removing them, so
+    /// what remains is the transform); each must be a string.
+    pub fn take_from(
+        object: &mut serde_json::Map<String, Value>,
+        now: impl FnOnce() -> String,
+    ) -> Result<Self, TransformError> {
+        let mut take = |name: &str| match object.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(TransformError {
+                field: name.into(),
+                reason: "must be a string".into(),
+            }),
+        };
+        let rule_name = take("rule_name")?;
+        let rule_arn = take("rule_arn")?;
+        let ingestion_time = take("ingestion_time")?;
+        Self::new(rule_name, rule_arn, ingestion_time, now)
+    }
+
+    /// The context to render with.
+    pub fn render_context(&self) -> RenderContext<'_> {
+        RenderContext {
+            rule_name: &self.rule_name,
+            rule_arn: &self.rule_arn,
+            ingestion_time: &self.ingestion_time,
+        }
+    }
 }
 
 /// A compiled transform, ready to render events.
@@ -305,9 +442,7 @@ impl Transform {
             Mode::Constant(text) => Ok(text.clone()),
             Mode::Path(path) => match path.select(event) {
                 Some(value) => Ok(value.to_string()),
-                None => Err(RenderError(
-                    "input_path matched nothing in the event".into(),
-                )),
+                None => Err(RenderError::NoMatch),
             },
             Mode::Template { paths, template } => {
                 let values: Vec<Option<Cow<'_, Value>>> =
@@ -322,17 +457,14 @@ impl Transform {
                     Var::IngestionTime => Resolved::Str(ctx.ingestion_time),
                     Var::Event => Resolved::EventSummary(event),
                     Var::EventJson => Resolved::WholeEvent(event),
-                });
+                })?;
                 if template.checks_output()
                     && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&out)
                 {
-                    return Err(RenderError(format!(
-                        "the rendered input_template is not valid JSON: {e}"
-                    )));
+                    return Err(RenderError::InvalidJson(e.to_string()));
                 }
                 // Every part is a `&str` or serde_json output, so this holds.
-                String::from_utf8(out)
-                    .map_err(|_| RenderError("the rendered input is not UTF-8".into()))
+                String::from_utf8(out).map_err(|_| RenderError::NotUtf8)
             }
         }
     }
@@ -554,7 +686,8 @@ mod tests {
     #[test]
     fn input_path_that_matches_nothing_fails_the_render() {
         let err = render(json!({"input_path": "$.nope"}), json!({})).unwrap_err();
-        assert!(err.0.contains("matched nothing"));
+        assert!(err.to_string().contains("matched nothing"));
+        assert_eq!(err.code(), "render_error");
     }
 
     #[test]
@@ -562,7 +695,8 @@ mod tests {
         let t = json!({"input_paths_map": {"n": "$.n"}, "input_template": "{\"a\": -<n>}"});
         assert_eq!(render(t.clone(), json!({"n": 5})).unwrap(), r#"{"a":-5}"#);
         let err = render(t, json!({"n": "x"})).unwrap_err();
-        assert!(err.0.contains("not valid JSON"), "{err}");
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        assert_eq!(err.code(), "transform_invalid_json");
     }
 
     #[test]
@@ -571,6 +705,45 @@ mod tests {
         assert!(json_kind(json!({"input": "x"})));
         assert!(json_kind(json!({"input_template": "[1]"})));
         assert!(!json_kind(json!({"input_template": "text"})));
+    }
+
+    #[test]
+    fn sample_contexts_default_and_check() {
+        let now = || "2026-01-01T00:00:00Z".to_owned();
+        let mut object = serde_json::Map::new();
+        let ctx = SampleContext::take_from(&mut object, now).unwrap();
+        assert_eq!(ctx.rule_name, "test-rule");
+        assert_eq!(ctx.rule_arn, "busbar:rule/test/default/test-rule");
+        assert_eq!(ctx.ingestion_time, "2026-01-01T00:00:00Z");
+        let Value::Object(mut object) =
+            json!({"rule_name": "r", "ingestion_time": "2015-11-11T21:29:54Z", "input": 1})
+        else {
+            panic!()
+        };
+        let ctx = SampleContext::take_from(&mut object, now).unwrap();
+        assert_eq!(
+            (
+                ctx.rule_name.as_str(),
+                ctx.rule_arn.as_str(),
+                ctx.ingestion_time.as_str()
+            ),
+            ("r", "busbar:rule/test/default/r", "2015-11-11T21:29:54Z")
+        );
+        assert_eq!(object.keys().collect::<Vec<_>>(), ["input"]);
+        let Value::Object(mut bad) = json!({"ingestion_time": "yesterday"}) else {
+            panic!()
+        };
+        assert_eq!(
+            SampleContext::take_from(&mut bad, now).unwrap_err().field,
+            "ingestion_time"
+        );
+        let Value::Object(mut bad) = json!({"rule_arn": 1}) else {
+            panic!()
+        };
+        assert_eq!(
+            SampleContext::take_from(&mut bad, now).unwrap_err().field,
+            "rule_arn"
+        );
     }
 
     #[test]

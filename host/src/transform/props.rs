@@ -218,7 +218,14 @@ proptest! {
         let map: Map<String, Value> = ["a", "b", "c"].iter().zip(&paths).map(|(n, p)| ((*n).to_owned(), json!(p))).collect();
         let spec = TransformSpec { input_paths_map: Some(map), input_template: Some(template.clone()), ..Default::default() };
         let transform = spec.compile().map_err(|e| TestCaseError::fail(format!("{template}: {e}")))?;
-        let out = transform.render(&event, &CTX).map_err(|e| TestCaseError::fail(format!("{template}: {e}")))?;
-        prop_assert!(serde_json::from_str::<Value>(&out).is_ok(), "{template}\n=> {out}");
+        match transform.render(&event, &CTX) {
+            Ok(out) => prop_assert!(serde_json::from_str::<Value>(&out).is_ok(), "{template}\n=> {out}"),
+            // Issue 9 §3: an object or array with quotes inside a string is refused
+            // (EventBridge's output would not be JSON); nothing else may fail.
+            Err(e) => prop_assert!(
+                matches!(e, crate::transform::RenderError::StructureInString { .. }),
+                "{template}: {e}"
+            ),
+        }
     }
 }

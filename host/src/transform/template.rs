@@ -15,6 +15,8 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::{Position, RenderError};
+
 /// The longest template EventBridge accepts (`InputTemplate`: 8192 characters).
 pub(crate) const MAX_TEMPLATE_LEN: usize = 8192;
 
@@ -51,7 +53,12 @@ pub(crate) enum Var {
 #[derive(Clone, Debug)]
 enum Part {
     Literal(String),
-    Slot { var: Var, context: Context },
+    Slot {
+        var: Var,
+        context: Context,
+        /// Where the placeholder is, for error messages.
+        at: Position,
+    },
 }
 
 /// A value ready to be written into a slot.
@@ -133,11 +140,27 @@ impl Template {
         let mut escaped = false;
         let mut string_is_key = false;
         let mut stack: Vec<Frame> = Vec::new();
+        // Line and column of byte `counted`, advanced lazily to each placeholder.
+        let (mut line, mut column, mut counted) = (1, 1, 0);
 
         let mut i = 0;
         while i < text.len() {
             let rest = &text[i..];
             if let Some(name) = placeholder_at(rest) {
+                for c in text.get(counted..i).unwrap_or_default().chars() {
+                    if c == '\n' {
+                        line += 1;
+                        column = 1;
+                    } else {
+                        column += 1;
+                    }
+                }
+                counted = i;
+                let at = Position {
+                    name: name.into(),
+                    line,
+                    column,
+                };
                 let context = match (kind, in_string) {
                     (Kind::PlainText, _) => Context::Text,
                     (Kind::Json, true) => Context::InString,
@@ -169,7 +192,7 @@ impl Template {
                         if !literal.is_empty() {
                             parts.push(Part::Literal(std::mem::take(&mut literal)));
                         }
-                        parts.push(Part::Slot { var, context });
+                        parts.push(Part::Slot { var, context, at });
                     }
                     None => {
                         if !undefined.contains(&name) {
@@ -298,16 +321,27 @@ impl Template {
         Ok(())
     }
 
-    /// Writes the template with `value(var)` in each slot.
-    pub(crate) fn render<'a>(&self, mut value: impl FnMut(Var) -> Resolved<'a>) -> Vec<u8> {
+    /// Writes the template with `value(var)` in each slot; fails where EventBridge's
+    /// output would not be valid JSON (see [`write_slot`]).
+    pub(crate) fn render<'a>(
+        &self,
+        mut value: impl FnMut(Var) -> Resolved<'a>,
+    ) -> Result<Vec<u8>, RenderError> {
         let mut out = Vec::with_capacity(self.literal_len + 24 * self.parts.len());
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.extend_from_slice(text.as_bytes()),
-                Part::Slot { var, context } => write_slot(&mut out, value(*var), *context),
+                Part::Slot { var, context, at } => {
+                    write_slot(&mut out, value(*var), *context).map_err(|kind| {
+                        RenderError::StructureInString {
+                            at: at.clone(),
+                            kind,
+                        }
+                    })?;
+                }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -323,7 +357,15 @@ fn placeholder_at(rest: &str) -> Option<&str> {
     (len > 0 && inner.as_bytes().get(len) == Some(&b'>')).then(|| &inner[..len])
 }
 
-fn write_slot(out: &mut Vec<u8>, value: Resolved<'_>, context: Context) {
+/// Writes one value. An object or array inside a string of a JSON template is written
+/// as EventBridge does, its JSON text unescaped; when that text holds a quote (a string
+/// or a key), the output is not valid JSON — EventBridge then does not invoke the
+/// target — and this returns what the value is (`"object"` or `"array"`) instead.
+fn write_slot(
+    out: &mut Vec<u8>,
+    value: Resolved<'_>,
+    context: Context,
+) -> Result<(), &'static str> {
     use Context::{InString, InTextString, Json, Text};
     match (value, context) {
         (Resolved::Missing, Json) => out.extend_from_slice(b"\"\""),
@@ -341,7 +383,12 @@ fn write_slot(out: &mut Vec<u8>, value: Resolved<'_>, context: Context) {
         (Resolved::Json(Value::String(s)), InString | InTextString) => escape_into(out, s),
         (Resolved::Json(Value::String(s)), Text) => out.extend_from_slice(s.as_bytes()),
         (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), InString) => {
-            escape_into(out, &v.to_string());
+            let text = v.to_string();
+            if text.contains('"') {
+                return Err(if v.is_object() { "object" } else { "array" });
+            }
+            // `[1,null]`, `{}`: nothing to escape, the same text either way.
+            out.extend_from_slice(text.as_bytes());
         }
         (Resolved::Json(v @ (Value::Object(_) | Value::Array(_))), InTextString) => {
             let mut text = String::new();
@@ -356,6 +403,7 @@ fn write_slot(out: &mut Vec<u8>, value: Resolved<'_>, context: Context) {
         // Numbers, booleans and null read the same everywhere.
         (Resolved::Json(v), _) => write_json(out, v),
     }
+    Ok(())
 }
 
 fn write_json(out: &mut Vec<u8>, value: &Value) {
@@ -466,13 +514,17 @@ mod tests {
     }
 
     fn render(template: &str, a: &Value) -> String {
+        try_render(template, a).unwrap()
+    }
+
+    fn try_render(template: &str, a: &Value) -> Result<String, RenderError> {
         let t = Template::compile(template, vars).unwrap();
         let out = t.render(|var| match var {
             Var::User(0) => Resolved::Json(a),
             Var::RuleName => Resolved::Str("rule"),
             _ => Resolved::Missing,
-        });
-        String::from_utf8(out).unwrap()
+        })?;
+        Ok(String::from_utf8(out).unwrap())
     }
 
     #[test]
@@ -485,12 +537,35 @@ mod tests {
         assert_eq!(render("id <a>!", &json!("q\"")), "id q\"!");
         assert_eq!(render(r#"{"x": [<a>, <b>]}"#, &json!(1)), r#"{"x":[1,""]}"#);
         assert_eq!(render(r#"{"x": "<b>"}"#, &json!(1)), r#"{"x":""}"#);
-        assert_eq!(
-            render(r#"{"x": "<a>"}"#, &json!({"k": ["v"]})),
-            r#"{"x":"{\"k\":[\"v\"]}"}"#
-        );
         assert_eq!(render("<a>", &json!({"k": ["v"]})), "{k:[v]}");
         assert_eq!(render(r#""a\"<a>\"""#, &json!(true)), r#""a\"true\"""#);
+    }
+
+    #[test]
+    fn structures_inside_json_strings_are_written_raw_or_refused() {
+        // Issue 9 §3: EventBridge inserts the JSON unescaped; with quotes in it the
+        // output is not JSON and the target is not invoked, so rendering fails.
+        let err = try_render("{\n  \"x\": \"id <a>\"}", &json!({"k": ["v"]})).unwrap_err();
+        assert_eq!(err.code(), "transform_invalid_json");
+        let RenderError::StructureInString { at, kind } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            (at.name.as_ref(), at.line, at.column, *kind),
+            ("a", 2, 12, "object")
+        );
+        assert!(
+            err.to_string().contains("<a> at line 2, column 12"),
+            "{err}"
+        );
+        let err = try_render(r#"["<a>"]"#, &json!(["v"])).unwrap_err();
+        assert!(err.to_string().contains("array"), "{err}");
+        // Without quotes the raw text is valid JSON, and the same as escaped text.
+        assert_eq!(
+            render(r#"{"x": "<a>"}"#, &json!([1, null])),
+            r#"{"x":"[1,null]"}"#
+        );
+        assert_eq!(render(r#"{"x": "<a>"}"#, &json!({})), r#"{"x":"{}"}"#);
     }
 
     #[test]
