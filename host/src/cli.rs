@@ -116,9 +116,23 @@ pub struct ServeArgs {
     /// Listen address (default 127.0.0.1:8080).
     #[arg(long, env = "BUSBAR_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Data directory (default ./busbar-data).
+    /// Data directory (default ./busbar-data): the SQLite database, and
+    /// this node's plugin files with any store.
     #[arg(long, env = "BUSBAR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the bus keeps its state: `sqlite:DIR` (default: SQLite in the
+    /// data dir) or `nats://host:port[,nats://host:port...]` (NATS
+    /// JetStream, shared by any number of nodes). Overrides `[store] url`.
+    #[arg(
+        long,
+        env = "BUSBAR_STORE",
+        value_name = "sqlite:DIR|nats://HOST:PORT[,...]"
+    )]
+    pub store: Option<String>,
+    /// This node's name in metrics (label `node`) and logs (default: host
+    /// name and process id).
+    #[arg(long, env = "BUSBAR_NODE_ID")]
+    pub node_id: Option<String>,
     /// Directory of `*.wasm` plugins to load and watch (local development).
     #[arg(long, env = "BUSBAR_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
@@ -338,6 +352,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             if let Some(dir) = args.data_dir {
                 config.data_dir = dir;
+            }
+            if let Some(store) = args.store {
+                config.store.url = Some(store);
+            }
+            if let Some(node) = args.node_id {
+                config.node_id = Some(node);
             }
             if let Some(format) = args.log_format {
                 config.log_format = format;

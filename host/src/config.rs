@@ -6,6 +6,8 @@ use crate::ingest::IngestLimits;
 use crate::net::{EgressConfig, EgressConfigError, EgressPolicy};
 use crate::pattern::PatternLimits;
 use crate::plugin::{KindLimits, RuntimeConfig};
+use crate::store::StoreSettings;
+use crate::store::nats::{NatsCredentials, NatsOptions};
 use crate::store::sqlite::Durability;
 use anyhow::Context;
 use serde::Deserialize;
@@ -19,15 +21,22 @@ use std::time::Duration;
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
-    /// Directory for the database and plugin artifacts.
+    /// Directory for the database (with the SQLite store) and this node's
+    /// plugin files (always).
     pub data_dir: PathBuf,
+    /// Where the bus keeps its state: SQLite in `data_dir` (default) or a
+    /// NATS JetStream cluster shared by several nodes.
+    pub store: StoreConfig,
+    /// This node's name in metrics and logs (default: host name and process id).
+    pub node_id: Option<String>,
     /// The admin key (plain text). When absent, the stored hash is used, or a
     /// key is generated on first start and printed once.
     pub admin_key: Option<String>,
     /// `human` or `json` log lines.
     pub log_format: LogFormat,
-    /// How hard commits are synced: `normal` (survives `kill -9`) or `always`
-    /// (fsync per commit, survives power loss).
+    /// How hard SQLite commits are synced: `normal` (survives `kill -9`) or
+    /// `always` (fsync per commit, survives power loss). With NATS the
+    /// servers' `sync_interval` decides instead (see the README).
     #[serde(alias = "durability")]
     pub fsync: Durability,
     /// Size and count limits on ingestion.
@@ -114,11 +123,63 @@ impl Default for PluginsConfig {
     }
 }
 
+/// `[store]`: where the bus keeps its state.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite:DIR` (one process; DIR is then the data dir) or
+    /// `nats://host:port[,nats://host:port...]` (any number of nodes share
+    /// the deployment; any reachable server will do). Default: SQLite in
+    /// `data_dir`. `--store` sets it too.
+    pub url: Option<String>,
+    /// NATS: names this deployment's streams and subjects, so several
+    /// deployments can share one cluster (letters, digits, `_`, `-`).
+    pub prefix: String,
+    /// NATS: replicas of every stream (1, or 3 on a 3-node cluster; default
+    /// 1 for one URL, 3 for several).
+    pub replicas: Option<usize>,
+    /// NATS: how long start-up may try to connect before it fails.
+    pub connect_timeout_ms: u64,
+    /// NATS: how long one request (a publish's acknowledgement) may take
+    /// before the operation fails as unavailable (503).
+    pub request_timeout_ms: u64,
+    /// NATS: how long a node may stay silent before the events and jobs it
+    /// holds go to another node (it is presumed dead).
+    pub ack_wait_ms: u64,
+    /// NATS: user name (with `password`).
+    pub user: Option<String>,
+    /// NATS: password (with `user`).
+    pub password: Option<String>,
+    /// NATS: authentication token (instead of user and password).
+    pub token: Option<String>,
+    /// NATS: PEM file of CA certificates to trust for `tls://` servers.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "BUSBAR".to_owned(),
+            replicas: None,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 5_000,
+            ack_wait_ms: 30_000,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("busbar-data"),
+            store: StoreConfig::default(),
+            node_id: None,
             admin_key: None,
             log_format: LogFormat::Human,
             fsync: Durability::Normal,
@@ -252,6 +313,10 @@ pub struct RuntimeSettings {
     pub log_retention: Duration,
     /// Largest request body on event endpoints (a batch may carry many events).
     pub max_request_bytes: usize,
+    /// The store backend to open.
+    pub store: StoreSettings,
+    /// This node's name (metrics label `node`, logs, NATS connection name).
+    pub node_id: String,
 }
 
 impl Config {
@@ -280,7 +345,12 @@ impl Config {
                     message: problems.join("; "),
                 })?;
         let egress = self.egress_policy()?;
-        let mut plugin_runtime = RuntimeConfig::new(self.data_dir.clone());
+        let node_id = self.node_id.clone().unwrap_or_else(default_node_id);
+        let mut store = self.store_settings()?;
+        if let StoreSettings::Nats(options) = &mut store {
+            options.client_name = format!("busbar {node_id}");
+        }
+        let mut plugin_runtime = RuntimeConfig::new(self.data_dir().to_owned());
         plugin_runtime.max_upload_bytes = self.plugins.max_upload_bytes;
         plugin_runtime.outbound.egress = egress.clone();
         plugin_runtime.event_limits = ingest;
@@ -301,7 +371,109 @@ impl Config {
             log_retention: Duration::from_secs(self.delivery.log_retention_hours * 3600),
             max_request_bytes: (self.limits.max_event_bytes * 4).max(16 * 1024 * 1024),
             ingest,
+            store,
+            node_id,
         })
+    }
+
+    /// The data dir in effect: the `sqlite:DIR` of `[store] url`, else `data_dir`.
+    pub fn data_dir(&self) -> &Path {
+        match self
+            .store
+            .url
+            .as_deref()
+            .and_then(|u| u.strip_prefix("sqlite:"))
+        {
+            Some(dir) if !dir.is_empty() => Path::new(dir),
+            _ => &self.data_dir,
+        }
+    }
+
+    /// The backend `[store]` names, checked.
+    pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { field, message };
+        let store = &self.store;
+        let url = match store.url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => Some(u),
+        };
+        let Some(urls) = url.filter(|u| !u.starts_with("sqlite:")) else {
+            if url == Some("sqlite:") {
+                return Err(invalid(
+                    "store.url",
+                    "sqlite: needs a directory, e.g. sqlite:/var/lib/busbar".into(),
+                ));
+            }
+            return Ok(StoreSettings::Sqlite {
+                dir: self.data_dir().to_owned(),
+                durability: self.fsync,
+            });
+        };
+        let mut options = NatsOptions::new(urls);
+        if options.urls.is_empty()
+            || !options.urls.iter().all(|u| {
+                ["nats://", "tls://"]
+                    .iter()
+                    .any(|scheme| u.starts_with(scheme))
+                    && u.parse::<async_nats::ServerAddr>().is_ok()
+            })
+        {
+            return Err(invalid(
+                "store.url",
+                format!("{urls:?}: use sqlite:DIR or nats://host:port[,nats://host:port...]"),
+            ));
+        }
+        options.prefix = store.prefix.clone();
+        if options.prefix.is_empty()
+            || !options
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "store.prefix",
+                format!("{:?}: use letters, digits, '_' and '-'", store.prefix),
+            ));
+        }
+        options.replicas = store
+            .replicas
+            .unwrap_or(if options.urls.len() > 1 { 3 } else { 1 });
+        if !(1..=5).contains(&options.replicas) {
+            return Err(invalid("store.replicas", "must be between 1 and 5".into()));
+        }
+        for (field, ms) in [
+            ("store.connect_timeout_ms", store.connect_timeout_ms),
+            ("store.request_timeout_ms", store.request_timeout_ms),
+        ] {
+            if !(100..=600_000).contains(&ms) {
+                return Err(invalid(field, "must be between 100 and 600000".into()));
+            }
+        }
+        if !(1_000..=3_600_000).contains(&store.ack_wait_ms) {
+            return Err(invalid(
+                "store.ack_wait_ms",
+                "must be between 1000 and 3600000".into(),
+            ));
+        }
+        options.connect_timeout = Duration::from_millis(store.connect_timeout_ms);
+        options.request_timeout = Duration::from_millis(store.request_timeout_ms);
+        options.ack_wait = Duration::from_millis(store.ack_wait_ms);
+        options.credentials = match (&store.user, &store.password, &store.token) {
+            (None, None, None) => None,
+            (Some(user), Some(password), None) => Some(NatsCredentials::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            }),
+            (None, None, Some(token)) => Some(NatsCredentials::Token(token.clone())),
+            _ => {
+                return Err(invalid(
+                    "store.user",
+                    "give user and password together, or a token alone".into(),
+                ));
+            }
+        };
+        options.tls_ca_file = store.tls_ca_file.clone();
+        Ok(StoreSettings::Nats(options))
     }
 
     /// Reads a TOML config file.
@@ -337,7 +509,17 @@ impl Config {
         if self.patterns.max_chars < 16 {
             return invalid("patterns.max_chars", "must be at least 16");
         }
+        if self.node_id.as_deref().is_some_and(|n| {
+            n.is_empty()
+                || n.len() > 64
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }) {
+            return invalid("node_id", "use 1 to 64 letters, digits, '-', '_' and '.'");
+        }
         self.egress_policy()?;
+        self.store_settings()?;
         Ok(())
     }
 
@@ -351,12 +533,24 @@ impl Config {
         Ok(EgressPolicy::from_config(&self.egress, &[alias])?)
     }
 
-    /// The database directory, created if needed.
+    /// The data dir in effect ([`Config::data_dir`]), created if needed.
     pub fn ensure_data_dir(&self) -> anyhow::Result<&Path> {
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
-        Ok(&self.data_dir)
+        let dir = self.data_dir();
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        Ok(dir)
     }
+}
+
+/// A node name unique on this machine and readable: `<host name>-<pid>`.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "busbar".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

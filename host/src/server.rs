@@ -12,8 +12,7 @@ use crate::deliver::queue::QueueSignals;
 use crate::plugin::PluginRuntime;
 use crate::plugin::registry::PluginHost;
 use crate::route::router::Router;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{EventLog, LogConsumer, Stores};
+use crate::store::{EventLog, LogConsumer};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,15 +90,13 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         );
     }
     let dir = config.ensure_data_dir()?.to_owned();
-    let backend = Arc::new(SqliteStore::open(&dir, config.fsync, clock.clone())?);
-    let stores = Stores::new(backend);
+    let stores = crate::store::open(&settings.store, clock.clone()).await?;
     let catalog = Arc::new(Catalog::default());
     let runtime = Arc::new(PluginRuntime::new(settings.plugin_runtime.clone())?);
-    let plugins = Arc::new(PluginHost::new(
-        runtime,
-        catalog.clone(),
-        settings.plugin_limits.clone(),
-    ));
+    let plugins = Arc::new(
+        PluginHost::new(runtime, catalog.clone(), settings.plugin_limits.clone())
+            .sharing(stores.blobs.clone()),
+    );
     let queue_signals = Arc::new(QueueSignals::default());
     let services = TargetServices {
         http: HttpClient::new(&settings.egress)?,
@@ -117,6 +114,8 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         services,
         settings.patterns.clone(),
     ));
+    // Changes other nodes make: watched from before the load, so none is missed.
+    let watch = stores.config.watch().await?;
     control.load().await?;
     let (admin_key_hash, generated_admin_key) =
         control.admin_key(config.admin_key.as_deref()).await?;
@@ -149,12 +148,18 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         ingest_limits: settings.ingest,
         pattern_limits: settings.patterns.clone(),
         max_request_bytes: settings.max_request_bytes,
-        metrics: crate::telemetry::metrics_handle(),
+        metrics: crate::telemetry::metrics_handle(&settings.node_id),
         ready: false.into(),
+        store_health: stores.health.clone(),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(watch) = watch {
+        tasks.push(tokio::spawn(
+            control.clone().follow(watch, shutdown_rx.clone()),
+        ));
+    }
     if let Some(dir) = &config.plugins_dir {
         tasks.push(tokio::spawn(crate::control::dev_dir::watch_dir(
             dir.clone(),
@@ -188,7 +193,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
             .await
     });
     state.ready.store(true, Ordering::Release);
-    tracing::info!(%addr, data_dir = %dir.display(), "busbar listening");
+    tracing::info!(%addr, node = %settings.node_id, store = %settings.store.describe(), data_dir = %dir.display(), "busbar listening");
     Ok(Running {
         addr,
         generated_admin_key,

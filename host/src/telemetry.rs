@@ -10,10 +10,14 @@ use std::sync::OnceLock;
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide metrics recorder (once) and returns its handle.
-pub fn metrics_handle() -> Option<PrometheusHandle> {
+/// Every series carries the label `node` (the first caller's `node`: one
+/// node per process), so the series of several nodes stay apart when one
+/// Prometheus scrapes them all.
+pub fn metrics_handle(node: &str) -> Option<PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                .add_global_label("node", node)
                 .set_buckets(&[
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0,

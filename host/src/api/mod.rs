@@ -22,7 +22,7 @@ use crate::deliver::queue::QueueSignals;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
 use crate::plugin::registry::PluginHost;
-use crate::store::{DeadLetters, EventLog, LogConsumer, Queues};
+use crate::store::{DeadLetters, EventLog, Health, LogConsumer, Queues};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
@@ -66,6 +66,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// False until start-up recovery is done, and again while shutting down.
     pub ready: AtomicBool,
+    /// Whether the store can take writes (readiness fails while it cannot).
+    pub store_health: Arc<dyn Health>,
 }
 
 /// Shared state type for handlers.

@@ -10,15 +10,22 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'static str, ApiError> {
-    if state.ready.load(Ordering::Acquire) {
-        Ok("ready")
-    } else {
-        Err(ApiError::new(
+    if !state.ready.load(Ordering::Acquire) {
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "starting up or shutting down",
-        ))
+        ));
     }
+    // A node that cannot reach its store would answer every write with 503.
+    state.store_health.check().map_err(|reason| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the store cannot be reached: {reason}"),
+        )
+    })?;
+    Ok("ready")
 }
 
 pub(super) async fn metrics(axum::extract::State(state): State) -> impl IntoResponse {

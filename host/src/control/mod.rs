@@ -4,9 +4,16 @@
 //! the data plane reads. The HTTP API, `--plugins-dir` and start-up (which
 //! replays the stored configuration) all use the same calls, so
 //! "persist, then publish" is written once.
+//!
+//! On a store several nodes share, each node also follows the store's
+//! change feed ([`ControlPlane::follow`], in `follow`) and applies what the
+//! others commit through [`ControlPlane::apply`] — the step start-up uses
+//! for every stored record — so a change made on one node is live on all
+//! of them within moments.
 
 pub mod catalog;
 pub mod dev_dir;
+mod follow;
 mod keys;
 mod settings;
 
@@ -22,7 +29,8 @@ use crate::plugin::{LimitsOverride, LimitsOverrides};
 use crate::resource::{PluginRecord, Problems, Registration, Upload};
 use crate::route::{Rule, RuleContext, compile_rule};
 use crate::store::{
-    ConfigStore, KeyRecord, Queues, Resource, ResourceKind, StoreError, TenantRecord,
+    ConfigChange, ConfigSnapshot, ConfigStore, KeyRecord, Queues, Resource, ResourceKind,
+    StoreError, TenantRecord,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -116,7 +124,15 @@ pub struct ControlPlane {
     plugins: Arc<PluginHost>,
     pattern_limits: PatternLimits,
     clock: SharedClock,
+    /// Taken by each of this node's writes from before it is stored until it
+    /// is published, and by the follower for each change it applies, so a
+    /// change another node made earlier can never land on top of a newer
+    /// write of this node (see [`crate::store::ConfigWatch::superseded`]).
+    publishing: tokio::sync::Mutex<()>,
 }
+
+/// Held while a change is stored and published (see `ControlPlane::publishing`).
+type Turn<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,7 +157,13 @@ impl ControlPlane {
             catalog,
             services,
             pattern_limits,
+            publishing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Waits for this node's turn to store and publish a change.
+    async fn turn(&self) -> Turn<'_> {
+        self.publishing.lock().await
     }
 
     /// The catalog this control plane publishes to.
@@ -164,21 +186,66 @@ impl ControlPlane {
     /// bus from starting.
     pub async fn load(&self) -> ControlResult<()> {
         let snapshot = self.config.load().await?;
+        self.apply_snapshot(&snapshot).await;
+        Ok(())
+    }
+
+    /// Applies every record of a snapshot, what others refer to first.
+    async fn apply_snapshot(&self, snapshot: &ConfigSnapshot) {
         for t in &snapshot.tenants {
-            self.catalog.add_tenant(&t.name, t.created_ms);
+            let _ = self.apply(ConfigChange::Tenant(t.clone())).await;
         }
         for k in &snapshot.keys {
-            self.catalog
-                .add_key(&k.tenant, &k.id, &k.hash, k.created_ms);
+            let _ = self.apply(ConfigChange::Key(k.clone())).await;
         }
         for kind in ResourceKind::LOAD_ORDER {
             for r in snapshot.resources.iter().filter(|r| r.kind == kind) {
-                if let Err(e) = self.publish(r).await {
+                if let Err(e) = self.apply(ConfigChange::Resource(r.clone())).await {
                     tracing::error!(tenant = %r.tenant, kind = kind.as_str(), name = %r.name, error = %e, "stored resource no longer loads; skipped");
                 }
             }
         }
+    }
+
+    /// Makes one committed change live in the catalog: what start-up does
+    /// for every stored record, and what a node following the store does
+    /// for each change another node commits. Idempotent.
+    pub async fn apply(&self, change: ConfigChange) -> ControlResult<()> {
+        match change {
+            ConfigChange::Tenant(t) => self.catalog.add_tenant(&t.name, t.created_ms),
+            ConfigChange::Key(k) => self
+                .catalog
+                .add_key(&k.tenant, &k.id, &k.hash, k.created_ms),
+            ConfigChange::KeyRevoked { tenant, id } => self.catalog.remove_key(&tenant, &id),
+            ConfigChange::Resource(r) => self.publish(&r).await?,
+            ConfigChange::ResourceDeleted { tenant, kind, name } => {
+                self.unpublish(&tenant, kind, &name)
+            }
+            // Settings are read where they are used (the admin key at start-up).
+            ConfigChange::Setting { .. } => {}
+        }
         Ok(())
+    }
+
+    /// Takes a deleted resource out of the catalog.
+    fn unpublish(&self, tenant: &str, kind: ResourceKind, name: &str) {
+        match kind {
+            ResourceKind::Bus => {
+                self.catalog.delete_bus(tenant, name);
+            }
+            ResourceKind::Rule => {
+                if let Some((bus, rule)) = name.split_once('/') {
+                    self.catalog.delete_rule(tenant, bus, rule);
+                }
+            }
+            ResourceKind::Queue => {
+                self.catalog.delete_queue(tenant, name);
+            }
+            ResourceKind::Plugin => {
+                self.catalog.delete_plugin(tenant, name);
+            }
+            ResourceKind::PluginLimits => self.catalog.set_plugin_limits(tenant, None),
+        }
     }
 
     /// Makes a stored resource live in the catalog.
@@ -285,6 +352,7 @@ impl ControlPlane {
         if self.catalog.has_tenant(name) {
             return Ok(());
         }
+        let _turn = self.turn().await;
         let created_ms = self.now();
         self.config
             .create_tenant(TenantRecord {
@@ -306,6 +374,7 @@ impl ControlPlane {
         let key = generate_key();
         let hash = hash_key(&key);
         let key_id = format!("key_{}", &hash[..16]);
+        let _turn = self.turn().await;
         let created_ms = self.now();
         self.config
             .put_key(KeyRecord {
@@ -325,6 +394,7 @@ impl ControlPlane {
 
     /// Revokes a key.
     pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> ControlResult<()> {
+        let _turn = self.turn().await;
         if !self.config.revoke_key(tenant, key_id).await? {
             return Err(ControlError::not_found("key", key_id));
         }
@@ -340,6 +410,7 @@ impl ControlPlane {
             code: "invalid_field",
             problems,
         })?;
+        let _turn = self.turn().await;
         let created = !self.catalog.has_bus(tenant, bus);
         self.persist(tenant, ResourceKind::Bus, bus, settings.clone())
             .await?;
@@ -367,6 +438,7 @@ impl ControlPlane {
                 "bus is the target of rules {users:?}; change them first"
             )));
         }
+        let _turn = self.turn().await;
         for rule in view.routes.rules.keys() {
             self.config
                 .delete_resource(tenant, ResourceKind::Rule, &rule_key(bus, rule))
@@ -442,6 +514,7 @@ impl ControlPlane {
                 problems: missing,
             });
         }
+        let _turn = self.turn().await;
         let created = !view.routes.rules.contains_key(name);
         self.persist(
             tenant,
@@ -466,6 +539,7 @@ impl ControlPlane {
         if !view.routes.rules.contains_key(name) {
             return Err(ControlError::not_found("rule", name));
         }
+        let _turn = self.turn().await;
         self.config
             .delete_resource(tenant, ResourceKind::Rule, &rule_key(bus, name))
             .await?;
@@ -486,6 +560,7 @@ impl ControlPlane {
             code: "invalid_field",
             problems,
         })?;
+        let _turn = self.turn().await;
         let created = !self.catalog.has_queue(tenant, queue);
         self.persist(tenant, ResourceKind::Queue, queue, settings.clone())
             .await?;
@@ -507,6 +582,7 @@ impl ControlPlane {
             )));
         }
         self.queues.queue_purge(tenant, queue).await?;
+        let _turn = self.turn().await;
         self.config
             .delete_resource(tenant, ResourceKind::Queue, queue)
             .await?;
@@ -524,6 +600,7 @@ impl ControlPlane {
         upload: Upload<'_>,
     ) -> ControlResult<Registration> {
         let existing = self.catalog.plugin(tenant, name);
+        let sha256 = upload.sha256.to_owned();
         let registration =
             Registration::of(existing, name, upload, self.now()).map_err(|message| {
                 ControlError::Conflict {
@@ -532,12 +609,15 @@ impl ControlPlane {
                 }
             })?;
         if let Registration::Added(record) = &registration {
+            // Other nodes must be able to fetch the component once they see the record.
+            self.plugins.share(&sha256).await?;
             self.save_plugin(tenant, record).await?;
         }
         Ok(registration)
     }
 
     async fn save_plugin(&self, tenant: &str, record: &PluginRecord) -> ControlResult<()> {
+        let _turn = self.turn().await;
         let spec = serde_json::to_value(record).map_err(|e| StoreError::Backend(e.into()))?;
         self.persist(tenant, ResourceKind::Plugin, &record.name, spec)
             .await?;
@@ -594,6 +674,7 @@ impl ControlPlane {
                 "plugin is used by rules {users:?}; change them first"
             )));
         }
+        let _turn = self.turn().await;
         self.config
             .delete_resource(tenant, ResourceKind::Plugin, name)
             .await?;
@@ -617,6 +698,7 @@ impl ControlPlane {
             });
         }
         let spec = serde_json::to_value(&overrides).map_err(|e| StoreError::Backend(e.into()))?;
+        let _turn = self.turn().await;
         self.persist(tenant, ResourceKind::PluginLimits, PLUGIN_LIMITS, spec)
             .await?;
         self.catalog.set_plugin_limits(tenant, Some(overrides));
@@ -627,6 +709,7 @@ impl ControlPlane {
     /// Removes the admin's overrides of a tenant's plugin limits.
     pub async fn clear_plugin_limits(&self, tenant: &str) -> ControlResult<()> {
         self.require_tenant(tenant)?;
+        let _turn = self.turn().await;
         self.config
             .delete_resource(tenant, ResourceKind::PluginLimits, PLUGIN_LIMITS)
             .await?;

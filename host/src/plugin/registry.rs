@@ -5,7 +5,14 @@
 //! limits, turns failures into the bus's failure codes, and pauses a
 //! version that keeps crashing. The records themselves are
 //! [`crate::resource::PluginRecord`]s, found through a [`PluginDirectory`].
+//!
+//! On a store several nodes share, components travel through the store's
+//! [`Blobs`]: an upload is shared before its record is stored, and a node
+//! that meets a version it does not have fetches the `.wasm` and prepares
+//! it itself (compiling it, or loading its own artifact from an earlier
+//! fetch) — it never runs machine code another node compiled.
 
+use super::validate::PluginErrorCode;
 use super::{
     ConnectorPlugin, DeliveryResult, FailureKind, FilterPlugin, InvokeContext, KindLimits,
     LimitsOverrides, PluginFailure, PluginHandle, PluginKind, PluginLimits, PluginRuntime,
@@ -13,9 +20,10 @@ use super::{
 };
 use crate::event::Event;
 use crate::resource::{PluginBinding, PluginRecord};
-use crate::store::FailureCode;
+use crate::store::{Blobs, FailureCode, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Consecutive crashes (trap, out of memory, deadline) after which a version is paused.
@@ -75,7 +83,15 @@ pub struct PluginHost {
     /// Invocations in progress per tenant, so one tenant's slow plugins cannot
     /// take every sandbox instance.
     tenant_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Components shared with the other nodes (`None`: this process is the only one).
+    shared: Option<Arc<dyn Blobs>>,
+    /// One fetch at a time per component (sha256 → its turn).
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// How long a node keeps trying to fetch a component it does not have
+/// while the shared store is unavailable, before the invocation fails.
+const FETCH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Plugin invocations one tenant may have running at once.
 pub const TENANT_CONCURRENCY: usize = 8;
@@ -99,7 +115,103 @@ impl PluginHost {
             defaults,
             crashes: Mutex::new(HashMap::new()),
             tenant_slots: Mutex::new(HashMap::new()),
+            shared: None,
+            fetching: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same host, sharing components with the other nodes through
+    /// `blobs` (when there are other nodes).
+    pub fn sharing(self, blobs: Option<Arc<dyn Blobs>>) -> Self {
+        Self {
+            shared: blobs,
+            ..self
+        }
+    }
+
+    /// Makes a component this node prepared available to the other nodes.
+    /// Called before its plugin record is stored, so a node that sees the
+    /// record can always fetch the component.
+    pub async fn share(&self, sha256: &str) -> Result<(), StoreError> {
+        let Some(blobs) = &self.shared else {
+            return Ok(());
+        };
+        let wasm = self
+            .runtime
+            .stored_wasm(sha256)
+            .map_err(|e| StoreError::Backend(anyhow::anyhow!("reading plugin {sha256}: {e}")))?;
+        blobs.put_blob(sha256, wasm.into()).await
+    }
+
+    /// Fetches and prepares a component in the background if this node
+    /// does not have it yet (a plugin version another node uploaded), so
+    /// the first event that needs it does not wait for the compile.
+    pub fn prefetch(self: &Arc<Self>, sha256: &str) {
+        if self.shared.is_none() || self.runtime.is_stored(sha256) {
+            return;
+        }
+        let (me, sha256) = (self.clone(), sha256.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = me.fetch(&sha256).await {
+                tracing::warn!(%sha256, error = %e, "cannot fetch a plugin component ahead of use");
+            }
+        });
+    }
+
+    /// Gets a component this node does not have from the shared store,
+    /// checks its digest and prepares it here (validate, compile, keep the
+    /// `.wasm` and this host's artifact). Waits up to [`FETCH_PATIENCE`]
+    /// while the store is unavailable.
+    async fn fetch(&self, sha256: &str) -> Result<(), PluginCallError> {
+        let Some(blobs) = &self.shared else {
+            return Err(error(
+                FailureCode::PluginLoad,
+                format!("no stored plugin {sha256}"),
+            ));
+        };
+        let turn = {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            fetching.entry(sha256.to_owned()).or_default().clone()
+        };
+        let _turn = turn.lock().await;
+        if self.runtime.is_stored(sha256) {
+            // Another caller fetched it meanwhile.
+            return Ok(());
+        }
+        let load = |message: String| error(FailureCode::PluginLoad, message);
+        let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
+        let wasm = loop {
+            match blobs.get_blob(sha256).await {
+                Ok(Some(wasm)) => break wasm,
+                Ok(None) => {
+                    return Err(load(format!(
+                        "plugin component {sha256} is in no node's shared store"
+                    )));
+                }
+                Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%sha256, error = %e, "shared store unavailable; fetching again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(load(format!("cannot fetch plugin {sha256}: {e}"))),
+            }
+        };
+        if super::artifact::sha256_hex(&wasm) != sha256 {
+            return Err(load(format!(
+                "the shared copy of plugin {sha256} does not match its digest"
+            )));
+        }
+        // Validation and compilation are CPU-heavy: off the async workers.
+        let runtime = self.runtime.clone();
+        let prepared = tokio::task::spawn_blocking(move || runtime.prepare(&wasm))
+            .await
+            .map_err(|e| load(format!("preparing plugin {sha256}: {e}")))?
+            .map_err(|e| load(format!("preparing plugin {sha256}: {e}")))?;
+        tracing::info!(%sha256, kind = prepared.kind.as_str(), compile_ms = prepared.compile_ms, "plugin component fetched from the shared store");
+        self.fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha256);
+        Ok(())
     }
 
     /// The limits `tenant`'s plugins of `kind` run under: the server's, with
@@ -157,8 +269,9 @@ impl PluginHost {
         }
     }
 
-    /// Finds the version a binding means right now and loads it.
-    fn resolve<P: PluginHandle>(
+    /// Finds the version a binding means right now and loads it (fetching
+    /// it first if it is another node's upload this node has not seen).
+    async fn resolve<P: PluginHandle>(
         &self,
         tenant: &str,
         binding: &PluginBinding,
@@ -200,7 +313,15 @@ impl PluginHost {
                 ),
             ));
         }
-        let loaded = self.runtime.load_as(&v.sha256).map_err(|e| {
+        let sha256 = v.sha256.clone();
+        let loaded = match self.runtime.load_as(&sha256) {
+            Err(e) if e.code == PluginErrorCode::NotFound && self.shared.is_some() => {
+                self.fetch(&sha256).await?;
+                self.runtime.load_as(&sha256)
+            }
+            loaded => loaded,
+        };
+        let loaded = loaded.map_err(|e| {
             error(
                 FailureCode::PluginLoad,
                 format!("cannot load {}@{version}: {e}", binding.name),
@@ -254,7 +375,7 @@ impl PluginHost {
         binding: &PluginBinding,
         event: &Event,
     ) -> Result<bool, PluginCallError> {
-        let (version, plugin) = self.resolve::<FilterPlugin>(tenant, binding)?;
+        let (version, plugin) = self.resolve::<FilterPlugin>(tenant, binding).await?;
         let limits = self.limits(tenant, PluginKind::Filter);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.filter(&plugin, &cx, event).await {
@@ -273,7 +394,7 @@ impl PluginHost {
         binding: &PluginBinding,
         event: &Event,
     ) -> Result<Vec<Event>, PluginCallError> {
-        let (version, plugin) = self.resolve::<TransformerPlugin>(tenant, binding)?;
+        let (version, plugin) = self.resolve::<TransformerPlugin>(tenant, binding).await?;
         let limits = self.limits(tenant, PluginKind::Transformer);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);
         match self.runtime.transform(&plugin, &cx, event).await {
@@ -292,7 +413,7 @@ impl PluginHost {
         binding: &PluginBinding,
         allowed_hosts: &[String],
     ) -> Result<(), PluginCallError> {
-        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding)?;
+        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding).await?;
         let limits = self.limits(tenant, PluginKind::Connector);
         let cx = self.context(tenant, binding, version, "", &limits, allowed_hosts);
         self.runtime
@@ -315,7 +436,7 @@ impl PluginHost {
         allowed_hosts: &[String],
         events: &[Event],
     ) -> Result<Vec<DeliveryResult>, PluginCallError> {
-        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding)?;
+        let (version, plugin) = self.resolve::<ConnectorPlugin>(tenant, binding).await?;
         let limits = self.limits(tenant, PluginKind::Connector);
         let event_id = events.first().map(Event::id).unwrap_or_default();
         let cx = self.context(tenant, binding, version, event_id, &limits, allowed_hosts);

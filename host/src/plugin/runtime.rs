@@ -96,6 +96,21 @@ impl PluginRuntime {
         self.sandbox.engine.slots.available_permits()
     }
 
+    /// Whether this host has the component (its `.wasm`) in its data dir.
+    pub fn is_stored(&self, sha256: &str) -> bool {
+        artifact::is_sha256(sha256) && self.artifacts.wasm_path(sha256).exists()
+    }
+
+    /// The component as stored by [`PluginRuntime::prepare`] (to share it).
+    pub fn stored_wasm(&self, sha256: &str) -> std::io::Result<Vec<u8>> {
+        if !artifact::is_sha256(sha256) {
+            return Err(std::io::Error::other(format!(
+                "`{sha256}` is not a sha256 digest"
+            )));
+        }
+        self.artifacts.read_wasm(sha256)
+    }
+
     /// Where this host keeps its compiled artifact of a component.
     pub fn artifact_path(&self, sha256: &str) -> PathBuf {
         self.artifacts.artifact_path(sha256)

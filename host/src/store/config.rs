@@ -140,11 +140,27 @@ pub enum ConfigChange {
 /// may report only the second (the latest state is what matters). To miss
 /// nothing, a node opens the watch *before* [`ConfigStore::load`], then
 /// applies what the watch reports on top of the snapshot.
+///
+/// A node also changes its own view as it writes (so its next request sees
+/// the change at once). A change another node made just before may then
+/// arrive after this node's newer write of the same key; applying it would
+/// undo the newer one until the watch reports that too. So the applier asks
+/// [`ConfigWatch::superseded`] before applying, while holding the same lock
+/// as the node's own writes.
 #[async_trait]
 pub trait ConfigWatch: Send {
     /// The next change, waiting for one. An error means changes may have
     /// been missed: the caller reloads and watches anew.
     async fn next(&mut self) -> StoreResult<ConfigChange>;
+
+    /// Whether the change [`next`](Self::next) returned last is no newer
+    /// than a write of the same key through this same store handle — one
+    /// the caller has applied already, so applying this change would go
+    /// back in time. Only meaningful while the caller keeps its own writes
+    /// out (it holds the lock they take).
+    fn superseded(&self) -> bool {
+        false
+    }
 }
 
 /// Tenants, keys, resources and settings.

@@ -20,6 +20,10 @@
 //! construction, so due times, leases and visibility can be tested on
 //! virtual time.
 //!
+//! Which backend a server runs on is decided in one place, [`open`]; a
+//! shared backend also offers [`Blobs`] (plugin components every node can
+//! fetch) and a [`Health`] that follows the connection.
+//!
 //! Backends: [`sqlite`] (the single-node default: one file, one writer
 //! thread with group commit), [`nats`] (NATS JetStream: several bus nodes
 //! share one deployment; see its design) and [`memory`] (no durability; for
@@ -27,6 +31,7 @@
 //! implementation). All pass the same conformance suite (`store::testing`,
 //! run by each backend's unit tests; the NATS runs start real servers).
 
+pub mod blobs;
 pub mod config;
 pub mod dead_letters;
 pub mod failure;
@@ -34,12 +39,14 @@ pub mod jobs;
 pub mod log;
 pub mod memory;
 pub mod nats;
+pub mod open;
 pub mod queues;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
 mod watermark;
 
+pub use self::blobs::Blobs;
 pub use self::config::{
     ConfigChange, ConfigSnapshot, ConfigStore, ConfigWatch, KeyRecord, Resource, ResourceKind,
     TenantRecord,
@@ -48,6 +55,7 @@ pub use self::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLet
 pub use self::failure::{AttemptError, Exhausted, FailureCode};
 pub use self::jobs::{DeliveryJobs, JobLease, LeasedJob, NewJob};
 pub use self::log::{AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, NewEvent};
+pub use self::open::{Health, OpenStoreError, StoreSettings, open};
 pub use self::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
 pub use crate::clock::Millis;
 
@@ -93,6 +101,11 @@ pub struct Stores {
     pub dead_letters: Arc<dyn DeadLetters>,
     /// Pull queues.
     pub queues: Arc<dyn Queues>,
+    /// Whether the backend can take writes now (readiness).
+    pub health: Arc<dyn Health>,
+    /// Plugin components shared with the other nodes; `None` when this
+    /// process is the only one (SQLite, memory).
+    pub blobs: Option<Arc<dyn Blobs>>,
 }
 
 impl Stores {
@@ -104,6 +117,18 @@ impl Stores {
             jobs: backend.clone(),
             dead_letters: backend.clone(),
             queues: backend,
+            health: Arc::new(open::Local),
+            blobs: None,
+        }
+    }
+
+    /// The same, for a backend several nodes share: its health follows the
+    /// connection, and plugin components go through `blobs`.
+    pub fn shared(self, health: Arc<dyn Health>, blobs: Arc<dyn Blobs>) -> Self {
+        Self {
+            health,
+            blobs: Some(blobs),
+            ..self
         }
     }
 }

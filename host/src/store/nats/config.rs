@@ -20,7 +20,10 @@
 //! [`ConfigStore::watch`] is an ordered consumer on the stream that starts
 //! at its end: every write after it began, tombstones included, in stream
 //! order. This is how rule, plugin and tenant changes made on one node
-//! reach every other node within milliseconds.
+//! reach every other node within milliseconds. The table remembers the
+//! revision of this handle's own writes, which is how
+//! [`ConfigWatch::superseded`] knows a reported change is not newer than
+//! what this node wrote (and applied) itself.
 
 use super::table::{self, Expect, TableError};
 use super::{NatsStore, token, untoken};
@@ -325,10 +328,13 @@ impl ConfigStore for NatsStore {
                 }),
             )
             .await?;
+        let reconnects = s.reconnects.subscribe();
         let messages = s.timed("watch config", consumer.messages()).await?;
         Ok(Some(Box::new(NatsConfigWatch {
             store: self.clone(),
             messages,
+            last: None,
+            reconnects,
         })))
     }
 }
@@ -337,13 +343,28 @@ impl ConfigStore for NatsStore {
 struct NatsConfigWatch {
     store: NatsStore,
     messages: pull::Ordered,
+    /// The key and revision of the change `next` returned last.
+    last: Option<(String, u64)>,
+    /// Changes when the connection is re-established: the ordered consumer
+    /// is an ephemeral in-memory one that a restarted server no longer
+    /// has, and the client notices only much later, so a reconnect ends
+    /// the feed at once (the reader reloads and watches anew).
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 #[async_trait]
 impl ConfigWatch for NatsConfigWatch {
     async fn next(&mut self) -> StoreResult<ConfigChange> {
         loop {
-            let message = match self.messages.next().await {
+            let next = tokio::select! {
+                next = self.messages.next() => next,
+                _ = self.reconnects.changed() => {
+                    return Err(StoreError::Unavailable(
+                        "NATS: reconnected; the config watch may have missed changes".into(),
+                    ));
+                }
+            };
+            let message = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => return Err(self.store.inner.fail("watch config", e)),
                 None => {
@@ -360,9 +381,21 @@ impl ConfigWatch for NatsConfigWatch {
                 continue;
             };
             if let Some(change) = change(key, deleted, &message.payload)? {
+                // Without a revision it can never count as superseded.
+                let rev = message
+                    .info()
+                    .map(|i| i.stream_sequence)
+                    .unwrap_or(u64::MAX);
+                self.last = Some((key.to_owned(), rev));
                 return Ok(change);
             }
         }
+    }
+
+    fn superseded(&self) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|(key, rev)| self.store.inner.config.written(key) >= *rev)
     }
 }
 

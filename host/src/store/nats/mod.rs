@@ -10,6 +10,7 @@
 //! | [`jobs`]             | `DeliveryJobs`   | stream `P_JOBS` (work queue), consumer `workers`|
 //! | [`dead_letters`]     | `DeadLetters`    | stream `P_DLQ`                                  |
 //! | [`queues`]           | `Queues`         | streams `P_QUEUES` + `P_QSTATE` (receipts)      |
+//! | [`blobs`]            | `Blobs`          | object store `P_PLUGINS` (plugin components)    |
 //! | `table`              | (helper)         | a key/value table with compare-and-set          |
 //!
 //! `P` is the deployment's prefix (default `BUSBAR`; the subjects use it in
@@ -122,6 +123,7 @@
 //!
 //! Details per interface are in each file's documentation.
 
+pub mod blobs;
 pub mod config;
 pub mod dead_letters;
 pub mod jobs;
@@ -133,10 +135,11 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-use super::{StoreError, StoreResult};
+use super::{Health, StoreError, StoreResult};
 use crate::clock::SharedClock;
 use async_nats::jetstream::{self, stream};
 use bytes::{Bytes, BytesMut};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -180,6 +183,36 @@ pub struct NatsOptions {
     /// Tracks the clean-shutdown work of dropped handles (naks of held
     /// messages), so a restart in the same process can wait for it.
     pub drains: Arc<Drains>,
+    /// How this node names its connection (server monitoring shows it).
+    pub client_name: String,
+    /// How to authenticate, if the servers require it.
+    pub credentials: Option<NatsCredentials>,
+    /// A PEM file of CA certificates to trust for `tls://` servers (besides
+    /// the system's).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// How a node authenticates to the NATS servers. (`Debug` hides the secrets.)
+#[derive(Clone)]
+pub enum NatsCredentials {
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Self::Token(_) => f.write_str("Token(***)"),
+        }
+    }
 }
 
 impl NatsOptions {
@@ -203,6 +236,9 @@ impl NatsOptions {
             log_max_in_flight: 20_000,
             hold_horizon: Duration::from_secs(10),
             drains: Arc::default(),
+            client_name: "busbar".into(),
+            credentials: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -268,6 +304,13 @@ pub(crate) struct Shared {
     queues: JsStream,
     config: table::Table,
     qstate: table::Table,
+    /// Plugin components (an object store).
+    plugins: blobs::Bucket,
+    /// What the last reachability probe found (see [`NatsStore::health`]).
+    probe: Arc<Mutex<Result<(), String>>>,
+    /// Counts (re)connections: a feed that may have lost its server-side
+    /// state across one ends, so its reader reloads.
+    reconnects: tokio::sync::watch::Sender<u64>,
     job_pool: jobs::Pool,
     /// Everything whose ack subject must get `+WPI` every `ack_wait / 3`.
     holders: Mutex<Vec<Weak<dyn Holder>>>,
@@ -315,11 +358,41 @@ impl NatsStore {
             .map(|u| u.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConnectError::Invalid(format!("server URL: {e}")))?;
-        let connect = async_nats::ConnectOptions::new()
-            .name("busbar")
+        let (reconnects, _) = tokio::sync::watch::channel(0u64);
+        let on_event = reconnects.clone();
+        let mut connect = async_nats::ConnectOptions::new()
+            .name(&options.client_name)
+            .event_callback(move |event| {
+                match &event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to NATS");
+                        on_event.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
+                std::future::ready(())
+            })
             .connection_timeout(options.connect_timeout)
             .request_timeout(Some(options.request_timeout))
-            .connect(addrs);
+            // Reconnect forever, at most a second apart: a node comes back
+            // by itself soon after the cluster does.
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(2u64.saturating_pow(attempts.min(20) as u32))
+                    .min(RECONNECT_MAX)
+            });
+        match &options.credentials {
+            Some(NatsCredentials::UserPassword { user, password }) => {
+                connect = connect.user_and_password(user.clone(), password.clone());
+            }
+            Some(NatsCredentials::Token(token)) => connect = connect.token(token.clone()),
+            None => {}
+        }
+        if let Some(ca) = &options.tls_ca_file {
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        let connect = connect.connect(addrs);
         let client = tokio::time::timeout(options.connect_timeout, connect)
             .await
             .map_err(|_| unreachable("timed out".into()))?
@@ -370,9 +443,11 @@ impl NatsStore {
         let config = table::Table::open(&js, &options, &sub, "CONFIG", "cfg")
             .await
             .map_err(setup)?;
+        let config = config.track_writes();
         let qstate = table::Table::open(&js, &options, &sub, "QSTATE", "qv")
             .await
             .map_err(setup)?;
+        let plugins = blobs::open_bucket(&js, &options).await.map_err(setup)?;
         let mut streams = streams.into_iter();
         let (Some(log), Some(jobs), Some(dlq), Some(queues)) = (
             streams.next(),
@@ -393,17 +468,72 @@ impl NatsStore {
             queues,
             config,
             qstate,
+            plugins,
+            probe: Arc::new(Mutex::new(Ok(()))),
+            reconnects,
             job_pool: jobs::Pool::default(),
             holders: Mutex::new(Vec::new()),
             options,
         });
         tokio::spawn(heartbeat(Arc::downgrade(&inner)));
+        tokio::spawn(probe(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
     /// The connection (for health checks).
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
+    }
+
+    /// Whether this node can write to JetStream now: connected, and the
+    /// last probe (every [`PROBE_EVERY`]) got an answer from the log
+    /// stream's leader — so a cluster without a quorum is "not ready" too.
+    pub fn health(&self) -> Arc<dyn Health> {
+        Arc::new(NatsHealth {
+            client: self.inner.client.clone(),
+            probe: self.inner.probe.clone(),
+        })
+    }
+}
+
+/// Longest pause between two reconnect attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// How often reachability is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// [`NatsStore::health`].
+struct NatsHealth {
+    client: async_nats::Client,
+    probe: Arc<Mutex<Result<(), String>>>,
+}
+
+impl Health for NatsHealth {
+    fn check(&self) -> Result<(), String> {
+        if !matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            return Err("not connected to NATS".into());
+        }
+        self.probe.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Asks the log stream's leader for its state every [`PROBE_EVERY`] and
+/// records whether it answered; ends with the store.
+async fn probe(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
+        let outcome = match tokio::time::timeout(PROBE_EVERY * 2, s.log.get_info()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("JetStream does not answer: {e}")),
+            Err(_) => Err("JetStream does not answer: timed out".to_owned()),
+        };
+        *s.probe.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
     }
 }
 
@@ -508,6 +638,16 @@ impl Shared {
         what: &str,
         f: impl std::future::IntoFuture<Output = Result<T, E>>,
     ) -> StoreResult<T> {
+        // Without a connection nothing can succeed: say so at once rather
+        // than after the timeout (an ingest answers 503 right away).
+        if !matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            return Err(StoreError::Unavailable(format!(
+                "NATS: {what}: not connected"
+            )));
+        }
         match tokio::time::timeout(self.options.request_timeout * 2, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.fail(what, e)),

@@ -13,6 +13,8 @@
 use super::{NatsOptions, StoreError};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The header that marks a tombstone.
@@ -26,6 +28,9 @@ pub(crate) struct Table {
     /// `<prefix>.<table>`.
     base: String,
     timeout: Duration,
+    /// With [`Table::track_writes`]: key → revision of this handle's latest
+    /// write of it.
+    written: Option<Mutex<HashMap<String, u64>>>,
 }
 
 /// A key's current state.
@@ -89,6 +94,25 @@ impl Table {
             js: js.clone(),
             base: format!("{sub}.{table}"),
             timeout: options.request_timeout * 2,
+            written: None,
+        })
+    }
+
+    /// Remembers the revision of every write through this handle, for
+    /// [`Table::written`] (a table with few keys: one entry per key written).
+    pub(crate) fn track_writes(mut self) -> Self {
+        self.written = Some(Mutex::default());
+        self
+    }
+
+    /// The revision of this handle's latest write of `key` (0: none, or not tracked).
+    pub(crate) fn written(&self, key: &str) -> u64 {
+        self.written.as_ref().map_or(0, |w| {
+            w.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .copied()
+                .unwrap_or(0)
         })
     }
 
@@ -142,7 +166,14 @@ impl Table {
             ack.await
         };
         match tokio::time::timeout(self.timeout, send).await {
-            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Ok(ack)) => {
+                if let Some(w) = &self.written {
+                    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                    let rev = w.entry(key.to_owned()).or_default();
+                    *rev = (*rev).max(ack.sequence);
+                }
+                Ok(ack.sequence)
+            }
             Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 Err(TableError::Conflict)
             }
