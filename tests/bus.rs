@@ -743,3 +743,21 @@ async fn bus_and_queue_settings_are_checked_member_by_member() {
         assert_eq!(status, StatusCode::CREATED, "{path}: {body}");
     }
 }
+
+crate::also_on_nats!(
+    structured_binary_and_batch_events_reach_a_webhook,
+    put_events_reports_per_entry_results_and_patterns_use_detail_aliases,
+    every_error_status_has_a_json_body_naming_the_field,
+    tenants_cannot_see_each_other,
+    fan_out_reaches_every_target_and_transforms_apply,
+    retries_until_the_receiver_recovers_with_a_stable_id,
+    a_receiver_that_is_down_gets_the_event_when_it_comes_back,
+    permanent_failure_goes_to_the_dead_letter_queue_and_redrive_delivers_it,
+    exhausted_retries_are_dead_lettered_with_the_limit_named,
+    queue_messages_reappear_after_the_visibility_timeout_until_acked,
+    configuration_and_undelivered_work_survive_a_restart,
+    health_readiness_and_metrics_answer,
+    reading_a_rule_never_reveals_target_secrets,
+    a_slow_target_does_not_hold_up_other_targets_or_ingestion,
+    bus_and_queue_settings_are_checked_member_by_member,
+);

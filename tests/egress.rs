@@ -244,3 +244,9 @@ fn bad_egress_entries_stop_the_bus_naming_where_they_are() {
         "{err}"
     );
 }
+
+crate::also_on_nats!(
+    a_loopback_receiver_that_is_not_allowed_gets_nothing,
+    an_allowed_loopback_receiver_gets_webhooks_and_connector_calls,
+    a_tenants_own_allow_list_opens_loopback_for_that_tenant_only,
+);

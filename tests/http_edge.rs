@@ -335,3 +335,5 @@ async fn a_transform_whose_output_is_not_json_is_dead_lettered_with_its_reason()
         "{entry}"
     );
 }
+
+crate::also_on_nats!(a_transform_whose_output_is_not_json_is_dead_lettered_with_its_reason);

@@ -1,5 +1,8 @@
 //! Shared test harness: a real bus on 127.0.0.1:0 with a temp data dir, real
 //! HTTP receivers, and condition waits with deadlines.
+//!
+//! A bus runs on SQLite, or on NATS when the test runs under
+//! [`nats::on_nats`] (see `also_on_nats!`): [`config_for`] decides.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -42,6 +45,9 @@ pub struct TestBus {
     pub client: reqwest::Client,
     running: Option<Running>,
     dir: Option<tempfile::TempDir>,
+    /// The NATS deployment (URL, prefix) the bus runs on, deleted when the
+    /// bus is dropped without being stopped for a restart.
+    nats: Option<(String, String)>,
 }
 
 impl TestBus {
@@ -57,12 +63,19 @@ impl TestBus {
 
     /// Starts with a config (made with [`config_for`] and adjusted).
     pub async fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
+        let nats = config
+            .store
+            .url
+            .clone()
+            .filter(|u| u.starts_with("nats://"))
+            .map(|u| (u, config.store.prefix.clone()));
         let running = server::start(config).await.unwrap();
         Self {
             url: format!("http://{}", running.addr),
             client: reqwest::Client::new(),
             running: Some(running),
             dir: Some(dir),
+            nats,
         }
     }
 
@@ -217,10 +230,34 @@ impl Drop for TestBus {
         if let Some(r) = self.running.take() {
             r.trigger_shutdown();
         }
+        // Done with the deployment (not stopped to start again on it).
+        if let (Some((url, prefix)), Some(_)) = (self.nats.take(), self.dir.as_ref()) {
+            std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(nats::delete_deployment(&url, &prefix));
+                }
+            })
+            .join()
+            .ok();
+        }
     }
 }
 
+/// The configuration of a test bus in `dir`: on SQLite there, or on the
+/// shared NATS server under a prefix of its own when the test runs on NATS.
 pub fn config_for(dir: &Path) -> Config {
+    let mut config = config_on_sqlite(dir);
+    if nats::current() == nats::Store::Nats {
+        config.store.url = Some(nats::shared_url().to_owned());
+        config.store.prefix = nats::prefix_for(dir);
+    }
+    config
+}
+
+fn config_on_sqlite(dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
@@ -356,3 +393,4 @@ impl Receiver {
     }
 }
 pub mod guests;
+pub mod nats;

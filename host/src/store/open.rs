@@ -2,9 +2,9 @@
 //! store settings (from [`Config::runtime`](crate::config::Config::runtime))
 //! become the [`Stores`] the rest of the bus uses.
 
+use super::Stores;
 use super::nats::{ConnectError, NatsOptions, NatsStore};
 use super::sqlite::{Durability, OpenError, SqliteStore};
-use super::{Blobs, Stores};
 use crate::clock::SharedClock;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,8 +71,7 @@ pub async fn open(settings: &StoreSettings, clock: SharedClock) -> Result<Stores
         }
         StoreSettings::Nats(options) => {
             let store = NatsStore::connect(options.clone(), clock).await?;
-            let health = store.health();
-            let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
+            let (health, blobs) = (store.health(), store.blobs());
             Stores::new(Arc::new(store)).shared(health, blobs)
         }
     })

@@ -7,34 +7,45 @@
 //! when a plugin is deleted: another plugin, or another tenant's, may have
 //! the same bytes.
 
-use super::NatsStore;
 use crate::store::{Blobs, StoreResult};
 use async_nats::jetstream::object_store::{self, GetErrorKind, InfoErrorKind, ObjectStore};
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
-/// The deployment's bucket.
-pub(crate) struct Bucket(ObjectStore);
+/// The deployment's bucket, with what its calls need of the connection.
+#[derive(Clone)]
+pub struct NatsBlobs {
+    bucket: ObjectStore,
+    client: async_nats::Client,
+    timeout: Duration,
+}
 
-impl std::fmt::Debug for Bucket {
+impl std::fmt::Debug for NatsBlobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Bucket")
+        f.debug_struct("NatsBlobs").finish_non_exhaustive()
     }
 }
 
 /// Opens (creating if needed) the deployment's bucket.
 pub(super) async fn open_bucket(
+    client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     options: &super::NatsOptions,
-) -> Result<Bucket, String> {
+) -> Result<NatsBlobs, String> {
     let bucket = format!("{}_PLUGINS", options.prefix);
     let timeout = options.request_timeout * 2;
     let existing = tokio::time::timeout(timeout, js.get_object_store(&bucket))
         .await
         .map_err(|_| format!("object store {bucket}: timed out"))?;
+    let blobs = |bucket| NatsBlobs {
+        bucket,
+        client: client.clone(),
+        timeout,
+    };
     if let Ok(store) = existing {
-        return Ok(Bucket(store));
+        return Ok(blobs(store));
     }
     let config = object_store::Config {
         bucket: bucket.clone(),
@@ -46,16 +57,26 @@ pub(super) async fn open_bucket(
     tokio::time::timeout(timeout, js.create_object_store(config))
         .await
         .map_err(|_| format!("object store {bucket}: timed out"))?
-        .map(Bucket)
+        .map(blobs)
         .map_err(|e| format!("object store {bucket}: {e}"))
 }
 
+impl NatsBlobs {
+    async fn timed<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        f: impl std::future::IntoFuture<Output = Result<T, E>>,
+    ) -> StoreResult<T> {
+        super::timed(&self.client, self.timeout, what, f).await
+    }
+}
+
 #[async_trait]
-impl Blobs for NatsStore {
+impl Blobs for NatsBlobs {
     async fn put_blob(&self, sha256: &str, bytes: Bytes) -> StoreResult<()> {
-        let s = &self.inner;
+        let s = self;
         let present = async {
-            match s.plugins.0.info(sha256).await {
+            match s.bucket.info(sha256).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(false),
                 Err(e) => Err(e.to_string()),
@@ -67,16 +88,16 @@ impl Blobs for NatsStore {
         let mut reader: &[u8] = &bytes;
         s.timed(
             "store a plugin component",
-            s.plugins.0.put(sha256, &mut reader),
+            s.bucket.put(sha256, &mut reader),
         )
         .await?;
         Ok(())
     }
 
     async fn get_blob(&self, sha256: &str) -> StoreResult<Option<Bytes>> {
-        let s = &self.inner;
+        let s = self;
         let get = async {
-            let mut object = match s.plugins.0.get(sha256).await {
+            let mut object = match s.bucket.get(sha256).await {
                 Ok(o) => o,
                 Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e.to_string()),

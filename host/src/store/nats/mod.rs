@@ -305,7 +305,7 @@ pub(crate) struct Shared {
     config: table::Table,
     qstate: table::Table,
     /// Plugin components (an object store).
-    plugins: blobs::Bucket,
+    plugins: blobs::NatsBlobs,
     /// What the last reachability probe found (see [`NatsStore::health`]).
     probe: Arc<Mutex<Result<(), String>>>,
     /// Counts (re)connections: a feed that may have lost its server-side
@@ -447,7 +447,9 @@ impl NatsStore {
         let qstate = table::Table::open(&js, &options, &sub, "QSTATE", "qv")
             .await
             .map_err(setup)?;
-        let plugins = blobs::open_bucket(&js, &options).await.map_err(setup)?;
+        let plugins = blobs::open_bucket(&client, &js, &options)
+            .await
+            .map_err(setup)?;
         let mut streams = streams.into_iter();
         let (Some(log), Some(jobs), Some(dlq), Some(queues)) = (
             streams.next(),
@@ -483,6 +485,13 @@ impl NatsStore {
     /// The connection (for health checks).
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
+    }
+
+    /// The shared plugin components, as a handle that does not keep the
+    /// rest of the store alive (the plugin host holds it for as long as the
+    /// process runs).
+    pub fn blobs(&self) -> Arc<dyn super::Blobs> {
+        Arc::new(self.inner.plugins.clone())
     }
 
     /// Whether this node can write to JetStream now: connected, and the
@@ -593,66 +602,19 @@ impl Shared {
         s
     }
 
-    /// The error a failed operation reports: `Unavailable` when the
-    /// cluster cannot be reached or did not answer in time (the caller may
-    /// retry and must not report success), `Backend` otherwise.
-    ///
-    /// async-nats has one error enum per call; what they share is that a
-    /// lost connection, a timeout and "no responders" (no JetStream
-    /// quorum) all mean "try again later", so the connection state and
-    /// those outcomes decide.
+    /// The error a failed operation reports (see [`fail`]).
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
-        let text = e.to_string();
-        let lower = text.to_ascii_lowercase();
-        let connected = matches!(
-            self.client.connection_state(),
-            async_nats::connection::State::Connected
-        );
-        let transient = [
-            "timed out",
-            "timeout",
-            "no responders",
-            "broken pipe",
-            "disconnected",
-            "connection",
-            "temporarily unavailable",
-            "not enough",
-            "503",
-            "no suitable peers",
-            "leader",
-            "quorum",
-            "offline",
-        ]
-        .iter()
-        .any(|m| lower.contains(m));
-        if !connected || transient {
-            StoreError::Unavailable(format!("NATS: {what}: {text}"))
-        } else {
-            StoreError::Backend(anyhow::anyhow!("NATS: {what}: {text}"))
-        }
+        fail(&self.client, what, e)
     }
 
-    /// Runs `f`, failing as unavailable if it takes longer than the request timeout.
+    /// Runs `f`, failing as unavailable while disconnected or if it takes
+    /// longer than the request timeout.
     async fn timed<T, E: std::fmt::Display>(
         &self,
         what: &str,
         f: impl std::future::IntoFuture<Output = Result<T, E>>,
     ) -> StoreResult<T> {
-        // Without a connection nothing can succeed: say so at once rather
-        // than after the timeout (an ingest answers 503 right away).
-        if !matches!(
-            self.client.connection_state(),
-            async_nats::connection::State::Connected
-        ) {
-            return Err(StoreError::Unavailable(format!(
-                "NATS: {what}: not connected"
-            )));
-        }
-        match tokio::time::timeout(self.options.request_timeout * 2, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.fail(what, e)),
-            Err(_) => Err(StoreError::Unavailable(format!("NATS: {what}: timed out"))),
-        }
+        timed(&self.client, self.options.request_timeout * 2, what, f).await
     }
 
     /// Publishes and awaits the stream's acknowledgement.
@@ -793,6 +755,69 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let replies = self.job_pool.take_all();
         self.drain(replies);
+    }
+}
+
+/// The error a failed operation reports: `Unavailable` when the cluster
+/// cannot be reached or did not answer in time (the caller may retry and
+/// must not report success), `Backend` otherwise.
+///
+/// async-nats has one error enum per call; what they share is that a lost
+/// connection, a timeout and "no responders" (no JetStream quorum) all mean
+/// "try again later", so the connection state and those outcomes decide.
+fn fail(client: &async_nats::Client, what: &str, e: impl std::fmt::Display) -> StoreError {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let connected = matches!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    let transient = [
+        "timed out",
+        "timeout",
+        "no responders",
+        "broken pipe",
+        "disconnected",
+        "connection",
+        "temporarily unavailable",
+        "not enough",
+        "503",
+        "no suitable peers",
+        "leader",
+        "quorum",
+        "offline",
+    ]
+    .iter()
+    .any(|m| lower.contains(m));
+    if !connected || transient {
+        StoreError::Unavailable(format!("NATS: {what}: {text}"))
+    } else {
+        StoreError::Backend(anyhow::anyhow!("NATS: {what}: {text}"))
+    }
+}
+
+/// Runs `f` on `client`'s connection: unavailable at once while it is
+/// down, or when `f` takes longer than `timeout`.
+async fn timed<T, E: std::fmt::Display>(
+    client: &async_nats::Client,
+    timeout: Duration,
+    what: &str,
+    f: impl std::future::IntoFuture<Output = Result<T, E>>,
+) -> StoreResult<T> {
+    // Without a connection nothing can succeed: say so at once rather
+    // than after the timeout (an ingest answers 503 right away).
+    if !matches!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    ) {
+        return Err(StoreError::Unavailable(format!(
+            "NATS: {what}: not connected"
+        )));
+    }
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(fail(client, what, e)),
+        Err(_) => Err(StoreError::Unavailable(format!("NATS: {what}: timed out"))),
     }
 }
 
