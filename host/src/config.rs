@@ -473,7 +473,7 @@ impl Config {
             }
         };
         options.tls_ca_file = store.tls_ca_file.clone();
-        Ok(StoreSettings::Nats(options))
+        Ok(StoreSettings::Nats(Box::new(options)))
     }
 
     /// Reads a TOML config file.

@@ -394,3 +394,4 @@ impl Receiver {
 }
 pub mod guests;
 pub mod nats;
+pub mod process;

@@ -18,7 +18,7 @@ pub mod harness;
 use std::cell::Cell;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -90,11 +90,13 @@ pub fn free_port() -> u16 {
 /// The URL of this test process's shared JetStream server, started on
 /// first use (`sync_interval: always`, like every test server).
 pub fn shared_url() -> &'static str {
-    static SHARED: OnceLock<(String, Mutex<ChildStdin>)> = OnceLock::new();
+    // The shell holds the server; its stdin (kept open in `Child`) is the
+    // lifeline: it is never written, and closes when this process ends.
+    static SHARED: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
     &SHARED.get_or_init(start_shared).0
 }
 
-fn start_shared() -> (String, Mutex<ChildStdin>) {
+fn start_shared() -> (String, Mutex<Child>) {
     let dir = tempfile::Builder::new()
         .prefix("busbar-nats-")
         .tempdir()
@@ -116,7 +118,7 @@ fn start_shared() -> (String, Mutex<ChildStdin>) {
     // process is gone (its end of the pipe closes), then the server is
     // killed and its store removed.
     let script = r#"exec 3<&0; "$0" -c "$1" </dev/null 2>"$2" & pid=$!; cat <&3 >/dev/null; kill -9 $pid; wait $pid; rm -rf "$3""#;
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg(harness::server_binary())
@@ -128,7 +130,6 @@ fn start_shared() -> (String, Mutex<ChildStdin>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdin = child.stdin.take().unwrap();
     // Ready once it says so (JetStream is set up before that line).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -147,7 +148,7 @@ fn start_shared() -> (String, Mutex<ChildStdin>) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (format!("nats://127.0.0.1:{port}"), Mutex::new(stdin))
+    (format!("nats://127.0.0.1:{port}"), Mutex::new(child))
 }
 
 /// Deletes a deployment's streams (best effort; at the end of a test).

@@ -21,7 +21,7 @@ pub enum StoreSettings {
     },
     /// NATS JetStream: any number of processes share the deployment
     /// (`nats://host:port[,...]`).
-    Nats(NatsOptions),
+    Nats(Box<NatsOptions>),
 }
 
 impl StoreSettings {
@@ -70,7 +70,7 @@ pub async fn open(settings: &StoreSettings, clock: SharedClock) -> Result<Stores
             Stores::new(Arc::new(SqliteStore::open(dir, *durability, clock)?))
         }
         StoreSettings::Nats(options) => {
-            let store = NatsStore::connect(options.clone(), clock).await?;
+            let store = NatsStore::connect((**options).clone(), clock).await?;
             let (health, blobs) = (store.health(), store.blobs());
             Stores::new(Arc::new(store)).shared(health, blobs)
         }
