@@ -652,4 +652,92 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn the_store_is_sqlite_in_the_data_dir_unless_told_otherwise() {
+        let c: Config = toml::from_str("data_dir = \"/var/lib/b\"").unwrap();
+        match c.runtime().unwrap().store {
+            StoreSettings::Sqlite { dir, durability } => {
+                assert_eq!(dir, PathBuf::from("/var/lib/b"));
+                assert_eq!(durability, Durability::Normal);
+            }
+            other => panic!("{other:?}"),
+        }
+        // `sqlite:DIR` names the data dir, for plugins too.
+        let c: Config = toml::from_str("[store]\nurl = \"sqlite:/srv/bus\"").unwrap();
+        let settings = c.runtime().unwrap();
+        assert_eq!(settings.store.describe(), "sqlite:/srv/bus");
+        assert_eq!(settings.plugin_runtime.data_dir, PathBuf::from("/srv/bus"));
+        assert_eq!(c.data_dir(), Path::new("/srv/bus"));
+    }
+
+    #[test]
+    fn a_nats_store_takes_its_urls_and_settings_from_store() {
+        let c: Config = toml::from_str(
+            "node_id = \"n1\"\n[store]\nurl = \"nats://h1:4222, nats://h2:4222,nats://h3:4222\"\n\
+             prefix = \"PROD\"\nack_wait_ms = 10000\nuser = \"bus\"\npassword = \"secret\"\n",
+        )
+        .unwrap();
+        let settings = c.runtime().unwrap();
+        assert_eq!(settings.node_id, "n1");
+        let StoreSettings::Nats(o) = settings.store else {
+            panic!("not NATS");
+        };
+        assert_eq!(
+            o.urls,
+            ["nats://h1:4222", "nats://h2:4222", "nats://h3:4222"]
+        );
+        assert_eq!(
+            (o.prefix.as_str(), o.replicas),
+            ("PROD", 3),
+            "several URLs: R3"
+        );
+        assert_eq!(o.ack_wait, Duration::from_secs(10));
+        assert_eq!(o.client_name, "busbar n1");
+        let shown = format!("{:?}", o.credentials);
+        assert!(
+            shown.contains("bus") && !shown.contains("secret"),
+            "{shown}"
+        );
+
+        let c: Config = toml::from_str("[store]\nurl = \"nats://h1:4222\"").unwrap();
+        let StoreSettings::Nats(o) = c.runtime().unwrap().store else {
+            panic!("not NATS");
+        };
+        assert_eq!(o.replicas, 1, "one URL: R1 unless told");
+        assert!(!c.runtime().unwrap().node_id.is_empty());
+    }
+
+    #[test]
+    fn bad_store_settings_name_their_key() {
+        for (text, field) in [
+            ("[store]\nurl = \"redis://x\"", "store.url"),
+            ("[store]\nurl = \"sqlite:\"", "store.url"),
+            (
+                "[store]\nurl = \"nats://h:1\"\nprefix = \"a.b\"",
+                "store.prefix",
+            ),
+            (
+                "[store]\nurl = \"nats://h:1\"\nreplicas = 7",
+                "store.replicas",
+            ),
+            (
+                "[store]\nurl = \"nats://h:1\"\nack_wait_ms = 10",
+                "store.ack_wait_ms",
+            ),
+            ("[store]\nurl = \"nats://h:1\"\nuser = \"u\"", "store.user"),
+            (
+                "[store]\nurl = \"nats://h:1\"\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"",
+                "store.user",
+            ),
+            ("node_id = \"a b\"", "node_id"),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            match c.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(toml::from_str::<Config>("[store]\nurls = []").is_err());
+    }
 }

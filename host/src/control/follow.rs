@@ -179,3 +179,195 @@ impl ControlPlane {
         gone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, SharedClock};
+    use crate::control::Catalog;
+    use crate::deliver::TargetServices;
+    use crate::plugin::registry::PluginHost;
+    use crate::plugin::{KindLimits, PluginLimits, PluginRuntime, RuntimeConfig};
+    use crate::route::RouteTable;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ConfigStore, Resource, StoreResult};
+    use async_trait::async_trait;
+    use serde_json::json;
+    use std::collections::VecDeque;
+
+    fn control(store: &MemoryStore, clock: SharedClock) -> Arc<ControlPlane> {
+        let catalog = Arc::new(Catalog::default());
+        let dir = std::env::temp_dir().join("busbar-follow-tests");
+        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::new(dir)).unwrap());
+        let plugins = Arc::new(PluginHost::new(
+            runtime,
+            catalog.clone(),
+            KindLimits::uniform(&PluginLimits::default()),
+        ));
+        let services = TargetServices {
+            http: crate::deliver::http::HttpClient::new(&crate::net::EgressPolicy::default())
+                .unwrap(),
+            queues: Arc::new(store.clone()),
+            queue_signals: Arc::default(),
+            log: Arc::new(store.clone()),
+            max_hops: 8,
+            clock,
+            plugins,
+        };
+        Arc::new(ControlPlane::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            catalog,
+            services,
+            crate::pattern::PatternLimits::default(),
+        ))
+    }
+
+    fn rule(source: &str) -> serde_json::Value {
+        json!({"pattern": {"source": [source]}, "targets": [{"id": "q", "type": "queue", "queue": "q"}]})
+    }
+
+    /// Changes played back in order; each says whether this node has since
+    /// overwritten it. Then nothing more, ever.
+    struct Scripted(VecDeque<(ConfigChange, bool)>, bool);
+
+    #[async_trait]
+    impl ConfigWatch for Scripted {
+        async fn next(&mut self) -> StoreResult<ConfigChange> {
+            match self.0.pop_front() {
+                Some((change, superseded)) => {
+                    self.1 = superseded;
+                    Ok(change)
+                }
+                None => std::future::pending().await,
+            }
+        }
+
+        fn superseded(&self) -> bool {
+            self.1
+        }
+    }
+
+    fn resource(kind: ResourceKind, name: &str, spec: serde_json::Value) -> Resource {
+        Resource {
+            tenant: "acme".into(),
+            kind,
+            name: name.into(),
+            spec,
+            updated_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn followed_changes_go_live_unless_this_node_wrote_something_newer() {
+        let clock: SharedClock = Arc::new(ManualClock::new(1_000));
+        let store = MemoryStore::new(clock.clone());
+        let control = control(&store, clock);
+        control.ensure_tenant("acme").await.unwrap();
+        control.put_queue("acme", "q", &json!({})).await.unwrap();
+        let feed = Scripted(
+            VecDeque::from([
+                // Another node's older write of a rule this node has rewritten.
+                (
+                    ConfigChange::Resource(resource(ResourceKind::Rule, "default/old", rule("x"))),
+                    true,
+                ),
+                (
+                    ConfigChange::Resource(resource(ResourceKind::Bus, "orders", json!({}))),
+                    false,
+                ),
+                (
+                    ConfigChange::Resource(resource(ResourceKind::Rule, "orders/new", rule("y"))),
+                    false,
+                ),
+                (
+                    ConfigChange::ResourceDeleted {
+                        tenant: "acme".into(),
+                        kind: ResourceKind::Queue,
+                        name: "gone".into(),
+                    },
+                    false,
+                ),
+            ]),
+            false,
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(control.clone().follow(Box::new(feed), stopped));
+        let catalog = control.catalog().clone();
+        for _ in 0..500 {
+            if catalog
+                .routes("acme", "orders")
+                .is_some_and(|r| r.rules.contains_key("new"))
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            catalog
+                .routes("acme", "orders")
+                .unwrap()
+                .rules
+                .contains_key("new")
+        );
+        assert!(
+            !catalog
+                .routes("acme", "default")
+                .unwrap()
+                .rules
+                .contains_key("old")
+        );
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_brings_the_catalog_in_line_with_the_store() {
+        let clock: SharedClock = Arc::new(ManualClock::new(1_000));
+        let store = MemoryStore::new(clock.clone());
+        let control = control(&store, clock);
+        let issued = control.create_tenant("acme").await.unwrap();
+        control.put_queue("acme", "q", &json!({})).await.unwrap();
+        control.put_queue("acme", "old", &json!({})).await.unwrap();
+        control.put_bus("acme", "orders", &json!({})).await.unwrap();
+        control
+            .put_rule("acme", "orders", "r", &rule("s"))
+            .await
+            .unwrap();
+        // Meanwhile (while this node missed the feed) others changed the store.
+        store
+            .delete_resource("acme", ResourceKind::Rule, "orders/r")
+            .await
+            .unwrap();
+        store
+            .delete_resource("acme", ResourceKind::Bus, "orders")
+            .await
+            .unwrap();
+        store
+            .delete_resource("acme", ResourceKind::Queue, "old")
+            .await
+            .unwrap();
+        store.revoke_key("acme", &issued.key_id).await.unwrap();
+        store
+            .put_resource(resource(ResourceKind::Rule, "default/added", rule("t")))
+            .await
+            .unwrap();
+
+        control.reload().await.unwrap();
+        let catalog = control.catalog();
+        assert!(!catalog.has_bus("acme", "orders"));
+        assert!(!catalog.has_queue("acme", "old"));
+        assert!(catalog.has_queue("acme", "q"));
+        assert!(
+            catalog
+                .routes("acme", "default")
+                .unwrap()
+                .rules
+                .contains_key("added")
+        );
+        assert_eq!(
+            catalog.authenticate(&crate::control::hash_key(&issued.api_key)),
+            None
+        );
+    }
+}

@@ -316,3 +316,123 @@ fn tokens_escape_what_subjects_cannot_hold_and_round_trip() {
     assert_ne!(token("a.b"), token("a_b"));
     assert_eq!(untoken("=Z1"), None);
 }
+
+#[tokio::test]
+async fn a_watch_tells_changes_this_handle_has_since_overwritten() {
+    let nats = Nats::single().await;
+    let prefix = fresh_prefix();
+    let a = NatsStore::connect(options(&nats, &prefix), clock())
+        .await
+        .unwrap();
+    let b = NatsStore::connect(options(&nats, &prefix), clock())
+        .await
+        .unwrap();
+    let mut watch = a.watch().await.unwrap().expect("NATS watches");
+    let rule = |source: &str| Resource {
+        tenant: "acme".into(),
+        kind: ResourceKind::Rule,
+        name: "orders/r".into(),
+        spec: serde_json::json!({"pattern": {"source": [source]}}),
+        updated_ms: T0,
+    };
+    // B writes, then A writes the same key: B's change is older than what
+    // A has (and applied); A's own write is no news to A either.
+    b.put_resource(rule("from-b")).await.unwrap();
+    a.put_resource(rule("from-a")).await.unwrap();
+    // Another key B writes afterwards is news.
+    b.put_setting("k", "v").await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let change = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("a change within 5 s")
+            .unwrap();
+        let last = matches!(change, ConfigChange::Setting { .. });
+        seen.push((change, watch.superseded()));
+        if last {
+            break;
+        }
+    }
+    for (change, superseded) in &seen {
+        match change {
+            ConfigChange::Resource(_) => assert!(superseded, "{seen:?}"),
+            _ => assert!(!superseded, "{seen:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reconnect_ends_the_config_watch_so_the_reader_reloads() {
+    let mut nats = Nats::single().await;
+    let store = NatsStore::connect(options(&nats, &fresh_prefix()), clock())
+        .await
+        .unwrap();
+    let mut watch = store.watch().await.unwrap().expect("NATS watches");
+    nats.server(0).kill();
+    nats.server(0).start();
+    nats.wait_ready().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch ends within 10 s of the reconnect");
+    assert!(
+        matches!(ended, Err(StoreError::Unavailable(_))),
+        "{ended:?}"
+    );
+    // A new watch works.
+    let mut watch = eventually(Duration::from_secs(20), async || store.watch().await).await;
+    eventually(Duration::from_secs(20), async || {
+        store.put_setting("k", "v").await
+    })
+    .await;
+    let change = tokio::time::timeout(Duration::from_secs(5), watch.as_mut().unwrap().next())
+        .await
+        .expect("a change")
+        .unwrap();
+    assert_eq!(
+        change,
+        ConfigChange::Setting {
+            key: "k".into(),
+            value: "v".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn plugin_components_are_shared_by_digest_and_health_follows_the_server() {
+    let mut nats = Nats::single().await;
+    let store = NatsStore::connect(options(&nats, &fresh_prefix()), clock())
+        .await
+        .unwrap();
+    let blobs = store.blobs();
+    let bytes = Bytes::from(vec![7u8; 300_000]);
+    let sha = "ab".repeat(32);
+    assert_eq!(blobs.get_blob(&sha).await.unwrap(), None);
+    blobs.put_blob(&sha, bytes.clone()).await.unwrap();
+    // Stored once: a second put is a no-op.
+    blobs.put_blob(&sha, bytes.clone()).await.unwrap();
+    assert_eq!(blobs.get_blob(&sha).await.unwrap(), Some(bytes));
+
+    let health = store.health();
+    assert_eq!(health.check(), Ok(()));
+    nats.server(0).kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health.check().is_ok() {
+        assert!(Instant::now() < deadline, "still healthy without a server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(
+        blobs.get_blob(&sha).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    nats.server(0).start();
+    nats.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health.check().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not healthy again: {:?}",
+            health.check()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
