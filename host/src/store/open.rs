@@ -1,5 +1,5 @@
 //! Which backend a server runs on, and opening it: the one place where the
-//! store settings (from [`Config::runtime`](crate::config::Config::runtime))
+//! store settings (made by `Config::runtime` from `[store]`)
 //! become the [`Stores`] the rest of the bus uses.
 
 use super::Stores;
