@@ -6,6 +6,14 @@
 //! - `ingest`: events/s acknowledged, single events and batches, no rules;
 //! - `e2e`: N rules (one matching) delivering to the sink: delivered events/s
 //!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate.
+//! - `nodes`: the same full-speed e2e figure against bus nodes running
+//!   elsewhere (`--nodes URL,URL,...`, any store), senders spread over them,
+//!   with the CPU time each process in `--pids` spent per delivered event
+//!   (from `/proc/<pid>/stat`), so a figure on this machine can be scaled to
+//!   others. `examples/scale.sh` runs it for SQLite and 1-3 nodes on NATS.
+//! - `ceiling`: JetStream alone: 1 KB publishes acknowledged per second on a
+//!   stream of `--replicas` at `--nats` — the most a bus on that cluster could
+//!   accept, one publish per event.
 //!
 //! Run: `cargo run --release -p busbar --example loadgen -- all`
 
@@ -29,6 +37,10 @@ enum Scenario {
     E2e,
     /// Built-in transform vs Wasm filter + transformer, with a live swap.
     Plugins,
+    /// Delivered events/s through bus nodes running elsewhere (`--nodes`).
+    Nodes,
+    /// JetStream publishes acknowledged per second (`--nats`).
+    Ceiling,
     All,
 }
 
@@ -55,6 +67,26 @@ struct Args {
     /// `cargo build --target wasm32-wasip2 --release` in plugins/.
     #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
     guests: std::path::PathBuf,
+    /// `nodes`: base URLs of running bus nodes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// `nodes`: the nodes' admin key.
+    #[arg(long, env = "BUSBAR_ADMIN_KEY", default_value = "bench-admin")]
+    admin_key: String,
+    /// `nodes`: processes whose CPU time to report, as `name=pid`
+    /// (comma-separated), e.g. the bus nodes and the NATS servers.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<String>,
+    /// `ceiling`: NATS server URLs, comma-separated.
+    #[arg(long)]
+    nats: Option<String>,
+    /// `ceiling`: replicas of the measured stream.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Address of the local sink deliveries go to (`nodes`: must be an
+    /// address the nodes may reach).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sink: std::net::SocketAddr,
 }
 
 /// Uploads a component as plugin `name`; returns the answer's text.
@@ -122,16 +154,23 @@ fn event(i: u64, source: &str) -> Value {
 }
 
 struct Bench {
-    url: String,
+    /// Where events go: one URL, or several nodes (connection `i` sends to
+    /// `urls[i % len]`).
+    urls: Vec<String>,
     key: String,
     client: reqwest::Client,
 }
 
 impl Bench {
     async fn post(&self, content_type: &str, body: String) -> bool {
+        self.post_to(0, content_type, body).await
+    }
+
+    async fn post_to(&self, connection: usize, content_type: &str, body: String) -> bool {
+        let url = &self.urls[connection % self.urls.len()];
         match self
             .client
-            .post(format!("{}/v1/buses/default/events", self.url))
+            .post(format!("{url}/v1/buses/default/events"))
             .bearer_auth(&self.key)
             .header("content-type", content_type)
             .body(body)
@@ -155,18 +194,23 @@ impl Bench {
         let counter = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
-        for _ in 0..connections {
+        for connection in 0..connections {
             let (me, acked, counter) = (self.clone(), acked.clone(), counter.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let i = counter.fetch_add(batch as u64, Ordering::Relaxed);
                     let ok = if batch == 1 {
-                        me.post("application/cloudevents+json", event(i, source).to_string())
-                            .await
+                        me.post_to(
+                            connection,
+                            "application/cloudevents+json",
+                            event(i, source).to_string(),
+                        )
+                        .await
                     } else {
                         let events: Vec<Value> =
                             (0..batch as u64).map(|k| event(i + k, source)).collect();
-                        me.post(
+                        me.post_to(
+                            connection,
                             "application/cloudevents-batch+json",
                             Value::Array(events).to_string(),
                         )
@@ -193,10 +237,209 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
+/// CPU time (user + system, seconds) a process has used, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// `name=pid` pairs, this load generator included as `loadgen`.
+fn watched(args: &Args) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = args
+        .pids
+        .iter()
+        .filter_map(|p| p.split_once('='))
+        .map(|(n, p)| (n.to_owned(), p.to_owned()))
+        .collect();
+    out.push(("loadgen".into(), std::process::id().to_string()));
+    out
+}
+
+/// `nodes`: full-speed e2e through running nodes, with CPU per event.
+async fn external(
+    args: &Args,
+    client: &reqwest::Client,
+    sink: &Arc<Sink>,
+    sink_url: &str,
+) -> anyhow::Result<()> {
+    let nodes = args.nodes.clone();
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "--nodes: give the URLs of running bus nodes"
+    );
+    let tenant = format!(
+        "bench{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let created: Value = client
+        .post(format!("{}/v1/admin/tenants", nodes[0]))
+        .bearer_auth(&args.admin_key)
+        .json(&json!({"name": tenant}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = created["api_key"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("creating a tenant: {created}"))?
+        .to_owned();
+    for r in 0..args.rules {
+        let source = if r == 0 {
+            "bench.match".to_owned()
+        } else {
+            format!("bench.other{r}")
+        };
+        let rule = json!({"pattern": {"source": [source], "type": [{"prefix": "order."}]},
+                          "targets": [{"id": "sink", "type": "http", "url": sink_url}]});
+        let put = client
+            .put(format!("{}/v1/buses/default/rules/r{r}", nodes[0]))
+            .bearer_auth(&key)
+            .json(&rule)
+            .send()
+            .await?;
+        anyhow::ensure!(put.status().is_success(), "rule: {}", put.text().await?);
+    }
+    // Every node has the rules before the clock starts.
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client
+                .get(format!("{node}/v1/buses/default/rules/r0"))
+                .bearer_auth(&key)
+                .send()
+                .await?;
+            if r.status().is_success() {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{node} has no rule after 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let bench = Arc::new(Bench {
+        urls: nodes.clone(),
+        key,
+        client: client.clone(),
+    });
+    let pids = watched(args);
+    let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_seconds(p)).collect();
+    let before = sink.count.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let sent = bench
+        .flood(args.connections, args.seconds, 10, "bench.match")
+        .await;
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    while sink.count.load(Ordering::Relaxed) - before < sent && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = sink.count.load(Ordering::Relaxed) - before;
+    let elapsed = t0.elapsed().as_secs_f64();
+    println!(
+        "nodes={} rules={}: {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered",
+        nodes.len(),
+        args.rules,
+        delivered as f64 / elapsed
+    );
+    for ((name, pid), before) in pids.iter().zip(cpu_before) {
+        if let (Some(before), Some(after)) = (before, cpu_seconds(pid)) {
+            let used = after - before;
+            println!(
+                "  cpu {name:>10}: {used:6.2} s = {:4.2} cores, {:6.1} µs per delivered event",
+                used / elapsed,
+                used * 1e6 / delivered.max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ceiling`: 1 KB publishes acknowledged per second by a JetStream stream.
+async fn ceiling(args: &Args) -> anyhow::Result<()> {
+    let urls = args
+        .nats
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--nats: give the NATS server URLs"))?;
+    let client = async_nats::connect(urls.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    let name = "LOADGEN_CEILING";
+    let _ = js.delete_stream(name).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec!["loadgen.ceiling".into()],
+        num_replicas: args.replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(event(0, "bench.ceiling").to_string());
+    let acked = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    // Each task keeps 10 publishes in flight, like a batch of 10 events.
+    for _ in 0..args.connections {
+        let (js, acked, payload) = (js.clone(), acked.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let mut acks = Vec::new();
+                for _ in 0..10 {
+                    if let Ok(ack) = js.publish("loadgen.ceiling", payload.clone()).await {
+                        acks.push(ack);
+                    }
+                }
+                for ack in acks {
+                    if ack.await.is_ok() {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let n = acked.load(Ordering::Relaxed);
+    println!(
+        "ceiling: R{} stream, {} publishers x 10 in flight: {n} acknowledged = {:.0} publishes/s",
+        args.replicas,
+        args.connections,
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
+    let _ = js.delete_stream(name).await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     started();
+    if args.scenario == Scenario::Ceiling {
+        return ceiling(&args).await;
+    }
+    if args.scenario == Scenario::Nodes {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.connections)
+            .build()?;
+        let sink = Arc::new(Sink::default());
+        let app = Router::new()
+            .route("/sink", post(sink_handler))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind(args.sink).await?;
+        let sink_url = format!("http://{}/sink", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        println!(
+            "machine: {} cores; connections {}; {} s; sink {sink_url}",
+            std::thread::available_parallelism()?,
+            args.connections,
+            args.seconds
+        );
+        return external(&args, &client, &sink, &sink_url).await;
+    }
     let dir = tempfile::tempdir()?;
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
@@ -233,7 +476,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let key = tenant["api_key"].as_str().unwrap_or_default().to_owned();
     let bench = Arc::new(Bench {
-        url: url.clone(),
+        urls: vec![url.clone()],
         key: key.clone(),
         client: client.clone(),
     });

@@ -167,6 +167,10 @@ pub struct NatsOptions {
     pub dead_letter_max_age: Option<Duration>,
     /// How long connecting may take before start-up fails.
     pub connect_timeout: Duration,
+    /// How long start-up waits, once connected, for JetStream to accept
+    /// the deployment's streams (a cluster that is starting has no meta
+    /// leader for a few seconds).
+    pub setup_timeout: Duration,
     /// How long one request (a publish's ack, an API call) may take before
     /// the operation fails as unavailable.
     pub request_timeout: Duration,
@@ -231,6 +235,7 @@ impl NatsOptions {
             log_max_bytes: None,
             dead_letter_max_age: None,
             connect_timeout: Duration::from_secs(5),
+            setup_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),
             log_max_in_flight: 20_000,
@@ -400,64 +405,45 @@ impl NatsStore {
         let js = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .build(client.clone());
-        let sub = options.prefix.to_ascii_lowercase();
-        let setup = |e: String| ConnectError::Setup(e);
-        let make = |kind: &str, subject: &str| stream::Config {
-            name: format!("{}_{kind}", options.prefix),
-            subjects: vec![format!("{sub}.{subject}.>")],
-            num_replicas: options.replicas,
-            duplicate_window: Duration::from_secs(120),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        };
-        let log = stream::Config {
-            max_age: options.log_max_age.unwrap_or_default(),
-            max_bytes: options.log_max_bytes.unwrap_or(-1),
-            ..make("LOG", "log")
-        };
-        let jobs = stream::Config {
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..make("JOBS", "jobs")
-        };
-        let dlq = stream::Config {
-            max_age: options.dead_letter_max_age.unwrap_or_default(),
-            ..make("DLQ", "dlq")
-        };
-        let queues = make("QUEUES", "queue");
-        let mut streams = Vec::new();
-        for config in [log, jobs, dlq, queues] {
-            let created = tokio::time::timeout(
-                options.request_timeout * 2,
-                js.create_or_update_stream(config.clone()),
-            )
-            .await
-            .map_err(|_| setup(format!("stream {}: timed out", config.name)))?
-            .map_err(|e| setup(format!("stream {}: {e}", config.name)))?;
-            let _ = created;
-            let stream = js
-                .get_stream_no_info(&config.name)
-                .await
-                .map_err(|e| setup(format!("stream {}: {e}", config.name)))?;
-            streams.push(stream);
+        // A cluster that is just starting (no meta leader yet, too few
+        // peers for R3) refuses the setup for a moment: wait (asking
+        // briefly) until JetStream answers, then set up, trying again
+        // until `setup_timeout` runs out.
+        let deadline = tokio::time::Instant::now() + options.setup_timeout;
+        loop {
+            let answer = tokio::time::timeout(PROBE_EVERY * 2, js.query_account()).await;
+            match answer {
+                Ok(Ok(_)) => break,
+                _ if tokio::time::Instant::now() >= deadline => {
+                    let reason = match answer {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer".into(),
+                    };
+                    return Err(ConnectError::Setup(format!(
+                        "JetStream at {urls} is not available: {reason}"
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
-        let config = table::Table::open(&js, &options, &sub, "CONFIG", "cfg")
-            .await
-            .map_err(setup)?;
-        let config = config.track_writes();
-        let qstate = table::Table::open(&js, &options, &sub, "QSTATE", "qv")
-            .await
-            .map_err(setup)?;
-        let plugins = blobs::open_bucket(&client, &js, &options)
-            .await
-            .map_err(setup)?;
-        let mut streams = streams.into_iter();
-        let (Some(log), Some(jobs), Some(dlq), Some(queues)) = (
-            streams.next(),
-            streams.next(),
-            streams.next(),
-            streams.next(),
-        ) else {
-            return Err(setup("streams missing".into()));
+        let Objects {
+            sub,
+            log,
+            jobs,
+            dlq,
+            queues,
+            config,
+            qstate,
+            plugins,
+        } = loop {
+            match set_up(&client, &js, &options).await {
+                Ok(objects) => break objects,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "JetStream setup refused; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let inner = Arc::new(Shared {
             client,
@@ -503,6 +489,120 @@ impl NatsStore {
             probe: self.inner.probe.clone(),
         })
     }
+}
+
+/// Creates a stream, or updates it when it exists with another
+/// configuration. Creating first (rather than updating first) is what lets
+/// several nodes that start together set up a fresh deployment at once:
+/// an identical create is answered at once, while updates of a stream being
+/// created concurrently were seen to wait out the request timeout.
+pub(super) async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &stream::Config,
+    timeout: Duration,
+) -> Result<(), String> {
+    let named = |e: &dyn std::fmt::Display| format!("stream {}: {e}", config.name);
+    let created = tokio::time::timeout(timeout, js.create_stream(config.clone()))
+        .await
+        .map_err(|_| named(&"timed out"))?;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) =>
+        {
+            tokio::time::timeout(timeout, js.update_stream(config.clone()))
+                .await
+                .map_err(|_| named(&"timed out"))?
+                .map(|_| ())
+                .map_err(|e| named(&e))
+        }
+        Err(e) => Err(named(&e)),
+    }
+}
+
+/// The streams, tables and bucket of a deployment.
+struct Objects {
+    sub: String,
+    log: JsStream,
+    jobs: JsStream,
+    dlq: JsStream,
+    queues: JsStream,
+    config: table::Table,
+    qstate: table::Table,
+    plugins: blobs::NatsBlobs,
+}
+
+/// Creates (or updates) the deployment's streams, tables and bucket.
+async fn set_up(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    options: &NatsOptions,
+) -> Result<Objects, ConnectError> {
+    let sub = options.prefix.to_ascii_lowercase();
+    let setup = |e: String| ConnectError::Setup(e);
+    let make = |kind: &str, subject: &str| stream::Config {
+        name: format!("{}_{kind}", options.prefix),
+        subjects: vec![format!("{sub}.{subject}.>")],
+        num_replicas: options.replicas,
+        duplicate_window: Duration::from_secs(120),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let log = stream::Config {
+        max_age: options.log_max_age.unwrap_or_default(),
+        max_bytes: options.log_max_bytes.unwrap_or(-1),
+        ..make("LOG", "log")
+    };
+    let jobs = stream::Config {
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..make("JOBS", "jobs")
+    };
+    let dlq = stream::Config {
+        max_age: options.dead_letter_max_age.unwrap_or_default(),
+        ..make("DLQ", "dlq")
+    };
+    let queues = make("QUEUES", "queue");
+    let mut streams = Vec::new();
+    for config in [log, jobs, dlq, queues] {
+        ensure_stream(js, &config, options.request_timeout * 2)
+            .await
+            .map_err(setup)?;
+        let stream = js
+            .get_stream_no_info(&config.name)
+            .await
+            .map_err(|e| setup(format!("stream {}: {e}", config.name)))?;
+        streams.push(stream);
+    }
+    let config = table::Table::open(js, options, &sub, "CONFIG", "cfg")
+        .await
+        .map_err(setup)?;
+    let config = config.track_writes();
+    let qstate = table::Table::open(js, options, &sub, "QSTATE", "qv")
+        .await
+        .map_err(setup)?;
+    let plugins = blobs::open_bucket(client, js, options)
+        .await
+        .map_err(setup)?;
+    let mut streams = streams.into_iter();
+    let (Some(log), Some(jobs), Some(dlq), Some(queues)) = (
+        streams.next(),
+        streams.next(),
+        streams.next(),
+        streams.next(),
+    ) else {
+        return Err(setup("streams missing".into()));
+    };
+    Ok(Objects {
+        sub,
+        log,
+        jobs,
+        dlq,
+        queues,
+        config,
+        qstate,
+        plugins,
+    })
 }
 
 /// Longest pause between two reconnect attempts.

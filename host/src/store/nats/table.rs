@@ -78,13 +78,7 @@ impl Table {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        tokio::time::timeout(
-            options.request_timeout * 2,
-            js.create_or_update_stream(config.clone()),
-        )
-        .await
-        .map_err(|_| format!("stream {}: timed out", config.name))?
-        .map_err(|e| format!("stream {}: {e}", config.name))?;
+        super::ensure_stream(js, &config, options.request_timeout * 2).await?;
         let stream = js
             .get_stream_no_info(&config.name)
             .await
