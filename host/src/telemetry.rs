@@ -93,3 +93,16 @@ pub fn queue_depth(tenant: &str, queue: &str, depth: u64) {
     gauge!("busbar_queue_depth", "tenant" => tenant.to_owned(), "queue" => queue.to_owned())
         .set(depth as f64);
 }
+
+/// An event that did not conform to its bus's schema (refused in `enforce`
+/// mode, tagged in `warn` mode), per schema.
+pub fn schema_violation(tenant: &str, bus: &str, schema: &str, mode: &'static str) {
+    counter!("busbar_schema_violations_total", "tenant" => tenant.to_owned(), "bus" => bus.to_owned(),
+             "schema" => schema.to_owned(), "mode" => mode)
+    .increment(1);
+}
+
+/// Events acknowledged as duplicates (inside their bus's window) and not stored again.
+pub fn duplicates(tenant: &str, n: u64) {
+    counter!("busbar_events_duplicate_total", "tenant" => tenant.to_owned()).increment(n);
+}

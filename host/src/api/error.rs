@@ -23,6 +23,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Every problem, when there are several.
     pub details: Vec<Problem>,
+    /// More members of the error object (e.g. a schema violation's `violations`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -34,7 +36,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: Vec::new(),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a member to the error object.
+    pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
     }
 
     /// Names the input at fault.
@@ -93,6 +102,7 @@ impl ApiError {
             message,
             field,
             details: errors,
+            extra: serde_json::Map::new(),
         }
     }
 
@@ -119,6 +129,9 @@ impl IntoResponse for ApiError {
         }
         if !self.details.is_empty() {
             error["details"] = json!(self.details);
+        }
+        for (k, v) in self.extra {
+            error[k.as_str()] = v;
         }
         (self.status, axum::Json(json!({ "error": error }))).into_response()
     }

@@ -163,6 +163,7 @@ fn job_for(
         ingested_ms,
         due_ms,
         last_error,
+        chain: None,
     }
 }
 
