@@ -172,7 +172,10 @@ impl Bench {
                 while Instant::now() < deadline {
                     let i = NEXT.fetch_add(batch as u64, Ordering::Relaxed);
                     let (content_type, body) = if batch == 1 {
-                        ("application/cloudevents+json", door_event(i, keys).to_string())
+                        (
+                            "application/cloudevents+json",
+                            door_event(i, keys).to_string(),
+                        )
                     } else {
                         let events: Vec<Value> =
                             (0..batch as u64).map(|k| door_event(i + k, keys)).collect();
@@ -456,7 +459,12 @@ async fn main() -> anyhow::Result<()> {
         let put = |path: String, body: Value| {
             let (client, key) = (client.clone(), key.clone());
             async move {
-                let r = client.put(path).bearer_auth(&key).json(&body).send().await?;
+                let r = client
+                    .put(path)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await?;
                 anyhow::ensure!(r.status().is_success(), "PUT: {}", r.text().await?);
                 anyhow::Ok(())
             }
@@ -468,11 +476,12 @@ async fn main() -> anyhow::Result<()> {
             json!({"source": "shop", "type": "order.created", "mode": "enforce", "schema": door_schema()}),
         )
         .await?;
-        put(format!("{url}/v1/buses/dedup"), json!({"dedup_window_s": 300})).await?;
-        println!(
-            "door event: {} bytes",
-            door_event(0, 1).to_string().len()
-        );
+        put(
+            format!("{url}/v1/buses/dedup"),
+            json!({"dedup_window_s": 300}),
+        )
+        .await?;
+        println!("door event: {} bytes", door_event(0, 1).to_string().len());
         // Rounds in turn, so drift of the shared machine hits all alike.
         let mut figures: Vec<(&str, Vec<f64>)> =
             vec![("plain", vec![]), ("schema", vec![]), ("dedup", vec![])];

@@ -56,7 +56,12 @@ async fn capture(bus: &TestBus, key: &str, on: &str) {
 
 async fn put_events(bus: &TestBus, key: &str, entries: Value) -> Value {
     let (status, body) = bus
-        .call(Method::POST, "/v1/events", key, Some(json!({ "Entries": entries })))
+        .call(
+            Method::POST,
+            "/v1/events",
+            key,
+            Some(json!({ "Entries": entries })),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
@@ -87,23 +92,38 @@ async fn enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_a
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!((body["name"].clone(), body["version"].clone()), (json!("orders"), json!(1)));
+    assert_eq!(
+        (body["name"].clone(), body["version"].clone()),
+        (json!("orders"), json!(1))
+    );
 
     // Structured: refused with every violation and its path into the event.
     let (status, body) = bus
-        .raw(&key, "default", "application/cloudevents+json", order("s1", bad_data()).to_string(), &[])
+        .raw(
+            &key,
+            "default",
+            "application/cloudevents+json",
+            order("s1", bad_data()).to_string(),
+            &[],
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let error = &body["error"];
     assert_eq!(error["code"], "schema_violation");
-    assert_eq!(paths(&error["violations"]), ["data.id", "data.items[2].price"]);
+    assert_eq!(
+        paths(&error["violations"]),
+        ["data.id", "data.items[2].price"]
+    );
     let keywords: Vec<&str> = error["violations"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v["keyword"].as_str().unwrap())
         .collect();
-    assert!(keywords.contains(&"required") && keywords.contains(&"type"), "{keywords:?}");
+    assert!(
+        keywords.contains(&"required") && keywords.contains(&"type"),
+        "{keywords:?}"
+    );
     assert_eq!(error["schema"], "orders@1");
     assert!(error["field"].is_string());
 
@@ -114,18 +134,31 @@ async fn enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_a
             "default",
             "application/json",
             bad_data().to_string(),
-            &[("ce-specversion", "1.0"), ("ce-id", "b1"), ("ce-source", "shop"), ("ce-type", "order.created")],
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "b1"),
+                ("ce-source", "shop"),
+                ("ce-type", "order.created"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(paths(&body["error"]["violations"]), ["data.id", "data.items[2].price"]);
+    assert_eq!(
+        paths(&body["error"]["violations"]),
+        ["data.id", "data.items[2].price"]
+    );
     let (status, body) = bus
         .raw(
             &key,
             "default",
             "application/json",
             good_data().to_string(),
-            &[("ce-specversion", "1.0"), ("ce-id", "b2"), ("ce-source", "shop"), ("ce-type", "order.created")],
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "b2"),
+                ("ce-source", "shop"),
+                ("ce-type", "order.created"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -135,13 +168,22 @@ async fn enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_a
     let other = json!({"specversion": "1.0", "id": "x1", "source": "shop", "type": "order.paid", "data": 1});
     let batch = json!([order("c1", good_data()), order("c2", bad_data()), other]);
     let (status, body) = bus
-        .raw(&key, "default", "application/cloudevents-batch+json", batch.to_string(), &[])
+        .raw(
+            &key,
+            "default",
+            "application/cloudevents-batch+json",
+            batch.to_string(),
+            &[],
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["failed_count"], 1, "{body}");
     assert_eq!(body["ids"], json!(["c1", "x1"]));
     assert_eq!(body["results"][1]["error"]["code"], "schema_violation");
-    assert_eq!(paths(&body["results"][1]["error"]["violations"]), ["data.id", "data.items[2].price"]);
+    assert_eq!(
+        paths(&body["results"][1]["error"]["violations"]),
+        ["data.id", "data.items[2].price"]
+    );
 
     // PutEvents: per entry, with its own error code.
     let body = put_events(
@@ -156,21 +198,39 @@ async fn enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_a
     assert_eq!(body["FailedEntryCount"], 1, "{body}");
     assert!(body["Entries"][0]["EventId"].is_string());
     assert_eq!(body["Entries"][1]["ErrorCode"], "SchemaViolation");
-    assert_eq!(paths(&body["Entries"][1]["Violations"]), ["data.id", "data.items[2].price"]);
+    assert_eq!(
+        paths(&body["Entries"][1]["Violations"]),
+        ["data.id", "data.items[2].price"]
+    );
 
     // Version 2 in warn mode applies from the very next event: accepted and tagged.
     let (status, body) = bus
-        .call(Method::PUT, "/v1/buses/default/schemas/orders", &key, Some(order_schema("warn")))
+        .call(
+            Method::PUT,
+            "/v1/buses/default/schemas/orders",
+            &key,
+            Some(order_schema("warn")),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 2);
     bus.send(&key, "default", order("w1", bad_data())).await;
     // Off: registered only.
-    bus.put(&key, "/v1/buses/default/schemas/orders", order_schema("off")).await;
+    bus.put(
+        &key,
+        "/v1/buses/default/schemas/orders",
+        order_schema("off"),
+    )
+    .await;
     bus.send(&key, "default", order("f1", bad_data())).await;
 
     let got = bus.drain(&key, "q", 6).await;
-    let by_id = |id: &str| got.iter().find(|e| e["id"] == id).cloned().unwrap_or(Value::Null);
+    let by_id = |id: &str| {
+        got.iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(got.len(), 6, "{ids:?}");
     for id in ["b2", "c1", "x1", "w1", "f1"] {
@@ -182,32 +242,74 @@ async fn enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_a
     assert!(by_id("c1").get("schemaviolation").is_none());
 
     // Versions are listed and read; the count is in /metrics per schema.
-    let (_, detail) = bus.call(Method::GET, "/v1/buses/default/schemas/orders", &key, None).await;
+    let (_, detail) = bus
+        .call(Method::GET, "/v1/buses/default/schemas/orders", &key, None)
+        .await;
     assert_eq!(detail["version"], 3);
     assert_eq!(detail["mode"], "off");
-    let modes: Vec<&str> = detail["versions"].as_array().unwrap().iter().map(|v| v["mode"].as_str().unwrap()).collect();
+    let modes: Vec<&str> = detail["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["mode"].as_str().unwrap())
+        .collect();
     assert_eq!(modes, ["enforce", "warn", "off"]);
     let (status, v1) = bus
-        .call(Method::GET, "/v1/buses/default/schemas/orders/versions/1", &key, None)
+        .call(
+            Method::GET,
+            "/v1/buses/default/schemas/orders/versions/1",
+            &key,
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v1["schema"], order_schema("enforce")["schema"]);
-    let (_, listed) = bus.call(Method::GET, "/v1/buses/default/schemas", &key, None).await;
+    let (_, listed) = bus
+        .call(Method::GET, "/v1/buses/default/schemas", &key, None)
+        .await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
-    let metrics = bus.client.get(format!("{}/metrics", bus.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = bus
+        .client
+        .get(format!("{}/metrics", bus.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("busbar_schema_violations_total") && l.contains("schema=\"orders\"") && l.contains("mode=\"warn\""))
+        .find(|l| {
+            l.starts_with("busbar_schema_violations_total")
+                && l.contains("schema=\"orders\"")
+                && l.contains("mode=\"warn\"")
+        })
         .unwrap_or_else(|| panic!("no warn counter in {metrics}"));
     assert!(line.ends_with(" 1"), "{line}");
 
     // Deleted: nothing is checked any more; another tenant never sees it.
     let other_key = bus.tenant("other").await;
-    let (status, _) = bus.call(Method::GET, "/v1/buses/default/schemas/orders", &other_key, None).await;
+    let (status, _) = bus
+        .call(
+            Method::GET,
+            "/v1/buses/default/schemas/orders",
+            &other_key,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = bus.call(Method::DELETE, "/v1/buses/default/schemas/orders", &key, None).await;
+    let (status, _) = bus
+        .call(
+            Method::DELETE,
+            "/v1/buses/default/schemas/orders",
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = bus.call(Method::GET, "/v1/buses/default/schemas/orders", &key, None).await;
+    let (status, _) = bus
+        .call(Method::GET, "/v1/buses/default/schemas/orders", &key, None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -225,8 +327,17 @@ async fn bad_schemas_are_refused_with_the_place_and_incompatible_versions_with_e
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "invalid_schema");
-    assert_eq!(body["error"]["field"], "schema.properties.total.type", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("decimal"), "{body}");
+    assert_eq!(
+        body["error"]["field"], "schema.properties.total.type",
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("decimal"),
+        "{body}"
+    );
 
     let v1 = json!({"source": "shop", "type": "t", "compatibility": "backward",
                     "schema": {"type": "object", "properties": {"total": {"type": "number"}, "state": {"enum": ["a", "b"]}}}});
@@ -234,22 +345,42 @@ async fn bad_schemas_are_refused_with_the_place_and_incompatible_versions_with_e
     let v2 = json!({"source": "shop", "type": "t",
                     "schema": {"type": "object", "required": ["total"],
                                "properties": {"total": {"type": "string"}, "state": {"enum": ["a"]}}}});
-    let (status, body) = bus.call(Method::PUT, "/v1/buses/default/schemas/s", &key, Some(v2)).await;
+    let (status, body) = bus
+        .call(Method::PUT, "/v1/buses/default/schemas/s", &key, Some(v2))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "incompatible_schema");
-    let mut fields: Vec<&str> = body["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    let mut fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
     fields.sort();
-    assert_eq!(fields, ["schema.properties.state.enum", "schema.properties.total.type", "schema.required"]);
+    assert_eq!(
+        fields,
+        [
+            "schema.properties.state.enum",
+            "schema.properties.total.type",
+            "schema.required"
+        ]
+    );
     // A compatible change (a new optional property, a wider enum) passes.
     let v2 = json!({"source": "shop", "type": "t",
                     "schema": {"type": "object", "properties": {"total": {"type": "number"}, "state": {"enum": ["a", "b", "c"]}, "note": {}}}});
-    let (status, body) = bus.call(Method::PUT, "/v1/buses/default/schemas/s", &key, Some(v2)).await;
+    let (status, body) = bus
+        .call(Method::PUT, "/v1/buses/default/schemas/s", &key, Some(v2))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 2);
     // Two schemas cannot select the same events.
     let (status, body) = bus
-        .call(Method::PUT, "/v1/buses/default/schemas/dup", &key,
-              Some(json!({"source": "shop", "type": "t", "schema": {}})))
+        .call(
+            Method::PUT,
+            "/v1/buses/default/schemas/dup",
+            &key,
+            Some(json!({"source": "shop", "type": "t", "schema": {}})),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
@@ -258,7 +389,8 @@ async fn bad_schemas_are_refused_with_the_place_and_incompatible_versions_with_e
 async fn discovery_infers_a_schema_the_same_events_validate_against_and_promotion_registers_it() {
     let bus = TestBus::start().await;
     let key = bus.tenant("acme").await;
-    bus.put(&key, "/v1/buses/orders", json!({"schema_discovery": true})).await;
+    bus.put(&key, "/v1/buses/orders", json!({"schema_discovery": true}))
+        .await;
     let events: Vec<Value> = (0..12)
         .map(|i| {
             let status = ["new", "paid", "shipped"][i % 3];
@@ -278,18 +410,37 @@ async fn discovery_infers_a_schema_the_same_events_validate_against_and_promotio
     for e in &events {
         bus.send(&key, "orders", e.clone()).await;
     }
-    let (status, body) = bus.call(Method::GET, "/v1/buses/orders/discovered-schemas", &key, None).await;
+    let (status, body) = bus
+        .call(
+            Method::GET,
+            "/v1/buses/orders/discovered-schemas",
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{body}");
     let found = &items[0];
-    assert_eq!((found["source"].clone(), found["type"].clone(), found["events"].clone()),
-               (json!("shop"), json!("order.created"), json!(12)));
+    assert_eq!(
+        (
+            found["source"].clone(),
+            found["type"].clone(),
+            found["events"].clone()
+        ),
+        (json!("shop"), json!("order.created"), json!(12))
+    );
     let schema = &found["schema"];
-    assert_eq!(schema["required"], json!(["lines", "order_id", "placed", "status", "total"]));
+    assert_eq!(
+        schema["required"],
+        json!(["lines", "order_id", "placed", "status", "total"])
+    );
     assert_eq!(schema["properties"]["order_id"]["format"], "uuid");
     assert_eq!(schema["properties"]["placed"]["format"], "date-time");
-    assert_eq!(schema["properties"]["status"]["enum"], json!(["new", "paid", "shipped"]));
+    assert_eq!(
+        schema["properties"]["status"]["enum"],
+        json!(["new", "paid", "shipped"])
+    );
     assert_eq!(schema["properties"]["total"]["type"], "number");
 
     // Promoted in enforce mode: the same events (new ids) all pass; a
@@ -310,18 +461,43 @@ async fn discovery_infers_a_schema_the_same_events_validate_against_and_promotio
     odd["data"]["status"] = json!("lost");
     odd["data"]["placed"] = json!("yesterday");
     let (status, body) = bus
-        .raw(&key, "orders", "application/cloudevents+json", odd.to_string(), &[])
+        .raw(
+            &key,
+            "orders",
+            "application/cloudevents+json",
+            odd.to_string(),
+            &[],
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(paths(&body["error"]["violations"]), ["data.placed", "data.status"]);
-    let (_, body) = bus.call(Method::GET, "/v1/buses/orders/discovered-schemas", &key, None).await;
-    assert_eq!(body["items"][0]["events"], 24, "accepted events keep being counted");
+    assert_eq!(
+        paths(&body["error"]["violations"]),
+        ["data.placed", "data.status"]
+    );
+    let (_, body) = bus
+        .call(
+            Method::GET,
+            "/v1/buses/orders/discovered-schemas",
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        body["items"][0]["events"], 24,
+        "accepted events keep being counted"
+    );
 }
 
 /// Sends one structured event; returns the answer.
 async fn send(bus: &TestBus, key: &str, on: &str, event: &Value) -> Value {
     let (status, body) = bus
-        .raw(key, on, "application/cloudevents+json", event.to_string(), &[])
+        .raw(
+            key,
+            on,
+            "application/cloudevents+json",
+            event.to_string(),
+            &[],
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     body
@@ -333,13 +509,15 @@ async fn queue_depth(bus: &TestBus, key: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concurrently_and_after_a_restart() {
+async fn duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concurrently_and_after_a_restart()
+ {
     let dir = tempfile::tempdir().unwrap();
     let config = config_for(dir.path());
     let clock = Arc::new(ManualClock::new(busbar::clock::SystemClock.now_ms()));
     let bus = TestBus::start_with_clock(dir, config.clone(), clock.clone()).await;
     let key = bus.tenant("acme").await;
-    bus.put(&key, "/v1/buses/default", json!({"dedup_window_s": 300})).await;
+    bus.put(&key, "/v1/buses/default", json!({"dedup_window_s": 300}))
+        .await;
     capture(&bus, &key, "default").await;
 
     let e1 = order("e1", good_data());
@@ -352,22 +530,40 @@ async fn duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concu
     let mut other_source = e1.clone();
     other_source["source"] = json!("till");
     send(&bus, &key, "default", &other_source).await;
-    let batch = json!([order("e2", good_data()), order("e2", good_data()), order("e1", good_data())]);
+    let batch = json!([
+        order("e2", good_data()),
+        order("e2", good_data()),
+        order("e1", good_data())
+    ]);
     let (_, body) = bus
-        .raw(&key, "default", "application/cloudevents-batch+json", batch.to_string(), &[])
+        .raw(
+            &key,
+            "default",
+            "application/cloudevents-batch+json",
+            batch.to_string(),
+            &[],
+        )
         .await;
     assert_eq!(body["duplicates"], json!(["e2", "e1"]), "{body}");
     assert_eq!(body["failed_count"], 0);
     // PutEvents: entries are marked.
     let entry = json!({"Source": "shop", "DetailType": "order.created", "Detail": "{}"});
     let body = put_events(&bus, &key, json!([entry])).await;
-    assert!(body.get("duplicates").is_none(), "PutEvents ids are new each time: {body}");
+    assert!(
+        body.get("duplicates").is_none(),
+        "PutEvents ids are new each time: {body}"
+    );
 
     // Twenty senders at once with one id: every one is acknowledged, one copy goes in.
     let racer = order("race", good_data());
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let (client, url, key, racer) = (bus.client.clone(), bus.url.clone(), key.clone(), racer.clone());
+        let (client, url, key, racer) = (
+            bus.client.clone(),
+            bus.url.clone(),
+            key.clone(),
+            racer.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let r = client
                 .post(format!("{url}/v1/buses/default/events"))
@@ -411,15 +607,32 @@ async fn duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concu
         (queue_depth(&bus, &key).await == 7).then_some(())
     })
     .await;
-    let metrics = bus.client.get(format!("{}/metrics", bus.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("busbar_events_duplicate_total"), "{metrics}");
+    let metrics = bus
+        .client
+        .get(format!("{}/metrics", bus.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("busbar_events_duplicate_total"),
+        "{metrics}"
+    );
 
     // Window 0 turns it off; out-of-range windows are refused.
-    bus.put(&key, "/v1/buses/default", json!({"dedup_window_s": 0})).await;
+    bus.put(&key, "/v1/buses/default", json!({"dedup_window_s": 0}))
+        .await;
     let body = send(&bus, &key, "default", &e1).await;
     assert!(body.get("duplicates").is_none(), "{body}");
     let (status, body) = bus
-        .call(Method::PUT, "/v1/buses/default", &key, Some(json!({"dedup_window_s": 86_401})))
+        .call(
+            Method::PUT,
+            "/v1/buses/default",
+            &key,
+            Some(json!({"dedup_window_s": 86_401})),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["field"], "dedup_window_s");

@@ -89,12 +89,18 @@ async fn a_failing_event_holds_only_its_own_key_and_its_key_stays_in_order() {
     )
     .await;
     for i in 1..=6 {
-        bus.send(&key, "default", keyed(&format!("K{i}"), "K", i)).await;
-        bus.send(&key, "default", keyed(&format!("L{i}"), "L", i)).await;
+        bus.send(&key, "default", keyed(&format!("K{i}"), "K", i))
+            .await;
+        bus.send(&key, "default", keyed(&format!("L{i}"), "L", i))
+            .await;
     }
     // One without a key is delivered as before.
-    bus.send(&key, "default", json!({"specversion": "1.0", "id": "free", "source": "orders", "type": "t"}))
-        .await;
+    bus.send(
+        &key,
+        "default",
+        json!({"specversion": "1.0", "id": "free", "source": "orders", "type": "t"}),
+    )
+    .await;
     let me = receiver.clone();
     wait_for("13 deliveries", Duration::from_secs(30), || {
         let n = me.got.lock().unwrap().len();
@@ -103,7 +109,10 @@ async fn a_failing_event_holds_only_its_own_key_and_its_key_stays_in_order() {
     .await;
     let got = receiver.got.lock().unwrap().clone();
     let ids = |prefix: &str| -> Vec<String> {
-        got.iter().filter(|(_, id)| id.starts_with(prefix)).map(|(_, id)| id.clone()).collect()
+        got.iter()
+            .filter(|(_, id)| id.starts_with(prefix))
+            .map(|(_, id)| id.clone())
+            .collect()
     };
     assert_eq!(ids("K"), ["K1", "K2", "K3", "K4", "K5", "K6"]);
     assert_eq!(ids("L"), ["L1", "L2", "L3", "L4", "L5", "L6"]);
@@ -113,9 +122,16 @@ async fn a_failing_event_holds_only_its_own_key_and_its_key_stays_in_order() {
         "L waited for K3's retries: {:?}",
         got.iter().map(|(_, id)| id).collect::<Vec<_>>()
     );
-    assert!(at("K3") - at("K2") >= Duration::from_secs(2), "K3 was retried twice, a second apart");
+    assert!(
+        at("K3") - at("K2") >= Duration::from_secs(2),
+        "K3 was retried twice, a second apart"
+    );
     let most = receiver.most_at_once.lock().unwrap().clone();
-    assert_eq!((most["K"], most["L"]), (1, 1), "one request at a time per key");
+    assert_eq!(
+        (most["K"], most["L"]),
+        (1, 1),
+        "one request at a time per key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,15 +197,19 @@ async fn order_per_key_holds_across_kill_9_and_restart() {
     let before_restart = sink.received().len();
 
     let (mut child, _url) = spawn_bus(dir.path());
-    wait_for("every acknowledged event delivered", Duration::from_secs(90), || {
-        let delivered: HashSet<String> = sink
-            .received()
-            .iter()
-            .filter_map(|r| r.header("ce-id").map(str::to_owned))
-            .collect();
-        let missing = acked.difference(&delivered).count();
-        async move { (missing == 0).then_some(()) }
-    })
+    wait_for(
+        "every acknowledged event delivered",
+        Duration::from_secs(90),
+        || {
+            let delivered: HashSet<String> = sink
+                .received()
+                .iter()
+                .filter_map(|r| r.header("ce-id").map(str::to_owned))
+                .collect();
+            let missing = acked.difference(&delivered).count();
+            async move { (missing == 0).then_some(()) }
+        },
+    )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();

@@ -78,20 +78,31 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
     let registry = Registry::new(Arc::new(MemoryStore::new(clock.clone())), clock.clone());
-    let spec = SchemaSpec::parse(&json!({"source": "shop", "type": "order.created", "schema": schema()})).unwrap();
+    let spec =
+        SchemaSpec::parse(&json!({"source": "shop", "type": "order.created", "schema": schema()}))
+            .unwrap();
     rt.block_on(registry.put("t", "b", "orders", spec)).unwrap();
 
     let limits = IngestLimits::default();
     let body = event(1).to_string().into_bytes();
     eprintln!("event: {} bytes", body.len());
     let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/cloudevents+json"));
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/cloudevents+json"),
+    );
     let parse = || match parse_cloudevents(&headers, black_box(&body), &limits).unwrap() {
         CloudEventsBody::Single(e) => e,
         CloudEventsBody::Batch(_) => unreachable!(),
     };
     let parsed = parse();
-    assert!(registry.check("t", "b", &parsed).unwrap().violations.is_empty());
+    assert!(
+        registry
+            .check("t", "b", &parsed)
+            .unwrap()
+            .violations
+            .is_empty()
+    );
 
     let mut group = c.benchmark_group("door");
     group.throughput(Throughput::Elements(1));

@@ -912,26 +912,48 @@ async fn every_answer_is_documented() {
     for (body, expected) in [
         (spec.clone(), S::CREATED),
         (spec.clone(), S::OK),
-        (json!({"source": "s", "type": "t", "schema": {"type": "nope"}}), S::BAD_REQUEST),
+        (
+            json!({"source": "s", "type": "t", "schema": {"type": "nope"}}),
+            S::BAD_REQUEST,
+        ),
     ] {
         assert_eq!(c.call(M::PUT, schemas, key, json(body)).await.0, expected);
     }
     let mut narrower = spec.clone();
     narrower["schema"]["required"] = json!(["id", "total", "note"]);
-    assert_eq!(c.call(M::PUT, schemas, key, json(narrower)).await.0, S::CONFLICT);
     assert_eq!(
-        c.call(M::PUT, "/v1/buses/nope/schemas/x", key, json(spec.clone())).await.0,
+        c.call(M::PUT, schemas, key, json(narrower)).await.0,
+        S::CONFLICT
+    );
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/nope/schemas/x", key, json(spec.clone()))
+            .await
+            .0,
         S::NOT_FOUND
     );
-    assert_eq!(c.call(M::GET, "/v1/buses/default/schemas", key, Body::None).await.0, S::OK);
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/default/schemas", key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
     assert_eq!(c.call(M::GET, schemas, key, Body::None).await.0, S::OK);
     assert_eq!(
-        c.call(M::GET, &format!("{schemas}/versions/2"), key, Body::None).await.0,
+        c.call(M::GET, &format!("{schemas}/versions/2"), key, Body::None)
+            .await
+            .0,
         S::OK
     );
     for (version, expected) in [("9", S::NOT_FOUND), ("two", S::BAD_REQUEST)] {
         assert_eq!(
-            c.call(M::GET, &format!("{schemas}/versions/{version}"), key, Body::None).await.0,
+            c.call(
+                M::GET,
+                &format!("{schemas}/versions/{version}"),
+                key,
+                Body::None
+            )
+            .await
+            .0,
             expected
         );
     }
@@ -948,9 +970,14 @@ async fn every_answer_is_documented() {
         .await;
     assert_eq!(status, S::BAD_REQUEST);
     assert_eq!(
-        c.call(M::PUT, "/v1/buses/default", key, json(json!({"dedup_window_s": 60, "schema_discovery": true})))
-            .await
-            .0,
+        c.call(
+            M::PUT,
+            "/v1/buses/default",
+            key,
+            json(json!({"dedup_window_s": 60, "schema_discovery": true}))
+        )
+        .await
+        .0,
         S::OK
     );
     let good = json!({"specversion": "1.0", "id": "g1", "source": "shop.orders", "type": "OrderPlaced",
@@ -971,7 +998,10 @@ async fn every_answer_is_documented() {
             M::POST,
             "/v1/buses/default/events",
             key,
-            raw(Some("application/cloudevents-batch+json"), json!([good, bad]).to_string()),
+            raw(
+                Some("application/cloudevents-batch+json"),
+                json!([good, bad]).to_string(),
+            ),
         )
         .await;
     assert_eq!(status, S::ACCEPTED);
@@ -985,21 +1015,43 @@ async fn every_answer_is_documented() {
         )
         .await;
     assert_eq!(status, S::OK);
-    assert_eq!(answer["Entries"][0]["ErrorCode"], "SchemaViolation", "{answer}");
     assert_eq!(
-        c.call(M::GET, "/v1/buses/default/discovered-schemas", key, Body::None).await.0,
+        answer["Entries"][0]["ErrorCode"], "SchemaViolation",
+        "{answer}"
+    );
+    assert_eq!(
+        c.call(
+            M::GET,
+            "/v1/buses/default/discovered-schemas",
+            key,
+            Body::None
+        )
+        .await
+        .0,
         S::OK
     );
     let promote = "/v1/buses/default/discovered-schemas/promote";
     for (body, expected) in [
-        (json!({"source": "shop.orders", "type": "OrderPlaced", "name": "learned", "mode": "warn"}), S::CONFLICT),
-        (json!({"source": "nope", "type": "none", "name": "learned"}), S::NOT_FOUND),
+        (
+            json!({"source": "shop.orders", "type": "OrderPlaced", "name": "learned", "mode": "warn"}),
+            S::CONFLICT,
+        ),
+        (
+            json!({"source": "nope", "type": "none", "name": "learned"}),
+            S::NOT_FOUND,
+        ),
         (json!({"source": "shop.orders"}), S::BAD_REQUEST),
     ] {
         assert_eq!(c.call(M::POST, promote, key, json(body)).await.0, expected);
     }
-    assert_eq!(c.call(M::DELETE, schemas, key, Body::None).await.0, S::NO_CONTENT);
-    assert_eq!(c.call(M::DELETE, schemas, key, Body::None).await.0, S::NOT_FOUND);
+    assert_eq!(
+        c.call(M::DELETE, schemas, key, Body::None).await.0,
+        S::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(M::DELETE, schemas, key, Body::None).await.0,
+        S::NOT_FOUND
+    );
     let (status, _) = c
         .call(
             M::POST,

@@ -7,9 +7,9 @@
 
 use super::error::ingest_error_json;
 use super::{ApiError, State, Tenant};
+use crate::door::SchemaRejection;
 use crate::event::Event;
 use crate::ingest::{self, CloudEventsBody};
-use crate::door::SchemaRejection;
 use crate::telemetry;
 use axum::Json;
 use axum::body::Body;

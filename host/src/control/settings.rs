@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn door_settings_are_checked() {
-        let s = BusSettings::parse(&json!({"dedup_window_s": 300, "schema_discovery": true})).unwrap();
+        let s =
+            BusSettings::parse(&json!({"dedup_window_s": 300, "schema_discovery": true})).unwrap();
         assert_eq!(
             s.door(),
             DoorSettings {
@@ -114,6 +115,11 @@ mod tests {
         for bad in [json!(-1), json!(1.5), json!("300")] {
             assert!(BusSettings::parse(&json!({ "dedup_window_s": bad })).is_err());
         }
-        assert_eq!(BusSettings::parse(&json!({"dedup_window_s": 0})).unwrap().dedup_window_s, 0);
+        assert_eq!(
+            BusSettings::parse(&json!({"dedup_window_s": 0}))
+                .unwrap()
+                .dedup_window_s,
+            0
+        );
     }
 }

@@ -327,7 +327,9 @@ impl Engine {
         let (chained, deliveries): (Vec<Delivery>, Vec<Delivery>) =
             deliveries.into_iter().partition(|d| d.chain.is_some());
         if !chained.is_empty() && self.chained.send(chained).is_err() {
-            tracing::error!("the chained-delivery writer has stopped; those deliveries will be routed again after a restart");
+            tracing::error!(
+                "the chained-delivery writer has stopped; those deliveries will be routed again after a restart"
+            );
         }
         for batch in batches(deliveries) {
             let slot = self.try_slot(&batch[0].target);
@@ -1144,30 +1146,49 @@ mod tests {
             }
         }
         // One without a key: unordered, straight from memory.
-        deliveries.push(Delivery::first(b.clone(), item("free"), now, counted(&released)).in_chain(99, 0));
+        deliveries.push(
+            Delivery::first(b.clone(), item("free"), now, counted(&released)).in_chain(99, 0),
+        );
         h.engine.dispatch(deliveries);
         until("everything delivered or dead-lettered", || async {
             target.delivered().len() == 15 && h.store.job_count() == 0
         })
         .await;
-        assert_eq!(released.load(Ordering::SeqCst), 16, "every first delivery released");
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            16,
+            "every first delivery released"
+        );
         let delivered = target.delivered();
         let of = |key: &str| -> Vec<String> {
-            delivered.iter().filter(|id| id.starts_with(key)).cloned().collect()
+            delivered
+                .iter()
+                .filter(|id| id.starts_with(key))
+                .cloned()
+                .collect()
         };
         assert_eq!(of("K"), ["K1", "K2", "K3", "K4", "K5"]);
         assert_eq!(of("L"), ["L1", "L2", "L3", "L4", "L5"]);
         assert_eq!(of("M"), ["M1", "M3", "M4", "M5"]);
         let letters = dead_letters(&h.store).await;
         assert_eq!(letters.len(), 1);
-        assert_eq!((letters[0].event_id.as_str(), letters[0].attempts), ("M2", 3));
+        assert_eq!(
+            (letters[0].event_id.as_str(), letters[0].attempts),
+            ("M2", 3)
+        );
         // One call at a time per key, and L never waited for K3's retries.
         let most = target.most_at_once.lock().unwrap().clone();
-        assert!(most.iter().all(|(k, n)| *n == 1 || k.is_empty()), "{most:?}");
+        assert!(
+            most.iter().all(|(k, n)| *n == 1 || k.is_empty()),
+            "{most:?}"
+        );
         let calls = target.calls.lock().unwrap().clone();
         let at = |id: &str| calls.iter().find(|(_, i, ok)| i == id && *ok).unwrap().0;
         assert!(at("L5") < at("K3"), "{calls:?}");
-        assert!(at("K3") - now >= 4_000, "K3 was retried twice, two seconds apart");
+        assert!(
+            at("K3") - now >= 4_000,
+            "K3 was retried twice, two seconds apart"
+        );
         assert!(at("K3") < at("K4"));
         h.shutdown.send_replace(true);
     }

@@ -130,7 +130,12 @@ impl Target for FailsIds {
     async fn send(&self, batch: &[Item]) -> Vec<Outcome> {
         let keys: Vec<String> = batch
             .iter()
-            .map(|i| i.event.str_attr("partitionkey").unwrap_or_default().to_owned())
+            .map(|i| {
+                i.event
+                    .str_attr("partitionkey")
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .collect();
         for key in &keys {
             let mut in_flight = self.in_flight.lock().unwrap();

@@ -73,7 +73,11 @@ const ALL_TYPES: [&str; 7] = [
 fn types(schema: &Value) -> Option<BTreeSet<String>> {
     match schema.get("type")? {
         Value::String(t) => Some(BTreeSet::from([t.clone()])),
-        Value::Array(ts) => Some(ts.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()),
+        Value::Array(ts) => Some(
+            ts.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -93,7 +97,10 @@ fn allowed(schema: &Value) -> Option<Vec<Value>> {
 
 fn required(schema: &Value) -> BTreeSet<String> {
     match schema.get("required") {
-        Some(Value::Array(names)) => names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(names)) => names
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect(),
         _ => BTreeSet::new(),
     }
 }
@@ -119,12 +126,14 @@ fn compare(old: &Value, new: &Value, path: &str, out: &mut Changes) {
         };
         for t in &old_list {
             if !covers(new_types.as_ref(), t) {
-                out.narrowing.push((at.clone(), format!("type {t:?} is no longer allowed")));
+                out.narrowing
+                    .push((at.clone(), format!("type {t:?} is no longer allowed")));
             }
         }
         for t in &new_list {
             if !covers(old_types.as_ref(), t) {
-                out.widening.push((at.clone(), format!("type {t:?} is newly allowed")));
+                out.widening
+                    .push((at.clone(), format!("type {t:?} is newly allowed")));
             }
         }
     }
@@ -174,8 +183,14 @@ fn compare(old: &Value, new: &Value, path: &str, out: &mut Changes) {
         _ => {}
     }
     let empty = serde_json::Map::new();
-    let old_props = old.get("properties").and_then(Value::as_object).unwrap_or(&empty);
-    let new_props = new.get("properties").and_then(Value::as_object).unwrap_or(&empty);
+    let old_props = old
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let new_props = new
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     for (name, new_prop) in new_props {
         let at = join_path(&join_path(path, "properties"), name);
         match old_props.get(name) {
@@ -212,11 +227,18 @@ mod tests {
 
     #[test]
     fn added_and_removed_required_properties() {
-        let v1 = json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]});
+        let v1 =
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]});
         let v2 = json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {}}, "required": ["a", "b"]});
-        assert_eq!(fields(check(&v1, &v2, Compatibility::Backward)), ["schema.required"]);
+        assert_eq!(
+            fields(check(&v1, &v2, Compatibility::Backward)),
+            ["schema.required"]
+        );
         assert!(check(&v1, &v2, Compatibility::Forward).is_ok());
-        assert_eq!(fields(check(&v2, &v1, Compatibility::Forward)), ["schema.required"]);
+        assert_eq!(
+            fields(check(&v2, &v1, Compatibility::Forward)),
+            ["schema.required"]
+        );
         assert!(check(&v2, &v1, Compatibility::Backward).is_ok());
         assert_eq!(fields(check(&v1, &v2, Compatibility::Full)).len(), 1);
         assert!(check(&v1, &v2, Compatibility::None).is_ok());
@@ -229,23 +251,35 @@ mod tests {
         assert!(check(&v1, &v2, Compatibility::Backward).is_ok());
         assert_eq!(
             fields(check(&v1, &v2, Compatibility::Forward)),
-            ["schema.properties.n.type", "schema.properties.items.items.type"]
+            [
+                "schema.properties.n.type",
+                "schema.properties.items.items.type"
+            ]
         );
         let v3 = json!({"properties": {"n": {"type": "string"}}});
-        assert_eq!(fields(check(&v1, &v3, Compatibility::Backward)), ["schema.properties.n.type"]);
+        assert_eq!(
+            fields(check(&v1, &v3, Compatibility::Backward)),
+            ["schema.properties.n.type"]
+        );
     }
 
     #[test]
     fn enum_changes_and_closed_objects() {
         let v1 = json!({"properties": {"s": {"enum": ["a", "b"]}}, "additionalProperties": false});
         let v2 = json!({"properties": {"s": {"enum": ["a", "c"]}, "t": {}}, "additionalProperties": false});
-        assert_eq!(fields(check(&v1, &v2, Compatibility::Backward)), ["schema.properties.s.enum"]);
+        assert_eq!(
+            fields(check(&v1, &v2, Compatibility::Backward)),
+            ["schema.properties.s.enum"]
+        );
         assert_eq!(
             fields(check(&v1, &v2, Compatibility::Forward)),
             ["schema.properties.s.enum", "schema.properties.t"]
         );
         let open = json!({"properties": {"s": {"enum": ["a", "b"]}}});
-        assert_eq!(fields(check(&open, &v1, Compatibility::Backward)), ["schema.additionalProperties"]);
+        assert_eq!(
+            fields(check(&open, &v1, Compatibility::Backward)),
+            ["schema.additionalProperties"]
+        );
         assert!(check(&open, &v1, Compatibility::Forward).is_ok());
     }
 }

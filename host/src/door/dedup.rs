@@ -74,7 +74,10 @@ mod tests {
     fn keys_separate_every_part_and_are_stable() {
         assert_ne!(key("a", "b", "c", "d"), key("a", "b", "cd", ""));
         assert_ne!(key("a", "b", "c", "d"), key("a", "c", "b", "d"));
-        assert_eq!(key("t", "default", "shop", "o-1"), key("t", "default", "shop", "o-1"));
+        assert_eq!(
+            key("t", "default", "shop", "o-1"),
+            key("t", "default", "shop", "o-1")
+        );
         // Stable across builds and nodes: a fixed expectation.
         assert_eq!(key("t", "b", "s", "1").hex().len(), 32);
     }

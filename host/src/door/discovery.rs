@@ -296,7 +296,10 @@ impl Shape {
 /// every validator, which is what the inferred `format` promises).
 fn is_date_time(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |range: std::ops::Range<usize>| b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
     if b.len() < 20
         || !(digits(0..4)
             && b[4] == b'-'
@@ -574,9 +577,15 @@ mod tests {
         let p = &schema["properties"];
         assert_eq!(p["id"], json!({"type": "string", "format": "uuid"}));
         assert_eq!(p["at"], json!({"type": "string", "format": "date-time"}));
-        assert_eq!(p["status"], json!({"type": "string", "enum": ["paid", "shipped"]}));
+        assert_eq!(
+            p["status"],
+            json!({"type": "string", "enum": ["paid", "shipped"]})
+        );
         assert_eq!(p["total"], json!({"type": "number"}));
-        assert_eq!(p["tags"], json!({"type": "array", "items": {"type": "string"}}));
+        assert_eq!(
+            p["tags"],
+            json!({"type": "array", "items": {"type": "string"}})
+        );
         assert_eq!(p["note"], json!({"type": ["null", "string"]}));
         // The same events validate against what was inferred.
         let v = super::super::schema::compile(&schema).unwrap();

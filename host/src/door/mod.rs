@@ -317,7 +317,7 @@ impl Door {
                 return;
             }
             rounds = rounds.wrapping_add(1);
-            if rounds % 30 == 0 {
+            if rounds.is_multiple_of(30) {
                 match self.dedup.prune_dedup_keys(self.clock.now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(pruned = n, "pruned expired deduplication keys"),
@@ -335,7 +335,12 @@ fn tag(schema: &Registered, violations: &[Violation]) -> String {
         1 => String::new(),
         n => format!(" (and {} more)", n - 1),
     };
-    let mut text = format!("{}: {}: {}{more}", schema.label(), first.path, first.message);
+    let mut text = format!(
+        "{}: {}: {}{more}",
+        schema.label(),
+        first.path,
+        first.message
+    );
     if text.len() > 256 {
         let mut cut = 255;
         while !text.is_char_boundary(cut) {

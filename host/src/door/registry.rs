@@ -10,9 +10,9 @@
 //! and again only if the cache evicted it. A new version replaces the old
 //! one in the index, so it applies from the next event on.
 
-use super::compat;
-use super::schema::{self, Compatibility, Selector, SchemaSpec};
 use super::DoorError;
+use super::compat;
+use super::schema::{self, Compatibility, SchemaSpec, Selector};
 use crate::clock::{Millis, SharedClock};
 use crate::event::Event;
 use crate::resource::Problems;
@@ -260,10 +260,11 @@ impl Registry {
         let versions = self.store.schema_versions(tenant, bus, name).await?;
         let previous = versions.last();
         if let Some(previous) = previous {
-            let before = SchemaSpec::parse(&previous.spec).map_err(|problems| DoorError::Invalid {
-                code: "invalid_record",
-                problems,
-            })?;
+            let before =
+                SchemaSpec::parse(&previous.spec).map_err(|problems| DoorError::Invalid {
+                    code: "invalid_record",
+                    problems,
+                })?;
             let level = spec
                 .compatibility
                 .or(before.compatibility)
@@ -283,17 +284,24 @@ impl Registry {
             spec: spec.to_json(),
             created_ms: self.clock.now_ms(),
         };
-        let registered = self.registered(&stored).map_err(|problems| DoorError::Invalid {
-            code: "invalid_schema",
-            problems,
-        })?;
-        self.store.add_schema_version(stored).await.map_err(|e| match e {
-            StoreError::Conflict(_) => DoorError::Conflict {
-                message: format!("schema {name:?} changed at the same time; send the PUT again"),
-                field: None,
-            },
-            e => DoorError::Store(e),
-        })?;
+        let registered = self
+            .registered(&stored)
+            .map_err(|problems| DoorError::Invalid {
+                code: "invalid_schema",
+                problems,
+            })?;
+        self.store
+            .add_schema_version(stored)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => DoorError::Conflict {
+                    message: format!(
+                        "schema {name:?} changed at the same time; send the PUT again"
+                    ),
+                    field: None,
+                },
+                e => DoorError::Store(e),
+            })?;
         let schemas = self.bus(tenant, bus).unwrap_or_default();
         if let Some(old) = schemas.by_name.get(name) {
             self.compiled.invalidate(&old.uid);

@@ -113,8 +113,14 @@ const MEMBERS: &[&str] = &[
 
 /// `$schema` values accepted, and the draft each means.
 const DRAFTS: &[(&str, Draft)] = &[
-    ("https://json-schema.org/draft/2020-12/schema", Draft::Draft202012),
-    ("https://json-schema.org/draft/2019-09/schema", Draft::Draft201909),
+    (
+        "https://json-schema.org/draft/2020-12/schema",
+        Draft::Draft202012,
+    ),
+    (
+        "https://json-schema.org/draft/2019-09/schema",
+        Draft::Draft201909,
+    ),
     ("http://json-schema.org/draft-07/schema", Draft::Draft7),
     ("https://json-schema.org/draft-07/schema", Draft::Draft7),
 ];
@@ -157,10 +163,9 @@ impl SchemaSpec {
         }
         let selector = match (source, event_type, dataschema) {
             (None, None, Some(uri)) => Some(Selector::DataSchema(uri)),
-            (Some(source), Some(event_type), None) => Some(Selector::SourceType {
-                source,
-                event_type,
-            }),
+            (Some(source), Some(event_type), None) => {
+                Some(Selector::SourceType { source, event_type })
+            }
             (_, _, Some(_)) => {
                 f.problem(
                     "dataschema",
@@ -244,7 +249,11 @@ pub fn compile(schema: &Value) -> Result<jsonschema::Validator, Problems> {
                         "schema.$schema",
                         format!(
                             "unsupported dialect {uri:?}: use draft 2020-12 (the default), 2019-09 or 7 ({})",
-                            DRAFTS.iter().map(|(u, _)| *u).collect::<Vec<_>>().join(", ")
+                            DRAFTS
+                                .iter()
+                                .map(|(u, _)| *u)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
@@ -311,7 +320,9 @@ pub fn check(validator: &jsonschema::Validator, event: &Event) -> Vec<Violation>
         let message = truncate(error.to_string());
         match error.kind() {
             jsonschema::error::ValidationErrorKind::Required { property } => {
-                let name = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
+                let name = property
+                    .as_str()
+                    .map_or_else(|| property.to_string(), str::to_owned);
                 out.push(Violation {
                     path: join_property(&path, &name),
                     message,
@@ -456,7 +467,8 @@ mod tests {
     #[test]
     fn absent_and_binary_data() {
         let v = compile(&json!({"type": "object"})).unwrap();
-        let Value::Object(mut map) = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"})
+        let Value::Object(mut map) =
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"})
         else {
             unreachable!()
         };
@@ -470,8 +482,13 @@ mod tests {
     #[test]
     fn schemas_that_do_not_compile_say_where() {
         let p = compile(&json!({"properties": {"total": {"type": "decimal"}}})).unwrap_err();
-        assert_eq!(p.first().unwrap().field, "schema.properties.total.type", "{p}");
-        let p = compile(&json!({"$schema": "http://json-schema.org/draft-04/schema#"})).unwrap_err();
+        assert_eq!(
+            p.first().unwrap().field,
+            "schema.properties.total.type",
+            "{p}"
+        );
+        let p =
+            compile(&json!({"$schema": "http://json-schema.org/draft-04/schema#"})).unwrap_err();
         assert_eq!(p.first().unwrap().field, "schema.$schema");
         for draft in [
             "https://json-schema.org/draft/2020-12/schema",

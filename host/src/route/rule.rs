@@ -507,11 +507,19 @@ mod tests {
                    "ordering": ordering})
         };
         assert_eq!(
-            RuleSpec::parse(&body(json!("partition_key"))).unwrap().ordering,
+            RuleSpec::parse(&body(json!("partition_key")))
+                .unwrap()
+                .ordering,
             Ordering::PartitionKey
         );
-        assert_eq!(RuleSpec::parse(&body(json!("none"))).unwrap().ordering, Ordering::None);
-        assert_eq!(RuleSpec::parse(&body(Value::Null)).unwrap().ordering, Ordering::None);
+        assert_eq!(
+            RuleSpec::parse(&body(json!("none"))).unwrap().ordering,
+            Ordering::None
+        );
+        assert_eq!(
+            RuleSpec::parse(&body(Value::Null)).unwrap().ordering,
+            Ordering::None
+        );
         let problems = RuleSpec::parse(&body(json!("by_key"))).unwrap_err();
         assert_eq!(problems.first().unwrap().field, "ordering", "{problems}");
     }

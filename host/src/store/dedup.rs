@@ -77,8 +77,7 @@ pub trait DedupLog: Send + Sync + 'static {
     /// An event is a duplicate when its key was recorded at an
     /// `ingested_ms` within `window_ms` before its own `ingested_ms` — by
     /// an earlier call or earlier in this one. Answers per event, in order.
-    async fn append_deduplicated(&self, events: Vec<AdmittedEvent>)
-    -> StoreResult<Vec<Appended>>;
+    async fn append_deduplicated(&self, events: Vec<AdmittedEvent>) -> StoreResult<Vec<Appended>>;
 
     /// Forgets keys whose window (as recorded) ended before `now`; returns
     /// how many.

@@ -142,7 +142,12 @@ impl Data {
     fn insert_job(&mut self, job: NewJob) {
         if let (Some(chain), Some(slot)) = (job.chain_name(), job.chain.as_ref()) {
             let order = slot.order();
-            if self.chains.done.get(&chain).is_some_and(|done| order <= *done) {
+            if self
+                .chains
+                .done
+                .get(&chain)
+                .is_some_and(|done| order <= *done)
+            {
                 return;
             }
             if let Some(head) = self.chains.heads.get(&chain) {
@@ -180,10 +185,23 @@ impl Data {
             return false;
         };
         self.chains.heads.remove(&chain);
-        let done = self.chains.done.entry(chain.clone()).or_insert(slot.order());
+        let done = self
+            .chains
+            .done
+            .entry(chain.clone())
+            .or_insert(slot.order());
         *done = (*done).max(slot.order());
-        let next = self.chains.waiting.get_mut(&chain).and_then(|w| w.pop_first());
-        if self.chains.waiting.get(&chain).is_some_and(BTreeMap::is_empty) {
+        let next = self
+            .chains
+            .waiting
+            .get_mut(&chain)
+            .and_then(|w| w.pop_first());
+        if self
+            .chains
+            .waiting
+            .get(&chain)
+            .is_some_and(BTreeMap::is_empty)
+        {
             self.chains.waiting.remove(&chain);
         }
         match next {
@@ -874,7 +892,13 @@ impl super::SchemaStore for MemoryStore {
         name: &str,
     ) -> StoreResult<Vec<super::SchemaVersion>> {
         let key = (tenant.to_owned(), bus.to_owned(), name.to_owned());
-        Ok(self.data().door.schemas.get(&key).cloned().unwrap_or_default())
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .get(&key)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn latest_schema_versions(&self) -> StoreResult<Vec<super::SchemaVersion>> {

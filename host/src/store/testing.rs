@@ -24,10 +24,10 @@
 //! ```
 
 use super::{
-    AdmittedEvent, Appended, ChainSlot, Dedup, DedupKey, DiscoveredSchema, SchemaVersion,
-    AttemptError, Backend, DeadLetter, DeadLetterFilter, DeadLetterId, Exhausted, FailureCode,
-    JobLease, KeyRecord, LeasedJob, LogConsumer, LogEntry, Millis, NewEvent, NewJob,
-    NewQueueMessage, QueueDepth, ReceivedMessage, Resource, ResourceKind, StoreError, TenantRecord,
+    AdmittedEvent, Appended, AttemptError, Backend, ChainSlot, DeadLetter, DeadLetterFilter,
+    DeadLetterId, Dedup, DedupKey, DiscoveredSchema, Exhausted, FailureCode, JobLease, KeyRecord,
+    LeasedJob, LogConsumer, LogEntry, Millis, NewEvent, NewJob, NewQueueMessage, QueueDepth,
+    ReceivedMessage, Resource, ResourceKind, SchemaVersion, StoreError, TenantRecord,
 };
 use crate::clock::{Clock, ManualClock, SharedClock};
 use bytes::Bytes;
@@ -1766,7 +1766,9 @@ pub(crate) async fn chains_are_independent_of_each_other_and_of_unordered_jobs(
 pub(crate) async fn schemas_versions_are_numbered_without_gaps(make: &impl MakeStore) {
     let (s, _clock) = fresh(make).await;
     assert!(matches!(
-        s.store.add_schema_version(schema_version("orders", 2)).await,
+        s.store
+            .add_schema_version(schema_version("orders", 2))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     s.store
@@ -1774,7 +1776,9 @@ pub(crate) async fn schemas_versions_are_numbered_without_gaps(make: &impl MakeS
         .await
         .unwrap();
     assert!(matches!(
-        s.store.add_schema_version(schema_version("orders", 1)).await,
+        s.store
+            .add_schema_version(schema_version("orders", 1))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     s.store
@@ -1842,10 +1846,7 @@ pub(crate) async fn schemas_delete_and_latest_versions(make: &impl MakeStore) {
         s.store.delete_bus_schemas("acme", "orders").await.unwrap(),
         3
     );
-    assert_eq!(
-        s.store.latest_schema_versions().await.unwrap(),
-        [other_bus]
-    );
+    assert_eq!(s.store.latest_schema_versions().await.unwrap(), [other_bus]);
     assert!(
         s.store
             .discovered_schemas("acme", "orders")
@@ -1855,7 +1856,12 @@ pub(crate) async fn schemas_delete_and_latest_versions(make: &impl MakeStore) {
     );
 }
 
-fn discovered(source: &str, event_type: &str, summary: serde_json::Value, revision: u64) -> DiscoveredSchema {
+fn discovered(
+    source: &str,
+    event_type: &str,
+    summary: serde_json::Value,
+    revision: u64,
+) -> DiscoveredSchema {
     DiscoveredSchema {
         tenant: "acme".into(),
         bus: "orders".into(),
@@ -1959,12 +1965,13 @@ pub(crate) async fn durable_dedup_keys_and_chains_survive_reopen(
             .unwrap(),
         [schema_version("orders", 1)]
     );
-    store
-        .enqueue(vec![chained("k", "e1", 1, 0)])
-        .await
-        .unwrap();
+    store.enqueue(vec![chained("k", "e1", 1, 0)]).await.unwrap();
     let head = store.lease_due(10, MINUTE, Duration::ZERO).await.unwrap();
-    assert_eq!(event_ids(&head), ["e2"], "the head leased before the restart");
+    assert_eq!(
+        event_ids(&head),
+        ["e2"],
+        "the head leased before the restart"
+    );
     store.ack_job(&head[0].lease).await.unwrap();
     let head = store.lease_due(10, MINUTE, Duration::ZERO).await.unwrap();
     assert_eq!(event_ids(&head), ["e3"]);

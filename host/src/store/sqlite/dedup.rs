@@ -12,10 +12,7 @@ use rusqlite::{OptionalExtension, params};
 
 #[async_trait]
 impl DedupLog for SqliteStore {
-    async fn append_deduplicated(
-        &self,
-        events: Vec<AdmittedEvent>,
-    ) -> StoreResult<Vec<Appended>> {
+    async fn append_deduplicated(&self, events: Vec<AdmittedEvent>) -> StoreResult<Vec<Appended>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }

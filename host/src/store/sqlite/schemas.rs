@@ -27,8 +27,9 @@ fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SchemaVersion, Str
 fn with_specs(rows: Vec<(SchemaVersion, String)>) -> anyhow::Result<Vec<SchemaVersion>> {
     rows.into_iter()
         .map(|(mut v, spec)| {
-            v.spec = serde_json::from_str(&spec)
-                .with_context(|| format!("schema {}/{} v{} has bad JSON", v.bus, v.name, v.version))?;
+            v.spec = serde_json::from_str(&spec).with_context(|| {
+                format!("schema {}/{} v{} has bad JSON", v.bus, v.name, v.version)
+            })?;
             Ok(v)
         })
         .collect()
@@ -37,7 +38,8 @@ fn with_specs(rows: Vec<(SchemaVersion, String)>) -> anyhow::Result<Vec<SchemaVe
 #[async_trait]
 impl SchemaStore for SqliteStore {
     async fn add_schema_version(&self, version: SchemaVersion) -> StoreResult<()> {
-        let spec = serde_json::to_string(&version.spec).map_err(|e| StoreError::Backend(e.into()))?;
+        let spec =
+            serde_json::to_string(&version.spec).map_err(|e| StoreError::Backend(e.into()))?;
         let added = self
             .run(move |tx| {
                 let newest: u32 = tx
@@ -45,7 +47,9 @@ impl SchemaStore for SqliteStore {
                         "SELECT COALESCE(MAX(version), 0) FROM schema_versions \
                          WHERE tenant = ? AND bus = ? AND name = ?",
                     )?
-                    .query_row(params![version.tenant, version.bus, version.name], |r| r.get(0))?;
+                    .query_row(params![version.tenant, version.bus, version.name], |r| {
+                        r.get(0)
+                    })?;
                 if version.version != newest + 1 {
                     return Ok(false);
                 }
@@ -150,7 +154,10 @@ impl SchemaStore for SqliteStore {
             rows.into_iter()
                 .map(|(mut d, summary)| {
                     d.summary = serde_json::from_str(&summary).with_context(|| {
-                        format!("discovered schema {}/{} has bad JSON", d.source, d.event_type)
+                        format!(
+                            "discovered schema {}/{} has bad JSON",
+                            d.source, d.event_type
+                        )
                     })?;
                     Ok(d)
                 })
