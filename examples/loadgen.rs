@@ -54,6 +54,9 @@ struct Args {
     /// Rules on the bus for e2e (one matches).
     #[arg(long, default_value_t = 10)]
     rules: usize,
+    /// Rounds of the door scenario's ingest figures (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Event rate for the latency measurement.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -248,6 +251,23 @@ impl Bench {
         }
         acked.load(Ordering::Relaxed)
     }
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`
+/// (Linux; 0 elsewhere). Throughput on a shared machine swings with other
+/// work, CPU time per event much less.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A ~1 KB order event whose payload has 20 properties (what the door
@@ -483,14 +503,20 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         println!("door event: {} bytes", door_event(0, 1).to_string().len());
         // Rounds in turn, so drift of the shared machine hits all alike.
-        let mut figures: Vec<(&str, Vec<f64>)> =
-            vec![("plain", vec![]), ("schema", vec![]), ("dedup", vec![])];
-        for _round in 0..3 {
-            for (bus, runs) in figures.iter_mut() {
+        // (bus, events/s per round, CPU µs per event per round)
+        let mut figures: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+            ("plain", vec![], vec![]),
+            ("schema", vec![], vec![]),
+            ("dedup", vec![], vec![]),
+        ];
+        for _round in 0..args.rounds {
+            for (bus, rates, cpu) in figures.iter_mut() {
+                let cpu0 = cpu_seconds();
                 let n = bench
                     .flood_door(args.connections, args.seconds, bus, 1, 1)
                     .await;
-                runs.push(n as f64 / args.seconds as f64);
+                cpu.push((cpu_seconds() - cpu0) * 1e6 / n.max(1) as f64);
+                rates.push(n as f64 / args.seconds as f64);
             }
         }
         let median = |v: &[f64]| {
@@ -498,13 +524,17 @@ async fn main() -> anyhow::Result<()> {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let plain = median(&figures[0].1);
-        for (bus, runs) in &figures {
+        let (plain_rate, plain_cpu) = (median(&figures[0].1), median(&figures[0].2));
+        for (bus, rates, cpu) in &figures {
             println!(
-                "door ingest on {bus:>6}: median {:>8.0} events/s ({:?}), {:.1}% of plain",
-                median(runs),
-                runs.iter().map(|r| r.round()).collect::<Vec<_>>(),
-                100.0 * median(runs) / plain
+                "door ingest on {bus:>6}: median {:>7.0} events/s ({:.0}% of plain; rounds {:?}), \
+                 median {:>5.1} µs CPU per event (client included; {:+.1}% vs plain; rounds {:?})",
+                median(rates),
+                100.0 * median(rates) / plain_rate,
+                rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                median(cpu),
+                100.0 * (median(cpu) - plain_cpu) / plain_cpu,
+                cpu.iter().map(|c| c.round()).collect::<Vec<_>>(),
             );
         }
 
@@ -519,6 +549,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let before = sink.count.load(Ordering::Relaxed);
             let t0 = Instant::now();
+            let cpu0 = cpu_seconds();
             let sent = bench
                 .flood_door(args.connections, args.seconds, bus, 10, 1_000)
                 .await;
@@ -531,8 +562,9 @@ async fn main() -> anyhow::Result<()> {
             let delivered = sink.count.load(Ordering::Relaxed) - before;
             let elapsed = t0.elapsed().as_secs_f64();
             println!(
-                "door e2e {bus:>9} (ordering {ordering}, 1,000 keys): {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered",
-                delivered as f64 / elapsed
+                "door e2e {bus:>9} (ordering {ordering}, 1,000 keys): {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered, {:.1} µs CPU per delivered event",
+                delivered as f64 / elapsed,
+                (cpu_seconds() - cpu0) * 1e6 / delivered.max(1) as f64
             );
         }
     }
