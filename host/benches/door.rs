@@ -143,7 +143,9 @@ fn bench(c: &mut Criterion) {
     };
     // Grow the file and the WAL first, so neither append pays for it.
     for chunk in 0..50u64 {
-        let events = (0..1_000).map(|i| new_event(1_000_000_000 + chunk * 1_000 + i)).collect();
+        let events = (0..1_000)
+            .map(|i| new_event(1_000_000_000 + chunk * 1_000 + i))
+            .collect();
         rt.block_on(store.append(events)).unwrap();
     }
     group.bench_function("sqlite_append_deduplicated", |b| {
