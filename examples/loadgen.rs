@@ -6,6 +6,11 @@
 //! - `ingest`: events/s acknowledged, single events and batches, no rules;
 //! - `e2e`: N rules (one matching) delivering to the sink: delivered events/s
 //!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate.
+//! - `door`: the ingest door's costs: single-event ingest of a ~1 KB event
+//!   with 20 payload properties on a plain bus, on a bus with an `enforce`
+//!   schema of those 20 properties, and on a bus with a deduplication
+//!   window; then delivered events/s to the sink with a rule that keeps
+//!   order per partition key (1,000 keys) against the same rule unordered.
 //!
 //! Run: `cargo run --release -p busbar --example loadgen -- all`
 
@@ -29,6 +34,8 @@ enum Scenario {
     E2e,
     /// Built-in transform vs Wasm filter + transformer, with a live swap.
     Plugins,
+    /// Schema validation, deduplication and FIFO costs.
+    Door,
     All,
 }
 
@@ -47,6 +54,9 @@ struct Args {
     /// Rules on the bus for e2e (one matches).
     #[arg(long, default_value_t = 10)]
     rules: usize,
+    /// Rounds of the door scenario's ingest figures (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Event rate for the latency measurement.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -143,6 +153,64 @@ impl Bench {
         }
     }
 
+    /// Sends door events to `bus` as fast as `connections` allow for
+    /// `seconds`, in batches of `batch` (1: structured single events);
+    /// returns acked events.
+    async fn flood_door(
+        self: &Arc<Self>,
+        connections: usize,
+        seconds: u64,
+        bus: &'static str,
+        batch: usize,
+        keys: u64,
+    ) -> u64 {
+        // Ids never repeat across runs (the dedup bus would drop repeats).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let acked = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (me, acked) = (self.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let i = NEXT.fetch_add(batch as u64, Ordering::Relaxed);
+                    let (content_type, body) = if batch == 1 {
+                        (
+                            "application/cloudevents+json",
+                            door_event(i, keys).to_string(),
+                        )
+                    } else {
+                        let events: Vec<Value> =
+                            (0..batch as u64).map(|k| door_event(i + k, keys)).collect();
+                        (
+                            "application/cloudevents-batch+json",
+                            Value::Array(events).to_string(),
+                        )
+                    };
+                    let ok = match me
+                        .client
+                        .post(format!("{}/v1/buses/{bus}/events", me.url))
+                        .bearer_auth(&me.key)
+                        .header("content-type", content_type)
+                        .body(body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().as_u16() == 202,
+                        Err(_) => false,
+                    };
+                    if ok {
+                        acked.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        acked.load(Ordering::Relaxed)
+    }
+
     /// Sends as fast as `connections` allow for `seconds`; returns acked events.
     async fn flood(
         self: &Arc<Self>,
@@ -183,6 +251,85 @@ impl Bench {
         }
         acked.load(Ordering::Relaxed)
     }
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`
+/// (Linux; 0 elsewhere). Throughput on a shared machine swings with other
+/// work, CPU time per event much less.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A ~1 KB order event whose payload has 20 properties (what the door
+/// benchmarks validate), keyed by one of `keys` partition keys.
+fn door_event(i: u64, keys: u64) -> Value {
+    json!({"specversion": "1.0", "id": format!("door-{i}"), "source": "shop", "type": "order.created",
+           "datacontenttype": "application/json", "partitionkey": format!("k{}", i % keys.max(1)),
+           "data": door_data(i)})
+}
+
+/// The 20-property payload of [`door_event`] (and of the criterion bench).
+fn door_data(i: u64) -> Value {
+    json!({
+        "order_id": format!("ord-{i:08}"), "customer_id": "cus-000042", "customer_tier": "gold",
+        "email": "someone@example.com", "currency": "EUR", "total": 159.92, "subtotal": 139.95,
+        "tax": 19.97, "shipping": 4.99, "discount": 4.99, "placed_at": "2026-11-22T08:04:05Z",
+        "status": "paid", "channel": "web", "coupon": "SPRING", "notes": "leave at the door, please",
+        "items": (0..5).map(|k| json!({"sku": format!("SKU-{k:05}"), "qty": k + 1, "price": 19.99,
+                                        "title": "A reasonably long product title"})).collect::<Vec<_>>(),
+        "address": {"street": "1 Main Street", "city": "Springfield", "zip": "12345", "country": "DE"},
+        "gift": false, "priority": 2, "tags": ["new", "promo"]
+    })
+}
+
+/// The 20-property JSON Schema of [`door_data`].
+fn door_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["order_id", "customer_id", "total", "currency", "items", "status", "placed_at"],
+        "properties": {
+            "order_id": {"type": "string", "pattern": "^ord-[0-9]+$"},
+            "customer_id": {"type": "string"},
+            "customer_tier": {"enum": ["bronze", "silver", "gold"]},
+            "email": {"type": "string", "maxLength": 254},
+            "currency": {"type": "string", "minLength": 3, "maxLength": 3},
+            "total": {"type": "number", "minimum": 0},
+            "subtotal": {"type": "number", "minimum": 0},
+            "tax": {"type": "number", "minimum": 0},
+            "shipping": {"type": "number", "minimum": 0},
+            "discount": {"type": "number", "minimum": 0},
+            "placed_at": {"type": "string", "format": "date-time"},
+            "status": {"enum": ["new", "paid", "shipped", "cancelled"]},
+            "channel": {"type": "string"},
+            "coupon": {"type": ["string", "null"]},
+            "notes": {"type": "string", "maxLength": 1000},
+            "items": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["sku", "qty", "price"],
+                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1},
+                               "price": {"type": "number"}, "title": {"type": "string"}}}},
+            "address": {"type": "object", "required": ["city", "country"],
+                        "properties": {"street": {"type": "string"}, "city": {"type": "string"},
+                                       "zip": {"type": "string"}, "country": {"type": "string"}}},
+            "gift": {"type": "boolean"},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+            "tags": {"type": "array", "items": {"type": "string"}}
+        }
+    })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -332,6 +479,99 @@ async fn main() -> anyhow::Result<()> {
             percentile(&l, 0.99),
             l.last().copied().unwrap_or(0) as f64 / 1000.0
         );
+    }
+    if matches!(args.scenario, Scenario::Door) {
+        let put = |path: String, body: Value| {
+            let (client, key) = (client.clone(), key.clone());
+            async move {
+                let r = client
+                    .put(path)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "PUT: {}", r.text().await?);
+                anyhow::Ok(())
+            }
+        };
+        put(format!("{url}/v1/buses/plain"), json!({})).await?;
+        put(format!("{url}/v1/buses/schema"), json!({})).await?;
+        put(
+            format!("{url}/v1/buses/schema/schemas/orders"),
+            json!({"source": "shop", "type": "order.created", "mode": "enforce", "schema": door_schema()}),
+        )
+        .await?;
+        put(
+            format!("{url}/v1/buses/dedup"),
+            json!({"dedup_window_s": 300}),
+        )
+        .await?;
+        println!("door event: {} bytes", door_event(0, 1).to_string().len());
+        // Rounds in turn, so drift of the shared machine hits all alike.
+        // (bus, events/s per round, CPU µs per event per round)
+        let mut figures: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+            ("plain", vec![], vec![]),
+            ("schema", vec![], vec![]),
+            ("dedup", vec![], vec![]),
+        ];
+        for _round in 0..args.rounds {
+            for (bus, rates, cpu) in figures.iter_mut() {
+                let cpu0 = cpu_seconds();
+                let n = bench
+                    .flood_door(args.connections, args.seconds, bus, 1, 1)
+                    .await;
+                cpu.push((cpu_seconds() - cpu0) * 1e6 / n.max(1) as f64);
+                rates.push(n as f64 / args.seconds as f64);
+            }
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (plain_rate, plain_cpu) = (median(&figures[0].1), median(&figures[0].2));
+        for (bus, rates, cpu) in &figures {
+            println!(
+                "door ingest on {bus:>6}: median {:>7.0} events/s ({:.0}% of plain; rounds {:?}), \
+                 median {:>5.1} µs CPU per event (client included; {:+.1}% vs plain; rounds {:?})",
+                median(rates),
+                100.0 * median(rates) / plain_rate,
+                rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                median(cpu),
+                100.0 * (median(cpu) - plain_cpu) / plain_cpu,
+                cpu.iter().map(|c| c.round()).collect::<Vec<_>>(),
+            );
+        }
+
+        // FIFO: the same rule, unordered and ordered by 1,000 keys.
+        for (bus, ordering) in [("unordered", "none"), ("fifo", "partition_key")] {
+            put(format!("{url}/v1/buses/{bus}"), json!({})).await?;
+            put(
+                format!("{url}/v1/buses/{bus}/rules/all"),
+                json!({"pattern": {"source": ["shop"]}, "ordering": ordering,
+                       "targets": [{"id": "sink", "type": "http", "url": sink_url}]}),
+            )
+            .await?;
+            let before = sink.count.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            let cpu0 = cpu_seconds();
+            let sent = bench
+                .flood_door(args.connections, args.seconds, bus, 10, 1_000)
+                .await;
+            let drain_deadline = Instant::now() + Duration::from_secs(120);
+            while sink.count.load(Ordering::Relaxed) - before < sent
+                && Instant::now() < drain_deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let delivered = sink.count.load(Ordering::Relaxed) - before;
+            let elapsed = t0.elapsed().as_secs_f64();
+            println!(
+                "door e2e {bus:>9} (ordering {ordering}, 1,000 keys): {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered, {:.1} µs CPU per delivered event",
+                delivered as f64 / elapsed,
+                (cpu_seconds() - cpu0) * 1e6 / delivered.max(1) as f64
+            );
+        }
     }
     if matches!(args.scenario, Scenario::Plugins) {
         let put = |path: String, body: Value| {

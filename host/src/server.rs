@@ -9,6 +9,7 @@ use crate::deliver::TargetServices;
 use crate::deliver::engine::Engine;
 use crate::deliver::http::HttpClient;
 use crate::deliver::queue::QueueSignals;
+use crate::door::Door;
 use crate::plugin::PluginRuntime;
 use crate::plugin::registry::PluginHost;
 use crate::route::router::Router;
@@ -118,6 +119,14 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         settings.patterns.clone(),
     ));
     control.load().await?;
+    let door = Arc::new(Door::new(
+        catalog.clone(),
+        stores.log.clone(),
+        stores.dedup.clone(),
+        stores.schemas.clone(),
+        clock.clone(),
+    ));
+    door.registry.load().await?;
     let (admin_key_hash, generated_admin_key) =
         control.admin_key(config.admin_key.as_deref()).await?;
 
@@ -138,6 +147,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         control: control.clone(),
         catalog,
         log: stores.log.clone(),
+        door: door.clone(),
         routing: routing.clone(),
         dead_letters: stores.dead_letters.clone(),
         queues: stores.queues.clone(),
@@ -165,6 +175,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
     }
     let router = tokio::spawn(router.run(routing.clone(), shutdown_rx.clone()));
     tasks.push(tokio::spawn(engine.run_retries(shutdown_rx.clone())));
+    tasks.push(tokio::spawn(door.run_upkeep(shutdown_rx.clone())));
     tasks.push(tokio::spawn(prune_loop(
         stores.log.clone(),
         clock,

@@ -12,6 +12,7 @@ mod ops;
 mod plugins;
 mod queues;
 mod resources;
+mod schemas;
 mod tools;
 
 pub use error::ApiError;
@@ -19,6 +20,7 @@ pub use error::ApiError;
 use crate::clock::SharedClock;
 use crate::control::{Catalog, ControlPlane, hash_key};
 use crate::deliver::queue::QueueSignals;
+use crate::door::Door;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
 use crate::plugin::registry::PluginHost;
@@ -38,8 +40,11 @@ pub struct AppState {
     pub control: Arc<ControlPlane>,
     /// What handlers read: tenants, keys, buses, rules, queues, plugins.
     pub catalog: Arc<Catalog>,
-    /// The event log (ingest appends here).
+    /// The event log.
     pub log: Arc<dyn EventLog>,
+    /// The ingest door: schemas, discovery, deduplicated appends (ingest
+    /// appends through here).
+    pub door: Arc<Door>,
     /// The routing consumer (for the backlog gauge).
     pub routing: Arc<dyn LogConsumer>,
     /// Dead letters.
@@ -112,6 +117,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(resources::put_rule)
                 .get(resources::get_rule)
                 .delete(resources::delete_rule),
+        )
+        .route("/buses/{bus}/schemas", get(schemas::list_schemas))
+        .route(
+            "/buses/{bus}/schemas/{schema}",
+            put(schemas::put_schema)
+                .get(schemas::get_schema)
+                .delete(schemas::delete_schema),
+        )
+        .route(
+            "/buses/{bus}/schemas/{schema}/versions/{version}",
+            get(schemas::get_schema_version),
+        )
+        .route(
+            "/buses/{bus}/discovered-schemas",
+            get(schemas::list_discovered),
+        )
+        .route(
+            "/buses/{bus}/discovered-schemas/promote",
+            post(schemas::promote_discovered),
         )
         .route("/queues", get(queues::list_queues))
         .route(

@@ -10,6 +10,7 @@
 //! never waits on a lock while matching.
 
 use crate::deliver::{BoundTarget, Reference, TargetDirectory};
+use crate::door::{BusDirectory, DoorSettings};
 use crate::plugin::LimitsOverrides;
 use crate::plugin::registry::PluginDirectory;
 use crate::resource::PluginRecord;
@@ -22,6 +23,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone)]
 struct BusEntry {
     settings: Value,
+    /// What the ingest door reads of the settings, parsed once.
+    door: DoorSettings,
     routes: Arc<BusRoutes>,
 }
 
@@ -196,8 +199,17 @@ impl Catalog {
             .get(bus)
             .map(|b| b.routes.clone())
             .unwrap_or_default();
-        t.buses
-            .insert(bus.to_owned(), BusEntry { settings, routes });
+        let door = super::BusSettings::parse(&settings)
+            .map(|s| s.door())
+            .unwrap_or_default();
+        t.buses.insert(
+            bus.to_owned(),
+            BusEntry {
+                settings,
+                door,
+                routes,
+            },
+        );
     }
 
     /// Removes a bus and its rules.
@@ -340,6 +352,12 @@ impl RouteTable for Catalog {
     fn routes(&self, tenant: &str, bus: &str) -> Option<Arc<BusRoutes>> {
         let state = self.read();
         Some(state.tenants.get(tenant)?.buses.get(bus)?.routes.clone())
+    }
+}
+
+impl BusDirectory for Catalog {
+    fn door_settings(&self, tenant: &str, bus: &str) -> Option<DoorSettings> {
+        Some(self.read().tenants.get(tenant)?.buses.get(bus)?.door)
     }
 }
 

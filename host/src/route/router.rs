@@ -10,7 +10,9 @@
 //!
 //! Rules with plugin steps run beside the router (one task per rule and
 //! event, under the tenant's plugin slots), so a slow or spinning plugin
-//! delays only its own tenant's events, never the log as a whole.
+//! delays only its own tenant's events, never the log as a whole — except
+//! rules that keep order per partition key: their deliveries must reach
+//! the engine in log order, so their plugin steps run in line.
 
 use super::progress::{RoutingHold, RoutingProgress};
 use super::rule::{Rule, RuleTransform};
@@ -92,7 +94,8 @@ impl Router {
         let mut deliveries = Vec::new();
         for entry in entries {
             let hold = progress.hold(entry.ack);
-            self.route_one(entry.event, &hold, &mut deliveries).await;
+            self.route_one(entry.event, entry.position, &hold, &mut deliveries)
+                .await;
         }
         self.engine.dispatch(deliveries);
     }
@@ -100,6 +103,7 @@ impl Router {
     async fn route_one(
         self: &Arc<Self>,
         logged: LoggedEvent,
+        position: i64,
         hold: &RoutingHold,
         deliveries: &mut Vec<Delivery>,
     ) {
@@ -129,8 +133,8 @@ impl Router {
             let Some(rule) = routes.rules.get(&name).cloned() else {
                 continue;
             };
-            if !rule.has_plugin_steps() {
-                self.apply_rule(&logged, &rule, &event, hold, deliveries)
+            if !rule.has_plugin_steps() || rule.ordered() {
+                self.apply_rule(&logged, position, &rule, &event, hold, deliveries)
                     .await;
                 continue;
             }
@@ -139,7 +143,7 @@ impl Router {
             tokio::spawn(async move {
                 let _slot = me.plugins.tenant_slot(&logged.tenant).await;
                 let mut deliveries = Vec::new();
-                me.apply_rule(&logged, &rule, &event, &hold, &mut deliveries)
+                me.apply_rule(&logged, position, &rule, &event, &hold, &mut deliveries)
                     .await;
                 me.engine.dispatch(deliveries);
             });
@@ -150,6 +154,7 @@ impl Router {
     async fn apply_rule(
         &self,
         logged: &LoggedEvent,
+        position: i64,
         rule: &Arc<Rule>,
         event: &Arc<Event>,
         hold: &RoutingHold,
@@ -210,14 +215,18 @@ impl Router {
                 }
             }
         };
-        for item in items {
+        for (index, item) in items.into_iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
             for target in &rule.targets {
-                deliveries.push(Delivery::first(
-                    target.clone(),
-                    item.clone(),
-                    logged.ingested_ms,
-                    hold.guard(),
-                ));
+                deliveries.push(
+                    Delivery::first(
+                        target.clone(),
+                        item.clone(),
+                        logged.ingested_ms,
+                        hold.guard(),
+                    )
+                    .in_chain(position, index),
+                );
             }
         }
     }
@@ -305,9 +314,11 @@ mod tests {
                 id: "x".into(),
                 retry: RetryPolicy::default(),
                 dead_letter: true,
+                ordered: false,
                 target,
             })],
             dead_letter: true,
+            ordering: crate::route::rule::Ordering::None,
             spec: Value::Null,
         };
         let mut rules = BTreeMap::new();

@@ -76,6 +76,10 @@ pub struct LogEntry {
     pub event: LoggedEvent,
     /// What to acknowledge once the event is routed.
     pub ack: AckToken,
+    /// The entry's place in its tenant bus's log: strictly increasing in
+    /// append order (SQLite: the row's sequence; JetStream: the stream
+    /// sequence). FIFO delivery orders by it.
+    pub position: i64,
 }
 
 /// The durable log of accepted events.

@@ -73,6 +73,33 @@ struct Data {
     queues: BTreeMap<(String, String), BTreeMap<i64, Message>>,
     last_message: i64,
     faults: HashMap<FaultOp, u32>,
+    /// FIFO chains (see [`DeliveryJobs`]'s chain contract).
+    chains: Chains,
+    /// The ingest door: deduplication keys and schemas.
+    door: DoorData,
+}
+
+/// FIFO chains: only a chain's head is in `Data::jobs`.
+#[derive(Debug, Default)]
+struct Chains {
+    /// Chain name → the job id of its head.
+    heads: HashMap<String, i64>,
+    /// Chain name → the jobs behind its head, by slot.
+    waiting: HashMap<String, BTreeMap<(i64, u32), NewJob>>,
+    /// Chain name → its last finished slot.
+    done: HashMap<String, (i64, u32)>,
+}
+
+/// The ingest door's state: deduplication keys, schema versions,
+/// discovered schemas.
+#[derive(Debug, Default)]
+struct DoorData {
+    /// Key → (accepted at, window end as recorded).
+    dedup: HashMap<super::DedupKey, (Millis, Millis)>,
+    /// (tenant, bus, name) → versions, oldest first.
+    schemas: BTreeMap<(String, String, String), Vec<super::SchemaVersion>>,
+    /// (tenant, bus, source, type) → summary.
+    discovered: BTreeMap<(String, String, String, String), super::DiscoveredSchema>,
 }
 
 #[derive(Debug)]
@@ -109,7 +136,34 @@ impl Data {
         }
     }
 
+    /// Schedules a job: a chain's job becomes its head when the chain has
+    /// none, else waits behind it; a slot already scheduled or finished is
+    /// dropped.
     fn insert_job(&mut self, job: NewJob) {
+        if let (Some(chain), Some(slot)) = (job.chain_name(), job.chain.as_ref()) {
+            let order = slot.order();
+            if self
+                .chains
+                .done
+                .get(&chain)
+                .is_some_and(|done| order <= *done)
+            {
+                return;
+            }
+            if let Some(head) = self.chains.heads.get(&chain) {
+                let head_order = self.jobs.get(head).and_then(|r| r.job.chain.as_ref());
+                if head_order.is_none_or(|h| h.order() != order) {
+                    self.chains
+                        .waiting
+                        .entry(chain)
+                        .or_default()
+                        .entry(order)
+                        .or_insert(job);
+                }
+                return;
+            }
+            self.chains.heads.insert(chain, self.last_job + 1);
+        }
         self.last_job += 1;
         self.jobs.insert(
             self.last_job,
@@ -119,6 +173,51 @@ impl Data {
                 token: 0,
             },
         );
+    }
+
+    /// Removes a job; a chain's head hands over to the next waiting job.
+    /// Returns whether a waiting job became leasable.
+    fn remove_job(&mut self, id: i64) -> bool {
+        let Some(row) = self.jobs.remove(&id) else {
+            return false;
+        };
+        let (Some(chain), Some(slot)) = (row.job.chain_name(), row.job.chain.as_ref()) else {
+            return false;
+        };
+        self.chains.heads.remove(&chain);
+        let done = self
+            .chains
+            .done
+            .entry(chain.clone())
+            .or_insert(slot.order());
+        *done = (*done).max(slot.order());
+        let next = self
+            .chains
+            .waiting
+            .get_mut(&chain)
+            .and_then(|w| w.pop_first());
+        if self
+            .chains
+            .waiting
+            .get(&chain)
+            .is_some_and(BTreeMap::is_empty)
+        {
+            self.chains.waiting.remove(&chain);
+        }
+        match next {
+            Some((_, job)) => {
+                self.insert_job(job);
+                true
+            }
+            None => {
+                // Empty: the finished slot matters only while the router
+                // could route that entry again (until the cursor passes it).
+                if slot.position <= self.routed {
+                    self.chains.done.remove(&chain);
+                }
+                false
+            }
+        }
     }
 
     /// The row a lease refers to, if the lease is still the current one.
@@ -150,9 +249,11 @@ impl MemoryStore {
         self.data().faults.insert(op, times);
     }
 
-    /// Jobs scheduled (leased or not): for tests.
+    /// Jobs scheduled (leased or not, chain heads and the jobs waiting
+    /// behind them): for tests.
     pub fn job_count(&self) -> usize {
-        self.data().jobs.len()
+        let d = self.data();
+        d.jobs.len() + d.chains.waiting.values().map(BTreeMap::len).sum::<usize>()
     }
 
     fn data(&self) -> MutexGuard<'_, Data> {
@@ -286,6 +387,11 @@ impl EventLog for MemoryStore {
         for seq in &doomed {
             d.log.remove(seq);
         }
+        // Finished slots of empty chains the cursor has passed.
+        let Data { chains, routed, .. } = &mut *d;
+        chains
+            .done
+            .retain(|chain, done| done.0 > *routed || chains.heads.contains_key(chain));
         Ok(doomed.len() as u64)
     }
 }
@@ -314,6 +420,7 @@ impl MemoryConsumer {
             .map(|(seq, e)| LogEntry {
                 event: e.clone(),
                 ack: AckToken::seq(*seq),
+                position: *seq,
             })
             .collect();
         for e in &entries {
@@ -427,8 +534,10 @@ impl DeliveryJobs for MemoryStore {
     }
 
     async fn ack_job(&self, lease: &JobLease) -> StoreResult<()> {
-        if let LeaseRepr::Row { id, .. } = lease.0 {
-            self.data().jobs.remove(&id);
+        if let LeaseRepr::Row { id, .. } = lease.0
+            && self.data().remove_job(id)
+        {
+            self.inner.jobs_changed.notify_waiters();
         }
         Ok(())
     }
@@ -486,8 +595,10 @@ impl DeliveryJobs for MemoryStore {
         let now = self.now();
         let mut d = self.data();
         d.fault(FaultOp::DeadLetter)?;
-        if let Some(JobLease(LeaseRepr::Row { id, .. })) = lease {
-            d.jobs.remove(id);
+        if let Some(JobLease(LeaseRepr::Row { id, .. })) = lease
+            && d.remove_job(*id)
+        {
+            self.inner.jobs_changed.notify_waiters();
         }
         d.last_dead += 1;
         let id = d.last_dead;
@@ -597,6 +708,7 @@ impl DeadLetters for MemoryStore {
                         ingested_ms: now,
                         due_ms: now,
                         last_error: None,
+                        chain: None,
                     });
                 }
             }
@@ -710,5 +822,150 @@ impl Queues for MemoryStore {
             .queues
             .remove(&(tenant.to_owned(), queue.to_owned()));
         Ok(())
+    }
+}
+
+// ---- The ingest door: deduplicated appends and the schema registry ------
+
+#[async_trait]
+impl super::DedupLog for MemoryStore {
+    async fn append_deduplicated(
+        &self,
+        events: Vec<super::AdmittedEvent>,
+    ) -> StoreResult<Vec<super::Appended>> {
+        let (answers, last) = {
+            let mut d = self.data();
+            d.fault(FaultOp::Append)?;
+            let mut answers = Vec::with_capacity(events.len());
+            for super::AdmittedEvent { event, dedup } in events {
+                if let Some(dedup) = dedup {
+                    let seen = d.door.dedup.get(&dedup.key).map(|(at, _)| *at);
+                    if seen.is_some_and(|at| at > event.ingested_ms - dedup.window_ms) {
+                        answers.push(super::Appended::Duplicate);
+                        continue;
+                    }
+                    d.door.dedup.insert(
+                        dedup.key,
+                        (event.ingested_ms, event.ingested_ms + dedup.window_ms),
+                    );
+                }
+                d.last_seq += 1;
+                let seq = d.last_seq;
+                d.log.insert(seq, event);
+                answers.push(super::Appended::New);
+            }
+            (answers, d.last_seq)
+        };
+        self.inner.appended.send_replace(last);
+        Ok(answers)
+    }
+
+    async fn prune_dedup_keys(&self, now: Millis) -> StoreResult<u64> {
+        let mut d = self.data();
+        let before = d.door.dedup.len();
+        d.door.dedup.retain(|_, (_, expires)| *expires >= now);
+        Ok((before - d.door.dedup.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl super::SchemaStore for MemoryStore {
+    async fn add_schema_version(&self, version: super::SchemaVersion) -> StoreResult<()> {
+        let mut d = self.data();
+        let key = (
+            version.tenant.clone(),
+            version.bus.clone(),
+            version.name.clone(),
+        );
+        let versions = d.door.schemas.entry(key).or_default();
+        if version.version as usize != versions.len() + 1 {
+            return Err(StoreError::Conflict("that schema version".into()));
+        }
+        versions.push(version);
+        Ok(())
+    }
+
+    async fn schema_versions(
+        &self,
+        tenant: &str,
+        bus: &str,
+        name: &str,
+    ) -> StoreResult<Vec<super::SchemaVersion>> {
+        let key = (tenant.to_owned(), bus.to_owned(), name.to_owned());
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .get(&key)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn latest_schema_versions(&self) -> StoreResult<Vec<super::SchemaVersion>> {
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .values()
+            .filter_map(|versions| versions.last().cloned())
+            .collect())
+    }
+
+    async fn delete_schema(&self, tenant: &str, bus: &str, name: &str) -> StoreResult<bool> {
+        let key = (tenant.to_owned(), bus.to_owned(), name.to_owned());
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .remove(&key)
+            .is_some_and(|v| !v.is_empty()))
+    }
+
+    async fn discovered_schemas(
+        &self,
+        tenant: &str,
+        bus: &str,
+    ) -> StoreResult<Vec<super::DiscoveredSchema>> {
+        Ok(self
+            .data()
+            .door
+            .discovered
+            .values()
+            .filter(|s| s.tenant == tenant && s.bus == bus)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_discovered_schema(
+        &self,
+        mut schema: super::DiscoveredSchema,
+    ) -> StoreResult<Option<u64>> {
+        let mut d = self.data();
+        let key = (
+            schema.tenant.clone(),
+            schema.bus.clone(),
+            schema.source.clone(),
+            schema.event_type.clone(),
+        );
+        let current = d.door.discovered.get(&key).map_or(0, |s| s.revision);
+        if current != schema.revision {
+            return Ok(None);
+        }
+        schema.revision += 1;
+        let revision = schema.revision;
+        d.door.discovered.insert(key, schema);
+        Ok(Some(revision))
+    }
+
+    async fn delete_bus_schemas(&self, tenant: &str, bus: &str) -> StoreResult<u64> {
+        let mut d = self.data();
+        let before = d.door.schemas.len() + d.door.discovered.len();
+        d.door
+            .schemas
+            .retain(|(t, b, _), _| !(t == tenant && b == bus));
+        d.door
+            .discovered
+            .retain(|(t, b, _, _), _| !(t == tenant && b == bus));
+        Ok((before - d.door.schemas.len() - d.door.discovered.len()) as u64)
     }
 }

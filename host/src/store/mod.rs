@@ -10,6 +10,8 @@
 //! | [`DeliveryJobs`] | enqueue, lease due jobs (waiting), ack, retry, extend    | [`jobs`]          |
 //! | [`DeadLetters`]  | list, read, delete, redrive                              | [`dead_letters`]  |
 //! | [`Queues`]       | push, receive with visibility timeout, ack, depth, purge | [`queues`]        |
+//! | [`DedupLog`]     | append unless accepted within the bus's window (atomic)  | [`dedup`]         |
+//! | [`SchemaStore`]  | schema versions; discovered schemas (compare-and-set)    | [`schemas`]       |
 //!
 //! Positions, job leases, dead-letter ids and queue receipts are opaque to
 //! callers: SQLite uses row ids and sequence numbers where a JetStream
@@ -29,12 +31,14 @@
 
 pub mod config;
 pub mod dead_letters;
+pub mod dedup;
 pub mod failure;
 pub mod jobs;
 pub mod log;
 pub mod memory;
 pub mod nats;
 pub mod queues;
+pub mod schemas;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -45,10 +49,12 @@ pub use self::config::{
     TenantRecord,
 };
 pub use self::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetters};
+pub use self::dedup::{AdmittedEvent, Appended, Dedup, DedupKey, DedupLog};
 pub use self::failure::{AttemptError, Exhausted, FailureCode};
-pub use self::jobs::{DeliveryJobs, JobLease, LeasedJob, NewJob};
+pub use self::jobs::{ChainSlot, DeliveryJobs, JobLease, LeasedJob, NewJob};
 pub use self::log::{AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, NewEvent};
 pub use self::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
+pub use self::schemas::{DiscoveredSchema, SchemaStore, SchemaVersion};
 pub use crate::clock::Millis;
 
 use std::sync::Arc;
@@ -75,9 +81,15 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A backend that answers every store interface.
-pub trait Backend: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues {}
+pub trait Backend:
+    ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues + DedupLog + SchemaStore
+{
+}
 
-impl<T: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues> Backend for T {}
+impl<T> Backend for T where
+    T: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues + DedupLog + SchemaStore
+{
+}
 
 /// The store interfaces of one backend, each as its own handle, so every
 /// part of the bus holds only the verbs it uses.
@@ -93,6 +105,10 @@ pub struct Stores {
     pub dead_letters: Arc<dyn DeadLetters>,
     /// Pull queues.
     pub queues: Arc<dyn Queues>,
+    /// Deduplicated appends (the ingest door).
+    pub dedup: Arc<dyn DedupLog>,
+    /// Registered and discovered schemas.
+    pub schemas: Arc<dyn SchemaStore>,
 }
 
 impl Stores {
@@ -103,7 +119,9 @@ impl Stores {
             log: backend.clone(),
             jobs: backend.clone(),
             dead_letters: backend.clone(),
-            queues: backend,
+            queues: backend.clone(),
+            dedup: backend.clone(),
+            schemas: backend,
         }
     }
 }

@@ -243,6 +243,7 @@ impl NatsLogConsumer {
                         ingested_ms: meta.ingested_ms,
                     },
                     ack: AckToken::seq(i64::try_from(seq).unwrap_or(i64::MAX)),
+                    position: i64::try_from(seq).unwrap_or(i64::MAX),
                 })
             }
             Err(e) => {

@@ -59,7 +59,7 @@ impl Tail {
     }
 
     /// Adds newly committed events (in position order), then announces them.
-    fn publish(&self, events: Vec<(Seq, LoggedEvent)>) {
+    pub(super) fn publish(&self, events: Vec<(Seq, LoggedEvent)>) {
         let Some(&(last, _)) = events.last() else {
             return;
         };
@@ -188,6 +188,7 @@ impl EventLog for SqliteStore {
             let n = tx
                 .prepare_cached("DELETE FROM events WHERE seq <= ? AND ingested_ms < ?")?
                 .execute(params![cursor, before])?;
+            super::jobs::prune_chains(tx)?;
             Ok(n as u64)
         })
         .await
@@ -236,6 +237,7 @@ impl LogConsumer for SqliteConsumer {
                         LogEntry {
                             event,
                             ack: AckToken::seq(seq),
+                            position: seq,
                         }
                     })
                     .collect());

@@ -18,15 +18,18 @@
 //! immediately instead of waiting for the dead process's leases to run out.
 //!
 //! The interfaces live one per file: [`config`], [`log`] (with the in-memory
-//! tail of recent events), [`jobs`], [`dead_letters`], [`queues`]; the
-//! schema and its migrations in [`schema`].
+//! tail of recent events), [`jobs`], [`dead_letters`], [`queues`],
+//! [`dedup`] (deduplicated appends) and [`schemas`] (the schema registry);
+//! the schema and its migrations in [`schema`].
 
 mod config;
 mod dead_letters;
+mod dedup;
 mod jobs;
 mod log;
 mod queues;
 mod schema;
+mod schemas;
 #[cfg(test)]
 mod tests;
 

@@ -55,11 +55,48 @@ DROP INDEX IF EXISTS jobs_due;
 CREATE INDEX jobs_ready ON jobs (MAX(due_ms, lease_until), id);
 "#;
 
-/// Every version's step, in order: entry `i` brings a file to version `i + 1`.
-const STEPS: [&str; 2] = [V1, V2];
+/// Version 4 (the ingest door, issue 11): the schema registry (versions
+/// and discovered summaries), the deduplication keys of the buses' windows
+/// (a 16-byte digest each, without rowid: one b-tree, plus the expiry
+/// index pruning needs), and FIFO chains — the chain slot of a job, the
+/// jobs waiting behind their chain's head, and each chain's last finished
+/// slot. (Version 3 belongs to the history work, issue 10; a file may skip
+/// a number its build does not have.)
+const V4: &str = r#"
+CREATE TABLE schema_versions (
+    tenant TEXT NOT NULL, bus TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    spec TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, bus, name, version)) WITHOUT ROWID;
+CREATE TABLE discovered_schemas (
+    tenant TEXT NOT NULL, bus TEXT NOT NULL, source TEXT NOT NULL, type TEXT NOT NULL,
+    summary TEXT NOT NULL, revision INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, bus, source, type));
+CREATE TABLE dedup_keys (
+    key BLOB PRIMARY KEY, accepted_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX dedup_keys_expiry ON dedup_keys (expires_ms);
+ALTER TABLE jobs ADD COLUMN chain TEXT;
+ALTER TABLE jobs ADD COLUMN chain_key TEXT;
+ALTER TABLE jobs ADD COLUMN chain_pos INTEGER;
+ALTER TABLE jobs ADD COLUMN chain_sub INTEGER;
+CREATE UNIQUE INDEX jobs_chain_head ON jobs (chain) WHERE chain IS NOT NULL;
+CREATE TABLE waiting_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    rule TEXT NOT NULL, target TEXT NOT NULL, event_id TEXT NOT NULL, event BLOB NOT NULL,
+    body TEXT, attempts INTEGER NOT NULL, ingested_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+    error_code TEXT, error_message TEXT, last_status INTEGER,
+    chain TEXT NOT NULL, chain_key TEXT NOT NULL, chain_pos INTEGER NOT NULL, chain_sub INTEGER NOT NULL);
+CREATE UNIQUE INDEX waiting_jobs_chain ON waiting_jobs (chain, chain_pos, chain_sub);
+CREATE TABLE chains (
+    chain TEXT PRIMARY KEY, done_pos INTEGER NOT NULL, done_sub INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
+/// Every version's step, in order: `(version, step)` brings a file from
+/// the version before it to `version`. Numbers may skip (a step another
+/// line of work adds later slots into its place).
+const STEPS: [(i64, &str); 3] = [(1, V1), (2, V2), (4, V4)];
 
 /// The schema version this build writes.
-pub(super) const CURRENT: i64 = STEPS.len() as i64;
+pub(super) const CURRENT: i64 = STEPS[STEPS.len() - 1].0;
 
 /// Brings the file to [`CURRENT`] in one transaction.
 pub(super) fn migrate(conn: &mut Connection, dir: &Path) -> Result<(), OpenError> {
@@ -77,9 +114,9 @@ pub(super) fn migrate(conn: &mut Connection, dir: &Path) -> Result<(), OpenError
         return Ok(());
     }
     let tx = conn.transaction().context("starting the migration")?;
-    for (i, step) in STEPS.iter().enumerate().skip(found.max(0) as usize) {
+    for (version, step) in STEPS.iter().filter(|(v, _)| *v > found) {
         tx.execute_batch(step)
-            .with_context(|| format!("migrating the schema to version {}", i + 1))?;
+            .with_context(|| format!("migrating the schema to version {version}"))?;
     }
     tx.pragma_update(None, "user_version", CURRENT)
         .context("recording the schema version")?;

@@ -306,6 +306,7 @@ async fn a_reopen_makes_leased_jobs_due_at_once() {
             ingested_ms: T0,
             due_ms: T0,
             last_error: None,
+            chain: None,
         };
         store.enqueue(vec![job]).await.unwrap();
         let leased = store
