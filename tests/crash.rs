@@ -235,7 +235,9 @@ async fn load_in_batches(
                 i += 1;
                 let batch: Vec<serde_json::Value> = ids
                     .iter()
-                    .map(|id| json!({"specversion": "1.0", "id": id, "source": "load", "type": "t"}))
+                    .map(
+                        |id| json!({"specversion": "1.0", "id": id, "source": "load", "type": "t"}),
+                    )
                     .collect();
                 let sent = client
                     .post(format!("{url}/v1/buses/default/events"))

@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod deliver;
 pub mod event;
+pub mod history;
 pub mod ingest;
 pub mod net;
 pub mod pattern;

@@ -43,6 +43,7 @@ fn new_event(tenant: &str, bus: &str, event: &Event, now: i64) -> NewEvent {
         event_id: event.id().to_owned(),
         body: Bytes::from(event.to_json_bytes()),
         ingested_ms: now,
+        ..Default::default()
     }
 }
 

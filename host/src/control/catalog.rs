@@ -48,6 +48,8 @@ struct Tenants {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<Tenants>,
+    /// Per bus: tracing and archives (see [`super::history`]).
+    pub(super) history: super::history::HistoryIndex,
 }
 
 /// A summary of a tenant for the admin API.
@@ -196,13 +198,16 @@ impl Catalog {
             .get(bus)
             .map(|b| b.routes.clone())
             .unwrap_or_default();
+        let traced = super::BusSettings::parse(&settings).map_or(true, |s| s.trace);
         t.buses
             .insert(bus.to_owned(), BusEntry { settings, routes });
+        self.history.set_traced(tenant, bus, traced);
     }
 
     /// Removes a bus and its rules.
     pub(super) fn delete_bus(&self, tenant: &str, bus: &str) -> bool {
         let mut state = self.write();
+        self.history.delete_bus(tenant, bus);
         state
             .tenants
             .get_mut(tenant)

@@ -5,10 +5,22 @@ use crate::resource::{Fields, Problems};
 use serde_json::Value;
 
 /// A bus's settings.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BusSettings {
     /// Free text.
     pub description: Option<String>,
+    /// Whether each event gets a trace ("where did my event go?"); on
+    /// unless the bus says `"trace": false`.
+    pub trace: bool,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            description: None,
+            trace: true,
+        }
+    }
 }
 
 /// A queue's settings.
@@ -32,9 +44,14 @@ fn description_only(value: &Value, what: &str) -> Result<Option<String>, Problem
 impl BusSettings {
     /// Reads bus settings; every problem is reported.
     pub fn parse(value: &Value) -> Result<Self, Problems> {
-        Ok(Self {
-            description: description_only(value, "a bus body")?,
-        })
+        let mut problems = Problems::new();
+        let mut settings = Self::default();
+        if let Some(mut f) = Fields::of(value, "", "a bus body", &mut problems) {
+            f.deny_unknown(&["description", "trace"]);
+            settings.description = f.optional::<String>("description");
+            settings.trace = f.optional::<bool>("trace").unwrap_or(true);
+        }
+        problems.finish().map(|()| settings)
     }
 }
 
@@ -57,9 +74,12 @@ mod tests {
         assert_eq!(
             BusSettings::parse(&json!({"description": "orders"})).unwrap(),
             BusSettings {
-                description: Some("orders".into())
+                description: Some("orders".into()),
+                trace: true,
             }
         );
+        assert!(!BusSettings::parse(&json!({"trace": false})).unwrap().trace);
+        assert!(BusSettings::parse(&json!({"trace": 1})).is_err());
         let p = BusSettings::parse(&json!({"description": 5, "colour": "red"})).unwrap_err();
         let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["colour", "description"]);

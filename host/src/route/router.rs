@@ -323,6 +323,7 @@ mod tests {
             event_id: id.into(),
             body: Bytes::from(body.to_string()),
             ingested_ms: 1,
+            ..Default::default()
         }
     }
 

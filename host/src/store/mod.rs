@@ -1,6 +1,6 @@
 //! The durable store, behind the bus's own verbs.
 //!
-//! The rest of the bus never speaks SQL (or JetStream): it talks to five
+//! The rest of the bus never speaks SQL (or JetStream): it talks to a few
 //! small interfaces, each shaped so that more than one backend can answer it.
 //!
 //! | interface        | verbs                                                   | file              |
@@ -10,6 +10,9 @@
 //! | [`DeliveryJobs`] | enqueue, lease due jobs (waiting), ack, retry, extend    | [`jobs`]          |
 //! | [`DeadLetters`]  | list, read, delete, redrive                              | [`dead_letters`]  |
 //! | [`Queues`]       | push, receive with visibility timeout, ack, depth, purge | [`queues`]        |
+//! | [`Archives`]     | archive stats, read a window in order, expire, purge     | [`archives`]      |
+//! | [`Traces`]       | record, add facts, look up, search, expire               | [`traces`]        |
+//! | [`Replays`]      | replay records, append-with-progress                     | [`replays`]       |
 //!
 //! Positions, job leases, dead-letter ids and queue receipts are opaque to
 //! callers: SQLite uses row ids and sequence numbers where a JetStream
@@ -26,6 +29,7 @@
 //! Both pass the same conformance suite (`store::testing`, run by each
 //! backend's unit tests).
 
+pub mod archives;
 pub mod config;
 pub mod dead_letters;
 pub mod failure;
@@ -33,11 +37,16 @@ pub mod jobs;
 pub mod log;
 pub mod memory;
 pub mod queues;
+pub mod replays;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod traces;
 mod watermark;
 
+pub use self::archives::{
+    ArchiveId, ArchivePosition, ArchiveStats, ArchivedEvent, Archives, Window,
+};
 pub use self::config::{
     ConfigSnapshot, ConfigStore, KeyRecord, Resource, ResourceKind, TenantRecord,
 };
@@ -46,6 +55,10 @@ pub use self::failure::{AttemptError, Exhausted, FailureCode};
 pub use self::jobs::{DeliveryJobs, JobLease, LeasedJob, NewJob};
 pub use self::log::{AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, NewEvent};
 pub use self::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
+pub use self::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};
+pub use self::traces::{
+    Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceState, TraceSummary, Traces,
+};
 pub use crate::clock::Millis;
 
 use std::sync::Arc;
@@ -72,9 +85,15 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A backend that answers every store interface.
-pub trait Backend: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues {}
+pub trait Backend:
+    ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues + Archives + Traces + Replays
+{
+}
 
-impl<T: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues> Backend for T {}
+impl<T> Backend for T where
+    T: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues + Archives + Traces + Replays
+{
+}
 
 /// The store interfaces of one backend, each as its own handle, so every
 /// part of the bus holds only the verbs it uses.
@@ -90,6 +109,12 @@ pub struct Stores {
     pub dead_letters: Arc<dyn DeadLetters>,
     /// Pull queues.
     pub queues: Arc<dyn Queues>,
+    /// Archive contents.
+    pub archives: Arc<dyn Archives>,
+    /// Per-event traces.
+    pub traces: Arc<dyn Traces>,
+    /// Replay records.
+    pub replays: Arc<dyn Replays>,
 }
 
 impl Stores {
@@ -100,7 +125,10 @@ impl Stores {
             log: backend.clone(),
             jobs: backend.clone(),
             dead_letters: backend.clone(),
-            queues: backend,
+            queues: backend.clone(),
+            archives: backend.clone(),
+            traces: backend.clone(),
+            replays: backend,
         }
     }
 }

@@ -207,6 +207,7 @@ fn event(tenant: &str, bus: &str, id: &str, ingested_ms: Millis) -> NewEvent {
         event_id: id.into(),
         body: Bytes::from(format!(r#"{{"id":"{id}","source":"test"}}"#)),
         ingested_ms,
+        ..Default::default()
     }
 }
 
