@@ -38,6 +38,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod history;
+use self::history::*;
+
 /// The time every check starts at.
 pub(crate) const T0: Millis = 1_700_000_000_000;
 
@@ -153,6 +156,15 @@ pub(crate) async fn conformance(make: impl MakeStore) {
         queues_ack_needs_the_current_receipt,
         queues_depths_and_purge,
         queues_are_isolated_by_tenant,
+        archives_copies_are_written_with_the_append,
+        archives_read_a_window_in_order_and_resume,
+        archives_expire_and_purge_in_chunks,
+        traces_unrouted_events_are_in_flight,
+        traces_facts_before_and_after_the_record,
+        traces_search_filters_and_pages,
+        traces_expire_by_age_and_cap,
+        replays_records_and_states,
+        replays_append_with_progress_until_cancelled,
     );
 }
 
@@ -171,6 +183,7 @@ pub(crate) async fn durability(open: impl OpenAtDir, single_node: bool) {
     check!(
         durable_data_survives_reopen,
         durable_unacknowledged_entries_come_back,
+        durable_history_survives_reopen,
     );
     if single_node {
         check!(durable_reopen_ends_every_lease);
