@@ -40,6 +40,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// The event log (ingest appends here).
     pub log: Arc<dyn EventLog>,
+    /// Archives, traces and replays.
+    pub history: crate::history::HistoryServices,
     /// The routing consumer (for the backlog gauge).
     pub routing: Arc<dyn LogConsumer>,
     /// Dead letters.

@@ -23,14 +23,21 @@
 //! Isolation: each target has its own in-flight cap (calls in progress), so
 //! a slow or dead target fills only its own slots; its surplus waits in the
 //! store while every other target keeps its full speed.
+//!
+//! Traces: a first attempt records its outcome in its event's trace slot
+//! (memory; written with the routing record); retries, dead letters and
+//! drops become facts for the [`TraceSink`] (batched, never awaited).
 
 use super::retry::Next;
 use super::target::{BoundTarget, Item, TargetDirectory};
 use super::{Failure, Outcome};
 use crate::clock::{Millis, SharedClock, millis};
 use crate::event::Event;
+use crate::history::{TargetSlot, TraceSink};
+use crate::store::traces::{AttemptRecord, TargetState, TraceError};
 use crate::store::{
-    AttemptError, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, NewJob,
+    AttemptError, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, NewJob, TraceFact,
+    TraceKey,
 };
 use crate::telemetry;
 use std::collections::{HashMap, HashSet};
@@ -92,6 +99,8 @@ pub struct Delivery {
     /// When the event was accepted (the age limit counts from here).
     pub ingested_ms: Millis,
     origin: Origin,
+    /// Where a first attempt records itself in its event's trace.
+    trace: Option<TargetSlot>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -120,7 +129,14 @@ impl Delivery {
             attempts: 0,
             ingested_ms,
             origin: Origin::First(done),
+            trace: None,
         }
+    }
+
+    /// The same delivery, recording its first attempt in `slot`.
+    pub fn traced(mut self, slot: Option<TargetSlot>) -> Self {
+        self.trace = slot;
+        self
     }
 
     /// The delivery as a job to store.
@@ -189,6 +205,8 @@ pub struct Engine {
     in_flight: Mutex<HashMap<TargetKey, usize>>,
     /// Leases of attempts in progress, renewed by the heartbeat.
     leased: Mutex<HashSet<JobLease>>,
+    /// Where facts for traces go (none: nothing is traced).
+    traces: Option<TraceSink>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -252,6 +270,28 @@ impl Engine {
             config,
             in_flight: Mutex::new(HashMap::new()),
             leased: Mutex::new(HashSet::new()),
+            traces: None,
+        }
+    }
+
+    /// The engine, reporting what happens to deliveries to `sink`.
+    pub fn with_traces(mut self, sink: TraceSink) -> Self {
+        self.traces = Some(sink);
+        self
+    }
+
+    /// Queues a trace fact about a job's event.
+    fn fact(&self, job: &NewJob, fact: TraceFact) {
+        if let Some(sink) = &self.traces {
+            sink.fact(
+                TraceKey {
+                    tenant: job.tenant.clone(),
+                    bus: job.bus.clone(),
+                    event_id: job.event_id.clone(),
+                    received_ms: None,
+                },
+                fact,
+            );
         }
     }
 
@@ -310,7 +350,13 @@ impl Engine {
     async fn attempt(&self, batch: Vec<Delivery>) {
         let target = batch[0].target.clone();
         let items: Vec<Item> = batch.iter().map(|d| d.item.clone()).collect();
+        let at_ms = self.clock.now_ms();
+        let started = tokio::time::Instant::now();
         let mut outcomes = target.target.send(&items).await;
+        let took = Took {
+            at_ms,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
         if outcomes.len() != batch.len() {
             tracing::error!(
                 kind = target.target.kind(),
@@ -329,7 +375,7 @@ impl Engine {
         let mut new_jobs = Vec::new();
         let mut guards = Vec::new();
         for (d, outcome) in batch.into_iter().zip(outcomes) {
-            if let Some(job) = self.settle(&d, outcome).await {
+            if let Some(job) = self.settle(&d, outcome, took).await {
                 new_jobs.push(job);
             }
             guards.push(d);
@@ -341,14 +387,62 @@ impl Engine {
         drop(guards);
     }
 
+    /// Records an attempt in its event's trace: in memory for a first
+    /// attempt, as a fact for a retry.
+    fn trace_attempt(&self, d: &Delivery, outcome: &Outcome, next: &Next, took: Took) {
+        let wanted = d.trace.is_some()
+            || self
+                .traces
+                .as_ref()
+                .is_some_and(|s| s.wants(&d.target.tenant, &d.target.bus));
+        if !wanted {
+            return;
+        }
+        let state = match next {
+            Next::Done => TargetState::Delivered,
+            Next::RetryIn(_) => TargetState::Retrying,
+            Next::GiveUp(_) if d.target.dead_letter => TargetState::DeadLettered,
+            Next::GiveUp(_) => TargetState::Dropped,
+        };
+        let (status, error) = match outcome {
+            Outcome::Delivered { status } => (*status, None),
+            Outcome::Retry(f) | Outcome::Permanent(f) => (
+                f.status,
+                Some(TraceError {
+                    code: f.code.as_str().to_owned(),
+                    message: f.message.clone(),
+                }),
+            ),
+        };
+        let record = AttemptRecord {
+            at_ms: took.at_ms,
+            duration_ms: took.duration_ms,
+            status,
+            error,
+        };
+        match &d.trace {
+            Some(slot) => slot.attempt(record, state),
+            None => self.fact(
+                &d.job(d.attempts, 0, None),
+                TraceFact::Attempt {
+                    rule: d.target.rule.clone(),
+                    target: d.target.id.clone(),
+                    attempt: record,
+                    next: state,
+                },
+            ),
+        }
+    }
+
     /// Records one delivery's outcome; returns the job to store when a first
     /// attempt must be retried later.
-    async fn settle(&self, d: &Delivery, outcome: Outcome) -> Option<NewJob> {
+    async fn settle(&self, d: &Delivery, outcome: Outcome, took: Took) -> Option<NewJob> {
         let attempts = d.attempts + 1;
         let now = self.clock.now_ms();
         let labels = [("tenant", d.target.tenant.clone())];
         let age = Duration::from_millis(u64::try_from(now - d.ingested_ms).unwrap_or(0));
         let next = d.target.retry.after(&outcome, attempts, age);
+        self.trace_attempt(d, &outcome, &next, took);
         match (next, outcome) {
             (Next::Done, _) => {
                 telemetry::delivered(&labels, now - d.ingested_ms);
@@ -406,14 +500,22 @@ impl Engine {
                 self.jobs
                     .dead_letter(lease, job.clone(), exhausted)
                     .await
-                    .map(|_| ())
+                    .map(Some)
             } else if let Some(lease) = lease {
-                self.jobs.ack_job(lease).await
+                self.jobs.ack_job(lease).await.map(|()| None)
             } else {
-                Ok(())
+                Ok(None)
             };
             match result {
-                Ok(()) => return,
+                Ok(letter) => {
+                    let (rule, target) = (job.rule.clone(), job.target.clone());
+                    let fact = match letter {
+                        Some(id) => TraceFact::DeadLettered { rule, target, id },
+                        None => TraceFact::Dropped { rule, target },
+                    };
+                    self.fact(&job, fact);
+                    return;
+                }
                 Err(e) if lease.is_some() => {
                     // A stored job stays leased and comes back after its lease.
                     tracing::error!(error = %e, "cannot record a dead letter; the job will be retried");
@@ -540,6 +642,7 @@ impl Engine {
                 attempts: job.attempts,
                 ingested_ms: job.ingested_ms,
                 origin: Origin::Job(lease),
+                trace: None,
             });
         }
         for batch in batches(deliveries) {
@@ -580,6 +683,13 @@ impl Engine {
             leases,
         }
     }
+}
+
+/// When an attempt started and how long the target took.
+#[derive(Clone, Copy, Debug)]
+struct Took {
+    at_ms: Millis,
+    duration_ms: u64,
 }
 
 /// Groups deliveries by target (keeping their order within each target)

@@ -24,5 +24,39 @@ pub mod table;
 pub mod trace;
 
 pub use self::replay::{ReplayError, ReplayLimits, Replayer};
+pub use self::retention::RetentionSettings;
 pub use self::table::{ArchiveEntry, BusHistory, HistoryTable};
 pub use self::trace::{EventTrace, TargetSlot, TraceSink};
+
+use crate::store::{Archives, Replays, Traces};
+use std::sync::Arc;
+
+/// What the history API works with.
+#[derive(Clone)]
+pub struct HistoryServices {
+    /// Archive contents.
+    pub archives: Arc<dyn Archives>,
+    /// Traces.
+    pub traces: Arc<dyn Traces>,
+    /// Replay records.
+    pub replays: Arc<dyn Replays>,
+    /// Runs replays.
+    pub replayer: Arc<Replayer>,
+    /// Trace facts (redrives).
+    pub sink: TraceSink,
+}
+
+impl std::fmt::Debug for HistoryServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryServices").finish_non_exhaustive()
+    }
+}
+
+/// History settings, from `[history]`.
+#[derive(Clone, Debug)]
+pub struct HistorySettings {
+    /// Trace retention and the sweep.
+    pub retention: RetentionSettings,
+    /// Replay limits per tenant.
+    pub replays: ReplayLimits,
+}

@@ -15,10 +15,8 @@
 //! the trace.
 
 use super::table::HistoryTable;
-use crate::event::Event;
 use crate::store::traces::{
-    AttemptRecord, PluginRun, REPLAY_EXTENSION, RuleOutcome, RuleTrace, TargetState, TraceBody,
-    TraceError,
+    AttemptRecord, PluginRun, RuleOutcome, RuleTrace, TargetState, TraceBody, TraceError,
 };
 use crate::store::{AttemptError, LoggedEvent, Trace, TraceFact, TraceKey, TraceState, Traces};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,25 +39,21 @@ pub struct EventTrace {
 }
 
 impl EventTrace {
-    /// Starts the trace of a log entry (the router has parsed its event).
-    pub fn start(logged: &LoggedEvent, event: &Event) -> Arc<Self> {
-        let text = |k: &str| {
-            event
-                .as_map()
-                .get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let replay = Some(text(REPLAY_EXTENSION)).filter(|r| !r.is_empty());
+    /// Starts the trace of a log entry, with the attributes the router read.
+    pub fn start(
+        logged: &LoggedEvent,
+        source: String,
+        event_type: String,
+        replay: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             trace: Mutex::new(Some(Trace {
                 tenant: logged.tenant.clone(),
                 bus: logged.bus.clone(),
                 event_id: logged.event_id.clone(),
                 received_ms: logged.ingested_ms,
-                source: text("source"),
-                event_type: text("type"),
+                source,
+                event_type,
                 size_bytes: logged.body.len() as u64,
                 event: logged.body.clone(),
                 replay,
@@ -200,9 +194,14 @@ impl TraceSink {
         (sink, tokio::spawn(write_facts(traces, rx)))
     }
 
+    /// Whether facts about `tenant`'s bus `bus` are wanted (it traces).
+    pub fn wants(&self, tenant: &str, bus: &str) -> bool {
+        self.table.traced(tenant, bus)
+    }
+
     /// Queues a fact about an event of a traced bus (others are ignored).
     pub fn fact(&self, key: TraceKey, fact: TraceFact) {
-        if !self.table.traced(&key.tenant, &key.bus) {
+        if !self.wants(&key.tenant, &key.bus) {
             return;
         }
         if self.tx.try_send((key, fact)).is_err() {
