@@ -7,6 +7,7 @@
 mod admin;
 mod error;
 mod events;
+mod history;
 mod openapi;
 mod ops;
 mod plugins;
@@ -99,8 +100,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/events",
-            post(events::put_events).layer(DefaultBodyLimit::max(events_limit)),
+            post(events::put_events)
+                .layer(DefaultBodyLimit::max(events_limit))
+                .get(history::search_events),
         )
+        .route("/events/{id}", get(history::get_event))
         .route("/buses", get(resources::list_buses))
         .route(
             "/buses/{bus}",
@@ -114,6 +118,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(resources::put_rule)
                 .get(resources::get_rule)
                 .delete(resources::delete_rule),
+        )
+        .route(
+            "/buses/{bus}/rules/{rule}/explain",
+            post(history::explain_rule),
+        )
+        .route("/buses/{bus}/archives", get(history::list_archives))
+        .route(
+            "/buses/{bus}/archives/{archive}",
+            put(history::put_archive)
+                .get(history::get_archive)
+                .delete(history::delete_archive),
+        )
+        .route(
+            "/replays",
+            post(history::start_replay).get(history::list_replays),
+        )
+        .route(
+            "/replays/{id}",
+            get(history::get_replay).delete(history::cancel_replay),
         )
         .route("/queues", get(queues::list_queues))
         .route(
@@ -140,6 +163,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/plugins", get(plugins::list_plugins))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/patterns/test", post(tools::test_pattern))
+        .route("/patterns/explain", post(history::explain_pattern))
         .route("/transforms/test", post(tools::test_transform))
         .route("/openapi.json", get(openapi::document));
     Router::new()

@@ -11,7 +11,8 @@
 //!   pattern uses, remembering array elements for array-consistent matching;
 //! * [`matcher`] matches one pattern; [`index`] compiles many into per-path indexes
 //!   ([`RuleSet`]) so that the cost of matching grows slowly with the rule count;
-//! * [`numeric`], [`cidr`], [`wildcard`] and [`interval`] are the value-level pieces.
+//! * [`numeric`], [`cidr`], [`wildcard`] and [`interval`] are the value-level pieces;
+//! * [`explain`] says why a pattern matches an event or not, branch by branch.
 //!
 //! Notable semantics: nested objects and dotted keys name the same field
 //! (`{"a": {"b": …}}` ≡ `{"a.b": …}`); a non-object event has no fields; `exists` only
@@ -28,6 +29,7 @@
 //! expand into at most 1,024 conjunctions.
 
 mod cidr;
+pub mod explain;
 mod flatten;
 mod index;
 mod interval;
