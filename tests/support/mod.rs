@@ -66,6 +66,21 @@ impl TestBus {
         }
     }
 
+    /// Starts with a config, reading time from `clock` (tests that control time).
+    pub async fn start_with_clock(
+        dir: tempfile::TempDir,
+        config: Config,
+        clock: busbar::clock::SharedClock,
+    ) -> Self {
+        let running = server::start_with_clock(config, clock).await.unwrap();
+        Self {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::new(),
+            running: Some(running),
+            dir: Some(dir),
+        }
+    }
+
     /// Stops gracefully and returns the data dir for a restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(r) = self.running.take() {

@@ -229,7 +229,13 @@ impl ControlPlane {
         let Some((bus, name)) = r.name.split_once('/') else {
             return Err(ControlError::not_found("archive", &r.name));
         };
-        let spec = ArchiveSpec::parse(&r.spec).map_err(invalid)?;
+        // The stored spec carries what the bus decided (`id`, `created`) too.
+        let mut sent = r.spec.clone();
+        if let Value::Object(m) = &mut sent {
+            m.remove("id");
+            m.remove("created");
+        }
+        let spec = ArchiveSpec::parse(&sent).map_err(invalid)?;
         let pattern =
             archive_pattern(spec.pattern.as_ref(), &self.pattern_limits).map_err(invalid)?;
         let id = r.spec.get("id").and_then(Value::as_str).unwrap_or_default();
