@@ -954,7 +954,7 @@ impl Traces for MemoryStore {
             .map(|(id, t)| (t.received_ms, *id, t))
             .filter(|(ms, id, _)| after.is_none_or(|a| (*ms, *id) < a))
             .collect();
-        all.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        all.sort_by_key(|t| std::cmp::Reverse((t.0, t.1)));
         let more = all.len() > limit;
         all.truncate(limit);
         let next = more
