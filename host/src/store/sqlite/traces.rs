@@ -160,7 +160,7 @@ fn add_fact(
 ) -> anyhow::Result<()> {
     let found = tx
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM traces WHERE tenant = ?1 AND event_id = ?2 AND bus = ?3 \
+            "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 AND bus = ?3 \
              AND (?4 IS NULL OR received_ms = ?4) ORDER BY received_ms DESC, id DESC LIMIT 1"
         ))?
         .query_row(
@@ -331,7 +331,7 @@ impl Traces for SqliteStore {
         self.run(move |tx| {
             let recorded = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM traces WHERE tenant = ?1 AND event_id = ?2 \
+                    "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 \
                      AND (?3 IS NULL OR bus = ?3) ORDER BY received_ms DESC, id DESC LIMIT 1"
                 ))?
                 .query_row(params![tenant, event_id, bus], read_trace)
