@@ -833,6 +833,8 @@ async fn history_scenario(
         total as f64 / appended,
         t0.elapsed().as_secs_f64()
     );
+    // Let the router finish the replay's other events before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     // Live latency on another bus, without and with a replay running.
     println!(
         "live latency at {} events/s, no replay: {}",

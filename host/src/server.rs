@@ -12,7 +12,7 @@ use crate::deliver::queue::QueueSignals;
 use crate::history::replay::ReplayerParts;
 use crate::history::retention::Sweeper;
 use crate::history::stamp::StampingLog;
-use crate::history::{HistoryServices, Replayer, TraceSink};
+use crate::history::{HistoryServices, Replayer, RoutingLag, TraceSink};
 use crate::plugin::PluginRuntime;
 use crate::plugin::registry::PluginHost;
 use crate::route::router::{Router, RouterHistory};
@@ -99,7 +99,12 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
     let stores = Stores::new(backend);
     let catalog = Arc::new(Catalog::default());
     // Ingest and bus targets append through this: it stamps archive copies.
-    let log: Arc<dyn EventLog> = Arc::new(StampingLog::new(stores.log.clone(), catalog.clone()));
+    let lag = Arc::new(RoutingLag::default());
+    let log: Arc<dyn EventLog> = Arc::new(StampingLog::new(
+        stores.log.clone(),
+        catalog.clone(),
+        lag.clone(),
+    ));
     let (trace_sink, _trace_writer) = TraceSink::start(stores.traces.clone(), catalog.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let runtime = Arc::new(PluginRuntime::new(settings.plugin_runtime.clone())?);
@@ -147,6 +152,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         history: Some(RouterHistory {
             table: catalog.clone(),
             traces: stores.traces.clone(),
+            lag: lag.clone(),
         }),
     });
     let replayer = Replayer::new(ReplayerParts {
@@ -155,6 +161,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         table: catalog.clone(),
         sink: trace_sink.clone(),
         routing: routing.clone(),
+        lag,
         clock: clock.clone(),
         limits: settings.history.replays,
         shutdown: shutdown_rx.clone(),

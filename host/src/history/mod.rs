@@ -17,12 +17,14 @@
 //! The module sits above the store and the pattern matcher and below the
 //! delivery engine and the router, which record into it.
 
+pub mod lag;
 pub mod replay;
 pub mod retention;
 pub mod stamp;
 pub mod table;
 pub mod trace;
 
+pub use self::lag::RoutingLag;
 pub use self::replay::{ReplayError, ReplayLimits, Replayer};
 pub use self::retention::RetentionSettings;
 pub use self::table::{ArchiveEntry, BusHistory, HistoryTable};

@@ -12,8 +12,9 @@
 //! Limits, per tenant: at most [`ReplayLimits::max_concurrent`] replays at
 //! once, and a shared rate cap ([`ReplayLimits::rate`], events/s). Live
 //! traffic comes first: a replay appends its next batch only while the
-//! router has fewer than [`HEADROOM`] entries in flight, so it fills the
-//! router's idle capacity instead of queueing live events behind it.
+//! router has fewer than [`HEADROOM`] entries in flight or not yet read
+//! ([`RoutingLag`](super::RoutingLag)), so it fills the router's idle
+//! capacity instead of queueing live events behind it.
 
 use super::table::HistoryTable;
 use super::trace::TraceSink;
@@ -102,6 +103,7 @@ pub struct Replayer {
     table: Arc<dyn HistoryTable>,
     sink: TraceSink,
     routing: Arc<dyn LogConsumer>,
+    lag: Arc<super::RoutingLag>,
     clock: SharedClock,
     limits: ReplayLimits,
     shutdown: watch::Receiver<bool>,
@@ -130,6 +132,8 @@ pub struct ReplayerParts {
     pub sink: TraceSink,
     /// The router's consumer (its backlog decides when a replay may go on).
     pub routing: Arc<dyn LogConsumer>,
+    /// Appends not yet taken by the router.
+    pub lag: Arc<super::RoutingLag>,
     /// Now.
     pub clock: SharedClock,
     /// Limits.
@@ -147,6 +151,7 @@ impl Replayer {
             table: parts.table,
             sink: parts.sink,
             routing: parts.routing,
+            lag: parts.lag,
             clock: parts.clock,
             limits: parts.limits,
             shutdown: parts.shutdown,
@@ -382,7 +387,7 @@ impl Replayer {
                 return Ok(());
             }
             self.paced(&record.tenant, batch.len(), cancelled).await?;
-            while self.routing.in_flight() > HEADROOM {
+            while self.routing.in_flight() as u64 + self.lag.backlog() > HEADROOM as u64 {
                 self.wait_until(Instant::now() + POLL, cancelled).await?;
             }
             let now = self.clock.now_ms();
@@ -401,6 +406,7 @@ impl Replayer {
                 .await
             {
                 Ok(true) => {
+                    self.lag.appended(batch.len());
                     failures = 0;
                     progress = next;
                     self.mark(&record, &name, &batch, now);

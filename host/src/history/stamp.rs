@@ -17,12 +17,17 @@ use std::sync::Arc;
 pub struct StampingLog {
     inner: Arc<dyn EventLog>,
     table: Arc<dyn HistoryTable>,
+    lag: Arc<super::RoutingLag>,
 }
 
 impl StampingLog {
-    /// Wraps `inner`, reading archives from `table`.
-    pub fn new(inner: Arc<dyn EventLog>, table: Arc<dyn HistoryTable>) -> Self {
-        Self { inner, table }
+    /// Wraps `inner`, reading archives from `table` and counting appends in `lag`.
+    pub fn new(
+        inner: Arc<dyn EventLog>,
+        table: Arc<dyn HistoryTable>,
+        lag: Arc<super::RoutingLag>,
+    ) -> Self {
+        Self { inner, table, lag }
     }
 }
 
@@ -47,7 +52,10 @@ impl EventLog for StampingLog {
                 e.archives = archives;
             }
         }
-        self.inner.append(events).await
+        let n = events.len();
+        self.inner.append(events).await?;
+        self.lag.appended(n);
+        Ok(())
     }
 
     async fn consumer(&self) -> StoreResult<Arc<dyn LogConsumer>> {

@@ -65,6 +65,8 @@ pub struct RouterHistory {
     pub table: Arc<dyn HistoryTable>,
     /// Where finished traces are written.
     pub traces: Arc<dyn Traces>,
+    /// Counts the entries the router takes (replays watch the backlog).
+    pub lag: Arc<crate::history::RoutingLag>,
 }
 
 /// The attributes a trace shows, read without building the whole event.
@@ -138,6 +140,9 @@ impl Router {
 
     /// Routes a batch of entries, dispatching their deliveries together.
     pub async fn route_batch(self: &Arc<Self>, entries: Vec<LogEntry>, progress: &RoutingProgress) {
+        if let Some(h) = &self.history {
+            h.lag.taken(entries.len());
+        }
         let mut deliveries = Vec::new();
         for entry in entries {
             let trace = self.start_trace(&entry.event);
