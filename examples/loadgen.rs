@@ -5,12 +5,17 @@
 //!
 //! - `ingest`: events/s acknowledged, single events and batches, no rules;
 //! - `e2e`: N rules (one matching) delivering to the sink: delivered events/s
-//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate.
+//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate;
 //! - `door`: the ingest door's costs: single-event ingest of a ~1 KB event
 //!   with 20 payload properties on a plain bus, on a bus with an `enforce`
 //!   schema of those 20 properties, and on a bus with a deduplication
 //!   window; then delivered events/s to the sink with a rule that keeps
-//!   order per partition key (1,000 keys) against the same rule unordered.
+//!   order per partition key (1,000 keys) against the same rule unordered;
+//! - `history`: ingest and e2e with tracing and archiving off, then on (the
+//!   `--history on|off|both` switch; `both` alternates them in one run and
+//!   prints the ratio), then replay speed and live latency during a replay;
+//! - `traces`: fills a store with `--traces` (1,000,000) traces and measures
+//!   trace lookup and search latency.
 //!
 //! Run: `cargo run --release -p busbar --example loadgen -- all`
 
@@ -36,7 +41,19 @@ enum Scenario {
     Plugins,
     /// Schema validation, deduplication and FIFO costs.
     Door,
+    /// Tracing and archiving off vs on; replay speed; latency during a replay.
+    History,
+    /// Trace lookup and search latency with many stored traces.
+    Traces,
     All,
+}
+
+/// Tracing and archiving in the `history` scenario.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum HistorySwitch {
+    Off,
+    On,
+    Both,
 }
 
 /// Busbar load generator.
@@ -54,7 +71,8 @@ struct Args {
     /// Rules on the bus for e2e (one matches).
     #[arg(long, default_value_t = 10)]
     rules: usize,
-    /// Rounds of the door scenario's ingest figures (medians are reported).
+    /// Rounds per measurement for `door` (medians are reported) and `history`
+    /// (off/on alternate each round, to even out drift).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Event rate for the latency measurement.
@@ -65,6 +83,12 @@ struct Args {
     /// `cargo build --target wasm32-wasip2 --release` in plugins/.
     #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
     guests: std::path::PathBuf,
+    /// `history`: tracing and archiving off, on, or both in turn.
+    #[arg(long, value_enum, default_value = "both")]
+    history: HistorySwitch,
+    /// `traces`: how many traces to store before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    traces: u64,
 }
 
 /// Uploads a component as plugin `name`; returns the answer's text.
@@ -139,9 +163,13 @@ struct Bench {
 
 impl Bench {
     async fn post(&self, content_type: &str, body: String) -> bool {
+        self.post_to("default", content_type, body).await
+    }
+
+    async fn post_to(&self, bus: &str, content_type: &str, body: String) -> bool {
         match self
             .client
-            .post(format!("{}/v1/buses/default/events", self.url))
+            .post(format!("{}/v1/buses/{bus}/events", self.url))
             .bearer_auth(&self.key)
             .header("content-type", content_type)
             .body(body)
@@ -219,6 +247,19 @@ impl Bench {
         batch: usize,
         source: &'static str,
     ) -> u64 {
+        self.flood_to("default", connections, seconds, batch, source)
+            .await
+    }
+
+    /// [`Self::flood`] to one bus.
+    async fn flood_to(
+        self: &Arc<Self>,
+        bus: &'static str,
+        connections: usize,
+        seconds: u64,
+        batch: usize,
+        source: &'static str,
+    ) -> u64 {
         let acked = Arc::new(AtomicU64::new(0));
         let counter = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -229,12 +270,17 @@ impl Bench {
                 while Instant::now() < deadline {
                     let i = counter.fetch_add(batch as u64, Ordering::Relaxed);
                     let ok = if batch == 1 {
-                        me.post("application/cloudevents+json", event(i, source).to_string())
-                            .await
+                        me.post_to(
+                            bus,
+                            "application/cloudevents+json",
+                            event(i, source).to_string(),
+                        )
+                        .await
                     } else {
                         let events: Vec<Value> =
                             (0..batch as u64).map(|k| event(i + k, source)).collect();
-                        me.post(
+                        me.post_to(
+                            bus,
                             "application/cloudevents-batch+json",
                             Value::Array(events).to_string(),
                         )
@@ -340,10 +386,209 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
+/// Waits until the sink has seen `want` more events than `before` (bounded).
+async fn drained(sink: &Sink, before: u64, want: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    while sink.count.load(Ordering::Relaxed) - before < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sink.count.load(Ordering::Relaxed) - before
+}
+
+/// Sends `rate` single events/s to `bus` for `seconds`; latency percentiles at the sink.
+async fn latency(
+    bench: &Arc<Bench>,
+    sink: &Sink,
+    bus: &'static str,
+    rate: u64,
+    seconds: u64,
+    base: u64,
+) -> String {
+    if let Ok(mut l) = sink.latencies_us.lock() {
+        l.clear();
+    }
+    let total = rate * seconds;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let before = sink.count.load(Ordering::Relaxed);
+    for i in 0..total {
+        ticker.tick().await;
+        let me = bench.clone();
+        tokio::spawn(async move {
+            me.post_to(
+                bus,
+                "application/cloudevents+json",
+                event(base + i, "bench.live").to_string(),
+            )
+            .await
+        });
+    }
+    drained(sink, before, total, Duration::from_secs(30)).await;
+    let mut l = sink
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    l.sort_unstable();
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} delivered)",
+        percentile(&l, 0.50),
+        percentile(&l, 0.90),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(0) as f64 / 1000.0,
+        l.len()
+    )
+}
+
+/// The `traces` scenario: a store with `n` traces, then lookup and search latency.
+async fn traces_scenario(n: u64) -> anyhow::Result<()> {
+    use busbar::store::traces::{RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody};
+    use busbar::store::{Trace, TraceQuery, TraceState, Traces};
+    let dir = tempfile::tempdir()?;
+    let clock: busbar::clock::SharedClock = Arc::new(busbar::clock::SystemClock);
+    let store = busbar::store::sqlite::SqliteStore::open(dir.path(), Default::default(), clock)?;
+    let t0_ms = busbar::clock::now_ms() - n as i64;
+    let body = Bytes::from(event(0, "bench.trace").to_string());
+    let make = |i: u64| {
+        let state = match i % 10 {
+            0 => TraceState::NoMatch,
+            1 => TraceState::DeadLettered,
+            _ => TraceState::Delivered,
+        };
+        let rules = if state == TraceState::NoMatch {
+            Vec::new()
+        } else {
+            vec![RuleTrace {
+                rule: format!("rule-{}", i % 20),
+                outcome: RuleOutcome::Matched,
+                filter: None,
+                transform: None,
+                error: None,
+                targets: vec![TargetTrace {
+                    state: if state == TraceState::DeadLettered {
+                        TargetState::DeadLettered
+                    } else {
+                        TargetState::Delivered
+                    },
+                    ..TargetTrace::new("hook")
+                }],
+            }]
+        };
+        Trace {
+            tenant: "bench".into(),
+            bus: "default".into(),
+            event_id: format!("ev-{i}"),
+            received_ms: t0_ms + i as i64,
+            source: format!("source-{}", i % 50),
+            event_type: format!("type-{}", i % 100),
+            size_bytes: body.len() as u64,
+            event: body.clone(),
+            replay: None,
+            body: TraceBody {
+                routed: true,
+                rules,
+                replays: Vec::new(),
+            },
+            state,
+        }
+    };
+    let fill = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Trace> = (i..(i + 2000).min(n)).map(make).collect();
+        i += batch.len() as u64;
+        store.record_traces(batch).await?;
+    }
+    println!("stored {n} traces in {:.1} s", fill.elapsed().as_secs_f64());
+    let timed = |label: &'static str, mut times: Vec<Duration>| {
+        times.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} calls)",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() * 99 / 100]),
+            ms(*times.last().unwrap_or(&Duration::ZERO)),
+            times.len()
+        );
+    };
+    let mut lookups = Vec::new();
+    for k in 0..1000u64 {
+        let id = format!("ev-{}", (k * 7919) % n);
+        let t = Instant::now();
+        let found = store.trace("bench", &id, None).await?;
+        lookups.push(t.elapsed());
+        anyhow::ensure!(found.is_some(), "{id} not found");
+    }
+    timed("trace lookup by id", lookups);
+    let queries: Vec<(&str, TraceQuery)> = vec![
+        ("search newest (no filter)", TraceQuery::default()),
+        (
+            "search by source",
+            TraceQuery {
+                source: Some("source-7".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by type",
+            TraceQuery {
+                event_type: Some("type-42".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by state dead_lettered",
+            TraceQuery {
+                state: Some(TraceState::DeadLettered),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by rule",
+            TraceQuery {
+                rule: Some("rule-3".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by time range (middle)",
+            TraceQuery {
+                from_ms: Some(t0_ms + n as i64 / 2),
+                to_ms: Some(t0_ms + n as i64 / 2 + 10_000),
+                ..Default::default()
+            },
+        ),
+        (
+            "search source + state",
+            TraceQuery {
+                source: Some("source-11".into()),
+                state: Some(TraceState::DeadLettered),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (label, q) in queries {
+        let mut times = Vec::new();
+        let mut next = None;
+        for _ in 0..100 {
+            let t = Instant::now();
+            let (page, cursor) = store.search_traces("bench", &q, next.as_ref(), 100).await?;
+            times.push(t.elapsed());
+            anyhow::ensure!(!page.is_empty(), "{label}: nothing found");
+            next = cursor;
+        }
+        timed(label, times);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     started();
+    if args.scenario == Scenario::Traces {
+        return traces_scenario(args.traces).await;
+    }
     let dir = tempfile::tempdir()?;
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
@@ -651,6 +896,195 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if matches!(args.scenario, Scenario::History) {
+        history_scenario(&args, &bench, &sink, &client, &url, &key, &sink_url).await?;
+    }
+
     running.stop().await?;
+    Ok(())
+}
+
+/// Tracing and archiving off vs on (same run), replay speed, live latency during a replay.
+async fn history_scenario(
+    args: &Args,
+    bench: &Arc<Bench>,
+    sink: &Arc<Sink>,
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    sink_url: &str,
+) -> anyhow::Result<()> {
+    let put = |path: String, body: Value| {
+        let (client, key) = (client.clone(), key.to_owned());
+        async move {
+            let r = client
+                .put(path)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "{}",
+                r.text().await.unwrap_or_default()
+            );
+            anyhow::Ok(())
+        }
+    };
+    // Two buses alike but for history: `plain` (no trace, no archive), `kept` (both).
+    put(format!("{url}/v1/buses/plain"), json!({"trace": false})).await?;
+    put(format!("{url}/v1/buses/kept"), json!({})).await?;
+    put(
+        format!("{url}/v1/buses/kept/archives/all"),
+        json!({"pattern": null}),
+    )
+    .await?;
+    put(format!("{url}/v1/buses/replayed"), json!({"trace": false})).await?;
+    put(format!("{url}/v1/buses/live"), json!({"trace": false})).await?;
+    for bus in ["plain", "kept", "replayed", "live"] {
+        for r in 0..args.rules {
+            let source = if r == 0 {
+                "bench.match".to_owned()
+            } else {
+                format!("bench.other{r}")
+            };
+            let rule = json!({"pattern": {"source": [source]}, "targets": [{"id": "sink", "type": "http", "url": sink_url}]});
+            put(format!("{url}/v1/buses/{bus}/rules/r{r}"), rule).await?;
+        }
+        let live = json!({"pattern": {"source": ["bench.live"]}, "targets": [{"id": "sink", "type": "http", "url": sink_url}]});
+        put(format!("{url}/v1/buses/{bus}/rules/live"), live).await?;
+    }
+    let modes: Vec<(&str, &'static str)> = match args.history {
+        HistorySwitch::Off => vec![("off", "plain")],
+        HistorySwitch::On => vec![("on", "kept")],
+        HistorySwitch::Both => vec![("off", "plain"), ("on", "kept")],
+    };
+    let mut figures: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
+    let archive_from = busbar::clock::now_ms();
+    let mut kept_matching = 0;
+    for round in 0..args.rounds {
+        for (mode, bus) in &modes {
+            for batch in [1usize, 10] {
+                let n = bench
+                    .flood_to(bus, args.connections, args.seconds, batch, "bench.nomatch")
+                    .await;
+                let rate = n as f64 / args.seconds as f64;
+                println!(
+                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s"
+                );
+                figures
+                    .entry((
+                        mode,
+                        if batch == 1 {
+                            "ingest single"
+                        } else {
+                            "ingest batch10"
+                        },
+                    ))
+                    .or_default()
+                    .push(rate);
+            }
+            let before = sink.count.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            let sent = bench
+                .flood_to(bus, args.connections, args.seconds, 10, "bench.match")
+                .await;
+            if *bus == "kept" {
+                kept_matching += sent;
+            }
+            let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
+            let rate = delivered as f64 / t0.elapsed().as_secs_f64();
+            println!(
+                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered"
+            );
+            figures
+                .entry((mode, "e2e delivered"))
+                .or_default()
+                .push(rate);
+        }
+    }
+    if args.history == HistorySwitch::Both {
+        for what in ["ingest single", "ingest batch10", "e2e delivered"] {
+            let mean = |m| {
+                let v = &figures[&(m, what)];
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let (off, on) = (mean("off"), mean("on"));
+            println!(
+                "history on/off, {what}: {on:.0} / {off:.0} = {:.3}",
+                on / off
+            );
+        }
+    }
+    if args.history == HistorySwitch::Off {
+        return Ok(());
+    }
+    // Replay speed: the matching events archived on `kept`, to `replayed` (its rule r0 → sink).
+    let to = busbar::clock::now_ms();
+    let start = |name: String| {
+        let (client, key) = (client.clone(), key.to_owned());
+        let body = json!({"name": name, "bus": "kept", "archive": "all", "rules": ["r0"],
+                          "from": busbar::clock::rfc3339(archive_from), "to": busbar::clock::rfc3339(to),
+                          "destination_bus": "replayed"});
+        let url = format!("{url}/v1/replays");
+        async move {
+            let r: Value = client
+                .post(url)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(r["replay_id"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let status = |id: String| {
+        let (client, key) = (client.clone(), key.to_owned());
+        let url = format!("{url}/v1/replays/{id}");
+        async move {
+            anyhow::Ok(
+                client
+                    .get(url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await?
+                    .json::<Value>()
+                    .await?,
+            )
+        }
+    };
+    let before = sink.count.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let id = start("bench-speed".into()).await?;
+    let total = loop {
+        let r = status(id.clone()).await?;
+        if r["state"] != "starting" && r["state"] != "running" {
+            break r["events_replayed"].as_u64().unwrap_or(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let appended = t0.elapsed().as_secs_f64();
+    let matching = drained(sink, before, kept_matching, Duration::from_secs(120)).await;
+    println!(
+        "replay: {total} events appended in {appended:.1} s = {:.0} events/s; {matching} delivered by the replay's rule in {:.1} s",
+        total as f64 / appended,
+        t0.elapsed().as_secs_f64()
+    );
+    // Let the router finish the replay's other events before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Live latency on another bus, without and with a replay running.
+    println!(
+        "live latency at {} events/s, no replay: {}",
+        args.rate,
+        latency(bench, sink, "live", args.rate, args.seconds, 5_000_000_000).await
+    );
+    let id = start("bench-background".into()).await?;
+    let during = latency(bench, sink, "live", args.rate, args.seconds, 6_000_000_000).await;
+    let r = status(id).await?;
+    println!(
+        "live latency at {} events/s, during a replay ({} of {} replayed by the end, {}): {during}",
+        args.rate, r["events_replayed"], r["events_total"], r["state"]
+    );
     Ok(())
 }

@@ -140,6 +140,7 @@ fn bench(c: &mut Criterion) {
         event_id: format!("door-{i}"),
         body: Bytes::from(body.clone()),
         ingested_ms: now,
+        ..Default::default()
     };
     // Grow the file and the WAL first, so neither append pays for it.
     for chunk in 0..50u64 {

@@ -28,6 +28,7 @@ pub mod control;
 pub mod deliver;
 pub mod door;
 pub mod event;
+pub mod history;
 pub mod ingest;
 pub mod net;
 pub mod pattern;

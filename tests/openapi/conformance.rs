@@ -880,6 +880,183 @@ async fn every_answer_is_documented() {
         S::NOT_FOUND
     );
 
+    // History: archives, replays, traces and explain.
+    let archive = json!({"pattern": {"source": ["shop.orders"]}, "retention_days": 30});
+    let path = "/v1/buses/orders/archives/all";
+    assert_eq!(
+        c.call(M::PUT, path, key, json(archive.clone())).await.0,
+        S::CREATED
+    );
+    assert_eq!(c.call(M::PUT, path, key, json(archive)).await.0, S::OK);
+    let too_long = json!({"retention_days": 9999});
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/orders/archives/x", key, json(too_long))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/nope/archives/x", key, json(json!({})))
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/orders/archives", key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/nope/archives", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let since = busbar::clock::rfc3339(busbar::clock::now_ms() - 1);
+    let sent = c
+        .call(
+            M::POST,
+            "/v1/buses/orders/events",
+            key,
+            raw(
+                Some("application/cloudevents+json"),
+                event("hist-1").to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(sent.0, S::ACCEPTED);
+    assert_eq!(c.call(M::GET, path, key, Body::None).await.0, S::OK);
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/orders/archives/none", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let until = busbar::clock::rfc3339(busbar::clock::now_ms() + 1);
+    let replay = json!({"name": "doc-replay", "bus": "orders", "archive": "all", "from": since, "to": until});
+    let (status, started) = c
+        .call(M::POST, "/v1/replays", key, json(replay.clone()))
+        .await;
+    assert_eq!(status, S::ACCEPTED);
+    assert_eq!(
+        c.call(M::POST, "/v1/replays", key, json(replay.clone()))
+            .await
+            .0,
+        S::CONFLICT
+    );
+    let mut unknown = replay.clone();
+    unknown["archive"] = json!("none");
+    assert_eq!(
+        c.call(M::POST, "/v1/replays", key, json(unknown)).await.0,
+        S::NOT_FOUND
+    );
+    let mut backwards = replay;
+    backwards["from"] = json!(until);
+    backwards["to"] = json!(since);
+    assert_eq!(
+        c.call(M::POST, "/v1/replays", key, json(backwards)).await.0,
+        S::BAD_REQUEST
+    );
+    let id = started["replay_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.call(M::GET, "/v1/replays", key, Body::None).await.0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, &format!("/v1/replays/{id}"), key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/replays/rp_none", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let cancelled = c
+        .call(M::DELETE, &format!("/v1/replays/{id}"), key, Body::None)
+        .await
+        .0;
+    assert!(matches!(cancelled, S::OK | S::CONFLICT), "{cancelled}");
+    assert_eq!(
+        c.call(M::DELETE, "/v1/replays/rp_none", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/events/hist-1", key, Body::None).await.0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/events/none", key, Body::None).await.0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(
+            M::GET,
+            "/v1/events?source=shop.orders&limit=5",
+            key,
+            Body::None
+        )
+        .await
+        .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/events?state=lost", key, Body::None)
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    let explain = json!({"pattern": {"source": ["shop.orders"]}, "event": event("x")});
+    assert_eq!(
+        c.call(M::POST, "/v1/patterns/explain", key, json(explain))
+            .await
+            .0,
+        S::OK
+    );
+    let bad = json!({"pattern": {"source": "x"}, "event": {}});
+    assert_eq!(
+        c.call(M::POST, "/v1/patterns/explain", key, json(bad))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    let rule_event = json!({"event": event("x")});
+    assert_eq!(
+        c.call(
+            M::POST,
+            "/v1/buses/orders/rules/r1/explain",
+            key,
+            json(rule_event.clone())
+        )
+        .await
+        .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(
+            M::POST,
+            "/v1/buses/orders/rules/none/explain",
+            key,
+            json(rule_event)
+        )
+        .await
+        .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::DELETE, path, key, Body::None).await.0,
+        S::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(M::DELETE, path, key, Body::None).await.0,
+        S::NOT_FOUND
+    );
+
     // Deleting.
     for rule in ["r1", "r2", "r3"] {
         let path = format!("/v1/buses/orders/rules/{rule}");

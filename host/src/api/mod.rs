@@ -7,6 +7,7 @@
 mod admin;
 mod error;
 mod events;
+mod history;
 mod openapi;
 mod ops;
 mod plugins;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// The ingest door: schemas, discovery, deduplicated appends (ingest
     /// appends through here).
     pub door: Arc<Door>,
+    /// Archives, traces and replays.
+    pub history: crate::history::HistoryServices,
     /// The routing consumer (for the backlog gauge).
     pub routing: Arc<dyn LogConsumer>,
     /// Dead letters.
@@ -102,8 +105,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/events",
-            post(events::put_events).layer(DefaultBodyLimit::max(events_limit)),
+            post(events::put_events)
+                .layer(DefaultBodyLimit::max(events_limit))
+                .get(history::search_events),
         )
+        .route("/events/{id}", get(history::get_event))
         .route("/buses", get(resources::list_buses))
         .route(
             "/buses/{bus}",
@@ -137,6 +143,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/buses/{bus}/discovered-schemas/promote",
             post(schemas::promote_discovered),
         )
+        .route(
+            "/buses/{bus}/rules/{rule}/explain",
+            post(history::explain_rule),
+        )
+        .route("/buses/{bus}/archives", get(history::list_archives))
+        .route(
+            "/buses/{bus}/archives/{archive}",
+            put(history::put_archive)
+                .get(history::get_archive)
+                .delete(history::delete_archive),
+        )
+        .route(
+            "/replays",
+            post(history::start_replay).get(history::list_replays),
+        )
+        .route(
+            "/replays/{id}",
+            get(history::get_replay).delete(history::cancel_replay),
+        )
         .route("/queues", get(queues::list_queues))
         .route(
             "/queues/{queue}",
@@ -162,6 +187,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/plugins", get(plugins::list_plugins))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/patterns/test", post(tools::test_pattern))
+        .route("/patterns/explain", post(history::explain_pattern))
         .route("/transforms/test", post(tools::test_transform))
         .route("/openapi.json", get(openapi::document));
     Router::new()

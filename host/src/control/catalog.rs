@@ -51,6 +51,8 @@ struct Tenants {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<Tenants>,
+    /// Per bus: tracing and archives (see [`super::history`]).
+    pub(super) history: super::history::HistoryIndex,
 }
 
 /// A summary of a tenant for the admin API.
@@ -199,9 +201,8 @@ impl Catalog {
             .get(bus)
             .map(|b| b.routes.clone())
             .unwrap_or_default();
-        let door = super::BusSettings::parse(&settings)
-            .map(|s| s.door())
-            .unwrap_or_default();
+        let parsed = super::BusSettings::parse(&settings).unwrap_or_default();
+        let door = parsed.door();
         t.buses.insert(
             bus.to_owned(),
             BusEntry {
@@ -210,11 +211,13 @@ impl Catalog {
                 routes,
             },
         );
+        self.history.set_traced(tenant, bus, parsed.trace);
     }
 
     /// Removes a bus and its rules.
     pub(super) fn delete_bus(&self, tenant: &str, bus: &str) -> bool {
         let mut state = self.write();
+        self.history.delete_bus(tenant, bus);
         state
             .tenants
             .get_mut(tenant)

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod dev_dir;
+pub mod history;
 mod keys;
 mod settings;
 
@@ -207,6 +208,7 @@ impl ControlPlane {
                 let rule = self.compile(&r.tenant, bus, name, &r.spec)?;
                 self.catalog.put_rule(&r.tenant, Arc::new(rule));
             }
+            ResourceKind::Archive => self.publish_archive(r)?,
         }
         Ok(())
     }
@@ -372,6 +374,7 @@ impl ControlPlane {
                 .delete_resource(tenant, ResourceKind::Rule, &rule_key(bus, rule))
                 .await?;
         }
+        self.delete_archives_of(tenant, bus).await?;
         self.config
             .delete_resource(tenant, ResourceKind::Bus, bus)
             .await?;

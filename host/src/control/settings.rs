@@ -6,7 +6,7 @@ use crate::resource::{Fields, Problems};
 use serde_json::Value;
 
 /// A bus's settings.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BusSettings {
     /// Free text.
     pub description: Option<String>,
@@ -15,6 +15,20 @@ pub struct BusSettings {
     pub dedup_window_s: u32,
     /// Whether schemas are inferred from the events the bus accepts.
     pub schema_discovery: bool,
+    /// Whether each event gets a trace ("where did my event go?"); on
+    /// unless the bus says `"trace": false`.
+    pub trace: bool,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            description: None,
+            dedup_window_s: 0,
+            schema_discovery: false,
+            trace: true,
+        }
+    }
 }
 
 /// A queue's settings.
@@ -41,7 +55,7 @@ impl BusSettings {
         let mut problems = Problems::new();
         let mut settings = Self::default();
         if let Some(mut f) = Fields::of(value, "", "a bus body", &mut problems) {
-            f.deny_unknown(&["description", "dedup_window_s", "schema_discovery"]);
+            f.deny_unknown(&["description", "dedup_window_s", "schema_discovery", "trace"]);
             settings.description = f.optional::<String>("description");
             if let Some(window) = f.raw("dedup_window_s") {
                 match window.as_u64().and_then(|w| u32::try_from(w).ok()) {
@@ -55,6 +69,7 @@ impl BusSettings {
                 }
             }
             settings.schema_discovery = f.optional::<bool>("schema_discovery").unwrap_or(false);
+            settings.trace = f.optional::<bool>("trace").unwrap_or(true);
         }
         problems.finish().map(|()| settings)
     }
@@ -91,6 +106,8 @@ mod tests {
                 ..BusSettings::default()
             }
         );
+        assert!(!BusSettings::parse(&json!({"trace": false})).unwrap().trace);
+        assert!(BusSettings::parse(&json!({"trace": 1})).is_err());
         let p = BusSettings::parse(&json!({"description": 5, "colour": "red"})).unwrap_err();
         let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["colour", "description"]);

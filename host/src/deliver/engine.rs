@@ -34,14 +34,21 @@
 //! by side. Chained deliveries are stored by one task, in the order the
 //! router dispatched them (which is log order), so a chain's jobs reach the
 //! store in slot order.
+//!
+//! Traces: a first attempt records its outcome in its event's trace slot
+//! (memory; written with the routing record); retries, dead letters and
+//! drops become facts for the [`TraceSink`] (batched, never awaited).
 
 use super::retry::Next;
 use super::target::{BoundTarget, Item, TargetDirectory};
 use super::{Failure, Outcome};
 use crate::clock::{Millis, SharedClock, millis};
 use crate::event::Event;
+use crate::history::{TargetSlot, TraceSink};
+use crate::store::traces::{AttemptRecord, TargetState, TraceError};
 use crate::store::{
     AttemptError, ChainSlot, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, NewJob,
+    TraceFact, TraceKey,
 };
 use crate::telemetry;
 use std::collections::{HashMap, HashSet};
@@ -106,6 +113,8 @@ pub struct Delivery {
     origin: Origin,
     /// Its place in a FIFO chain, when its target keeps order per key.
     chain: Option<ChainSlot>,
+    /// Where a first attempt records itself in its event's trace.
+    trace: Option<TargetSlot>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -135,6 +144,7 @@ impl Delivery {
             ingested_ms,
             origin: Origin::First(done),
             chain: None,
+            trace: None,
         }
     }
 
@@ -151,6 +161,12 @@ impl Delivery {
                 index,
             });
         }
+        self
+    }
+
+    /// The same delivery, recording its first attempt in `slot`.
+    pub fn traced(mut self, slot: Option<TargetSlot>) -> Self {
+        self.trace = slot;
         self
     }
 
@@ -238,6 +254,8 @@ pub struct Engine {
     chained: mpsc::UnboundedSender<Vec<Delivery>>,
     /// Its receiver, taken by [`Engine::run_retries`].
     chained_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>,
+    /// Where facts for traces go (none: nothing is traced).
+    traces: Option<TraceSink>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -304,6 +322,28 @@ impl Engine {
             leased: Mutex::new(HashSet::new()),
             chained,
             chained_rx: Mutex::new(Some(chained_rx)),
+            traces: None,
+        }
+    }
+
+    /// The engine, reporting what happens to deliveries to `sink`.
+    pub fn with_traces(mut self, sink: TraceSink) -> Self {
+        self.traces = Some(sink);
+        self
+    }
+
+    /// Queues a trace fact about a job's event.
+    fn fact(&self, job: &NewJob, fact: TraceFact) {
+        if let Some(sink) = &self.traces {
+            sink.fact(
+                TraceKey {
+                    tenant: job.tenant.clone(),
+                    bus: job.bus.clone(),
+                    event_id: job.event_id.clone(),
+                    received_ms: None,
+                },
+                fact,
+            );
         }
     }
 
@@ -369,7 +409,13 @@ impl Engine {
     async fn attempt(&self, batch: Vec<Delivery>) {
         let target = batch[0].target.clone();
         let items: Vec<Item> = batch.iter().map(|d| d.item.clone()).collect();
+        let at_ms = self.clock.now_ms();
+        let started = tokio::time::Instant::now();
         let mut outcomes = target.target.send(&items).await;
+        let took = Took {
+            at_ms,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
         if outcomes.len() != batch.len() {
             tracing::error!(
                 kind = target.target.kind(),
@@ -388,7 +434,7 @@ impl Engine {
         let mut new_jobs = Vec::new();
         let mut guards = Vec::new();
         for (d, outcome) in batch.into_iter().zip(outcomes) {
-            if let Some(job) = self.settle(&d, outcome).await {
+            if let Some(job) = self.settle(&d, outcome, took).await {
                 new_jobs.push(job);
             }
             guards.push(d);
@@ -400,14 +446,62 @@ impl Engine {
         drop(guards);
     }
 
+    /// Records an attempt in its event's trace: in memory for a first
+    /// attempt, as a fact for a retry.
+    fn trace_attempt(&self, d: &Delivery, outcome: &Outcome, next: &Next, took: Took) {
+        let wanted = d.trace.is_some()
+            || self
+                .traces
+                .as_ref()
+                .is_some_and(|s| s.wants(&d.target.tenant, &d.target.bus));
+        if !wanted {
+            return;
+        }
+        let state = match next {
+            Next::Done => TargetState::Delivered,
+            Next::RetryIn(_) => TargetState::Retrying,
+            Next::GiveUp(_) if d.target.dead_letter => TargetState::DeadLettered,
+            Next::GiveUp(_) => TargetState::Dropped,
+        };
+        let (status, error) = match outcome {
+            Outcome::Delivered { status } => (*status, None),
+            Outcome::Retry(f) | Outcome::Permanent(f) => (
+                f.status,
+                Some(TraceError {
+                    code: f.code.as_str().to_owned(),
+                    message: f.message.clone(),
+                }),
+            ),
+        };
+        let record = AttemptRecord {
+            at_ms: took.at_ms,
+            duration_ms: took.duration_ms,
+            status,
+            error,
+        };
+        match &d.trace {
+            Some(slot) => slot.attempt(record, state),
+            None => self.fact(
+                &d.job(d.attempts, 0, None),
+                TraceFact::Attempt {
+                    rule: d.target.rule.clone(),
+                    target: d.target.id.clone(),
+                    attempt: record,
+                    next: state,
+                },
+            ),
+        }
+    }
+
     /// Records one delivery's outcome; returns the job to store when a first
     /// attempt must be retried later.
-    async fn settle(&self, d: &Delivery, outcome: Outcome) -> Option<NewJob> {
+    async fn settle(&self, d: &Delivery, outcome: Outcome, took: Took) -> Option<NewJob> {
         let attempts = d.attempts + 1;
         let now = self.clock.now_ms();
         let labels = [("tenant", d.target.tenant.clone())];
         let age = Duration::from_millis(u64::try_from(now - d.ingested_ms).unwrap_or(0));
         let next = d.target.retry.after(&outcome, attempts, age);
+        self.trace_attempt(d, &outcome, &next, took);
         match (next, outcome) {
             (Next::Done, _) => {
                 telemetry::delivered(&labels, now - d.ingested_ms);
@@ -465,14 +559,22 @@ impl Engine {
                 self.jobs
                     .dead_letter(lease, job.clone(), exhausted)
                     .await
-                    .map(|_| ())
+                    .map(Some)
             } else if let Some(lease) = lease {
-                self.jobs.ack_job(lease).await
+                self.jobs.ack_job(lease).await.map(|()| None)
             } else {
-                Ok(())
+                Ok(None)
             };
             match result {
-                Ok(()) => return,
+                Ok(letter) => {
+                    let (rule, target) = (job.rule.clone(), job.target.clone());
+                    let fact = match letter {
+                        Some(id) => TraceFact::DeadLettered { rule, target, id },
+                        None => TraceFact::Dropped { rule, target },
+                    };
+                    self.fact(&job, fact);
+                    return;
+                }
                 Err(e) if lease.is_some() => {
                     // A stored job stays leased and comes back after its lease.
                     tracing::error!(error = %e, "cannot record a dead letter; the job will be retried");
@@ -635,6 +737,7 @@ impl Engine {
                 ingested_ms: job.ingested_ms,
                 origin: Origin::Job(lease, job.last_error),
                 chain: job.chain.clone(),
+                trace: None,
             });
         }
         for batch in batches(deliveries) {
@@ -677,6 +780,13 @@ impl Engine {
             leases,
         }
     }
+}
+
+/// When an attempt started and how long the target took.
+#[derive(Clone, Copy, Debug)]
+struct Took {
+    at_ms: Millis,
+    duration_ms: u64,
 }
 
 /// Groups deliveries by target (keeping their order within each target)

@@ -222,6 +222,7 @@ impl Door {
             event_id: event.id().to_owned(),
             body: Bytes::from(event.to_json_bytes()),
             ingested_ms: now,
+            ..Default::default()
         };
         let duplicates = if settings.iter().all(|s| s.dedup_window_s == 0) {
             let batch = events.iter().map(|(bus, e)| new_event(bus, e)).collect();

@@ -411,8 +411,9 @@ impl Rule {
     }
 }
 
-/// Lets EventBridge patterns work unchanged: top-level `detail` means `data`
-/// and `detail-type` means `type` (also inside a top-level `$or`).
+/// Lets EventBridge patterns work unchanged: top-level `detail` means `data`,
+/// `detail-type` means `type` and `replay-name` means `replayname` (also
+/// inside a top-level `$or`).
 pub fn eventbridge_aliases(pattern: &Value) -> Value {
     let Value::Object(obj) = pattern else {
         return pattern.clone();
@@ -422,6 +423,8 @@ pub fn eventbridge_aliases(pattern: &Value) -> Value {
         let key = match k.as_str() {
             "detail" if !obj.contains_key("data") => "data",
             "detail-type" if !obj.contains_key("type") => "type",
+            // A replayed event carries `replayname`; EventBridge spells it so.
+            "replay-name" if !obj.contains_key("replayname") => "replayname",
             _ => k.as_str(),
         };
         let value = match (key, v) {
@@ -458,6 +461,11 @@ mod tests {
         assert_eq!(
             eventbridge_aliases(&p),
             json!({"type": ["a"], "data": {"detail": [1]}, "$or": [{"data": {"x": [1]}}]})
+        );
+        let p = json!({"replay-name": [{"exists": false}], "data": {"replay-name": [1]}});
+        assert_eq!(
+            eventbridge_aliases(&p),
+            json!({"replayname": [{"exists": false}], "data": {"replay-name": [1]}})
         );
     }
 

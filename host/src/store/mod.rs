@@ -1,6 +1,6 @@
 //! The durable store, behind the bus's own verbs.
 //!
-//! The rest of the bus never speaks SQL (or JetStream): it talks to five
+//! The rest of the bus never speaks SQL (or JetStream): it talks to a few
 //! small interfaces, each shaped so that more than one backend can answer it.
 //!
 //! | interface        | verbs                                                   | file              |
@@ -12,6 +12,9 @@
 //! | [`Queues`]       | push, receive with visibility timeout, ack, depth, purge | [`queues`]        |
 //! | [`DedupLog`]     | append unless accepted within the bus's window (atomic)  | [`dedup`]         |
 //! | [`SchemaStore`]  | schema versions; discovered schemas (compare-and-set)    | [`schemas`]       |
+//! | [`Archives`]     | archive stats, read a window in order, expire, purge     | [`archives`]      |
+//! | [`Traces`]       | record, add facts, look up, search, expire               | [`traces`]        |
+//! | [`Replays`]      | replay records, append-with-progress                     | [`replays`]       |
 //!
 //! Positions, job leases, dead-letter ids and queue receipts are opaque to
 //! callers: SQLite uses row ids and sequence numbers where a JetStream
@@ -29,6 +32,7 @@
 //! implementation). All pass the same conformance suite (`store::testing`,
 //! run by each backend's unit tests; the NATS runs start real servers).
 
+pub mod archives;
 pub mod config;
 pub mod dead_letters;
 pub mod dedup;
@@ -38,12 +42,17 @@ pub mod log;
 pub mod memory;
 pub mod nats;
 pub mod queues;
+pub mod replays;
 pub mod schemas;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod traces;
 mod watermark;
 
+pub use self::archives::{
+    ArchiveId, ArchivePosition, ArchiveStats, ArchivedEvent, Archives, Window,
+};
 pub use self::config::{
     ConfigChange, ConfigSnapshot, ConfigStore, ConfigWatch, KeyRecord, Resource, ResourceKind,
     TenantRecord,
@@ -54,7 +63,11 @@ pub use self::failure::{AttemptError, Exhausted, FailureCode};
 pub use self::jobs::{ChainSlot, DeliveryJobs, JobLease, LeasedJob, NewJob};
 pub use self::log::{AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, NewEvent};
 pub use self::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
+pub use self::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};
 pub use self::schemas::{DiscoveredSchema, SchemaStore, SchemaVersion};
+pub use self::traces::{
+    Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceState, TraceSummary, Traces,
+};
 pub use crate::clock::Millis;
 
 use std::sync::Arc;
@@ -82,12 +95,30 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A backend that answers every store interface.
 pub trait Backend:
-    ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues + DedupLog + SchemaStore
+    ConfigStore
+    + EventLog
+    + DeliveryJobs
+    + DeadLetters
+    + Queues
+    + DedupLog
+    + SchemaStore
+    + Archives
+    + Traces
+    + Replays
 {
 }
 
 impl<T> Backend for T where
-    T: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues + DedupLog + SchemaStore
+    T: ConfigStore
+        + EventLog
+        + DeliveryJobs
+        + DeadLetters
+        + Queues
+        + DedupLog
+        + SchemaStore
+        + Archives
+        + Traces
+        + Replays
 {
 }
 
@@ -109,6 +140,12 @@ pub struct Stores {
     pub dedup: Arc<dyn DedupLog>,
     /// Registered and discovered schemas.
     pub schemas: Arc<dyn SchemaStore>,
+    /// Archive contents.
+    pub archives: Arc<dyn Archives>,
+    /// Per-event traces.
+    pub traces: Arc<dyn Traces>,
+    /// Replay records.
+    pub replays: Arc<dyn Replays>,
 }
 
 impl Stores {
@@ -121,7 +158,10 @@ impl Stores {
             dead_letters: backend.clone(),
             queues: backend.clone(),
             dedup: backend.clone(),
-            schemas: backend,
+            schemas: backend.clone(),
+            archives: backend.clone(),
+            traces: backend.clone(),
+            replays: backend,
         }
     }
 }

@@ -39,6 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod history;
+use self::history::*;
+
 /// The time every check starts at.
 pub(crate) const T0: Millis = 1_700_000_000_000;
 
@@ -162,6 +165,15 @@ pub(crate) async fn conformance(make: impl MakeStore) {
         schemas_versions_are_numbered_without_gaps,
         schemas_delete_and_latest_versions,
         schemas_discovered_are_written_by_compare_and_set,
+        archives_copies_are_written_with_the_append,
+        archives_read_a_window_in_order_and_resume,
+        archives_expire_and_purge_in_chunks,
+        traces_unrouted_events_are_in_flight,
+        traces_facts_before_and_after_the_record,
+        traces_search_filters_and_pages,
+        traces_expire_by_age_and_cap,
+        replays_records_and_states,
+        replays_append_with_progress_until_cancelled,
     );
 }
 
@@ -181,6 +193,7 @@ pub(crate) async fn durability(open: impl OpenAtDir, single_node: bool) {
         durable_data_survives_reopen,
         durable_unacknowledged_entries_come_back,
         durable_dedup_keys_and_chains_survive_reopen,
+        durable_history_survives_reopen,
     );
     if single_node {
         check!(durable_reopen_ends_every_lease);
@@ -217,6 +230,7 @@ fn event(tenant: &str, bus: &str, id: &str, ingested_ms: Millis) -> NewEvent {
         event_id: id.into(),
         body: Bytes::from(format!(r#"{{"id":"{id}","source":"test"}}"#)),
         ingested_ms,
+        ..Default::default()
     }
 }
 

@@ -58,3 +58,114 @@ impl SchemaStore for NatsStore {
         Ok(0)
     }
 }
+
+use crate::store::NewEvent;
+use crate::store::archives::{
+    ArchiveId, ArchivePosition, ArchiveStats, ArchivedEvent, Archives, Window,
+};
+use crate::store::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};
+use crate::store::traces::{
+    Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceSummary, Traces,
+};
+
+#[async_trait]
+impl Archives for NatsStore {
+    async fn archive_stats(&self, _: &str) -> StoreResult<ArchiveStats> {
+        not_yet("archive_stats")
+    }
+
+    async fn count_archived(&self, _: &str, _: Window) -> StoreResult<u64> {
+        not_yet("count_archived")
+    }
+
+    async fn read_archive(
+        &self,
+        _: &str,
+        _: Window,
+        _: Option<&ArchivePosition>,
+        _: usize,
+    ) -> StoreResult<Vec<ArchivedEvent>> {
+        not_yet("read_archive")
+    }
+
+    async fn expire_archive(&self, _: &str, _: Millis, _: usize) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    async fn purge_archive(&self, _: &str, _: usize) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    async fn stored_archives(&self) -> StoreResult<Vec<ArchiveId>> {
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl Traces for NatsStore {
+    async fn record_traces(&self, _: Vec<Trace>) -> StoreResult<()> {
+        not_yet("record_traces")
+    }
+
+    async fn add_trace_facts(&self, _: Vec<(TraceKey, TraceFact)>) -> StoreResult<()> {
+        not_yet("add_trace_facts")
+    }
+
+    async fn trace(&self, _: &str, _: &str, _: Option<&str>) -> StoreResult<Option<Trace>> {
+        not_yet("trace")
+    }
+
+    async fn search_traces(
+        &self,
+        _: &str,
+        _: &TraceQuery,
+        _: Option<&TraceCursor>,
+        _: usize,
+    ) -> StoreResult<(Vec<TraceSummary>, Option<TraceCursor>)> {
+        not_yet("search_traces")
+    }
+
+    async fn expire_traces(&self, _: Millis, _: u64, _: usize) -> StoreResult<u64> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl Replays for NatsStore {
+    async fn create_replay(&self, _: ReplayRecord) -> StoreResult<()> {
+        not_yet("create_replay")
+    }
+
+    async fn replay(&self, _: &str, _: &str) -> StoreResult<Option<ReplayRecord>> {
+        not_yet("replay")
+    }
+
+    async fn list_replays(&self, _: &str) -> StoreResult<Vec<ReplayRecord>> {
+        not_yet("list_replays")
+    }
+
+    async fn unfinished_replays(&self) -> StoreResult<Vec<ReplayRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn set_replay_state(
+        &self,
+        _: &str,
+        _: &str,
+        _: ReplayState,
+        _: Option<String>,
+        _: Option<Millis>,
+    ) -> StoreResult<bool> {
+        not_yet("set_replay_state")
+    }
+
+    async fn replay_append(
+        &self,
+        _: &str,
+        _: &str,
+        _: Vec<NewEvent>,
+        _: ReplayProgress,
+    ) -> StoreResult<bool> {
+        not_yet("replay_append")
+    }
+}

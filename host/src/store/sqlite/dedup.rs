@@ -19,23 +19,18 @@ impl DedupLog for SqliteStore {
         let tail = self.inner.tail.clone();
         self.run_then(
             move |tx| {
-                let mut seen = tx.prepare_cached(
-                    "SELECT accepted_ms FROM dedup_keys WHERE key = ?",
-                )?;
+                let mut seen =
+                    tx.prepare_cached("SELECT accepted_ms FROM dedup_keys WHERE key = ?")?;
                 let mut record = tx.prepare_cached(
                     "INSERT INTO dedup_keys (key, accepted_ms, expires_ms) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (key) DO UPDATE SET accepted_ms = ?2, expires_ms = ?3",
-                )?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO events (tenant, bus, event_id, body, ingested_ms) VALUES (?, ?, ?, ?, ?)",
                 )?;
                 let mut answers = Vec::with_capacity(events.len());
                 let mut logged = Vec::new();
                 for AdmittedEvent { event: e, dedup } in events {
                     if let Some(d) = dedup {
-                        let accepted: Option<Millis> = seen
-                            .query_row([&d.key.0[..]], |r| r.get(0))
-                            .optional()?;
+                        let accepted: Option<Millis> =
+                            seen.query_row([&d.key.0[..]], |r| r.get(0)).optional()?;
                         if accepted.is_some_and(|at| at > e.ingested_ms - d.window_ms) {
                             answers.push(Appended::Duplicate);
                             continue;
@@ -46,8 +41,8 @@ impl DedupLog for SqliteStore {
                             e.ingested_ms + d.window_ms
                         ])?;
                     }
-                    insert.execute(params![e.tenant, e.bus, e.event_id, &e.body[..], e.ingested_ms])?;
-                    logged.push((tx.last_insert_rowid(), e));
+                    // The same insert as a plain append: archive copies included.
+                    logged.extend(super::log::insert_events(tx, vec![e])?);
                     answers.push(Appended::New);
                 }
                 Ok((answers, logged))

@@ -19,19 +19,23 @@
 //!
 //! The interfaces live one per file: [`config`], [`log`] (with the in-memory
 //! tail of recent events), [`jobs`], [`dead_letters`], [`queues`],
-//! [`dedup`] (deduplicated appends) and [`schemas`] (the schema registry);
-//! the schema and its migrations in [`schema`].
+//! [`dedup`] (deduplicated appends), [`schemas`] (the schema registry),
+//! [`archives`], [`traces`], [`replays`]; the schema and its migrations in
+//! [`schema`].
 
+mod archives;
 mod config;
 mod dead_letters;
 mod dedup;
 mod jobs;
 mod log;
 mod queues;
+mod replays;
 mod schema;
 mod schemas;
 #[cfg(test)]
 mod tests;
+mod traces;
 
 use self::log::Tail;
 use super::{StoreError, StoreResult};
