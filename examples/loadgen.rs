@@ -11,9 +11,20 @@
 //!   with the CPU time each process in `--pids` spent per delivered event
 //!   (from `/proc/<pid>/stat`), so a figure on this machine can be scaled to
 //!   others. `examples/scale.sh` runs it for SQLite and 1-3 nodes on NATS.
-//! - `ceiling`: JetStream alone: 1 KB publishes acknowledged per second on a
+//! - `nats-ceiling`: JetStream alone: 1 KB publishes acknowledged per second on a
 //!   stream of `--replicas` at `--nats` — the most a bus on that cluster could
 //!   accept, one publish per event.
+//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate;
+//! - `door`: the ingest door's costs: single-event ingest of a ~1 KB event
+//!   with 20 payload properties on a plain bus, on a bus with an `enforce`
+//!   schema of those 20 properties, and on a bus with a deduplication
+//!   window; then delivered events/s to the sink with a rule that keeps
+//!   order per partition key (1,000 keys) against the same rule unordered;
+//! - `history`: ingest and e2e with tracing and archiving off, then on (the
+//!   `--history on|off|both` switch; `both` alternates them in one run and
+//!   prints the ratio), then replay speed and live latency during a replay;
+//! - `traces`: fills a store with `--traces` (1,000,000) traces and measures
+//!   trace lookup and search latency.
 //!
 //! Run: `cargo run --release -p busbar --example loadgen -- all`
 
@@ -40,8 +51,22 @@ enum Scenario {
     /// Delivered events/s through bus nodes running elsewhere (`--nodes`).
     Nodes,
     /// JetStream publishes acknowledged per second (`--nats`).
-    Ceiling,
+    NatsCeiling,
+    /// Schema validation, deduplication and FIFO costs.
+    Door,
+    /// Tracing and archiving off vs on; replay speed; latency during a replay.
+    History,
+    /// Trace lookup and search latency with many stored traces.
+    Traces,
     All,
+}
+
+/// Tracing and archiving in the `history` scenario.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum HistorySwitch {
+    Off,
+    On,
+    Both,
 }
 
 /// Busbar load generator.
@@ -59,6 +84,10 @@ struct Args {
     /// Rules on the bus for e2e (one matches).
     #[arg(long, default_value_t = 10)]
     rules: usize,
+    /// Rounds per measurement for `door` (medians are reported) and `history`
+    /// (off/on alternate each round, to even out drift).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Event rate for the latency measurement.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -77,16 +106,22 @@ struct Args {
     /// (comma-separated), e.g. the bus nodes and the NATS servers.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<String>,
-    /// `ceiling`: NATS server URLs, comma-separated.
+    /// `nats-ceiling`: NATS server URLs, comma-separated.
     #[arg(long)]
     nats: Option<String>,
-    /// `ceiling`: replicas of the measured stream.
+    /// `nats-ceiling`: replicas of the measured stream.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
     /// Address of the local sink deliveries go to (`nodes`: must be an
     /// address the nodes may reach).
     #[arg(long, default_value = "127.0.0.1:0")]
     sink: std::net::SocketAddr,
+    /// `history`: tracing and archiving off, on, or both in turn.
+    #[arg(long, value_enum, default_value = "both")]
+    history: HistorySwitch,
+    /// `traces`: how many traces to store before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    traces: u64,
 }
 
 /// Uploads a component as plugin `name`; returns the answer's text.
@@ -163,14 +198,20 @@ struct Bench {
 
 impl Bench {
     async fn post(&self, content_type: &str, body: String) -> bool {
-        self.post_to(0, content_type, body).await
+        self.post_to(0, "default", content_type, body).await
     }
 
-    async fn post_to(&self, connection: usize, content_type: &str, body: String) -> bool {
+    async fn post_to(
+        &self,
+        connection: usize,
+        bus: &str,
+        content_type: &str,
+        body: String,
+    ) -> bool {
         let url = &self.urls[connection % self.urls.len()];
         match self
             .client
-            .post(format!("{url}/v1/buses/default/events"))
+            .post(format!("{url}/v1/buses/{bus}/events"))
             .bearer_auth(&self.key)
             .header("content-type", content_type)
             .body(body)
@@ -182,9 +223,80 @@ impl Bench {
         }
     }
 
+    /// Sends door events to `bus` as fast as `connections` allow for
+    /// `seconds`, in batches of `batch` (1: structured single events);
+    /// returns acked events.
+    async fn flood_door(
+        self: &Arc<Self>,
+        connections: usize,
+        seconds: u64,
+        bus: &'static str,
+        batch: usize,
+        keys: u64,
+    ) -> u64 {
+        // Ids never repeat across runs (the dedup bus would drop repeats).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let acked = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (me, acked) = (self.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let i = NEXT.fetch_add(batch as u64, Ordering::Relaxed);
+                    let (content_type, body) = if batch == 1 {
+                        (
+                            "application/cloudevents+json",
+                            door_event(i, keys).to_string(),
+                        )
+                    } else {
+                        let events: Vec<Value> =
+                            (0..batch as u64).map(|k| door_event(i + k, keys)).collect();
+                        (
+                            "application/cloudevents-batch+json",
+                            Value::Array(events).to_string(),
+                        )
+                    };
+                    let ok = match me
+                        .client
+                        .post(format!("{}/v1/buses/{bus}/events", me.urls[0]))
+                        .bearer_auth(&me.key)
+                        .header("content-type", content_type)
+                        .body(body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().as_u16() == 202,
+                        Err(_) => false,
+                    };
+                    if ok {
+                        acked.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        acked.load(Ordering::Relaxed)
+    }
+
     /// Sends as fast as `connections` allow for `seconds`; returns acked events.
     async fn flood(
         self: &Arc<Self>,
+        connections: usize,
+        seconds: u64,
+        batch: usize,
+        source: &'static str,
+    ) -> u64 {
+        self.flood_to("default", connections, seconds, batch, source)
+            .await
+    }
+
+    /// [`Self::flood`] to one bus.
+    async fn flood_to(
+        self: &Arc<Self>,
+        bus: &'static str,
         connections: usize,
         seconds: u64,
         batch: usize,
@@ -202,6 +314,7 @@ impl Bench {
                     let ok = if batch == 1 {
                         me.post_to(
                             connection,
+                            bus,
                             "application/cloudevents+json",
                             event(i, source).to_string(),
                         )
@@ -211,6 +324,7 @@ impl Bench {
                             (0..batch as u64).map(|k| event(i + k, source)).collect();
                         me.post_to(
                             connection,
+                            bus,
                             "application/cloudevents-batch+json",
                             Value::Array(events).to_string(),
                         )
@@ -227,6 +341,70 @@ impl Bench {
         }
         acked.load(Ordering::Relaxed)
     }
+}
+
+/// CPU time this process has used (user + system; 0 where `/proc` is
+/// missing). Throughput on a shared machine swings with other work, CPU
+/// time per event much less.
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// A ~1 KB order event whose payload has 20 properties (what the door
+/// benchmarks validate), keyed by one of `keys` partition keys.
+fn door_event(i: u64, keys: u64) -> Value {
+    json!({"specversion": "1.0", "id": format!("door-{i}"), "source": "shop", "type": "order.created",
+           "datacontenttype": "application/json", "partitionkey": format!("k{}", i % keys.max(1)),
+           "data": door_data(i)})
+}
+
+/// The 20-property payload of [`door_event`] (and of the criterion bench).
+fn door_data(i: u64) -> Value {
+    json!({
+        "order_id": format!("ord-{i:08}"), "customer_id": "cus-000042", "customer_tier": "gold",
+        "email": "someone@example.com", "currency": "EUR", "total": 159.92, "subtotal": 139.95,
+        "tax": 19.97, "shipping": 4.99, "discount": 4.99, "placed_at": "2026-11-22T08:04:05Z",
+        "status": "paid", "channel": "web", "coupon": "SPRING", "notes": "leave at the door, please",
+        "items": (0..5).map(|k| json!({"sku": format!("SKU-{k:05}"), "qty": k + 1, "price": 19.99,
+                                        "title": "A reasonably long product title"})).collect::<Vec<_>>(),
+        "address": {"street": "1 Main Street", "city": "Springfield", "zip": "12345", "country": "DE"},
+        "gift": false, "priority": 2, "tags": ["new", "promo"]
+    })
+}
+
+/// The 20-property JSON Schema of [`door_data`].
+fn door_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["order_id", "customer_id", "total", "currency", "items", "status", "placed_at"],
+        "properties": {
+            "order_id": {"type": "string", "pattern": "^ord-[0-9]+$"},
+            "customer_id": {"type": "string"},
+            "customer_tier": {"enum": ["bronze", "silver", "gold"]},
+            "email": {"type": "string", "maxLength": 254},
+            "currency": {"type": "string", "minLength": 3, "maxLength": 3},
+            "total": {"type": "number", "minimum": 0},
+            "subtotal": {"type": "number", "minimum": 0},
+            "tax": {"type": "number", "minimum": 0},
+            "shipping": {"type": "number", "minimum": 0},
+            "discount": {"type": "number", "minimum": 0},
+            "placed_at": {"type": "string", "format": "date-time"},
+            "status": {"enum": ["new", "paid", "shipped", "cancelled"]},
+            "channel": {"type": "string"},
+            "coupon": {"type": ["string", "null"]},
+            "notes": {"type": "string", "maxLength": 1000},
+            "items": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["sku", "qty", "price"],
+                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1},
+                               "price": {"type": "number"}, "title": {"type": "string"}}}},
+            "address": {"type": "object", "required": ["city", "country"],
+                        "properties": {"street": {"type": "string"}, "city": {"type": "string"},
+                                       "zip": {"type": "string"}, "country": {"type": "string"}}},
+            "gift": {"type": "boolean"},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+            "tags": {"type": "array", "items": {"type": "string"}}
+        }
+    })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -358,7 +536,204 @@ async fn external(
     Ok(())
 }
 
-/// `ceiling`: 1 KB publishes acknowledged per second by a JetStream stream.
+/// Waits until the sink has seen `want` more events than `before` (bounded).
+async fn drained(sink: &Sink, before: u64, want: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    while sink.count.load(Ordering::Relaxed) - before < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sink.count.load(Ordering::Relaxed) - before
+}
+
+/// Sends `rate` single events/s to `bus` for `seconds`; latency percentiles at the sink.
+async fn latency(
+    bench: &Arc<Bench>,
+    sink: &Sink,
+    bus: &'static str,
+    rate: u64,
+    seconds: u64,
+    base: u64,
+) -> String {
+    if let Ok(mut l) = sink.latencies_us.lock() {
+        l.clear();
+    }
+    let total = rate * seconds;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let before = sink.count.load(Ordering::Relaxed);
+    for i in 0..total {
+        ticker.tick().await;
+        let me = bench.clone();
+        tokio::spawn(async move {
+            me.post_to(
+                i as usize,
+                bus,
+                "application/cloudevents+json",
+                event(base + i, "bench.live").to_string(),
+            )
+            .await
+        });
+    }
+    drained(sink, before, total, Duration::from_secs(30)).await;
+    let mut l = sink
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    l.sort_unstable();
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} delivered)",
+        percentile(&l, 0.50),
+        percentile(&l, 0.90),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(0) as f64 / 1000.0,
+        l.len()
+    )
+}
+
+/// The `traces` scenario: a store with `n` traces, then lookup and search latency.
+async fn traces_scenario(n: u64) -> anyhow::Result<()> {
+    use busbar::store::traces::{RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody};
+    use busbar::store::{Trace, TraceQuery, TraceState, Traces};
+    let dir = tempfile::tempdir()?;
+    let clock: busbar::clock::SharedClock = Arc::new(busbar::clock::SystemClock);
+    let store = busbar::store::sqlite::SqliteStore::open(dir.path(), Default::default(), clock)?;
+    let t0_ms = busbar::clock::now_ms() - n as i64;
+    let body = Bytes::from(event(0, "bench.trace").to_string());
+    let make = |i: u64| {
+        let state = match i % 10 {
+            0 => TraceState::NoMatch,
+            1 => TraceState::DeadLettered,
+            _ => TraceState::Delivered,
+        };
+        let rules = if state == TraceState::NoMatch {
+            Vec::new()
+        } else {
+            vec![RuleTrace {
+                rule: format!("rule-{}", i % 20),
+                outcome: RuleOutcome::Matched,
+                filter: None,
+                transform: None,
+                error: None,
+                targets: vec![TargetTrace {
+                    state: if state == TraceState::DeadLettered {
+                        TargetState::DeadLettered
+                    } else {
+                        TargetState::Delivered
+                    },
+                    ..TargetTrace::new("hook")
+                }],
+            }]
+        };
+        Trace {
+            tenant: "bench".into(),
+            bus: "default".into(),
+            event_id: format!("ev-{i}"),
+            received_ms: t0_ms + i as i64,
+            source: format!("source-{}", i % 50),
+            event_type: format!("type-{}", i % 100),
+            size_bytes: body.len() as u64,
+            event: body.clone(),
+            replay: None,
+            body: TraceBody {
+                routed: true,
+                rules,
+                replays: Vec::new(),
+            },
+            state,
+        }
+    };
+    let fill = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Trace> = (i..(i + 2000).min(n)).map(make).collect();
+        i += batch.len() as u64;
+        store.record_traces(batch).await?;
+    }
+    println!("stored {n} traces in {:.1} s", fill.elapsed().as_secs_f64());
+    let timed = |label: &'static str, mut times: Vec<Duration>| {
+        times.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} calls)",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() * 99 / 100]),
+            ms(*times.last().unwrap_or(&Duration::ZERO)),
+            times.len()
+        );
+    };
+    let mut lookups = Vec::new();
+    for k in 0..1000u64 {
+        let id = format!("ev-{}", (k * 7919) % n);
+        let t = Instant::now();
+        let found = store.trace("bench", &id, None).await?;
+        lookups.push(t.elapsed());
+        anyhow::ensure!(found.is_some(), "{id} not found");
+    }
+    timed("trace lookup by id", lookups);
+    let queries: Vec<(&str, TraceQuery)> = vec![
+        ("search newest (no filter)", TraceQuery::default()),
+        (
+            "search by source",
+            TraceQuery {
+                source: Some("source-7".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by type",
+            TraceQuery {
+                event_type: Some("type-42".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by state dead_lettered",
+            TraceQuery {
+                state: Some(TraceState::DeadLettered),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by rule",
+            TraceQuery {
+                rule: Some("rule-3".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "search by time range (middle)",
+            TraceQuery {
+                from_ms: Some(t0_ms + n as i64 / 2),
+                to_ms: Some(t0_ms + n as i64 / 2 + 10_000),
+                ..Default::default()
+            },
+        ),
+        (
+            "search source + state",
+            TraceQuery {
+                source: Some("source-11".into()),
+                state: Some(TraceState::DeadLettered),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (label, q) in queries {
+        let mut times = Vec::new();
+        let mut next = None;
+        for _ in 0..100 {
+            let t = Instant::now();
+            let (page, cursor) = store.search_traces("bench", &q, next.as_ref(), 100).await?;
+            times.push(t.elapsed());
+            anyhow::ensure!(!page.is_empty(), "{label}: nothing found");
+            next = cursor;
+        }
+        timed(label, times);
+    }
+    Ok(())
+}
+
+/// `nats-ceiling`: 1 KB publishes acknowledged per second by a JetStream stream.
 async fn ceiling(args: &Args) -> anyhow::Result<()> {
     let urls = args
         .nats
@@ -418,7 +793,7 @@ async fn ceiling(args: &Args) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     started();
-    if args.scenario == Scenario::Ceiling {
+    if args.scenario == Scenario::NatsCeiling {
         return ceiling(&args).await;
     }
     if args.scenario == Scenario::Nodes {
@@ -439,6 +814,9 @@ async fn main() -> anyhow::Result<()> {
             args.seconds
         );
         return external(&args, &client, &sink, &sink_url).await;
+    }
+    if args.scenario == Scenario::Traces {
+        return traces_scenario(args.traces).await;
     }
     let dir = tempfile::tempdir()?;
     let config = Config {
@@ -576,6 +954,99 @@ async fn main() -> anyhow::Result<()> {
             l.last().copied().unwrap_or(0) as f64 / 1000.0
         );
     }
+    if matches!(args.scenario, Scenario::Door) {
+        let put = |path: String, body: Value| {
+            let (client, key) = (client.clone(), key.clone());
+            async move {
+                let r = client
+                    .put(path)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "PUT: {}", r.text().await?);
+                anyhow::Ok(())
+            }
+        };
+        put(format!("{url}/v1/buses/plain"), json!({})).await?;
+        put(format!("{url}/v1/buses/schema"), json!({})).await?;
+        put(
+            format!("{url}/v1/buses/schema/schemas/orders"),
+            json!({"source": "shop", "type": "order.created", "mode": "enforce", "schema": door_schema()}),
+        )
+        .await?;
+        put(
+            format!("{url}/v1/buses/dedup"),
+            json!({"dedup_window_s": 300}),
+        )
+        .await?;
+        println!("door event: {} bytes", door_event(0, 1).to_string().len());
+        // Rounds in turn, so drift of the shared machine hits all alike.
+        // (bus, events/s per round, CPU µs per event per round)
+        let mut figures: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+            ("plain", vec![], vec![]),
+            ("schema", vec![], vec![]),
+            ("dedup", vec![], vec![]),
+        ];
+        for _round in 0..args.rounds {
+            for (bus, rates, cpu) in figures.iter_mut() {
+                let cpu0 = own_cpu_seconds();
+                let n = bench
+                    .flood_door(args.connections, args.seconds, bus, 1, 1)
+                    .await;
+                cpu.push((own_cpu_seconds() - cpu0) * 1e6 / n.max(1) as f64);
+                rates.push(n as f64 / args.seconds as f64);
+            }
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (plain_rate, plain_cpu) = (median(&figures[0].1), median(&figures[0].2));
+        for (bus, rates, cpu) in &figures {
+            println!(
+                "door ingest on {bus:>6}: median {:>7.0} events/s ({:.0}% of plain; rounds {:?}), \
+                 median {:>5.1} µs CPU per event (client included; {:+.1}% vs plain; rounds {:?})",
+                median(rates),
+                100.0 * median(rates) / plain_rate,
+                rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                median(cpu),
+                100.0 * (median(cpu) - plain_cpu) / plain_cpu,
+                cpu.iter().map(|c| c.round()).collect::<Vec<_>>(),
+            );
+        }
+
+        // FIFO: the same rule, unordered and ordered by 1,000 keys.
+        for (bus, ordering) in [("unordered", "none"), ("fifo", "partition_key")] {
+            put(format!("{url}/v1/buses/{bus}"), json!({})).await?;
+            put(
+                format!("{url}/v1/buses/{bus}/rules/all"),
+                json!({"pattern": {"source": ["shop"]}, "ordering": ordering,
+                       "targets": [{"id": "sink", "type": "http", "url": sink_url}]}),
+            )
+            .await?;
+            let before = sink.count.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            let cpu0 = own_cpu_seconds();
+            let sent = bench
+                .flood_door(args.connections, args.seconds, bus, 10, 1_000)
+                .await;
+            let drain_deadline = Instant::now() + Duration::from_secs(120);
+            while sink.count.load(Ordering::Relaxed) - before < sent
+                && Instant::now() < drain_deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let delivered = sink.count.load(Ordering::Relaxed) - before;
+            let elapsed = t0.elapsed().as_secs_f64();
+            println!(
+                "door e2e {bus:>9} (ordering {ordering}, 1,000 keys): {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered, {:.1} µs CPU per delivered event",
+                delivered as f64 / elapsed,
+                (own_cpu_seconds() - cpu0) * 1e6 / delivered.max(1) as f64
+            );
+        }
+    }
     if matches!(args.scenario, Scenario::Plugins) {
         let put = |path: String, body: Value| {
             let (client, key) = (client.clone(), key.clone());
@@ -654,6 +1125,195 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if matches!(args.scenario, Scenario::History) {
+        history_scenario(&args, &bench, &sink, &client, &url, &key, &sink_url).await?;
+    }
+
     running.stop().await?;
+    Ok(())
+}
+
+/// Tracing and archiving off vs on (same run), replay speed, live latency during a replay.
+async fn history_scenario(
+    args: &Args,
+    bench: &Arc<Bench>,
+    sink: &Arc<Sink>,
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    sink_url: &str,
+) -> anyhow::Result<()> {
+    let put = |path: String, body: Value| {
+        let (client, key) = (client.clone(), key.to_owned());
+        async move {
+            let r = client
+                .put(path)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "{}",
+                r.text().await.unwrap_or_default()
+            );
+            anyhow::Ok(())
+        }
+    };
+    // Two buses alike but for history: `plain` (no trace, no archive), `kept` (both).
+    put(format!("{url}/v1/buses/plain"), json!({"trace": false})).await?;
+    put(format!("{url}/v1/buses/kept"), json!({})).await?;
+    put(
+        format!("{url}/v1/buses/kept/archives/all"),
+        json!({"pattern": null}),
+    )
+    .await?;
+    put(format!("{url}/v1/buses/replayed"), json!({"trace": false})).await?;
+    put(format!("{url}/v1/buses/live"), json!({"trace": false})).await?;
+    for bus in ["plain", "kept", "replayed", "live"] {
+        for r in 0..args.rules {
+            let source = if r == 0 {
+                "bench.match".to_owned()
+            } else {
+                format!("bench.other{r}")
+            };
+            let rule = json!({"pattern": {"source": [source]}, "targets": [{"id": "sink", "type": "http", "url": sink_url}]});
+            put(format!("{url}/v1/buses/{bus}/rules/r{r}"), rule).await?;
+        }
+        let live = json!({"pattern": {"source": ["bench.live"]}, "targets": [{"id": "sink", "type": "http", "url": sink_url}]});
+        put(format!("{url}/v1/buses/{bus}/rules/live"), live).await?;
+    }
+    let modes: Vec<(&str, &'static str)> = match args.history {
+        HistorySwitch::Off => vec![("off", "plain")],
+        HistorySwitch::On => vec![("on", "kept")],
+        HistorySwitch::Both => vec![("off", "plain"), ("on", "kept")],
+    };
+    let mut figures: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
+    let archive_from = busbar::clock::now_ms();
+    let mut kept_matching = 0;
+    for round in 0..args.rounds {
+        for (mode, bus) in &modes {
+            for batch in [1usize, 10] {
+                let n = bench
+                    .flood_to(bus, args.connections, args.seconds, batch, "bench.nomatch")
+                    .await;
+                let rate = n as f64 / args.seconds as f64;
+                println!(
+                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s"
+                );
+                figures
+                    .entry((
+                        mode,
+                        if batch == 1 {
+                            "ingest single"
+                        } else {
+                            "ingest batch10"
+                        },
+                    ))
+                    .or_default()
+                    .push(rate);
+            }
+            let before = sink.count.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            let sent = bench
+                .flood_to(bus, args.connections, args.seconds, 10, "bench.match")
+                .await;
+            if *bus == "kept" {
+                kept_matching += sent;
+            }
+            let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
+            let rate = delivered as f64 / t0.elapsed().as_secs_f64();
+            println!(
+                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered"
+            );
+            figures
+                .entry((mode, "e2e delivered"))
+                .or_default()
+                .push(rate);
+        }
+    }
+    if args.history == HistorySwitch::Both {
+        for what in ["ingest single", "ingest batch10", "e2e delivered"] {
+            let mean = |m| {
+                let v = &figures[&(m, what)];
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let (off, on) = (mean("off"), mean("on"));
+            println!(
+                "history on/off, {what}: {on:.0} / {off:.0} = {:.3}",
+                on / off
+            );
+        }
+    }
+    if args.history == HistorySwitch::Off {
+        return Ok(());
+    }
+    // Replay speed: the matching events archived on `kept`, to `replayed` (its rule r0 → sink).
+    let to = busbar::clock::now_ms();
+    let start = |name: String| {
+        let (client, key) = (client.clone(), key.to_owned());
+        let body = json!({"name": name, "bus": "kept", "archive": "all", "rules": ["r0"],
+                          "from": busbar::clock::rfc3339(archive_from), "to": busbar::clock::rfc3339(to),
+                          "destination_bus": "replayed"});
+        let url = format!("{url}/v1/replays");
+        async move {
+            let r: Value = client
+                .post(url)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(r["replay_id"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let status = |id: String| {
+        let (client, key) = (client.clone(), key.to_owned());
+        let url = format!("{url}/v1/replays/{id}");
+        async move {
+            anyhow::Ok(
+                client
+                    .get(url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await?
+                    .json::<Value>()
+                    .await?,
+            )
+        }
+    };
+    let before = sink.count.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let id = start("bench-speed".into()).await?;
+    let total = loop {
+        let r = status(id.clone()).await?;
+        if r["state"] != "starting" && r["state"] != "running" {
+            break r["events_replayed"].as_u64().unwrap_or(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let appended = t0.elapsed().as_secs_f64();
+    let matching = drained(sink, before, kept_matching, Duration::from_secs(120)).await;
+    println!(
+        "replay: {total} events appended in {appended:.1} s = {:.0} events/s; {matching} delivered by the replay's rule in {:.1} s",
+        total as f64 / appended,
+        t0.elapsed().as_secs_f64()
+    );
+    // Let the router finish the replay's other events before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Live latency on another bus, without and with a replay running.
+    println!(
+        "live latency at {} events/s, no replay: {}",
+        args.rate,
+        latency(bench, sink, "live", args.rate, args.seconds, 5_000_000_000).await
+    );
+    let id = start("bench-background".into()).await?;
+    let during = latency(bench, sink, "live", args.rate, args.seconds, 6_000_000_000).await;
+    let r = status(id).await?;
+    println!(
+        "live latency at {} events/s, during a replay ({} of {} replayed by the end, {}): {during}",
+        args.rate, r["events_replayed"], r["events_total"], r["state"]
+    );
     Ok(())
 }

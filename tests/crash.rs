@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Starts `busbar serve` on a free port and returns the child and its base URL.
-fn spawn_bus(data_dir: &Path) -> (Child, String) {
+pub(crate) fn spawn_bus(data_dir: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -40,7 +40,7 @@ fn spawn_bus(data_dir: &Path) -> (Child, String) {
 }
 
 /// Creates a tenant on a bus started by [`spawn_bus`]; returns its API key.
-async fn create_tenant(client: &reqwest::Client, url: &str, name: &str) -> String {
+pub(crate) async fn create_tenant(client: &reqwest::Client, url: &str, name: &str) -> String {
     let tenant: serde_json::Value = client
         .post(format!("{url}/v1/admin/tenants"))
         .bearer_auth(ADMIN_KEY)

@@ -1,4 +1,7 @@
-//! The `busbar` command line: `serve`, `put`, and the pattern and transform testers.
+//! The `busbar` command line: `serve`, `put`, the pattern and transform
+//! testers, and `replay` ([`replay`]).
+
+pub mod replay;
 
 use crate::config::{Config, LogFormat};
 use crate::pattern::{Pattern, PatternLimits, RuleSet};
@@ -46,6 +49,12 @@ pub enum Command {
         /// Plugin action.
         #[command(subcommand)]
         action: PluginCommand,
+    },
+    /// Replays of archived events on a running bus.
+    Replay {
+        /// Replay action.
+        #[command(subcommand)]
+        action: replay::ReplayCommand,
     },
 }
 
@@ -207,6 +216,16 @@ pub enum PatternCommand {
         /// and answered `{"id", "matched": [names]}`.
         #[arg(long, conflicts_with_all = ["pattern", "event"])]
         jsonl: bool,
+    },
+    /// Explain per branch and condition why an event matches or not (JSON;
+    /// exit 0 on match, 1 on no match, 2 when invalid).
+    Explain {
+        /// Pattern JSON file.
+        #[arg(long)]
+        pattern: PathBuf,
+        /// Event JSON file.
+        #[arg(long)]
+        event: PathBuf,
     },
 }
 
@@ -383,6 +402,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Put(args) => put(args),
         Command::Plugin { action } => plugin::run(action),
+        Command::Replay { action } => replay::run(action),
+        Command::Pattern {
+            action: PatternCommand::Explain { pattern, event },
+        } => explain_pattern(&read_json(&pattern)?, &read_json(&event)?),
         Command::Pattern {
             action:
                 PatternCommand::Test {
@@ -464,6 +487,24 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     Ok(2)
                 }
             }
+        }
+    }
+}
+
+/// `busbar pattern explain`: prints the explanation as JSON.
+fn explain_pattern(pattern: &Value, event: &Value) -> anyhow::Result<i32> {
+    match crate::pattern::explain::explain(
+        &pattern_for_sample(pattern, event),
+        event,
+        &PatternLimits::default(),
+    ) {
+        Ok(e) => {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+            Ok(if e.matched { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("invalid pattern: {e}");
+            Ok(2)
         }
     }
 }

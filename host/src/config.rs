@@ -55,6 +55,38 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     /// The tenant that owns plugins from `plugins_dir` (created if missing).
     pub plugins_tenant: String,
+    /// Traces, archives and replays.
+    pub history: HistoryConfig,
+}
+
+/// `[history]`: trace retention and replay limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// How long each event's trace is kept (hours).
+    pub trace_retention_hours: u64,
+    /// Most traces kept; beyond it the oldest are dropped (about 2–3 KB
+    /// each on disk with a 1 KB event).
+    pub trace_max_events: u64,
+    /// Replays one tenant may run at once.
+    pub max_concurrent_replays: usize,
+    /// Events per second all of one tenant's replays may append together
+    /// (0: no cap).
+    pub replay_rate: u32,
+    /// Time between retention sweeps (milliseconds).
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            trace_retention_hours: 72,
+            trace_max_events: 2_000_000,
+            max_concurrent_replays: 10,
+            replay_rate: 0,
+            sweep_interval_ms: 60_000,
+        }
+    }
 }
 
 /// Wasm plugin runtime settings.
@@ -190,6 +222,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             plugins_dir: None,
             plugins_tenant: "dev".to_owned(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -317,6 +350,8 @@ pub struct RuntimeSettings {
     pub store: StoreSettings,
     /// This node's name (metrics label `node`, logs, NATS connection name).
     pub node_id: String,
+    /// Trace retention and replay limits.
+    pub history: crate::history::HistorySettings,
 }
 
 impl Config {
@@ -373,6 +408,17 @@ impl Config {
             ingest,
             store,
             node_id,
+            history: crate::history::HistorySettings {
+                retention: crate::history::RetentionSettings {
+                    trace_retention: Duration::from_secs(self.history.trace_retention_hours * 3600),
+                    trace_max_events: self.history.trace_max_events,
+                    interval: Duration::from_millis(self.history.sweep_interval_ms),
+                },
+                replays: crate::history::ReplayLimits {
+                    max_concurrent: self.history.max_concurrent_replays,
+                    rate: (self.history.replay_rate > 0).then_some(self.history.replay_rate),
+                },
+            },
         })
     }
 
@@ -517,6 +563,15 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         }) {
             return invalid("node_id", "use 1 to 64 letters, digits, '-', '_' and '.'");
+        }
+        if self.history.trace_retention_hours == 0 {
+            return invalid("history.trace_retention_hours", "must be at least 1");
+        }
+        if self.history.max_concurrent_replays == 0 {
+            return invalid("history.max_concurrent_replays", "must be at least 1");
+        }
+        if self.history.sweep_interval_ms < 10 {
+            return invalid("history.sweep_interval_ms", "must be at least 10");
         }
         self.egress_policy()?;
         self.store_settings()?;

@@ -3,7 +3,8 @@
 //! WebAssembly components.
 //!
 //! The modules follow the data flow: [`api`] (HTTP edge) → [`ingest`]
-//! (validate, normalise to CloudEvents) → [`store`] (event log, delivery
+//! (validate, normalise to CloudEvents) → [`door`] (schemas, discovery,
+//! deduplication) → [`store`] (event log, delivery
 //! jobs, dead letters, queues, configuration) → [`route`] (rules:
 //! [`pattern`], [`transform`]) → [`plugin`] (the Wasm sandbox) → [`deliver`]
 //! (targets, retries, dead-lettering). [`control`] is the control plane
@@ -25,7 +26,9 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod deliver;
+pub mod door;
 pub mod event;
+pub mod history;
 pub mod ingest;
 pub mod net;
 pub mod pattern;

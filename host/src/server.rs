@@ -9,9 +9,14 @@ use crate::deliver::TargetServices;
 use crate::deliver::engine::Engine;
 use crate::deliver::http::HttpClient;
 use crate::deliver::queue::QueueSignals;
+use crate::door::Door;
+use crate::history::replay::ReplayerParts;
+use crate::history::retention::Sweeper;
+use crate::history::stamp::StampingLog;
+use crate::history::{HistoryServices, Replayer, RoutingLag, TraceSink};
 use crate::plugin::PluginRuntime;
 use crate::plugin::registry::PluginHost;
-use crate::route::router::Router;
+use crate::route::router::{Router, RouterHistory};
 use crate::store::{EventLog, LogConsumer};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -92,6 +97,17 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
     let dir = config.ensure_data_dir()?.to_owned();
     let stores = crate::store::open(&settings.store, clock.clone()).await?;
     let catalog = Arc::new(Catalog::default());
+    // Ingest and bus targets append through this: it stamps archive copies.
+    let lag = Arc::new(RoutingLag::default());
+    let stamping = Arc::new(StampingLog::new(
+        stores.log.clone(),
+        stores.dedup.clone(),
+        catalog.clone(),
+        lag.clone(),
+    ));
+    let log: Arc<dyn EventLog> = stamping.clone();
+    let (trace_sink, _trace_writer) = TraceSink::start(stores.traces.clone(), catalog.clone());
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let runtime = Arc::new(PluginRuntime::new(settings.plugin_runtime.clone())?);
     let plugins = Arc::new(
         PluginHost::new(runtime, catalog.clone(), settings.plugin_limits.clone())
@@ -102,7 +118,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         http: HttpClient::new(&settings.egress)?,
         queues: stores.queues.clone(),
         queue_signals: queue_signals.clone(),
-        log: stores.log.clone(),
+        log: log.clone(),
         max_hops: settings.max_hops,
         clock: clock.clone(),
         plugins: plugins.clone(),
@@ -117,26 +133,69 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
     // Changes other nodes make: watched from before the load, so none is missed.
     let watch = stores.config.watch().await?;
     control.load().await?;
+    let door = Arc::new(Door::new(
+        catalog.clone(),
+        log.clone(),
+        stamping,
+        stores.schemas.clone(),
+        clock.clone(),
+    ));
+    door.registry.load().await?;
     let (admin_key_hash, generated_admin_key) =
         control.admin_key(config.admin_key.as_deref()).await?;
 
-    let engine = Arc::new(Engine::new(
-        stores.jobs.clone(),
-        catalog.clone(),
-        clock.clone(),
-        settings.engine.clone(),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            stores.jobs.clone(),
+            catalog.clone(),
+            clock.clone(),
+            settings.engine.clone(),
+        )
+        .with_traces(trace_sink.clone()),
+    );
     let routing = stores.log.consumer().await?;
     let router = Arc::new(Router {
         routes: catalog.clone(),
         engine: engine.clone(),
         plugins: plugins.clone(),
         clock: clock.clone(),
+        history: Some(RouterHistory {
+            table: catalog.clone(),
+            traces: stores.traces.clone(),
+            lag: lag.clone(),
+        }),
     });
+    let replayer = Replayer::new(ReplayerParts {
+        archives: stores.archives.clone(),
+        replays: stores.replays.clone(),
+        table: catalog.clone(),
+        sink: trace_sink.clone(),
+        routing: routing.clone(),
+        lag,
+        clock: clock.clone(),
+        limits: settings.history.replays,
+        shutdown: shutdown_rx.clone(),
+    });
+    let sweeper = Sweeper {
+        table: catalog.clone(),
+        archives: stores.archives.clone(),
+        traces: stores.traces.clone(),
+        clock: clock.clone(),
+        settings: settings.history.retention.clone(),
+    };
+    let history = HistoryServices {
+        archives: stores.archives.clone(),
+        traces: stores.traces.clone(),
+        replays: stores.replays.clone(),
+        replayer: replayer.clone(),
+        sink: trace_sink,
+    };
     let state = Arc::new(AppState {
         control: control.clone(),
         catalog,
-        log: stores.log.clone(),
+        log: log.clone(),
+        door: door.clone(),
+        history,
         routing: routing.clone(),
         dead_letters: stores.dead_letters.clone(),
         queues: stores.queues.clone(),
@@ -153,7 +212,6 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         store_health: stores.health.clone(),
     });
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     if let Some(watch) = watch {
         tasks.push(tokio::spawn(
@@ -169,7 +227,16 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         )));
     }
     let router = tokio::spawn(router.run(routing.clone(), shutdown_rx.clone()));
+    let resumed = replayer.resume().await?;
+    if resumed > 0 {
+        tracing::info!(
+            replays = resumed,
+            "resumed replays interrupted by the last stop"
+        );
+    }
+    tasks.push(tokio::spawn(sweeper.run(shutdown_rx.clone())));
     tasks.push(tokio::spawn(engine.run_retries(shutdown_rx.clone())));
+    tasks.push(tokio::spawn(door.run_upkeep(shutdown_rx.clone())));
     tasks.push(tokio::spawn(prune_loop(
         stores.log.clone(),
         clock,

@@ -104,3 +104,16 @@ pub fn plugin_runtime(invocations: u64, compiles: u64, artifact_loads: u64) {
     counter!("busbar_plugin_compiles_total").absolute(compiles);
     counter!("busbar_plugin_artifact_loads_total").absolute(artifact_loads);
 }
+
+/// An event that did not conform to its bus's schema (refused in `enforce`
+/// mode, tagged in `warn` mode), per schema.
+pub fn schema_violation(tenant: &str, bus: &str, schema: &str, mode: &'static str) {
+    counter!("busbar_schema_violations_total", "tenant" => tenant.to_owned(), "bus" => bus.to_owned(),
+             "schema" => schema.to_owned(), "mode" => mode)
+    .increment(1);
+}
+
+/// Events acknowledged as duplicates (inside their bus's window) and not stored again.
+pub fn duplicates(tenant: &str, n: u64) {
+    counter!("busbar_events_duplicate_total", "tenant" => tenant.to_owned()).increment(n);
+}

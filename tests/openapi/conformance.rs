@@ -880,6 +880,183 @@ async fn every_answer_is_documented() {
         S::NOT_FOUND
     );
 
+    // History: archives, replays, traces and explain.
+    let archive = json!({"pattern": {"source": ["shop.orders"]}, "retention_days": 30});
+    let path = "/v1/buses/orders/archives/all";
+    assert_eq!(
+        c.call(M::PUT, path, key, json(archive.clone())).await.0,
+        S::CREATED
+    );
+    assert_eq!(c.call(M::PUT, path, key, json(archive)).await.0, S::OK);
+    let too_long = json!({"retention_days": 9999});
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/orders/archives/x", key, json(too_long))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/nope/archives/x", key, json(json!({})))
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/orders/archives", key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/nope/archives", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let since = busbar::clock::rfc3339(busbar::clock::now_ms() - 1);
+    let sent = c
+        .call(
+            M::POST,
+            "/v1/buses/orders/events",
+            key,
+            raw(
+                Some("application/cloudevents+json"),
+                event("hist-1").to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(sent.0, S::ACCEPTED);
+    assert_eq!(c.call(M::GET, path, key, Body::None).await.0, S::OK);
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/orders/archives/none", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let until = busbar::clock::rfc3339(busbar::clock::now_ms() + 1);
+    let replay = json!({"name": "doc-replay", "bus": "orders", "archive": "all", "from": since, "to": until});
+    let (status, started) = c
+        .call(M::POST, "/v1/replays", key, json(replay.clone()))
+        .await;
+    assert_eq!(status, S::ACCEPTED);
+    assert_eq!(
+        c.call(M::POST, "/v1/replays", key, json(replay.clone()))
+            .await
+            .0,
+        S::CONFLICT
+    );
+    let mut unknown = replay.clone();
+    unknown["archive"] = json!("none");
+    assert_eq!(
+        c.call(M::POST, "/v1/replays", key, json(unknown)).await.0,
+        S::NOT_FOUND
+    );
+    let mut backwards = replay;
+    backwards["from"] = json!(until);
+    backwards["to"] = json!(since);
+    assert_eq!(
+        c.call(M::POST, "/v1/replays", key, json(backwards)).await.0,
+        S::BAD_REQUEST
+    );
+    let id = started["replay_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.call(M::GET, "/v1/replays", key, Body::None).await.0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, &format!("/v1/replays/{id}"), key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/replays/rp_none", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    let cancelled = c
+        .call(M::DELETE, &format!("/v1/replays/{id}"), key, Body::None)
+        .await
+        .0;
+    assert!(matches!(cancelled, S::OK | S::CONFLICT), "{cancelled}");
+    assert_eq!(
+        c.call(M::DELETE, "/v1/replays/rp_none", key, Body::None)
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/events/hist-1", key, Body::None).await.0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/events/none", key, Body::None).await.0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(
+            M::GET,
+            "/v1/events?source=shop.orders&limit=5",
+            key,
+            Body::None
+        )
+        .await
+        .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/events?state=lost", key, Body::None)
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    let explain = json!({"pattern": {"source": ["shop.orders"]}, "event": event("x")});
+    assert_eq!(
+        c.call(M::POST, "/v1/patterns/explain", key, json(explain))
+            .await
+            .0,
+        S::OK
+    );
+    let bad = json!({"pattern": {"source": "x"}, "event": {}});
+    assert_eq!(
+        c.call(M::POST, "/v1/patterns/explain", key, json(bad))
+            .await
+            .0,
+        S::BAD_REQUEST
+    );
+    let rule_event = json!({"event": event("x")});
+    assert_eq!(
+        c.call(
+            M::POST,
+            "/v1/buses/orders/rules/r1/explain",
+            key,
+            json(rule_event.clone())
+        )
+        .await
+        .0,
+        S::OK
+    );
+    assert_eq!(
+        c.call(
+            M::POST,
+            "/v1/buses/orders/rules/none/explain",
+            key,
+            json(rule_event)
+        )
+        .await
+        .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::DELETE, path, key, Body::None).await.0,
+        S::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(M::DELETE, path, key, Body::None).await.0,
+        S::NOT_FOUND
+    );
+
     // Deleting.
     for rule in ["r1", "r2", "r3"] {
         let path = format!("/v1/buses/orders/rules/{rule}");
@@ -918,6 +1095,169 @@ async fn every_answer_is_documented() {
             .0,
         S::NOT_FOUND
     );
+
+    // Schemas, discovery, deduplication (on the default bus).
+    let schemas = "/v1/buses/default/schemas/orders";
+    let example = c.doc["paths"]["/v1/buses/{bus}/schemas/{schema}"]["put"]["requestBody"]
+        ["content"]["application/json"]["examples"]["orders"]["value"]
+        .clone();
+    let mut spec = example.clone();
+    spec["source"] = json!("shop.orders");
+    spec["type"] = json!("OrderPlaced");
+    spec["schema"] = json!({"type": "object", "required": ["id", "total"],
+                            "properties": {"id": {"type": "integer"}, "total": {"type": "number"}}});
+    for (body, expected) in [
+        (spec.clone(), S::CREATED),
+        (spec.clone(), S::OK),
+        (
+            json!({"source": "s", "type": "t", "schema": {"type": "nope"}}),
+            S::BAD_REQUEST,
+        ),
+    ] {
+        assert_eq!(c.call(M::PUT, schemas, key, json(body)).await.0, expected);
+    }
+    let mut narrower = spec.clone();
+    narrower["schema"]["required"] = json!(["id", "total", "note"]);
+    assert_eq!(
+        c.call(M::PUT, schemas, key, json(narrower)).await.0,
+        S::CONFLICT
+    );
+    assert_eq!(
+        c.call(M::PUT, "/v1/buses/nope/schemas/x", key, json(spec.clone()))
+            .await
+            .0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        c.call(M::GET, "/v1/buses/default/schemas", key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    assert_eq!(c.call(M::GET, schemas, key, Body::None).await.0, S::OK);
+    assert_eq!(
+        c.call(M::GET, &format!("{schemas}/versions/2"), key, Body::None)
+            .await
+            .0,
+        S::OK
+    );
+    for (version, expected) in [("9", S::NOT_FOUND), ("two", S::BAD_REQUEST)] {
+        assert_eq!(
+            c.call(
+                M::GET,
+                &format!("{schemas}/versions/{version}"),
+                key,
+                Body::None
+            )
+            .await
+            .0,
+            expected
+        );
+    }
+    // Ingest answers with violations, duplicates and schema errors per entry.
+    let bad = json!({"specversion": "1.0", "id": "v1", "source": "shop.orders", "type": "OrderPlaced",
+                     "data": {"id": "x"}});
+    let (status, _) = c
+        .call(
+            M::POST,
+            "/v1/buses/default/events",
+            key,
+            raw(Some("application/cloudevents+json"), bad.to_string()),
+        )
+        .await;
+    assert_eq!(status, S::BAD_REQUEST);
+    assert_eq!(
+        c.call(
+            M::PUT,
+            "/v1/buses/default",
+            key,
+            json(json!({"dedup_window_s": 60, "schema_discovery": true}))
+        )
+        .await
+        .0,
+        S::OK
+    );
+    let good = json!({"specversion": "1.0", "id": "g1", "source": "shop.orders", "type": "OrderPlaced",
+                      "data": {"id": 1, "total": 2}});
+    for _ in 0..2 {
+        let (status, _) = c
+            .call(
+                M::POST,
+                "/v1/buses/default/events",
+                key,
+                raw(Some("application/cloudevents+json"), good.to_string()),
+            )
+            .await;
+        assert_eq!(status, S::ACCEPTED);
+    }
+    let (status, answer) = c
+        .call(
+            M::POST,
+            "/v1/buses/default/events",
+            key,
+            raw(
+                Some("application/cloudevents-batch+json"),
+                json!([good, bad]).to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(status, S::ACCEPTED);
+    assert_eq!(answer["duplicates"], json!(["g1"]), "{answer}");
+    let (status, answer) = c
+        .call(
+            M::POST,
+            "/v1/events",
+            key,
+            json(json!({"Entries": [{"Source": "shop.orders", "DetailType": "OrderPlaced", "Detail": "{\"id\": \"x\"}"}]})),
+        )
+        .await;
+    assert_eq!(status, S::OK);
+    assert_eq!(
+        answer["Entries"][0]["ErrorCode"], "SchemaViolation",
+        "{answer}"
+    );
+    assert_eq!(
+        c.call(
+            M::GET,
+            "/v1/buses/default/discovered-schemas",
+            key,
+            Body::None
+        )
+        .await
+        .0,
+        S::OK
+    );
+    let promote = "/v1/buses/default/discovered-schemas/promote";
+    for (body, expected) in [
+        (
+            json!({"source": "shop.orders", "type": "OrderPlaced", "name": "learned", "mode": "warn"}),
+            S::CONFLICT,
+        ),
+        (
+            json!({"source": "nope", "type": "none", "name": "learned"}),
+            S::NOT_FOUND,
+        ),
+        (json!({"source": "shop.orders"}), S::BAD_REQUEST),
+    ] {
+        assert_eq!(c.call(M::POST, promote, key, json(body)).await.0, expected);
+    }
+    assert_eq!(
+        c.call(M::DELETE, schemas, key, Body::None).await.0,
+        S::NO_CONTENT
+    );
+    assert_eq!(
+        c.call(M::DELETE, schemas, key, Body::None).await.0,
+        S::NOT_FOUND
+    );
+    let (status, _) = c
+        .call(
+            M::POST,
+            promote,
+            key,
+            json(json!({"source": "shop.orders", "type": "OrderPlaced", "name": "learned"})),
+        )
+        .await;
+    assert_eq!(status, S::CREATED);
 
     // Every documented operation took part.
     let all: BTreeSet<(String, String)> = super::operations(&c.doc)

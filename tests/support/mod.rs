@@ -79,6 +79,29 @@ impl TestBus {
         }
     }
 
+    /// Starts with a config, reading time from `clock` (tests of windows
+    /// and expiry move time themselves).
+    pub async fn start_with_clock(
+        dir: tempfile::TempDir,
+        config: Config,
+        clock: busbar::clock::SharedClock,
+    ) -> Self {
+        let nats = config
+            .store
+            .url
+            .clone()
+            .filter(|u| u.starts_with("nats://"))
+            .map(|u| (u, config.store.prefix.clone()));
+        let running = server::start_with_clock(config, clock).await.unwrap();
+        Self {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::new(),
+            running: Some(running),
+            dir: Some(dir),
+            nats,
+        }
+    }
+
     /// Stops gracefully and returns the data dir for a restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(r) = self.running.take() {

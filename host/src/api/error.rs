@@ -23,6 +23,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Every problem, when there are several.
     pub details: Vec<Problem>,
+    /// More members of the error object (e.g. a schema violation's
+    /// `violations`); boxed, as errors are returned often and rarely have any.
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -34,7 +37,16 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: Vec::new(),
+            extra: None,
         }
+    }
+
+    /// Adds a member to the error object.
+    pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(name.to_owned(), value);
+        self
     }
 
     /// Names the input at fault.
@@ -93,6 +105,7 @@ impl ApiError {
             message,
             field,
             details: errors,
+            extra: None,
         }
     }
 
@@ -119,6 +132,9 @@ impl IntoResponse for ApiError {
         }
         if !self.details.is_empty() {
             error["details"] = json!(self.details);
+        }
+        for (k, v) in self.extra.into_iter().flat_map(|extra| *extra) {
+            error[k.as_str()] = v;
         }
         (self.status, axum::Json(json!({ "error": error }))).into_response()
     }

@@ -1,13 +1,15 @@
 //! Event ingestion: `POST /v1/buses/{bus}/events` (CloudEvents) and
 //! `POST /v1/events` (EventBridge `PutEvents`).
 //!
-//! A 2xx is sent only after the store has committed the events.
+//! Each parsed event passes the ingest door (its bus's schemas, then the
+//! deduplicating append); a 2xx is sent only after the store has committed
+//! the events.
 
 use super::error::ingest_error_json;
 use super::{ApiError, State, Tenant};
+use crate::door::SchemaRejection;
 use crate::event::Event;
 use crate::ingest::{self, CloudEventsBody};
-use crate::store::NewEvent;
 use crate::telemetry;
 use axum::Json;
 use axum::body::Body;
@@ -27,13 +29,26 @@ async fn read_body(request: Request<Body>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn new_event(tenant: &str, bus: &str, event: &Event, now: i64) -> NewEvent {
-    NewEvent {
-        tenant: tenant.to_owned(),
-        bus: bus.to_owned(),
-        event_id: event.id().to_owned(),
-        body: Bytes::from(event.to_json_bytes()),
-        ingested_ms: now,
+/// The answer to an event a schema refused, as an API error.
+fn rejection_error(r: &SchemaRejection) -> ApiError {
+    telemetry::rejected("schema_violation", 1);
+    ApiError::bad_request("schema_violation", r.message(), r.field())
+        .with_member("schema", json!(r.schema))
+        .with_member("violations", json!(r.violations))
+}
+
+/// The same, as a batch entry's `error`.
+fn rejection_json(r: &SchemaRejection) -> Value {
+    telemetry::rejected("schema_violation", 1);
+    json!({"code": "schema_violation", "message": r.message(), "status": 400, "field": r.field(),
+           "schema": r.schema, "violations": r.violations})
+}
+
+/// Counts what was stored (duplicates were not).
+fn count_accepted(tenant: &str, duplicates: &[bool]) {
+    let n = duplicates.iter().filter(|d| !**d).count() as u64;
+    if n > 0 {
+        telemetry::accepted(tenant, n);
     }
 }
 
@@ -54,42 +69,62 @@ pub(super) async fn post_cloudevents(
         })?;
     let now = state.clock.now_ms();
     match parsed {
-        CloudEventsBody::Single(event) => {
-            let id = event.id().to_owned();
+        CloudEventsBody::Single(mut event) => {
             state
-                .log
-                .append(vec![new_event(&tenant, &bus, &event, now)])
-                .await?;
-            telemetry::accepted(&tenant, 1);
-            Ok((StatusCode::ACCEPTED, Json(json!({"ids": [id]}))))
+                .door
+                .check(&tenant, &bus, &mut event)
+                .map_err(|r| rejection_error(&r))?;
+            let id = event.id().to_owned();
+            let duplicates = state.door.admit(&tenant, &[(&bus, &event)], now).await?;
+            count_accepted(&tenant, &duplicates);
+            let mut answer = json!({"ids": [id]});
+            if duplicates[0] {
+                answer["duplicates"] = json!([id]);
+            }
+            Ok((StatusCode::ACCEPTED, Json(answer)))
         }
         CloudEventsBody::Batch(entries) => {
-            let mut results = Vec::with_capacity(entries.len());
-            let mut accepted = Vec::new();
-            let mut ids = Vec::new();
-            for entry in &entries {
+            let total = entries.len();
+            let mut results = Vec::with_capacity(total);
+            let mut accepted: Vec<Event> = Vec::new();
+            // results[i] for accepted[j] is at slots[j].
+            let mut slots = Vec::new();
+            for entry in entries {
                 match entry {
-                    Ok(event) => {
-                        ids.push(event.id().to_owned());
-                        accepted.push(new_event(&tenant, &bus, event, now));
-                        results.push(json!({"id": event.id()}));
-                    }
+                    Ok(mut event) => match state.door.check(&tenant, &bus, &mut event) {
+                        Ok(()) => {
+                            slots.push(results.len());
+                            results.push(json!({"id": event.id()}));
+                            accepted.push(event);
+                        }
+                        Err(r) => results.push(json!({"error": rejection_json(&r)})),
+                    },
                     Err(e) => {
                         telemetry::rejected(e.code(), 1);
-                        results.push(json!({"error": ingest_error_json(e)}));
+                        results.push(json!({"error": ingest_error_json(&e)}));
                     }
                 }
             }
-            let failed = entries.len() - accepted.len();
+            let failed = total - accepted.len();
+            let ids: Vec<&str> = accepted.iter().map(Event::id).collect();
+            let mut duplicate_ids = Vec::new();
             if !accepted.is_empty() {
-                let n = accepted.len() as u64;
-                state.log.append(accepted).await?;
-                telemetry::accepted(&tenant, n);
+                let batch: Vec<(&str, &Event)> =
+                    accepted.iter().map(|e| (bus.as_str(), e)).collect();
+                let duplicates = state.door.admit(&tenant, &batch, now).await?;
+                count_accepted(&tenant, &duplicates);
+                for ((slot, event), duplicate) in slots.iter().zip(&accepted).zip(duplicates) {
+                    if duplicate {
+                        results[*slot]["duplicate"] = json!(true);
+                        duplicate_ids.push(event.id());
+                    }
+                }
             }
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"ids": ids, "failed_count": failed, "results": results})),
-            ))
+            let mut answer = json!({"ids": ids, "failed_count": failed, "results": results});
+            if !duplicate_ids.is_empty() {
+                answer["duplicates"] = json!(duplicate_ids);
+            }
+            Ok((StatusCode::ACCEPTED, Json(answer)))
         }
     }
 }
@@ -104,13 +139,28 @@ pub(super) async fn put_events(
         telemetry::rejected(e.code(), 1);
     })?;
     let now = state.clock.now_ms();
-    let mut results = Vec::with_capacity(entries.len());
-    let mut accepted = Vec::new();
-    for entry in &entries {
-        match &entry.event {
-            Ok(event) if state.catalog.has_bus(&tenant, &entry.bus) => {
-                accepted.push(new_event(&tenant, &entry.bus, event, now));
-                results.push(json!({"EventId": event.id()}));
+    let total = entries.len();
+    let mut results = Vec::with_capacity(total);
+    let mut accepted: Vec<(String, Event)> = Vec::new();
+    let mut slots = Vec::new();
+    for entry in entries {
+        match entry.event {
+            Ok(mut event) if state.catalog.has_bus(&tenant, &entry.bus) => {
+                match state.door.check(&tenant, &entry.bus, &mut event) {
+                    Ok(()) => {
+                        slots.push(results.len());
+                        results.push(json!({"EventId": event.id()}));
+                        accepted.push((entry.bus, event));
+                    }
+                    Err(r) => {
+                        telemetry::rejected("schema_violation", 1);
+                        results.push(json!({
+                            "ErrorCode": "SchemaViolation",
+                            "ErrorMessage": r.message(),
+                            "Violations": r.violations,
+                        }));
+                    }
+                }
             }
             Ok(_) => {
                 telemetry::rejected("bus_not_found", 1);
@@ -126,13 +176,22 @@ pub(super) async fn put_events(
             }
         }
     }
-    let failed = entries.len() - accepted.len();
+    let failed = total - accepted.len();
+    let mut answer = json!({"FailedEntryCount": failed, "Entries": results});
     if !accepted.is_empty() {
-        let n = accepted.len() as u64;
-        state.log.append(accepted).await?;
-        telemetry::accepted(&tenant, n);
+        let batch: Vec<(&str, &Event)> = accepted.iter().map(|(b, e)| (b.as_str(), e)).collect();
+        let duplicates = state.door.admit(&tenant, &batch, now).await?;
+        count_accepted(&tenant, &duplicates);
+        let mut duplicate_ids = Vec::new();
+        for ((slot, (_, event)), duplicate) in slots.iter().zip(&accepted).zip(duplicates) {
+            if duplicate {
+                answer["Entries"][*slot]["Duplicate"] = json!(true);
+                duplicate_ids.push(event.id());
+            }
+        }
+        if !duplicate_ids.is_empty() {
+            answer["duplicates"] = json!(duplicate_ids);
+        }
     }
-    Ok(Json(
-        json!({"FailedEntryCount": failed, "Entries": results}),
-    ))
+    Ok(Json(answer))
 }

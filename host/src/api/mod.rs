@@ -7,11 +7,13 @@
 mod admin;
 mod error;
 mod events;
+mod history;
 mod openapi;
 mod ops;
 mod plugins;
 mod queues;
 mod resources;
+mod schemas;
 mod tools;
 
 pub use error::ApiError;
@@ -19,6 +21,7 @@ pub use error::ApiError;
 use crate::clock::SharedClock;
 use crate::control::{Catalog, ControlPlane, hash_key};
 use crate::deliver::queue::QueueSignals;
+use crate::door::Door;
 use crate::ingest::IngestLimits;
 use crate::pattern::PatternLimits;
 use crate::plugin::registry::PluginHost;
@@ -38,8 +41,13 @@ pub struct AppState {
     pub control: Arc<ControlPlane>,
     /// What handlers read: tenants, keys, buses, rules, queues, plugins.
     pub catalog: Arc<Catalog>,
-    /// The event log (ingest appends here).
+    /// The event log.
     pub log: Arc<dyn EventLog>,
+    /// The ingest door: schemas, discovery, deduplicated appends (ingest
+    /// appends through here).
+    pub door: Arc<Door>,
+    /// Archives, traces and replays.
+    pub history: crate::history::HistoryServices,
     /// The routing consumer (for the backlog gauge).
     pub routing: Arc<dyn LogConsumer>,
     /// Dead letters.
@@ -99,8 +107,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/events",
-            post(events::put_events).layer(DefaultBodyLimit::max(events_limit)),
+            post(events::put_events)
+                .layer(DefaultBodyLimit::max(events_limit))
+                .get(history::search_events),
         )
+        .route("/events/{id}", get(history::get_event))
         .route("/buses", get(resources::list_buses))
         .route(
             "/buses/{bus}",
@@ -114,6 +125,44 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(resources::put_rule)
                 .get(resources::get_rule)
                 .delete(resources::delete_rule),
+        )
+        .route("/buses/{bus}/schemas", get(schemas::list_schemas))
+        .route(
+            "/buses/{bus}/schemas/{schema}",
+            put(schemas::put_schema)
+                .get(schemas::get_schema)
+                .delete(schemas::delete_schema),
+        )
+        .route(
+            "/buses/{bus}/schemas/{schema}/versions/{version}",
+            get(schemas::get_schema_version),
+        )
+        .route(
+            "/buses/{bus}/discovered-schemas",
+            get(schemas::list_discovered),
+        )
+        .route(
+            "/buses/{bus}/discovered-schemas/promote",
+            post(schemas::promote_discovered),
+        )
+        .route(
+            "/buses/{bus}/rules/{rule}/explain",
+            post(history::explain_rule),
+        )
+        .route("/buses/{bus}/archives", get(history::list_archives))
+        .route(
+            "/buses/{bus}/archives/{archive}",
+            put(history::put_archive)
+                .get(history::get_archive)
+                .delete(history::delete_archive),
+        )
+        .route(
+            "/replays",
+            post(history::start_replay).get(history::list_replays),
+        )
+        .route(
+            "/replays/{id}",
+            get(history::get_replay).delete(history::cancel_replay),
         )
         .route("/queues", get(queues::list_queues))
         .route(
@@ -140,6 +189,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/plugins", get(plugins::list_plugins))
         .route("/plugins/{name}/rollback", post(plugins::rollback))
         .route("/patterns/test", post(tools::test_pattern))
+        .route("/patterns/explain", post(history::explain_pattern))
         .route("/transforms/test", post(tools::test_transform))
         .route("/openapi.json", get(openapi::document));
     Router::new()

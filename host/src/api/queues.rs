@@ -301,9 +301,12 @@ pub(super) async fn redrive(
         rule: req.rule,
         target: req.target,
     };
+    let letters =
+        super::history::letters_to_redrive(&state, &tenant, req.ids.as_deref(), &filter).await?;
     let moved = state
         .dead_letters
         .redrive(&tenant, req.ids.as_deref(), &filter)
         .await?;
+    super::history::record_redrives(&state, &letters, &moved);
     Ok(Json(json!({"redriven": moved.len(), "ids": moved})))
 }

@@ -62,6 +62,7 @@ pub(super) async fn delete_bus(
     Path(bus): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.control.delete_bus(&tenant, &bus).await?;
+    state.door.forget_bus(&tenant, &bus).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

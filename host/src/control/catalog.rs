@@ -10,6 +10,7 @@
 //! never waits on a lock while matching.
 
 use crate::deliver::{BoundTarget, Reference, TargetDirectory};
+use crate::door::{BusDirectory, DoorSettings};
 use crate::plugin::LimitsOverrides;
 use crate::plugin::registry::PluginDirectory;
 use crate::resource::PluginRecord;
@@ -22,6 +23,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone)]
 struct BusEntry {
     settings: Value,
+    /// What the ingest door reads of the settings, parsed once.
+    door: DoorSettings,
     routes: Arc<BusRoutes>,
 }
 
@@ -48,6 +51,8 @@ struct Tenants {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<Tenants>,
+    /// Per bus: tracing and archives (see [`super::history`]).
+    pub(super) history: super::history::HistoryIndex,
 }
 
 /// A summary of a tenant for the admin API.
@@ -196,13 +201,23 @@ impl Catalog {
             .get(bus)
             .map(|b| b.routes.clone())
             .unwrap_or_default();
-        t.buses
-            .insert(bus.to_owned(), BusEntry { settings, routes });
+        let parsed = super::BusSettings::parse(&settings).unwrap_or_default();
+        let door = parsed.door();
+        t.buses.insert(
+            bus.to_owned(),
+            BusEntry {
+                settings,
+                door,
+                routes,
+            },
+        );
+        self.history.set_traced(tenant, bus, parsed.trace);
     }
 
     /// Removes a bus and its rules.
     pub(super) fn delete_bus(&self, tenant: &str, bus: &str) -> bool {
         let mut state = self.write();
+        self.history.delete_bus(tenant, bus);
         state
             .tenants
             .get_mut(tenant)
@@ -340,6 +355,12 @@ impl RouteTable for Catalog {
     fn routes(&self, tenant: &str, bus: &str) -> Option<Arc<BusRoutes>> {
         let state = self.read();
         Some(state.tenants.get(tenant)?.buses.get(bus)?.routes.clone())
+    }
+}
+
+impl BusDirectory for Catalog {
+    fn door_settings(&self, tenant: &str, bus: &str) -> Option<DoorSettings> {
+        Some(self.read().tenants.get(tenant)?.buses.get(bus)?.door)
     }
 }
 

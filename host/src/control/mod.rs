@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod dev_dir;
 mod follow;
+pub mod history;
 mod keys;
 mod settings;
 
@@ -245,6 +246,11 @@ impl ControlPlane {
                 self.catalog.delete_plugin(tenant, name);
             }
             ResourceKind::PluginLimits => self.catalog.set_plugin_limits(tenant, None),
+            ResourceKind::Archive => {
+                if let Some((bus, archive)) = name.split_once('/') {
+                    self.catalog.history.delete_archive(tenant, bus, archive);
+                }
+            }
         }
     }
 
@@ -274,6 +280,7 @@ impl ControlPlane {
                 let rule = self.compile(&r.tenant, bus, name, &r.spec)?;
                 self.catalog.put_rule(&r.tenant, Arc::new(rule));
             }
+            ResourceKind::Archive => self.publish_archive(r)?,
         }
         Ok(())
     }
@@ -444,6 +451,7 @@ impl ControlPlane {
                 .delete_resource(tenant, ResourceKind::Rule, &rule_key(bus, rule))
                 .await?;
         }
+        self.delete_archives_of(tenant, bus).await?;
         self.config
             .delete_resource(tenant, ResourceKind::Bus, bus)
             .await?;

@@ -91,6 +91,7 @@ impl BusTarget {
             event_id: forwarded.id().to_owned(),
             body: Bytes::from(forwarded.to_json_bytes()),
             ingested_ms: now,
+            ..Default::default()
         })
     }
 }

@@ -23,20 +23,38 @@
 //! Isolation: each target has its own in-flight cap (calls in progress), so
 //! a slow or dead target fills only its own slots; its surplus waits in the
 //! store while every other target keeps its full speed.
+//!
+//! FIFO per partition key: a delivery in a chain (its rule keeps order and
+//! its event has a `partitionkey`, see [`Delivery::in_chain`]) is never
+//! attempted from memory. It is stored as a job with its chain slot, and
+//! the store hands out only the head of each chain (see
+//! [`DeliveryJobs`]'s chain contract), so the attempts of one key go out
+//! one at a time in slot order — through retries, dead letters and
+//! restarts alike — while different keys (different chains) go out side
+//! by side. Chained deliveries are stored by one task, in the order the
+//! router dispatched them (which is log order), so a chain's jobs reach the
+//! store in slot order.
+//!
+//! Traces: a first attempt records its outcome in its event's trace slot
+//! (memory; written with the routing record); retries, dead letters and
+//! drops become facts for the [`TraceSink`] (batched, never awaited).
 
 use super::retry::Next;
 use super::target::{BoundTarget, Item, TargetDirectory};
 use super::{Failure, Outcome};
 use crate::clock::{Millis, SharedClock, millis};
 use crate::event::Event;
+use crate::history::{TargetSlot, TraceSink};
+use crate::store::traces::{AttemptRecord, TargetState, TraceError};
 use crate::store::{
-    AttemptError, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, NewJob,
+    AttemptError, ChainSlot, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, NewJob,
+    TraceFact, TraceKey,
 };
 use crate::telemetry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 /// Held by a first attempt until its delivery is done or persisted; the
 /// router's routing progress is released when the last one drops.
@@ -93,6 +111,10 @@ pub struct Delivery {
     /// When the event was accepted (the age limit counts from here).
     pub ingested_ms: Millis,
     origin: Origin,
+    /// Its place in a FIFO chain, when its target keeps order per key.
+    chain: Option<ChainSlot>,
+    /// Where a first attempt records itself in its event's trace.
+    trace: Option<TargetSlot>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -121,19 +143,45 @@ impl Delivery {
             attempts: 0,
             ingested_ms,
             origin: Origin::First(done),
+            chain: None,
+            trace: None,
         }
+    }
+
+    /// Places the delivery in its FIFO chain when its target keeps order
+    /// and its event has a `partitionkey`: `position` is the event's log
+    /// position, `index` which of the events routed from that entry it is.
+    pub fn in_chain(mut self, position: i64, index: u32) -> Self {
+        if self.target.ordered
+            && let Some(key) = partition_key(&self.item.event)
+        {
+            self.chain = Some(ChainSlot {
+                key,
+                position,
+                index,
+            });
+        }
+        self
+    }
+
+    /// The same delivery, recording its first attempt in `slot`.
+    pub fn traced(mut self, slot: Option<TargetSlot>) -> Self {
+        self.trace = slot;
+        self
     }
 
     /// The delivery as a job to store.
     fn job(&self, attempts: u32, due_ms: Millis, last_error: Option<AttemptError>) -> NewJob {
-        job_for(
+        let mut job = job_for(
             &self.target,
             &self.item,
             self.ingested_ms,
             attempts,
             due_ms,
             last_error,
-        )
+        );
+        job.chain = self.chain.clone();
+        job
     }
 
     fn lease(&self) -> Option<&JobLease> {
@@ -164,6 +212,18 @@ fn job_for(
         ingested_ms,
         due_ms,
         last_error,
+        chain: None,
+    }
+}
+
+/// The CloudEvents `partitionkey` extension as text (extensions may be
+/// strings, integers or booleans).
+fn partition_key(event: &Event) -> Option<String> {
+    match event.as_map().get("partitionkey")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -190,6 +250,12 @@ pub struct Engine {
     in_flight: Mutex<HashMap<TargetKey, usize>>,
     /// Leases of attempts in progress, renewed by the heartbeat.
     leased: Mutex<HashSet<JobLease>>,
+    /// Chained first deliveries, to be stored in dispatch order.
+    chained: mpsc::UnboundedSender<Vec<Delivery>>,
+    /// Its receiver, taken by [`Engine::run_retries`].
+    chained_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>,
+    /// Where facts for traces go (none: nothing is traced).
+    traces: Option<TraceSink>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -245,6 +311,7 @@ impl Engine {
         clock: SharedClock,
         config: EngineConfig,
     ) -> Self {
+        let (chained, chained_rx) = mpsc::unbounded_channel();
         Self {
             jobs,
             directory,
@@ -253,6 +320,30 @@ impl Engine {
             config,
             in_flight: Mutex::new(HashMap::new()),
             leased: Mutex::new(HashSet::new()),
+            chained,
+            chained_rx: Mutex::new(Some(chained_rx)),
+            traces: None,
+        }
+    }
+
+    /// The engine, reporting what happens to deliveries to `sink`.
+    pub fn with_traces(mut self, sink: TraceSink) -> Self {
+        self.traces = Some(sink);
+        self
+    }
+
+    /// Queues a trace fact about a job's event.
+    fn fact(&self, job: &NewJob, fact: TraceFact) {
+        if let Some(sink) = &self.traces {
+            sink.fact(
+                TraceKey {
+                    tenant: job.tenant.clone(),
+                    bus: job.bus.clone(),
+                    event_id: job.event_id.clone(),
+                    received_ms: None,
+                },
+                fact,
+            );
         }
     }
 
@@ -274,6 +365,13 @@ impl Engine {
     /// go in batches; a batch whose target or the engine is at its cap is
     /// stored as jobs due now instead.
     pub fn dispatch(self: &Arc<Self>, deliveries: Vec<Delivery>) {
+        let (chained, deliveries): (Vec<Delivery>, Vec<Delivery>) =
+            deliveries.into_iter().partition(|d| d.chain.is_some());
+        if !chained.is_empty() && self.chained.send(chained).is_err() {
+            tracing::error!(
+                "the chained-delivery writer has stopped; those deliveries will be routed again after a restart"
+            );
+        }
         for batch in batches(deliveries) {
             let slot = self.try_slot(&batch[0].target);
             let permit = self.global.clone().try_acquire_owned().ok();
@@ -311,7 +409,13 @@ impl Engine {
     async fn attempt(&self, batch: Vec<Delivery>) {
         let target = batch[0].target.clone();
         let items: Vec<Item> = batch.iter().map(|d| d.item.clone()).collect();
+        let at_ms = self.clock.now_ms();
+        let started = tokio::time::Instant::now();
         let mut outcomes = target.target.send(&items).await;
+        let took = Took {
+            at_ms,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
         if outcomes.len() != batch.len() {
             tracing::error!(
                 kind = target.target.kind(),
@@ -330,7 +434,7 @@ impl Engine {
         let mut new_jobs = Vec::new();
         let mut guards = Vec::new();
         for (d, outcome) in batch.into_iter().zip(outcomes) {
-            if let Some(job) = self.settle(&d, outcome).await {
+            if let Some(job) = self.settle(&d, outcome, took).await {
                 new_jobs.push(job);
             }
             guards.push(d);
@@ -342,14 +446,62 @@ impl Engine {
         drop(guards);
     }
 
+    /// Records an attempt in its event's trace: in memory for a first
+    /// attempt, as a fact for a retry.
+    fn trace_attempt(&self, d: &Delivery, outcome: &Outcome, next: &Next, took: Took) {
+        let wanted = d.trace.is_some()
+            || self
+                .traces
+                .as_ref()
+                .is_some_and(|s| s.wants(&d.target.tenant, &d.target.bus));
+        if !wanted {
+            return;
+        }
+        let state = match next {
+            Next::Done => TargetState::Delivered,
+            Next::RetryIn(_) => TargetState::Retrying,
+            Next::GiveUp(_) if d.target.dead_letter => TargetState::DeadLettered,
+            Next::GiveUp(_) => TargetState::Dropped,
+        };
+        let (status, error) = match outcome {
+            Outcome::Delivered { status } => (*status, None),
+            Outcome::Retry(f) | Outcome::Permanent(f) => (
+                f.status,
+                Some(TraceError {
+                    code: f.code.as_str().to_owned(),
+                    message: f.message.clone(),
+                }),
+            ),
+        };
+        let record = AttemptRecord {
+            at_ms: took.at_ms,
+            duration_ms: took.duration_ms,
+            status,
+            error,
+        };
+        match &d.trace {
+            Some(slot) => slot.attempt(record, state),
+            None => self.fact(
+                &d.job(d.attempts, 0, None),
+                TraceFact::Attempt {
+                    rule: d.target.rule.clone(),
+                    target: d.target.id.clone(),
+                    attempt: record,
+                    next: state,
+                },
+            ),
+        }
+    }
+
     /// Records one delivery's outcome; returns the job to store when a first
     /// attempt must be retried later.
-    async fn settle(&self, d: &Delivery, outcome: Outcome) -> Option<NewJob> {
+    async fn settle(&self, d: &Delivery, outcome: Outcome, took: Took) -> Option<NewJob> {
         let attempts = d.attempts + 1;
         let now = self.clock.now_ms();
         let labels = [("tenant", d.target.tenant.clone())];
         let age = Duration::from_millis(u64::try_from(now - d.ingested_ms).unwrap_or(0));
         let next = d.target.retry.after(&outcome, attempts, age);
+        self.trace_attempt(d, &outcome, &next, took);
         match (next, outcome) {
             (Next::Done, _) => {
                 telemetry::delivered(&labels, now - d.ingested_ms);
@@ -407,14 +559,22 @@ impl Engine {
                 self.jobs
                     .dead_letter(lease, job.clone(), exhausted)
                     .await
-                    .map(|_| ())
+                    .map(Some)
             } else if let Some(lease) = lease {
-                self.jobs.ack_job(lease).await
+                self.jobs.ack_job(lease).await.map(|()| None)
             } else {
-                Ok(())
+                Ok(None)
             };
             match result {
-                Ok(()) => return,
+                Ok(letter) => {
+                    let (rule, target) = (job.rule.clone(), job.target.clone());
+                    let fact = match letter {
+                        Some(id) => TraceFact::DeadLettered { rule, target, id },
+                        None => TraceFact::Dropped { rule, target },
+                    };
+                    self.fact(&job, fact);
+                    return;
+                }
                 Err(e) if lease.is_some() => {
                     // A stored job stays leased and comes back after its lease.
                     tracing::error!(error = %e, "cannot record a dead letter; the job will be retried");
@@ -450,8 +610,43 @@ impl Engine {
             .await;
     }
 
-    /// The retry scheduler: leases due jobs and attempts them, until shutdown.
+    /// Stores chained first deliveries as jobs, in the order they were
+    /// dispatched, releasing each only once it is stored. Ends when the
+    /// engine is dropped (after storing what it was given).
+    async fn store_chained(
+        engine: std::sync::Weak<Self>,
+        mut rx: mpsc::UnboundedReceiver<Vec<Delivery>>,
+    ) {
+        let mut batch: Vec<Vec<Delivery>> = Vec::new();
+        // The engine holds the sender: waiting here with only a weak
+        // reference lets the channel close (and this end) when it is dropped.
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let deliveries: Vec<Delivery> = batch.drain(..).flatten().collect();
+            let now = engine.clock.now_ms();
+            let jobs = deliveries
+                .iter()
+                .map(|d| d.job(d.attempts, now, None))
+                .collect();
+            engine.persist(jobs).await;
+            // Only now may the router count them as done.
+            drop(deliveries);
+        }
+    }
+
+    /// The retry scheduler: leases due jobs and attempts them, until
+    /// shutdown. Also starts the writer of chained deliveries (once).
     pub async fn run_retries(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let taken = self
+            .chained_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = taken {
+            tokio::spawn(Self::store_chained(Arc::downgrade(&self), rx));
+        }
         let heartbeat = tokio::spawn(self.clone().run_heartbeat(shutdown.clone()));
         loop {
             if *shutdown.borrow() {
@@ -541,6 +736,8 @@ impl Engine {
                 attempts: job.attempts,
                 ingested_ms: job.ingested_ms,
                 origin: Origin::Job(lease, job.last_error),
+                chain: job.chain.clone(),
+                trace: None,
             });
         }
         for batch in batches(deliveries) {
@@ -583,6 +780,13 @@ impl Engine {
             leases,
         }
     }
+}
+
+/// When an attempt started and how long the target took.
+#[derive(Clone, Copy, Debug)]
+struct Took {
+    at_ms: Millis,
+    duration_ms: u64,
 }
 
 /// Groups deliveries by target (keeping their order within each target)
@@ -671,6 +875,7 @@ mod tests {
             id: "x".into(),
             retry,
             dead_letter: true,
+            ordered: false,
             target,
         })
     }
@@ -999,6 +1204,105 @@ mod tests {
             calls.iter().any(|(_, n)| *n > 1),
             "deliveries due together are batched: {calls:?}"
         );
+        h.shutdown.send_replace(true);
+    }
+
+    fn keyed(id: &str, key: &str) -> Item {
+        let map = serde_json::json!({"specversion": "1.0", "id": id, "source": "s", "type": "t",
+                                     "partitionkey": key});
+        let serde_json::Value::Object(map) = map else {
+            unreachable!()
+        };
+        let event = Event::from_validated(map);
+        Item {
+            event_bytes: Bytes::from(event.to_json_bytes()),
+            event: Arc::new(event),
+            body: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chained_deliveries_go_one_at_a_time_per_key_in_order_through_retries_and_dead_letters()
+    {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        // K3 fails twice (then goes), M2 fails for good (dead-lettered after
+        // three attempts, then M3 goes); L is never held up by either.
+        let target = crate::deliver::testing::FailsIds::new(
+            clock.clone(),
+            &[("K3", 2), ("M2", 10)],
+            Duration::from_millis(10),
+        );
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay_ms: 10,
+            max_delay_ms: 10,
+            max_retry_after_s: 60,
+            ..RetryPolicy::default()
+        };
+        let b = Arc::new(BoundTarget {
+            ordered: true,
+            ..Arc::unwrap_or_clone(bound(target.clone(), policy))
+        });
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        let now = h.clock.now_ms();
+        let released = Arc::new(AtomicUsize::new(0));
+        let mut deliveries = Vec::new();
+        let mut position = 0;
+        for i in 1..=5 {
+            for key in ["K", "L", "M"] {
+                position += 1;
+                let id = format!("{key}{i}");
+                deliveries.push(
+                    Delivery::first(b.clone(), keyed(&id, key), now, counted(&released))
+                        .in_chain(position, 0),
+                );
+            }
+        }
+        // One without a key: unordered, straight from memory.
+        deliveries.push(
+            Delivery::first(b.clone(), item("free"), now, counted(&released)).in_chain(99, 0),
+        );
+        h.engine.dispatch(deliveries);
+        until("everything delivered or dead-lettered", || async {
+            target.delivered().len() == 15 && h.store.job_count() == 0
+        })
+        .await;
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            16,
+            "every first delivery released"
+        );
+        let delivered = target.delivered();
+        let of = |key: &str| -> Vec<String> {
+            delivered
+                .iter()
+                .filter(|id| id.starts_with(key))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(of("K"), ["K1", "K2", "K3", "K4", "K5"]);
+        assert_eq!(of("L"), ["L1", "L2", "L3", "L4", "L5"]);
+        assert_eq!(of("M"), ["M1", "M3", "M4", "M5"]);
+        let letters = dead_letters(&h.store).await;
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (letters[0].event_id.as_str(), letters[0].attempts),
+            ("M2", 3)
+        );
+        // One call at a time per key, and L never waited for K3's retries.
+        let most = target.most_at_once.lock().unwrap().clone();
+        assert!(
+            most.iter().all(|(k, n)| *n == 1 || k.is_empty()),
+            "{most:?}"
+        );
+        let calls = target.calls.lock().unwrap().clone();
+        let at = |id: &str| calls.iter().find(|(_, i, ok)| i == id && *ok).unwrap().0;
+        assert!(at("L5") < at("K3"), "{calls:?}");
+        assert!(
+            at("K3") - now >= 4_000,
+            "K3 was retried twice, two seconds apart"
+        );
+        assert!(at("K3") < at("K4"));
         h.shutdown.send_replace(true);
     }
 }

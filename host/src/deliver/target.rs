@@ -214,6 +214,9 @@ pub struct BoundTarget {
     pub retry: RetryPolicy,
     /// Whether failures are kept in the dead-letter queue.
     pub dead_letter: bool,
+    /// Whether events with a partition key reach it one at a time per key,
+    /// in ingest order (the rule's `"ordering": "partition_key"`).
+    pub ordered: bool,
     /// The target itself.
     pub target: Arc<dyn Target>,
 }

@@ -83,3 +83,98 @@ impl Target for PanicsOnBoom {
         vec![Outcome::Delivered { status: None }; batch.len()]
     }
 }
+
+/// A target that fails chosen event ids a number of times (503), takes
+/// `delay` per call, and records every call: (time, id, delivered?), and
+/// the most calls it saw at once per `partitionkey`.
+#[derive(Debug)]
+pub struct FailsIds {
+    pub fail: Mutex<std::collections::HashMap<String, u32>>,
+    pub calls: Mutex<Vec<(Millis, String, bool)>>,
+    pub clock: SharedClock,
+    pub delay: std::time::Duration,
+    in_flight: Mutex<std::collections::HashMap<String, usize>>,
+    pub most_at_once: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl FailsIds {
+    pub fn new(clock: SharedClock, fail: &[(&str, u32)], delay: std::time::Duration) -> Arc<Self> {
+        Arc::new(Self {
+            fail: Mutex::new(fail.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect()),
+            calls: Mutex::default(),
+            clock,
+            delay,
+            in_flight: Mutex::default(),
+            most_at_once: Mutex::default(),
+        })
+    }
+
+    /// Ids delivered, in delivery order.
+    pub fn delivered(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, ok)| *ok)
+            .map(|(_, id, _)| id.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Target for FailsIds {
+    fn kind(&self) -> &'static str {
+        "fails-ids"
+    }
+
+    async fn send(&self, batch: &[Item]) -> Vec<Outcome> {
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|i| {
+                i.event
+                    .str_attr("partitionkey")
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        for key in &keys {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            let n = in_flight.entry(key.clone()).or_insert(0);
+            *n += 1;
+            let mut most = self.most_at_once.lock().unwrap();
+            let m = most.entry(key.clone()).or_insert(0);
+            *m = (*m).max(*n);
+        }
+        tokio::time::sleep(self.delay).await;
+        let mut out = Vec::with_capacity(batch.len());
+        for (item, key) in batch.iter().zip(&keys) {
+            *self.in_flight.lock().unwrap().get_mut(key).unwrap() -= 1;
+            let id = item.event.id().to_owned();
+            let fail = {
+                let mut fail = self.fail.lock().unwrap();
+                match fail.get_mut(&id) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            self.calls
+                .lock()
+                .unwrap()
+                .push((self.clock.now_ms(), id, !fail));
+            out.push(if fail {
+                Outcome::Retry(super::Failure {
+                    status: Some(503),
+                    // A fixed wait (no jitter), so tests know a retry takes time.
+                    retry_after: Some(std::time::Duration::from_secs(2)),
+                    ..super::Failure::new(crate::store::FailureCode::HttpStatus, "HTTP 503")
+                })
+            } else {
+                Outcome::Delivered { status: Some(200) }
+            });
+        }
+        out
+    }
+}

@@ -12,7 +12,8 @@
 //! * [`matcher`] matches one pattern; [`index`] compiles many into per-path indexes
 //!   ([`RuleSet`]) so that the cost of matching grows slowly with the rule count;
 //! * [`numeric`], [`cidr`], [`ignore_case`], [`wildcard`] and [`interval`] are the
-//!   value-level pieces.
+//!   value-level pieces;
+//! * [`explain`] says why a pattern matches an event or not, branch by branch.
 //!
 //! Notable semantics: nested objects and dotted keys name the same field
 //! (`{"a": {"b": …}}` ≡ `{"a.b": …}`); a non-object event has no fields; `exists` only
@@ -36,6 +37,7 @@
 //! expand into at most 1,024 conjunctions.
 
 mod cidr;
+pub mod explain;
 mod flatten;
 mod ignore_case;
 mod index;

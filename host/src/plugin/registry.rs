@@ -368,6 +368,15 @@ impl PluginHost {
         )
     }
 
+    /// The version a binding runs right now (for traces), if the plugin exists.
+    pub fn version_of(&self, tenant: &str, binding: &PluginBinding) -> Option<u32> {
+        binding.version.or_else(|| {
+            self.directory
+                .plugin(tenant, &binding.name)
+                .map(|r| r.current)
+        })
+    }
+
     /// Runs a filter; `Ok(true)` lets the event through.
     pub async fn filter(
         &self,

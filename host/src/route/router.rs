@@ -10,7 +10,14 @@
 //!
 //! Rules with plugin steps run beside the router (one task per rule and
 //! event, under the tenant's plugin slots), so a slow or spinning plugin
-//! delays only its own tenant's events, never the log as a whole.
+//! delays only its own tenant's events, never the log as a whole — except
+//! rules that keep order per partition key: their deliveries must reach
+//! the engine in log order, so their plugin steps run in line.
+//!
+//! An entry restricted to some rules (`only_rules`: a replay) is routed to
+//! those alone. On a traced bus each event's [`EventTrace`] records, in
+//! memory, the rules matched and their plugin runs, and each first delivery
+//! carries its target's slot; the trace is written with the entry's ack.
 
 use super::progress::{RoutingHold, RoutingProgress};
 use super::rule::{Rule, RuleTransform};
@@ -19,8 +26,11 @@ use crate::clock::{SharedClock, rfc3339};
 use crate::deliver::engine::{Delivery, Engine};
 use crate::deliver::{FailureCode, Item};
 use crate::event::Event;
+use crate::history::{EventTrace, HistoryTable};
 use crate::plugin::registry::PluginHost;
-use crate::store::{AttemptError, LogConsumer, LogEntry, LoggedEvent};
+use crate::resource::PluginBinding;
+use crate::store::traces::{PluginRun, TraceError};
+use crate::store::{AttemptError, LogConsumer, LogEntry, LoggedEvent, Traces};
 use crate::telemetry;
 use crate::transform::RenderContext;
 use bytes::Bytes;
@@ -46,6 +56,63 @@ pub struct Router {
     pub plugins: Arc<PluginHost>,
     /// Time (transform contexts).
     pub clock: SharedClock,
+    /// Where traces go, when the bus records them.
+    pub history: Option<RouterHistory>,
+}
+
+/// One log entry being routed: what every matched rule works from.
+#[derive(Clone)]
+struct Entry {
+    /// The entry as logged.
+    logged: Arc<LoggedEvent>,
+    /// Its log position (FIFO chains order by it).
+    position: i64,
+    /// The parsed event.
+    event: Arc<Event>,
+    /// Its routing progress.
+    hold: RoutingHold,
+    /// Its trace, on a traced bus.
+    trace: Option<Arc<EventTrace>>,
+}
+
+/// What the router needs to trace events.
+#[derive(Clone)]
+pub struct RouterHistory {
+    /// Which buses trace.
+    pub table: Arc<dyn HistoryTable>,
+    /// Where finished traces are written.
+    pub traces: Arc<dyn Traces>,
+    /// Counts the entries the router takes (replays watch the backlog).
+    pub lag: Arc<crate::history::RoutingLag>,
+}
+
+/// The attributes a trace shows, read without building the whole event.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    source: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    replayname: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A plugin run as the trace shows it.
+fn plugin_run(
+    binding: &PluginBinding,
+    version: Option<u32>,
+    outcome: &str,
+    started: tokio::time::Instant,
+    error: Option<&AttemptError>,
+) -> PluginRun {
+    PluginRun {
+        plugin: binding.name.clone(),
+        version,
+        outcome: outcome.to_owned(),
+        events: None,
+        error: error.map(TraceError::from),
+        duration_us: crate::history::trace::micros(started.elapsed()),
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -63,7 +130,8 @@ impl Router {
         consumer: Arc<dyn LogConsumer>,
         mut shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        let (progress, acks) = RoutingProgress::start(consumer.clone());
+        let traces = self.history.as_ref().map(|h| h.traces.clone());
+        let (progress, acks) = RoutingProgress::start(consumer.clone(), traces);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -89,18 +157,42 @@ impl Router {
 
     /// Routes a batch of entries, dispatching their deliveries together.
     pub async fn route_batch(self: &Arc<Self>, entries: Vec<LogEntry>, progress: &RoutingProgress) {
+        if let Some(h) = &self.history {
+            h.lag.taken(entries.len());
+        }
         let mut deliveries = Vec::new();
         for entry in entries {
-            let hold = progress.hold(entry.ack);
-            self.route_one(entry.event, &hold, &mut deliveries).await;
+            let trace = self.start_trace(&entry.event);
+            let hold = progress.hold_traced(entry.ack, trace.clone());
+            self.route_one(entry.event, entry.position, &hold, trace, &mut deliveries)
+                .await;
         }
         self.engine.dispatch(deliveries);
+    }
+
+    /// The trace of an entry, when its bus records traces.
+    fn start_trace(&self, logged: &LoggedEvent) -> Option<Arc<EventTrace>> {
+        let history = self.history.as_ref()?;
+        if !history.table.traced(&logged.tenant, &logged.bus) {
+            return None;
+        }
+        let head: Head<'_> = serde_json::from_slice(&logged.body).ok()?;
+        let text =
+            |v: Option<std::borrow::Cow<'_, str>>| v.map(|c| c.into_owned()).unwrap_or_default();
+        Some(EventTrace::start(
+            logged,
+            text(head.source),
+            text(head.event_type),
+            head.replayname.map(|c| c.into_owned()),
+        ))
     }
 
     async fn route_one(
         self: &Arc<Self>,
         logged: LoggedEvent,
+        position: i64,
         hold: &RoutingHold,
+        trace: Option<Arc<EventTrace>>,
         deliveries: &mut Vec<Delivery>,
     ) {
         let Some(routes) = self.routes.routes(&logged.tenant, &logged.bus) else {
@@ -110,8 +202,15 @@ impl Router {
             return;
         }
         let matched = match routes.index.matches_json(&logged.body) {
-            Ok(m) if m.is_empty() => return,
-            Ok(m) => m,
+            Ok(mut m) => {
+                if let Some(only) = &logged.only_rules {
+                    m.retain(|rule| only.contains(rule));
+                }
+                if m.is_empty() {
+                    return;
+                }
+                m
+            }
             Err(e) => {
                 tracing::error!(tenant = %logged.tenant, event_id = %logged.event_id, error = %e, "stored event is not JSON; skipped");
                 return;
@@ -121,52 +220,64 @@ impl Router {
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&logged.body) else {
             return;
         };
-        let event = Arc::new(Event::from_validated(map));
-        let logged = Arc::new(logged);
+        let entry = Entry {
+            event: Arc::new(Event::from_validated(map)),
+            logged: Arc::new(logged),
+            position,
+            hold: hold.clone(),
+            trace,
+        };
         // Each rule fires once per event, whatever order the index reports them in.
         let matched: BTreeSet<String> = matched.into_iter().collect();
         for name in matched {
             let Some(rule) = routes.rules.get(&name).cloned() else {
                 continue;
             };
-            if !rule.has_plugin_steps() {
-                self.apply_rule(&logged, &rule, &event, hold, deliveries)
-                    .await;
+            if !rule.has_plugin_steps() || rule.ordered() {
+                self.apply_rule(&entry, &rule, deliveries).await;
                 continue;
             }
-            let (me, logged, event, hold) =
-                (self.clone(), logged.clone(), event.clone(), hold.clone());
+            let (me, entry) = (self.clone(), entry.clone());
             tokio::spawn(async move {
-                let _slot = me.plugins.tenant_slot(&logged.tenant).await;
+                let _slot = me.plugins.tenant_slot(&entry.logged.tenant).await;
                 let mut deliveries = Vec::new();
-                me.apply_rule(&logged, &rule, &event, &hold, &mut deliveries)
-                    .await;
+                me.apply_rule(&entry, &rule, &mut deliveries).await;
                 me.engine.dispatch(deliveries);
             });
         }
     }
 
     /// Filter, transform and turn one matched rule into deliveries.
-    async fn apply_rule(
-        &self,
-        logged: &LoggedEvent,
-        rule: &Arc<Rule>,
-        event: &Arc<Event>,
-        hold: &RoutingHold,
-        deliveries: &mut Vec<Delivery>,
-    ) {
+    async fn apply_rule(&self, entry: &Entry, rule: &Arc<Rule>, deliveries: &mut Vec<Delivery>) {
+        let (logged, position, event, hold) =
+            (&*entry.logged, entry.position, &entry.event, &entry.hold);
+        let trace = entry.trace.as_ref();
         let original = Item {
             event: event.clone(),
             event_bytes: logged.body.clone(),
             body: None,
         };
+        let traced = trace.map(|t| (t, t.rule(&rule.name)));
+        let version =
+            |b: &PluginBinding| traced.and_then(|_| self.plugins.version_of(&logged.tenant, b));
         if let Some(filter) = &rule.filter {
-            match self.plugins.filter(&logged.tenant, filter, event).await {
+            let started = tokio::time::Instant::now();
+            let result = self.plugins.filter(&logged.tenant, filter, event).await;
+            if let Some((t, ix)) = traced {
+                let (outcome, error) = match &result {
+                    Ok(true) => ("passed", None),
+                    Ok(false) => ("rejected", None),
+                    Err(e) => ("failed", Some(AttemptError::new(e.code, e.message.clone()))),
+                };
+                let run = plugin_run(filter, version(filter), outcome, started, error.as_ref());
+                t.filter(ix, run, !matches!(result, Ok(false)));
+            }
+            match result {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
                     let error = AttemptError::new(e.code, e.message);
-                    return self.fail_rule(logged, rule, &original, error).await;
+                    return self.fail_rule(logged, rule, &original, error, traced).await;
                 }
             }
         }
@@ -189,12 +300,29 @@ impl Router {
                     }],
                     Err(e) => {
                         let error = AttemptError::new(FailureCode::parse(e.code()), e.to_string());
-                        return self.fail_rule(logged, rule, &original, error).await;
+                        return self.fail_rule(logged, rule, &original, error, traced).await;
                     }
                 }
             }
             Some(RuleTransform::Plugin(binding)) => {
-                match self.plugins.transform(&logged.tenant, binding, event).await {
+                let started = tokio::time::Instant::now();
+                let result = self.plugins.transform(&logged.tenant, binding, event).await;
+                if let Some((t, ix)) = traced {
+                    let error = result
+                        .as_ref()
+                        .err()
+                        .map(|e| AttemptError::new(e.code, e.message.clone()));
+                    let outcome = if error.is_some() {
+                        "failed"
+                    } else {
+                        "transformed"
+                    };
+                    let mut run =
+                        plugin_run(binding, version(binding), outcome, started, error.as_ref());
+                    run.events = result.as_ref().ok().map(|o| o.len() as u32);
+                    t.transform(ix, run);
+                }
+                match result {
                     Ok(outputs) => outputs
                         .into_iter()
                         .map(|out| Item {
@@ -205,26 +333,47 @@ impl Router {
                         .collect(),
                     Err(e) => {
                         let error = AttemptError::new(e.code, e.message);
-                        return self.fail_rule(logged, rule, &original, error).await;
+                        return self.fail_rule(logged, rule, &original, error, traced).await;
                     }
                 }
             }
         };
-        for item in items {
+        for (index, item) in items.into_iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
             for target in &rule.targets {
-                deliveries.push(Delivery::first(
-                    target.clone(),
-                    item.clone(),
-                    logged.ingested_ms,
-                    hold.guard(),
-                ));
+                let slot = traced.map(|(t, ix)| t.slot(ix, &target.id));
+                deliveries.push(
+                    Delivery::first(
+                        target.clone(),
+                        item.clone(),
+                        logged.ingested_ms,
+                        hold.guard(),
+                    )
+                    .in_chain(position, index)
+                    .traced(slot),
+                );
             }
         }
     }
 
     /// A rule-level failure (filter, transform): no target gets the event;
     /// it is dead-lettered for each of them before the entry counts as routed.
-    async fn fail_rule(&self, logged: &LoggedEvent, rule: &Rule, item: &Item, error: AttemptError) {
+    async fn fail_rule(
+        &self,
+        logged: &LoggedEvent,
+        rule: &Rule,
+        item: &Item,
+        error: AttemptError,
+        traced: Option<(&Arc<EventTrace>, usize)>,
+    ) {
+        if let Some((t, ix)) = traced {
+            let targets: Vec<(&str, bool)> = rule
+                .targets
+                .iter()
+                .map(|t| (t.id.as_str(), t.dead_letter))
+                .collect();
+            t.rule_failed(ix, &error, &targets);
+        }
         tracing::warn!(tenant = %logged.tenant, rule = %rule.name, event_id = %logged.event_id, code = %error.code, "{}", error.message);
         for target in &rule.targets {
             self.engine
@@ -305,9 +454,11 @@ mod tests {
                 id: "x".into(),
                 retry: RetryPolicy::default(),
                 dead_letter: true,
+                ordered: false,
                 target,
             })],
             dead_letter: true,
+            ordering: crate::route::rule::Ordering::None,
             spec: Value::Null,
         };
         let mut rules = BTreeMap::new();
@@ -323,6 +474,7 @@ mod tests {
             event_id: id.into(),
             body: Bytes::from(body.to_string()),
             ingested_ms: 1,
+            ..Default::default()
         }
     }
 
@@ -352,6 +504,7 @@ mod tests {
             engine,
             plugins,
             clock,
+            history: None,
         });
         let consumer = store.consumer().await.unwrap();
         let (stop, shutdown) = watch::channel(false);

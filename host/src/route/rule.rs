@@ -60,6 +60,21 @@ pub struct RuleSpec {
     pub dead_letter: bool,
     /// Free text.
     pub description: Option<String>,
+    /// Whether deliveries keep ingest order per partition key.
+    pub ordering: Ordering,
+}
+
+/// Whether a rule's deliveries keep order (`"ordering"` in a rule).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Deliveries go out as they can (the default).
+    #[default]
+    None,
+    /// Events carrying the CloudEvents `partitionkey` extension reach each
+    /// target one at a time per key, in ingest order, retries included;
+    /// events without one are unordered.
+    PartitionKey,
 }
 
 /// The members a rule may have.
@@ -72,6 +87,7 @@ const MEMBERS: &[&str] = &[
     "retry_policy",
     "dead_letter",
     "description",
+    "ordering",
 ];
 
 /// Reads a plugin binding member, recording problems under its path.
@@ -147,6 +163,10 @@ impl RuleSpec {
                 None
             }
         };
+        let ordering = match f.raw("ordering") {
+            None => Ordering::None,
+            Some(_) => f.optional::<Ordering>("ordering").unwrap_or_default(),
+        };
         let mut targets = Vec::new();
         match f.raw("targets") {
             None => f.problem("targets", "missing: a rule needs at least one target"),
@@ -182,6 +202,7 @@ impl RuleSpec {
             retry_policy,
             dead_letter,
             description,
+            ordering,
         })
     }
 
@@ -253,6 +274,7 @@ impl RuleSpec {
                         .clone()
                         .unwrap_or_else(|| rule_retry.clone()),
                     dead_letter: self.dead_letter,
+                    ordered: self.ordering == Ordering::PartitionKey,
                     target,
                 })),
                 Err(p) => problems.extend_within(&format!("targets[{i}]"), p),
@@ -270,6 +292,7 @@ impl RuleSpec {
             transform,
             targets,
             dead_letter: self.dead_letter,
+            ordering: self.ordering,
             spec: Value::Null,
         })
     }
@@ -339,6 +362,8 @@ pub struct Rule {
     pub targets: Vec<Arc<BoundTarget>>,
     /// Whether undeliverable events are kept in the dead-letter queue.
     pub dead_letter: bool,
+    /// Whether deliveries keep ingest order per partition key.
+    pub ordering: Ordering,
     /// The body as the tenant sent it (what `GET` answers), when compiled
     /// by [`compile_rule`].
     pub spec: Value,
@@ -375,14 +400,20 @@ impl Rule {
             .flat_map(|(i, t)| t.target.references().into_iter().map(move |(_, r)| (i, r)))
     }
 
+    /// Whether the rule keeps order per partition key.
+    pub fn ordered(&self) -> bool {
+        self.ordering == Ordering::PartitionKey
+    }
+
     /// Whether the rule runs a plugin before its targets (filter or transformer).
     pub fn has_plugin_steps(&self) -> bool {
         self.filter.is_some() || matches!(self.transform, Some(RuleTransform::Plugin(_)))
     }
 }
 
-/// Lets EventBridge patterns work unchanged: top-level `detail` means `data`
-/// and `detail-type` means `type` (also inside a top-level `$or`).
+/// Lets EventBridge patterns work unchanged: top-level `detail` means `data`,
+/// `detail-type` means `type` and `replay-name` means `replayname` (also
+/// inside a top-level `$or`).
 pub fn eventbridge_aliases(pattern: &Value) -> Value {
     let Value::Object(obj) = pattern else {
         return pattern.clone();
@@ -392,6 +423,8 @@ pub fn eventbridge_aliases(pattern: &Value) -> Value {
         let key = match k.as_str() {
             "detail" if !obj.contains_key("data") => "data",
             "detail-type" if !obj.contains_key("type") => "type",
+            // A replayed event carries `replayname`; EventBridge spells it so.
+            "replay-name" if !obj.contains_key("replayname") => "replayname",
             _ => k.as_str(),
         };
         let value = match (key, v) {
@@ -428,6 +461,11 @@ mod tests {
         assert_eq!(
             eventbridge_aliases(&p),
             json!({"type": ["a"], "data": {"detail": [1]}, "$or": [{"data": {"x": [1]}}]})
+        );
+        let p = json!({"replay-name": [{"exists": false}], "data": {"replay-name": [1]}});
+        assert_eq!(
+            eventbridge_aliases(&p),
+            json!({"replayname": [{"exists": false}], "data": {"replay-name": [1]}})
         );
     }
 
@@ -468,5 +506,29 @@ mod tests {
         let missing = RuleSpec::parse(&json!({})).unwrap_err();
         let fields: Vec<&str> = missing.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["pattern", "targets"]);
+    }
+
+    #[test]
+    fn ordering_is_partition_key_or_none() {
+        let body = |ordering: Value| {
+            json!({"pattern": {"source": ["s"]}, "targets": [{"id": "q", "type": "queue", "queue": "q"}],
+                   "ordering": ordering})
+        };
+        assert_eq!(
+            RuleSpec::parse(&body(json!("partition_key")))
+                .unwrap()
+                .ordering,
+            Ordering::PartitionKey
+        );
+        assert_eq!(
+            RuleSpec::parse(&body(json!("none"))).unwrap().ordering,
+            Ordering::None
+        );
+        assert_eq!(
+            RuleSpec::parse(&body(Value::Null)).unwrap().ordering,
+            Ordering::None
+        );
+        let problems = RuleSpec::parse(&body(json!("by_key"))).unwrap_err();
+        assert_eq!(problems.first().unwrap().field, "ordering", "{problems}");
     }
 }

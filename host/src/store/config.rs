@@ -43,17 +43,21 @@ pub enum ResourceKind {
     /// The admin's overrides of a tenant's plugin limits (one per tenant,
     /// named `plugin_limits`).
     PluginLimits,
+    /// An archive of a bus; its name is `bus/archive` (its contents are
+    /// data, in [`Archives`](super::Archives)).
+    Archive,
 }
 
 impl ResourceKind {
     /// Every kind, in the order a catalog should load them (what others
     /// refer to comes first: rules name buses, queues and plugins).
-    pub const LOAD_ORDER: [ResourceKind; 5] = [
+    pub const LOAD_ORDER: [ResourceKind; 6] = [
         Self::PluginLimits,
         Self::Plugin,
         Self::Queue,
         Self::Bus,
         Self::Rule,
+        Self::Archive,
     ];
 
     /// The stored name of the kind.
@@ -64,6 +68,7 @@ impl ResourceKind {
             Self::Queue => "queue",
             Self::Plugin => "plugin",
             Self::PluginLimits => "plugin_limits",
+            Self::Archive => "archive",
         }
     }
 

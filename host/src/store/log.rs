@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// An event to append to a bus's log.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewEvent {
     /// Owning tenant.
     pub tenant: String,
@@ -34,6 +34,13 @@ pub struct NewEvent {
     pub body: Bytes,
     /// When the bus accepted it.
     pub ingested_ms: Millis,
+    /// The rules this entry is routed to, when not every rule of its bus
+    /// (a replay restricted to some rules; `None`: all). The router honours it.
+    pub only_rules: Option<Vec<String>>,
+    /// The archives that keep a copy, written in the same commit as the
+    /// event (see [`super::Archives`]). Not read back: empty on entries the
+    /// log hands out.
+    pub archives: Vec<super::ArchiveId>,
 }
 
 /// An event as read back from the log.
@@ -76,6 +83,10 @@ pub struct LogEntry {
     pub event: LoggedEvent,
     /// What to acknowledge once the event is routed.
     pub ack: AckToken,
+    /// The entry's place in its tenant bus's log: strictly increasing in
+    /// append order (SQLite: the row's sequence; JetStream: the stream
+    /// sequence). FIFO delivery orders by it.
+    pub position: i64,
 }
 
 /// The durable log of accepted events.

@@ -8,11 +8,14 @@
 //! [`MemoryStore::fail_next`] injects failures, to test how callers
 //! survive a store that refuses a write.
 
+use super::archives::{ArchiveId, ArchivePosition, ArchiveStats, ArchivedEvent, Archives, Window};
 use super::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetters};
 use super::failure::{AttemptError, Exhausted};
 use super::jobs::{DeliveryJobs, JobLease, LeaseRepr, LeasedJob, NewJob};
 use super::log::{AckToken, EventLog, LogConsumer, LogEntry, NewEvent};
 use super::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
+use super::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};
+use super::traces::{Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceSummary, Traces};
 use super::watermark::Watermark;
 use super::{
     ConfigSnapshot, ConfigStore, KeyRecord, Millis, Resource, ResourceKind, StoreError,
@@ -73,6 +76,35 @@ struct Data {
     queues: BTreeMap<(String, String), BTreeMap<i64, Message>>,
     last_message: i64,
     faults: HashMap<FaultOp, u32>,
+    /// Archives, traces and replays (see the section at the end).
+    history: History,
+    /// FIFO chains (see [`DeliveryJobs`]'s chain contract).
+    chains: Chains,
+    /// The ingest door: deduplication keys and schemas.
+    door: DoorData,
+}
+
+/// FIFO chains: only a chain's head is in `Data::jobs`.
+#[derive(Debug, Default)]
+struct Chains {
+    /// Chain name → the job id of its head.
+    heads: HashMap<String, i64>,
+    /// Chain name → the jobs behind its head, by slot.
+    waiting: HashMap<String, BTreeMap<(i64, u32), NewJob>>,
+    /// Chain name → its last finished slot.
+    done: HashMap<String, (i64, u32)>,
+}
+
+/// The ingest door's state: deduplication keys, schema versions,
+/// discovered schemas.
+#[derive(Debug, Default)]
+struct DoorData {
+    /// Key → (accepted at, window end as recorded).
+    dedup: HashMap<super::DedupKey, (Millis, Millis)>,
+    /// (tenant, bus, name) → versions, oldest first.
+    schemas: BTreeMap<(String, String, String), Vec<super::SchemaVersion>>,
+    /// (tenant, bus, source, type) → summary.
+    discovered: BTreeMap<(String, String, String, String), super::DiscoveredSchema>,
 }
 
 #[derive(Debug)]
@@ -109,7 +141,34 @@ impl Data {
         }
     }
 
+    /// Schedules a job: a chain's job becomes its head when the chain has
+    /// none, else waits behind it; a slot already scheduled or finished is
+    /// dropped.
     fn insert_job(&mut self, job: NewJob) {
+        if let (Some(chain), Some(slot)) = (job.chain_name(), job.chain.as_ref()) {
+            let order = slot.order();
+            if self
+                .chains
+                .done
+                .get(&chain)
+                .is_some_and(|done| order <= *done)
+            {
+                return;
+            }
+            if let Some(head) = self.chains.heads.get(&chain) {
+                let head_order = self.jobs.get(head).and_then(|r| r.job.chain.as_ref());
+                if head_order.is_none_or(|h| h.order() != order) {
+                    self.chains
+                        .waiting
+                        .entry(chain)
+                        .or_default()
+                        .entry(order)
+                        .or_insert(job);
+                }
+                return;
+            }
+            self.chains.heads.insert(chain, self.last_job + 1);
+        }
         self.last_job += 1;
         self.jobs.insert(
             self.last_job,
@@ -119,6 +178,51 @@ impl Data {
                 token: 0,
             },
         );
+    }
+
+    /// Removes a job; a chain's head hands over to the next waiting job.
+    /// Returns whether a waiting job became leasable.
+    fn remove_job(&mut self, id: i64) -> bool {
+        let Some(row) = self.jobs.remove(&id) else {
+            return false;
+        };
+        let (Some(chain), Some(slot)) = (row.job.chain_name(), row.job.chain.as_ref()) else {
+            return false;
+        };
+        self.chains.heads.remove(&chain);
+        let done = self
+            .chains
+            .done
+            .entry(chain.clone())
+            .or_insert(slot.order());
+        *done = (*done).max(slot.order());
+        let next = self
+            .chains
+            .waiting
+            .get_mut(&chain)
+            .and_then(|w| w.pop_first());
+        if self
+            .chains
+            .waiting
+            .get(&chain)
+            .is_some_and(BTreeMap::is_empty)
+        {
+            self.chains.waiting.remove(&chain);
+        }
+        match next {
+            Some((_, job)) => {
+                self.insert_job(job);
+                true
+            }
+            None => {
+                // Empty: the finished slot matters only while the router
+                // could route that entry again (until the cursor passes it).
+                if slot.position <= self.routed {
+                    self.chains.done.remove(&chain);
+                }
+                false
+            }
+        }
     }
 
     /// The row a lease refers to, if the lease is still the current one.
@@ -150,9 +254,11 @@ impl MemoryStore {
         self.data().faults.insert(op, times);
     }
 
-    /// Jobs scheduled (leased or not): for tests.
+    /// Jobs scheduled (leased or not, chain heads and the jobs waiting
+    /// behind them): for tests.
     pub fn job_count(&self) -> usize {
-        self.data().jobs.len()
+        let d = self.data();
+        d.jobs.len() + d.chains.waiting.values().map(BTreeMap::len).sum::<usize>()
     }
 
     fn data(&self) -> MutexGuard<'_, Data> {
@@ -256,9 +362,7 @@ impl EventLog for MemoryStore {
             let mut d = self.data();
             d.fault(FaultOp::Append)?;
             for e in events {
-                d.last_seq += 1;
-                let seq = d.last_seq;
-                d.log.insert(seq, e);
+                d.append_one(e);
             }
             d.last_seq
         };
@@ -286,6 +390,11 @@ impl EventLog for MemoryStore {
         for seq in &doomed {
             d.log.remove(seq);
         }
+        // Finished slots of empty chains the cursor has passed.
+        let Data { chains, routed, .. } = &mut *d;
+        chains
+            .done
+            .retain(|chain, done| done.0 > *routed || chains.heads.contains_key(chain));
         Ok(doomed.len() as u64)
     }
 }
@@ -314,6 +423,7 @@ impl MemoryConsumer {
             .map(|(seq, e)| LogEntry {
                 event: e.clone(),
                 ack: AckToken::seq(*seq),
+                position: *seq,
             })
             .collect();
         for e in &entries {
@@ -427,8 +537,10 @@ impl DeliveryJobs for MemoryStore {
     }
 
     async fn ack_job(&self, lease: &JobLease) -> StoreResult<()> {
-        if let LeaseRepr::Row { id, .. } = lease.0 {
-            self.data().jobs.remove(&id);
+        if let LeaseRepr::Row { id, .. } = lease.0
+            && self.data().remove_job(id)
+        {
+            self.inner.jobs_changed.notify_waiters();
         }
         Ok(())
     }
@@ -486,8 +598,10 @@ impl DeliveryJobs for MemoryStore {
         let now = self.now();
         let mut d = self.data();
         d.fault(FaultOp::DeadLetter)?;
-        if let Some(JobLease(LeaseRepr::Row { id, .. })) = lease {
-            d.jobs.remove(id);
+        if let Some(JobLease(LeaseRepr::Row { id, .. })) = lease
+            && d.remove_job(*id)
+        {
+            self.inner.jobs_changed.notify_waiters();
         }
         d.last_dead += 1;
         let id = d.last_dead;
@@ -597,6 +711,7 @@ impl DeadLetters for MemoryStore {
                         ingested_ms: now,
                         due_ms: now,
                         last_error: None,
+                        chain: None,
                     });
                 }
             }
@@ -710,5 +825,531 @@ impl Queues for MemoryStore {
             .queues
             .remove(&(tenant.to_owned(), queue.to_owned()));
         Ok(())
+    }
+}
+
+// ---- The ingest door: deduplicated appends and the schema registry ------
+
+#[async_trait]
+impl super::DedupLog for MemoryStore {
+    async fn append_deduplicated(
+        &self,
+        events: Vec<super::AdmittedEvent>,
+    ) -> StoreResult<Vec<super::Appended>> {
+        let (answers, last) = {
+            let mut d = self.data();
+            d.fault(FaultOp::Append)?;
+            let mut answers = Vec::with_capacity(events.len());
+            for super::AdmittedEvent { event, dedup } in events {
+                if let Some(dedup) = dedup {
+                    let seen = d.door.dedup.get(&dedup.key).map(|(at, _)| *at);
+                    if seen.is_some_and(|at| at > event.ingested_ms - dedup.window_ms) {
+                        answers.push(super::Appended::Duplicate);
+                        continue;
+                    }
+                    d.door.dedup.insert(
+                        dedup.key,
+                        (event.ingested_ms, event.ingested_ms + dedup.window_ms),
+                    );
+                }
+                d.append_one(event);
+                answers.push(super::Appended::New);
+            }
+            (answers, d.last_seq)
+        };
+        self.inner.appended.send_replace(last);
+        Ok(answers)
+    }
+
+    async fn prune_dedup_keys(&self, now: Millis) -> StoreResult<u64> {
+        let mut d = self.data();
+        let before = d.door.dedup.len();
+        d.door.dedup.retain(|_, (_, expires)| *expires >= now);
+        Ok((before - d.door.dedup.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl super::SchemaStore for MemoryStore {
+    async fn add_schema_version(&self, version: super::SchemaVersion) -> StoreResult<()> {
+        let mut d = self.data();
+        let key = (
+            version.tenant.clone(),
+            version.bus.clone(),
+            version.name.clone(),
+        );
+        let versions = d.door.schemas.entry(key).or_default();
+        if version.version as usize != versions.len() + 1 {
+            return Err(StoreError::Conflict("that schema version".into()));
+        }
+        versions.push(version);
+        Ok(())
+    }
+
+    async fn schema_versions(
+        &self,
+        tenant: &str,
+        bus: &str,
+        name: &str,
+    ) -> StoreResult<Vec<super::SchemaVersion>> {
+        let key = (tenant.to_owned(), bus.to_owned(), name.to_owned());
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .get(&key)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn latest_schema_versions(&self) -> StoreResult<Vec<super::SchemaVersion>> {
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .values()
+            .filter_map(|versions| versions.last().cloned())
+            .collect())
+    }
+
+    async fn delete_schema(&self, tenant: &str, bus: &str, name: &str) -> StoreResult<bool> {
+        let key = (tenant.to_owned(), bus.to_owned(), name.to_owned());
+        Ok(self
+            .data()
+            .door
+            .schemas
+            .remove(&key)
+            .is_some_and(|v| !v.is_empty()))
+    }
+
+    async fn discovered_schemas(
+        &self,
+        tenant: &str,
+        bus: &str,
+    ) -> StoreResult<Vec<super::DiscoveredSchema>> {
+        Ok(self
+            .data()
+            .door
+            .discovered
+            .values()
+            .filter(|s| s.tenant == tenant && s.bus == bus)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_discovered_schema(
+        &self,
+        mut schema: super::DiscoveredSchema,
+    ) -> StoreResult<Option<u64>> {
+        let mut d = self.data();
+        let key = (
+            schema.tenant.clone(),
+            schema.bus.clone(),
+            schema.source.clone(),
+            schema.event_type.clone(),
+        );
+        let current = d.door.discovered.get(&key).map_or(0, |s| s.revision);
+        if current != schema.revision {
+            return Ok(None);
+        }
+        schema.revision += 1;
+        let revision = schema.revision;
+        d.door.discovered.insert(key, schema);
+        Ok(Some(revision))
+    }
+
+    async fn delete_bus_schemas(&self, tenant: &str, bus: &str) -> StoreResult<u64> {
+        let mut d = self.data();
+        let before = d.door.schemas.len() + d.door.discovered.len();
+        d.door
+            .schemas
+            .retain(|(t, b, _), _| !(t == tenant && b == bus));
+        d.door
+            .discovered
+            .retain(|(t, b, _, _), _| !(t == tenant && b == bus));
+        Ok((before - d.door.schemas.len() - d.door.discovered.len()) as u64)
+    }
+}
+
+// ------------------------------------------------ archives, traces, replays
+
+/// The state behind [`Archives`], [`Traces`] and [`Replays`].
+#[derive(Debug, Default)]
+struct History {
+    /// Archive id → (ingest time, id) → event.
+    archives: BTreeMap<ArchiveId, BTreeMap<(Millis, i64), NewEvent>>,
+    last_archived: i64,
+    /// Trace id (recording order) → trace.
+    traces: BTreeMap<i64, Trace>,
+    last_trace: i64,
+    /// Facts that arrived before their trace, with when they arrived.
+    pending: Vec<(Millis, TraceKey, TraceFact)>,
+    /// Replay id → record.
+    replays: BTreeMap<String, ReplayRecord>,
+}
+
+impl Data {
+    /// Appends one event to the log and copies it into its archives.
+    fn append_one(&mut self, mut e: NewEvent) {
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        for archive in std::mem::take(&mut e.archives) {
+            self.history.last_archived += 1;
+            let id = self.history.last_archived;
+            self.history
+                .archives
+                .entry(archive)
+                .or_default()
+                .insert((e.ingested_ms, id), e.clone());
+        }
+        self.log.insert(seq, e);
+    }
+
+    /// The id of the newest trace the key names.
+    fn trace_for(&self, key: &TraceKey) -> Option<i64> {
+        self.history
+            .traces
+            .iter()
+            .filter(|(_, t)| {
+                t.tenant == key.tenant
+                    && t.bus == key.bus
+                    && t.event_id == key.event_id
+                    && key.received_ms.is_none_or(|ms| ms == t.received_ms)
+            })
+            .max_by_key(|(id, t)| (t.received_ms, **id))
+            .map(|(id, _)| *id)
+    }
+}
+
+fn in_window(window: Window) -> std::ops::Range<(Millis, i64)> {
+    (window.from_ms, i64::MIN)..(window.to_ms, i64::MIN)
+}
+
+#[async_trait]
+impl Archives for MemoryStore {
+    async fn archive_stats(&self, archive: &str) -> StoreResult<ArchiveStats> {
+        let d = self.data();
+        let Some(events) = d.history.archives.get(archive) else {
+            return Ok(ArchiveStats::default());
+        };
+        Ok(ArchiveStats {
+            event_count: events.len() as u64,
+            size_bytes: events.values().map(|e| e.body.len() as u64).sum(),
+            oldest_ms: events.keys().next().map(|(ms, _)| *ms),
+            newest_ms: events.keys().next_back().map(|(ms, _)| *ms),
+        })
+    }
+
+    async fn count_archived(&self, archive: &str, window: Window) -> StoreResult<u64> {
+        let d = self.data();
+        Ok(d.history
+            .archives
+            .get(archive)
+            .map_or(0, |events| events.range(in_window(window)).count() as u64))
+    }
+
+    async fn read_archive(
+        &self,
+        archive: &str,
+        window: Window,
+        after: Option<&ArchivePosition>,
+        max: usize,
+    ) -> StoreResult<Vec<ArchivedEvent>> {
+        let d = self.data();
+        let Some(events) = d.history.archives.get(archive) else {
+            return Ok(Vec::new());
+        };
+        let start = match after.and_then(ArchivePosition::parts) {
+            Some((ms, id)) => std::ops::Bound::Excluded((ms, id)),
+            None => std::ops::Bound::Included((window.from_ms, i64::MIN)),
+        };
+        let end = std::ops::Bound::Excluded((window.to_ms, i64::MIN));
+        Ok(events
+            .range((start, end))
+            .filter(|((ms, _), _)| *ms >= window.from_ms)
+            .take(max)
+            .map(|((ms, id), e)| ArchivedEvent {
+                position: ArchivePosition::at(*ms, *id),
+                event: e.clone(),
+            })
+            .collect())
+    }
+
+    async fn expire_archive(&self, archive: &str, before: Millis, max: usize) -> StoreResult<u64> {
+        let mut d = self.data();
+        let Some(events) = d.history.archives.get_mut(archive) else {
+            return Ok(0);
+        };
+        let doomed: Vec<(Millis, i64)> = events
+            .range(..(before, i64::MIN))
+            .take(max)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            events.remove(k);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn purge_archive(&self, archive: &str, max: usize) -> StoreResult<u64> {
+        let mut d = self.data();
+        let Some(events) = d.history.archives.get_mut(archive) else {
+            return Ok(0);
+        };
+        let doomed: Vec<(Millis, i64)> = events.keys().take(max).copied().collect();
+        for k in &doomed {
+            events.remove(k);
+        }
+        if events.is_empty() {
+            d.history.archives.remove(archive);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn stored_archives(&self) -> StoreResult<Vec<ArchiveId>> {
+        Ok(self.data().history.archives.keys().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl Traces for MemoryStore {
+    async fn record_traces(&self, traces: Vec<Trace>) -> StoreResult<()> {
+        let mut d = self.data();
+        for mut trace in traces {
+            let key = trace.key();
+            let pending = std::mem::take(&mut d.history.pending);
+            for (at, k, fact) in pending {
+                let mine = k.tenant == key.tenant
+                    && k.bus == key.bus
+                    && k.event_id == key.event_id
+                    && k.received_ms.is_none_or(|ms| Some(ms) == key.received_ms);
+                if mine {
+                    trace.apply(&fact);
+                } else {
+                    d.history.pending.push((at, k, fact));
+                }
+            }
+            match d.trace_for(&key) {
+                Some(id) => {
+                    d.history.traces.insert(id, trace);
+                }
+                None => {
+                    d.history.last_trace += 1;
+                    let id = d.history.last_trace;
+                    d.history.traces.insert(id, trace);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_trace_facts(&self, facts: Vec<(TraceKey, TraceFact)>) -> StoreResult<()> {
+        let now = self.now();
+        let mut d = self.data();
+        for (key, fact) in facts {
+            match d.trace_for(&key) {
+                Some(id) => {
+                    if let Some(t) = d.history.traces.get_mut(&id) {
+                        t.apply(&fact);
+                    }
+                }
+                None if fact.waits_for_trace() => d.history.pending.push((now, key, fact)),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn trace(
+        &self,
+        tenant: &str,
+        event_id: &str,
+        bus: Option<&str>,
+    ) -> StoreResult<Option<Trace>> {
+        let d = self.data();
+        let recorded = d
+            .history
+            .traces
+            .iter()
+            .filter(|(_, t)| {
+                t.tenant == tenant && t.event_id == event_id && bus.is_none_or(|b| b == t.bus)
+            })
+            .max_by_key(|(id, t)| (t.received_ms, **id))
+            .map(|(_, t)| t.clone());
+        let unrouted = d
+            .log
+            .range(d.routed + 1..)
+            .rev()
+            .map(|(_, e)| e)
+            .find(|e| {
+                e.tenant == tenant && e.event_id == event_id && bus.is_none_or(|b| b == e.bus)
+            })
+            .map(Trace::received);
+        Ok(match (recorded, unrouted) {
+            (Some(r), Some(u)) if u.received_ms > r.received_ms => Some(u),
+            (Some(r), _) => Some(r),
+            (None, u) => u,
+        })
+    }
+
+    async fn search_traces(
+        &self,
+        tenant: &str,
+        query: &TraceQuery,
+        after: Option<&TraceCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<TraceSummary>, Option<TraceCursor>)> {
+        let d = self.data();
+        let after = after.and_then(TraceCursor::parts);
+        let mut all: Vec<(Millis, i64, &Trace)> = d
+            .history
+            .traces
+            .iter()
+            .filter(|(_, t)| t.tenant == tenant && query.matches(t))
+            .map(|(id, t)| (t.received_ms, *id, t))
+            .filter(|(ms, id, _)| after.is_none_or(|a| (*ms, *id) < a))
+            .collect();
+        all.sort_by_key(|t| std::cmp::Reverse((t.0, t.1)));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next = more
+            .then(|| all.last().map(|(ms, id, _)| TraceCursor::at(*ms, *id)))
+            .flatten();
+        Ok((
+            all.iter().map(|(_, _, t)| TraceSummary::from(*t)).collect(),
+            next,
+        ))
+    }
+
+    async fn expire_traces(
+        &self,
+        before: Millis,
+        keep_at_most: u64,
+        max: usize,
+    ) -> StoreResult<u64> {
+        let mut d = self.data();
+        let over = (d.history.traces.len() as u64).saturating_sub(keep_at_most);
+        let mut oldest: Vec<(Millis, i64)> = d
+            .history
+            .traces
+            .iter()
+            .map(|(id, t)| (t.received_ms, *id))
+            .collect();
+        oldest.sort_unstable();
+        let doomed: Vec<i64> = oldest
+            .iter()
+            .enumerate()
+            .filter(|(i, (ms, _))| (*i as u64) < over || *ms < before)
+            .take(max)
+            .map(|(_, (_, id))| *id)
+            .collect();
+        for id in &doomed {
+            d.history.traces.remove(id);
+        }
+        d.history.pending.retain(|(at, _, _)| *at >= before);
+        Ok(doomed.len() as u64)
+    }
+}
+
+#[async_trait]
+impl Replays for MemoryStore {
+    async fn create_replay(&self, record: ReplayRecord) -> StoreResult<()> {
+        let mut d = self.data();
+        let taken = d.history.replays.contains_key(&record.id)
+            || record.name.is_some()
+                && d.history
+                    .replays
+                    .values()
+                    .any(|r| r.tenant == record.tenant && r.name == record.name);
+        if taken {
+            return Err(StoreError::Conflict(format!(
+                "replay {}",
+                record.replay_name()
+            )));
+        }
+        d.history.replays.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    async fn replay(&self, tenant: &str, id: &str) -> StoreResult<Option<ReplayRecord>> {
+        Ok(self
+            .data()
+            .history
+            .replays
+            .get(id)
+            .filter(|r| r.tenant == tenant)
+            .cloned())
+    }
+
+    async fn list_replays(&self, tenant: &str) -> StoreResult<Vec<ReplayRecord>> {
+        let d = self.data();
+        let mut all: Vec<ReplayRecord> = d
+            .history
+            .replays
+            .values()
+            .filter(|r| r.tenant == tenant)
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (b.started_ms, &b.id).cmp(&(a.started_ms, &a.id)));
+        Ok(all)
+    }
+
+    async fn unfinished_replays(&self) -> StoreResult<Vec<ReplayRecord>> {
+        let d = self.data();
+        let mut all: Vec<ReplayRecord> = d
+            .history
+            .replays
+            .values()
+            .filter(|r| !r.state.is_final())
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        Ok(all)
+    }
+
+    async fn set_replay_state(
+        &self,
+        tenant: &str,
+        id: &str,
+        state: ReplayState,
+        reason: Option<String>,
+        ended_ms: Option<Millis>,
+    ) -> StoreResult<bool> {
+        let mut d = self.data();
+        match d.history.replays.get_mut(id) {
+            Some(r) if r.tenant == tenant && !r.state.is_final() => {
+                r.state = state;
+                r.state_reason = reason;
+                r.ended_ms = ended_ms;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn replay_append(
+        &self,
+        tenant: &str,
+        id: &str,
+        events: Vec<NewEvent>,
+        progress: ReplayProgress,
+    ) -> StoreResult<bool> {
+        let last = {
+            let mut d = self.data();
+            d.fault(FaultOp::Append)?;
+            match d.history.replays.get_mut(id) {
+                Some(r) if r.tenant == tenant && !r.state.is_final() => {
+                    r.state = ReplayState::Running;
+                    r.progress = progress;
+                }
+                _ => return Ok(false),
+            }
+            for e in events {
+                d.append_one(e);
+            }
+            d.last_seq
+        };
+        self.inner.appended.send_replace(last);
+        Ok(true)
     }
 }

@@ -1,6 +1,6 @@
 //! The durable store, behind the bus's own verbs.
 //!
-//! The rest of the bus never speaks SQL (or JetStream): it talks to five
+//! The rest of the bus never speaks SQL (or JetStream): it talks to a few
 //! small interfaces, each shaped so that more than one backend can answer it.
 //!
 //! | interface        | verbs                                                   | file              |
@@ -10,6 +10,11 @@
 //! | [`DeliveryJobs`] | enqueue, lease due jobs (waiting), ack, retry, extend    | [`jobs`]          |
 //! | [`DeadLetters`]  | list, read, delete, redrive                              | [`dead_letters`]  |
 //! | [`Queues`]       | push, receive with visibility timeout, ack, depth, purge | [`queues`]        |
+//! | [`DedupLog`]     | append unless accepted within the bus's window (atomic)  | [`dedup`]         |
+//! | [`SchemaStore`]  | schema versions; discovered schemas (compare-and-set)    | [`schemas`]       |
+//! | [`Archives`]     | archive stats, read a window in order, expire, purge     | [`archives`]      |
+//! | [`Traces`]       | record, add facts, look up, search, expire               | [`traces`]        |
+//! | [`Replays`]      | replay records, append-with-progress                     | [`replays`]       |
 //!
 //! Positions, job leases, dead-letter ids and queue receipts are opaque to
 //! callers: SQLite uses row ids and sequence numbers where a JetStream
@@ -31,9 +36,11 @@
 //! implementation). All pass the same conformance suite (`store::testing`,
 //! run by each backend's unit tests; the NATS runs start real servers).
 
+pub mod archives;
 pub mod blobs;
 pub mod config;
 pub mod dead_letters;
+pub mod dedup;
 pub mod failure;
 pub mod jobs;
 pub mod log;
@@ -41,22 +48,34 @@ pub mod memory;
 pub mod nats;
 pub mod open;
 pub mod queues;
+pub mod replays;
+pub mod schemas;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod traces;
 mod watermark;
 
+pub use self::archives::{
+    ArchiveId, ArchivePosition, ArchiveStats, ArchivedEvent, Archives, Window,
+};
 pub use self::blobs::Blobs;
 pub use self::config::{
     ConfigChange, ConfigSnapshot, ConfigStore, ConfigWatch, KeyRecord, Resource, ResourceKind,
     TenantRecord,
 };
 pub use self::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetters};
+pub use self::dedup::{AdmittedEvent, Appended, Dedup, DedupKey, DedupLog};
 pub use self::failure::{AttemptError, Exhausted, FailureCode};
-pub use self::jobs::{DeliveryJobs, JobLease, LeasedJob, NewJob};
+pub use self::jobs::{ChainSlot, DeliveryJobs, JobLease, LeasedJob, NewJob};
 pub use self::log::{AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, NewEvent};
 pub use self::open::{Health, OpenStoreError, StoreSettings, open};
 pub use self::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
+pub use self::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};
+pub use self::schemas::{DiscoveredSchema, SchemaStore, SchemaVersion};
+pub use self::traces::{
+    Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceState, TraceSummary, Traces,
+};
 pub use crate::clock::Millis;
 
 use std::sync::Arc;
@@ -83,9 +102,33 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A backend that answers every store interface.
-pub trait Backend: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues {}
+pub trait Backend:
+    ConfigStore
+    + EventLog
+    + DeliveryJobs
+    + DeadLetters
+    + Queues
+    + DedupLog
+    + SchemaStore
+    + Archives
+    + Traces
+    + Replays
+{
+}
 
-impl<T: ConfigStore + EventLog + DeliveryJobs + DeadLetters + Queues> Backend for T {}
+impl<T> Backend for T where
+    T: ConfigStore
+        + EventLog
+        + DeliveryJobs
+        + DeadLetters
+        + Queues
+        + DedupLog
+        + SchemaStore
+        + Archives
+        + Traces
+        + Replays
+{
+}
 
 /// The store interfaces of one backend, each as its own handle, so every
 /// part of the bus holds only the verbs it uses.
@@ -106,6 +149,16 @@ pub struct Stores {
     /// Plugin components shared with the other nodes; `None` when this
     /// process is the only one (SQLite, memory).
     pub blobs: Option<Arc<dyn Blobs>>,
+    /// Deduplicated appends (the ingest door).
+    pub dedup: Arc<dyn DedupLog>,
+    /// Registered and discovered schemas.
+    pub schemas: Arc<dyn SchemaStore>,
+    /// Archive contents.
+    pub archives: Arc<dyn Archives>,
+    /// Per-event traces.
+    pub traces: Arc<dyn Traces>,
+    /// Replay records.
+    pub replays: Arc<dyn Replays>,
 }
 
 impl Stores {
@@ -116,7 +169,12 @@ impl Stores {
             log: backend.clone(),
             jobs: backend.clone(),
             dead_letters: backend.clone(),
-            queues: backend,
+            queues: backend.clone(),
+            dedup: backend.clone(),
+            schemas: backend.clone(),
+            archives: backend.clone(),
+            traces: backend.clone(),
+            replays: backend,
             health: Arc::new(open::Local),
             blobs: None,
         }

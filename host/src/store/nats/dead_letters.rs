@@ -248,6 +248,7 @@ impl DeadLetters for NatsStore {
                 // A redriven event gets a fresh age budget.
                 ingested_ms: now,
                 due_ms: now,
+                chain: None,
                 last_error: None,
             };
             self.publish_jobs(vec![(job, Some(format!("redrive-{}", letter.id)))])

@@ -135,6 +135,8 @@ fn decode(payload: &bytes::Bytes) -> StoreResult<NewJob> {
         ingested_ms: m.ingested_ms,
         due_ms: m.due_ms,
         last_error: m.error.map(ErrorJson::into_error),
+        // FIFO chains are not kept on this backend yet.
+        chain: None,
     })
 }
 

@@ -241,8 +241,10 @@ impl NatsLogConsumer {
                         event_id: meta.event_id,
                         body,
                         ingested_ms: meta.ingested_ms,
+                        ..Default::default()
                     },
                     ack: AckToken::seq(i64::try_from(seq).unwrap_or(i64::MAX)),
+                    position: i64::try_from(seq).unwrap_or(i64::MAX),
                 })
             }
             Err(e) => {

@@ -128,6 +128,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod jobs;
 pub mod log;
+mod pending;
 pub mod queues;
 mod table;
 #[cfg(test)]

@@ -162,6 +162,7 @@ fn event(id: &str) -> NewEvent {
         event_id: id.into(),
         body: Bytes::from(format!(r#"{{"id":"{id}"}}"#)),
         ingested_ms: T0,
+        ..Default::default()
     }
 }
 

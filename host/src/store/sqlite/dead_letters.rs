@@ -191,6 +191,7 @@ impl DeadLetters for SqliteStore {
                             ingested_ms: now,
                             due_ms: now,
                             last_error: None,
+                            chain: None,
                         },
                     )?;
                     delete.execute([d.id])?;

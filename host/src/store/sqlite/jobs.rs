@@ -6,23 +6,30 @@
 //! `lease_due` knows when to look again. Each lease bumps the job's
 //! `lease_token`, which the [`JobLease`] carries: a lease that ran out cannot
 //! retry or extend a job someone has leased since.
+//!
+//! FIFO chains: only a chain's head is in `jobs` (at most one per chain,
+//! by a unique index); the jobs behind it wait in `waiting_jobs`, and
+//! `chains` keeps each chain's last finished slot. Removing a head (ack or
+//! dead letter) moves the chain's next waiting job into `jobs` in the same
+//! transaction, so leasing needs no knowledge of chains at all.
 
 use super::SqliteStore;
 use super::dead_letters::insert_dead_letter;
 use crate::clock::millis;
 use crate::store::jobs::LeaseRepr;
 use crate::store::{
-    AttemptError, DeadLetterId, DeliveryJobs, Exhausted, FailureCode, JobLease, LeasedJob, Millis,
-    NewJob, StoreResult,
+    AttemptError, ChainSlot, DeadLetterId, DeliveryJobs, Exhausted, FailureCode, JobLease,
+    LeasedJob, Millis, NewJob, StoreResult,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::time::Duration;
 
 /// Columns read by [`row_to_job`], in its order.
 const JOB_COLUMNS: &str = "id, tenant, bus, rule, target, event_id, event, body, attempts, \
-                           ingested_ms, due_ms, error_code, error_message, last_status";
+                           ingested_ms, due_ms, error_code, error_message, last_status, \
+                           chain_key, chain_pos, chain_sub";
 
 /// Reads a row of [`JOB_COLUMNS`] as (id, job).
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, NewJob)> {
@@ -49,20 +56,69 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, NewJob)> {
             ingested_ms: r.get(9)?,
             due_ms: r.get(10)?,
             last_error,
+            chain: match r.get::<_, Option<String>>(14)? {
+                Some(key) => Some(ChainSlot {
+                    key,
+                    position: r.get(15)?,
+                    index: r.get(16)?,
+                }),
+                None => None,
+            },
         },
     ))
 }
 
-/// Schedules one job.
+/// Schedules one job: a chain's job becomes its head when the chain has
+/// none, else waits behind it; a slot already scheduled or finished is
+/// dropped.
 pub(super) fn insert_job(tx: &Transaction<'_>, j: &NewJob) -> rusqlite::Result<()> {
     let (code, message, status) = match &j.last_error {
         Some(e) => (Some(e.code.as_str()), Some(e.message.as_str()), e.status),
         None => (None, None, None),
     };
-    tx.prepare_cached(
-        "INSERT INTO jobs (tenant, bus, rule, target, event_id, event, body, attempts, ingested_ms, due_ms, \
-         error_code, error_message, last_status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    )?
+    let (Some(chain), Some(slot)) = (j.chain_name(), j.chain.as_ref()) else {
+        tx.prepare_cached(
+            "INSERT INTO jobs (tenant, bus, rule, target, event_id, event, body, attempts, ingested_ms, due_ms, \
+             error_code, error_message, last_status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        )?
+        .execute(params![
+            j.tenant,
+            j.bus,
+            j.rule,
+            j.target,
+            j.event_id,
+            &j.event[..],
+            j.body,
+            j.attempts,
+            j.ingested_ms,
+            j.due_ms,
+            code,
+            message,
+            status
+        ])?;
+        return Ok(());
+    };
+    let done: Option<(i64, u32)> = tx
+        .prepare_cached("SELECT done_pos, done_sub FROM chains WHERE chain = ?")?
+        .query_row([&chain], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if done.is_some_and(|done| slot.order() <= done) {
+        return Ok(());
+    }
+    let head: Option<(i64, u32)> = tx
+        .prepare_cached("SELECT chain_pos, chain_sub FROM jobs WHERE chain = ?")?
+        .query_row([&chain], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let table = match head {
+        Some(head) if head == slot.order() => return Ok(()),
+        Some(_) => "waiting_jobs",
+        None => "jobs",
+    };
+    tx.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {table} (tenant, bus, rule, target, event_id, event, body, attempts, \
+         ingested_ms, due_ms, error_code, error_message, last_status, chain, chain_key, chain_pos, chain_sub) \
+         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    ))?
     .execute(params![
         j.tenant,
         j.bus,
@@ -76,9 +132,70 @@ pub(super) fn insert_job(tx: &Transaction<'_>, j: &NewJob) -> rusqlite::Result<(
         j.due_ms,
         code,
         message,
-        status
+        status,
+        chain,
+        slot.key,
+        slot.position,
+        slot.index
     ])?;
     Ok(())
+}
+
+/// Removes job `id`; when it was a chain's head, records its slot as the
+/// chain's last finished one and moves the chain's next waiting job into
+/// `jobs`. Returns whether a waiting job became leasable.
+fn remove_job(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<bool> {
+    let removed: Option<(Option<String>, Option<i64>, Option<u32>)> = tx
+        .prepare_cached("DELETE FROM jobs WHERE id = ? RETURNING chain, chain_pos, chain_sub")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((Some(chain), Some(pos), Some(sub))) = removed else {
+        return Ok(false);
+    };
+    tx.prepare_cached(
+        "INSERT INTO chains (chain, done_pos, done_sub) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (chain) DO UPDATE SET done_pos = ?2, done_sub = ?3 \
+         WHERE (done_pos, done_sub) < (?2, ?3)",
+    )?
+    .execute(params![chain, pos, sub])?;
+    let next: Option<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM waiting_jobs WHERE chain = ? ORDER BY chain_pos, chain_sub LIMIT 1",
+        )?
+        .query_row([&chain], |r| r.get(0))
+        .optional()?;
+    let Some(next) = next else {
+        // The chain is empty. Its finished slot is needed only while the
+        // router could still route that log entry again, i.e. until the
+        // routing cursor has passed it.
+        tx.prepare_cached(
+            "DELETE FROM chains WHERE chain = ? AND done_pos <= \
+             COALESCE((SELECT seq FROM cursors WHERE name = 'route'), 0)",
+        )?
+        .execute([&chain])?;
+        return Ok(false);
+    };
+    tx.prepare_cached(
+        "INSERT INTO jobs (tenant, bus, rule, target, event_id, event, body, attempts, ingested_ms, \
+         due_ms, error_code, error_message, last_status, chain, chain_key, chain_pos, chain_sub) \
+         SELECT tenant, bus, rule, target, event_id, event, body, attempts, ingested_ms, due_ms, \
+         error_code, error_message, last_status, chain, chain_key, chain_pos, chain_sub \
+         FROM waiting_jobs WHERE id = ?",
+    )?
+    .execute([next])?;
+    tx.prepare_cached("DELETE FROM waiting_jobs WHERE id = ?")?
+        .execute([next])?;
+    Ok(true)
+}
+
+/// Forgets the finished slots of empty chains that the routing cursor has
+/// passed (those `remove_job` had to keep because the cursor lagged).
+pub(super) fn prune_chains(tx: &Transaction<'_>) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "DELETE FROM chains WHERE done_pos <= COALESCE((SELECT seq FROM cursors WHERE name = 'route'), 0) \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.chain = chains.chain)",
+    )?
+    .execute([])
 }
 
 /// Ends every lease (at open: the data dir is locked, so the process that
@@ -197,12 +314,10 @@ impl DeliveryJobs for SqliteStore {
         let Some((id, _)) = row_lease(lease) else {
             return Ok(());
         };
-        self.run(move |tx| {
-            tx.prepare_cached("DELETE FROM jobs WHERE id = ?")?
-                .execute([id])?;
-            Ok(())
-        })
-        .await
+        if self.run(move |tx| Ok(remove_job(tx, id)?)).await? {
+            self.jobs_changed();
+        }
+        Ok(())
     }
 
     async fn retry_job(
@@ -274,13 +389,18 @@ impl DeliveryJobs for SqliteStore {
     ) -> StoreResult<DeadLetterId> {
         let id = lease.and_then(row_lease).map(|(id, _)| id);
         let now = self.now_ms();
-        self.run(move |tx| {
-            if let Some(id) = id {
-                tx.prepare_cached("DELETE FROM jobs WHERE id = ?")?
-                    .execute([id])?;
-            }
-            Ok(insert_dead_letter(tx, &job, exhausted, now)?)
-        })
-        .await
+        let (letter, promoted) = self
+            .run(move |tx| {
+                let promoted = match id {
+                    Some(id) => remove_job(tx, id)?,
+                    None => false,
+                };
+                Ok((insert_dead_letter(tx, &job, exhausted, now)?, promoted))
+            })
+            .await?;
+        if promoted {
+            self.jobs_changed();
+        }
+        Ok(letter)
     }
 }

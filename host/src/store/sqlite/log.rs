@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// A position in the log.
-type Seq = i64;
+pub(super) type Seq = i64;
 
 /// The newest committed events, so the consumer reads them from memory.
 pub(super) struct Tail {
@@ -59,7 +59,7 @@ impl Tail {
     }
 
     /// Adds newly committed events (in position order), then announces them.
-    fn publish(&self, events: Vec<(Seq, LoggedEvent)>) {
+    pub(super) fn publish(&self, events: Vec<(Seq, LoggedEvent)>) {
         let Some(&(last, _)) = events.last() else {
             return;
         };
@@ -102,8 +102,59 @@ pub(super) fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
     Ok(in_table.max(used.unwrap_or(0)))
 }
 
+/// Reads an event from a row of `tenant, bus, event_id, body, ingested_ms,
+/// only_rules` starting at column 1.
+pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEvent> {
+    let only_rules: Option<String> = r.get(6)?;
+    Ok(LoggedEvent {
+        tenant: r.get(1)?,
+        bus: r.get(2)?,
+        event_id: r.get(3)?,
+        body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+        ingested_ms: r.get(5)?,
+        only_rules: only_rules.and_then(|s| serde_json::from_str(&s).ok()),
+        archives: Vec::new(),
+    })
+}
+
+/// Inserts events (and their archive copies) inside a transaction; returns
+/// them with their positions, ready for [`Tail::publish`] after the commit.
+pub(super) fn insert_events(
+    tx: &rusqlite::Transaction<'_>,
+    events: Vec<NewEvent>,
+) -> anyhow::Result<Vec<(Seq, LoggedEvent)>> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (tenant, bus, event_id, body, ingested_ms, only_rules) VALUES (?, ?, ?, ?, ?, ?)",
+    )?;
+    let mut logged = Vec::with_capacity(events.len());
+    let mut copies = Vec::new();
+    for mut e in events {
+        let only = match &e.only_rules {
+            Some(rules) => Some(serde_json::to_string(rules)?),
+            None => None,
+        };
+        stmt.execute(params![
+            e.tenant,
+            e.bus,
+            e.event_id,
+            &e.body[..],
+            e.ingested_ms,
+            only
+        ])?;
+        let seq = tx.last_insert_rowid();
+        for archive in std::mem::take(&mut e.archives) {
+            copies.push((archive, logged.len()));
+        }
+        logged.push((seq, e));
+    }
+    if !copies.is_empty() {
+        super::archives::write_copies(tx, &copies, &logged)?;
+    }
+    Ok(logged)
+}
+
 /// Reads the persisted cursor (0 when routing never acknowledged anything).
-fn route_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Seq> {
+pub(super) fn route_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Seq> {
     Ok(tx
         .prepare_cached("SELECT seq FROM cursors WHERE name = 'route'")?
         .query_row([], |r| r.get(0))
@@ -124,20 +175,11 @@ impl SqliteStore {
         let committed = *tail.committed.borrow();
         self.run(move |tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT seq, tenant, bus, event_id, body, ingested_ms FROM events \
+                "SELECT seq, tenant, bus, event_id, body, ingested_ms, only_rules FROM events \
                  WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![after, committed, max as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    LoggedEvent {
-                        tenant: r.get(1)?,
-                        bus: r.get(2)?,
-                        event_id: r.get(3)?,
-                        body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                        ingested_ms: r.get(5)?,
-                    },
-                ))
+                Ok((r.get(0)?, logged_event(r)?))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -153,17 +195,7 @@ impl EventLog for SqliteStore {
         }
         let tail = self.inner.tail.clone();
         self.run_then(
-            move |tx| {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO events (tenant, bus, event_id, body, ingested_ms) VALUES (?, ?, ?, ?, ?)",
-                )?;
-                let mut logged = Vec::with_capacity(events.len());
-                for e in events {
-                    stmt.execute(params![e.tenant, e.bus, e.event_id, &e.body[..], e.ingested_ms])?;
-                    logged.push((tx.last_insert_rowid(), e));
-                }
-                Ok(logged)
-            },
+            move |tx| insert_events(tx, events),
             move |logged| tail.publish(logged),
         )
         .await
@@ -188,6 +220,7 @@ impl EventLog for SqliteStore {
             let n = tx
                 .prepare_cached("DELETE FROM events WHERE seq <= ? AND ingested_ms < ?")?
                 .execute(params![cursor, before])?;
+            super::jobs::prune_chains(tx)?;
             Ok(n as u64)
         })
         .await
@@ -236,6 +269,7 @@ impl LogConsumer for SqliteConsumer {
                         LogEntry {
                             event,
                             ack: AckToken::seq(seq),
+                            position: seq,
                         }
                     })
                     .collect());

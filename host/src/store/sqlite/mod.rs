@@ -18,17 +18,24 @@
 //! immediately instead of waiting for the dead process's leases to run out.
 //!
 //! The interfaces live one per file: [`config`], [`log`] (with the in-memory
-//! tail of recent events), [`jobs`], [`dead_letters`], [`queues`]; the
-//! schema and its migrations in [`schema`].
+//! tail of recent events), [`jobs`], [`dead_letters`], [`queues`],
+//! [`dedup`] (deduplicated appends), [`schemas`] (the schema registry),
+//! [`archives`], [`traces`], [`replays`]; the schema and its migrations in
+//! [`schema`].
 
+mod archives;
 mod config;
 mod dead_letters;
+mod dedup;
 mod jobs;
 mod log;
 mod queues;
+mod replays;
 mod schema;
+mod schemas;
 #[cfg(test)]
 mod tests;
+mod traces;
 
 use self::log::Tail;
 use super::{StoreError, StoreResult};

@@ -55,11 +55,85 @@ DROP INDEX IF EXISTS jobs_due;
 CREATE INDEX jobs_ready ON jobs (MAX(due_ms, lease_until), id);
 "#;
 
-/// Every version's step, in order: entry `i` brings a file to version `i + 1`.
-const STEPS: [&str; 2] = [V1, V2];
+/// Version 3 (issue 10, history): events carry the rules a replay is
+/// restricted to; archive contents with exact per-archive counters; per-event
+/// traces with the indexes search uses (tenant first, then the filter, then
+/// time, so every search walks one index newest first), the rules each trace
+/// matched, facts waiting for their trace; and replay records.
+const V3: &str = r#"
+ALTER TABLE events ADD COLUMN only_rules TEXT;
+CREATE TABLE archived (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, archive TEXT NOT NULL, ingested_ms INTEGER NOT NULL,
+    tenant TEXT NOT NULL, bus TEXT NOT NULL, event_id TEXT NOT NULL, body BLOB NOT NULL);
+CREATE INDEX archived_time ON archived (archive, ingested_ms, id);
+CREATE TABLE archive_stats (
+    archive TEXT PRIMARY KEY, events INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE traces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    event_id TEXT NOT NULL, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    type TEXT NOT NULL, state TEXT NOT NULL, size INTEGER NOT NULL, replay TEXT,
+    rules TEXT NOT NULL, body TEXT NOT NULL, event BLOB NOT NULL);
+CREATE UNIQUE INDEX traces_event ON traces (tenant, event_id, bus, received_ms);
+CREATE INDEX traces_time ON traces (tenant, received_ms);
+CREATE INDEX traces_bus ON traces (tenant, bus, received_ms);
+CREATE INDEX traces_source ON traces (tenant, source, received_ms);
+CREATE INDEX traces_type ON traces (tenant, type, received_ms);
+CREATE INDEX traces_state ON traces (tenant, state, received_ms);
+CREATE TABLE trace_rules (
+    tenant TEXT NOT NULL, rule TEXT NOT NULL, received_ms INTEGER NOT NULL, trace INTEGER NOT NULL,
+    PRIMARY KEY (tenant, rule, received_ms, trace)) WITHOUT ROWID;
+CREATE TABLE trace_pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    event_id TEXT NOT NULL, received_ms INTEGER, at_ms INTEGER NOT NULL, fact TEXT NOT NULL);
+CREATE INDEX trace_pending_event ON trace_pending (tenant, event_id, bus);
+CREATE TABLE replays (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT, state TEXT NOT NULL,
+    started_ms INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE UNIQUE INDEX replays_name ON replays (tenant, name);
+CREATE INDEX replays_tenant ON replays (tenant, started_ms);
+"#;
+
+/// Version 4 (the ingest door, issue 11): the schema registry (versions
+/// and discovered summaries), the deduplication keys of the buses' windows
+/// (a 16-byte digest each, without rowid: one b-tree, plus the expiry
+/// index pruning needs), and FIFO chains — the chain slot of a job, the
+/// jobs waiting behind their chain's head, and each chain's last finished
+/// slot.
+const V4: &str = r#"
+CREATE TABLE schema_versions (
+    tenant TEXT NOT NULL, bus TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    spec TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, bus, name, version)) WITHOUT ROWID;
+CREATE TABLE discovered_schemas (
+    tenant TEXT NOT NULL, bus TEXT NOT NULL, source TEXT NOT NULL, type TEXT NOT NULL,
+    summary TEXT NOT NULL, revision INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, bus, source, type));
+CREATE TABLE dedup_keys (
+    key BLOB PRIMARY KEY, accepted_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX dedup_keys_expiry ON dedup_keys (expires_ms);
+ALTER TABLE jobs ADD COLUMN chain TEXT;
+ALTER TABLE jobs ADD COLUMN chain_key TEXT;
+ALTER TABLE jobs ADD COLUMN chain_pos INTEGER;
+ALTER TABLE jobs ADD COLUMN chain_sub INTEGER;
+CREATE UNIQUE INDEX jobs_chain_head ON jobs (chain) WHERE chain IS NOT NULL;
+CREATE TABLE waiting_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    rule TEXT NOT NULL, target TEXT NOT NULL, event_id TEXT NOT NULL, event BLOB NOT NULL,
+    body TEXT, attempts INTEGER NOT NULL, ingested_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+    error_code TEXT, error_message TEXT, last_status INTEGER,
+    chain TEXT NOT NULL, chain_key TEXT NOT NULL, chain_pos INTEGER NOT NULL, chain_sub INTEGER NOT NULL);
+CREATE UNIQUE INDEX waiting_jobs_chain ON waiting_jobs (chain, chain_pos, chain_sub);
+CREATE TABLE chains (
+    chain TEXT PRIMARY KEY, done_pos INTEGER NOT NULL, done_sub INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
+/// Every version's step, in order: `(version, step)` brings a file from
+/// the version before it to `version`. Numbers may skip (a step another
+/// line of work adds later slots into its place).
+const STEPS: [(i64, &str); 4] = [(1, V1), (2, V2), (3, V3), (4, V4)];
 
 /// The schema version this build writes.
-pub(super) const CURRENT: i64 = STEPS.len() as i64;
+pub(super) const CURRENT: i64 = STEPS[STEPS.len() - 1].0;
 
 /// Brings the file to [`CURRENT`] in one transaction.
 pub(super) fn migrate(conn: &mut Connection, dir: &Path) -> Result<(), OpenError> {
@@ -77,9 +151,9 @@ pub(super) fn migrate(conn: &mut Connection, dir: &Path) -> Result<(), OpenError
         return Ok(());
     }
     let tx = conn.transaction().context("starting the migration")?;
-    for (i, step) in STEPS.iter().enumerate().skip(found.max(0) as usize) {
+    for (version, step) in STEPS.iter().filter(|(v, _)| *v > found) {
         tx.execute_batch(step)
-            .with_context(|| format!("migrating the schema to version {}", i + 1))?;
+            .with_context(|| format!("migrating the schema to version {version}"))?;
     }
     tx.pragma_update(None, "user_version", CURRENT)
         .context("recording the schema version")?;

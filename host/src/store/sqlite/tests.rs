@@ -26,6 +26,7 @@ fn event(id: &str) -> NewEvent {
         event_id: id.into(),
         body: Bytes::from(format!(r#"{{"id":"{id}"}}"#)),
         ingested_ms: T0,
+        ..Default::default()
     }
 }
 
@@ -306,6 +307,7 @@ async fn a_reopen_makes_leased_jobs_due_at_once() {
             ingested_ms: T0,
             due_ms: T0,
             last_error: None,
+            chain: None,
         };
         store.enqueue(vec![job]).await.unwrap();
         let leased = store

@@ -1,0 +1,67 @@
+//! Per bus: whether events are traced, and the archives that take them.
+
+use crate::clock::Millis;
+use crate::pattern::RuleSet;
+use crate::store::ArchiveId;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One archive as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchiveEntry {
+    /// Its name on the bus.
+    pub name: String,
+    /// Its contents in the store.
+    pub id: ArchiveId,
+    /// The pattern as sent (`None`: every event).
+    pub pattern: Option<Value>,
+    /// Days events are kept (0: forever).
+    pub retention_days: u32,
+    /// Free text.
+    pub description: Option<String>,
+    /// When it was created (it holds events accepted from then on).
+    pub created_ms: Millis,
+}
+
+/// A bus's history settings, immutable once built (a change builds a new one).
+#[derive(Debug, Default)]
+pub struct BusHistory {
+    /// Whether the bus records a trace of each event.
+    pub traced: bool,
+    /// Its archives by name.
+    pub archives: BTreeMap<String, ArchiveEntry>,
+    /// The archives' compiled patterns (each also refusing replayed events).
+    pub matcher: RuleSet<ArchiveId>,
+}
+
+impl BusHistory {
+    /// The archives that take an event (its CloudEvents JSON); none when the
+    /// event cannot be read.
+    pub fn archives_for(&self, body: &[u8]) -> Vec<ArchiveId> {
+        if self.matcher.is_empty() {
+            return Vec::new();
+        }
+        self.matcher.matches_json(body).unwrap_or_default()
+    }
+
+    /// The archive with this store id, if it is still configured.
+    pub fn archive_by_id(&self, id: &str) -> Option<&ArchiveEntry> {
+        self.archives.values().find(|a| a.id == id)
+    }
+}
+
+/// Where the history settings of each bus are found (the control plane's
+/// catalog implements it).
+pub trait HistoryTable: Send + Sync + 'static {
+    /// The settings of `tenant`'s bus `bus`, if the bus exists.
+    fn bus_history(&self, tenant: &str, bus: &str) -> Option<Arc<BusHistory>>;
+
+    /// Every configured archive, as (tenant, bus, archive).
+    fn all_archives(&self) -> Vec<(String, String, ArchiveEntry)>;
+
+    /// Whether `tenant`'s bus `bus` records traces.
+    fn traced(&self, tenant: &str, bus: &str) -> bool {
+        self.bus_history(tenant, bus).is_some_and(|h| h.traced)
+    }
+}

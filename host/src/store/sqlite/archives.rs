@@ -1,0 +1,209 @@
+//! [`Archives`] on SQLite: the `archived` table (one row per copy, indexed
+//! by archive and ingest time) and exact per-archive counters in
+//! `archive_stats`, kept in the same transaction as every insert and delete.
+
+use super::SqliteStore;
+use super::log::Seq;
+use crate::store::{
+    ArchiveId, ArchivePosition, ArchiveStats, ArchivedEvent, Archives, LoggedEvent, Millis,
+    StoreResult, Window,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, Transaction, params};
+use std::collections::BTreeMap;
+
+/// Writes archive copies of events just inserted: `copies` pairs an
+/// archive with an index into `events`.
+pub(super) fn write_copies(
+    tx: &Transaction<'_>,
+    copies: &[(ArchiveId, usize)],
+    events: &[(Seq, LoggedEvent)],
+) -> anyhow::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body) VALUES (?, ?, ?, ?, ?, ?)",
+    )?;
+    let mut added: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (archive, at) in copies {
+        let Some((_, e)) = events.get(*at) else {
+            continue;
+        };
+        insert.execute(params![
+            archive,
+            e.ingested_ms,
+            e.tenant,
+            e.bus,
+            e.event_id,
+            &e.body[..]
+        ])?;
+        let n = added.entry(archive).or_default();
+        n.0 += 1;
+        n.1 += e.body.len() as i64;
+    }
+    for (archive, (events, bytes)) in added {
+        count(tx, archive, events, bytes)?;
+    }
+    Ok(())
+}
+
+/// Adds to (or, with negative numbers, takes from) an archive's counters.
+fn count(tx: &Transaction<'_>, archive: &str, events: i64, bytes: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO archive_stats (archive, events, bytes) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (archive) DO UPDATE SET events = events + ?2, bytes = bytes + ?3",
+    )?
+    .execute(params![archive, events, bytes])?;
+    Ok(())
+}
+
+/// Deletes the given rows of an archive and takes them off its counters.
+fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[(i64, i64)]) -> rusqlite::Result<()> {
+    let mut delete = tx.prepare_cached("DELETE FROM archived WHERE id = ?")?;
+    let mut bytes = 0;
+    for (id, size) in rows {
+        delete.execute([id])?;
+        bytes += size;
+    }
+    count(tx, archive, -(rows.len() as i64), -bytes)?;
+    tx.prepare_cached("DELETE FROM archive_stats WHERE archive = ? AND events <= 0")?
+        .execute([archive])?;
+    Ok(())
+}
+
+fn after_of(window: Window, after: Option<&ArchivePosition>) -> (Millis, i64) {
+    after
+        .and_then(ArchivePosition::parts)
+        .filter(|(ms, _)| *ms >= window.from_ms)
+        .unwrap_or((window.from_ms, i64::MIN))
+}
+
+#[async_trait]
+impl Archives for SqliteStore {
+    async fn archive_stats(&self, archive: &str) -> StoreResult<ArchiveStats> {
+        let archive = archive.to_owned();
+        self.run(move |tx| {
+            let counts: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT events, bytes FROM archive_stats WHERE archive = ?")?
+                .query_row([&archive], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((events, bytes)) = counts else {
+                return Ok(ArchiveStats::default());
+            };
+            let end = |order: &str| -> rusqlite::Result<Option<Millis>> {
+                tx.prepare_cached(&format!(
+                    "SELECT ingested_ms FROM archived WHERE archive = ? \
+                     ORDER BY ingested_ms {order}, id {order} LIMIT 1"
+                ))?
+                .query_row([&archive], |r| r.get(0))
+                .optional()
+            };
+            Ok(ArchiveStats {
+                event_count: events.max(0) as u64,
+                size_bytes: bytes.max(0) as u64,
+                oldest_ms: end("ASC")?,
+                newest_ms: end("DESC")?,
+            })
+        })
+        .await
+    }
+
+    async fn count_archived(&self, archive: &str, window: Window) -> StoreResult<u64> {
+        let archive = archive.to_owned();
+        self.run(move |tx| {
+            let n: i64 = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM archived WHERE archive = ? AND ingested_ms >= ? AND ingested_ms < ?",
+                )?
+                .query_row(params![archive, window.from_ms, window.to_ms], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn read_archive(
+        &self,
+        archive: &str,
+        window: Window,
+        after: Option<&ArchivePosition>,
+        max: usize,
+    ) -> StoreResult<Vec<ArchivedEvent>> {
+        let archive = archive.to_owned();
+        let (after_ms, after_id) = after_of(window, after);
+        self.run(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, tenant, bus, event_id, body, ingested_ms FROM archived \
+                 WHERE archive = ?1 AND (ingested_ms, id) > (?2, ?3) AND ingested_ms < ?4 \
+                 ORDER BY ingested_ms, id LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![archive, after_ms, after_id, window.to_ms, max as i64],
+                |r| {
+                    let id: i64 = r.get(0)?;
+                    let ingested_ms: Millis = r.get(5)?;
+                    Ok(ArchivedEvent {
+                        position: ArchivePosition::at(ingested_ms, id),
+                        event: LoggedEvent {
+                            tenant: r.get(1)?,
+                            bus: r.get(2)?,
+                            event_id: r.get(3)?,
+                            body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                            ingested_ms,
+                            ..Default::default()
+                        },
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn expire_archive(&self, archive: &str, before: Millis, max: usize) -> StoreResult<u64> {
+        let archive = archive.to_owned();
+        self.run(move |tx| {
+            let rows: Vec<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, length(body) FROM archived WHERE archive = ? AND ingested_ms < ? \
+                     ORDER BY ingested_ms, id LIMIT ?",
+                )?
+                .query_map(params![archive, before, max as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            delete_rows(tx, &archive, &rows)?;
+            Ok(rows.len() as u64)
+        })
+        .await
+    }
+
+    async fn purge_archive(&self, archive: &str, max: usize) -> StoreResult<u64> {
+        let archive = archive.to_owned();
+        self.run(move |tx| {
+            let rows: Vec<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, length(body) FROM archived WHERE archive = ? \
+                     ORDER BY ingested_ms, id LIMIT ?",
+                )?
+                .query_map(params![archive, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            delete_rows(tx, &archive, &rows)?;
+            if rows.len() < max {
+                tx.prepare_cached("DELETE FROM archive_stats WHERE archive = ?")?
+                    .execute([&archive])?;
+            }
+            Ok(rows.len() as u64)
+        })
+        .await
+    }
+
+    async fn stored_archives(&self) -> StoreResult<Vec<ArchiveId>> {
+        self.run(|tx| {
+            let ids = tx
+                .prepare_cached("SELECT archive FROM archive_stats ORDER BY archive")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+}

@@ -1,0 +1,436 @@
+//! [`Traces`] on SQLite: one `traces` row per routed event (the searchable
+//! head in columns, the routing record as JSON in `body`), one
+//! `trace_rules` row per matched rule (search by rule), and
+//! `trace_pending` for facts that arrived before their trace. Every index
+//! starts with the tenant and ends with the received time, so a search walks
+//! one index newest first and stops after a page.
+
+use super::SqliteStore;
+use super::log::{logged_event, route_cursor};
+use crate::store::traces::TraceBody;
+use crate::store::{
+    Millis, StoreResult, Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceState,
+    TraceSummary, Traces,
+};
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::types::Value as Sql;
+use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
+
+/// The rule names of a trace, as stored in `traces.rules` (one per line).
+fn rule_names(body: &TraceBody) -> String {
+    let mut names: Vec<&str> = body.rules.iter().map(|r| r.rule.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join("\n")
+}
+
+/// Adds (`add`) or removes the `trace_rules` rows of a trace.
+fn index_rules(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    rules: &str,
+    received_ms: Millis,
+    id: i64,
+    add: bool,
+) -> rusqlite::Result<()> {
+    let sql = if add {
+        "INSERT OR IGNORE INTO trace_rules (tenant, rule, received_ms, trace) VALUES (?, ?, ?, ?)"
+    } else {
+        "DELETE FROM trace_rules WHERE tenant = ? AND rule = ? AND received_ms = ? AND trace = ?"
+    };
+    let mut stmt = tx.prepare_cached(sql)?;
+    for rule in rules.split('\n').filter(|r| !r.is_empty()) {
+        stmt.execute(params![tenant, rule, received_ms, id])?;
+    }
+    Ok(())
+}
+
+/// Takes the facts waiting for `trace` and applies them.
+fn apply_pending(tx: &Transaction<'_>, trace: &mut Trace) -> anyhow::Result<()> {
+    let waiting: Vec<(i64, Option<Millis>, String)> = tx
+        .prepare_cached(
+            "SELECT id, received_ms, fact FROM trace_pending \
+             WHERE tenant = ? AND event_id = ? AND bus = ? ORDER BY id",
+        )?
+        .query_map(params![trace.tenant, trace.event_id, trace.bus], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut delete = tx.prepare_cached("DELETE FROM trace_pending WHERE id = ?")?;
+    for (id, received, fact) in waiting {
+        if received.is_some_and(|ms| ms != trace.received_ms) {
+            continue;
+        }
+        if let Ok(fact) = serde_json::from_str::<TraceFact>(&fact) {
+            trace.apply(&fact);
+        }
+        delete.execute([id])?;
+    }
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, event";
+
+fn read_trace(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Trace)> {
+    let state: String = r.get(7)?;
+    let body: String = r.get(10)?;
+    Ok((
+        r.get(0)?,
+        Trace {
+            tenant: r.get(1)?,
+            bus: r.get(2)?,
+            event_id: r.get(3)?,
+            received_ms: r.get(4)?,
+            source: r.get(5)?,
+            event_type: r.get(6)?,
+            state: TraceState::parse(&state).unwrap_or(TraceState::InFlight),
+            size_bytes: r.get::<_, i64>(8)?.max(0) as u64,
+            replay: r.get(9)?,
+            body: serde_json::from_str(&body).unwrap_or_default(),
+            event: Bytes::from(r.get::<_, Vec<u8>>(11)?),
+        },
+    ))
+}
+
+/// Writes a trace's changed body and state.
+fn update(tx: &Transaction<'_>, id: i64, trace: &Trace) -> anyhow::Result<()> {
+    tx.prepare_cached("UPDATE traces SET state = ?, rules = ?, body = ? WHERE id = ?")?
+        .execute(params![
+            trace.state.as_str(),
+            rule_names(&trace.body),
+            serde_json::to_string(&trace.body)?,
+            id
+        ])?;
+    Ok(())
+}
+
+fn record(tx: &Transaction<'_>, mut trace: Trace) -> anyhow::Result<()> {
+    apply_pending(tx, &mut trace)?;
+    let rules = rule_names(&trace.body);
+    let body = serde_json::to_string(&trace.body)?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size, replay, rules, body, event) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant, event_id, bus, received_ms) DO NOTHING",
+        )?
+        .execute(params![
+            trace.tenant,
+            trace.bus,
+            trace.event_id,
+            trace.received_ms,
+            trace.source,
+            trace.event_type,
+            trace.state.as_str(),
+            trace.size_bytes as i64,
+            trace.replay,
+            rules,
+            body,
+            &trace.event[..]
+        ])?;
+    if inserted == 1 {
+        let id = tx.last_insert_rowid();
+        index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
+        return Ok(());
+    }
+    // Recorded before (the event was routed again after a restart): replace.
+    let (id, old): (i64, String) = tx
+        .prepare_cached(
+            "SELECT id, rules FROM traces WHERE tenant = ? AND event_id = ? AND bus = ? AND received_ms = ?",
+        )?
+        .query_row(
+            params![trace.tenant, trace.event_id, trace.bus, trace.received_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .context("reading the trace recorded before")?;
+    index_rules(tx, &trace.tenant, &old, trace.received_ms, id, false)?;
+    update(tx, id, &trace)?;
+    index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
+    Ok(())
+}
+
+fn add_fact(
+    tx: &Transaction<'_>,
+    key: &TraceKey,
+    fact: &TraceFact,
+    now: Millis,
+) -> anyhow::Result<()> {
+    let found = tx
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 AND bus = ?3 \
+             AND (?4 IS NULL OR received_ms = ?4) ORDER BY received_ms DESC, id DESC LIMIT 1"
+        ))?
+        .query_row(
+            params![key.tenant, key.event_id, key.bus, key.received_ms],
+            read_trace,
+        )
+        .optional()?;
+    match found {
+        Some((id, mut trace)) => {
+            let before = rule_names(&trace.body);
+            trace.apply(fact);
+            let after = rule_names(&trace.body);
+            if before != after {
+                index_rules(tx, &trace.tenant, &before, trace.received_ms, id, false)?;
+                index_rules(tx, &trace.tenant, &after, trace.received_ms, id, true)?;
+            }
+            update(tx, id, &trace)?;
+        }
+        None if fact.waits_for_trace() => {
+            tx.prepare_cached(
+                "INSERT INTO trace_pending (tenant, bus, event_id, received_ms, at_ms, fact) VALUES (?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                key.tenant,
+                key.bus,
+                key.event_id,
+                key.received_ms,
+                now,
+                serde_json::to_string(fact)?
+            ])?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// A search as SQL: the driving index (or the rules table) and the filters.
+fn search_sql(
+    query: &TraceQuery,
+    tenant: &str,
+    after: Option<(Millis, i64)>,
+    limit: usize,
+) -> (String, Vec<Sql>) {
+    let mut args: Vec<Sql> = vec![Sql::Text(tenant.to_owned())];
+    let mut filters = Vec::new();
+    let add = |filters: &mut Vec<String>, args: &mut Vec<Sql>, sql: &str, v: Sql| {
+        args.push(v);
+        filters.push(format!("{sql} ?{}", args.len()));
+    };
+    let text = |s: &str| Sql::Text(s.to_owned());
+    if let Some(b) = &query.bus {
+        add(&mut filters, &mut args, "t.bus =", text(b));
+    }
+    if let Some(s) = &query.source {
+        add(&mut filters, &mut args, "t.source =", text(s));
+    }
+    if let Some(s) = &query.event_type {
+        add(&mut filters, &mut args, "t.type =", text(s));
+    }
+    if let Some(s) = query.state {
+        add(&mut filters, &mut args, "t.state =", text(s.as_str()));
+    }
+    if let Some(f) = query.from_ms {
+        add(&mut filters, &mut args, "t.received_ms >=", Sql::Integer(f));
+    }
+    if let Some(to) = query.to_ms {
+        add(&mut filters, &mut args, "t.received_ms <", Sql::Integer(to));
+    }
+    let cols = "t.id, t.event_id, t.bus, t.source, t.type, t.received_ms, t.state";
+    let sql = if let Some(rule) = &query.rule {
+        args.push(text(rule));
+        let rule_arg = args.len();
+        let mut where_ = format!("r.tenant = ?1 AND r.rule = ?{rule_arg} AND t.tenant = ?1");
+        for f in &filters {
+            where_.push_str(" AND ");
+            where_.push_str(f);
+        }
+        if let Some((ms, id)) = after {
+            args.push(Sql::Integer(ms));
+            args.push(Sql::Integer(id));
+            where_.push_str(&format!(
+                " AND (r.received_ms, r.trace) < (?{}, ?{})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        format!(
+            "SELECT {cols} FROM trace_rules r JOIN traces t ON t.id = r.trace WHERE {where_} \
+             ORDER BY r.received_ms DESC, r.trace DESC LIMIT {}",
+            limit + 1
+        )
+    } else {
+        // The most selective filter's index drives the walk, newest first.
+        let index = if query.source.is_some() {
+            "traces_source"
+        } else if query.event_type.is_some() {
+            "traces_type"
+        } else if query.state.is_some() {
+            "traces_state"
+        } else if query.bus.is_some() {
+            "traces_bus"
+        } else {
+            "traces_time"
+        };
+        let mut where_ = "t.tenant = ?1".to_owned();
+        for f in &filters {
+            where_.push_str(" AND ");
+            where_.push_str(f);
+        }
+        if let Some((ms, id)) = after {
+            args.push(Sql::Integer(ms));
+            args.push(Sql::Integer(id));
+            where_.push_str(&format!(
+                " AND (t.received_ms, t.id) < (?{}, ?{})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        format!(
+            "SELECT {cols} FROM traces t INDEXED BY {index} WHERE {where_} \
+             ORDER BY t.received_ms DESC, t.id DESC LIMIT {}",
+            limit + 1
+        )
+    };
+    (sql, args)
+}
+
+#[async_trait]
+impl Traces for SqliteStore {
+    async fn record_traces(&self, traces: Vec<Trace>) -> StoreResult<()> {
+        if traces.is_empty() {
+            return Ok(());
+        }
+        self.run(move |tx| {
+            for trace in traces {
+                record(tx, trace)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_trace_facts(&self, facts: Vec<(TraceKey, TraceFact)>) -> StoreResult<()> {
+        if facts.is_empty() {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        self.run(move |tx| {
+            for (key, fact) in &facts {
+                add_fact(tx, key, fact, now)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn trace(
+        &self,
+        tenant: &str,
+        event_id: &str,
+        bus: Option<&str>,
+    ) -> StoreResult<Option<Trace>> {
+        let (tenant, event_id, bus) = (
+            tenant.to_owned(),
+            event_id.to_owned(),
+            bus.map(str::to_owned),
+        );
+        self.run(move |tx| {
+            let recorded = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 \
+                     AND (?3 IS NULL OR bus = ?3) ORDER BY received_ms DESC, id DESC LIMIT 1"
+                ))?
+                .query_row(params![tenant, event_id, bus], read_trace)
+                .optional()?
+                .map(|(_, t)| t);
+            // Not routed yet: the unrouted tail of the log has it.
+            let cursor = route_cursor(tx)?;
+            let unrouted = tx
+                .prepare_cached(
+                    "SELECT seq, tenant, bus, event_id, body, ingested_ms, only_rules FROM events \
+                     WHERE seq > ?1 AND tenant = ?2 AND event_id = ?3 AND (?4 IS NULL OR bus = ?4) \
+                     ORDER BY seq DESC LIMIT 1",
+                )?
+                .query_row(params![cursor, tenant, event_id, bus], logged_event)
+                .optional()?
+                .map(|e| Trace::received(&e));
+            Ok(match (recorded, unrouted) {
+                (Some(r), Some(u)) if u.received_ms > r.received_ms => Some(u),
+                (Some(r), _) => Some(r),
+                (None, u) => u,
+            })
+        })
+        .await
+    }
+
+    async fn search_traces(
+        &self,
+        tenant: &str,
+        query: &TraceQuery,
+        after: Option<&TraceCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<TraceSummary>, Option<TraceCursor>)> {
+        let (sql, args) = search_sql(query, tenant, after.and_then(TraceCursor::parts), limit);
+        self.run(move |tx| {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut rows: Vec<(i64, TraceSummary)> = stmt
+                .query_map(params_from_iter(args), |r| {
+                    let state: String = r.get(6)?;
+                    Ok((
+                        r.get(0)?,
+                        TraceSummary {
+                            event_id: r.get(1)?,
+                            bus: r.get(2)?,
+                            source: r.get(3)?,
+                            event_type: r.get(4)?,
+                            received_ms: r.get(5)?,
+                            state: TraceState::parse(&state).unwrap_or(TraceState::InFlight),
+                        },
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let next = more
+                .then(|| {
+                    rows.last()
+                        .map(|(id, s)| TraceCursor::at(s.received_ms, *id))
+                })
+                .flatten();
+            Ok((rows.into_iter().map(|(_, s)| s).collect(), next))
+        })
+        .await
+    }
+
+    async fn expire_traces(
+        &self,
+        before: Millis,
+        keep_at_most: u64,
+        max: usize,
+    ) -> StoreResult<u64> {
+        self.run(move |tx| {
+            let count: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM traces")?
+                .query_row([], |r| r.get(0))?;
+            let over = (count.max(0) as u64).saturating_sub(keep_at_most);
+            // Traces are recorded about when they are received, so the
+            // oldest by id are (nearly) the oldest received: look at those.
+            let oldest: Vec<(i64, String, Millis, String)> = tx
+                .prepare_cached(
+                    "SELECT id, tenant, received_ms, rules FROM traces ORDER BY id LIMIT ?",
+                )?
+                .query_map([max as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut delete = tx.prepare_cached("DELETE FROM traces WHERE id = ?")?;
+            let mut dropped = 0u64;
+            for (i, (id, tenant, received_ms, rules)) in oldest.iter().enumerate() {
+                if (i as u64) >= over && *received_ms >= before {
+                    continue;
+                }
+                index_rules(tx, tenant, rules, *received_ms, *id, false)?;
+                delete.execute([id])?;
+                dropped += 1;
+            }
+            tx.prepare_cached("DELETE FROM trace_pending WHERE at_ms < ?")?
+                .execute([before])?;
+            Ok(dropped)
+        })
+        .await
+    }
+}

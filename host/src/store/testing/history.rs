@@ -1,0 +1,766 @@
+//! Conformance checks of the history interfaces: [`Archives`], [`Traces`]
+//! and [`Replays`] (and the log entry fields they rely on).
+//!
+//! [`Archives`]: crate::store::Archives
+//! [`Traces`]: crate::store::Traces
+//! [`Replays`]: crate::store::Replays
+
+use super::{BOUND, LONG_WAIT, MakeStore, OpenAtDir, T0, bounded, fresh, take};
+use crate::clock::ManualClock;
+use crate::store::traces::{
+    AttemptRecord, Redrive, ReplayMark, RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody,
+};
+use crate::store::{
+    ArchivePosition, ArchiveStats, Millis, NewEvent, ReplayProgress, ReplayRecord, ReplayState,
+    StoreError, Trace, TraceFact, TraceKey, TraceQuery, TraceState, Window,
+};
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+
+fn ce(tenant: &str, bus: &str, id: &str, at: Millis, archives: &[&str]) -> NewEvent {
+    NewEvent {
+        tenant: tenant.into(),
+        bus: bus.into(),
+        event_id: id.into(),
+        body: Bytes::from(format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"shop","type":"order"}}"#
+        )),
+        ingested_ms: at,
+        only_rules: None,
+        archives: archives.iter().map(|a| (*a).to_owned()).collect(),
+    }
+}
+
+fn window(from_ms: Millis, to_ms: Millis) -> Window {
+    Window { from_ms, to_ms }
+}
+
+fn trace(tenant: &str, bus: &str, id: &str, at: Millis, source: &str, state: TraceState) -> Trace {
+    let (outcome, target) = match state {
+        TraceState::NoMatch => (None, TargetState::Delivered),
+        TraceState::FilteredOut => (Some(RuleOutcome::FilteredOut), TargetState::InFlight),
+        TraceState::DeadLettered => (Some(RuleOutcome::Matched), TargetState::DeadLettered),
+        TraceState::Retrying => (Some(RuleOutcome::Matched), TargetState::Retrying),
+        _ => (Some(RuleOutcome::Matched), TargetState::Delivered),
+    };
+    let rules = outcome
+        .map(|outcome| RuleTrace {
+            rule: format!("rule-{source}"),
+            outcome,
+            filter: None,
+            transform: None,
+            error: None,
+            targets: vec![TargetTrace {
+                state: target,
+                ..TargetTrace::new("t1")
+            }],
+        })
+        .into_iter()
+        .collect();
+    let body = TraceBody {
+        routed: true,
+        rules,
+        replays: Vec::new(),
+    };
+    let derived = Trace::derive_state(&body);
+    assert_eq!(derived, state, "test trace for {state:?}");
+    Trace {
+        tenant: tenant.into(),
+        bus: bus.into(),
+        event_id: id.into(),
+        received_ms: at,
+        source: source.into(),
+        event_type: format!("type-{source}"),
+        size_bytes: 10,
+        event: Bytes::from(format!(r#"{{"id":"{id}"}}"#)),
+        replay: None,
+        body,
+        state,
+    }
+}
+
+fn key(tenant: &str, bus: &str, id: &str, at: Option<Millis>) -> TraceKey {
+    TraceKey {
+        tenant: tenant.into(),
+        bus: bus.into(),
+        event_id: id.into(),
+        received_ms: at,
+    }
+}
+
+fn attempt(at_ms: Millis, status: u16) -> AttemptRecord {
+    AttemptRecord {
+        at_ms,
+        duration_ms: 3,
+        status: Some(status),
+        error: None,
+    }
+}
+
+fn replay(tenant: &str, id: &str, name: Option<&str>, started_ms: Millis) -> ReplayRecord {
+    ReplayRecord {
+        id: id.into(),
+        tenant: tenant.into(),
+        name: name.map(Into::into),
+        bus: "orders".into(),
+        archive: "all".into(),
+        archive_id: "ar1".into(),
+        window: window(T0 - 1000, T0),
+        destination_bus: "replays".into(),
+        rules: vec!["r1".into()],
+        state: ReplayState::Starting,
+        state_reason: None,
+        events_total: 3,
+        progress: ReplayProgress::default(),
+        started_ms,
+        ended_ms: None,
+    }
+}
+
+// ----------------------------------------------------------------- archives
+
+/// `append` writes each event's archive copies in the same commit: the
+/// stats are exact at once (count, bytes, oldest, newest) and every archive
+/// with contents is listed; an archive without contents has zero stats.
+pub(crate) async fn archives_copies_are_written_with_the_append(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let events = vec![
+        ce("acme", "orders", "e1", T0 + 10, &["a"]),
+        ce("acme", "orders", "e2", T0 + 20, &["a", "b"]),
+        ce("acme", "orders", "e3", T0 + 30, &[]),
+    ];
+    let size = events[0].body.len() as u64;
+    s.store.append(events).await.unwrap();
+    assert_eq!(
+        s.store.archive_stats("a").await.unwrap(),
+        ArchiveStats {
+            event_count: 2,
+            size_bytes: 2 * size,
+            oldest_ms: Some(T0 + 10),
+            newest_ms: Some(T0 + 20),
+        }
+    );
+    assert_eq!(s.store.archive_stats("b").await.unwrap().event_count, 1);
+    assert_eq!(
+        s.store.archive_stats("none").await.unwrap(),
+        ArchiveStats::default()
+    );
+    let mut stored = s.store.stored_archives().await.unwrap();
+    stored.sort();
+    assert_eq!(stored, ["a", "b"]);
+    // The log hands the events out without their archive list.
+    let consumer = s.store.consumer().await.unwrap();
+    let entries = take(consumer.as_ref(), 3, 10).await;
+    assert!(entries.iter().all(|e| e.event.archives.is_empty()));
+}
+
+/// `read_archive` hands out a window (`from` inclusive, `to` exclusive) in
+/// the order events were accepted (ingest time, then commit order), page by
+/// page from the last position; `count_archived` counts the same window.
+pub(crate) async fn archives_read_a_window_in_order_and_resume(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    // Committed out of time order, and several in the same millisecond.
+    for (id, at) in [
+        ("e3", 30),
+        ("e1", 10),
+        ("e2a", 20),
+        ("e2b", 20),
+        ("e4", 40),
+        ("e5", 50),
+    ] {
+        s.store
+            .append(vec![ce("acme", "orders", id, T0 + at, &["a"])])
+            .await
+            .unwrap();
+    }
+    let w = window(T0 + 10, T0 + 50);
+    assert_eq!(s.store.count_archived("a", w).await.unwrap(), 5);
+    assert_eq!(
+        s.store
+            .count_archived("a", window(T0 + 11, T0 + 30))
+            .await
+            .unwrap(),
+        2
+    );
+    let mut got = Vec::new();
+    let mut after: Option<ArchivePosition> = None;
+    loop {
+        let page = s
+            .store
+            .read_archive("a", w, after.as_ref(), 2)
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|a| a.position.clone());
+        got.extend(
+            page.into_iter()
+                .map(|a| (a.event.event_id, a.event.ingested_ms)),
+        );
+    }
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2a", "e2b", "e3", "e4"]);
+    // A stored position reads back (a replay resumes from it after a restart).
+    let mid = s.store.read_archive("a", w, None, 2).await.unwrap();
+    let stored = ArchivePosition::from_stored(mid[1].position.as_str().to_owned());
+    let rest = s
+        .store
+        .read_archive("a", w, Some(&stored), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest[0].event.event_id, "e2b");
+    assert!(
+        s.store
+            .read_archive("other", w, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// `expire_archive` removes events accepted before a time, at most `max`
+/// per call; `purge_archive` removes everything, after which the archive is
+/// no longer listed. Stats follow exactly.
+pub(crate) async fn archives_expire_and_purge_in_chunks(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let events: Vec<NewEvent> = (0..5)
+        .map(|i| ce("acme", "orders", &format!("e{i}"), T0 + i * 10, &["a", "b"]))
+        .collect();
+    let size = events[0].body.len() as u64;
+    s.store.append(events).await.unwrap();
+    assert_eq!(s.store.expire_archive("a", T0 + 30, 2).await.unwrap(), 2);
+    assert_eq!(s.store.expire_archive("a", T0 + 30, 2).await.unwrap(), 1);
+    assert_eq!(s.store.expire_archive("a", T0 + 30, 2).await.unwrap(), 0);
+    assert_eq!(
+        s.store.archive_stats("a").await.unwrap(),
+        ArchiveStats {
+            event_count: 2,
+            size_bytes: 2 * size,
+            oldest_ms: Some(T0 + 30),
+            newest_ms: Some(T0 + 40),
+        }
+    );
+    assert_eq!(s.store.archive_stats("b").await.unwrap().event_count, 5);
+    assert_eq!(s.store.purge_archive("b", 3).await.unwrap(), 3);
+    assert_eq!(s.store.purge_archive("b", 3).await.unwrap(), 2);
+    assert_eq!(
+        s.store.archive_stats("b").await.unwrap(),
+        ArchiveStats::default()
+    );
+    assert_eq!(s.store.stored_archives().await.unwrap(), ["a"]);
+}
+
+// ------------------------------------------------------------------- traces
+
+/// An appended event not yet routed has a trace at once: `in_flight`, with
+/// its received time, source, type and size read from the entry; a routing
+/// record then replaces it.
+pub(crate) async fn traces_unrouted_events_are_in_flight(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let e = ce("acme", "orders", "e1", T0, &[]);
+    s.store.append(vec![e.clone()]).await.unwrap();
+    let t = s
+        .store
+        .trace("acme", "e1", None)
+        .await
+        .unwrap()
+        .expect("trace");
+    assert_eq!(t.state, TraceState::InFlight);
+    assert!(!t.body.routed);
+    assert_eq!(
+        (t.source.as_str(), t.event_type.as_str()),
+        ("shop", "order")
+    );
+    assert_eq!((t.received_ms, t.size_bytes), (T0, e.body.len() as u64));
+    assert_eq!(t.event, e.body);
+    assert!(s.store.trace("globex", "e1", None).await.unwrap().is_none());
+    assert!(
+        s.store
+            .trace("acme", "e1", Some("other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let consumer = s.store.consumer().await.unwrap();
+    let entries = take(consumer.as_ref(), 1, 10).await;
+    s.store
+        .record_traces(vec![trace(
+            "acme",
+            "orders",
+            "e1",
+            T0,
+            "shop",
+            TraceState::Delivered,
+        )])
+        .await
+        .unwrap();
+    bounded(
+        "ack",
+        consumer.ack(entries.into_iter().map(|e| e.ack).collect()),
+    )
+    .await
+    .unwrap();
+    let t = s
+        .store
+        .trace("acme", "e1", Some("orders"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.state, TraceState::Delivered);
+}
+
+/// Facts: one that arrives before its trace waits and is applied when the
+/// trace is recorded (unless it does not wait: replay marks); later facts
+/// move the state; a key without a received time means the newest trace;
+/// recording the same trace again replaces it.
+pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let mark = ReplayMark {
+        replay_id: "rp1".into(),
+        name: "again".into(),
+        at_ms: T0,
+        destination_bus: "orders".into(),
+    };
+    s.store
+        .add_trace_facts(vec![
+            (
+                key("acme", "orders", "e1", Some(T0)),
+                TraceFact::Attempt {
+                    rule: "rule-shop".into(),
+                    target: "t1".into(),
+                    attempt: attempt(T0 + 5, 503),
+                    next: TargetState::Retrying,
+                },
+            ),
+            (
+                key("acme", "orders", "e1", None),
+                TraceFact::Replayed(mark.clone()),
+            ),
+        ])
+        .await
+        .unwrap();
+    s.store
+        .record_traces(vec![trace(
+            "acme",
+            "orders",
+            "e1",
+            T0,
+            "shop",
+            TraceState::Delivered,
+        )])
+        .await
+        .unwrap();
+    let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
+    assert_eq!(t.state, TraceState::Retrying, "the waiting attempt applied");
+    assert_eq!(t.body.rules[0].targets[0].attempts.len(), 1);
+    assert!(t.body.replays.is_empty(), "a replay mark does not wait");
+    s.store
+        .add_trace_facts(vec![
+            (
+                key("acme", "orders", "e1", None),
+                TraceFact::Attempt {
+                    rule: "rule-shop".into(),
+                    target: "t1".into(),
+                    attempt: attempt(T0 + 50, 500),
+                    next: TargetState::Retrying,
+                },
+            ),
+            (
+                key("acme", "orders", "e1", Some(T0)),
+                TraceFact::DeadLettered {
+                    rule: "rule-shop".into(),
+                    target: "t1".into(),
+                    id: 42,
+                },
+            ),
+            (
+                key("acme", "orders", "e1", Some(T0)),
+                TraceFact::Replayed(mark.clone()),
+            ),
+            // Another received time: not this trace.
+            (
+                key("acme", "orders", "e1", Some(T0 + 1)),
+                TraceFact::Dropped {
+                    rule: "rule-shop".into(),
+                    target: "t1".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
+    assert_eq!(t.state, TraceState::DeadLettered);
+    let target = &t.body.rules[0].targets[0];
+    assert_eq!(target.dead_letter_id, Some(42));
+    assert_eq!(target.attempts.len(), 2);
+    assert_eq!(t.body.replays, [mark]);
+    s.store
+        .add_trace_facts(vec![(
+            key("acme", "orders", "e1", None),
+            TraceFact::Redriven {
+                rule: "rule-shop".into(),
+                target: "t1".into(),
+                redrive: Redrive {
+                    at_ms: T0 + 99,
+                    dead_letter_id: 42,
+                },
+            },
+        )])
+        .await
+        .unwrap();
+    let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
+    assert_eq!(t.state, TraceState::InFlight);
+    assert_eq!(t.body.rules[0].targets[0].redrives.len(), 1);
+    // Routed again after a restart: replaced, not duplicated.
+    s.store
+        .record_traces(vec![trace(
+            "acme",
+            "orders",
+            "e1",
+            T0,
+            "shop",
+            TraceState::Delivered,
+        )])
+        .await
+        .unwrap();
+    let (found, _) = s
+        .store
+        .search_traces("acme", &TraceQuery::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].state, TraceState::Delivered);
+}
+
+/// Search: every filter alone and together, newest first, paged with the
+/// cursor to the end, and never another tenant's traces.
+pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let mut all = Vec::new();
+    for i in 0..12i64 {
+        let source = if i % 3 == 0 { "billing" } else { "shop" };
+        let state = match i % 4 {
+            0 => TraceState::Delivered,
+            1 => TraceState::DeadLettered,
+            2 => TraceState::NoMatch,
+            _ => TraceState::Retrying,
+        };
+        let bus = if i < 6 { "orders" } else { "audit" };
+        all.push(trace(
+            "acme",
+            bus,
+            &format!("e{i}"),
+            T0 + i * 100,
+            source,
+            state,
+        ));
+    }
+    all.push(trace(
+        "globex",
+        "orders",
+        "g1",
+        T0,
+        "shop",
+        TraceState::Delivered,
+    ));
+    s.store.record_traces(all).await.unwrap();
+    let search = |q: TraceQuery| {
+        let store = s.store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, next) = store
+                    .search_traces("acme", &q, after.as_ref(), 2)
+                    .await
+                    .unwrap();
+                assert!(page.len() <= 2);
+                ids.extend(page.into_iter().map(|t| t.event_id));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let q = TraceQuery::default;
+    assert_eq!(
+        search(q()).await,
+        [
+            "e11", "e10", "e9", "e8", "e7", "e6", "e5", "e4", "e3", "e2", "e1", "e0"
+        ]
+    );
+    let by_source = TraceQuery {
+        source: Some("billing".into()),
+        ..q()
+    };
+    assert_eq!(search(by_source).await, ["e9", "e6", "e3", "e0"]);
+    let by_type = TraceQuery {
+        event_type: Some("type-billing".into()),
+        bus: Some("orders".into()),
+        ..q()
+    };
+    assert_eq!(search(by_type).await, ["e3", "e0"]);
+    let by_state = TraceQuery {
+        state: Some(TraceState::DeadLettered),
+        ..q()
+    };
+    assert_eq!(search(by_state).await, ["e9", "e5", "e1"]);
+    let by_time = TraceQuery {
+        from_ms: Some(T0 + 300),
+        to_ms: Some(T0 + 700),
+        ..q()
+    };
+    assert_eq!(search(by_time).await, ["e6", "e5", "e4", "e3"]);
+    let by_rule = TraceQuery {
+        rule: Some("rule-billing".into()),
+        ..q()
+    };
+    // e6 matched no rule (no_match); e0, e3, e9 matched it whatever became of them.
+    assert_eq!(search(by_rule).await, ["e9", "e3", "e0"]);
+    let rule_and_state = TraceQuery {
+        rule: Some("rule-shop".into()),
+        state: Some(TraceState::Retrying),
+        from_ms: Some(T0 + 500),
+        ..q()
+    };
+    assert_eq!(search(rule_and_state).await, ["e11", "e7"]);
+    let nothing = TraceQuery {
+        rule: Some("rule-shop".into()),
+        state: Some(TraceState::NoMatch),
+        ..q()
+    };
+    assert!(
+        search(nothing).await.is_empty(),
+        "no-match traces have no rules"
+    );
+}
+
+/// `expire_traces` drops traces received before the cutoff, and the oldest
+/// beyond the cap, at most `max` per call.
+pub(crate) async fn traces_expire_by_age_and_cap(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let all: Vec<Trace> = (0..6i64)
+        .map(|i| {
+            trace(
+                "acme",
+                "orders",
+                &format!("e{i}"),
+                T0 + i,
+                "shop",
+                TraceState::Delivered,
+            )
+        })
+        .collect();
+    s.store.record_traces(all).await.unwrap();
+    assert_eq!(
+        s.store.expire_traces(T0 + 2, u64::MAX, 10).await.unwrap(),
+        2
+    );
+    assert!(s.store.trace("acme", "e1", None).await.unwrap().is_none());
+    assert_eq!(s.store.expire_traces(T0 + 2, 2, 1).await.unwrap(), 1);
+    assert_eq!(s.store.expire_traces(T0 + 2, 2, 10).await.unwrap(), 1);
+    assert_eq!(s.store.expire_traces(T0 + 2, 2, 10).await.unwrap(), 0);
+    let (left, _) = s
+        .store
+        .search_traces("acme", &TraceQuery::default(), None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = left.iter().map(|t| t.event_id.as_str()).collect();
+    assert_eq!(ids, ["e5", "e4"]);
+    let by_rule = TraceQuery {
+        rule: Some("rule-shop".into()),
+        ..TraceQuery::default()
+    };
+    let (left, _) = s
+        .store
+        .search_traces("acme", &by_rule, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2, "the rule index forgets expired traces");
+}
+
+// ------------------------------------------------------------------ replays
+
+/// Replay records: ids and (per tenant) names are unique; reads are per
+/// tenant; lists are newest first; `unfinished_replays` lists what has not
+/// ended, oldest first; an ended replay never changes state again.
+pub(crate) async fn replays_records_and_states(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    s.store
+        .create_replay(replay("acme", "rp1", Some("fix"), T0))
+        .await
+        .unwrap();
+    s.store
+        .create_replay(replay("acme", "rp2", None, T0 + 1))
+        .await
+        .unwrap();
+    s.store
+        .create_replay(replay("acme", "rp3", None, T0 + 2))
+        .await
+        .unwrap();
+    s.store
+        .create_replay(replay("globex", "rp4", Some("fix"), T0))
+        .await
+        .unwrap();
+    for dup in [
+        replay("acme", "rp1", None, T0),
+        replay("acme", "rp9", Some("fix"), T0),
+    ] {
+        assert!(matches!(
+            s.store.create_replay(dup).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    assert_eq!(
+        s.store.replay("acme", "rp1").await.unwrap(),
+        Some(replay("acme", "rp1", Some("fix"), T0))
+    );
+    assert!(s.store.replay("globex", "rp1").await.unwrap().is_none());
+    let ids = |v: Vec<ReplayRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.store.list_replays("acme").await.unwrap()),
+        ["rp3", "rp2", "rp1"]
+    );
+    assert!(
+        s.store
+            .set_replay_state("acme", "rp2", ReplayState::Completed, None, Some(T0 + 9))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.store
+            .set_replay_state("acme", "rp2", ReplayState::Cancelled, None, Some(T0 + 10))
+            .await
+            .unwrap(),
+        "an ended replay stays ended"
+    );
+    assert!(
+        !s.store
+            .set_replay_state("globex", "rp1", ReplayState::Cancelled, None, None)
+            .await
+            .unwrap()
+    );
+    let done = s.store.replay("acme", "rp2").await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.ended_ms),
+        (ReplayState::Completed, Some(T0 + 9))
+    );
+    assert_eq!(
+        ids(s.store.unfinished_replays().await.unwrap()),
+        ["rp1", "rp4", "rp3"]
+    );
+}
+
+/// `replay_append` appends the batch (with its `only_rules`) and records
+/// the progress together, and makes the replay running; once the replay
+/// has ended it appends nothing and answers false.
+pub(crate) async fn replays_append_with_progress_until_cancelled(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    s.store
+        .create_replay(replay("acme", "rp1", None, T0))
+        .await
+        .unwrap();
+    let consumer = s.store.consumer().await.unwrap();
+    let mut e = ce("acme", "replays", "e1", T0 + 5, &[]);
+    e.only_rules = Some(vec!["r1".into()]);
+    let progress = ReplayProgress {
+        events_replayed: 1,
+        last_replayed_ms: Some(T0 - 500),
+        position: Some(ArchivePosition::from_stored("p1")),
+    };
+    assert!(
+        s.store
+            .replay_append("acme", "rp1", vec![e.clone()], progress.clone())
+            .await
+            .unwrap()
+    );
+    let got = take(consumer.as_ref(), 1, 10).await;
+    assert_eq!(got[0].event.only_rules, e.only_rules);
+    assert_eq!(got[0].event.event_id, "e1");
+    let r = s.store.replay("acme", "rp1").await.unwrap().unwrap();
+    assert_eq!((r.state, r.progress), (ReplayState::Running, progress));
+    assert!(
+        !s.store
+            .replay_append("globex", "rp1", vec![e.clone()], ReplayProgress::default())
+            .await
+            .unwrap()
+    );
+    s.store
+        .set_replay_state(
+            "acme",
+            "rp1",
+            ReplayState::Cancelled,
+            Some("asked".into()),
+            Some(T0),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !s.store
+            .replay_append("acme", "rp1", vec![e], ReplayProgress::default())
+            .await
+            .unwrap()
+    );
+    let none = bounded(
+        "next",
+        consumer.next(10, std::time::Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    assert!(none.is_empty(), "nothing appended after the cancel");
+    let r = s.store.replay("acme", "rp1").await.unwrap().unwrap();
+    assert_eq!(r.progress.events_replayed, 1);
+    let _ = (BOUND, LONG_WAIT);
+}
+
+// --------------------------------------------------------------- durability
+
+/// Archive contents, traces and replay records (with progress) survive a reopen.
+pub(crate) async fn durable_history_survives_reopen(open: &impl OpenAtDir, dir: &Path) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let progress = ReplayProgress {
+        events_replayed: 2,
+        last_replayed_ms: Some(T0 - 1),
+        position: Some(ArchivePosition::from_stored("x")),
+    };
+    {
+        let store = open.open(dir.to_path_buf(), clock.clone()).await;
+        store
+            .append(vec![ce("acme", "orders", "e1", T0, &["a"])])
+            .await
+            .unwrap();
+        store
+            .record_traces(vec![trace(
+                "acme",
+                "orders",
+                "e0",
+                T0,
+                "shop",
+                TraceState::Delivered,
+            )])
+            .await
+            .unwrap();
+        store
+            .create_replay(replay("acme", "rp1", None, T0))
+            .await
+            .unwrap();
+        store
+            .replay_append("acme", "rp1", Vec::new(), progress.clone())
+            .await
+            .unwrap();
+    }
+    let store = open.open(dir.to_path_buf(), clock).await;
+    assert_eq!(store.archive_stats("a").await.unwrap().event_count, 1);
+    let t = store.trace("acme", "e0", None).await.unwrap().unwrap();
+    assert_eq!(
+        t,
+        trace("acme", "orders", "e0", T0, "shop", TraceState::Delivered)
+    );
+    let r = store.replay("acme", "rp1").await.unwrap().unwrap();
+    assert_eq!((r.state, r.progress), (ReplayState::Running, progress));
+    assert_eq!(store.unfinished_replays().await.unwrap().len(), 1);
+}
