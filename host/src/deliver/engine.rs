@@ -16,9 +16,16 @@
 //! jobs of a node that died are picked up again within one lease period
 //! (and at once by a restarted single node, whose store clears leases).
 //!
-//! Deliveries due together for the same target go out as one batch, up to
-//! the target's [`Target::max_batch`](super::Target::max_batch); outcomes
-//! stay per delivery.
+//! Deliveries due together for the same target go out as one batch, within
+//! the target's [`Batching`] (items and bytes per call); outcomes stay per
+//! delivery, so each event of a failed batch is retried, dead-lettered and
+//! traced on its own. A target whose batching has a `max_wait` (an `http`
+//! target with `batch.max_wait_ms`) also gathers first deliveries across
+//! dispatches: a batch goes when it is full or its first delivery has
+//! waited `max_wait` (retries go with what is due at once, never waiting).
+//! Chained deliveries come from the store, which leases only each chain's
+//! head, so a batch never holds two deliveries of one chain and order per
+//! key holds through batches as it does one by one.
 //!
 //! Isolation: each target has its own in-flight cap (calls in progress), so
 //! a slow or dead target fills only its own slots; its surplus waits in the
@@ -40,7 +47,7 @@
 //! drops become facts for the [`TraceSink`] (batched, never awaited).
 
 use super::retry::Next;
-use super::target::{BoundTarget, Item, TargetDirectory};
+use super::target::{Batching, BoundTarget, Item, TargetDirectory};
 use super::{Failure, Outcome};
 use crate::clock::{Millis, SharedClock, millis};
 use crate::event::Event;
@@ -52,7 +59,8 @@ use crate::store::{
 };
 use crate::telemetry;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -256,6 +264,21 @@ pub struct Engine {
     chained_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>,
     /// Where facts for traces go (none: nothing is traced).
     traces: Option<TraceSink>,
+    /// First deliveries waiting for their batch to fill, per target (as
+    /// bound: the deliveries hold it, so its address is stable) whose
+    /// batching has a `max_wait`.
+    gathering: Mutex<HashMap<usize, Gathering>>,
+    /// Numbers gatherings, so a timer flushes only the one it was set for.
+    rounds: AtomicU64,
+}
+
+/// First deliveries to one target waiting for their batch to fill.
+struct Gathering {
+    deliveries: Vec<Delivery>,
+    /// Their size, as [`Batching::size_of`] counts it.
+    bytes: usize,
+    /// Which gathering this is (its timer's number).
+    round: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -323,6 +346,8 @@ impl Engine {
             chained,
             chained_rx: Mutex::new(Some(chained_rx)),
             traces: None,
+            gathering: Mutex::new(HashMap::new()),
+            rounds: AtomicU64::new(0),
         }
     }
 
@@ -363,7 +388,9 @@ impl Engine {
 
     /// Starts first attempts (never blocks): deliveries to the same target
     /// go in batches; a batch whose target or the engine is at its cap is
-    /// stored as jobs due now instead.
+    /// stored as jobs due now instead. Deliveries to a target whose batching
+    /// waits (`max_wait`) join its gathering batch, sent when it is full or
+    /// its first delivery has waited `max_wait`.
     pub fn dispatch(self: &Arc<Self>, deliveries: Vec<Delivery>) {
         let (chained, deliveries): (Vec<Delivery>, Vec<Delivery>) =
             deliveries.into_iter().partition(|d| d.chain.is_some());
@@ -372,25 +399,92 @@ impl Engine {
                 "the chained-delivery writer has stopped; those deliveries will be routed again after a restart"
             );
         }
-        for batch in batches(deliveries) {
-            let slot = self.try_slot(&batch[0].target);
-            let permit = self.global.clone().try_acquire_owned().ok();
-            let engine = self.clone();
-            tokio::spawn(async move {
-                match (slot, permit) {
-                    (Some(slot), Some(permit)) => {
-                        engine.attempt(batch).await;
-                        drop((slot, permit));
-                    }
-                    // Busy target or engine: park the deliveries in the store.
-                    _ => {
-                        let now = engine.clock.now_ms();
-                        let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
-                        engine.persist(jobs).await;
-                    }
-                }
-            });
+        let (waiting, now): (Vec<Delivery>, Vec<Delivery>) = deliveries
+            .into_iter()
+            .partition(|d| !d.target.target.batching().max_wait.is_zero());
+        let mut ready = batches(now);
+        for d in waiting {
+            ready.extend(self.gather(d));
         }
+        for batch in ready {
+            self.start_first(batch);
+        }
+    }
+
+    /// Adds a first delivery to its target's gathering batch; returns the
+    /// batches that are full (at most two: the one it did not fit in, and
+    /// the one it filled).
+    fn gather(self: &Arc<Self>, d: Delivery) -> Vec<Vec<Delivery>> {
+        let batching = d.target.target.batching();
+        let size = Batching::size_of(&d.item);
+        let key = Arc::as_ptr(&d.target) as usize;
+        let mut full = Vec::new();
+        let mut map = self.gathering.lock().unwrap_or_else(|p| p.into_inner());
+        let g = map.entry(key).or_insert_with(|| Gathering {
+            deliveries: Vec::new(),
+            bytes: 0,
+            round: 0,
+        });
+        if !batching.fits(g.deliveries.len(), g.bytes, size) {
+            full.push(std::mem::take(&mut g.deliveries));
+            g.bytes = 0;
+        }
+        if g.deliveries.is_empty() {
+            g.round = self.rounds.fetch_add(1, Ordering::Relaxed);
+            self.flush_after(key, g.round, batching.max_wait);
+        }
+        g.deliveries.push(d);
+        g.bytes += size;
+        if g.deliveries.len() >= batching.max_items
+            && let Some(g) = map.remove(&key)
+        {
+            full.push(g.deliveries);
+        }
+        full
+    }
+
+    /// Sends gathering `round` of target `key` after `wait`, unless it was
+    /// sent (full) before.
+    fn flush_after(self: &Arc<Self>, key: usize, round: u64, wait: Duration) {
+        let engine: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let batch = {
+                let mut map = engine.gathering.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(&key) {
+                    Some(g) if g.round == round => map.remove(&key).map(|g| g.deliveries),
+                    _ => None,
+                }
+            };
+            if let Some(batch) = batch.filter(|b| !b.is_empty()) {
+                engine.start_first(batch);
+            }
+        });
+    }
+
+    /// Attempts a batch of first deliveries in a task of its own, or parks
+    /// it in the store when its target or the engine is at its cap.
+    fn start_first(self: &Arc<Self>, batch: Vec<Delivery>) {
+        let slot = self.try_slot(&batch[0].target);
+        let permit = self.global.clone().try_acquire_owned().ok();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            match (slot, permit) {
+                (Some(slot), Some(permit)) => {
+                    engine.attempt(batch).await;
+                    drop((slot, permit));
+                }
+                // Busy target or engine: park the deliveries in the store.
+                _ => {
+                    let now = engine.clock.now_ms();
+                    let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
+                    engine.persist(jobs).await;
+                }
+            }
+        });
     }
 
     /// Writes jobs, retrying until the store takes them: a first attempt may
@@ -790,17 +884,22 @@ struct Took {
 }
 
 /// Groups deliveries by target (keeping their order within each target)
-/// into batches no larger than the target takes.
+/// into batches no larger than the target takes (in items and bytes).
 fn batches(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    // Per target: the open group and its size in bytes.
     let mut groups: Vec<Vec<Delivery>> = Vec::new();
-    let mut index: HashMap<*const BoundTarget, usize> = HashMap::new();
+    let mut index: HashMap<*const BoundTarget, (usize, usize)> = HashMap::new();
     for d in deliveries {
-        let max = d.target.target.max_batch().max(1);
+        let batching = d.target.target.batching();
+        let size = Batching::size_of(&d.item);
         let key = Arc::as_ptr(&d.target);
-        match index.get(&key).copied() {
-            Some(i) if groups[i].len() < max => groups[i].push(d),
+        match index.get_mut(&key) {
+            Some((i, bytes)) if batching.fits(groups[*i].len(), *bytes, size) => {
+                *bytes += size;
+                groups[*i].push(d);
+            }
             _ => {
-                index.insert(key, groups.len());
+                index.insert(key, (groups.len(), size));
                 groups.push(vec![d]);
             }
         }

@@ -45,6 +45,42 @@ pub(super) fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendere
     Ok(Rendered { headers, body })
 }
 
+/// The `Content-Type` of a batched request.
+pub(super) const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json; charset=utf-8";
+
+/// One event as a member of a batched request's array: the structured
+/// event, exactly as structured mode sends it. A transform's output
+/// replaces the event's data (as JSON when it parses as JSON, else as
+/// text), the attributes staying, as binary mode keeps them in headers.
+pub(super) fn render_member(payload: Payload<'_>) -> Result<Vec<u8>, Failure> {
+    let Some(text) = payload.body else {
+        return Ok(payload.event.to_json_bytes());
+    };
+    let mut map = payload.event.as_map().clone();
+    map.remove("data_base64");
+    let (content_type, data) = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) => (media::APPLICATION_JSON, json),
+        Err(_) => ("text/plain; charset=utf-8", serde_json::Value::from(text)),
+    };
+    map.insert("datacontenttype".to_owned(), content_type.into());
+    map.insert("data".to_owned(), data);
+    serde_json::to_vec(&map).map_err(|e| Failure::new(FailureCode::RenderError, e.to_string()))
+}
+
+/// Joins rendered members into a batch body: a JSON array.
+pub(super) fn batch_body<'a>(members: impl Iterator<Item = &'a [u8]>, len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(len);
+    body.push(b'[');
+    for (i, member) in members.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(member);
+    }
+    body.push(b']');
+    body
+}
+
 fn render_error(error: EncodeError) -> Failure {
     Failure::new(FailureCode::RenderError, error.to_string())
 }
