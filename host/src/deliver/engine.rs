@@ -1404,4 +1404,199 @@ mod tests {
         assert!(at("K3") < at("K4"));
         h.shutdown.send_replace(true);
     }
+
+    fn batching(max_items: usize, max_bytes: Option<usize>, max_wait_ms: u64) -> Batching {
+        Batching {
+            max_items,
+            max_bytes,
+            max_wait: Duration::from_millis(max_wait_ms),
+        }
+    }
+
+    fn firsts(b: &Arc<BoundTarget>, ids: &[String], now: Millis) -> Vec<Delivery> {
+        ids.iter()
+            .map(|id| Delivery::first(b.clone(), item(id), now, counted(&Arc::default())))
+            .collect()
+    }
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_batch_goes_when_full_or_after_max_wait() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target =
+            crate::deliver::testing::Batched::new(clock.clone(), batching(10, None, 50), vec![]);
+        let b = bound(target.clone(), RetryPolicy::default());
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        let start = h.clock.now_ms();
+        // Three dispatches, 20 ms apart: one call, 50 ms after the first.
+        for (i, id) in ids("a", 3).iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            h.engine
+                .dispatch(firsts(&b, std::slice::from_ref(id), h.clock.now_ms()));
+        }
+        until("the partial batch flushed", || async {
+            !target.calls().is_empty()
+        })
+        .await;
+        let calls = target.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].1, ids("a", 3));
+        assert_eq!(
+            calls[0].0 - start,
+            50,
+            "sent when the first had waited max_wait"
+        );
+
+        // 25 at once: two full batches at once, the rest after max_wait.
+        let now = h.clock.now_ms();
+        h.engine.dispatch(firsts(&b, &ids("b", 25), now));
+        until("all delivered", || async { target.delivered().len() == 28 }).await;
+        let calls = target.calls();
+        let sizes: Vec<(Millis, usize)> = calls[1..]
+            .iter()
+            .map(|(at, ids, _)| (at - now, ids.len()))
+            .collect();
+        assert_eq!(sizes, [(0, 10), (0, 10), (50, 5)]);
+        assert_eq!(target.delivered()[3..], ids("b", 25)[..]);
+        assert_eq!(h.store.job_count(), 0);
+        h.shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_keep_within_max_bytes() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let size = Batching::size_of(&item("c00"));
+        // Room for three items, not four.
+        for wait in [0, 30] {
+            let target = crate::deliver::testing::Batched::new(
+                clock.clone(),
+                batching(100, Some(3 * size + 1), wait),
+                vec![],
+            );
+            let b = bound(target.clone(), RetryPolicy::default());
+            let h = harness(vec![b.clone()], EngineConfig::default());
+            h.engine
+                .dispatch(firsts(&b, &ids("c", 10), h.clock.now_ms()));
+            until("all delivered", || async { target.delivered().len() == 10 }).await;
+            let sizes: Vec<usize> = target.calls().iter().map(|(_, ids, _)| ids.len()).collect();
+            assert_eq!(sizes, [3, 3, 3, 1], "max_wait {wait}");
+            assert_eq!(target.delivered(), ids("c", 10));
+            h.shutdown.send_replace(true);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_batch_is_retried_and_dead_lettered_event_by_event() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        // Answered 503 once, then 200: each event delivered exactly once.
+        let target = crate::deliver::testing::Batched::new(
+            clock.clone(),
+            batching(10, None, 0),
+            vec![retry_503()],
+        );
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay_ms: 10,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy.clone());
+        let failing = crate::deliver::testing::Batched::new(
+            clock.clone(),
+            batching(10, None, 0),
+            vec![retry_503(); 20],
+        );
+        let f = Arc::new(BoundTarget {
+            id: "f".into(),
+            ..Arc::unwrap_or_clone(bound(failing.clone(), policy))
+        });
+        let h = harness(vec![b.clone(), f.clone()], EngineConfig::default());
+        let released = Arc::new(AtomicUsize::new(0));
+        let now = h.clock.now_ms();
+        let deliveries = ids("d", 5)
+            .iter()
+            .map(|id| Delivery::first(b.clone(), item(id), now, counted(&released)))
+            .collect();
+        h.engine.dispatch(deliveries);
+        until("all delivered", || async {
+            target.delivered().len() == 5 && h.store.job_count() == 0
+        })
+        .await;
+        let mut delivered = target.delivered();
+        delivered.sort();
+        assert_eq!(delivered, ids("d", 5), "each event delivered once");
+        assert_eq!(target.calls()[0].1.len(), 5);
+        assert!(!target.calls()[0].2);
+        assert_eq!(released.load(Ordering::SeqCst), 5);
+        assert!(dead_letters(&h.store).await.is_empty());
+
+        // Never accepted: each event dead-lettered on its own, with its reason.
+        h.engine.dispatch(firsts(&f, &ids("e", 4), now));
+        until("four dead letters", || async {
+            dead_letters(&h.store).await.len() == 4 && h.store.job_count() == 0
+        })
+        .await;
+        let letters = dead_letters(&h.store).await;
+        let mut letter_ids: Vec<&str> = letters.iter().map(|l| l.event_id.as_str()).collect();
+        letter_ids.sort_unstable();
+        assert_eq!(letter_ids, ["e00", "e01", "e02", "e03"]);
+        for letter in &letters {
+            assert_eq!(letter.exhausted, Exhausted::MaxAttempts);
+            assert_eq!(letter.attempts, 3);
+            assert_eq!(
+                (letter.error.code, letter.error.status),
+                (FailureCode::HttpStatus, Some(503))
+            );
+        }
+        assert!(failing.delivered().is_empty());
+        h.shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_within_a_batch_are_settled_one_by_one() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        // Delivered, retried (then delivered), dead-lettered: one call.
+        let target = Arc::new(Scripted {
+            max_batch: 3,
+            clock: Mutex::new(Some(clock.clone())),
+            script: Mutex::new(vec![
+                Outcome::Delivered { status: Some(200) },
+                retry_503(),
+                Outcome::Permanent(Failure {
+                    status: Some(422),
+                    ..Failure::new(FailureCode::HttpStatus, "HTTP 422")
+                }),
+            ]),
+            ..Scripted::default()
+        });
+        let policy = RetryPolicy {
+            base_delay_ms: 10,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy);
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        h.engine
+            .dispatch(firsts(&b, &ids("m", 3), h.clock.now_ms()));
+        until("settled", || async {
+            target.calls().len() == 2
+                && h.store.job_count() == 0
+                && dead_letters(&h.store).await.len() == 1
+        })
+        .await;
+        let sizes: Vec<usize> = target.calls().iter().map(|(_, n)| *n).collect();
+        assert_eq!(sizes, [3, 1], "one batch, then the retry alone");
+        let letters = dead_letters(&h.store).await;
+        assert_eq!(
+            (letters[0].event_id.as_str(), letters[0].exhausted),
+            ("m02", Exhausted::Permanent)
+        );
+        assert_eq!(letters[0].error.status, Some(422));
+        h.shutdown.send_replace(true);
+    }
 }

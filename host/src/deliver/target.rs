@@ -362,6 +362,34 @@ mod tests {
     }
 
     #[test]
+    fn only_http_targets_take_batch() {
+        for (kind, extra) in [
+            ("queue", json!({"queue": "audit"})),
+            ("bus", json!({"bus": "other"})),
+            ("wasm", json!({"plugin": "p"})),
+        ] {
+            let mut target = json!({"id": "t", "type": kind, "batch": {"max_events": 10}});
+            for (k, v) in extra.as_object().unwrap() {
+                target[k] = v.clone();
+            }
+            let mut problems = Problems::new();
+            let spec = TargetSpec::parse(&target, "targets[0]", &mut problems).unwrap();
+            let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, ["targets[0].batch"], "{kind}");
+            assert!(!spec.members.contains_key("batch"), "reported once");
+        }
+        let mut problems = Problems::new();
+        let spec = TargetSpec::parse(
+            &json!({"id": "h", "type": "http", "url": "https://x.example/", "batch": {}}),
+            "targets[0]",
+            &mut problems,
+        )
+        .unwrap();
+        assert!(problems.is_empty(), "{problems}");
+        assert!(spec.members.contains_key("batch"));
+    }
+
+    #[test]
     fn serde_member_errors_name_the_member() {
         #[derive(serde::Deserialize, Debug)]
         #[serde(deny_unknown_fields)]

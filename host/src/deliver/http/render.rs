@@ -152,6 +152,55 @@ mod tests {
     }
 
     #[test]
+    fn batch_members_are_structured_events() {
+        let mut value = base_event();
+        value["data"] = json!({"total": 120});
+        let ev = event(value.clone());
+        let plain = Payload {
+            event: &ev,
+            body: None,
+        };
+        let member = render_member(plain).unwrap();
+        let structured = render(DeliveryMode::Structured, plain).unwrap();
+        assert_eq!(
+            member, structured.body,
+            "the same rendering as structured mode"
+        );
+        let body = batch_body([member.as_slice(), member.as_slice()].into_iter(), 0);
+        let array: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(array, json!([value, value]));
+
+        // A transform's output replaces the data; the attributes stay.
+        for (text, data, content_type) in [
+            (r#"{"n": 1}"#, json!({"n": 1}), "application/json"),
+            ("order 42", json!("order 42"), "text/plain; charset=utf-8"),
+        ] {
+            let member = render_member(Payload {
+                event: &ev,
+                body: Some(text),
+            })
+            .unwrap();
+            let member: Value = serde_json::from_slice(&member).unwrap();
+            assert_eq!(member["id"], "evt-1");
+            assert_eq!(member["data"], data);
+            assert_eq!(member["datacontenttype"], content_type);
+        }
+        let mut value = base_event();
+        value["data_base64"] = json!("AAE=");
+        let binary = event(value);
+        let member: Value = serde_json::from_slice(
+            &render_member(Payload {
+                event: &binary,
+                body: Some("x"),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(member.get("data_base64").is_none());
+        assert_eq!(member["data"], "x");
+    }
+
+    #[test]
     fn binary_mode_bodies() {
         // JSON data without a content type: application/json.
         let mut value = base_event();
