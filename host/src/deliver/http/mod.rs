@@ -371,7 +371,7 @@ mod tests {
                 .collect()
         };
         // [aaaa,bbbb] is 11 bytes.
-        assert_eq!(split_by_bytes(&members(&[4, 4]), 11), [0..2]);
+        assert_eq!(split_by_bytes(&members(&[4, 4]), 11), vec![0..2_usize; 1]);
         assert_eq!(split_by_bytes(&members(&[4, 4]), 10), [0..1, 1..2]);
         assert_eq!(
             split_by_bytes(&members(&[8, 1, 1, 8, 8]), 10),
