@@ -5,7 +5,9 @@
 //!
 //! - `ingest`: events/s acknowledged, single events and batches, no rules;
 //! - `e2e`: N rules (one matching) delivering to the sink: delivered events/s
-//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate.
+//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate;
+//!   with `--batch N`, delivered events/s to one http target unbatched and
+//!   with `batch.max_events` = N (ingest in batches of N both times).
 //! - `nodes`: the same full-speed e2e figure against bus nodes running
 //!   elsewhere (`--nodes URL,URL,...`, any store), senders spread over them,
 //!   with the CPU time each process in `--pids` spent per delivered event
@@ -122,6 +124,11 @@ struct Args {
     /// `traces`: how many traces to store before measuring.
     #[arg(long, default_value_t = 1_000_000)]
     traces: u64,
+    /// `e2e`: measure batched delivery instead: the http target with
+    /// `batch.max_events` = N against the same target unbatched, both fed
+    /// with ingest batches of N, in the same run.
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 /// Uploads a component as plugin `name`; returns the answer's text.
@@ -177,6 +184,70 @@ async fn sink_handler(State(sink): State<Arc<Sink>>, body: Bytes) -> &'static st
     }
     sink.count.fetch_add(1, Ordering::Relaxed);
     "ok"
+}
+
+/// The sink of batched deliveries: counts the events in each array.
+async fn batch_sink_handler(State(sink): State<Arc<Sink>>, body: Bytes) -> &'static str {
+    if let Ok(events) = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body) {
+        sink.count.fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+    "ok"
+}
+
+/// `e2e --batch N`: full-speed delivered events/s to one http target,
+/// unbatched and then with `batch.max_events` = N (ingest in batches of N
+/// both times), and their ratio.
+async fn batched_e2e(
+    args: &Args,
+    bench: &Arc<Bench>,
+    sink: &Sink,
+    sink_url: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let batch_url = sink_url.replace("/sink", "/sink-batch");
+    let mut rates = Vec::new();
+    for batched in [false, true] {
+        let target = if batched {
+            json!({"id": "sink", "type": "http", "url": batch_url,
+                   "batch": {"max_events": n, "max_wait_ms": 5}})
+        } else {
+            json!({"id": "sink", "type": "http", "url": sink_url})
+        };
+        let rule = json!({"pattern": {"source": ["bench.match"], "type": [{"prefix": "order."}]},
+                          "targets": [target]});
+        let status = bench
+            .client
+            .put(format!("{}/v1/buses/default/rules/r0", bench.urls[0]))
+            .bearer_auth(&bench.key)
+            .json(&rule)
+            .send()
+            .await?
+            .status();
+        anyhow::ensure!(status.is_success(), "rule not saved: {status}");
+        let before = sink.count.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        let sent = bench
+            .flood(args.connections, args.seconds, n, "bench.match")
+            .await;
+        let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let rate = delivered as f64 / elapsed;
+        println!(
+            "e2e {} rules, ingest batches of {n}, delivery {}: {sent} sent, {delivered} delivered in {elapsed:.1} s = {rate:.0} events/s delivered",
+            args.rules,
+            if batched {
+                format!("batched ({n} per request)")
+            } else {
+                "one event per request".to_owned()
+            }
+        );
+        rates.push(rate);
+    }
+    println!(
+        "e2e batched/unbatched delivery: {:.2}x",
+        rates[1] / rates[0].max(1.0)
+    );
+    Ok(())
 }
 
 fn event(i: u64, source: &str) -> Value {
@@ -839,6 +910,7 @@ async fn main() -> anyhow::Result<()> {
     let sink = Arc::new(Sink::default());
     let app = Router::new()
         .route("/sink", post(sink_handler))
+        .route("/sink-batch", post(batch_sink_handler))
         .with_state(sink.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sink_url = format!("http://{}/sink", listener.local_addr()?);
@@ -892,6 +964,9 @@ async fn main() -> anyhow::Result<()> {
                 .json(&rule)
                 .send()
                 .await?;
+        }
+        if let Some(n) = args.batch {
+            return batched_e2e(&args, &bench, &sink, &sink_url, n).await;
         }
         // Full speed, batches of 10: delivered events/s over the same window.
         let before = sink.count.load(Ordering::Relaxed);

@@ -16,9 +16,16 @@
 //! jobs of a node that died are picked up again within one lease period
 //! (and at once by a restarted single node, whose store clears leases).
 //!
-//! Deliveries due together for the same target go out as one batch, up to
-//! the target's [`Target::max_batch`](super::Target::max_batch); outcomes
-//! stay per delivery.
+//! Deliveries due together for the same target go out as one batch, within
+//! the target's [`Batching`] (items and bytes per call); outcomes stay per
+//! delivery, so each event of a failed batch is retried, dead-lettered and
+//! traced on its own. A target whose batching has a `max_wait` (an `http`
+//! target with `batch.max_wait_ms`) also gathers first deliveries across
+//! dispatches: a batch goes when it is full or its first delivery has
+//! waited `max_wait` (retries go with what is due at once, never waiting).
+//! Chained deliveries come from the store, which leases only each chain's
+//! head, so a batch never holds two deliveries of one chain and order per
+//! key holds through batches as it does one by one.
 //!
 //! Isolation: each target has its own in-flight cap (calls in progress), so
 //! a slow or dead target fills only its own slots; its surplus waits in the
@@ -40,7 +47,7 @@
 //! drops become facts for the [`TraceSink`] (batched, never awaited).
 
 use super::retry::Next;
-use super::target::{BoundTarget, Item, TargetDirectory};
+use super::target::{Batching, BoundTarget, Item, TargetDirectory};
 use super::{Failure, Outcome};
 use crate::clock::{Millis, SharedClock, millis};
 use crate::event::Event;
@@ -52,7 +59,8 @@ use crate::store::{
 };
 use crate::telemetry;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -256,6 +264,21 @@ pub struct Engine {
     chained_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>,
     /// Where facts for traces go (none: nothing is traced).
     traces: Option<TraceSink>,
+    /// First deliveries waiting for their batch to fill, per target (as
+    /// bound: the deliveries hold it, so its address is stable) whose
+    /// batching has a `max_wait`.
+    gathering: Mutex<HashMap<usize, Gathering>>,
+    /// Numbers gatherings, so a timer flushes only the one it was set for.
+    rounds: AtomicU64,
+}
+
+/// First deliveries to one target waiting for their batch to fill.
+struct Gathering {
+    deliveries: Vec<Delivery>,
+    /// Their size, as [`Batching::size_of`] counts it.
+    bytes: usize,
+    /// Which gathering this is (its timer's number).
+    round: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -323,6 +346,8 @@ impl Engine {
             chained,
             chained_rx: Mutex::new(Some(chained_rx)),
             traces: None,
+            gathering: Mutex::new(HashMap::new()),
+            rounds: AtomicU64::new(0),
         }
     }
 
@@ -363,7 +388,9 @@ impl Engine {
 
     /// Starts first attempts (never blocks): deliveries to the same target
     /// go in batches; a batch whose target or the engine is at its cap is
-    /// stored as jobs due now instead.
+    /// stored as jobs due now instead. Deliveries to a target whose batching
+    /// waits (`max_wait`) join its gathering batch, sent when it is full or
+    /// its first delivery has waited `max_wait`.
     pub fn dispatch(self: &Arc<Self>, deliveries: Vec<Delivery>) {
         let (chained, deliveries): (Vec<Delivery>, Vec<Delivery>) =
             deliveries.into_iter().partition(|d| d.chain.is_some());
@@ -372,25 +399,92 @@ impl Engine {
                 "the chained-delivery writer has stopped; those deliveries will be routed again after a restart"
             );
         }
-        for batch in batches(deliveries) {
-            let slot = self.try_slot(&batch[0].target);
-            let permit = self.global.clone().try_acquire_owned().ok();
-            let engine = self.clone();
-            tokio::spawn(async move {
-                match (slot, permit) {
-                    (Some(slot), Some(permit)) => {
-                        engine.attempt(batch).await;
-                        drop((slot, permit));
-                    }
-                    // Busy target or engine: park the deliveries in the store.
-                    _ => {
-                        let now = engine.clock.now_ms();
-                        let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
-                        engine.persist(jobs).await;
-                    }
-                }
-            });
+        let (waiting, now): (Vec<Delivery>, Vec<Delivery>) = deliveries
+            .into_iter()
+            .partition(|d| !d.target.target.batching().max_wait.is_zero());
+        let mut ready = batches(now);
+        for d in waiting {
+            ready.extend(self.gather(d));
         }
+        for batch in ready {
+            self.start_first(batch);
+        }
+    }
+
+    /// Adds a first delivery to its target's gathering batch; returns the
+    /// batches that are full (at most two: the one it did not fit in, and
+    /// the one it filled).
+    fn gather(self: &Arc<Self>, d: Delivery) -> Vec<Vec<Delivery>> {
+        let batching = d.target.target.batching();
+        let size = Batching::size_of(&d.item);
+        let key = Arc::as_ptr(&d.target) as usize;
+        let mut full = Vec::new();
+        let mut map = self.gathering.lock().unwrap_or_else(|p| p.into_inner());
+        let g = map.entry(key).or_insert_with(|| Gathering {
+            deliveries: Vec::new(),
+            bytes: 0,
+            round: 0,
+        });
+        if !batching.fits(g.deliveries.len(), g.bytes, size) {
+            full.push(std::mem::take(&mut g.deliveries));
+            g.bytes = 0;
+        }
+        if g.deliveries.is_empty() {
+            g.round = self.rounds.fetch_add(1, Ordering::Relaxed);
+            self.flush_after(key, g.round, batching.max_wait);
+        }
+        g.deliveries.push(d);
+        g.bytes += size;
+        if g.deliveries.len() >= batching.max_items
+            && let Some(g) = map.remove(&key)
+        {
+            full.push(g.deliveries);
+        }
+        full
+    }
+
+    /// Sends gathering `round` of target `key` after `wait`, unless it was
+    /// sent (full) before.
+    fn flush_after(self: &Arc<Self>, key: usize, round: u64, wait: Duration) {
+        let engine: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let batch = {
+                let mut map = engine.gathering.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(&key) {
+                    Some(g) if g.round == round => map.remove(&key).map(|g| g.deliveries),
+                    _ => None,
+                }
+            };
+            if let Some(batch) = batch.filter(|b| !b.is_empty()) {
+                engine.start_first(batch);
+            }
+        });
+    }
+
+    /// Attempts a batch of first deliveries in a task of its own, or parks
+    /// it in the store when its target or the engine is at its cap.
+    fn start_first(self: &Arc<Self>, batch: Vec<Delivery>) {
+        let slot = self.try_slot(&batch[0].target);
+        let permit = self.global.clone().try_acquire_owned().ok();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            match (slot, permit) {
+                (Some(slot), Some(permit)) => {
+                    engine.attempt(batch).await;
+                    drop((slot, permit));
+                }
+                // Busy target or engine: park the deliveries in the store.
+                _ => {
+                    let now = engine.clock.now_ms();
+                    let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
+                    engine.persist(jobs).await;
+                }
+            }
+        });
     }
 
     /// Writes jobs, retrying until the store takes them: a first attempt may
@@ -790,17 +884,22 @@ struct Took {
 }
 
 /// Groups deliveries by target (keeping their order within each target)
-/// into batches no larger than the target takes.
+/// into batches no larger than the target takes (in items and bytes).
 fn batches(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    // Per target: the open group and its size in bytes.
     let mut groups: Vec<Vec<Delivery>> = Vec::new();
-    let mut index: HashMap<*const BoundTarget, usize> = HashMap::new();
+    let mut index: HashMap<*const BoundTarget, (usize, usize)> = HashMap::new();
     for d in deliveries {
-        let max = d.target.target.max_batch().max(1);
+        let batching = d.target.target.batching();
+        let size = Batching::size_of(&d.item);
         let key = Arc::as_ptr(&d.target);
-        match index.get(&key).copied() {
-            Some(i) if groups[i].len() < max => groups[i].push(d),
+        match index.get_mut(&key) {
+            Some((i, bytes)) if batching.fits(groups[*i].len(), *bytes, size) => {
+                *bytes += size;
+                groups[*i].push(d);
+            }
             _ => {
-                index.insert(key, groups.len());
+                index.insert(key, (groups.len(), size));
                 groups.push(vec![d]);
             }
         }
@@ -1303,6 +1402,201 @@ mod tests {
             "K3 was retried twice, two seconds apart"
         );
         assert!(at("K3") < at("K4"));
+        h.shutdown.send_replace(true);
+    }
+
+    fn batching(max_items: usize, max_bytes: Option<usize>, max_wait_ms: u64) -> Batching {
+        Batching {
+            max_items,
+            max_bytes,
+            max_wait: Duration::from_millis(max_wait_ms),
+        }
+    }
+
+    fn firsts(b: &Arc<BoundTarget>, ids: &[String], now: Millis) -> Vec<Delivery> {
+        ids.iter()
+            .map(|id| Delivery::first(b.clone(), item(id), now, counted(&Arc::default())))
+            .collect()
+    }
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_batch_goes_when_full_or_after_max_wait() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target =
+            crate::deliver::testing::Batched::new(clock.clone(), batching(10, None, 50), vec![]);
+        let b = bound(target.clone(), RetryPolicy::default());
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        let start = h.clock.now_ms();
+        // Three dispatches, 20 ms apart: one call, 50 ms after the first.
+        for (i, id) in ids("a", 3).iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            h.engine
+                .dispatch(firsts(&b, std::slice::from_ref(id), h.clock.now_ms()));
+        }
+        until("the partial batch flushed", || async {
+            !target.calls().is_empty()
+        })
+        .await;
+        let calls = target.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].1, ids("a", 3));
+        assert_eq!(
+            calls[0].0 - start,
+            50,
+            "sent when the first had waited max_wait"
+        );
+
+        // 25 at once: two full batches at once, the rest after max_wait.
+        let now = h.clock.now_ms();
+        h.engine.dispatch(firsts(&b, &ids("b", 25), now));
+        until("all delivered", || async { target.delivered().len() == 28 }).await;
+        let calls = target.calls();
+        let sizes: Vec<(Millis, usize)> = calls[1..]
+            .iter()
+            .map(|(at, ids, _)| (at - now, ids.len()))
+            .collect();
+        assert_eq!(sizes, [(0, 10), (0, 10), (50, 5)]);
+        assert_eq!(target.delivered()[3..], ids("b", 25)[..]);
+        assert_eq!(h.store.job_count(), 0);
+        h.shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_keep_within_max_bytes() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let size = Batching::size_of(&item("c00"));
+        // Room for three items, not four.
+        for wait in [0, 30] {
+            let target = crate::deliver::testing::Batched::new(
+                clock.clone(),
+                batching(100, Some(3 * size + 1), wait),
+                vec![],
+            );
+            let b = bound(target.clone(), RetryPolicy::default());
+            let h = harness(vec![b.clone()], EngineConfig::default());
+            h.engine
+                .dispatch(firsts(&b, &ids("c", 10), h.clock.now_ms()));
+            until("all delivered", || async { target.delivered().len() == 10 }).await;
+            let sizes: Vec<usize> = target.calls().iter().map(|(_, ids, _)| ids.len()).collect();
+            assert_eq!(sizes, [3, 3, 3, 1], "max_wait {wait}");
+            assert_eq!(target.delivered(), ids("c", 10));
+            h.shutdown.send_replace(true);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_batch_is_retried_and_dead_lettered_event_by_event() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        // Answered 503 once, then 200: each event delivered exactly once.
+        let target = crate::deliver::testing::Batched::new(
+            clock.clone(),
+            batching(10, None, 0),
+            vec![retry_503()],
+        );
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay_ms: 10,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy.clone());
+        let failing = crate::deliver::testing::Batched::new(
+            clock.clone(),
+            batching(10, None, 0),
+            vec![retry_503(); 20],
+        );
+        let f = Arc::new(BoundTarget {
+            id: "f".into(),
+            ..Arc::unwrap_or_clone(bound(failing.clone(), policy))
+        });
+        let h = harness(vec![b.clone(), f.clone()], EngineConfig::default());
+        let released = Arc::new(AtomicUsize::new(0));
+        let now = h.clock.now_ms();
+        let deliveries = ids("d", 5)
+            .iter()
+            .map(|id| Delivery::first(b.clone(), item(id), now, counted(&released)))
+            .collect();
+        h.engine.dispatch(deliveries);
+        until("all delivered", || async {
+            target.delivered().len() == 5 && h.store.job_count() == 0
+        })
+        .await;
+        let mut delivered = target.delivered();
+        delivered.sort();
+        assert_eq!(delivered, ids("d", 5), "each event delivered once");
+        assert_eq!(target.calls()[0].1.len(), 5);
+        assert!(!target.calls()[0].2);
+        assert_eq!(released.load(Ordering::SeqCst), 5);
+        assert!(dead_letters(&h.store).await.is_empty());
+
+        // Never accepted: each event dead-lettered on its own, with its reason.
+        h.engine.dispatch(firsts(&f, &ids("e", 4), now));
+        until("four dead letters", || async {
+            dead_letters(&h.store).await.len() == 4 && h.store.job_count() == 0
+        })
+        .await;
+        let letters = dead_letters(&h.store).await;
+        let mut letter_ids: Vec<&str> = letters.iter().map(|l| l.event_id.as_str()).collect();
+        letter_ids.sort_unstable();
+        assert_eq!(letter_ids, ["e00", "e01", "e02", "e03"]);
+        for letter in &letters {
+            assert_eq!(letter.exhausted, Exhausted::MaxAttempts);
+            assert_eq!(letter.attempts, 3);
+            assert_eq!(
+                (letter.error.code, letter.error.status),
+                (FailureCode::HttpStatus, Some(503))
+            );
+        }
+        assert!(failing.delivered().is_empty());
+        h.shutdown.send_replace(true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_within_a_batch_are_settled_one_by_one() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        // Delivered, retried (then delivered), dead-lettered: one call.
+        let target = Arc::new(Scripted {
+            max_batch: 3,
+            clock: Mutex::new(Some(clock.clone())),
+            script: Mutex::new(vec![
+                Outcome::Delivered { status: Some(200) },
+                retry_503(),
+                Outcome::Permanent(Failure {
+                    status: Some(422),
+                    ..Failure::new(FailureCode::HttpStatus, "HTTP 422")
+                }),
+            ]),
+            ..Scripted::default()
+        });
+        let policy = RetryPolicy {
+            base_delay_ms: 10,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        };
+        let b = bound(target.clone(), policy);
+        let h = harness(vec![b.clone()], EngineConfig::default());
+        h.engine
+            .dispatch(firsts(&b, &ids("m", 3), h.clock.now_ms()));
+        until("settled", || async {
+            target.calls().len() == 2
+                && h.store.job_count() == 0
+                && dead_letters(&h.store).await.len() == 1
+        })
+        .await;
+        let sizes: Vec<usize> = target.calls().iter().map(|(_, n)| *n).collect();
+        assert_eq!(sizes, [3, 1], "one batch, then the retry alone");
+        let letters = dead_letters(&h.store).await;
+        assert_eq!(
+            (letters[0].event_id.as_str(), letters[0].exhausted),
+            ("m02", Exhausted::Permanent)
+        );
+        assert_eq!(letters[0].error.status, Some(422));
         h.shutdown.send_replace(true);
     }
 }

@@ -26,7 +26,8 @@ pub mod wasm;
 mod webhook;
 
 pub use self::target::{
-    BoundTarget, BuildContext, Item, Reference, Target, TargetDirectory, TargetServices, TargetSpec,
+    Batching, BoundTarget, BuildContext, Item, Reference, Target, TargetDirectory, TargetServices,
+    TargetSpec,
 };
 
 /// What one delivery attempt achieved.
@@ -209,6 +210,11 @@ impl Problems {
             field: field.into(),
             reason: reason.into(),
         });
+    }
+
+    /// How many problems were recorded.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Whether nothing was recorded.

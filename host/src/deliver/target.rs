@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One event to deliver: the event, its stored bytes, and the rendered
 /// transform output that replaces the payload when the rule has one.
@@ -45,6 +46,45 @@ pub enum Reference {
     Plugin(String),
 }
 
+/// How the engine groups deliveries to one target into calls of
+/// [`Target::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Most deliveries in one call.
+    pub max_items: usize,
+    /// Most bytes of events (as stored, or their transform output) in one
+    /// call, if the target bounds them; the target splits more exactly.
+    pub max_bytes: Option<usize>,
+    /// Longest a first delivery waits for others to join its call; zero:
+    /// a call takes what is due at once.
+    pub max_wait: Duration,
+}
+
+impl Batching {
+    /// Up to `max_items` per call, no byte bound, no waiting.
+    pub fn up_to(max_items: usize) -> Self {
+        Self {
+            max_items: max_items.max(1),
+            max_bytes: None,
+            max_wait: Duration::ZERO,
+        }
+    }
+
+    /// Whether an item of `size` bytes joins a batch of `items` items and
+    /// `bytes` bytes (a first item always does).
+    pub fn fits(&self, items: usize, bytes: usize, size: usize) -> bool {
+        items == 0
+            || (items < self.max_items && self.max_bytes.is_none_or(|max| bytes + size <= max))
+    }
+
+    /// What one item counts against [`max_bytes`](Self::max_bytes).
+    pub fn size_of(item: &Item) -> usize {
+        item.body.as_ref().map_or(item.event_bytes.len(), |body| {
+            item.event_bytes.len() + body.len()
+        }) + 1
+    }
+}
+
 /// A place events are delivered to.
 ///
 /// Outcomes are per delivery, so a batch can partly succeed; the engine
@@ -58,6 +98,12 @@ pub trait Target: Send + Sync + fmt::Debug + 'static {
     /// split into several calls.
     fn max_batch(&self) -> usize {
         1
+    }
+
+    /// How deliveries are grouped into calls; by default up to
+    /// [`max_batch`](Self::max_batch) of those due at once.
+    fn batching(&self) -> Batching {
+        Batching::up_to(self.max_batch())
     }
 
     /// Delivers a batch: one outcome per item, in order.
@@ -175,11 +221,24 @@ impl TargetSpec {
         let Value::Object(obj) = value else {
             return None;
         };
-        let members: Map<String, Value> = obj
+        let mut members: Map<String, Value> = obj
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "id" | "type" | "retry_policy"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if let Some(kind) = kind.as_deref().filter(|k| *k != "http")
+            && members.remove("batch").is_some()
+        {
+            let hint = if kind == "wasm" {
+                " (a wasm target batches with max_batch)"
+            } else {
+                ""
+            };
+            f.problem(
+                "batch",
+                format!("only http targets take batch, not {kind} targets{hint}"),
+            );
+        }
         Some(Self {
             id: id.filter(|id| valid_name(id))?,
             kind: kind?,
@@ -300,6 +359,34 @@ mod tests {
                 "targets[1].type"
             ]
         );
+    }
+
+    #[test]
+    fn only_http_targets_take_batch() {
+        for (kind, extra) in [
+            ("queue", json!({"queue": "audit"})),
+            ("bus", json!({"bus": "other"})),
+            ("wasm", json!({"plugin": "p"})),
+        ] {
+            let mut target = json!({"id": "t", "type": kind, "batch": {"max_events": 10}});
+            for (k, v) in extra.as_object().unwrap() {
+                target[k] = v.clone();
+            }
+            let mut problems = Problems::new();
+            let spec = TargetSpec::parse(&target, "targets[0]", &mut problems).unwrap();
+            let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, ["targets[0].batch"], "{kind}");
+            assert!(!spec.members.contains_key("batch"), "reported once");
+        }
+        let mut problems = Problems::new();
+        let spec = TargetSpec::parse(
+            &json!({"id": "h", "type": "http", "url": "https://x.example/", "batch": {}}),
+            "targets[0]",
+            &mut problems,
+        )
+        .unwrap();
+        assert!(problems.is_empty(), "{problems}");
+        assert!(spec.members.contains_key("batch"));
     }
 
     #[test]

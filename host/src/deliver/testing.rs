@@ -178,3 +178,72 @@ impl Target for FailsIds {
         out
     }
 }
+
+/// A target that batches like an `http` target with `batch`: each call
+/// gets one outcome for all its items (from the script, then delivered),
+/// and is recorded as (time, ids, delivered?).
+#[derive(Debug)]
+pub struct Batched {
+    pub batching: super::target::Batching,
+    pub script: Mutex<Vec<Outcome>>,
+    pub calls: Mutex<Vec<(Millis, Vec<String>, bool)>>,
+    pub clock: SharedClock,
+}
+
+impl Batched {
+    pub fn new(
+        clock: SharedClock,
+        batching: super::target::Batching,
+        script: Vec<Outcome>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            batching,
+            script: Mutex::new(script),
+            calls: Mutex::default(),
+            clock,
+        })
+    }
+
+    pub fn calls(&self) -> Vec<(Millis, Vec<String>, bool)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Ids of the calls answered with a delivery, in order.
+    pub fn delivered(&self) -> Vec<String> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|(_, _, ok)| *ok)
+            .flat_map(|(_, ids, _)| ids.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Target for Batched {
+    fn kind(&self) -> &'static str {
+        "batched"
+    }
+
+    fn batching(&self) -> super::target::Batching {
+        self.batching
+    }
+
+    async fn send(&self, batch: &[Item]) -> Vec<Outcome> {
+        let outcome = {
+            let mut script = self.script.lock().unwrap();
+            if script.is_empty() {
+                Outcome::Delivered { status: Some(200) }
+            } else {
+                script.remove(0)
+            }
+        };
+        let ids = batch.iter().map(|i| i.event.id().to_owned()).collect();
+        let ok = outcome.failure().is_none();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((self.clock.now_ms(), ids, ok));
+        vec![outcome; batch.len()]
+    }
+}

@@ -52,10 +52,12 @@ use self::classify::{FORBIDDEN_DESTINATION, classify, classify_error, parse_retr
 pub use self::client::HttpClient;
 use self::client::read_capped;
 use self::rate::RateLimiter;
-use self::render::{Rendered, render};
+use self::render::{BATCH_CONTENT_TYPE, Rendered, batch_body, render, render_member};
 use self::signing::Signer;
 pub use self::spec::{
-    AuthSpec, DEFAULT_TIMEOUT_MS, DeliveryMode, HttpTargetSpec, MAX_TIMEOUT_MS, Secret, SigningSpec,
+    AuthSpec, BatchLimits, BatchSpec, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_EVENTS,
+    DEFAULT_TIMEOUT_MS, DeliveryMode, HttpTargetSpec, MAX_BATCH_BYTES, MAX_BATCH_EVENTS,
+    MAX_BATCH_WAIT_MS, MAX_TIMEOUT_MS, MIN_BATCH_BYTES, Secret, SigningSpec,
 };
 pub use super::SpecError;
 use super::{Failure, FailureCode, Outcome, Payload, Problems};
@@ -85,6 +87,8 @@ pub struct HttpTarget {
     rate: Option<RateLimiter>,
     /// Permits for requests in flight; never closed.
     concurrency: Option<Semaphore>,
+    /// Batched delivery's limits, when the target takes batches.
+    batch: Option<BatchLimits>,
 }
 
 impl fmt::Debug for HttpTarget {
@@ -119,6 +123,7 @@ impl HttpTarget {
             signer: c.signer,
             rate: c.rate,
             concurrency: c.concurrency,
+            batch: c.batch,
         })
     }
 
@@ -127,16 +132,81 @@ impl HttpTarget {
         &self.spec
     }
 
+    /// The batching limits, when the target sends events in batches.
+    pub fn batch_limits(&self) -> Option<BatchLimits> {
+        self.batch
+    }
+
     /// Makes one delivery attempt and classifies the result.
     ///
     /// Waits for a concurrency slot and then for the rate limit, if the
     /// target has them; the timeout starts after both. An OAuth2 token
     /// request, when one is needed, gets its own `timeout_ms` before it.
     pub async fn deliver(&self, payload: Payload<'_>) -> Outcome {
-        let rendered = match render(self.spec.mode, payload) {
-            Ok(rendered) => rendered,
-            Err(failure) => return Outcome::Permanent(failure),
-        };
+        match render(self.spec.mode, payload) {
+            Ok(rendered) => self.request(payload.event.id(), rendered).await,
+            Err(failure) => Outcome::Permanent(failure),
+        }
+    }
+
+    /// Delivers several events in CloudEvents batch mode: as few requests
+    /// as `batch.max_bytes` allows, each an array of structured events.
+    /// One outcome per payload, in order: a request's outcome is its every
+    /// event's; an event that cannot be rendered, or alone exceeds
+    /// `max_bytes`, fails permanently without holding back the others.
+    /// Requests go one after another (order within a batch is kept).
+    pub async fn deliver_batch(&self, payloads: &[Payload<'_>]) -> Vec<Outcome> {
+        let max_bytes = self
+            .batch
+            .map_or(spec::DEFAULT_BATCH_BYTES as usize, |b| b.max_bytes);
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; payloads.len()];
+        // Requests as (first member, members, body length) over `members`.
+        let mut members: Vec<(usize, Vec<u8>)> = Vec::with_capacity(payloads.len());
+        for (i, payload) in payloads.iter().enumerate() {
+            match render_member(*payload) {
+                Ok(bytes) if bytes.len() + 2 <= max_bytes => members.push((i, bytes)),
+                Ok(bytes) => {
+                    outcomes[i] = Some(Outcome::Permanent(Failure::new(
+                        FailureCode::RenderError,
+                        format!(
+                            "the event is {} bytes as JSON, more than the target's batch.max_bytes ({max_bytes})",
+                            bytes.len()
+                        ),
+                    )));
+                }
+                Err(failure) => outcomes[i] = Some(Outcome::Permanent(failure)),
+            }
+        }
+        for request in split_by_bytes(&members, max_bytes) {
+            let group = &members[request];
+            let len = group.iter().map(|(_, m)| m.len() + 1).sum::<usize>() + 1;
+            let body = batch_body(group.iter().map(|(_, m)| m.as_slice()), len);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(BATCH_CONTENT_TYPE),
+            );
+            let ids: Vec<&str> = group.iter().map(|(i, _)| payloads[*i].event.id()).collect();
+            let outcome = self
+                .request(&batch_id(&ids), Rendered { headers, body })
+                .await;
+            for (i, _) in group {
+                outcomes[*i] = Some(outcome.clone());
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::Permanent(Failure::new(FailureCode::RenderError, "not rendered"))
+                })
+            })
+            .collect()
+    }
+
+    /// Sends one rendered request (`id` names it for signing) and
+    /// classifies the answer.
+    async fn request(&self, id: &str, rendered: Rendered) -> Outcome {
         let token_url = match &self.auth {
             Some(Auth::OAuth2(oauth)) => Some(&oauth.token_url),
             _ => None,
@@ -172,9 +242,7 @@ impl HttpTarget {
             },
             _ => None,
         };
-        let outcome = self
-            .attempt(payload.event.id(), rendered, bearer.as_ref())
-            .await;
+        let outcome = self.attempt(id, rendered, bearer.as_ref()).await;
         if let (Some(Auth::OAuth2(oauth)), Some(token)) = (&self.auth, &bearer)
             && outcome.failure().and_then(|f| f.status) == Some(401)
         {
@@ -247,9 +315,85 @@ impl HttpTarget {
     }
 }
 
+/// Splits rendered members into consecutive runs whose array (brackets and
+/// commas included) fits in `max_bytes`; every member alone fits.
+fn split_by_bytes(members: &[(usize, Vec<u8>)], max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut len = 1; // `[`
+    for (i, (_, member)) in members.iter().enumerate() {
+        // The member and the `,` or `]` after it.
+        let adds = member.len() + 1;
+        if i > start && len + adds > max_bytes {
+            runs.push(start..i);
+            start = i;
+            len = 1;
+        }
+        len += adds;
+    }
+    if start < members.len() {
+        runs.push(start..members.len());
+    }
+    runs
+}
+
+/// The id a batched request is signed with (`webhook-id`): the event's own
+/// id for a batch of one, else a digest of the members' ids, so the same
+/// batch sent again carries the same id.
+fn batch_id(ids: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    match ids {
+        [one] => (*one).to_owned(),
+        _ => {
+            let mut hash = Sha256::new();
+            for id in ids {
+                hash.update(id.as_bytes());
+                hash.update([0]);
+            }
+            let digest = hash.finalize();
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("batch_{hex}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_are_split_into_arrays_that_fit() {
+        let members = |sizes: &[usize]| -> Vec<(usize, Vec<u8>)> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i, vec![b'x'; *n]))
+                .collect()
+        };
+        // [aaaa,bbbb] is 11 bytes.
+        assert_eq!(split_by_bytes(&members(&[4, 4]), 11), vec![0..2_usize; 1]);
+        assert_eq!(split_by_bytes(&members(&[4, 4]), 10), [0..1, 1..2]);
+        assert_eq!(
+            split_by_bytes(&members(&[8, 1, 1, 8, 8]), 10),
+            [0..1, 1..3, 3..4, 4..5]
+        );
+        assert!(split_by_bytes(&members(&[]), 10).is_empty());
+        let ms = members(&[3, 2, 5, 1]);
+        for max in 7..30 {
+            for run in split_by_bytes(&ms, max) {
+                let body = batch_body(ms[run].iter().map(|(_, m)| m.as_slice()), 0);
+                assert!(body.len() <= max, "{max}");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_ids_are_stable_and_distinct() {
+        assert_eq!(batch_id(&["e1"]), "e1");
+        assert_eq!(batch_id(&["e1", "e2"]), batch_id(&["e1", "e2"]));
+        assert_ne!(batch_id(&["e1", "e2"]), batch_id(&["e1e", "2"]));
+        assert!(batch_id(&["a", "b"]).starts_with("batch_"));
+    }
 
     #[test]
     fn target_is_send_sync() {

@@ -45,6 +45,42 @@ pub(super) fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendere
     Ok(Rendered { headers, body })
 }
 
+/// The `Content-Type` of a batched request.
+pub(super) const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json; charset=utf-8";
+
+/// One event as a member of a batched request's array: the structured
+/// event, exactly as structured mode sends it. A transform's output
+/// replaces the event's data (as JSON when it parses as JSON, else as
+/// text), the attributes staying, as binary mode keeps them in headers.
+pub(super) fn render_member(payload: Payload<'_>) -> Result<Vec<u8>, Failure> {
+    let Some(text) = payload.body else {
+        return Ok(payload.event.to_json_bytes());
+    };
+    let mut map = payload.event.as_map().clone();
+    map.remove("data_base64");
+    let (content_type, data) = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) => (media::APPLICATION_JSON, json),
+        Err(_) => ("text/plain; charset=utf-8", serde_json::Value::from(text)),
+    };
+    map.insert("datacontenttype".to_owned(), content_type.into());
+    map.insert("data".to_owned(), data);
+    serde_json::to_vec(&map).map_err(|e| Failure::new(FailureCode::RenderError, e.to_string()))
+}
+
+/// Joins rendered members into a batch body: a JSON array.
+pub(super) fn batch_body<'a>(members: impl Iterator<Item = &'a [u8]>, len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(len);
+    body.push(b'[');
+    for (i, member) in members.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(member);
+    }
+    body.push(b']');
+    body
+}
+
 fn render_error(error: EncodeError) -> Failure {
     Failure::new(FailureCode::RenderError, error.to_string())
 }
@@ -113,6 +149,55 @@ mod tests {
             assert!(!h.contains_key(absent), "{absent}");
         }
         assert_eq!(rendered.body, br#"{"total":120}"#);
+    }
+
+    #[test]
+    fn batch_members_are_structured_events() {
+        let mut value = base_event();
+        value["data"] = json!({"total": 120});
+        let ev = event(value.clone());
+        let plain = Payload {
+            event: &ev,
+            body: None,
+        };
+        let member = render_member(plain).unwrap();
+        let structured = render(DeliveryMode::Structured, plain).unwrap();
+        assert_eq!(
+            member, structured.body,
+            "the same rendering as structured mode"
+        );
+        let body = batch_body([member.as_slice(), member.as_slice()].into_iter(), 0);
+        let array: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(array, json!([value, value]));
+
+        // A transform's output replaces the data; the attributes stay.
+        for (text, data, content_type) in [
+            (r#"{"n": 1}"#, json!({"n": 1}), "application/json"),
+            ("order 42", json!("order 42"), "text/plain; charset=utf-8"),
+        ] {
+            let member = render_member(Payload {
+                event: &ev,
+                body: Some(text),
+            })
+            .unwrap();
+            let member: Value = serde_json::from_slice(&member).unwrap();
+            assert_eq!(member["id"], "evt-1");
+            assert_eq!(member["data"], data);
+            assert_eq!(member["datacontenttype"], content_type);
+        }
+        let mut value = base_event();
+        value["data_base64"] = json!("AAE=");
+        let binary = event(value);
+        let member: Value = serde_json::from_slice(
+            &render_member(Payload {
+                event: &binary,
+                body: Some("x"),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(member.get("data_base64").is_none());
+        assert_eq!(member["data"], "x");
     }
 
     #[test]

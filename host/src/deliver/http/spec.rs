@@ -24,6 +24,18 @@ const MIN_RATE_PER_S: f64 = 0.001;
 const MAX_RATE_PER_S: f64 = 100_000.0;
 /// Largest allowed concurrency cap.
 const MAX_CONCURRENCY: u32 = 10_000;
+/// Events per batched request: the default and the most a target may ask for.
+pub const DEFAULT_BATCH_EVENTS: u32 = 100;
+/// The most events a target may take in one batched request.
+pub const MAX_BATCH_EVENTS: u32 = 1_000;
+/// Bytes per batched request body: the default, the least and the most.
+pub const DEFAULT_BATCH_BYTES: u64 = 1024 * 1024;
+/// The smallest `batch.max_bytes` (room for one ordinary event).
+pub const MIN_BATCH_BYTES: u64 = 1024;
+/// The largest `batch.max_bytes`.
+pub const MAX_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+/// The longest a batch may wait to fill (ms); the default is not to wait.
+pub const MAX_BATCH_WAIT_MS: u64 = 10_000;
 
 /// An `http` target as written in a rule.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -58,6 +70,71 @@ pub struct HttpTargetSpec {
     /// At most this many requests in flight at once; more wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Several events per request (CloudEvents batch mode); `mode` then
+    /// does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
+}
+
+/// Batched delivery as written in a target: several events per request, as
+/// an `application/cloudevents-batch+json` array of structured events.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Most events in one request (1 to 1000; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<u32>,
+    /// Most bytes in one request body (1 KiB to 16 MiB; default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Longest a first delivery waits for others to fill its batch (0 to
+    /// 10000 ms; default 0: send what is due now, batched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+}
+
+/// A target's validated batching limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most events in one request.
+    pub max_events: usize,
+    /// Most bytes in one request body.
+    pub max_bytes: usize,
+    /// Longest a first delivery waits for its batch to fill.
+    pub max_wait: Duration,
+}
+
+impl BatchSpec {
+    /// Validates the limits (problems under `batch.`).
+    fn compile(&self, problems: &mut Problems) -> Option<BatchLimits> {
+        let before = problems.len();
+        let max_events = self.max_events.unwrap_or(DEFAULT_BATCH_EVENTS);
+        if !(1..=MAX_BATCH_EVENTS).contains(&max_events) {
+            problems.add(
+                "batch.max_events",
+                format!("must be between 1 and {MAX_BATCH_EVENTS}"),
+            );
+        }
+        let max_bytes = self.max_bytes.unwrap_or(DEFAULT_BATCH_BYTES);
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&max_bytes) {
+            problems.add(
+                "batch.max_bytes",
+                format!("must be between {MIN_BATCH_BYTES} and {MAX_BATCH_BYTES}"),
+            );
+        }
+        let max_wait_ms = self.max_wait_ms.unwrap_or(0);
+        if max_wait_ms > MAX_BATCH_WAIT_MS {
+            problems.add(
+                "batch.max_wait_ms",
+                format!("must be between 0 and {MAX_BATCH_WAIT_MS}"),
+            );
+        }
+        (problems.len() == before).then(|| BatchLimits {
+            max_events: max_events as usize,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_wait: Duration::from_millis(max_wait_ms),
+        })
+    }
 }
 
 /// How an event is laid out in the request (CloudEvents HTTP binding).
@@ -159,6 +236,7 @@ pub(super) struct Compiled {
     pub(super) signer: Option<Signer>,
     pub(super) rate: Option<RateLimiter>,
     pub(super) concurrency: Option<Semaphore>,
+    pub(super) batch: Option<BatchLimits>,
 }
 
 impl HttpTargetSpec {
@@ -174,6 +252,7 @@ impl HttpTargetSpec {
             signing: None,
             rate_limit_per_s: None,
             max_concurrency: None,
+            batch: None,
         }
     }
 
@@ -280,6 +359,8 @@ impl HttpTargetSpec {
             }
         };
 
+        let batch = self.batch.as_ref().and_then(|b| b.compile(problems));
+
         let url = url?;
         let method = method?;
         if problems.is_empty() {
@@ -292,6 +373,7 @@ impl HttpTargetSpec {
                 signer,
                 rate,
                 concurrency,
+                batch,
             })
         } else {
             None
