@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use busbar::deliver::http::{
-    AuthSpec, DeliveryMode, HttpClient, HttpTarget, HttpTargetSpec, SigningSpec,
+    AuthSpec, BatchSpec, DeliveryMode, HttpClient, HttpTarget, HttpTargetSpec, SigningSpec,
 };
 use busbar::deliver::retry::RetryPolicy;
 use busbar::deliver::{Outcome, Payload, SpecError};
@@ -749,4 +749,104 @@ fn invalid_specs_match_their_golden_errors() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     assert!(checked >= 20);
+}
+
+#[tokio::test]
+async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_event() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let receiver = Receiver::start().await;
+    let mut spec = HttpTargetSpec::new(receiver.url("/hook"));
+    spec.signing = Some(SigningSpec {
+        secret: SECRET.into(),
+    });
+    spec.batch = Some(BatchSpec {
+        max_events: Some(10),
+        max_bytes: Some(1024),
+        max_wait_ms: None,
+    });
+    let batched = target(spec.clone());
+    let events: Vec<Event> = (0..5)
+        .map(|i| {
+            event(
+                json!({"specversion": "1.0", "id": format!("b{i}"), "source": "shop",
+                         "type": "t", "data": {"pad": "x".repeat(300)}}),
+            )
+        })
+        .collect();
+    let mut payloads: Vec<Payload<'_>> = events
+        .iter()
+        .map(|event| Payload { event, body: None })
+        .collect();
+    // One too large alone for max_bytes, between the others.
+    let huge = event(
+        json!({"specversion": "1.0", "id": "huge", "source": "shop", "type": "t",
+                            "data": "y".repeat(2000)}),
+    );
+    payloads.insert(
+        2,
+        Payload {
+            event: &huge,
+            body: None,
+        },
+    );
+    let outcomes = batched.deliver_batch(&payloads).await;
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Retry(_) => "retry",
+            Outcome::Permanent(_) => "permanent",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "delivered",
+            "delivered",
+            "permanent",
+            "delivered",
+            "delivered",
+            "delivered"
+        ]
+    );
+    assert!(outcomes[2].failure().unwrap().message.contains("max_bytes"));
+    let requests = receiver.requests("/hook");
+    // About 360 bytes an event: two to a request.
+    assert_eq!(requests.len(), 3);
+    let key = BASE64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let mut ids = Vec::new();
+    for request in &requests {
+        assert!(request.body.len() <= 1024, "{}", request.body.len());
+        assert!(header(request, "content-type").starts_with("application/cloudevents-batch+json"));
+        assert!(
+            request.headers.get("ce-id").is_none(),
+            "no binary-mode headers"
+        );
+        let array: Vec<Value> = serde_json::from_slice(&request.body).unwrap();
+        ids.extend(array.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        // Signed over the whole array, under the batch's id.
+        let id = header(request, "webhook-id");
+        assert!(id.starts_with("batch_") || array.len() == 1, "{id}");
+        let timestamp = header(request, "webhook-timestamp");
+        let mut signed = format!("{id}.{timestamp}.").into_bytes();
+        signed.extend_from_slice(&request.body);
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(&signed);
+        let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+        assert_eq!(header(request, "webhook-signature"), expected);
+    }
+    assert_eq!(ids, ["b0", "b1", "b2", "b3", "b4"]);
+
+    // A failing answer is every event's outcome, Retry-After included.
+    spec.url = receiver.url("/busy");
+    let busy = target(spec);
+    let outcomes = busy.deliver_batch(&payloads[..2]).await;
+    assert_eq!(outcomes.len(), 2);
+    for outcome in outcomes {
+        let Outcome::Retry(failure) = outcome else {
+            panic!("429 must retry")
+        };
+        assert_eq!(failure.status, Some(429));
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(7)));
+    }
 }

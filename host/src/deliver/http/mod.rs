@@ -1,4 +1,4 @@
-//! The `http` (webhook) target: one delivery attempt to one URL.
+//! The `http` (webhook) target: delivery attempts to one URL.
 //!
 //! An [`HttpTargetSpec`] is the target as written in a rule; [`HttpTarget::new`]
 //! validates it into a runtime target that cannot be invalid, and
@@ -25,6 +25,15 @@
 //! authenticated (API key, basic, OAuth2 client credentials) and signed
 //! (Standard Webhooks), and each target can be rate-limited and given a
 //! concurrency cap; both make `deliver` wait, never fail.
+//!
+//! With `batch` ([`BatchSpec`]) the target takes several events per call
+//! ([`HttpTarget::deliver_batch`]): CloudEvents batch mode, a JSON array of
+//! structured events as `application/cloudevents-batch+json`, split into as
+//! few requests as `batch.max_bytes` allows. A request's outcome (the table
+//! above) is that of every event in it; the engine then retries or
+//! dead-letters each event on its own. Rate limit, concurrency cap, auth
+//! and signing apply per request (a batch's `webhook-id` is its event's id
+//! for one event, else a digest of the events' ids).
 //!
 //! One file per concern: [`spec`](HttpTargetSpec) (the rule's form and its
 //! validation), `client` (the pooled client and the egress policy it
