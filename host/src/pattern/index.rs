@@ -88,8 +88,11 @@ fn rank(condition: &Condition) -> u8 {
 /// conjunction ids unless said otherwise.
 #[derive(Clone, Debug)]
 struct LenMap<V = Vec<u32>> {
-    by_len: Vec<(usize, HashMap<Box<[u8]>, V>)>,
+    by_len: Vec<(usize, ByLiteral<V>)>,
 }
+
+/// The literals of one length.
+type ByLiteral<V> = HashMap<Box<[u8]>, V>;
 
 impl<V> Default for LenMap<V> {
     fn default() -> Self {
