@@ -26,7 +26,20 @@
 //!   `--history on|off|both` switch; `both` alternates them in one run and
 //!   prints the ratio), then replay speed and live latency during a replay;
 //! - `traces`: fills a store with `--traces` (1,000,000) traces and measures
-//!   trace lookup and search latency.
+//!   trace lookup and search latency;
+//! - `ceiling`: no bus: the same client against a bare axum handler that reads
+//!   the body, parses the JSON and answers 202 (single events and batches of
+//!   10), and the bare sink round trip (client → sink handler). `all` runs it
+//!   first and prints every figure also as a fraction of it, because on a
+//!   shared machine absolute figures drift between runs and ratios within one
+//!   run much less;
+//! - `memory`: `--tenants` tenants with `--total-rules` rules between them at
+//!   a paced `--memory-rate` events/s (batches of 10, one rule per event
+//!   matching and delivering to the sink): the process's resident set above
+//!   the baseline measured before the bus started, idle and under load.
+//!
+//! `--fsync always` runs the bus with power-loss durability (`fsync = "always"`);
+//! the default is `normal`.
 //!
 //! Run: `cargo run --release -p busbar --example loadgen -- all`
 
@@ -60,6 +73,10 @@ enum Scenario {
     History,
     /// Trace lookup and search latency with many stored traces.
     Traces,
+    /// A bare axum ingest handler and the bare sink round trip: this run's ceiling.
+    Ceiling,
+    /// Resident set with many tenants and rules, idle and at a paced rate.
+    Memory,
     All,
 }
 
@@ -69,6 +86,15 @@ enum HistorySwitch {
     Off,
     On,
     Both,
+}
+
+/// How hard the bus's store syncs commits (config `fsync`).
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Fsync {
+    /// WAL, survives a crash of the process.
+    Normal,
+    /// fsync on every commit, survives power loss.
+    Always,
 }
 
 /// Busbar load generator.
@@ -129,6 +155,18 @@ struct Args {
     /// with ingest batches of N, in the same run.
     #[arg(long)]
     batch: Option<usize>,
+    /// The bus's durability: `normal` (the default) or `always` (power loss).
+    #[arg(long, value_enum, default_value = "normal")]
+    fsync: Fsync,
+    /// `memory`: tenants, each with its share of `--total-rules`.
+    #[arg(long, default_value_t = 100)]
+    tenants: usize,
+    /// `memory`: rules over all tenants.
+    #[arg(long, default_value_t = 10_000)]
+    total_rules: usize,
+    /// `memory`: events/s offered (batches of 10 spread over the tenants).
+    #[arg(long, default_value_t = 20_000)]
+    memory_rate: u64,
 }
 
 /// Uploads a component as plugin `name`; returns the answer's text.
@@ -860,6 +898,306 @@ async fn ceiling(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This run's ceiling: what the same client and HTTP stack do with no bus
+/// behind them.
+#[derive(Clone, Copy, Debug)]
+struct Ceiling {
+    /// Single-event requests/s to a bare handler (reads, parses, answers 202).
+    single: f64,
+    /// Events/s in batches of 10 to the same handler.
+    batch: f64,
+    /// Requests/s from the client straight to the sink handler.
+    sink: f64,
+}
+
+impl Ceiling {
+    /// `figure` as a fraction of the ingest ceiling for `batch`.
+    fn ingest(ceiling: Option<Self>, batch: usize, figure: f64) -> String {
+        ceiling.map_or_else(String::new, |c| {
+            let top = if batch == 1 { c.single } else { c.batch };
+            format!(" = {:.2} of the ceiling ({top:.0})", figure / top)
+        })
+    }
+
+    /// `figure` (delivered events/s) as a fraction of the sink round trip.
+    fn sink(ceiling: Option<Self>, figure: f64) -> String {
+        ceiling.map_or_else(String::new, |c| {
+            format!(
+                " = {:.2} of the sink round-trip ceiling ({:.0})",
+                figure / c.sink,
+                c.sink
+            )
+        })
+    }
+}
+
+/// The bare ingest handler of the ceiling: read the body, parse the JSON, answer 202.
+async fn bare_ingest(body: Bytes) -> axum::http::StatusCode {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(_) => axum::http::StatusCode::ACCEPTED,
+        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Serves `app` on a fresh loopback port; returns its base URL and the server task.
+async fn serve_local(app: Router) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
+}
+
+/// The `ceiling` scenario: the ingest shapes against [`bare_ingest`], then the
+/// client posting events straight to a sink handler (what one delivery costs
+/// the machine without a bus), each for `--seconds`.
+async fn http_ceiling(args: &Args, client: &reqwest::Client) -> anyhow::Result<Ceiling> {
+    let (url, server) =
+        serve_local(Router::new().route("/v1/buses/{bus}/events", post(bare_ingest))).await?;
+    let bench = Arc::new(Bench {
+        urls: vec![url],
+        key: "ceiling".into(),
+        client: client.clone(),
+    });
+    let mut rates = [0.0; 2];
+    for (rate, batch) in rates.iter_mut().zip([1usize, 10]) {
+        let n = bench
+            .flood(args.connections, args.seconds, batch, "bench.ceiling")
+            .await;
+        *rate = n as f64 / args.seconds as f64;
+        println!("ceiling ingest batch={batch:>2}: {rate:>9.0} events/s (bare handler)");
+    }
+    server.abort();
+
+    let sink = Arc::new(Sink::default());
+    let (url, server) = serve_local(
+        Router::new()
+            .route("/sink", post(sink_handler))
+            .with_state(sink.clone()),
+    )
+    .await?;
+    let sink_url = format!("{url}/sink");
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in 0..args.connections {
+        let (client, sink_url) = (client.clone(), sink_url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = connection as u64 * 1_000_000_000;
+            while Instant::now() < deadline {
+                i += 1;
+                // The body the bus delivers: the event's data.
+                let body = event(i, "bench.ceiling")["data"].to_string();
+                let _ = client
+                    .post(&sink_url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let sink_rate = sink.count.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+    server.abort();
+    println!("ceiling sink round trip:  {sink_rate:>9.0} requests/s (client → sink handler)");
+    Ok(Ceiling {
+        single: rates[0],
+        batch: rates[1],
+        sink: sink_rate,
+    })
+}
+
+/// `(VmRSS, VmHWM)` of this process in kB, from `/proc/self/status` (zeros
+/// where it is missing).
+fn memory_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Rule `i` of a tenant in the `memory` scenario: rule 0 matches the events
+/// sent (`source` `bench.mem`); the others are decoys of the kinds users write.
+fn memory_rule(i: usize, sink_url: &str) -> Value {
+    let pattern = match i % 5 {
+        0 if i == 0 => json!({"source": ["bench.mem"]}),
+        0 => json!({"source": [format!("svc.{i}")], "type": [{"prefix": "order."}]}),
+        1 => json!({"data": {"customer": [format!("c-{i}")]}}),
+        2 => {
+            json!({"data": {"order": [{"numeric": [">", 1_000_000_000 + i, "<=", 2_000_000_000]}]}})
+        }
+        3 => json!({"type": [{"anything-but": ["order.created", format!("t-{i}")]}]}),
+        _ => json!({"data": {"note": [{"wildcard": format!("y*{i}*")}]}}),
+    };
+    json!({"pattern": pattern, "targets": [{"id": "sink", "type": "http", "url": sink_url}]})
+}
+
+/// The `memory` scenario; `baseline` is this process's VmRSS (kB) before the
+/// bus started, so the figures are the bus's (plus the client's sending state).
+async fn memory_scenario(
+    args: &Args,
+    url: &str,
+    client: &reqwest::Client,
+    sink: &Arc<Sink>,
+    sink_url: &str,
+    baseline: u64,
+) -> anyhow::Result<()> {
+    let mb = |kb: u64| kb.saturating_sub(baseline) as f64 / 1024.0;
+    let (rss, _) = memory_kb();
+    println!(
+        "memory: baseline before the bus {:.1} MB; bus started, one tenant: +{:.1} MB",
+        baseline as f64 / 1024.0,
+        mb(rss)
+    );
+    let per_tenant = args.total_rules.div_ceil(args.tenants.max(1)).max(1);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..args.tenants {
+        let (client, url, sink_url) = (client.clone(), url.to_owned(), sink_url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let tenant: Value = client
+                .post(format!("{url}/v1/admin/tenants"))
+                .bearer_auth("bench-admin")
+                .json(&json!({"name": format!("mem{t}")}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let key = tenant["api_key"].as_str().unwrap_or_default().to_owned();
+            for r in 0..per_tenant {
+                let answer = client
+                    .put(format!("{url}/v1/buses/default/rules/r{r}"))
+                    .bearer_auth(&key)
+                    .json(&memory_rule(r, &sink_url))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    answer.status().is_success(),
+                    "rule: {}",
+                    answer.text().await?
+                );
+            }
+            anyhow::Ok(key)
+        }));
+    }
+    let mut keys = Vec::new();
+    for t in tasks {
+        keys.push(t.await??);
+    }
+    println!(
+        "memory: {} tenants x {per_tenant} rules loaded in {:.1} s",
+        keys.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // One event per tenant, so every bus has built its rule index.
+    let keys = Arc::new(keys);
+    let before = sink.count.load(Ordering::Relaxed);
+    for key in keys.iter() {
+        client
+            .post(format!("{url}/v1/buses/default/events"))
+            .bearer_auth(key)
+            .header("content-type", "application/cloudevents+json")
+            .body(event(0, "bench.mem").to_string())
+            .send()
+            .await?;
+    }
+    drained(sink, before, keys.len() as u64, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle, _) = memory_kb();
+    println!(
+        "memory idle with {} tenants, {} rules (indexes built): {:.1} MB above the baseline (VmRSS {:.1} MB)",
+        keys.len(),
+        keys.len() * per_tenant,
+        mb(idle),
+        idle as f64 / 1024.0
+    );
+
+    // Paced load: batches of 10, tenants in turn; a batch is skipped when all
+    // connections are busy (the rate reported is what was acknowledged).
+    let batches_per_s = (args.memory_rate / 10).max(1);
+    let total = batches_per_s * args.seconds;
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.connections));
+    let acked = Arc::new(AtomicU64::new(0));
+    let skipped = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, sink) = (peak.clone(), sampling.clone(), sink.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(memory_kb().0, Ordering::Relaxed);
+                // The sink's latency list is the loadgen's, not the bus's.
+                if let Ok(mut l) = sink.latencies_us.lock() {
+                    l.clear();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let before = sink.count.load(Ordering::Relaxed);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / batches_per_s as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t0 = Instant::now();
+    for b in 0..total {
+        ticker.tick().await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (client, url, keys, acked) =
+            (client.clone(), url.to_owned(), keys.clone(), acked.clone());
+        tokio::spawn(async move {
+            let key = &keys[b as usize % keys.len()];
+            let events: Vec<Value> = (0..10).map(|k| event(b * 10 + k, "bench.mem")).collect();
+            let ok = client
+                .post(format!("{url}/v1/buses/default/events"))
+                .bearer_auth(key)
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(Value::Array(events).to_string())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 202);
+            if ok {
+                acked.fetch_add(10, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+    let sent = acked.load(Ordering::Relaxed);
+    let send_s = t0.elapsed().as_secs_f64();
+    let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    let (after, hwm) = memory_kb();
+    println!(
+        "memory under load: offered {} events/s, acknowledged {:.0} events/s ({} batches skipped: all {} connections busy), \
+         delivered {delivered} in {elapsed:.1} s = {:.0} events/s",
+        args.memory_rate,
+        sent as f64 / send_s,
+        skipped.load(Ordering::Relaxed),
+        args.connections,
+        delivered as f64 / elapsed,
+    );
+    println!(
+        "memory under load: peak VmRSS {:.1} MB above the baseline, VmHWM {:.1} MB above it, {:.1} MB after draining (fsync {:?})",
+        mb(peak.load(Ordering::Relaxed)),
+        mb(hwm),
+        mb(after),
+        args.fsync
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -889,6 +1227,24 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == Scenario::Traces {
         return traces_scenario(args.traces).await;
     }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let ceiling = if matches!(args.scenario, Scenario::Ceiling | Scenario::All) {
+        println!(
+            "machine: {} cores; connections {}; {} s per figure",
+            std::thread::available_parallelism()?,
+            args.connections,
+            args.seconds
+        );
+        Some(http_ceiling(&args, &client).await?)
+    } else {
+        None
+    };
+    if args.scenario == Scenario::Ceiling {
+        return Ok(());
+    }
+    let baseline = memory_kb().0;
     let dir = tempfile::tempdir()?;
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
@@ -899,13 +1255,14 @@ async fn main() -> anyhow::Result<()> {
             allow: vec!["127.0.0.1".into()],
             ..Default::default()
         },
+        fsync: match args.fsync {
+            Fsync::Normal => busbar::store::sqlite::Durability::Normal,
+            Fsync::Always => busbar::store::sqlite::Durability::Always,
+        },
         ..Config::default()
     };
     let running = busbar::server::start(config).await?;
     let url = format!("http://{}", running.addr);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
 
     let sink = Arc::new(Sink::default());
     let app = Router::new()
@@ -931,10 +1288,11 @@ async fn main() -> anyhow::Result<()> {
         client: client.clone(),
     });
     println!(
-        "machine: {} cores; connections {}; {} s per figure",
+        "machine: {} cores; connections {}; {} s per figure; fsync {:?}",
         std::thread::available_parallelism()?,
         args.connections,
-        args.seconds
+        args.seconds,
+        args.fsync
     );
 
     if matches!(args.scenario, Scenario::Ingest | Scenario::All) {
@@ -942,9 +1300,10 @@ async fn main() -> anyhow::Result<()> {
             let n = bench
                 .flood(args.connections, args.seconds, batch, "bench.nomatch")
                 .await;
+            let rate = n as f64 / args.seconds as f64;
             println!(
-                "ingest batch={batch:>2}: {:>9.0} events/s acknowledged",
-                n as f64 / args.seconds as f64
+                "ingest batch={batch:>2}: {rate:>9.0} events/s acknowledged{}",
+                Ceiling::ingest(ceiling, batch, rate)
             );
         }
     }
@@ -983,9 +1342,10 @@ async fn main() -> anyhow::Result<()> {
         let delivered = sink.count.load(Ordering::Relaxed) - before;
         let elapsed = t0.elapsed().as_secs_f64();
         println!(
-            "e2e {} rules, full speed: {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered",
+            "e2e {} rules, full speed: {sent} sent, {delivered} delivered in {elapsed:.1} s = {:.0} events/s delivered{}",
             args.rules,
-            delivered as f64 / elapsed
+            delivered as f64 / elapsed,
+            Ceiling::sink(ceiling, delivered as f64 / elapsed)
         );
 
         // Fixed rate, single events: latency percentiles.
@@ -1198,6 +1558,10 @@ async fn main() -> anyhow::Result<()> {
         if let [builtin, wasm] = figures[..] {
             println!("wasm / built-in throughput: {:.2}", wasm / builtin);
         }
+    }
+
+    if args.scenario == Scenario::Memory {
+        memory_scenario(&args, &url, &client, &sink, &sink_url, baseline).await?;
     }
 
     if matches!(args.scenario, Scenario::History) {

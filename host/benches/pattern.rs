@@ -1,7 +1,10 @@
 //! Pattern-matching benchmarks: one ~1 KB event against rule sets of 10, 1,000 and
 //! 10,000 mixed-operator rules, with JSON parsing included (`matches_json`) and
 //! excluded (`matches` on a parsed `Value`), plus 1,000 exact/prefix rules with parsing
-//! included.
+//! included, plus the same rule counts of a decoy-heavy set (`decoys`): rules that
+//! only test `anything-but` or `wildcard` (no exact field to anchor them on) next to
+//! exact, prefix and numeric ones — the workload whose 10,000-rule case must cost at
+//! most 3x the 10-rule one.
 //!
 //! Run: `cargo bench -p busbar --bench pattern -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -90,6 +93,63 @@ fn mixed_set(n: usize) -> RuleSet<usize> {
     set
 }
 
+/// Rule `i` of the decoy-heavy set: of every ten rules, one exact, one prefix, one
+/// numeric range, three `anything-but` and three `wildcard` rules with nothing else
+/// to anchor them, and one exact + `anything-but`. `hit` picks values the benchmark
+/// event matches; otherwise the rule misses it, most often because the event's value
+/// is one the `anything-but` excludes or the wildcard's literal text differs.
+fn decoy_rule(i: usize, hit: bool) -> Value {
+    match (i % 10, hit) {
+        (0, true) => json!({"source": ["shop.orders"]}),
+        (0, false) => json!({"source": [format!("svc.{i}")]}),
+        (1, true) => json!({"detail-type": [{"prefix": "Order"}]}),
+        (1, false) => json!({"detail-type": [{"prefix": format!("Order {i}")}]}),
+        (2, true) => json!({"detail": {"total": [{"numeric": [">", 100, "<", 200]}]}}),
+        (2, false) => {
+            json!({"detail": {"total": [{"numeric": [">", 1000 + i, "<=", 1050 + i]}]}})
+        }
+        (3, true) => json!({"detail": {"status": [{"anything-but": ["cancelled"]}]}}),
+        (3, false) => {
+            json!({"detail": {"status": [{"anything-but": ["paid", format!("s-{i}")]}]}})
+        }
+        (4, true) => json!({"detail": {"customer": {"tier": [{"anything-but": "bronze"}]}}}),
+        (4, false) => {
+            json!({"detail": {"customer": {"tier": [{"anything-but": {"prefix": "go"}}]}}})
+        }
+        (5, true) => json!({"detail": {"items": {"qty": [{"anything-but": [0]}]}}}),
+        (5, false) => json!({"detail": {"total": [{"anything-but": [142.5, i]}]}}),
+        (6, true) => json!({"detail": {"shipping": {"method": [{"wildcard": "exp*s*"}]}}}),
+        (6, false) => {
+            json!({"detail": {"shipping": {"method": [{"wildcard": format!("exp{i}*s")}]}}})
+        }
+        (7, true) => json!({"detail": {"customer": {"email": [{"wildcard": "*@example.com"}]}}}),
+        (7, false) => {
+            json!({"detail": {"customer": {"email": [{"wildcard": format!("*@d{i}.example")}]}}})
+        }
+        (8, true) => json!({"resources": [{"wildcard": "arn:aws:shop:*:order/*"}]}),
+        (8, false) => {
+            json!({"resources": [{"wildcard": format!("arn:aws:shop:eu-west-1:{i}:order/*")}]})
+        }
+        (_, true) => {
+            json!({"region": ["eu-west-1"], "detail": {"currency": [{"anything-but": ["USD"]}]}})
+        }
+        (_, false) => {
+            json!({"region": [format!("r-{i}")], "detail": {"currency": [{"anything-but": ["USD"]}]}})
+        }
+    }
+}
+
+fn decoy_set(n: usize) -> RuleSet<usize> {
+    let mut set = RuleSet::new();
+    for i in 0..n {
+        // The first ten of the set match, one of each kind: the same 10 matches for
+        // every size, so the sizes differ only in decoys.
+        let p = decoy_rule(i, i < 10);
+        set.insert(i, Pattern::from_value(&p, &Default::default()).unwrap());
+    }
+    set
+}
+
 fn exact_prefix_set(n: usize) -> RuleSet<usize> {
     let mut set = RuleSet::new();
     for i in 0..n {
@@ -135,6 +195,19 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("matches_value/{n}"), |b| {
             b.iter(|| set.matches(black_box(&event)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("decoys");
+    group.throughput(Throughput::Elements(1));
+    for n in [10, 1_000, 10_000] {
+        let set = decoy_set(n);
+        let mut matched = set.matches_json(&bytes).unwrap();
+        matched.sort_unstable();
+        assert_eq!(matched, (0..10).collect::<Vec<_>>());
+        group.bench_function(format!("matches_json/{n}"), |b| {
+            b.iter(|| set.matches_json(black_box(&bytes)).unwrap())
         });
     }
     group.finish();

@@ -50,6 +50,15 @@ impl Wildcard {
         self.pieces.len() - 1
     }
 
+    /// The literal text every matching value starts with and the text it ends with
+    /// (empty where the pattern starts or ends with a star; without stars, both are
+    /// the whole literal) — what an index can look a wildcard up by.
+    pub(crate) fn literal_ends(&self) -> (&str, &str) {
+        let first = self.pieces.first().map_or("", String::as_str);
+        let last = self.pieces.last().map_or("", String::as_str);
+        (first, last)
+    }
+
     /// Whether `value` matches the whole pattern.
     pub(crate) fn matches(&self, value: &str) -> bool {
         let (first, rest) = match self.pieces.split_first() {
@@ -129,6 +138,20 @@ mod tests {
                 .contains("invalid escape")
         );
         assert!(Wildcard::parse("a\\").unwrap_err().contains("unfinished"));
+    }
+
+    #[test]
+    fn literal_ends() {
+        let ends = |p: &str| {
+            let w = Wildcard::parse(p).unwrap();
+            let (a, b) = w.literal_ends();
+            (a.to_owned(), b.to_owned())
+        };
+        assert_eq!(ends("ab*c*d"), ("ab".into(), "d".into()));
+        assert_eq!(ends("*x"), (String::new(), "x".into()));
+        assert_eq!(ends(r"a\**"), ("a*".into(), String::new()));
+        assert_eq!(ends("abc"), ("abc".into(), "abc".into()));
+        assert_eq!(ends("*"), (String::new(), String::new()));
     }
 
     #[test]
