@@ -251,3 +251,33 @@ impl TableError {
         }
     }
 }
+
+/// A key made of names, each escaped into one token (see [`super::token`]).
+pub(crate) fn key(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| super::token(n))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A value as JSON bytes.
+pub(crate) fn json(value: &impl serde::Serialize) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Backend(e.into()))
+}
+
+/// A record's value read back from JSON; `None` for a tombstone.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    record: &Record,
+) -> Result<Option<T>, StoreError> {
+    record
+        .value
+        .as_ref()
+        .map(|v| {
+            serde_json::from_slice(v)
+                .map_err(|e| StoreError::Backend(anyhow::anyhow!("stored record: {e}")))
+        })
+        .transpose()
+}
