@@ -475,7 +475,9 @@ impl NatsStore {
             replays,
             plugins,
         } = loop {
-            match set_up(&client, &js, &options).await {
+            // Boxed: the setup future is large, and a caller polling
+            // `connect` inline (a test on a 2 MB thread) would carry it.
+            match Box::pin(set_up(&client, &js, &options)).await {
                 Ok(objects) => break objects,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "JetStream setup refused; trying again");
