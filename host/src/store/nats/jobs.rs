@@ -211,6 +211,10 @@ struct PoolState {
     written: u64,
     /// The consumer has seen the stream at least up to here.
     seen: u64,
+    /// Chain subject → sequences of its jobs this node acked or
+    /// dead-lettered lately. On a cluster a work-queue message leaves the
+    /// stream a moment after its ack, and the next job is the head already.
+    gone: HashMap<String, Vec<u64>>,
 }
 
 #[derive(Debug)]
@@ -270,6 +274,11 @@ impl Pool {
         let mut st = self.state();
         let h = st.held.remove(&seq)?;
         if let Some(chain) = &h.chain {
+            let gone = st.gone.entry(chain.subject.clone()).or_default();
+            gone.push(seq);
+            if gone.len() > 64 {
+                gone.remove(0);
+            }
             for other in st.held.values_mut() {
                 if let Some(c) = other.chain.as_mut().filter(|c| c.subject == chain.subject) {
                     c.checked = None;
@@ -606,8 +615,14 @@ impl NatsStore {
     async fn find_heads(&self) -> StoreResult<()> {
         let s = &self.inner;
         let now = std::time::Instant::now();
-        let candidates: Vec<(u64, String, String)> = {
-            let st = s.job_pool.state();
+        let candidates: Vec<(u64, String, String, Vec<u64>)> = {
+            let mut st = s.job_pool.state();
+            let PoolState { held, gone, .. } = &mut *st;
+            gone.retain(|subject, _| {
+                held.values()
+                    .any(|h| h.chain.as_ref().is_some_and(|c| &c.subject == subject))
+            });
+            let st = &*st;
             let mut lowest: HashMap<&str, (u64, &ChainHeld)> = HashMap::new();
             for (seq, h) in &st.held {
                 if let Some(c) = &h.chain {
@@ -622,12 +637,21 @@ impl NatsStore {
                 .filter(|(_, c)| {
                     !c.head && c.checked.is_none_or(|at| now.duration_since(at) >= RECHECK)
                 })
-                .map(|(seq, c)| (seq, c.subject.clone(), c.key.clone()))
+                .map(|(seq, c)| {
+                    let gone = st.gone.get(&c.subject).cloned().unwrap_or_default();
+                    (seq, c.subject.clone(), c.key.clone(), gone)
+                })
                 .collect()
         };
-        for (seq, subject, key) in candidates {
-            let first = s.first_at_or_after(&s.jobs, &subject, 1).await?;
-            let head = first.is_some_and(|m| m.sequence == seq);
+        for (seq, subject, key, gone) in candidates {
+            let mut from = 1;
+            let head = loop {
+                match s.first_at_or_after(&s.jobs, &subject, from).await? {
+                    Some(m) if gone.contains(&m.sequence) => from = m.sequence + 1,
+                    Some(m) => break m.sequence == seq,
+                    None => break false,
+                }
+            };
             let state = if head {
                 match s
                     .chains

@@ -797,14 +797,29 @@ impl Shared {
         payload: Bytes,
         msg_id: Option<&str>,
     ) -> StoreResult<jetstream::publish::PublishAck> {
-        let mut publish = jetstream::message::PublishMessage::build().payload(payload);
-        if let Some(id) = msg_id {
-            publish = publish.message_id(id);
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout * 2;
+        loop {
+            let mut publish =
+                jetstream::message::PublishMessage::build().payload(payload.clone());
+            if let Some(id) = msg_id {
+                publish = publish.message_id(id);
+            }
+            let ack = self
+                .timed(what, self.js.send_publish(subject.clone(), publish))
+                .await?;
+            match self.timed(what, ack).await {
+                // On a cluster, a publish with the id of one still being
+                // replicated is refused (409, 10158) rather than answered
+                // as a duplicate: ask again once that one is through.
+                Err(e)
+                    if e.to_string().contains("is in process")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
         }
-        let ack = self
-            .timed(what, self.js.send_publish(subject, publish))
-            .await?;
-        self.timed(what, ack).await
     }
 
     /// Sends an ack kind to a message's ack subject and waits for the

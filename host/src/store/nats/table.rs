@@ -168,7 +168,12 @@ impl Table {
                 }
                 Ok(ack.sequence)
             }
-            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            // A cluster may answer with another error code (10164, not
+            // 10071) that async-nats does not map to `WrongLastSequence`.
+            Ok(Err(e))
+                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+                    || e.to_string().contains("wrong last sequence") =>
+            {
                 Err(TableError::Conflict)
             }
             Ok(Err(e)) => Err(TableError::Other(e.to_string())),
