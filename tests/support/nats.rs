@@ -160,8 +160,8 @@ pub async fn delete_deployment(url: &str, prefix: &str) {
     };
     let js = async_nats::jetstream::new(client);
     for kind in [
-        "LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE", "ARCHIVE", "DEDUP", "CHAINS", "SCHEMAS",
-        "TRACES", "REPLAYS",
+        "LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE", "ARCHIVE", "DEDUP", "CHAINS",
+        "SCHEMAS", "TRACES", "REPLAYS",
     ] {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),

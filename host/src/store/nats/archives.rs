@@ -86,7 +86,10 @@ impl NatsStore {
 
 /// The position of a copy (see [`ArchivePosition::at`]).
 fn position(c: &Kept) -> ArchivePosition {
-    ArchivePosition::at(c.event.ingested_ms, i64::try_from(c.seq).unwrap_or(i64::MAX))
+    ArchivePosition::at(
+        c.event.ingested_ms,
+        i64::try_from(c.seq).unwrap_or(i64::MAX),
+    )
 }
 
 #[async_trait]

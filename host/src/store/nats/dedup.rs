@@ -112,14 +112,16 @@ impl DedupLog for NatsStore {
         self.publish_events(batch).await?;
         // The events are durable: a record left uncommitted only costs a
         // publish that the log stream drops.
-        let commits = recorded.into_iter().map(|(key, rev, mut record)| async move {
-            record.committed = true;
-            let value = table::json(&record)?;
-            match s.dedup.put(&key, Some(value), Expect::Rev(rev)).await {
-                Ok(_) | Err(TableError::Conflict) => Ok(()),
-                Err(e) => Err(e.into_store(s, "commit a dedup key")),
-            }
-        });
+        let commits = recorded
+            .into_iter()
+            .map(|(key, rev, mut record)| async move {
+                record.committed = true;
+                let value = table::json(&record)?;
+                match s.dedup.put(&key, Some(value), Expect::Rev(rev)).await {
+                    Ok(_) | Err(TableError::Conflict) => Ok(()),
+                    Err(e) => Err(e.into_store(s, "commit a dedup key")),
+                }
+            });
         for result in futures_util::future::join_all(commits).await {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "dedup key left uncommitted");

@@ -516,7 +516,14 @@ impl NatsStore {
             let subject = match &job.chain {
                 Some(slot) => s.subject(
                     "jobs",
-                    &[&job.tenant, &job.bus, "c", &job.rule, &job.target, &slot.key],
+                    &[
+                        &job.tenant,
+                        &job.bus,
+                        "c",
+                        &job.rule,
+                        &job.target,
+                        &slot.key,
+                    ],
                 ),
                 None => s.subject("jobs", &[&job.tenant, &job.bus]),
             };

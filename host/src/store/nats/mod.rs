@@ -150,11 +150,11 @@ pub mod queues;
 pub mod replays;
 pub mod schemas;
 mod table;
-pub mod traces;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+pub mod traces;
 
 use super::{Health, StoreError, StoreResult};
 use crate::clock::SharedClock;
@@ -799,8 +799,7 @@ impl Shared {
     ) -> StoreResult<jetstream::publish::PublishAck> {
         let deadline = tokio::time::Instant::now() + self.options.request_timeout * 2;
         loop {
-            let mut publish =
-                jetstream::message::PublishMessage::build().payload(payload.clone());
+            let mut publish = jetstream::message::PublishMessage::build().payload(payload.clone());
             if let Some(id) = msg_id {
                 publish = publish.message_id(id);
             }

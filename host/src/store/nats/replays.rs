@@ -104,7 +104,11 @@ fn record_key(tenant: &str, id: &str) -> String {
 
 impl NatsStore {
     /// A replay's record and its revision.
-    async fn load_replay(&self, tenant: &str, id: &str) -> StoreResult<Option<(u64, ReplayRecord)>> {
+    async fn load_replay(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<(u64, ReplayRecord)>> {
         let s = &self.inner;
         let Some(record) = s
             .replays

@@ -203,7 +203,12 @@ impl SchemaStore for NatsStore {
         let s = &self.inner;
         let key = format!(
             "d.{}",
-            table::key(&[&schema.tenant, &schema.bus, &schema.source, &schema.event_type])
+            table::key(&[
+                &schema.tenant,
+                &schema.bus,
+                &schema.source,
+                &schema.event_type
+            ])
         );
         let stored = StoredDiscovery {
             tenant: schema.tenant,
@@ -215,7 +220,11 @@ impl SchemaStore for NatsStore {
         };
         match s
             .schemas
-            .put(&key, Some(table::json(&stored)?), Expect::Rev(schema.revision))
+            .put(
+                &key,
+                Some(table::json(&stored)?),
+                Expect::Rev(schema.revision),
+            )
             .await
         {
             Ok(rev) => Ok(Some(rev)),

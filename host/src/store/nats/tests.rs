@@ -38,8 +38,8 @@ impl Drop for Cleanup {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 for kind in [
-                    "LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE", "ARCHIVE", "DEDUP", "CHAINS",
-                    "SCHEMAS", "TRACES", "REPLAYS",
+                    "LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE", "ARCHIVE", "DEDUP",
+                    "CHAINS", "SCHEMAS", "TRACES", "REPLAYS",
                 ] {
                     let _ = js.delete_stream(format!("{prefix}_{kind}")).await;
                 }

@@ -98,10 +98,7 @@ fn decode(record: &table::Record) -> StoreResult<Option<Trace>> {
 
 /// The key of a trace.
 fn trace_key(tenant: &str, bus: &str, event_id: &str, received_ms: Millis) -> String {
-    format!(
-        "t.{}.{received_ms}",
-        table::key(&[tenant, bus, event_id])
-    )
+    format!("t.{}.{received_ms}", table::key(&[tenant, bus, event_id]))
 }
 
 /// A stored trace with its key and revision.
@@ -234,7 +231,12 @@ impl Traces for NatsStore {
                     applied.push(key);
                 }
             }
-            let key = trace_key(&trace.tenant, &trace.bus, &trace.event_id, trace.received_ms);
+            let key = trace_key(
+                &trace.tenant,
+                &trace.bus,
+                &trace.event_id,
+                trace.received_ms,
+            );
             s.traces
                 .put(&key, Some(encode(&trace)?), Expect::Any)
                 .await
