@@ -637,3 +637,12 @@ async fn duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concu
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["field"], "dedup_window_s");
 }
+
+// `enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_at_once`
+// stays on SQLite: its metric counter is process-wide, so a NATS run beside
+// it in the same test binary would count twice.
+crate::also_on_nats!(
+    bad_schemas_are_refused_with_the_place_and_incompatible_versions_with_every_change,
+    discovery_infers_a_schema_the_same_events_validate_against_and_promotion_registers_it,
+    duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concurrently_and_after_a_restart,
+);

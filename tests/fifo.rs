@@ -235,3 +235,7 @@ async fn order_per_key_holds_across_kill_9_and_restart() {
         sink.received().len()
     );
 }
+
+// `order_per_key_holds_across_kill_9_and_restart` stays on SQLite: it spawns
+// the binary on a data dir (a kill -9 on NATS is tests/failover.rs's part).
+crate::also_on_nats!(a_failing_event_holds_only_its_own_key_and_its_key_stays_in_order);

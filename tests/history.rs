@@ -813,3 +813,18 @@ async fn the_replay_command_shows_progress_and_ends_with_the_counts() {
         "{stdout}"
     );
 }
+
+// `traces_show_attempts_dead_letters_redrives_and_plugin_free_rules` stays on
+// SQLite: the redrive's trace fact is queued after the redrive returns, and on
+// NATS the redriven delivery's attempt fact can be written first (the trace
+// then reads "delivered" without its redrive, and ends "in_flight").
+crate::also_on_nats!(
+    replay_sends_the_window_in_order_to_another_bus_with_replayname,
+    cancel_stops_a_rate_capped_replay_within_a_second,
+    a_replay_interrupted_by_a_restart_completes_and_history_survives,
+    retention_expires_archives_and_traces_without_blocking_ingest,
+    search_finds_by_source_type_state_rule_and_time_and_pages,
+    explain_names_the_failing_field_of_a_near_miss,
+    bad_input_is_refused_naming_the_field_and_other_tenants_see_nothing,
+    the_replay_command_shows_progress_and_ends_with_the_counts,
+);

@@ -159,7 +159,10 @@ pub async fn delete_deployment(url: &str, prefix: &str) {
         return;
     };
     let js = async_nats::jetstream::new(client);
-    for kind in ["LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE"] {
+    for kind in [
+        "LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE", "ARCHIVE", "DEDUP", "CHAINS",
+        "SCHEMAS", "TRACES", "REPLAYS",
+    ] {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
             js.delete_stream(format!("{prefix}_{kind}")),

@@ -35,15 +35,32 @@
 //! the consumer has seen the highest sequence this node wrote (its
 //! delivered sequence plus its pending count), waiting briefly if not.
 //!
+//! **FIFO chains.** A chain's jobs (tenant, bus, rule, target, partition
+//! key) share one subject, `<prefix>.jobs.<tenant>.<bus>.c.<rule>.<target>.<key>`,
+//! in enqueue (= slot) order, and the chain's head is simply its first
+//! message in the stream: work-queue retention removes a job's message when
+//! it is acked, so the next one becomes first. A node leases a held chain
+//! job only once a leader read shows it is first on its subject; the
+//! consumer gives each message to one node, so at most one job per chain is
+//! in flight across all nodes, with no lock to leak. A head's retry keeps
+//! its message (its place) and writes the new due time, attempts and error
+//! to `head.<chain>` in the table `P_CHAINS`, which whoever holds the head
+//! next (after a restart) reads. `last.<chain>` is the chain's last
+//! scheduled slot: an enqueue at or before it is dropped (a log entry
+//! routed again after a crash). A node waiting for a head another node
+//! holds looks again every 100 ms; its own acks wake it at once. (The
+//! `last.` keys are not pruned yet: one small record per chain ever used.)
+//!
 //! **Dead letters** are published to `P_DLQ` first (with a `Nats-Msg-Id`
 //! derived from the job's message: a repeat after a crash is stored once),
 //! then the job's message is double-acked.
 
+use super::table::{self, Expect, TableError};
 use super::{Holder, NatsStore, frame, unframe};
 use crate::clock::millis;
 use crate::store::dead_letters::DeadLetterId;
 use crate::store::failure::{AttemptError, Exhausted, FailureCode};
-use crate::store::jobs::{DeliveryJobs, JobLease, LeaseRepr, LeasedJob, NewJob};
+use crate::store::jobs::{ChainSlot, DeliveryJobs, JobLease, LeaseRepr, LeasedJob, NewJob};
 use crate::store::{Millis, StoreResult};
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use async_trait::async_trait;
@@ -72,6 +89,34 @@ pub(super) struct Meta {
     body: Option<String>,
     attempts: u32,
     ingested_ms: Millis,
+    due_ms: Millis,
+    error: Option<ErrorJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<ChainJson>,
+}
+
+/// A [`ChainSlot`] as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct SlotJson {
+    position: i64,
+    index: u32,
+}
+
+/// A job's chain as stored.
+#[derive(Serialize, Deserialize)]
+struct ChainJson {
+    key: String,
+    #[serde(flatten)]
+    slot: SlotJson,
+}
+
+/// A chain head's state after a retry (`head.<chain>` in `P_CHAINS`): the
+/// head's message is kept (it holds the chain's place), so its new due
+/// time, attempts and error live here, for the message at `seq`.
+#[derive(Serialize, Deserialize)]
+struct HeadState {
+    seq: u64,
+    attempts: u32,
     due_ms: Millis,
     error: Option<ErrorJson>,
 }
@@ -116,6 +161,13 @@ pub(super) fn encode(job: &NewJob) -> StoreResult<bytes::Bytes> {
             ingested_ms: job.ingested_ms,
             due_ms: job.due_ms,
             error: job.last_error.as_ref().map(ErrorJson::from_error),
+            chain: job.chain.as_ref().map(|c| ChainJson {
+                key: c.key.clone(),
+                slot: SlotJson {
+                    position: c.position,
+                    index: c.index,
+                },
+            }),
         },
         &job.event,
     )
@@ -135,8 +187,11 @@ fn decode(payload: &bytes::Bytes) -> StoreResult<NewJob> {
         ingested_ms: m.ingested_ms,
         due_ms: m.due_ms,
         last_error: m.error.map(ErrorJson::into_error),
-        // FIFO chains are not kept on this backend yet.
-        chain: None,
+        chain: m.chain.map(|c| ChainSlot {
+            key: c.key,
+            position: c.slot.position,
+            index: c.slot.index,
+        }),
     })
 }
 
@@ -156,6 +211,10 @@ struct PoolState {
     written: u64,
     /// The consumer has seen the stream at least up to here.
     seen: u64,
+    /// Chain subject → sequences of its jobs this node acked or
+    /// dead-lettered lately. On a cluster a work-queue message leaves the
+    /// stream a moment after its ack, and the next job is the head already.
+    gone: HashMap<String, Vec<u64>>,
 }
 
 #[derive(Debug)]
@@ -165,6 +224,22 @@ struct Held {
     lease_until: Millis,
     /// The current lease's token (0: never leased).
     token: u64,
+    /// Where the job stands in its FIFO chain, if it has one.
+    chain: Option<ChainHeld>,
+}
+
+/// A held job's FIFO chain.
+#[derive(Debug)]
+struct ChainHeld {
+    /// The chain's subject in the job stream.
+    subject: String,
+    /// The chain's key in `P_CHAINS`.
+    key: String,
+    /// Whether the job is its chain's head (the chain's first message in
+    /// the stream). Once true it stays so while this node holds the job.
+    head: bool,
+    /// When it was last found not to be the head (`None`: look at once).
+    checked: Option<std::time::Instant>,
 }
 
 impl Held {
@@ -193,24 +268,45 @@ impl Pool {
             .collect()
     }
 
-    /// Removes a held job; its ack subject.
+    /// Removes a held job; its ack subject. The next job of its chain,
+    /// if this node holds it, is looked at again at once.
     fn remove(&self, seq: u64) -> Option<String> {
-        self.state().held.remove(&seq).map(|h| h.reply)
+        let mut st = self.state();
+        let h = st.held.remove(&seq)?;
+        if let Some(chain) = &h.chain {
+            let gone = st.gone.entry(chain.subject.clone()).or_default();
+            gone.push(seq);
+            if gone.len() > 64 {
+                gone.remove(0);
+            }
+            for other in st.held.values_mut() {
+                if let Some(c) = other.chain.as_mut().filter(|c| c.subject == chain.subject) {
+                    c.checked = None;
+                }
+            }
+        }
+        Some(h.reply)
+    }
+
+    /// Whether a held job may be leased now (a chain's job only as its head).
+    fn leasable(h: &Held) -> bool {
+        h.chain.as_ref().is_none_or(|c| c.head)
     }
 
     /// Leases up to `max` due jobs, earliest due first; otherwise tells
-    /// when the earliest held job becomes available.
+    /// when the earliest held job becomes available, and whether jobs wait
+    /// behind chain heads.
     fn pick(
         &self,
         max: usize,
         lease_for: Duration,
         now: Millis,
-    ) -> (Vec<LeasedJob>, Option<Millis>) {
+    ) -> (Vec<LeasedJob>, Option<Millis>, bool) {
         let mut st = self.state();
         let mut due: Vec<(Millis, u64)> = st
             .held
             .iter()
-            .filter(|(_, h)| h.available_at() <= now)
+            .filter(|(_, h)| h.available_at() <= now && Self::leasable(h))
             .map(|(seq, h)| (h.job.due_ms, *seq))
             .collect();
         due.sort_unstable();
@@ -231,8 +327,14 @@ impl Pool {
                 });
             }
         }
-        let next = st.held.values().map(Held::available_at).min();
-        (leased, next)
+        let next = st
+            .held
+            .values()
+            .filter(|h| Self::leasable(h))
+            .map(Held::available_at)
+            .min();
+        let waiting = st.held.values().any(|h| !Self::leasable(h));
+        (leased, next, waiting)
     }
 }
 
@@ -244,6 +346,14 @@ impl Holder for Pool {
             .map(|h| h.reply.clone())
             .collect()
     }
+}
+
+/// How often a job waiting behind a chain head held elsewhere looks again.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// The key of a job's chain in `P_CHAINS`: tenant, bus, rule, target, key.
+fn chain_key(job: &NewJob, key: &str) -> String {
+    table::key(&[&job.tenant, &job.bus, &job.rule, &job.target, key])
 }
 
 /// The stream sequence and token of a lease this backend made.
@@ -335,7 +445,14 @@ impl NatsStore {
                     continue;
                 }
             };
-            if job.due_ms > horizon {
+            let chain = job.chain.as_ref().map(|slot| ChainHeld {
+                subject: m.subject.to_string(),
+                key: chain_key(&job, &slot.key),
+                head: false,
+                checked: None,
+            });
+            // A chain's jobs stay: their place in the chain is the message.
+            if job.due_ms > horizon && chain.is_none() {
                 let delay = Duration::from_millis(u64::try_from(job.due_ms - now).unwrap_or(0));
                 let nak = async_nats::jetstream::AckKind::Nak(Some(delay));
                 let client = s.client.clone();
@@ -357,6 +474,7 @@ impl NatsStore {
                             job,
                             lease_until: 0,
                             token: 0,
+                            chain,
                         },
                     );
                 }
@@ -395,7 +513,20 @@ impl NatsStore {
         let mut sent = Vec::with_capacity(jobs.len());
         for (job, id) in jobs {
             let payload = encode(&job)?;
-            let subject = s.subject("jobs", &[&job.tenant, &job.bus]);
+            let subject = match &job.chain {
+                Some(slot) => s.subject(
+                    "jobs",
+                    &[
+                        &job.tenant,
+                        &job.bus,
+                        "c",
+                        &job.rule,
+                        &job.target,
+                        &slot.key,
+                    ],
+                ),
+                None => s.subject("jobs", &[&job.tenant, &job.bus]),
+            };
             let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             let publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
@@ -426,11 +557,180 @@ impl NatsStore {
     }
 }
 
+impl NatsStore {
+    /// Schedules a chain's job unless its slot is at or before the chain's
+    /// last scheduled one (`last.<chain>` in `P_CHAINS`). The job is
+    /// published first (message id = chain and slot, so a repeat is stored
+    /// once), then the slot recorded: a crash in between leaves the job
+    /// scheduled and the slot unrecorded, and routing the entry again
+    /// publishes the same message id, which the stream drops.
+    async fn enqueue_chained(&self, job: NewJob) -> StoreResult<()> {
+        let s = &self.inner;
+        let Some(slot) = job.chain.clone() else {
+            return Ok(());
+        };
+        let last_key = format!("last.{}", chain_key(&job, &slot.key));
+        let this = SlotJson {
+            position: slot.position,
+            index: slot.index,
+        };
+        let read = || async {
+            let record = s
+                .chains
+                .get(&last_key)
+                .await
+                .map_err(|e| e.into_store(s, "read a chain"))?;
+            let last = match &record {
+                Some(r) => table::parse::<SlotJson>(r)?,
+                None => None,
+            };
+            StoreResult::Ok((record.map_or(0, |r| r.rev), last))
+        };
+        let (mut rev, last) = read().await?;
+        if last.is_some_and(|l| l >= this) {
+            return Ok(());
+        }
+        let id = format!(
+            "chain/{}/{}/{}",
+            chain_key(&job, &slot.key),
+            slot.position,
+            slot.index
+        );
+        self.publish_jobs(vec![(job, Some(id))]).await?;
+        loop {
+            match s
+                .chains
+                .put(&last_key, Some(table::json(&this)?), Expect::Rev(rev))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(TableError::Conflict) => {
+                    let (now_rev, last) = read().await?;
+                    if last.is_some_and(|l| l >= this) {
+                        return Ok(());
+                    }
+                    rev = now_rev;
+                }
+                Err(e) => return Err(e.into_store(s, "record a chain slot")),
+            }
+        }
+    }
+
+    /// Finds out which held chain jobs are their chain's head: the lowest
+    /// held one of each chain, if it is the chain's first message in the
+    /// stream. A head takes its retry state from `head.<chain>`.
+    async fn find_heads(&self) -> StoreResult<()> {
+        let s = &self.inner;
+        let now = std::time::Instant::now();
+        let candidates: Vec<(u64, String, String, Vec<u64>)> = {
+            let mut st = s.job_pool.state();
+            let PoolState { held, gone, .. } = &mut *st;
+            gone.retain(|subject, _| {
+                held.values()
+                    .any(|h| h.chain.as_ref().is_some_and(|c| &c.subject == subject))
+            });
+            let st = &*st;
+            let mut lowest: HashMap<&str, (u64, &ChainHeld)> = HashMap::new();
+            for (seq, h) in &st.held {
+                if let Some(c) = &h.chain {
+                    let entry = lowest.entry(c.subject.as_str()).or_insert((*seq, c));
+                    if *seq < entry.0 {
+                        *entry = (*seq, c);
+                    }
+                }
+            }
+            lowest
+                .into_values()
+                .filter(|(_, c)| {
+                    !c.head && c.checked.is_none_or(|at| now.duration_since(at) >= RECHECK)
+                })
+                .map(|(seq, c)| {
+                    let gone = st.gone.get(&c.subject).cloned().unwrap_or_default();
+                    (seq, c.subject.clone(), c.key.clone(), gone)
+                })
+                .collect()
+        };
+        for (seq, subject, key, gone) in candidates {
+            let mut from = 1;
+            let head = loop {
+                match s.first_at_or_after(&s.jobs, &subject, from).await? {
+                    Some(m) if gone.contains(&m.sequence) => from = m.sequence + 1,
+                    Some(m) => break m.sequence == seq,
+                    None => break false,
+                }
+            };
+            let state = if head {
+                match s
+                    .chains
+                    .get(&format!("head.{key}"))
+                    .await
+                    .map_err(|e| e.into_store(s, "read a chain"))?
+                {
+                    Some(r) => table::parse::<HeadState>(&r)?.filter(|h| h.seq == seq),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let mut st = s.job_pool.state();
+            if let Some(h) = st.held.get_mut(&seq) {
+                if let Some(c) = h.chain.as_mut() {
+                    c.head = head;
+                    c.checked = Some(now);
+                }
+                if let Some(state) = state {
+                    h.job.attempts = state.attempts;
+                    h.job.due_ms = state.due_ms;
+                    h.job.last_error = state.error.map(ErrorJson::into_error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A chain head's retry: its message stays (it holds the chain's
+    /// place); the new due time, attempts and error go to `head.<chain>`.
+    async fn retry_head(&self, seq: u64, chain: &str, job: NewJob) -> StoreResult<bool> {
+        let s = &self.inner;
+        let state = HeadState {
+            seq,
+            attempts: job.attempts,
+            due_ms: job.due_ms,
+            error: job.last_error.as_ref().map(ErrorJson::from_error),
+        };
+        let written = s
+            .chains
+            .put(
+                &format!("head.{chain}"),
+                Some(table::json(&state)?),
+                Expect::Any,
+            )
+            .await
+            .map_err(|e| e.into_store(s, "retry a chain's head"));
+        let mut st = s.job_pool.state();
+        if let Some(h) = st.held.get_mut(&seq) {
+            h.lease_until = 0;
+            if written.is_ok() {
+                h.job = job;
+            }
+        }
+        written.map(|_| true)
+    }
+}
+
 #[async_trait]
 impl DeliveryJobs for NatsStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> StoreResult<()> {
-        self.publish_jobs(jobs.into_iter().map(|j| (j, None)).collect())
-            .await
+        let (chained, free): (Vec<NewJob>, Vec<NewJob>) =
+            jobs.into_iter().partition(|j| j.chain.is_some());
+        if !free.is_empty() {
+            self.publish_jobs(free.into_iter().map(|j| (j, None)).collect())
+                .await?;
+        }
+        for job in chained {
+            self.enqueue_chained(job).await?;
+        }
+        Ok(())
     }
 
     async fn lease_due(
@@ -445,8 +745,9 @@ impl DeliveryJobs for NatsStore {
         loop {
             self.catch_up(workers).await?;
             self.drain_consumer(workers).await?;
+            self.find_heads().await?;
             let now = s.now();
-            let (leased, next_at) = s.job_pool.pick(max, lease_for, now);
+            let (leased, next_at, waiting) = s.job_pool.pick(max, lease_for, now);
             if !leased.is_empty() || max == 0 {
                 return Ok(leased);
             }
@@ -458,7 +759,11 @@ impl DeliveryJobs for NatsStore {
             let until_due = next_at
                 .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
                 .unwrap_or(left);
-            let nap = left.min(until_due).max(Duration::from_millis(5));
+            let mut nap = left.min(until_due).max(Duration::from_millis(5));
+            if waiting {
+                // A head held by another node gives no signal when it goes.
+                nap = nap.min(RECHECK);
+            }
             let batch = s
                 .timed(
                     "read jobs",
@@ -492,12 +797,13 @@ impl DeliveryJobs for NatsStore {
         let Some((seq, token)) = lease_parts(lease) else {
             return Ok(false);
         };
-        let job = {
+        let (job, chain) = {
             let mut st = s.job_pool.state();
             st.last_token += 1;
             let retiring = st.last_token;
             match st.held.get_mut(&seq) {
                 Some(h) if h.token == token => {
+                    let chain = h.chain.as_ref().map(|c| c.key.clone());
                     // The lease ends now; nobody may lease it while the
                     // new message is written.
                     h.token = retiring;
@@ -506,11 +812,14 @@ impl DeliveryJobs for NatsStore {
                     job.due_ms = due_ms;
                     job.attempts = attempts;
                     job.last_error = Some(error);
-                    job
+                    (job, chain)
                 }
                 _ => return Ok(false),
             }
         };
+        if let Some(chain) = chain {
+            return self.retry_head(seq, &chain, job).await;
+        }
         let id = format!("retry-{seq}-{token}");
         if let Err(e) = self.publish_jobs(vec![(job, Some(id))]).await {
             if let Some(h) = s.job_pool.state().held.get_mut(&seq) {

@@ -8,6 +8,10 @@
 //! 2xx promise (with R3, a quorum has it). A publish whose ack timed out
 //! is sent once more with the same id, so the retry cannot store it twice.
 //!
+//! Each event's archive copies (`NewEvent::archives`) go to the archive
+//! stream in the same pipelined batch (see [`super::archives`]); the
+//! header line carries `only_rules` for replays restricted to some rules.
+//!
 //! **Routing** is the `router` consumer: explicit acks, `AckWait` as the
 //! backstop for a node that died with entries in flight (its in-progress
 //! acks stop, the entries go to another node), `max_ack_pending` as the
@@ -44,35 +48,67 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// The routing consumer's durable name.
-const ROUTER: &str = "router";
+pub(super) const ROUTER: &str = "router";
 
-/// What a log message's header line holds.
+/// What a log message's header line holds (archive copies have the same).
 #[derive(Serialize, Deserialize)]
-struct Meta {
-    tenant: String,
-    bus: String,
-    event_id: String,
-    ingested_ms: Millis,
+pub(super) struct Meta {
+    pub(super) tenant: String,
+    pub(super) bus: String,
+    pub(super) event_id: String,
+    pub(super) ingested_ms: Millis,
+    /// [`NewEvent::only_rules`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) only_rules: Option<Vec<String>>,
 }
 
-#[async_trait]
-impl EventLog for NatsStore {
-    async fn append(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+impl Meta {
+    pub(super) fn of(e: &NewEvent) -> Self {
+        Self {
+            tenant: e.tenant.clone(),
+            bus: e.bus.clone(),
+            event_id: e.event_id.clone(),
+            ingested_ms: e.ingested_ms,
+            only_rules: e.only_rules.clone(),
+        }
+    }
+
+    /// The event this header and `body` describe (without archives).
+    pub(super) fn event(self, body: bytes::Bytes) -> NewEvent {
+        NewEvent {
+            tenant: self.tenant,
+            bus: self.bus,
+            event_id: self.event_id,
+            body,
+            ingested_ms: self.ingested_ms,
+            only_rules: self.only_rules,
+            archives: Vec::new(),
+        }
+    }
+}
+
+impl NatsStore {
+    /// Publishes events to the log, each with the given `Nats-Msg-Id`, and
+    /// their archive copies (id `<msg id>/a/<archive>`), all pipelined;
+    /// returns once every PubAck is in. A publish whose ack did not come
+    /// is sent once more with the same id (stored once either way).
+    ///
+    /// Not one atomic step: an error can leave some of the events (or
+    /// copies) stored. The caller then fails the request and the sender
+    /// retries, so an event may be logged twice — never acknowledged and lost.
+    pub(super) async fn publish_events(&self, events: Vec<(NewEvent, String)>) -> StoreResult<()> {
         let s = &self.inner;
         let mut pending = Vec::with_capacity(events.len());
-        for e in &events {
-            let payload = frame(
-                &Meta {
-                    tenant: e.tenant.clone(),
-                    bus: e.bus.clone(),
-                    event_id: e.event_id.clone(),
-                    ingested_ms: e.ingested_ms,
-                },
-                &e.body,
-            )?;
-            let subject = s.subject("log", &[&e.tenant, &e.bus]);
-            let id = uuid::Uuid::now_v7().to_string();
-            pending.push((subject, payload, id));
+        for (e, id) in &events {
+            let payload = frame(&Meta::of(e), &e.body)?;
+            for archive in &e.archives {
+                pending.push((
+                    s.subject("archive", &[archive]),
+                    payload.clone(),
+                    format!("{id}/a/{archive}"),
+                ));
+            }
+            pending.push((s.subject("log", &[&e.tenant, &e.bus]), payload, id.clone()));
         }
         // Pipelined: every publish goes out before any ack is awaited.
         let mut acks = Vec::with_capacity(pending.len());
@@ -98,6 +134,17 @@ impl EventLog for NatsStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl EventLog for NatsStore {
+    async fn append(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        let events = events
+            .into_iter()
+            .map(|e| (e, uuid::Uuid::now_v7().to_string()))
+            .collect();
+        self.publish_events(events).await
     }
 
     async fn consumer(&self) -> StoreResult<Arc<dyn LogConsumer>> {
@@ -235,14 +282,7 @@ impl NatsLogConsumer {
             Ok((meta, body)) => {
                 self.held.map().insert(seq, reply);
                 Some(LogEntry {
-                    event: NewEvent {
-                        tenant: meta.tenant,
-                        bus: meta.bus,
-                        event_id: meta.event_id,
-                        body,
-                        ingested_ms: meta.ingested_ms,
-                        ..Default::default()
-                    },
+                    event: meta.event(body),
                     ack: AckToken::seq(i64::try_from(seq).unwrap_or(i64::MAX)),
                     position: i64::try_from(seq).unwrap_or(i64::MAX),
                 })

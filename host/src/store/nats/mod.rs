@@ -11,6 +11,12 @@
 //! | [`dead_letters`]     | `DeadLetters`    | stream `P_DLQ`                                  |
 //! | [`queues`]           | `Queues`         | streams `P_QUEUES` + `P_QSTATE` (receipts)      |
 //! | [`blobs`]            | `Blobs`          | object store `P_PLUGINS` (plugin components)    |
+//! | [`dedup`]            | `DedupLog`       | table `P_DEDUP` (keys, compare-and-set)         |
+//! | [`jobs`] (chains)    | `DeliveryJobs`   | a subject per chain in `P_JOBS`, table `P_CHAINS`|
+//! | [`schemas`]          | `SchemaStore`    | table `P_SCHEMAS`                               |
+//! | [`archives`]         | `Archives`       | stream `P_ARCHIVE`, a subject per archive       |
+//! | [`traces`]           | `Traces`         | table `P_TRACES`                                |
+//! | [`replays`]          | `Replays`        | table `P_REPLAYS`                               |
 //! | `table`              | (helper)         | a key/value table with compare-and-set          |
 //!
 //! `P` is the deployment's prefix (default `BUSBAR`; the subjects use it in
@@ -121,20 +127,34 @@
 //! - `LogConsumer` ("one consumer per process") is a share of a cluster-wide
 //!   consumer; `in_flight` counts this node's share only.
 //!
+//! - History reads (archive stats and windows, trace search and expiry)
+//!   walk the matching messages with one leader read each and order them
+//!   in the node, because they follow the bus's clock (ingest time), not
+//!   the server's: exact, and fine up to thousands of messages per call.
+//! - Deduplication, chains and replays combine a table write with a stream
+//!   publish, which JetStream cannot commit together; each is ordered so
+//!   that a crash in between is repaired by a repeated publish with the
+//!   same `Nats-Msg-Id` (see [`dedup`], [`jobs`], [`replays`]), which
+//!   holds within the streams' 2-minute duplicate window.
+//!
 //! Details per interface are in each file's documentation.
 
+pub mod archives;
 pub mod blobs;
 pub mod config;
 pub mod dead_letters;
+pub mod dedup;
 pub mod jobs;
 pub mod log;
-mod pending;
 pub mod queues;
+pub mod replays;
+pub mod schemas;
 mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+pub mod traces;
 
 use super::{Health, StoreError, StoreResult};
 use crate::clock::SharedClock;
@@ -310,6 +330,18 @@ pub(crate) struct Shared {
     queues: JsStream,
     config: table::Table,
     qstate: table::Table,
+    /// Archive copies (see [`archives`]).
+    archive: JsStream,
+    /// Deduplication keys (see [`dedup`]).
+    dedup: table::Table,
+    /// FIFO chains' last scheduled slot and head state (see [`jobs`]).
+    chains: table::Table,
+    /// Registered and discovered schemas (see [`schemas`]).
+    schemas: table::Table,
+    /// Per-event traces and facts waiting for them (see [`traces`]).
+    traces: table::Table,
+    /// Replay records (see [`replays`]).
+    replays: table::Table,
     /// Plugin components (an object store).
     plugins: blobs::NatsBlobs,
     /// What the last reachability probe found (see [`NatsStore::health`]).
@@ -435,9 +467,17 @@ impl NatsStore {
             queues,
             config,
             qstate,
+            archive,
+            dedup,
+            chains,
+            schemas,
+            traces,
+            replays,
             plugins,
         } = loop {
-            match set_up(&client, &js, &options).await {
+            // Boxed: the setup future is large, and a caller polling
+            // `connect` inline (a test on a 2 MB thread) would carry it.
+            match Box::pin(set_up(&client, &js, &options)).await {
                 Ok(objects) => break objects,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "JetStream setup refused; trying again");
@@ -457,6 +497,12 @@ impl NatsStore {
             queues,
             config,
             qstate,
+            archive,
+            dedup,
+            chains,
+            schemas,
+            traces,
+            replays,
             plugins,
             probe: Arc::new(Mutex::new(Ok(()))),
             reconnects,
@@ -531,6 +577,12 @@ struct Objects {
     queues: JsStream,
     config: table::Table,
     qstate: table::Table,
+    archive: JsStream,
+    dedup: table::Table,
+    chains: table::Table,
+    schemas: table::Table,
+    traces: table::Table,
+    replays: table::Table,
     plugins: blobs::NatsBlobs,
 }
 
@@ -564,8 +616,9 @@ async fn set_up(
         ..make("DLQ", "dlq")
     };
     let queues = make("QUEUES", "queue");
+    let archive = make("ARCHIVE", "archive");
     let mut streams = Vec::new();
-    for config in [log, jobs, dlq, queues] {
+    for config in [log, jobs, dlq, queues, archive] {
         ensure_stream(js, &config, options.request_timeout * 2)
             .await
             .map_err(setup)?;
@@ -582,11 +635,23 @@ async fn set_up(
     let qstate = table::Table::open(js, options, &sub, "QSTATE", "qv")
         .await
         .map_err(setup)?;
+    let open_table = |name: &'static str, subject: &'static str| {
+        table::Table::open(js, options, &sub, name, subject)
+    };
+    let (dedup, chains, schemas, traces, replays) = tokio::try_join!(
+        open_table("DEDUP", "dedup"),
+        open_table("CHAINS", "chain"),
+        open_table("SCHEMAS", "schema"),
+        open_table("TRACES", "trace"),
+        open_table("REPLAYS", "replay"),
+    )
+    .map_err(setup)?;
     let plugins = blobs::open_bucket(client, js, options)
         .await
         .map_err(setup)?;
     let mut streams = streams.into_iter();
-    let (Some(log), Some(jobs), Some(dlq), Some(queues)) = (
+    let (Some(log), Some(jobs), Some(dlq), Some(queues), Some(archive)) = (
+        streams.next(),
         streams.next(),
         streams.next(),
         streams.next(),
@@ -602,6 +667,12 @@ async fn set_up(
         queues,
         config,
         qstate,
+        archive,
+        dedup,
+        chains,
+        schemas,
+        traces,
+        replays,
         plugins,
     })
 }
@@ -726,14 +797,28 @@ impl Shared {
         payload: Bytes,
         msg_id: Option<&str>,
     ) -> StoreResult<jetstream::publish::PublishAck> {
-        let mut publish = jetstream::message::PublishMessage::build().payload(payload);
-        if let Some(id) = msg_id {
-            publish = publish.message_id(id);
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout * 2;
+        loop {
+            let mut publish = jetstream::message::PublishMessage::build().payload(payload.clone());
+            if let Some(id) = msg_id {
+                publish = publish.message_id(id);
+            }
+            let ack = self
+                .timed(what, self.js.send_publish(subject.clone(), publish))
+                .await?;
+            match self.timed(what, ack).await {
+                // On a cluster, a publish with the id of one still being
+                // replicated is refused (409, 10158) rather than answered
+                // as a duplicate: ask again once that one is through.
+                Err(e)
+                    if e.to_string().contains("is in process")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
         }
-        let ack = self
-            .timed(what, self.js.send_publish(subject, publish))
-            .await?;
-        self.timed(what, ack).await
     }
 
     /// Sends an ack kind to a message's ack subject and waits for the

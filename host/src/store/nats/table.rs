@@ -168,7 +168,12 @@ impl Table {
                 }
                 Ok(ack.sequence)
             }
-            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            // A cluster may answer with another error code (10164, not
+            // 10071) that async-nats does not map to `WrongLastSequence`.
+            Ok(Err(e))
+                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+                    || e.to_string().contains("wrong last sequence") =>
+            {
                 Err(TableError::Conflict)
             }
             Ok(Err(e)) => Err(TableError::Other(e.to_string())),
@@ -250,4 +255,34 @@ impl TableError {
             TableError::Other(e) => shared.fail(what, e),
         }
     }
+}
+
+/// A key made of names, each escaped into one token (see [`super::token`]).
+pub(crate) fn key(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| super::token(n))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A value as JSON bytes.
+pub(crate) fn json(value: &impl serde::Serialize) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Backend(e.into()))
+}
+
+/// A record's value read back from JSON; `None` for a tombstone.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    record: &Record,
+) -> Result<Option<T>, StoreError> {
+    record
+        .value
+        .as_ref()
+        .map(|v| {
+            serde_json::from_slice(v)
+                .map_err(|e| StoreError::Backend(anyhow::anyhow!("stored record: {e}")))
+        })
+        .transpose()
 }

@@ -37,7 +37,10 @@ impl Drop for Cleanup {
         let prefix = self.prefix.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                for kind in ["LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE"] {
+                for kind in [
+                    "LOG", "JOBS", "DLQ", "QUEUES", "CONFIG", "QSTATE", "ARCHIVE", "DEDUP",
+                    "CHAINS", "SCHEMAS", "TRACES", "REPLAYS",
+                ] {
                     let _ = js.delete_stream(format!("{prefix}_{kind}")).await;
                 }
             });
