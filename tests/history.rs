@@ -814,11 +814,8 @@ async fn the_replay_command_shows_progress_and_ends_with_the_counts() {
     );
 }
 
-// `traces_show_attempts_dead_letters_redrives_and_plugin_free_rules` stays on
-// SQLite: the redrive's trace fact is queued after the redrive returns, and on
-// NATS the redriven delivery's attempt fact can be written first (the trace
-// then reads "delivered" without its redrive, and ends "in_flight").
 crate::also_on_nats!(
+    traces_show_attempts_dead_letters_redrives_and_plugin_free_rules,
     replay_sends_the_window_in_order_to_another_bus_with_replayname,
     cancel_stops_a_rate_capped_replay_within_a_second,
     a_replay_interrupted_by_a_restart_completes_and_history_survives,

@@ -518,14 +518,13 @@ pub(super) async fn letters_to_redrive(
     Ok(out)
 }
 
-/// Notes each redriven dead letter in its event's trace.
-pub(super) fn record_redrives(
-    state: &super::AppState,
-    letters: &[DeadLetter],
-    moved: &[DeadLetterId],
-) {
+/// Notes in each event's trace that its dead letter is being redriven.
+/// Called before the move, so the facts are queued ahead of anything the
+/// redriven delivery records; a letter that vanishes in between (deleted
+/// concurrently) leaves a redrive note without a new attempt.
+pub(super) fn record_redrives(state: &super::AppState, letters: &[DeadLetter]) {
     let now = state.clock.now_ms();
-    for letter in letters.iter().filter(|l| moved.contains(&l.id)) {
+    for letter in letters {
         state.history.sink.fact(
             TraceKey {
                 tenant: letter.tenant.clone(),

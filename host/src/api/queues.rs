@@ -303,10 +303,12 @@ pub(super) async fn redrive(
     };
     let letters =
         super::history::letters_to_redrive(&state, &tenant, req.ids.as_deref(), &filter).await?;
+    // Noted before the move: once moved, a redriven delivery may run (on
+    // any node) and its attempt must come after the redrive in the trace.
+    super::history::record_redrives(&state, &letters);
     let moved = state
         .dead_letters
         .redrive(&tenant, req.ids.as_deref(), &filter)
         .await?;
-    super::history::record_redrives(&state, &letters, &moved);
     Ok(Json(json!({"redriven": moved.len(), "ids": moved})))
 }
