@@ -654,6 +654,29 @@ async fn drained(sink: &Sink, before: u64, want: u64, limit: Duration) -> u64 {
     sink.count.load(Ordering::Relaxed) - before
 }
 
+/// Waits until the bus has routed everything it accepted: its
+/// `busbar_routing_backlog_events` gauge (log entries handed to the router
+/// and not yet acknowledged, traces written first) reads 0 five times in a
+/// row, 100 ms apart — a router that is behind always has entries out.
+/// Returns how long that took.
+async fn routed(client: &reqwest::Client, url: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    let mut quiet = 0;
+    while quiet < 5 && t0.elapsed() < limit {
+        let text = match client.get(format!("{url}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let backlog = text
+            .lines()
+            .find_map(|l| l.strip_prefix("busbar_routing_backlog_events "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        quiet = if backlog == Some(0.0) { quiet + 1 } else { 0 };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t0.elapsed()
+}
+
 /// Sends `rate` single events/s to `bus` for `seconds`; latency percentiles at the sink.
 async fn latency(
     bench: &Arc<Bench>,
@@ -1633,6 +1656,9 @@ async fn history_scenario(
     for round in 0..args.rounds {
         for (mode, bus) in &modes {
             for batch in [1usize, 10] {
+                // Each phase starts with the router idle, so no phase pays
+                // for the routing (and tracing) of the one before it.
+                routed(client, url, Duration::from_secs(120)).await;
                 let n = bench
                     .flood_to(bus, args.connections, args.seconds, batch, "bench.nomatch")
                     .await;
@@ -1652,6 +1678,7 @@ async fn history_scenario(
                     .or_default()
                     .push(rate);
             }
+            routed(client, url, Duration::from_secs(120)).await;
             let before = sink.count.load(Ordering::Relaxed);
             let t0 = Instant::now();
             let sent = bench
@@ -1673,13 +1700,17 @@ async fn history_scenario(
     }
     if args.history == HistorySwitch::Both {
         for what in ["ingest single", "ingest batch10", "e2e delivered"] {
-            let mean = |m| {
-                let v = &figures[&(m, what)];
-                v.iter().sum::<f64>() / v.len() as f64
+            // Medians of the rounds: one disturbed round (the machine is
+            // shared) moves a mean far more than a median.
+            let median = |m| {
+                let mut v = figures[&(m, what)].clone();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
             };
-            let (off, on) = (mean("off"), mean("on"));
+            let (off, on) = (median("off"), median("on"));
             println!(
-                "history on/off, {what}: {on:.0} / {off:.0} = {:.3}",
+                "history on/off, {what} (medians of {} rounds): {on:.0} / {off:.0} = {:.3}",
+                args.rounds,
                 on / off
             );
         }
@@ -1740,13 +1771,18 @@ async fn history_scenario(
         t0.elapsed().as_secs_f64()
     );
     // Let the router finish the replay's other events before measuring.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waited = routed(client, url, Duration::from_secs(300)).await;
+    println!(
+        "router drained {:.1} s after the replay",
+        waited.as_secs_f64()
+    );
     // Live latency on another bus, without and with a replay running.
     println!(
         "live latency at {} events/s, no replay: {}",
         args.rate,
         latency(bench, sink, "live", args.rate, args.seconds, 5_000_000_000).await
     );
+    routed(client, url, Duration::from_secs(120)).await;
     let id = start("bench-background".into()).await?;
     let during = latency(bench, sink, "live", args.rate, args.seconds, 6_000_000_000).await;
     let r = status(id).await?;

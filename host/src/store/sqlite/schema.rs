@@ -127,39 +127,148 @@ CREATE TABLE chains (
     chain TEXT PRIMARY KEY, done_pos INTEGER NOT NULL, done_sub INTEGER NOT NULL) WITHOUT ROWID;
 "#;
 
+/// Version 5 (issue 10, the cost of tracing): traces moved to their own
+/// file, `traces.db` ([`TRACES_V1`]), written by their own thread so trace
+/// commits never queue ahead of ingest commits. [`migrate_traces`] copies
+/// the traces of an older file over before this step drops them here.
+const V5: &str = r#"
+DROP TABLE IF EXISTS trace_rules;
+DROP TABLE IF EXISTS trace_pending;
+DROP TABLE IF EXISTS traces;
+"#;
+
 /// Every version's step, in order: `(version, step)` brings a file from
 /// the version before it to `version`. Numbers may skip (a step another
 /// line of work adds later slots into its place).
-const STEPS: [(i64, &str); 4] = [(1, V1), (2, V2), (3, V3), (4, V4)];
+pub(super) const STEPS: [(i64, &str); 5] = [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
+
+/// The main file's version from which traces live in `traces.db`.
+const TRACES_MOVED: i64 = 5;
+
+/// `traces.db`, version 1: the trace tables as version 3 of the main file
+/// made them — one row per routed event with the searchable head in
+/// columns (every index starts with the tenant and ends with the received
+/// time, so a search walks one index newest first), the rules each trace
+/// matched, and facts waiting for their trace.
+const TRACES_V1: &str = r#"
+CREATE TABLE traces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    event_id TEXT NOT NULL, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    type TEXT NOT NULL, state TEXT NOT NULL, size INTEGER NOT NULL, replay TEXT,
+    rules TEXT NOT NULL, body TEXT NOT NULL, event BLOB NOT NULL);
+CREATE UNIQUE INDEX traces_event ON traces (tenant, event_id, bus, received_ms);
+CREATE INDEX traces_time ON traces (tenant, received_ms);
+CREATE INDEX traces_bus ON traces (tenant, bus, received_ms);
+CREATE INDEX traces_source ON traces (tenant, source, received_ms);
+CREATE INDEX traces_type ON traces (tenant, type, received_ms);
+CREATE INDEX traces_state ON traces (tenant, state, received_ms);
+CREATE TABLE trace_rules (
+    tenant TEXT NOT NULL, rule TEXT NOT NULL, received_ms INTEGER NOT NULL, trace INTEGER NOT NULL,
+    PRIMARY KEY (tenant, rule, received_ms, trace)) WITHOUT ROWID;
+CREATE TABLE trace_pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    event_id TEXT NOT NULL, received_ms INTEGER, at_ms INTEGER NOT NULL, fact TEXT NOT NULL);
+CREATE INDEX trace_pending_event ON trace_pending (tenant, event_id, bus);
+"#;
+
+/// `traces.db`'s steps, as [`STEPS`] for the main file.
+const TRACES_STEPS: [(i64, &str); 1] = [(1, TRACES_V1)];
+
+/// The version of `traces.db` this build writes.
+#[cfg(test)]
+pub(super) const TRACES_CURRENT: i64 = TRACES_STEPS[TRACES_STEPS.len() - 1].0;
 
 /// The schema version this build writes.
+#[cfg(test)]
 pub(super) const CURRENT: i64 = STEPS[STEPS.len() - 1].0;
 
-/// Brings the file to [`CURRENT`] in one transaction.
+/// Brings the main file to its newest version in one transaction.
 pub(super) fn migrate(conn: &mut Connection, dir: &Path) -> Result<(), OpenError> {
+    migrate_file(conn, dir, &STEPS)
+}
+
+/// Brings `traces.db` to its newest version, then moves the traces an older
+/// main file (`main`, not migrated yet) still holds into it. The copy keeps
+/// every row's id and skips rows already there, so a crash between it and
+/// the main file's migration (which drops them there) just copies again.
+pub(super) fn migrate_traces(
+    traces: &mut Connection,
+    main: &Connection,
+    dir: &Path,
+) -> Result<(), OpenError> {
+    migrate_file(traces, dir, &TRACES_STEPS)?;
+    let version: i64 = main
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .context("reading the schema version")?;
+    let has_traces: bool = main
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'traces')",
+            [],
+            |r| r.get(0),
+        )
+        .context("looking for traces in the main file")?;
+    if version >= TRACES_MOVED || !has_traces {
+        return Ok(());
+    }
+    let path = main
+        .path()
+        .map(str::to_owned)
+        .context("the main file's path")?;
+    traces
+        .execute("ATTACH DATABASE ?1 AS old", [&path])
+        .context("attaching the main file")?;
+    let moved = (|| -> anyhow::Result<usize> {
+        let tx = traces.transaction()?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO main.traces SELECT * FROM old.traces",
+            [],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO main.trace_rules SELECT * FROM old.trace_rules",
+            [],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO main.trace_pending SELECT * FROM old.trace_pending",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    })();
+    let detached = traces.execute("DETACH DATABASE old", []);
+    let moved = moved.context("moving traces to their own file")?;
+    detached.context("detaching the main file")?;
+    if moved > 0 {
+        tracing::info!(traces = moved, "moved traces to their own file");
+    }
+    Ok(())
+}
+
+/// Brings one file to the last of `steps` in one transaction.
+fn migrate_file(conn: &mut Connection, dir: &Path, steps: &[(i64, &str)]) -> Result<(), OpenError> {
+    let current = steps.last().map_or(0, |(v, _)| *v);
     let found: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .context("reading the schema version")?;
-    if found > CURRENT {
+    if found > current {
         return Err(OpenError::NewerSchema {
             dir: dir.to_path_buf(),
             found,
-            known: CURRENT,
+            known: current,
         });
     }
-    if found == CURRENT {
+    if found == current {
         return Ok(());
     }
     let tx = conn.transaction().context("starting the migration")?;
-    for (version, step) in STEPS.iter().filter(|(v, _)| *v > found) {
+    for (version, step) in steps.iter().filter(|(v, _)| *v > found) {
         tx.execute_batch(step)
             .with_context(|| format!("migrating the schema to version {version}"))?;
     }
-    tx.pragma_update(None, "user_version", CURRENT)
+    tx.pragma_update(None, "user_version", current)
         .context("recording the schema version")?;
     tx.commit().context("committing the migration")?;
     if found > 0 {
-        tracing::info!(from = found, to = CURRENT, "migrated the store's schema");
+        tracing::info!(from = found, to = current, "migrated the store's schema");
     }
     Ok(())
 }

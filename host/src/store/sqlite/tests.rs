@@ -6,7 +6,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::store::testing::{self, Subject, T0};
 use crate::store::{
     Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs, EventLog, Exhausted,
-    FailureCode, LogConsumer, NewEvent, Queues,
+    FailureCode, LogConsumer, NewEvent, Queues, Traces,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -462,6 +462,60 @@ async fn a_data_dir_of_the_previous_version_opens_with_its_data() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, schema::CURRENT);
+}
+
+#[tokio::test]
+async fn traces_of_a_version_4_data_dir_move_to_their_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Version 4 kept traces in the main file.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        for (_, step) in schema::STEPS.iter().filter(|(v, _)| *v <= 4) {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(&format!(
+            r#"
+            INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size,
+                replay, rules, body, event)
+                VALUES ('acme', 'orders', 'e1', {T0}, 'shop', 'order.placed', 'delivered', 2,
+                        NULL, 'r1', '{{"routed":true}}', X'7B7D');
+            INSERT INTO trace_rules VALUES ('acme', 'r1', {T0}, 1);
+            PRAGMA user_version = 4;
+            "#
+        ))
+        .unwrap();
+    }
+    for _ in 0..2 {
+        // Twice: a second open finds nothing left to move and keeps what moved.
+        let store = open_at(dir.path(), manual());
+        let trace = store.trace("acme", "e1", None).await.unwrap().unwrap();
+        assert_eq!(
+            (trace.source.as_str(), trace.state, &trace.event[..]),
+            ("shop", crate::store::TraceState::Delivered, &b"{}"[..])
+        );
+        let query = crate::store::TraceQuery {
+            rule: Some("r1".into()),
+            ..Default::default()
+        };
+        let (found, _) = store.search_traces("acme", &query, None, 10).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].event_id, "e1");
+    }
+    let main = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let left: i64 = main
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'traces'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the main file no longer holds traces");
+    let traces = Connection::open(dir.path().join(TRACES_FILE)).unwrap();
+    let version: i64 = traces
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::TRACES_CURRENT);
 }
 
 #[tokio::test]

@@ -294,7 +294,7 @@ impl Traces for SqliteStore {
         if traces.is_empty() {
             return Ok(());
         }
-        self.run(move |tx| {
+        self.run_traces(move |tx| {
             for trace in traces {
                 record(tx, trace)?;
             }
@@ -308,7 +308,7 @@ impl Traces for SqliteStore {
             return Ok(());
         }
         let now = self.now_ms();
-        self.run(move |tx| {
+        self.run_traces(move |tx| {
             for (key, fact) in &facts {
                 add_fact(tx, key, fact, now)?;
             }
@@ -328,33 +328,42 @@ impl Traces for SqliteStore {
             event_id.to_owned(),
             bus.map(str::to_owned),
         );
-        self.run(move |tx| {
-            let recorded = tx
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 \
-                     AND (?3 IS NULL OR bus = ?3) ORDER BY received_ms DESC, id DESC LIMIT 1"
-                ))?
-                .query_row(params![tenant, event_id, bus], read_trace)
-                .optional()?
-                .map(|(_, t)| t);
-            // Not routed yet: the unrouted tail of the log has it.
-            let cursor = route_cursor(tx)?;
-            let unrouted = tx
-                .prepare_cached(
-                    "SELECT seq, tenant, bus, event_id, body, ingested_ms, only_rules FROM events \
-                     WHERE seq > ?1 AND tenant = ?2 AND event_id = ?3 AND (?4 IS NULL OR bus = ?4) \
-                     ORDER BY seq DESC LIMIT 1",
-                )?
-                .query_row(params![cursor, tenant, event_id, bus], logged_event)
-                .optional()?
-                .map(|e| Trace::received(&e));
-            Ok(match (recorded, unrouted) {
-                (Some(r), Some(u)) if u.received_ms > r.received_ms => Some(u),
-                (Some(r), _) => Some(r),
-                (None, u) => u,
+        // The unrouted tail first: the router records an event's trace
+        // before it acknowledges the entry, so an event routed after this
+        // read is found below.
+        let unrouted = {
+            let (tenant, event_id, bus) = (tenant.clone(), event_id.clone(), bus.clone());
+            self.run(move |tx| {
+                let cursor = route_cursor(tx)?;
+                Ok(tx
+                    .prepare_cached(
+                        "SELECT seq, tenant, bus, event_id, body, ingested_ms, only_rules FROM events \
+                         WHERE seq > ?1 AND tenant = ?2 AND event_id = ?3 AND (?4 IS NULL OR bus = ?4) \
+                         ORDER BY seq DESC LIMIT 1",
+                    )?
+                    .query_row(params![cursor, tenant, event_id, bus], logged_event)
+                    .optional()?
+                    .map(|e| Trace::received(&e)))
             })
+            .await?
+        };
+        let recorded = self
+            .run_traces(move |tx| {
+                Ok(tx
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 \
+                         AND (?3 IS NULL OR bus = ?3) ORDER BY received_ms DESC, id DESC LIMIT 1"
+                    ))?
+                    .query_row(params![tenant, event_id, bus], read_trace)
+                    .optional()?
+                    .map(|(_, t)| t))
+            })
+            .await?;
+        Ok(match (recorded, unrouted) {
+            (Some(r), Some(u)) if u.received_ms > r.received_ms => Some(u),
+            (Some(r), _) => Some(r),
+            (None, u) => u,
         })
-        .await
     }
 
     async fn search_traces(
@@ -365,7 +374,7 @@ impl Traces for SqliteStore {
         limit: usize,
     ) -> StoreResult<(Vec<TraceSummary>, Option<TraceCursor>)> {
         let (sql, args) = search_sql(query, tenant, after.and_then(TraceCursor::parts), limit);
-        self.run(move |tx| {
+        self.run_traces(move |tx| {
             let mut stmt = tx.prepare_cached(&sql)?;
             let mut rows: Vec<(i64, TraceSummary)> = stmt
                 .query_map(params_from_iter(args), |r| {
@@ -402,7 +411,7 @@ impl Traces for SqliteStore {
         keep_at_most: u64,
         max: usize,
     ) -> StoreResult<u64> {
-        self.run(move |tx| {
+        self.run_traces(move |tx| {
             let count: i64 = tx
                 .prepare_cached("SELECT COUNT(*) FROM traces")?
                 .query_row([], |r| r.get(0))?;
