@@ -70,6 +70,8 @@ impl Running {
                 "stopped with deliveries in flight; they will be routed again after the restart"
             );
         }
+        // Not left to the consumer's drop: the API state holds it too.
+        self.routing.release().await;
         http.context("HTTP server")
     }
 

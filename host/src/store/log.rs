@@ -120,4 +120,10 @@ pub trait LogConsumer: Send + Sync + 'static {
 
     /// Entries handed out and not yet acknowledged (the routing backlog).
     fn in_flight(&self) -> usize;
+
+    /// Gives back what is handed out and not acknowledged, at a clean
+    /// stop, so a restarted node (or another) gets it at once instead of
+    /// after a shared consumer's redelivery timeout. Backends whose
+    /// consumer is this process's alone have nothing to do.
+    async fn release(&self) {}
 }

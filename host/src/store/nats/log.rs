@@ -380,6 +380,11 @@ impl LogConsumer for NatsLogConsumer {
     fn in_flight(&self) -> usize {
         self.held.map().len()
     }
+
+    async fn release(&self) {
+        let replies: Vec<(u64, String)> = self.held.map().drain().collect();
+        self.store.inner.drain(replies);
+    }
 }
 
 impl Drop for NatsLogConsumer {
