@@ -6,7 +6,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::control::{Catalog, ControlPlane};
 use crate::deliver::TargetServices;
-use crate::deliver::engine::Engine;
+use crate::deliver::engine::DeliveryEngine;
 use crate::deliver::http::HttpClient;
 use crate::deliver::queue::QueueSignals;
 use crate::door::Door;
@@ -147,7 +147,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         control.admin_key(config.admin_key.as_deref()).await?;
 
     let engine = Arc::new(
-        Engine::new(
+        DeliveryEngine::new(
             stores.jobs.clone(),
             catalog.clone(),
             clock.clone(),

@@ -1,6 +1,6 @@
 //! `/v1/admin/*`: tenants, their API keys and their plugin limits.
 
-use super::{Admin, ApiError, Body, State, list, parse_json};
+use super::{Admin, ApiError, ApiState, Body, list, parse_json};
 use crate::plugin::LimitsOverrides;
 use axum::Json;
 use axum::extract::Path;
@@ -15,7 +15,7 @@ pub(super) struct NewTenant {
 }
 
 pub(super) async fn create_tenant(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Admin,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -27,12 +27,12 @@ pub(super) async fn create_tenant(
     ))
 }
 
-pub(super) async fn list_tenants(axum::extract::State(state): State, _: Admin) -> Json<Value> {
+pub(super) async fn list_tenants(axum::extract::State(state): ApiState, _: Admin) -> Json<Value> {
     list(state.catalog.tenants(), None)
 }
 
 pub(super) async fn create_key(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Admin,
     Path(tenant): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -44,7 +44,7 @@ pub(super) async fn create_key(
 }
 
 pub(super) async fn revoke_key(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Admin,
     Path((tenant, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -53,7 +53,7 @@ pub(super) async fn revoke_key(
 }
 
 pub(super) async fn get_plugin_limits(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Admin,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -61,7 +61,7 @@ pub(super) async fn get_plugin_limits(
 }
 
 pub(super) async fn put_plugin_limits(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Admin,
     Path(tenant): Path<String>,
     Body(body): Body,
@@ -75,7 +75,7 @@ pub(super) async fn put_plugin_limits(
 }
 
 pub(super) async fn delete_plugin_limits(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Admin,
     Path(tenant): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -85,7 +85,7 @@ pub(super) async fn delete_plugin_limits(
 
 /// `GET /v1/plugin-limits`: a tenant reads the limits its plugins run under.
 pub(super) async fn own_plugin_limits(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     super::Tenant(tenant): super::Tenant,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.control.plugin_limits(&tenant)?))

@@ -6,7 +6,7 @@
 //! the events.
 
 use super::error::ingest_error_json;
-use super::{ApiError, State, Tenant};
+use super::{ApiError, ApiState, Tenant};
 use crate::door::SchemaRejection;
 use crate::event::Event;
 use crate::ingest::{self, CloudEventsBody};
@@ -53,7 +53,7 @@ fn count_accepted(tenant: &str, duplicates: &[bool]) {
 }
 
 pub(super) async fn post_cloudevents(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
     headers: HeaderMap,
@@ -130,7 +130,7 @@ pub(super) async fn post_cloudevents(
 }
 
 pub(super) async fn put_events(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     request: Request<Body>,
 ) -> Result<Json<Value>, ApiError> {

@@ -3,7 +3,7 @@
 //! `GET /v1/events`) and pattern explain (`/v1/patterns/explain`,
 //! `/v1/buses/{bus}/rules/{rule}/explain`).
 
-use super::{ApiError, Body, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, ApiState, Body, Tenant, check_name, list, parse_json};
 use crate::clock::{Millis, rfc3339};
 use crate::history::{ArchiveEntry, ReplayError};
 use crate::pattern::explain::explain;
@@ -59,7 +59,7 @@ fn archive_json(bus: &str, a: &ArchiveEntry, stats: &ArchiveStats) -> Value {
 }
 
 pub(super) async fn put_archive(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
     Body(body): Body,
@@ -80,7 +80,7 @@ pub(super) async fn put_archive(
 }
 
 pub(super) async fn list_archives(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -115,7 +115,7 @@ fn archive_of(
 }
 
 pub(super) async fn get_archive(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -125,7 +125,7 @@ pub(super) async fn get_archive(
 }
 
 pub(super) async fn delete_archive(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -187,7 +187,7 @@ impl From<ReplayError> for ApiError {
 }
 
 pub(super) async fn start_replay(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -270,7 +270,7 @@ pub(super) async fn start_replay(
 }
 
 pub(super) async fn list_replays(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
 ) -> Result<Json<Value>, ApiError> {
     let replays = state.history.replays.list_replays(&tenant).await?;
@@ -278,7 +278,7 @@ pub(super) async fn list_replays(
 }
 
 pub(super) async fn get_replay(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -292,7 +292,7 @@ pub(super) async fn get_replay(
 }
 
 pub(super) async fn cancel_replay(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -395,7 +395,7 @@ pub(super) struct EventQuery {
 }
 
 pub(super) async fn get_event(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
@@ -432,7 +432,7 @@ pub(super) struct SearchQuery {
 }
 
 pub(super) async fn search_events(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -579,7 +579,7 @@ fn explained(
 }
 
 pub(super) async fn explain_pattern(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Tenant,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -588,7 +588,7 @@ pub(super) async fn explain_pattern(
 }
 
 pub(super) async fn explain_rule(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
     Body(body): Body,

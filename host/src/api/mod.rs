@@ -79,7 +79,7 @@ pub struct AppState {
 }
 
 /// Shared state type for handlers.
-pub type State = axum::extract::State<Arc<AppState>>;
+pub type ApiState = axum::extract::State<Arc<AppState>>;
 
 /// Builds the complete router.
 pub fn router(state: Arc<AppState>) -> Router {

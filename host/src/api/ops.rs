@@ -1,6 +1,6 @@
 //! Health, readiness and metrics.
 
-use super::{ApiError, State};
+use super::{ApiError, ApiState};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use std::sync::atomic::Ordering;
@@ -9,7 +9,9 @@ pub(super) async fn healthz() -> &'static str {
     "ok"
 }
 
-pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'static str, ApiError> {
+pub(super) async fn readyz(
+    axum::extract::State(state): ApiState,
+) -> Result<&'static str, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -28,7 +30,7 @@ pub(super) async fn readyz(axum::extract::State(state): State) -> Result<&'stati
     Ok("ready")
 }
 
-pub(super) async fn metrics(axum::extract::State(state): State) -> impl IntoResponse {
+pub(super) async fn metrics(axum::extract::State(state): ApiState) -> impl IntoResponse {
     // Gauges that are cheaper to read at scrape time than to maintain on every change.
     crate::telemetry::routing_backlog(state.routing.in_flight() as i64);
     let stats = state.plugins.runtime.stats();

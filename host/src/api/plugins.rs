@@ -1,6 +1,6 @@
 //! `/v1/plugins/*`: upload, list, inspect, roll back and delete Wasm plugins.
 
-use super::{ApiError, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, ApiState, Tenant, check_name, list, parse_json};
 use crate::plugin::registry::{PAUSE_AFTER_CRASHES, PluginDirectory};
 use crate::resource::{PluginRecord, Registration, Upload};
 use axum::Json;
@@ -32,7 +32,7 @@ fn record_json(state: &super::AppState, tenant: &str, r: &PluginRecord) -> Value
 }
 
 pub(super) async fn upload(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -106,7 +106,7 @@ pub(super) async fn upload(
 }
 
 pub(super) async fn list_plugins(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
 ) -> Json<Value> {
     let items: Vec<Value> = state
@@ -119,7 +119,7 @@ pub(super) async fn list_plugins(
 }
 
 pub(super) async fn get_plugin(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -137,7 +137,7 @@ pub(super) struct Rollback {
 }
 
 pub(super) async fn rollback(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
     body: Bytes,
@@ -155,7 +155,7 @@ pub(super) async fn rollback(
 }
 
 pub(super) async fn delete_plugin(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {

@@ -1,6 +1,6 @@
 //! Pull queues (`/v1/queues/*`) and the dead-letter queue (`/v1/dlq/*`).
 
-use super::{ApiError, Body, State, Tenant, check_name, list, optional_json, parse_json};
+use super::{ApiError, ApiState, Body, Tenant, check_name, list, optional_json, parse_json};
 use crate::store::{DeadLetter, DeadLetterFilter, ReceivedMessage};
 use axum::Json;
 use axum::extract::{Path, Query};
@@ -18,7 +18,7 @@ const MAX_MESSAGES: usize = 100;
 const MAX_VISIBILITY_S: u64 = 43_200;
 
 pub(super) async fn list_queues(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
 ) -> Json<Value> {
     let items: Vec<Value> = state
@@ -31,7 +31,7 @@ pub(super) async fn list_queues(
 }
 
 pub(super) async fn put_queue(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
     Body(body): Body,
@@ -48,7 +48,7 @@ pub(super) async fn put_queue(
 }
 
 pub(super) async fn get_queue(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -63,7 +63,7 @@ pub(super) async fn get_queue(
 }
 
 pub(super) async fn delete_queue(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -129,7 +129,7 @@ fn thirty() -> u64 {
 }
 
 pub(super) async fn receive(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
     Body(body): Body,
@@ -189,7 +189,7 @@ pub(super) struct AckRequest {
 }
 
 pub(super) async fn ack(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(queue): Path<String>,
     Body(body): Body,
@@ -216,7 +216,7 @@ pub(super) struct DlqQuery {
 }
 
 pub(super) async fn list_dead_letters(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     query: Result<Query<DlqQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -246,7 +246,7 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
 }
 
 pub(super) async fn get_dead_letter(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -259,7 +259,7 @@ pub(super) async fn get_dead_letter(
 }
 
 pub(super) async fn delete_dead_letter(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -284,7 +284,7 @@ pub(super) struct RedriveRequest {
 }
 
 pub(super) async fn redrive(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {

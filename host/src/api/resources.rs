@@ -1,6 +1,6 @@
 //! Buses and rules: `/v1/buses/*`.
 
-use super::{ApiError, Body, State, Tenant, check_name, list, optional_json, parse_json};
+use super::{ApiError, ApiState, Body, Tenant, check_name, list, optional_json, parse_json};
 use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -15,7 +15,7 @@ fn created(created: bool) -> StatusCode {
 }
 
 pub(super) async fn list_buses(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
 ) -> Json<Value> {
     let items: Vec<Value> = state
@@ -28,7 +28,7 @@ pub(super) async fn list_buses(
 }
 
 pub(super) async fn put_bus(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
     Body(body): Body,
@@ -43,7 +43,7 @@ pub(super) async fn put_bus(
 }
 
 pub(super) async fn get_bus(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -57,7 +57,7 @@ pub(super) async fn get_bus(
 }
 
 pub(super) async fn delete_bus(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -96,7 +96,7 @@ fn rule_json(name: &str, spec: &Value) -> Value {
 }
 
 pub(super) async fn list_rules(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -114,7 +114,7 @@ pub(super) async fn list_rules(
 }
 
 pub(super) async fn put_rule(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
     Body(body): Body,
@@ -126,7 +126,7 @@ pub(super) async fn put_rule(
 }
 
 pub(super) async fn get_rule(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -143,7 +143,7 @@ pub(super) async fn get_rule(
 }
 
 pub(super) async fn delete_rule(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {

@@ -1,7 +1,7 @@
 //! Schemas: `/v1/buses/{bus}/schemas/*` (the registry) and
 //! `/v1/buses/{bus}/discovered-schemas` (what discovery inferred).
 
-use super::{ApiError, Body, State, Tenant, check_name, list, parse_json};
+use super::{ApiError, ApiState, Body, Tenant, check_name, list, parse_json};
 use crate::clock::rfc3339;
 use crate::door::DoorError;
 use crate::door::discovery::Discovered;
@@ -64,7 +64,7 @@ fn version_json(v: &SchemaVersion) -> Value {
 }
 
 pub(super) async fn put_schema(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
     Body(body): Body,
@@ -83,7 +83,7 @@ pub(super) async fn put_schema(
 }
 
 pub(super) async fn list_schemas(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -99,7 +99,7 @@ pub(super) async fn list_schemas(
 }
 
 pub(super) async fn get_schema(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -116,7 +116,7 @@ pub(super) async fn get_schema(
 }
 
 pub(super) async fn get_schema_version(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name, version)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -143,7 +143,7 @@ pub(super) async fn get_schema_version(
 }
 
 pub(super) async fn delete_schema(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path((bus, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -167,7 +167,7 @@ fn discovered_json(d: &Discovered) -> Value {
 }
 
 pub(super) async fn list_discovered(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -192,7 +192,7 @@ struct Promote {
 }
 
 pub(super) async fn promote_discovered(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     Tenant(tenant): Tenant,
     Path(bus): Path<String>,
     Body(body): Body,

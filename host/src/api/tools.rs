@@ -1,6 +1,6 @@
 //! `POST /v1/patterns/test` and `POST /v1/transforms/test`: the testers over HTTP.
 
-use super::{ApiError, Body, State, Tenant, parse_json};
+use super::{ApiError, ApiState, Body, Tenant, parse_json};
 use crate::pattern::{Pattern, RuleSet};
 use crate::resource::Problems;
 use crate::route::pattern_for_sample;
@@ -22,7 +22,7 @@ pub(super) struct PatternTest {
 }
 
 pub(super) async fn test_pattern(
-    axum::extract::State(state): State,
+    axum::extract::State(state): ApiState,
     _: Tenant,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {

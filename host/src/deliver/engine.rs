@@ -248,8 +248,8 @@ fn key_of(t: &BoundTarget) -> TargetKey {
     )
 }
 
-/// The engine. Shared as `Arc<Engine>`.
-pub struct Engine {
+/// The engine. Shared as `Arc<DeliveryEngine>`.
+pub struct DeliveryEngine {
     jobs: Arc<dyn DeliveryJobs>,
     directory: Arc<dyn TargetDirectory>,
     clock: SharedClock,
@@ -260,7 +260,7 @@ pub struct Engine {
     leased: Mutex<HashSet<JobLease>>,
     /// Chained first deliveries, to be stored in dispatch order.
     chained: mpsc::UnboundedSender<Vec<Delivery>>,
-    /// Its receiver, taken by [`Engine::run_retries`].
+    /// Its receiver, taken by [`DeliveryEngine::run_retries`].
     chained_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>,
     /// Where facts for traces go (none: nothing is traced).
     traces: Option<TraceSink>,
@@ -281,9 +281,9 @@ struct Gathering {
     round: u64,
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for DeliveryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
+        f.debug_struct("DeliveryEngine")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -291,7 +291,7 @@ impl std::fmt::Debug for Engine {
 
 /// A target's in-flight slot, released when dropped.
 struct Slot {
-    engine: Arc<Engine>,
+    engine: Arc<DeliveryEngine>,
     key: TargetKey,
 }
 
@@ -313,7 +313,7 @@ impl Drop for Slot {
 
 /// A job lease the heartbeat keeps alive until this is dropped.
 struct Renewed {
-    engine: Arc<Engine>,
+    engine: Arc<DeliveryEngine>,
     leases: Vec<JobLease>,
 }
 
@@ -326,7 +326,7 @@ impl Drop for Renewed {
     }
 }
 
-impl Engine {
+impl DeliveryEngine {
     /// Builds an engine over the job store and the current rules.
     pub fn new(
         jobs: Arc<dyn DeliveryJobs>,
@@ -942,7 +942,7 @@ mod tests {
     struct Harness {
         store: MemoryStore,
         clock: SharedClock,
-        engine: Arc<Engine>,
+        engine: Arc<DeliveryEngine>,
         shutdown: watch::Sender<bool>,
     }
 
@@ -950,7 +950,7 @@ mod tests {
         let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
         let store = MemoryStore::new(clock.clone());
         let directory = Arc::new(Directory(Mutex::new(targets)));
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(DeliveryEngine::new(
             Arc::new(store.clone()),
             directory,
             clock.clone(),
@@ -1225,7 +1225,7 @@ mod tests {
             ..Arc::unwrap_or_clone(bound(bus, policy))
         });
         let directory = Arc::new(Directory(Mutex::new(vec![q.clone(), b.clone()])));
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(DeliveryEngine::new(
             Arc::new(store.clone()),
             directory,
             clock.clone(),

@@ -4,7 +4,7 @@
 use wasmtime::{Trap, WasmBacktrace};
 
 use super::FailureKind;
-use super::state::State;
+use super::state::PluginState;
 
 /// What wasmtime says when hostcall fuel runs out while it copies data out of
 /// a guest. Its error type is private, so the message is what identifies it
@@ -12,7 +12,7 @@ use super::state::State;
 const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 /// Tells why a call failed, from the limits' flags and the error.
-pub(super) fn classify(e: &wasmtime::Error, state: &State) -> (FailureKind, String) {
+pub(super) fn classify(e: &wasmtime::Error, state: &PluginState) -> (FailureKind, String) {
     if state.deadline_hit {
         return (FailureKind::Deadline, "CPU time limit exceeded".to_owned());
     }

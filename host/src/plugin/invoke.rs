@@ -14,9 +14,9 @@ use super::classify::classify;
 use super::config::PluginConfig;
 use super::cpu;
 use super::engine::PluginEngine;
-use super::http::{OutboundConfig, OutboundHttp, TenantPermits};
 use super::log::{LogRecord, LogTag, PluginLog};
-use super::state::{self, State};
+use super::outbound::{OutboundConfig, OutboundHttp, TenantPermits};
+use super::state::{self, PluginState};
 use super::{FailureKind, Invocation, InvokeContext, PluginFailure, PluginKind, PluginLimits};
 
 /// Extension attributes per event allowed for in [`result_bytes`].
@@ -44,7 +44,7 @@ impl Sandbox {
 
     /// A fresh store for one invocation of a `kind` plugin, with every limit
     /// of `cx` applied.
-    pub(super) fn new_store(&self, kind: PluginKind, cx: &InvokeContext<'_>) -> Store<State> {
+    pub(super) fn new_store(&self, kind: PluginKind, cx: &InvokeContext<'_>) -> Store<PluginState> {
         let tag = LogTag {
             tenant: cx.tenant.to_owned(),
             plugin: cx.plugin.to_owned(),
@@ -61,7 +61,7 @@ impl Sandbox {
         } else {
             OutboundHttp::deny_all()
         };
-        let state = State::new(
+        let state = PluginState::new(
             PluginLog::new(tag, cx.limits.log_bytes),
             PluginConfig::new(cx.config.clone()),
             hooks,
@@ -77,7 +77,7 @@ impl Sandbox {
         &self,
         kind: PluginKind,
         cx: &InvokeContext<'_>,
-        call: impl AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<R>,
+        call: impl AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<(R, Meta), PluginFailure> {
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();

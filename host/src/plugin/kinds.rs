@@ -21,7 +21,7 @@ use super::bindings::connector::ConnectorPluginPre;
 use super::bindings::filter::FilterPluginPre;
 use super::bindings::transformer::TransformerPluginPre;
 use super::bindings::types::{CloudEvent, DeliveryError, PluginError as WitPluginError};
-use super::state::State;
+use super::state::PluginState;
 use super::{
     DeliveryResult, FailureKind, Invocation, InvokeContext, PluginFailure, PluginKind,
     PluginRuntime, convert,
@@ -80,11 +80,11 @@ macro_rules! handle {
         #[derive(Clone)]
         pub struct $name {
             sha256: Arc<str>,
-            pre: $pre<State>,
+            pre: $pre<PluginState>,
         }
 
         impl $name {
-            pub(super) fn new(sha256: &str, pre: $pre<State>) -> Self {
+            pub(super) fn new(sha256: &str, pre: $pre<PluginState>) -> Self {
                 Self {
                     sha256: sha256.into(),
                     pre,
@@ -154,7 +154,7 @@ impl FilterPlugin {
     /// Instantiates the filter in `store` and calls it once.
     async fn call(
         &self,
-        store: &mut Store<State>,
+        store: &mut Store<PluginState>,
         event: &CloudEvent,
     ) -> wasmtime::Result<Result<bool, WitPluginError>> {
         let plugin = self.pre.instantiate_async(&mut *store).await?;
@@ -168,7 +168,7 @@ impl FilterPlugin {
     #[cfg(feature = "bench-internals")]
     pub(super) async fn instantiate(
         &self,
-        store: &mut Store<State>,
+        store: &mut Store<PluginState>,
     ) -> wasmtime::Result<super::bindings::filter::FilterPlugin> {
         self.pre.instantiate_async(store).await
     }
@@ -178,7 +178,7 @@ impl TransformerPlugin {
     /// Instantiates the transformer in `store` and calls it once.
     async fn call(
         &self,
-        store: &mut Store<State>,
+        store: &mut Store<PluginState>,
         event: &CloudEvent,
     ) -> wasmtime::Result<Result<Vec<CloudEvent>, WitPluginError>> {
         let plugin = self.pre.instantiate_async(&mut *store).await?;
@@ -193,7 +193,7 @@ impl ConnectorPlugin {
     /// Instantiates the connector in `store` and asks it about its config.
     async fn call_validate_config(
         &self,
-        store: &mut Store<State>,
+        store: &mut Store<PluginState>,
     ) -> wasmtime::Result<Result<(), WitPluginError>> {
         let plugin = self.pre.instantiate_async(&mut *store).await?;
         plugin
@@ -205,7 +205,7 @@ impl ConnectorPlugin {
     /// Instantiates the connector in `store` and gives it a batch.
     async fn call_deliver(
         &self,
-        store: &mut Store<State>,
+        store: &mut Store<PluginState>,
         events: &[CloudEvent],
     ) -> wasmtime::Result<Vec<Result<(), DeliveryError>>> {
         let plugin = self.pre.instantiate_async(&mut *store).await?;

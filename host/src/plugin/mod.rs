@@ -49,11 +49,11 @@ pub mod config;
 pub mod convert;
 mod cpu;
 pub mod engine;
-pub mod http;
 mod invoke;
 mod kinds;
 pub mod limits;
 pub mod log;
+pub mod outbound;
 pub mod registry;
 #[cfg(feature = "bench-internals")]
 mod reused;
@@ -67,7 +67,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use self::http::OutboundConfig;
+use self::outbound::OutboundConfig;
 use crate::ingest::IngestLimits;
 
 pub use self::kinds::{

@@ -12,7 +12,7 @@ use super::classify::classify;
 use super::cpu;
 use super::invoke::Meta;
 use super::kinds::FilterPlugin;
-use super::state::State;
+use super::state::PluginState;
 use super::{
     FailureKind, InvokeContext, PluginFailure, PluginKind, PluginLimits, PluginRuntime, convert,
 };
@@ -21,7 +21,7 @@ use crate::event::Event;
 /// A filter instance kept across events; after a failure the instance is
 /// discarded and every later call fails.
 pub struct ReusedFilter {
-    store: Store<State>,
+    store: Store<PluginState>,
     bindings: FilterBindings,
     limits: PluginLimits,
     poisoned: bool,

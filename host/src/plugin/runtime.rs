@@ -18,7 +18,7 @@ use super::classify::chain;
 use super::engine::{EngineSizing, PluginEngine};
 use super::invoke::Sandbox;
 use super::kinds::{ConnectorPlugin, FilterPlugin, LoadedPlugin, PluginHandle, TransformerPlugin};
-use super::state::{self, State};
+use super::state::{self, PluginState};
 use super::validate::{self, PluginError, PluginErrorCode};
 use super::{PluginKind, Prepared, RuntimeConfig, RuntimeStats};
 
@@ -32,7 +32,7 @@ struct Counters {
 /// The plugin runtime: one per process, shared as `Arc<PluginRuntime>`.
 pub struct PluginRuntime {
     pub(super) sandbox: Sandbox,
-    linkers: [Linker<State>; 3],
+    linkers: [Linker<PluginState>; 3],
     artifacts: ArtifactStore,
     cache: PluginCache,
     pub(super) config: RuntimeConfig,

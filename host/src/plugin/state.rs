@@ -15,12 +15,12 @@ use super::bindings::types;
 use super::config::{self, PluginConfig};
 use super::cpu::CpuClock;
 use super::engine::{MAX_MEMORY_BYTES, PluginEngine};
-use super::http::OutboundHttp;
 use super::log::{self, LogSource, PluginLog};
+use super::outbound::OutboundHttp;
 use super::{PluginKind, PluginLimits};
 
 /// The `T` of every plugin `Store<T>`.
-pub struct State {
+pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
@@ -40,7 +40,7 @@ pub struct State {
     pub(crate) result_bytes: usize,
 }
 
-impl State {
+impl PluginState {
     /// A state with an empty WASI context whose stdout/stderr go to `log`;
     /// the guest's result may cost `result_bytes` to copy into the host.
     pub fn new(
@@ -82,7 +82,11 @@ impl State {
 }
 
 /// Builds a store for `state` with every per-invocation limit applied.
-pub fn store(engine: &PluginEngine, state: State, limits: &PluginLimits) -> Store<State> {
+pub fn store(
+    engine: &PluginEngine,
+    state: PluginState,
+    limits: &PluginLimits,
+) -> Store<PluginState> {
     let mut store = Store::new(&engine.engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -183,7 +187,7 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-impl WasiView for State {
+impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -192,7 +196,7 @@ impl WasiView for State {
     }
 }
 
-impl WasiHttpView for State {
+impl WasiHttpView for PluginState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
             ctx: &mut self.http,
@@ -202,14 +206,17 @@ impl WasiHttpView for State {
     }
 }
 
-impl types::Host for State {}
+impl types::Host for PluginState {}
 
 /// The linker for one plugin kind: WASI p2 (empty context), log, config,
 /// and for connectors only, outbound `wasi:http`.
-pub fn linker(engine: &wasmtime::Engine, kind: PluginKind) -> wasmtime::Result<Linker<State>> {
+pub fn linker(
+    engine: &wasmtime::Engine,
+    kind: PluginKind,
+) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    types::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
     log::add_to_linker(&mut linker, |s| &mut s.log)?;
     config::add_to_linker(&mut linker, |s| &mut s.config)?;
     if kind == PluginKind::Connector {

@@ -23,7 +23,7 @@ use super::progress::{RoutingHold, RoutingProgress};
 use super::rule::{Rule, RuleTransform};
 use super::table::RouteTable;
 use crate::clock::{SharedClock, rfc3339};
-use crate::deliver::engine::{Delivery, Engine};
+use crate::deliver::engine::{Delivery, DeliveryEngine};
 use crate::deliver::{FailureCode, Item};
 use crate::event::Event;
 use crate::history::{EventTrace, HistoryTable};
@@ -51,7 +51,7 @@ pub struct Router {
     /// Where each bus's rules are.
     pub routes: Arc<dyn RouteTable>,
     /// Where deliveries go.
-    pub engine: Arc<Engine>,
+    pub engine: Arc<DeliveryEngine>,
     /// Runs filter and transformer plugins.
     pub plugins: Arc<PluginHost>,
     /// Time (transform contexts).
@@ -484,7 +484,7 @@ mod tests {
         let store = MemoryStore::new(clock.clone());
         let target = Arc::new(PanicsOnBoom::default());
         let table = table(target.clone());
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(DeliveryEngine::new(
             Arc::new(store.clone()),
             table.clone(),
             clock.clone(),
