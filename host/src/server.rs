@@ -17,7 +17,7 @@ use crate::history::{HistoryServices, Replayer, RoutingLag, TraceSink};
 use crate::plugin::PluginRuntime;
 use crate::plugin::registry::PluginHost;
 use crate::route::router::{Router, RouterHistory};
-use crate::store::{EventLog, LogConsumer};
+use crate::store::{DeliveryJobs, EventLog, LogConsumer};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     router: JoinHandle<JoinHandle<()>>,
     routing: Arc<dyn LogConsumer>,
+    /// Delivery jobs, whose leases a clean stop gives back.
+    jobs: Arc<dyn DeliveryJobs>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -70,8 +72,10 @@ impl Running {
                 "stopped with deliveries in flight; they will be routed again after the restart"
             );
         }
-        // Not left to the consumer's drop: the API state holds it too.
+        // Not left to the consumer's and the store's drops: the API state
+        // and detached tasks can outlive this.
         self.routing.release().await;
+        self.jobs.release().await;
         http.context("HTTP server")
     }
 
@@ -270,6 +274,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         tasks,
         router,
         routing,
+        jobs: stores.jobs.clone(),
         http,
     })
 }

@@ -179,4 +179,10 @@ pub trait DeliveryJobs: Send + Sync + 'static {
         job: NewJob,
         exhausted: Exhausted,
     ) -> StoreResult<DeadLetterId>;
+
+    /// Gives back every lease this process holds, at a clean stop, so
+    /// another node (or this one restarted) gets the jobs at once instead
+    /// of when the leases expire. Backends whose leases die with the
+    /// process (or are reclaimed at open) have nothing to do.
+    async fn release(&self) {}
 }

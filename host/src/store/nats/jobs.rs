@@ -720,6 +720,11 @@ impl NatsStore {
 
 #[async_trait]
 impl DeliveryJobs for NatsStore {
+    async fn release(&self) {
+        let replies = self.inner.job_pool.take_all();
+        self.inner.drain(replies);
+    }
+
     async fn enqueue(&self, jobs: Vec<NewJob>) -> StoreResult<()> {
         let (chained, free): (Vec<NewJob>, Vec<NewJob>) =
             jobs.into_iter().partition(|j| j.chain.is_some());
