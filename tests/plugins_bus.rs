@@ -695,6 +695,10 @@ async fn the_plugins_dir_loads_and_reloads_components_live() {
     .await;
 }
 
+// `a_spinning_plugin_does_not_slow_another_tenant` is about the plugin
+// runtime's CPU isolation, not the store, and races the spinners' CPU
+// deadline: with the whole suite running, routing through a NATS server on
+// the same two cores was sometimes slower than that deadline. SQLite only.
 crate::also_on_nats!(
     uploads_are_validated_versioned_and_private_to_the_tenant,
     filter_and_transformer_plugins_shape_what_targets_get,
@@ -702,7 +706,6 @@ crate::also_on_nats!(
     a_connector_plugin_delivers_signed_webhooks,
     a_new_version_takes_effect_at_once_crashes_pause_it_and_rollback_restores,
     swapping_versions_while_events_flow_loses_and_duplicates_nothing,
-    a_spinning_plugin_does_not_slow_another_tenant,
     an_output_flood_is_the_output_limit_and_never_pauses_the_plugin,
     transformer_outputs_meet_the_same_rules_as_ingested_events,
     the_plugins_dir_loads_and_reloads_components_live,
