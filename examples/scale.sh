@@ -16,7 +16,7 @@ nats="${BUSBAR_NATS_SERVER:-$(command -v nats-server)}"
 work="$(mktemp -d)"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 export BUSBAR_ADMIN_KEY=scale-admin
 
 wait_ready() { # url
