@@ -156,3 +156,81 @@ pub trait Replays: Send + Sync + 'static {
         progress: ReplayProgress,
     ) -> StoreResult<bool>;
 }
+
+/// A replay record as the backends store it (one JSON shape, so the
+/// on-disk format is the same everywhere and defined once).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredReplay {
+    id: String,
+    tenant: String,
+    name: Option<String>,
+    bus: String,
+    archive: String,
+    archive_id: String,
+    from_ms: Millis,
+    to_ms: Millis,
+    destination_bus: String,
+    rules: Vec<String>,
+    state: ReplayState,
+    state_reason: Option<String>,
+    events_total: u64,
+    events_replayed: u64,
+    last_replayed_ms: Option<Millis>,
+    position: Option<String>,
+    started_ms: Millis,
+    ended_ms: Option<Millis>,
+}
+
+impl From<&ReplayRecord> for StoredReplay {
+    fn from(r: &ReplayRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            tenant: r.tenant.clone(),
+            name: r.name.clone(),
+            bus: r.bus.clone(),
+            archive: r.archive.clone(),
+            archive_id: r.archive_id.clone(),
+            from_ms: r.window.from_ms,
+            to_ms: r.window.to_ms,
+            destination_bus: r.destination_bus.clone(),
+            rules: r.rules.clone(),
+            state: r.state,
+            state_reason: r.state_reason.clone(),
+            events_total: r.events_total,
+            events_replayed: r.progress.events_replayed,
+            last_replayed_ms: r.progress.last_replayed_ms,
+            position: r.progress.position.as_ref().map(|p| p.as_str().to_owned()),
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+        }
+    }
+}
+
+impl From<StoredReplay> for ReplayRecord {
+    fn from(s: StoredReplay) -> Self {
+        Self {
+            id: s.id,
+            tenant: s.tenant,
+            name: s.name,
+            bus: s.bus,
+            archive: s.archive,
+            archive_id: s.archive_id,
+            window: Window {
+                from_ms: s.from_ms,
+                to_ms: s.to_ms,
+            },
+            destination_bus: s.destination_bus,
+            rules: s.rules,
+            state: s.state,
+            state_reason: s.state_reason,
+            events_total: s.events_total,
+            progress: ReplayProgress {
+                events_replayed: s.events_replayed,
+                last_replayed_ms: s.last_replayed_ms,
+                position: s.position.map(ArchivePosition::from_stored),
+            },
+            started_ms: s.started_ms,
+            ended_ms: s.ended_ms,
+        }
+    }
+}

@@ -16,87 +16,9 @@
 
 use super::NatsStore;
 use super::table::{self, Expect, TableError};
-use crate::store::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};
-use crate::store::{ArchivePosition, Millis, NewEvent, StoreError, StoreResult, Window};
+use crate::store::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays, StoredReplay};
+use crate::store::{Millis, NewEvent, StoreError, StoreResult};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-
-/// A record as stored.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    tenant: String,
-    name: Option<String>,
-    bus: String,
-    archive: String,
-    archive_id: String,
-    from_ms: Millis,
-    to_ms: Millis,
-    destination_bus: String,
-    rules: Vec<String>,
-    state: ReplayState,
-    state_reason: Option<String>,
-    events_total: u64,
-    events_replayed: u64,
-    last_replayed_ms: Option<Millis>,
-    position: Option<String>,
-    started_ms: Millis,
-    ended_ms: Option<Millis>,
-}
-
-impl From<&ReplayRecord> for Stored {
-    fn from(r: &ReplayRecord) -> Self {
-        Self {
-            id: r.id.clone(),
-            tenant: r.tenant.clone(),
-            name: r.name.clone(),
-            bus: r.bus.clone(),
-            archive: r.archive.clone(),
-            archive_id: r.archive_id.clone(),
-            from_ms: r.window.from_ms,
-            to_ms: r.window.to_ms,
-            destination_bus: r.destination_bus.clone(),
-            rules: r.rules.clone(),
-            state: r.state,
-            state_reason: r.state_reason.clone(),
-            events_total: r.events_total,
-            events_replayed: r.progress.events_replayed,
-            last_replayed_ms: r.progress.last_replayed_ms,
-            position: r.progress.position.as_ref().map(|p| p.as_str().to_owned()),
-            started_ms: r.started_ms,
-            ended_ms: r.ended_ms,
-        }
-    }
-}
-
-impl From<Stored> for ReplayRecord {
-    fn from(s: Stored) -> Self {
-        Self {
-            id: s.id,
-            tenant: s.tenant,
-            name: s.name,
-            bus: s.bus,
-            archive: s.archive,
-            archive_id: s.archive_id,
-            window: Window {
-                from_ms: s.from_ms,
-                to_ms: s.to_ms,
-            },
-            destination_bus: s.destination_bus,
-            rules: s.rules,
-            state: s.state,
-            state_reason: s.state_reason,
-            events_total: s.events_total,
-            progress: ReplayProgress {
-                events_replayed: s.events_replayed,
-                last_replayed_ms: s.last_replayed_ms,
-                position: s.position.map(ArchivePosition::from_stored),
-            },
-            started_ms: s.started_ms,
-            ended_ms: s.ended_ms,
-        }
-    }
-}
 
 fn record_key(tenant: &str, id: &str) -> String {
     format!("r.{}", table::key(&[tenant, id]))
@@ -118,7 +40,7 @@ impl NatsStore {
         else {
             return Ok(None);
         };
-        Ok(table::parse::<Stored>(&record)?.map(|r| (record.rev, r.into())))
+        Ok(table::parse::<StoredReplay>(&record)?.map(|r| (record.rev, r.into())))
     }
 
     /// Every record under the key filter.
@@ -131,7 +53,7 @@ impl NatsStore {
             .await
             .map_err(|e| e.into_store(s, "read replays"))?
         {
-            if let Some(r) = table::parse::<Stored>(&record)? {
+            if let Some(r) = table::parse::<StoredReplay>(&record)? {
                 out.push(r.into());
             }
         }
@@ -155,7 +77,7 @@ impl NatsStore {
                 return Ok(false);
             }
             change(&mut record);
-            let value = table::json(&Stored::from(&record))?;
+            let value = table::json(&StoredReplay::from(&record))?;
             match s
                 .replays
                 .put(&record_key(tenant, id), Some(value), Expect::Rev(rev))
@@ -196,7 +118,7 @@ impl Replays for NatsStore {
                 return Err(conflict());
             }
         }
-        let value = table::json(&Stored::from(&record))?;
+        let value = table::json(&StoredReplay::from(&record))?;
         s.replays
             .put(
                 &record_key(&record.tenant, &record.id),

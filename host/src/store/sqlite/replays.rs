@@ -4,93 +4,15 @@
 
 use super::SqliteStore;
 use super::log::insert_events;
+use crate::store::replays::StoredReplay;
 use crate::store::{
-    ArchivePosition, Millis, NewEvent, ReplayProgress, ReplayRecord, ReplayState, Replays,
-    StoreError, StoreResult, Window,
+    Millis, NewEvent, ReplayProgress, ReplayRecord, ReplayState, Replays, StoreError, StoreResult,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction, params};
-use serde::{Deserialize, Serialize};
-
-/// A replay record as stored.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    tenant: String,
-    name: Option<String>,
-    bus: String,
-    archive: String,
-    archive_id: String,
-    from_ms: Millis,
-    to_ms: Millis,
-    destination_bus: String,
-    rules: Vec<String>,
-    state: ReplayState,
-    state_reason: Option<String>,
-    events_total: u64,
-    events_replayed: u64,
-    last_replayed_ms: Option<Millis>,
-    position: Option<String>,
-    started_ms: Millis,
-    ended_ms: Option<Millis>,
-}
-
-impl From<&ReplayRecord> for Stored {
-    fn from(r: &ReplayRecord) -> Self {
-        Self {
-            id: r.id.clone(),
-            tenant: r.tenant.clone(),
-            name: r.name.clone(),
-            bus: r.bus.clone(),
-            archive: r.archive.clone(),
-            archive_id: r.archive_id.clone(),
-            from_ms: r.window.from_ms,
-            to_ms: r.window.to_ms,
-            destination_bus: r.destination_bus.clone(),
-            rules: r.rules.clone(),
-            state: r.state,
-            state_reason: r.state_reason.clone(),
-            events_total: r.events_total,
-            events_replayed: r.progress.events_replayed,
-            last_replayed_ms: r.progress.last_replayed_ms,
-            position: r.progress.position.as_ref().map(|p| p.as_str().to_owned()),
-            started_ms: r.started_ms,
-            ended_ms: r.ended_ms,
-        }
-    }
-}
-
-impl From<Stored> for ReplayRecord {
-    fn from(s: Stored) -> Self {
-        Self {
-            id: s.id,
-            tenant: s.tenant,
-            name: s.name,
-            bus: s.bus,
-            archive: s.archive,
-            archive_id: s.archive_id,
-            window: Window {
-                from_ms: s.from_ms,
-                to_ms: s.to_ms,
-            },
-            destination_bus: s.destination_bus,
-            rules: s.rules,
-            state: s.state,
-            state_reason: s.state_reason,
-            events_total: s.events_total,
-            progress: ReplayProgress {
-                events_replayed: s.events_replayed,
-                last_replayed_ms: s.last_replayed_ms,
-                position: s.position.map(ArchivePosition::from_stored),
-            },
-            started_ms: s.started_ms,
-            ended_ms: s.ended_ms,
-        }
-    }
-}
 
 fn decode(text: String) -> rusqlite::Result<ReplayRecord> {
-    serde_json::from_str::<Stored>(&text)
+    serde_json::from_str::<StoredReplay>(&text)
         .map(ReplayRecord::from)
         .map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
@@ -109,7 +31,7 @@ fn save(tx: &Transaction<'_>, record: &ReplayRecord) -> anyhow::Result<()> {
     tx.prepare_cached("UPDATE replays SET state = ?, record = ? WHERE id = ?")?
         .execute(params![
             record.state.as_str(),
-            serde_json::to_string(&Stored::from(record))?,
+            serde_json::to_string(&StoredReplay::from(record))?,
             record.id
         ])?;
     Ok(())
@@ -140,7 +62,7 @@ impl Replays for SqliteStore {
                     record.name,
                     record.state.as_str(),
                     record.started_ms,
-                    serde_json::to_string(&Stored::from(&record))?
+                    serde_json::to_string(&StoredReplay::from(&record))?
                 ])?;
                 Ok(())
             })
