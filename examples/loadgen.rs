@@ -667,12 +667,20 @@ async fn routed(client: &reqwest::Client, url: &str, limit: Duration) -> Duratio
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
+        // The line carries the node label: `busbar_routing_backlog_events{node="…"} 0`.
         let backlog = text
             .lines()
-            .find_map(|l| l.strip_prefix("busbar_routing_backlog_events "))
+            .find(|l| {
+                l.strip_prefix("busbar_routing_backlog_events")
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.trim().parse::<f64>().ok());
         quiet = if backlog == Some(0.0) { quiet + 1 } else { 0 };
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if quiet < 5 {
+        eprintln!("warning: the router did not drain within {limit:?}; the next phase pays for it");
     }
     t0.elapsed()
 }
