@@ -224,6 +224,13 @@ async fn sink_handler(State(sink): State<Arc<Sink>>, body: Bytes) -> &'static st
     "ok"
 }
 
+/// A sink that only counts (replayed events carry their old send times,
+/// which must not count as live latency).
+async fn count_sink_handler(State(sink): State<Arc<Sink>>) -> &'static str {
+    sink.count.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
 /// The sink of batched deliveries: counts the events in each array.
 async fn batch_sink_handler(State(sink): State<Arc<Sink>>, body: Bytes) -> &'static str {
     if let Ok(events) = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body) {
@@ -1299,6 +1306,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/sink", post(sink_handler))
         .route("/sink-batch", post(batch_sink_handler))
+        .route("/sink-count", post(count_sink_handler))
         .with_state(sink.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sink_url = format!("http://{}/sink", listener.local_addr()?);
@@ -1641,6 +1649,11 @@ async fn history_scenario(
     put(format!("{url}/v1/buses/replayed"), json!({"trace": false})).await?;
     put(format!("{url}/v1/buses/live"), json!({"trace": false})).await?;
     for bus in ["plain", "kept", "replayed", "live"] {
+        let sink_url = if bus == "replayed" {
+            sink_url.replace("/sink", "/sink-count")
+        } else {
+            sink_url.to_owned()
+        };
         for r in 0..args.rules {
             let source = if r == 0 {
                 "bench.match".to_owned()
@@ -1667,13 +1680,30 @@ async fn history_scenario(
                 // Each phase starts with the router idle, so no phase pays
                 // for the routing (and tracing) of the one before it.
                 routed(client, url, Duration::from_secs(120)).await;
+                let cpu0 = own_cpu_seconds();
                 let n = bench
                     .flood_to(bus, args.connections, args.seconds, batch, "bench.nomatch")
                     .await;
                 let rate = n as f64 / args.seconds as f64;
+                // CPU per event until the phase's events are routed (and
+                // traced): what history costs, much less disturbed by other
+                // work on a shared machine than throughput is.
+                routed(client, url, Duration::from_secs(120)).await;
+                let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / n.max(1) as f64;
                 println!(
-                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s"
+                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s, {cpu_us:6.1} µs CPU per event"
                 );
+                figures
+                    .entry((
+                        mode,
+                        if batch == 1 {
+                            "cpu single"
+                        } else {
+                            "cpu batch10"
+                        },
+                    ))
+                    .or_default()
+                    .push(cpu_us);
                 figures
                     .entry((
                         mode,
@@ -1689,6 +1719,7 @@ async fn history_scenario(
             routed(client, url, Duration::from_secs(120)).await;
             let before = sink.count.load(Ordering::Relaxed);
             let t0 = Instant::now();
+            let cpu0 = own_cpu_seconds();
             let sent = bench
                 .flood_to(bus, args.connections, args.seconds, 10, "bench.match")
                 .await;
@@ -1697,9 +1728,12 @@ async fn history_scenario(
             }
             let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
             let rate = delivered as f64 / t0.elapsed().as_secs_f64();
+            routed(client, url, Duration::from_secs(120)).await;
+            let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / delivered.max(1) as f64;
             println!(
-                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered"
+                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered, {cpu_us:6.1} µs CPU per event"
             );
+            figures.entry((mode, "cpu e2e")).or_default().push(cpu_us);
             figures
                 .entry((mode, "e2e delivered"))
                 .or_default()
@@ -1707,7 +1741,14 @@ async fn history_scenario(
         }
     }
     if args.history == HistorySwitch::Both {
-        for what in ["ingest single", "ingest batch10", "e2e delivered"] {
+        for what in [
+            "ingest single",
+            "ingest batch10",
+            "e2e delivered",
+            "cpu single",
+            "cpu batch10",
+            "cpu e2e",
+        ] {
             // Medians of the rounds: one disturbed round (the machine is
             // shared) moves a mean far more than a median.
             let median = |m| {

@@ -143,8 +143,13 @@ impl HistoryIndex {
             .iter()
             .map(|(k, (_, p))| (k.clone(), p.clone()))
             .collect();
+        let unconditional = archives
+            .values()
+            .all(|(entry, _)| entry.pattern.is_none())
+            .then(|| archives.values().map(|(e, _)| e.id.clone()).collect());
         let history = BusHistory {
             traced,
+            unconditional,
             archives: archives.into_iter().map(|(k, (e, _))| (k, e)).collect(),
             matcher,
         };
@@ -373,5 +378,56 @@ mod tests {
         assert_eq!(err.first().unwrap().field, "pattern.replay-name");
         let err = archive_pattern(Some(&json!({"source": "x"})), &limits).unwrap_err();
         assert!(err.first().unwrap().field.starts_with("pattern"));
+    }
+
+    /// Archives without patterns stamp events without parsing them, and
+    /// still refuse replayed ones however the attribute is spelled.
+    #[test]
+    fn archives_without_patterns_take_every_event_but_replayed_ones() {
+        let limits = crate::pattern::PatternLimits::default();
+        let index = HistoryIndex::default();
+        let entry = |name: &str, pattern: Option<Value>| ArchiveEntry {
+            name: name.into(),
+            id: format!("id-{name}"),
+            pattern,
+            retention_days: 0,
+            description: None,
+            created_ms: 0,
+        };
+        let put = |name: &str, pattern: Option<Value>| {
+            let compiled = archive_pattern(pattern.as_ref(), &limits).unwrap();
+            index.put_archive("acme", "orders", entry(name, pattern), compiled);
+        };
+        put("all", None);
+        put("also", None);
+        let history = || {
+            index
+                .read()
+                .get(&("acme".to_owned(), "orders".to_owned()))
+                .map(|e| e.history.clone())
+                .unwrap()
+        };
+        let stamp = |body: &str| {
+            let mut ids = history().archives_for(body.as_bytes());
+            ids.sort();
+            ids
+        };
+        assert!(history().unconditional.is_some());
+        let plain = r#"{"id":"1","source":"s","type":"t"}"#;
+        assert_eq!(stamp(plain), ["id-all", "id-also"]);
+        assert!(stamp(r#"{"id":"1","replayname":"r"}"#).is_empty());
+        assert!(stamp(r#"{"id":"1","replay\u006eame":"r"}"#).is_empty());
+        // Named in the data only: still archived (the full matcher decides).
+        assert_eq!(
+            stamp(r#"{"id":"1","data":{"replayname":"r"}}"#),
+            ["id-all", "id-also"]
+        );
+        put("some", Some(json!({"source": ["s"]})));
+        assert!(history().unconditional.is_none());
+        assert_eq!(stamp(plain), ["id-all", "id-also", "id-some"]);
+        assert_eq!(
+            stamp(r#"{"id":"1","source":"other"}"#),
+            ["id-all", "id-also"]
+        );
     }
 }

@@ -33,6 +33,9 @@ pub struct BusHistory {
     pub archives: BTreeMap<String, ArchiveEntry>,
     /// The archives' compiled patterns (each also refusing replayed events).
     pub matcher: RuleSet<ArchiveId>,
+    /// When every archive takes every event (none has a pattern): their
+    /// ids, so most events are stamped without parsing them.
+    pub unconditional: Option<Vec<ArchiveId>>,
 }
 
 impl BusHistory {
@@ -42,13 +45,26 @@ impl BusHistory {
         if self.matcher.is_empty() {
             return Vec::new();
         }
-        self.matcher.matches_json(body).unwrap_or_default()
+        match &self.unconditional {
+            // Such archives refuse only replayed events, and an event that
+            // spells `replayname` nowhere (not even with a JSON escape)
+            // cannot carry it: no need to parse the event.
+            Some(ids) if !may_name_replay(body) => ids.clone(),
+            _ => self.matcher.matches_json(body).unwrap_or_default(),
+        }
     }
 
     /// The archive with this store id, if it is still configured.
     pub fn archive_by_id(&self, id: &str) -> Option<&ArchiveEntry> {
         self.archives.values().find(|a| a.id == id)
     }
+}
+
+/// Whether `body` might hold the `replayname` attribute: it contains the
+/// name, or a `\u` escape that could spell it.
+fn may_name_replay(body: &[u8]) -> bool {
+    memchr::memmem::find(body, crate::store::traces::REPLAY_EXTENSION.as_bytes()).is_some()
+        || memchr::memmem::find(body, b"\\u").is_some()
 }
 
 /// Where the history settings of each bus are found (the control plane's

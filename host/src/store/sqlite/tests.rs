@@ -591,3 +591,30 @@ async fn acks_that_arrive_together_share_cursor_writes() {
         "acked entries came back"
     );
 }
+
+/// SQLite built with STAT4 re-plans a cached statement whenever a value
+/// bound to an indexed column changes, unless the query planner stability
+/// guarantee is on: every trace write used to re-parse its lookup.
+#[test]
+fn cached_statements_are_not_prepared_again_for_new_parameters() {
+    use rusqlite::StatementStatus;
+    const LOOKUP: &str = "SELECT id, received_ms, fact FROM trace_pending \
+                          WHERE tenant = ? AND event_id = ? AND bus = ? ORDER BY id";
+    let dir = tempfile::tempdir().unwrap();
+    let main = connect(&dir.path().join(DB_FILE), Durability::Normal).unwrap();
+    let mut traces = connect(&dir.path().join(TRACES_FILE), Durability::Normal).unwrap();
+    schema::migrate_traces(&mut traces, &main, dir.path()).unwrap();
+    for i in 0..50 {
+        let found = traces
+            .prepare_cached(LOOKUP)
+            .unwrap()
+            .query_map(rusqlite::params!["acme", format!("e{i}"), "orders"], |_| {
+                Ok(())
+            })
+            .unwrap()
+            .count();
+        assert_eq!(found, 0);
+    }
+    let stmt = traces.prepare_cached(LOOKUP).unwrap();
+    assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+}

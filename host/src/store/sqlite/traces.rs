@@ -107,8 +107,17 @@ fn update(tx: &Transaction<'_>, id: i64, trace: &Trace) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn record(tx: &Transaction<'_>, mut trace: Trace) -> anyhow::Result<()> {
-    apply_pending(tx, &mut trace)?;
+/// Whether any fact waits for its trace (usually none: a fact beats its
+/// trace only when a retry is faster than the routing record's commit).
+fn any_pending(tx: &Transaction<'_>) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM trace_pending)")?
+        .query_row([], |r| r.get(0))
+}
+
+fn record(tx: &Transaction<'_>, mut trace: Trace, pending: bool) -> anyhow::Result<()> {
+    if pending {
+        apply_pending(tx, &mut trace)?;
+    }
     let rules = rule_names(&trace.body);
     let body = serde_json::to_string(&trace.body)?;
     let inserted = tx
@@ -295,8 +304,9 @@ impl Traces for SqliteStore {
             return Ok(());
         }
         self.run_traces(move |tx| {
+            let pending = any_pending(tx)?;
             for trace in traces {
-                record(tx, trace)?;
+                record(tx, trace, pending)?;
             }
             Ok(())
         })
