@@ -73,6 +73,10 @@ fn apply_pending(tx: &Transaction<'_>, trace: &mut Trace) -> anyhow::Result<()> 
 
 const COLUMNS: &str =
     "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, event";
+/// [`COLUMNS`] without the event itself (an empty blob in its place): a
+/// fact changes the routing record, never the event, so it need not read it.
+const RECORD_COLUMNS: &str =
+    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, X''";
 
 fn read_trace(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Trace)> {
     let state: String = r.get(7)?;
@@ -169,7 +173,7 @@ fn add_fact(
 ) -> anyhow::Result<()> {
     let found = tx
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 AND bus = ?3 \
+            "SELECT {RECORD_COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 AND bus = ?3 \
              AND (?4 IS NULL OR received_ms = ?4) ORDER BY received_ms DESC, id DESC LIMIT 1"
         ))?
         .query_row(
