@@ -138,6 +138,51 @@ async fn changes_made_on_one_node_take_effect_on_the_others_within_a_second() {
     })
     .await;
 
+    // A schema registered on A is enforced by B; deleted on A, B accepts again.
+    let schema = json!({"source": "shop", "type": "order", "mode": "enforce",
+                        "schema": {"type": "object", "required": ["data"],
+                                   "properties": {"data": {"type": "object", "required": ["total"]}}}});
+    let (s, body) = a
+        .call(
+            Method::PUT,
+            "/v1/buses/default/schemas/orders",
+            &key,
+            Some(schema),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    let bad = || {
+        json!({"specversion": "1.0", "id": format!("s{}", rand_u64()), "source": "shop",
+               "type": "order", "data": {"qty": 1}})
+        .to_string()
+    };
+    propagated("a new schema is enforced on the other node", || async {
+        let (s, _) = b
+            .raw(&key, "default", "application/cloudevents+json", bad(), &[])
+            .await;
+        (s == StatusCode::BAD_REQUEST).then_some(())
+    })
+    .await;
+    let (s, _) = a
+        .call(
+            Method::DELETE,
+            "/v1/buses/default/schemas/orders",
+            &key,
+            None,
+        )
+        .await;
+    assert!(s.is_success());
+    propagated(
+        "a deleted schema is no longer enforced on the other node",
+        || async {
+            let (s, _) = b
+                .raw(&key, "default", "application/cloudevents+json", bad(), &[])
+                .await;
+            (s == StatusCode::ACCEPTED).then_some(())
+        },
+    )
+    .await;
+
     // A key revoked on A stops working on B.
     let (_, tenants) = a.admin(Method::GET, "/v1/admin/tenants", None).await;
     let key_id = tenants["items"][0]["key_ids"][0]

@@ -223,6 +223,12 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
         tasks.push(tokio::spawn(
             control.clone().follow(watch, shutdown_rx.clone()),
         ));
+        // Schemas live in their own store interface, not the watched
+        // configuration: other nodes' changes are read every moment.
+        tasks.push(tokio::spawn(follow_schemas(
+            door.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     if let Some(dir) = &config.plugins_dir {
         tasks.push(tokio::spawn(crate::control::dev_dir::watch_dir(
@@ -296,6 +302,23 @@ async fn prune_loop(
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "pruned routed events"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the log"),
+        }
+    }
+}
+
+/// How often a node sharing its store reads the schemas other nodes changed
+/// (a change applies everywhere within this, well inside the 1 s promise).
+const SCHEMA_REFRESH: Duration = Duration::from_millis(400);
+
+/// Keeps the door's schema registry in line with a store other nodes write.
+async fn follow_schemas(door: Arc<Door>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SCHEMA_REFRESH) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = door.registry.refresh().await {
+            tracing::warn!(error = %e, "cannot read the schemas other nodes changed");
         }
     }
 }

@@ -65,6 +65,11 @@ impl BusSchemas {
         if let Some(r) = registered {
             by_name.insert(r.name.clone(), r);
         }
+        Self::of(by_name)
+    }
+
+    /// The schemas `by_name`, indexed by what selects them.
+    fn of(by_name: BTreeMap<String, Arc<Registered>>) -> Self {
         let mut out = Self {
             by_name,
             ..Self::default()
@@ -192,6 +197,66 @@ impl Registry {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Brings the registry in line with the store: the newest stored
+    /// version of every schema, keeping (not compiling again) the versions
+    /// it already has, and forgetting deleted schemas. Nodes that share a
+    /// store run it every moment, so a schema registered, changed or
+    /// deleted on another node applies here too; with a store only this
+    /// process uses, every change goes through this registry anyway.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        // Held from the read to the swap: a change made here meanwhile
+        // could otherwise be undone by an older listing.
+        let _writing = self.writing.lock().await;
+        let stored = self.store.latest_schema_versions().await?;
+        let mut next: HashMap<String, HashMap<String, BTreeMap<String, Arc<Registered>>>> =
+            HashMap::new();
+        for s in stored {
+            let current = self
+                .get(&s.tenant, &s.bus, &s.name)
+                .filter(|c| c.version == s.version && c.created_ms == s.created_ms);
+            let registered = match current {
+                Some(c) => c,
+                None => match self.registered(&s) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(tenant = %s.tenant, bus = %s.bus, schema = %s.name, error = %e, "stored schema no longer compiles; skipped");
+                        continue;
+                    }
+                },
+            };
+            next.entry(s.tenant)
+                .or_default()
+                .entry(s.bus)
+                .or_default()
+                .insert(s.name, registered);
+        }
+        let kept: std::collections::HashSet<u64> = next
+            .values()
+            .flat_map(|buses| buses.values())
+            .flat_map(|by_name| by_name.values().map(|r| r.uid))
+            .collect();
+        let mut buses = self.buses.write().unwrap_or_else(|p| p.into_inner());
+        for gone in buses
+            .values()
+            .flat_map(|b| b.values())
+            .flat_map(|b| b.by_name.values())
+            .filter(|r| !kept.contains(&r.uid))
+        {
+            self.compiled.invalidate(&gone.uid);
+        }
+        *buses = next
+            .into_iter()
+            .map(|(tenant, of_tenant)| {
+                let of_tenant = of_tenant
+                    .into_iter()
+                    .map(|(bus, by_name)| (bus, Arc::new(BusSchemas::of(by_name))))
+                    .collect();
+                (tenant, of_tenant)
+            })
+            .collect();
         Ok(())
     }
 
@@ -356,5 +421,53 @@ impl Registry {
             self.replace(tenant, bus, BusSchemas::default());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::memory::MemoryStore;
+    use serde_json::json;
+
+    fn spec(maximum: u32) -> SchemaSpec {
+        SchemaSpec::parse(
+            &json!({"source": "shop", "type": "order", "mode": "enforce",
+            "schema": {"type": "object", "properties": {"data": {"type": "object",
+                "properties": {"qty": {"type": "integer", "maximum": maximum}}}}}}),
+        )
+        .unwrap()
+    }
+
+    /// Two nodes' registries over one store: what one changes, the other
+    /// picks up on its next refresh, compiling only what changed.
+    #[tokio::test]
+    async fn refresh_follows_changes_made_through_another_registry() {
+        let clock: SharedClock = Arc::new(ManualClock::new(1_000));
+        let store = Arc::new(MemoryStore::new(clock.clone()));
+        let a = Registry::new(store.clone(), clock.clone());
+        let b = Registry::new(store, clock);
+        a.put("acme", "orders", "order", spec(5)).await.unwrap();
+        assert!(!b.has_schemas("acme", "orders"));
+        b.refresh().await.unwrap();
+        let first = b.get("acme", "orders", "order").unwrap();
+        assert_eq!(first.version, 1);
+        b.refresh().await.unwrap();
+        let again = b.get("acme", "orders", "order").unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "an unchanged version is kept");
+
+        a.put("acme", "orders", "order", spec(9)).await.unwrap();
+        b.refresh().await.unwrap();
+        assert_eq!(b.get("acme", "orders", "order").unwrap().version, 2);
+        assert!(
+            b.compiled.get(&first.uid).is_none(),
+            "the old validator is dropped"
+        );
+
+        assert!(a.delete("acme", "orders", "order").await.unwrap());
+        b.refresh().await.unwrap();
+        assert!(!b.has_schemas("acme", "orders"));
+        assert!(b.list("acme", "orders").is_empty());
     }
 }
