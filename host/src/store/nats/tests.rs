@@ -440,3 +440,73 @@ async fn plugin_components_are_shared_by_digest_and_health_follows_the_server() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Two bus nodes share the routing consumer behind a link that delays
+/// every answer by 20 ms. Each routes as the router does: take entries,
+/// write their traces, acknowledge them. Every entry must be routed within
+/// 5 s. Writing one trace at a time (two round trips each: read the facts
+/// waiting for it, put it) needs at least 250 × 40 ms = 10 s per node for
+/// 500 entries, and that capped routing on a real cluster at a few hundred
+/// entries a second: the routing backlog filled `max_ack_pending`, a
+/// stopping node handed thousands of entries back, and two nodes on one
+/// deployment collapsed.
+#[tokio::test]
+async fn two_nodes_route_traced_entries_without_a_round_trip_per_trace() {
+    use crate::store::traces::{Trace, Traces};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const ENTRIES: usize = 500;
+    let nats = Nats::single().await;
+    let link = super::testing::SlowLink::to(&nats.urls(), Duration::from_millis(20)).await;
+    let mut o = options(&nats, &fresh_prefix());
+    o.urls = vec![link.url()];
+    let nodes = [
+        NatsStore::connect(o.clone(), clock()).await.unwrap(),
+        NatsStore::connect(o, clock()).await.unwrap(),
+    ];
+    let events: Vec<NewEvent> = (0..ENTRIES).map(|i| event(&format!("e{i}"))).collect();
+    nodes[0].append(events).await.unwrap();
+
+    let routed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        let (node, routed) = (node.clone(), routed.clone());
+        tasks.push(tokio::spawn(async move {
+            let consumer = node.consumer().await.unwrap();
+            while routed.load(Ordering::SeqCst) < ENTRIES {
+                let entries = consumer
+                    .next(100, Duration::from_millis(100))
+                    .await
+                    .unwrap();
+                if entries.is_empty() {
+                    continue;
+                }
+                let traces = entries.iter().map(|e| Trace::received(&e.event)).collect();
+                node.record_traces(traces).await.unwrap();
+                let n = entries.len();
+                consumer
+                    .ack(entries.into_iter().map(|e| e.ack).collect())
+                    .await
+                    .unwrap();
+                routed.fetch_add(n, Ordering::SeqCst);
+            }
+        }));
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
+    while routed.load(Ordering::SeqCst) < ENTRIES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {ENTRIES} entries routed in {:?}",
+            routed.load(Ordering::SeqCst),
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for id in ["e0", "e499"] {
+        let trace = nodes[1].trace("acme", id, Some("orders")).await.unwrap();
+        assert_eq!(trace.map(|t| t.event_id).as_deref(), Some(id));
+    }
+}
