@@ -20,7 +20,7 @@ trap cleanup EXIT INT TERM
 export BUSBAR_ADMIN_KEY=scale-admin
 
 wait_ready() { # url
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     curl -sf "$1/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
