@@ -510,3 +510,53 @@ async fn two_nodes_route_traced_entries_without_a_round_trip_per_trace() {
         assert_eq!(trace.map(|t| t.event_id).as_deref(), Some(id));
     }
 }
+
+/// A stopping node whose parked pull is handed an entry just as the node
+/// stops waiting (a shutdown cancels the router's wait) gives that entry
+/// back with the rest: another node gets it at once, not after `AckWait`.
+/// The link delays the server's answers by 300 ms, so the entry is on its
+/// way to the pull when the caller gives up and the node releases.
+#[tokio::test]
+async fn a_clean_stop_gives_back_an_entry_its_cancelled_pull_was_handed() {
+    let nats = Nats::single().await;
+    let link = super::testing::SlowLink::to(&nats.urls(), Duration::from_millis(300)).await;
+    let direct = options(&nats, &fresh_prefix());
+    let mut slow = direct.clone();
+    slow.urls = vec![link.url()];
+    slow.ack_wait = Duration::from_secs(30);
+    let stopping = NatsStore::connect(slow, clock()).await.unwrap();
+    let other = NatsStore::connect(direct, clock()).await.unwrap();
+    let routing = stopping.consumer().await.unwrap();
+    let waiting = tokio::spawn({
+        let routing = routing.clone();
+        async move { routing.next(10, Duration::from_secs(10)).await }
+    });
+    // Once its pull is parked on the server, an entry goes straight to it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = other.inner.log.consumer_info(log::ROUTER).await.unwrap();
+        if info.num_waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pull never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.append(vec![event("e1")]).await.unwrap();
+    waiting.abort();
+    routing.release().await;
+
+    let taking = other.consumer().await.unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let got = taking.next(10, Duration::from_millis(200)).await.unwrap();
+        if got.iter().any(|e| e.event.event_id == "e1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "e1 not given back within {:?} (AckWait is 30 s)",
+            started.elapsed()
+        );
+    }
+}
