@@ -29,7 +29,7 @@
 //! is due, `lease_due` parks one pull request until the earliest pooled job
 //! falls due or `wait` runs out, so an enqueue on any node wakes it. Both
 //! pulls run in tasks of their own that put what they get in the pool
-//! (see [`Pulls`]): a `lease_due` cancelled by a shutdown loses nothing,
+//! (see `Pulls` in the module root): a `lease_due` cancelled by a shutdown loses nothing,
 //! and `release` ends the pulls before it hands the pool back.
 //!
 //! **Reading its own writes.** On a cluster the consumer's leader may run a

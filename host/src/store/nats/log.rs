@@ -30,7 +30,7 @@
 //! restart resumes from). A dropped consumer naks what it holds, so a
 //! restarted node (or another) gets those entries at once.
 //!
-//! Each pull runs in a task of its own ([`Pulls`]) and files what it
+//! Each pull runs in a task of its own (`Pulls`) and files what it
 //! receives as held before `next` returns it, so a `next` the caller stops
 //! waiting for (a shutdown) loses nothing: its entries come out of the next
 //! call, or `release` gives them back. `release` first ends the node's
