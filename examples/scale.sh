@@ -20,11 +20,11 @@ trap cleanup EXIT INT TERM
 export BUSBAR_ADMIN_KEY=scale-admin
 
 wait_ready() { # url
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     curl -sf "$1/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  echo "$1 never became ready" >&2; return 1
+  echo "$1 never became ready" >&2; tail -n 5 "$work"/*.log >&2; return 1
 }
 
 echo "== machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
@@ -51,6 +51,10 @@ CONF
   pids+=($!); natspid[$i]=$!
 done
 store="nats://127.0.0.1:18421,nats://127.0.0.1:18422,nats://127.0.0.1:18423"
+# A node started before the servers listen exits at once (unreachable store).
+for i in 1 2 3; do
+  for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/1842$i) 2>/dev/null && break; sleep 0.1; done
+done
 
 for n in 1 2 3; do
   urls=(); watch=()

@@ -567,10 +567,11 @@ async fn configuration_and_undelivered_work_survive_a_restart() {
     let dir = bus.stop().await;
     let bus = TestBus::start_in(dir).await;
     // On SQLite the restarted process owns everything at once. On NATS the
-    // stopped node gives its held work back, but a pull it had parked can
-    // still take a redelivery before its connection closes; the server then
-    // hands it out again after AckWait (30 s). Survive, not how fast.
-    let body = crate::support::wait_for("p1 in the queue", Duration::from_secs(45), || async {
+    // stopped node gives its held work back at once, including what its
+    // parked pull was handed as the node stopped waiting (the entry is
+    // appended just before the stop); lost in that pull, it came back only
+    // after AckWait (30 s), so 10 s tells the two apart.
+    let body = crate::support::wait_for("p1 in the queue", Duration::from_secs(10), || async {
         let (status, body) = bus
             .call(
                 Method::POST,

@@ -27,7 +27,10 @@
 //! used: it would override `AckWait`), so far-future retries do not sit in
 //! a node's memory and come back to whichever node pulls then. When nothing
 //! is due, `lease_due` parks one pull request until the earliest pooled job
-//! falls due or `wait` runs out, so an enqueue on any node wakes it.
+//! falls due or `wait` runs out, so an enqueue on any node wakes it. Both
+//! pulls run in tasks of their own that put what they get in the pool
+//! (see `Pulls` in the module root): a `lease_due` cancelled by a shutdown loses nothing,
+//! and `release` ends the pulls before it hands the pool back.
 //!
 //! **Reading its own writes.** On a cluster the consumer's leader may run a
 //! moment behind the stream's leader, so a job this node just enqueued
@@ -56,7 +59,7 @@
 //! then the job's message is double-acked.
 
 use super::table::{self, Expect, TableError};
-use super::{Holder, NatsStore, frame, unframe};
+use super::{Holder, NatsStore, Pulls, frame, unframe};
 use crate::clock::millis;
 use crate::store::dead_letters::DeadLetterId;
 use crate::store::failure::{AttemptError, Exhausted, FailureCode};
@@ -200,6 +203,8 @@ fn decode(payload: &bytes::Bytes) -> StoreResult<NewJob> {
 pub(crate) struct Pool {
     state: Mutex<PoolState>,
     consumer: tokio::sync::OnceCell<consumer::Consumer<pull::Config>>,
+    /// The pulls running on `consumer` (see [`Pulls`]).
+    pulls: Pulls,
 }
 
 #[derive(Debug, Default)]
@@ -393,6 +398,14 @@ impl NatsStore {
                 Ok(workers)
             })
             .await
+    }
+
+    /// What `lease_due` answers once this node's jobs were released (a
+    /// clean stop): nothing, after its wait, so a caller still looping does
+    /// not spin.
+    async fn released(&self, deadline: tokio::time::Instant) -> Vec<LeasedJob> {
+        tokio::time::sleep_until(deadline).await;
+        Vec::new()
     }
 
     /// Waits (briefly) until the consumer has seen this node's last write.
@@ -721,6 +734,10 @@ impl NatsStore {
 #[async_trait]
 impl DeliveryJobs for NatsStore {
     async fn release(&self) {
+        // First end this node's pulls: one still parked would take the
+        // jobs handed back below (the server redelivers at once), and
+        // nobody would read it.
+        self.inner.job_pool.pulls.close().await;
         let replies = self.inner.job_pool.take_all();
         self.inner.drain(replies);
     }
@@ -749,7 +766,16 @@ impl DeliveryJobs for NatsStore {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             self.catch_up(workers).await?;
-            self.drain_consumer(workers).await?;
+            let (store, on) = (self.clone(), workers.clone());
+            match s
+                .job_pool
+                .pulls
+                .run(async move { store.drain_consumer(&on).await })
+                .await
+            {
+                Some(drained) => drained?,
+                None => return Ok(self.released(deadline).await),
+            }
             self.find_heads().await?;
             let now = s.now();
             let (leased, next_at, waiting) = s.job_pool.pick(max, lease_for, now);
@@ -769,14 +795,27 @@ impl DeliveryJobs for NatsStore {
                 // A head held by another node gives no signal when it goes.
                 nap = nap.min(RECHECK);
             }
-            let batch = s
-                .timed(
-                    "read jobs",
-                    workers.batch().max_messages(1).expires(nap).messages(),
-                )
-                .await?;
-            let got = super::log::collect(s, batch, nap).await?;
-            self.take_in(got);
+            let (store, on) = (self.clone(), workers.clone());
+            let parked = s
+                .job_pool
+                .pulls
+                .run(async move {
+                    let s = &store.inner;
+                    let batch = s
+                        .timed(
+                            "read jobs",
+                            on.batch().max_messages(1).expires(nap).messages(),
+                        )
+                        .await?;
+                    let got = super::log::collect(s, batch, nap).await?;
+                    store.take_in(got);
+                    StoreResult::Ok(())
+                })
+                .await;
+            match parked {
+                Some(pulled) => pulled?,
+                None => return Ok(self.released(deadline).await),
+            }
         }
     }
 

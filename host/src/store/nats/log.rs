@@ -30,20 +30,28 @@
 //! restart resumes from). A dropped consumer naks what it holds, so a
 //! restarted node (or another) gets those entries at once.
 //!
+//! Each pull runs in a task of its own (`Pulls`) and files what it
+//! receives as held before `next` returns it, so a `next` the caller stops
+//! waiting for (a shutdown) loses nothing: its entries come out of the next
+//! call, or `release` gives them back. `release` first ends the node's
+//! pulls, so a pull still parked cannot take the entries it hands back (the
+//! server redelivers them at once, and nobody would read that pull: they
+//! would return only after `AckWait`).
+//!
 //! **Prune** removes what routing no longer needs: entries at or below the
 //! consumer's ack floor accepted before the cut-off, found by a binary
 //! search over the stream (accept times grow with the sequence) and purged
 //! with one `purge up to sequence`. A retention limit (`log_max_age`,
 //! `log_max_bytes`) can bound the stream as well.
 
-use super::{Holder, NatsStore, frame, unframe};
+use super::{Holder, NatsStore, Pulls, frame, unframe};
 use crate::store::log::{AckToken, EventLog, LogConsumer, LogEntry, NewEvent};
 use crate::store::{Millis, StoreError, StoreResult};
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -170,9 +178,13 @@ impl EventLog for NatsStore {
         let weak = Arc::downgrade(&held);
         s.hold(weak);
         Ok(Arc::new(NatsLogConsumer {
-            store: self.clone(),
-            consumer,
-            held,
+            puller: Arc::new(Puller {
+                store: self.clone(),
+                consumer,
+                held,
+                ready: Mutex::default(),
+            }),
+            pulls: Pulls::default(),
         }))
     }
 
@@ -238,12 +250,56 @@ impl Holder for InFlight {
 
 /// This node's handle on the shared routing consumer.
 struct NatsLogConsumer {
+    puller: Arc<Puller>,
+    pulls: Pulls,
+}
+
+/// What a pull needs (shared with the pull's task).
+struct Puller {
     store: NatsStore,
     consumer: consumer::Consumer<pull::Config>,
     held: Arc<InFlight>,
+    /// Entries pulled (and held) but not handed out yet: those of a pull
+    /// whose caller stopped waiting come out of the next call.
+    ready: Mutex<VecDeque<LogEntry>>,
 }
 
-impl NatsLogConsumer {
+impl Puller {
+    fn ready(&self) -> MutexGuard<'_, VecDeque<LogEntry>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `max` of the ready entries.
+    fn take_ready(&self, max: usize) -> Vec<LogEntry> {
+        let mut ready = self.ready();
+        let n = max.min(ready.len());
+        ready.drain(..n).collect()
+    }
+
+    /// Pulls what is waiting (up to `max`), or else the first entry that
+    /// arrives within `wait` and what is waiting behind it, filing each as
+    /// held and ready as soon as it is received.
+    async fn pull_ready(&self, max: usize, wait: Duration) -> StoreResult<()> {
+        let got = self.pull(max, None).await?;
+        if !got.is_empty() || wait < Duration::from_millis(1) {
+            self.file(got);
+            return Ok(());
+        }
+        let got = self.pull(1, Some(wait)).await?;
+        let more = !got.is_empty() && max > 1;
+        self.file(got);
+        if more {
+            let got = self.pull(max - 1, None).await?;
+            self.file(got);
+        }
+        Ok(())
+    }
+
+    fn file(&self, messages: Vec<async_nats::jetstream::Message>) {
+        let entries: Vec<LogEntry> = messages.into_iter().filter_map(|m| self.entry(m)).collect();
+        self.ready().extend(entries);
+    }
+
     /// Pulls up to `max` messages: what is waiting now, or (with `wait`)
     /// the first that arrives within it.
     async fn pull(
@@ -335,20 +391,27 @@ impl LogConsumer for NatsLogConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let mut messages = self.pull(max, None).await?;
-        if messages.is_empty() && wait >= Duration::from_millis(1) {
-            messages = self.pull(1, Some(wait)).await?;
-            if !messages.is_empty() && max > 1 {
-                messages.extend(self.pull(max - 1, None).await?);
-            }
+        let ready = self.puller.take_ready(max);
+        if !ready.is_empty() {
+            return Ok(ready);
         }
-        Ok(messages.into_iter().filter_map(|m| self.entry(m)).collect())
+        let puller = self.puller.clone();
+        match self
+            .pulls
+            .run(async move { puller.pull_ready(max, wait).await })
+            .await
+        {
+            Some(Ok(())) => Ok(self.puller.take_ready(max)),
+            Some(Err(e)) => Err(e),
+            // Released (a clean stop): nothing more is taken.
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn ack(&self, tokens: Vec<AckToken>) -> StoreResult<()> {
-        let s = &self.store.inner;
+        let s = &self.puller.store.inner;
         let taken: Vec<(u64, String)> = {
-            let mut held = self.held.map();
+            let mut held = self.puller.held.map();
             tokens
                 .iter()
                 .filter_map(|t| t.as_seq())
@@ -363,7 +426,7 @@ impl LogConsumer for NatsLogConsumer {
         )
         .await;
         let mut first_error = None;
-        let mut held = self.held.map();
+        let mut held = self.puller.held.map();
         for ((seq, reply), result) in taken.into_iter().zip(results) {
             if let Err(e) = result {
                 // Still held: keep it alive and let the caller try again.
@@ -378,18 +441,26 @@ impl LogConsumer for NatsLogConsumer {
     }
 
     fn in_flight(&self) -> usize {
-        self.held.map().len()
+        // Handed out: held, less what a cancelled pull filed and nobody took
+        // yet (a stop does not wait for those; `release` gives them back).
+        let held = self.puller.held.map().len();
+        held.saturating_sub(self.puller.ready().len())
     }
 
     async fn release(&self) {
-        let replies: Vec<(u64, String)> = self.held.map().drain().collect();
-        self.store.inner.drain(replies);
+        // First end this node's pulls: one still parked would take the
+        // entries handed back below (the server redelivers at once), and
+        // nobody would read it.
+        self.pulls.close().await;
+        self.puller.ready().clear();
+        let replies: Vec<(u64, String)> = self.puller.held.map().drain().collect();
+        self.puller.store.inner.drain(replies);
     }
 }
 
 impl Drop for NatsLogConsumer {
     fn drop(&mut self) {
-        let replies: Vec<(u64, String)> = self.held.map().drain().collect();
-        self.store.inner.drain(replies);
+        let replies: Vec<(u64, String)> = self.puller.held.map().drain().collect();
+        self.puller.store.inner.drain(replies);
     }
 }

@@ -937,6 +937,47 @@ impl Shared {
     }
 }
 
+/// The pulls a handle has running. Each runs in a task of its own that
+/// files what it receives as held before its caller sees it, so a caller
+/// that stops waiting (a shutdown cancels the router's and the retry
+/// loop's waits) loses nothing: a message the server handed to a pull
+/// nobody reads any more would come back only after `AckWait`. A clean
+/// stop ([`Pulls::close`]) waits for the running pulls and refuses new
+/// ones before it hands back what the node holds, so no pull of the
+/// stopping node takes that work again.
+#[derive(Debug, Default)]
+pub(crate) struct Pulls {
+    /// Read-held by every running pull; `true` once closed.
+    closed: Arc<tokio::sync::RwLock<bool>>,
+}
+
+impl Pulls {
+    /// Runs `pull` to its end in a task of its own, even if the caller
+    /// stops waiting; `None` once closed (or if the task panicked).
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        pull: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let open = self.closed.clone().read_owned().await;
+        if *open {
+            return None;
+        }
+        tokio::spawn(async move {
+            let out = pull.await;
+            drop(open);
+            out
+        })
+        .await
+        .ok()
+    }
+
+    /// Refuses new pulls and waits until the running ones have ended
+    /// (each is bounded by its own wait and the request timeout).
+    pub(crate) async fn close(&self) {
+        *self.closed.write().await = true;
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         let replies = self.job_pool.take_all();

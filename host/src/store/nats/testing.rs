@@ -288,3 +288,70 @@ async fn r3_stream_placeable(url: &str, replicas: usize) -> bool {
     let _ = js.delete_stream("BUSBAR_READY_PROBE").await;
     created
 }
+
+/// A loopback TCP proxy in front of a server that delays everything the
+/// server sends by a fixed time, as a link between machines (or across
+/// zones) would. A client that waits for one answer before it sends the
+/// next request pays the delay per request; one that keeps many requests
+/// in flight pays it about once. Ends with the test's runtime.
+pub(crate) struct SlowLink {
+    port: u16,
+}
+
+impl SlowLink {
+    /// A link to `url` (`nats://127.0.0.1:port`) that delays each answer by `delay`.
+    pub(crate) async fn to(url: &str, delay: Duration) -> Self {
+        let upstream = url.trim_start_matches("nats://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port for the link");
+        let port = listener.local_addr().expect("its address").port();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(carry(client, server, delay));
+            }
+        });
+        Self { port }
+    }
+
+    /// `nats://127.0.0.1:port` of the link.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Carries one connection: requests as they come, answers each `delay`
+/// after it arrived (in order, never held up by each other's delay).
+async fn carry(client: tokio::net::TcpStream, server: tokio::net::TcpStream, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let down = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if client_wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = server_rd.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = down.await;
+    up.abort();
+}

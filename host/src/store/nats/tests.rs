@@ -440,3 +440,123 @@ async fn plugin_components_are_shared_by_digest_and_health_follows_the_server() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Two bus nodes share the routing consumer behind a link that delays
+/// every answer by 20 ms. Each routes as the router does: take entries,
+/// write their traces, acknowledge them. Every entry must be routed within
+/// 5 s. Writing one trace at a time (two round trips each: read the facts
+/// waiting for it, put it) needs at least 250 × 40 ms = 10 s per node for
+/// 500 entries, and that capped routing on a real cluster at a few hundred
+/// entries a second: the routing backlog filled `max_ack_pending`, a
+/// stopping node handed thousands of entries back, and two nodes on one
+/// deployment collapsed.
+#[tokio::test]
+async fn two_nodes_route_traced_entries_without_a_round_trip_per_trace() {
+    use crate::store::traces::{Trace, Traces};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const ENTRIES: usize = 500;
+    let nats = Nats::single().await;
+    let link = super::testing::SlowLink::to(&nats.urls(), Duration::from_millis(20)).await;
+    let mut o = options(&nats, &fresh_prefix());
+    o.urls = vec![link.url()];
+    let nodes = [
+        NatsStore::connect(o.clone(), clock()).await.unwrap(),
+        NatsStore::connect(o, clock()).await.unwrap(),
+    ];
+    let events: Vec<NewEvent> = (0..ENTRIES).map(|i| event(&format!("e{i}"))).collect();
+    nodes[0].append(events).await.unwrap();
+
+    let routed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        let (node, routed) = (node.clone(), routed.clone());
+        tasks.push(tokio::spawn(async move {
+            let consumer = node.consumer().await.unwrap();
+            while routed.load(Ordering::SeqCst) < ENTRIES {
+                let entries = consumer
+                    .next(100, Duration::from_millis(100))
+                    .await
+                    .unwrap();
+                if entries.is_empty() {
+                    continue;
+                }
+                let traces = entries.iter().map(|e| Trace::received(&e.event)).collect();
+                node.record_traces(traces).await.unwrap();
+                let n = entries.len();
+                consumer
+                    .ack(entries.into_iter().map(|e| e.ack).collect())
+                    .await
+                    .unwrap();
+                routed.fetch_add(n, Ordering::SeqCst);
+            }
+        }));
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
+    while routed.load(Ordering::SeqCst) < ENTRIES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {ENTRIES} entries routed in {:?}",
+            routed.load(Ordering::SeqCst),
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for id in ["e0", "e499"] {
+        let trace = nodes[1].trace("acme", id, Some("orders")).await.unwrap();
+        assert_eq!(trace.map(|t| t.event_id).as_deref(), Some(id));
+    }
+}
+
+/// A stopping node whose parked pull is handed an entry just as the node
+/// stops waiting (a shutdown cancels the router's wait) gives that entry
+/// back with the rest: another node gets it at once, not after `AckWait`.
+/// The link delays the server's answers by 300 ms, so the entry is on its
+/// way to the pull when the caller gives up and the node releases.
+#[tokio::test]
+async fn a_clean_stop_gives_back_an_entry_its_cancelled_pull_was_handed() {
+    let nats = Nats::single().await;
+    let link = super::testing::SlowLink::to(&nats.urls(), Duration::from_millis(300)).await;
+    let direct = options(&nats, &fresh_prefix());
+    let mut slow = direct.clone();
+    slow.urls = vec![link.url()];
+    slow.ack_wait = Duration::from_secs(30);
+    let stopping = NatsStore::connect(slow, clock()).await.unwrap();
+    let other = NatsStore::connect(direct, clock()).await.unwrap();
+    let routing = stopping.consumer().await.unwrap();
+    let waiting = tokio::spawn({
+        let routing = routing.clone();
+        async move { routing.next(10, Duration::from_secs(10)).await }
+    });
+    // Once its pull is parked on the server, an entry goes straight to it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = other.inner.log.consumer_info(log::ROUTER).await.unwrap();
+        if info.num_waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pull never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.append(vec![event("e1")]).await.unwrap();
+    waiting.abort();
+    routing.release().await;
+
+    let taking = other.consumer().await.unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let got = taking.next(10, Duration::from_millis(200)).await.unwrap();
+        if got.iter().any(|e| e.event.event_id == "e1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "e1 not given back within {:?} (AckWait is 30 s)",
+            started.elapsed()
+        );
+    }
+}
