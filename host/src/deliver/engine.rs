@@ -6,7 +6,7 @@
 //! Anything not delivered at once is written to the store before the
 //! delivery counts as done: a failed attempt becomes a job due after its
 //! backoff, an attempt that cannot start (its target is at its in-flight
-//! cap) becomes a job due now. Each first attempt carries a [`DoneGuard`]
+//! cap for longer than [`EngineConfig::slot_wait`]) becomes a job due now. Each first attempt carries a [`DoneGuard`]
 //! from the router, dropped only when the delivery is done or persisted,
 //! so routing progress never moves past work that could still be lost.
 //!
@@ -62,7 +62,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 /// Held by a first attempt until its delivery is done or persisted; the
 /// router's routing progress is released when the last one drops.
@@ -82,6 +82,13 @@ pub struct EngineConfig {
     pub lease_batch: usize,
     /// Longest the scheduler waits in one lease call (it also wakes on new jobs).
     pub idle_wait: Duration,
+    /// How long a first attempt waits in memory for a slot of its busy
+    /// target before it is parked in the store. Routing hands the engine
+    /// bursts (a thousand entries at once) that a target's cap spreads over
+    /// a few round trips; waiting them out here costs nothing, parking
+    /// them costs a job write, a lease and an ack each (and, on a traced
+    /// bus, a trace fact per attempt).
+    pub slot_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +99,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(30),
             lease_batch: 256,
             idle_wait: Duration::from_secs(1),
+            slot_wait: Duration::from_millis(250),
         }
     }
 }
@@ -255,7 +263,7 @@ pub struct DeliveryEngine {
     clock: SharedClock,
     config: EngineConfig,
     global: Arc<Semaphore>,
-    in_flight: Mutex<HashMap<TargetKey, usize>>,
+    in_flight: Mutex<HashMap<TargetKey, Busy>>,
     /// Leases of attempts in progress, renewed by the heartbeat.
     leased: Mutex<HashSet<JobLease>>,
     /// Chained first deliveries, to be stored in dispatch order.
@@ -289,6 +297,14 @@ impl std::fmt::Debug for DeliveryEngine {
     }
 }
 
+/// One target's calls in flight, and a signal for first attempts waiting
+/// for one of them to end.
+#[derive(Default)]
+struct Busy {
+    calls: usize,
+    room: Arc<Notify>,
+}
+
 /// A target's in-flight slot, released when dropped.
 struct Slot {
     engine: Arc<DeliveryEngine>,
@@ -302,9 +318,12 @@ impl Drop for Slot {
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(busy) = map.get_mut(&self.key) {
+            busy.calls = busy.calls.saturating_sub(1);
+            // Wakes one waiter (or lets the next one through at once).
+            busy.room.notify_one();
+            // Kept while someone waits on its signal.
+            if busy.calls == 0 && Arc::strong_count(&busy.room) == 1 {
                 map.remove(&self.key);
             }
         }
@@ -373,17 +392,49 @@ impl DeliveryEngine {
     }
 
     fn try_slot(self: &Arc<Self>, target: &BoundTarget) -> Option<Slot> {
+        self.slot_or_signal(target).ok()
+    }
+
+    /// A slot of `target`, or the signal that one was released.
+    fn slot_or_signal(self: &Arc<Self>, target: &BoundTarget) -> Result<Slot, Arc<Notify>> {
         let key = key_of(target);
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key.clone()).or_insert(0);
-        if *n >= self.config.per_target_cap {
-            return None;
+        let busy = map.entry(key.clone()).or_default();
+        if busy.calls >= self.config.per_target_cap {
+            return Err(busy.room.clone());
         }
-        *n += 1;
-        Some(Slot {
+        busy.calls += 1;
+        Ok(Slot {
             engine: self.clone(),
             key,
         })
+    }
+
+    /// A slot of `target` and an engine permit, waiting until `deadline`
+    /// at most (first attempts only: they are in memory, and parking them
+    /// costs store writes).
+    async fn wait_for_room(
+        self: &Arc<Self>,
+        target: &BoundTarget,
+        deadline: tokio::time::Instant,
+    ) -> Option<(Slot, OwnedSemaphorePermit)> {
+        let slot = loop {
+            match self.slot_or_signal(target) {
+                Ok(slot) => break slot,
+                Err(room) => {
+                    // A release between the check and this wait is not lost:
+                    // `notify_one` keeps a permit when nobody waits.
+                    tokio::time::timeout_at(deadline, room.notified())
+                        .await
+                        .ok()?;
+                }
+            }
+        };
+        let permit = tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some((slot, permit))
     }
 
     /// Starts first attempts (never blocks): deliveries to the same target
@@ -472,13 +523,22 @@ impl DeliveryEngine {
         let permit = self.global.clone().try_acquire_owned().ok();
         let engine = self.clone();
         tokio::spawn(async move {
-            match (slot, permit) {
-                (Some(slot), Some(permit)) => {
+            let room = match (slot, permit) {
+                (Some(slot), Some(permit)) => Some((slot, permit)),
+                // Busy target or engine: wait a moment for room.
+                (slot, permit) => {
+                    drop((slot, permit));
+                    let deadline = tokio::time::Instant::now() + engine.config.slot_wait;
+                    engine.wait_for_room(&batch[0].target, deadline).await
+                }
+            };
+            match room {
+                Some((slot, permit)) => {
                     engine.attempt(batch).await;
                     drop((slot, permit));
                 }
-                // Busy target or engine: park the deliveries in the store.
-                _ => {
+                // Still busy: park the deliveries in the store.
+                None => {
                     let now = engine.clock.now_ms();
                     let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
                     engine.persist(jobs).await;
@@ -1303,6 +1363,35 @@ mod tests {
             calls.iter().any(|(_, n)| *n > 1),
             "deliveries due together are batched: {calls:?}"
         );
+        h.shutdown.send_replace(true);
+    }
+
+    /// Routing hands the engine bursts larger than a target's cap; the
+    /// surplus waits in memory for a slot instead of being parked as jobs
+    /// (here every job write fails, so a parked delivery would never end).
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_beyond_the_cap_waits_in_memory_for_a_slot() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target = crate::deliver::testing::FailsIds::new(clock, &[], Duration::from_millis(10));
+        let b = bound(target.clone(), RetryPolicy::default());
+        let config = EngineConfig {
+            per_target_cap: 2,
+            ..EngineConfig::default()
+        };
+        let h = harness(vec![b.clone()], config);
+        h.store.fail_next(FaultOp::Enqueue, u32::MAX);
+        let released = Arc::new(AtomicUsize::new(0));
+        let now = h.clock.now_ms();
+        let deliveries: Vec<Delivery> = (0..20)
+            .map(|i| Delivery::first(b.clone(), item(&format!("e{i}")), now, counted(&released)))
+            .collect();
+        h.engine.dispatch(deliveries);
+        until("every delivery done from memory", || async {
+            released.load(Ordering::SeqCst) == 20
+        })
+        .await;
+        assert_eq!(target.calls.lock().unwrap().len(), 20);
+        assert_eq!(h.store.job_count(), 0);
         h.shutdown.send_replace(true);
     }
 
