@@ -814,11 +814,8 @@ async fn the_replay_command_shows_progress_and_ends_with_the_counts() {
     );
 }
 
-// `traces_show_attempts_dead_letters_redrives_and_plugin_free_rules` stays on
-// SQLite for now: on NATS the trace of an event whose target failed twice
-// sometimes lists two attempts instead of three (an attempt fact racing the
-// trace's first write; open, see the issue 10 note).
 crate::also_on_nats!(
+    traces_show_attempts_dead_letters_redrives_and_plugin_free_rules,
     replay_sends_the_window_in_order_to_another_bus_with_replayname,
     cancel_stops_a_rate_capped_replay_within_a_second,
     a_replay_interrupted_by_a_restart_completes_and_history_survives,

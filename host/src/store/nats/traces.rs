@@ -22,9 +22,15 @@
 //! leader reads, one request per trace, and filter and order in the node:
 //! correct, and fine for thousands of traces per tenant; a larger
 //! deployment would keep a node-local index fed by a consumer of the
-//! table. A fact that races with the record of its trace (it read "no
-//! trace" just before the record was written) waits until the trace is
-//! recorded again or expires.
+//! table.
+//!
+//! A fact and the record of its trace may race: the fact reads "no trace"
+//! and waits as `f.…` while the recorder, having read the waiting facts a
+//! moment before, writes the trace without it. So each side looks again
+//! after its write — the recorder for facts that arrived meanwhile, the
+//! fact's writer for a trace recorded meanwhile — and one of any two such
+//! writes sees the other. Whoever applies a waiting fact first claims it
+//! with a compare-and-set tombstone, so it is applied once.
 
 use super::log::{Meta, ROUTER};
 use super::table::{self, Expect, TableError};
@@ -165,24 +171,51 @@ impl NatsStore {
         }
     }
 
-    /// Records one trace, applying the facts that arrived before it.
-    async fn record_trace(&self, mut trace: Trace) -> StoreResult<()> {
+    /// Takes a waiting fact to apply it: a tombstone at the revision it was
+    /// read at, so of two writers that find it, one applies it.
+    async fn claim(&self, key: &str, rev: u64) -> StoreResult<bool> {
         let s = &self.inner;
-        let id = table::key(&[&trace.tenant, &trace.bus, &trace.event_id]);
+        match s.traces.put(key, None, Expect::Rev(rev)).await {
+            Ok(_) => Ok(true),
+            Err(TableError::Conflict) => Ok(false),
+            Err(e) => Err(e.into_store(s, "claim a trace fact")),
+        }
+    }
+
+    /// The facts waiting for event `id`'s trace received at `received_ms`,
+    /// claimed, with their keys.
+    async fn claim_waiting(
+        &self,
+        id: &str,
+        received_ms: Millis,
+    ) -> StoreResult<Vec<(String, TraceFact)>> {
+        let s = &self.inner;
         let waiting = s
             .traces
             .scan(&format!("f.{id}.*"))
             .await
             .map_err(|e| e.into_store(s, "read trace facts"))?;
-        let mut applied = Vec::new();
+        let mut claimed = Vec::new();
         for (key, record) in waiting {
             let Some(w) = table::parse::<Waiting>(&record)? else {
                 continue;
             };
-            if w.received_ms.is_none_or(|at| at == trace.received_ms) {
-                trace.apply(&w.fact);
-                applied.push(key);
+            if w.received_ms.is_none_or(|at| at == received_ms)
+                && self.claim(&key, record.rev).await?
+            {
+                claimed.push((key, w.fact));
             }
+        }
+        Ok(claimed)
+    }
+
+    /// Records one trace, applying the facts that arrived before it.
+    async fn record_trace(&self, mut trace: Trace) -> StoreResult<()> {
+        let s = &self.inner;
+        let id = table::key(&[&trace.tenant, &trace.bus, &trace.event_id]);
+        let claimed = self.claim_waiting(&id, trace.received_ms).await?;
+        for (_, fact) in &claimed {
+            trace.apply(fact);
         }
         let key = trace_key(
             &trace.tenant,
@@ -194,9 +227,21 @@ impl NatsStore {
             .put(&key, Some(encode(&trace)?), Expect::Any)
             .await
             .map_err(|e| e.into_store(s, "record a trace"))?;
-        for key in applied {
+        // A fact that found no trace just before this write waits now, and
+        // its writer may have looked again before it, too: apply it here.
+        let late = self.claim_waiting(&id, trace.received_ms).await?;
+        let this = TraceKey {
+            tenant: trace.tenant.clone(),
+            bus: trace.bus.clone(),
+            event_id: trace.event_id.clone(),
+            received_ms: Some(trace.received_ms),
+        };
+        for (_, fact) in &late {
+            self.add_trace_fact(&this, fact).await?;
+        }
+        for (key, _) in claimed.iter().chain(&late) {
             s.traces
-                .remove(&key)
+                .remove(key)
                 .await
                 .map_err(|e| e.into_store(s, "record a trace"))?;
         }
@@ -220,10 +265,20 @@ impl NatsStore {
                         fact: fact.clone(),
                         added_ms: s.now(),
                     };
-                    s.traces
+                    let rev = s
+                        .traces
                         .put(&key, Some(table::json(&waiting)?), Expect::Any)
                         .await
                         .map_err(|e| e.into_store(s, "keep a trace fact"))?;
+                    // A trace recorded since the read above may have missed
+                    // this fact: if so, take it back and apply it.
+                    if self.trace_for(k).await?.is_some() && self.claim(&key, rev).await? {
+                        s.traces
+                            .remove(&key)
+                            .await
+                            .map_err(|e| e.into_store(s, "keep a trace fact"))?;
+                        continue;
+                    }
                 }
                 return Ok(());
             };
