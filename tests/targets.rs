@@ -135,6 +135,21 @@ fn batched_rule(url: &str, batch: Value, retry: Value) -> Value {
            "retry_policy": retry})
 }
 
+/// A bus whose rule `r` sends `shop` events to a batched http target
+/// (`{sink}/batch`), with its tenant's key and the sink.
+async fn batched_bus(batch: Value, retry: Value) -> (TestBus, String, Receiver) {
+    let bus = TestBus::start().await;
+    let key = bus.tenant("acme").await;
+    let sink = Receiver::start().await;
+    bus.put(
+        &key,
+        "/v1/buses/default/rules/r",
+        batched_rule(&sink.url("/batch"), batch, retry),
+    )
+    .await;
+    (bus, key, sink)
+}
+
 /// `n` events with ids `{prefix}{i}` posted in one request.
 async fn send_batch(bus: &TestBus, key: &str, prefix: &str, n: usize, data: Value) {
     let batch: Vec<Value> = (0..n)
@@ -194,19 +209,8 @@ fn ids_in(batches: &[Vec<Value>]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_batched_http_target_gets_arrays_of_structured_events() {
-    let bus = TestBus::start().await;
-    let key = bus.tenant("acme").await;
-    let sink = Receiver::start().await;
-    bus.put(
-        &key,
-        "/v1/buses/default/rules/r",
-        batched_rule(
-            &sink.url("/batch"),
-            json!({"max_events": 5, "max_wait_ms": 300}),
-            fast_retry(3),
-        ),
-    )
-    .await;
+    let (bus, key, sink) =
+        batched_bus(json!({"max_events": 5, "max_wait_ms": 300}), fast_retry(3)).await;
     send_batch(&bus, &key, "a", 12, json!({"n": 1})).await;
     let batches = events_received(&sink, 12).await;
     // 5 + 5 at once, the last 2 once they waited 300 ms.
@@ -234,19 +238,8 @@ async fn a_batched_http_target_gets_arrays_of_structured_events() {
 
 #[tokio::test]
 async fn a_failed_batch_is_retried_event_by_event_and_each_delivered_once() {
-    let bus = TestBus::start().await;
-    let key = bus.tenant("acme").await;
-    let sink = Receiver::start().await;
-    bus.put(
-        &key,
-        "/v1/buses/default/rules/r",
-        batched_rule(
-            &sink.url("/batch"),
-            json!({"max_events": 5, "max_wait_ms": 200}),
-            fast_retry(3),
-        ),
-    )
-    .await;
+    let (bus, key, sink) =
+        batched_bus(json!({"max_events": 5, "max_wait_ms": 200}), fast_retry(3)).await;
     // The first request (all five events) is answered 500, the next 200.
     sink.fail_next(1, 500);
     send_batch(&bus, &key, "p", 5, json!({})).await;
@@ -277,19 +270,7 @@ async fn a_failed_batch_is_retried_event_by_event_and_each_delivered_once() {
 
 #[tokio::test]
 async fn a_batch_never_accepted_dead_letters_each_event_with_its_reason() {
-    let bus = TestBus::start().await;
-    let key = bus.tenant("acme").await;
-    let sink = Receiver::start().await;
-    bus.put(
-        &key,
-        "/v1/buses/default/rules/r",
-        batched_rule(
-            &sink.url("/batch"),
-            json!({"max_events": 10}),
-            fast_retry(2),
-        ),
-    )
-    .await;
+    let (bus, key, sink) = batched_bus(json!({"max_events": 10}), fast_retry(2)).await;
     sink.fail_next(1_000, 503);
     send_batch(&bus, &key, "d", 4, json!({})).await;
     let items = wait_for("four dead letters", Duration::from_secs(20), || async {
@@ -313,17 +294,9 @@ async fn a_batch_never_accepted_dead_letters_each_event_with_its_reason() {
 
 #[tokio::test]
 async fn max_bytes_splits_requests_and_an_event_too_large_alone_is_dead_lettered() {
-    let bus = TestBus::start().await;
-    let key = bus.tenant("acme").await;
-    let sink = Receiver::start().await;
-    bus.put(
-        &key,
-        "/v1/buses/default/rules/r",
-        batched_rule(
-            &sink.url("/batch"),
-            json!({"max_events": 100, "max_bytes": 1024, "max_wait_ms": 200}),
-            fast_retry(2),
-        ),
+    let (bus, key, sink) = batched_bus(
+        json!({"max_events": 100, "max_bytes": 1024, "max_wait_ms": 200}),
+        fast_retry(2),
     )
     .await;
     // About 300 bytes each: three to a request.

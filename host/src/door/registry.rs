@@ -183,21 +183,11 @@ impl Registry {
         }))
     }
 
-    /// Loads the newest version of every schema (at start-up). A version
-    /// that no longer compiles is logged and skipped.
+    /// Loads the newest version of every schema (at start-up): a refresh
+    /// of the empty registry. A version that no longer compiles is logged
+    /// and skipped.
     pub async fn load(&self) -> Result<(), StoreError> {
-        for stored in self.store.latest_schema_versions().await? {
-            match self.registered(&stored) {
-                Ok(r) => {
-                    let current = self.bus(&stored.tenant, &stored.bus).unwrap_or_default();
-                    self.replace(&stored.tenant, &stored.bus, current.with(Some(r), None));
-                }
-                Err(e) => {
-                    tracing::error!(tenant = %stored.tenant, bus = %stored.bus, schema = %stored.name, error = %e, "stored schema no longer compiles; skipped");
-                }
-            }
-        }
-        Ok(())
+        self.refresh().await
     }
 
     /// Brings the registry in line with the store: the newest stored
