@@ -295,9 +295,31 @@ async fn batched_e2e(
     Ok(())
 }
 
+/// Event `i`'s id: a random-looking UUID (version 4 layout), as producers
+/// send them, derived from `i` so a scenario can name an event it sent.
+/// Counting ids ("ev-1", "ev-2", ...) would arrive nearly in key order and
+/// hide what an index on ids costs the store.
+fn event_id(i: u64) -> String {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (hi, lo) = (mix(i), mix(i ^ 0x5555_5555_5555_5555));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xfff,
+        0x8000 | ((lo >> 48) & 0x3fff),
+        lo & 0xffff_ffff_ffff
+    )
+}
+
 fn event(i: u64, source: &str) -> Value {
     // About 1 KB, like the pattern benchmarks.
-    json!({"specversion": "1.0", "id": format!("ev-{i}"), "source": source, "type": "order.created",
+    json!({"specversion": "1.0", "id": event_id(i), "source": source, "type": "order.created",
            "datacontenttype": "application/json",
            "data": {"sent_us": started().elapsed().as_micros() as u64, "order": i, "customer": "c-42",
                     "items": (0..8).map(|k| json!({"sku": format!("sku-{k}"), "qty": k, "price": 9.99})).collect::<Vec<_>>(),
@@ -787,7 +809,7 @@ async fn traces_scenario(n: u64) -> anyhow::Result<()> {
         Trace {
             tenant: "bench".into(),
             bus: "default".into(),
-            event_id: format!("ev-{i}"),
+            event_id: event_id(i),
             received_ms: t0_ms + i as i64,
             source: format!("source-{}", i % 50),
             event_type: format!("type-{}", i % 100),
@@ -823,7 +845,7 @@ async fn traces_scenario(n: u64) -> anyhow::Result<()> {
     };
     let mut lookups = Vec::new();
     for k in 0..1000u64 {
-        let id = format!("ev-{}", (k * 7919) % n);
+        let id = event_id((k * 7919) % n);
         let t = Instant::now();
         let found = store.trace("bench", &id, None).await?;
         lookups.push(t.elapsed());

@@ -44,9 +44,11 @@ mod schema;
 mod schemas;
 #[cfg(test)]
 mod tests;
+mod trace_ids;
 mod traces;
 
 use self::log::Tail;
+use self::trace_ids::RecentTraceIds;
 use super::{StoreError, StoreResult};
 use crate::clock::SharedClock;
 use anyhow::Context;
@@ -135,6 +137,11 @@ struct Inner {
     trace_writer: std::thread::ThreadId,
     /// Recently appended events and the committed position.
     tail: Arc<Tail>,
+    /// The event ids of the traces recorded since the last merge into
+    /// `trace_ids`.
+    recent_traces: Arc<RecentTraceIds>,
+    /// How many recent traces trigger a merge.
+    trace_merge_at: usize,
     /// The only source of "now".
     clock: SharedClock,
     /// Woken when jobs may have become due earlier than a waiting
@@ -165,12 +172,14 @@ impl Drop for Inner {
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     recent_events: usize,
+    trace_merge_at: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Self {
             recent_events: RECENT_EVENTS,
+            trace_merge_at: trace_ids::MERGE_AT,
         }
     }
 }
@@ -195,13 +204,23 @@ impl SqliteStore {
         let mut conn = connect(&dir.join(DB_FILE), durability)?;
         let mut traces = connect(&dir.join(TRACES_FILE), durability)?;
         // Traces are written in large batches and read rarely: checkpoint
-        // less often, so a page the event-id index dirties in many commits
-        // is copied back to the file once (the WAL grows to ~16 MB).
+        // less often, so a page their indexes dirty in many commits is
+        // copied back to the file once (the WAL grows to ~16 MB).
         traces
             .pragma_update(None, "wal_autocheckpoint", TRACES_CHECKPOINT_PAGES)
             .context("configuring the traces' file")?;
         schema::migrate_traces(&mut traces, &conn, dir)?;
         schema::migrate(&mut conn, dir)?;
+        // Whatever the last run left unmerged (or a migration brought) is
+        // merged now, so memory starts empty whatever the file's history.
+        {
+            let tx = traces.transaction().context("merging recent traces")?;
+            trace_ids::merge(&tx).context("merging recent traces")?;
+            tx.commit().context("merging recent traces")?;
+        }
+        let recent_traces = Arc::new(
+            RecentTraceIds::merged_before(&traces).context("reading the traces' merge mark")?,
+        );
         let reclaimed = jobs::reclaim_leases(&conn).context("reclaiming job leases")?;
         if reclaimed > 0 {
             tracing::info!(
@@ -241,6 +260,8 @@ impl SqliteStore {
                 writer: Some(writer),
                 trace_writer: trace_writer_id,
                 tail,
+                recent_traces,
+                trace_merge_at: tuning.trace_merge_at,
                 clock,
                 jobs_changed: Notify::new(),
                 stats,
@@ -268,8 +289,19 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> anyhow::Result<R> + Send + 'static,
     {
+        self.run_traces_then(f, |r| r).await
+    }
+
+    /// Like [`Self::run_then`], on the traces' file and writer.
+    async fn run_traces_then<R, T, F, H>(&self, f: F, on_commit: H) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> anyhow::Result<R> + Send + 'static,
+        H: FnOnce(R) -> T + Send + 'static,
+    {
         let ops = self.inner.trace_ops.as_ref().ok_or(StoreError::Closed)?;
-        submit(ops, f, |r| r).await
+        submit(ops, f, on_commit).await
     }
 
     /// Like [`Self::run`], and passes the result through `on_commit` on the

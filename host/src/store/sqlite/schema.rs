@@ -171,8 +171,21 @@ CREATE TABLE trace_pending (
 CREATE INDEX trace_pending_event ON trace_pending (tenant, event_id, bus);
 "#;
 
+/// `traces.db`, version 2: an event id finds its trace through
+/// `trace_ids`, written in key order by merges of the recently recorded
+/// traces, instead of a unique index on the id that every trace wrote to a
+/// random page (see `trace_ids.rs`). Every existing trace lies above the
+/// new mark (0), so the first open merges them all.
+const TRACES_V2: &str = r#"
+DROP INDEX traces_event;
+CREATE TABLE trace_ids (
+    key INTEGER NOT NULL, trace INTEGER NOT NULL, PRIMARY KEY (key, trace)) WITHOUT ROWID;
+CREATE TABLE trace_ids_merged (mark INTEGER NOT NULL, received_ms INTEGER NOT NULL);
+INSERT INTO trace_ids_merged (mark, received_ms) VALUES (0, 0);
+"#;
+
 /// `traces.db`'s steps, as [`STEPS`] for the main file.
-const TRACES_STEPS: [(i64, &str); 1] = [(1, TRACES_V1)];
+const TRACES_STEPS: [(i64, &str); 2] = [(1, TRACES_V1), (2, TRACES_V2)];
 
 /// The version of `traces.db` this build writes.
 #[cfg(test)]

@@ -110,6 +110,24 @@ async fn passes_the_conformance_suite() {
     .await;
 }
 
+/// The suite again with the traces' event ids merged into `trace_ids`
+/// every two traces: with the default no test records enough to merge, so
+/// this is where every trace scenario also finds traces there.
+#[tokio::test]
+async fn passes_the_conformance_suite_merging_trace_ids_every_two_traces() {
+    testing::conformance(|clock| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tuning = Tuning {
+            trace_merge_at: 2,
+            ..Tuning::default()
+        };
+        let store =
+            SqliteStore::open_tuned(dir.path(), Durability::Normal, clock, tuning).expect("open");
+        Subject::keeping(Arc::new(store), dir)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn passes_the_durability_suite() {
     testing::durability(
@@ -237,7 +255,10 @@ async fn the_tail_ring_serves_recent_events_without_the_file() {
 #[tokio::test]
 async fn after_the_ring_wraps_reads_fall_back_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let tuning = Tuning { recent_events: 4 };
+    let tuning = Tuning {
+        recent_events: 4,
+        ..Tuning::default()
+    };
     let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
     for i in 1..=10 {
         store.append(vec![event(&format!("e{i}"))]).await.unwrap();
@@ -617,4 +638,93 @@ fn cached_statements_are_not_prepared_again_for_new_parameters() {
     }
     let stmt = traces.prepare_cached(LOOKUP).unwrap();
     assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+}
+
+/// A trace recorded through [`Traces::record_traces`] (delivered, no rules).
+fn delivered(id: &str, at: crate::store::Millis) -> crate::store::Trace {
+    crate::store::Trace {
+        tenant: "acme".into(),
+        bus: "orders".into(),
+        event_id: id.into(),
+        received_ms: at,
+        source: "shop".into(),
+        event_type: "order.placed".into(),
+        size_bytes: 2,
+        event: Bytes::from_static(b"{}"),
+        replay: None,
+        body: Default::default(),
+        state: crate::store::TraceState::NoMatch,
+    }
+}
+
+async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
+    store
+        .run_traces(move |tx| Ok(tx.query_row(sql, [], |r| r.get(0))?))
+        .await
+        .expect(sql)
+}
+
+#[tokio::test]
+async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        trace_merge_at: 4,
+        ..Tuning::default()
+    };
+    let ids: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    {
+        let store =
+            SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+        for id in &ids[..5] {
+            store.record_traces(vec![delivered(id, T0)]).await.unwrap();
+        }
+        // The fourth trace merged the first four; the fifth waits in memory.
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 4);
+        assert_eq!(store.inner.recent_traces.len(), 1);
+        for id in &ids[..5] {
+            let found = store.trace("acme", id, None).await.unwrap();
+            assert_eq!(found.map(|t| t.event_id).as_deref(), Some(id.as_str()));
+        }
+        // The same event at another time is a second trace; the newest wins.
+        store
+            .record_traces(vec![delivered("e0", T0 + 5)])
+            .await
+            .unwrap();
+        let newest = store.trace("acme", "e0", None).await.unwrap().unwrap();
+        assert_eq!(newest.received_ms, T0 + 5);
+        // Recording a merged trace again replaces it.
+        store
+            .record_traces(vec![delivered("e1", T0)])
+            .await
+            .unwrap();
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 6);
+        // Nothing leaks across tenants, whatever the index holds.
+        assert!(store.trace("other", "e1", None).await.unwrap().is_none());
+    }
+    // Reopening merges what was left in memory.
+    let store = open_at(dir.path(), manual());
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 6);
+    assert_eq!(store.inner.recent_traces.len(), 0);
+    for id in &ids[5..] {
+        store.record_traces(vec![delivered(id, T0)]).await.unwrap();
+    }
+    for id in &ids {
+        assert!(
+            store.trace("acme", id, None).await.unwrap().is_some(),
+            "{id}"
+        );
+    }
+    // Expiring the oldest traces takes their keys out of `trace_ids`.
+    let dropped = store.expire_traces(T0 + 1, u64::MAX, 100).await.unwrap();
+    assert_eq!(dropped, 10, "all but the trace received at T0 + 5");
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 1);
+    assert!(store.trace("acme", "e3", None).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .trace("acme", "e0", None)
+            .await
+            .unwrap()
+            .map(|t| t.received_ms),
+        Some(T0 + 5)
+    );
 }

@@ -3,16 +3,18 @@
 //! `trace_rules` row per matched rule (search by rule), and
 //! `trace_pending` for facts that arrived before their trace. Every index
 //! starts with the tenant and ends with the received time, so a search walks
-//! one index newest first and stops after a page.
+//! one index newest first and stops after a page. An event id finds its
+//! trace through [`trace_ids`] (recent traces in memory, older ones merged
+//! into `trace_ids` in bulk), not through an index written per trace.
 
 use super::SqliteStore;
 use super::log::{logged_event, route_cursor};
+use super::trace_ids::{self, RecentTraceIds};
 use crate::store::traces::TraceBody;
 use crate::store::{
     Millis, StoreResult, Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceState,
     TraceSummary, Traces,
 };
-use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::types::Value as Sql;
@@ -118,69 +120,127 @@ fn any_pending(tx: &Transaction<'_>) -> rusqlite::Result<bool> {
         .query_row([], |r| r.get(0))
 }
 
-fn record(tx: &Transaction<'_>, mut trace: Trace, pending: bool) -> anyhow::Result<()> {
+/// The trace rows that may hold `tenant`'s event `event_id` (received at
+/// `received_ms`, where known): the recent ones in memory and the merged
+/// ones in `trace_ids` — unless no merged trace was received that late. A
+/// key is a hash, so callers match each row they read against the event.
+fn candidates(
+    tx: &Transaction<'_>,
+    recent: &RecentTraceIds,
+    tenant: &str,
+    event_id: &str,
+    received_ms: Option<Millis>,
+) -> rusqlite::Result<Vec<i64>> {
+    let key = trace_ids::key(tenant, event_id);
+    let mut rows = recent.rows(key);
+    if received_ms.is_none_or(|ms| recent.may_be_merged(ms)) {
+        rows.extend(trace_ids::merged_rows(tx, key)?);
+    }
+    Ok(rows)
+}
+
+/// The newest trace of `tenant`'s event `event_id` (on `bus`, received at
+/// `received_ms`, where given), read with `columns`.
+fn find(
+    tx: &Transaction<'_>,
+    recent: &RecentTraceIds,
+    columns: &str,
+    key: (&str, &str, Option<&str>, Option<Millis>),
+) -> anyhow::Result<Option<(i64, Trace)>> {
+    let (tenant, event_id, bus, received_ms) = key;
+    let mut newest: Option<(i64, Trace)> = None;
+    for row in candidates(tx, recent, tenant, event_id, received_ms)? {
+        let found = tx
+            .prepare_cached(&format!(
+                "SELECT {columns} FROM traces WHERE id = ?1 AND tenant = ?2 AND event_id = ?3 \
+                 AND (?4 IS NULL OR bus = ?4) AND (?5 IS NULL OR received_ms = ?5)"
+            ))?
+            .query_row(params![row, tenant, event_id, bus, received_ms], read_trace)
+            .optional()?;
+        if let Some((id, trace)) = found
+            && newest
+                .as_ref()
+                .is_none_or(|(nid, n)| (trace.received_ms, id) > (n.received_ms, *nid))
+        {
+            newest = Some((id, trace));
+        }
+    }
+    Ok(newest)
+}
+
+fn record(
+    tx: &Transaction<'_>,
+    recent: &RecentTraceIds,
+    mut trace: Trace,
+    pending: bool,
+) -> anyhow::Result<()> {
     if pending {
         apply_pending(tx, &mut trace)?;
     }
     let rules = rule_names(&trace.body);
-    let body = serde_json::to_string(&trace.body)?;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size, replay, rules, body, event) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (tenant, event_id, bus, received_ms) DO NOTHING",
-        )?
-        .execute(params![
-            trace.tenant,
-            trace.bus,
-            trace.event_id,
+    let before = find(
+        tx,
+        recent,
+        RECORD_COLUMNS,
+        (
+            &trace.tenant,
+            &trace.event_id,
+            Some(&trace.bus),
+            Some(trace.received_ms),
+        ),
+    )?;
+    if let Some((id, old)) = before {
+        // Recorded before (the event was routed again after a restart): replace.
+        index_rules(
+            tx,
+            &trace.tenant,
+            &rule_names(&old.body),
             trace.received_ms,
-            trace.source,
-            trace.event_type,
-            trace.state.as_str(),
-            trace.size_bytes as i64,
-            trace.replay,
-            rules,
-            body,
-            &trace.event[..]
-        ])?;
-    if inserted == 1 {
-        let id = tx.last_insert_rowid();
+            id,
+            false,
+        )?;
+        update(tx, id, &trace)?;
         index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
         return Ok(());
     }
-    // Recorded before (the event was routed again after a restart): replace.
-    let (id, old): (i64, String) = tx
-        .prepare_cached(
-            "SELECT id, rules FROM traces WHERE tenant = ? AND event_id = ? AND bus = ? AND received_ms = ?",
-        )?
-        .query_row(
-            params![trace.tenant, trace.event_id, trace.bus, trace.received_ms],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .context("reading the trace recorded before")?;
-    index_rules(tx, &trace.tenant, &old, trace.received_ms, id, false)?;
-    update(tx, id, &trace)?;
+    let body = serde_json::to_string(&trace.body)?;
+    tx.prepare_cached(
+        "INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size, replay, rules, body, event) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        trace.tenant,
+        trace.bus,
+        trace.event_id,
+        trace.received_ms,
+        trace.source,
+        trace.event_type,
+        trace.state.as_str(),
+        trace.size_bytes as i64,
+        trace.replay,
+        rules,
+        body,
+        &trace.event[..]
+    ])?;
+    let id = tx.last_insert_rowid();
+    recent.note(trace_ids::key(&trace.tenant, &trace.event_id), id);
     index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
     Ok(())
 }
 
 fn add_fact(
     tx: &Transaction<'_>,
+    recent: &RecentTraceIds,
     key: &TraceKey,
     fact: &TraceFact,
     now: Millis,
 ) -> anyhow::Result<()> {
-    let found = tx
-        .prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 AND bus = ?3 \
-             AND (?4 IS NULL OR received_ms = ?4) ORDER BY received_ms DESC, id DESC LIMIT 1"
-        ))?
-        .query_row(
-            params![key.tenant, key.event_id, key.bus, key.received_ms],
-            read_trace,
-        )
-        .optional()?;
+    let found = find(
+        tx,
+        recent,
+        RECORD_COLUMNS,
+        (&key.tenant, &key.event_id, Some(&key.bus), key.received_ms),
+    )?;
     match found {
         Some((id, mut trace)) => {
             let before = rule_names(&trace.body);
@@ -307,13 +367,26 @@ impl Traces for SqliteStore {
         if traces.is_empty() {
             return Ok(());
         }
-        self.run_traces(move |tx| {
-            let pending = any_pending(tx)?;
-            for trace in traces {
-                record(tx, trace, pending)?;
-            }
-            Ok(())
-        })
+        let recent = self.inner.recent_traces.clone();
+        let merge_at = self.inner.trace_merge_at;
+        let forget = recent.clone();
+        self.run_traces_then(
+            move |tx| {
+                let pending = any_pending(tx)?;
+                for trace in traces {
+                    record(tx, &recent, trace, pending)?;
+                }
+                if recent.len() >= merge_at {
+                    return trace_ids::merge(tx);
+                }
+                Ok(None)
+            },
+            move |merged| {
+                if let Some(merged) = merged {
+                    forget.forget_merged(merged);
+                }
+            },
+        )
         .await
     }
 
@@ -322,9 +395,10 @@ impl Traces for SqliteStore {
             return Ok(());
         }
         let now = self.now_ms();
+        let recent = self.inner.recent_traces.clone();
         self.run_traces(move |tx| {
             for (key, fact) in &facts {
-                add_fact(tx, key, fact, now)?;
+                add_fact(tx, &recent, key, fact, now)?;
             }
             Ok(())
         })
@@ -361,16 +435,16 @@ impl Traces for SqliteStore {
             })
             .await?
         };
+        let recent = self.inner.recent_traces.clone();
         let recorded = self
             .run_traces(move |tx| {
-                Ok(tx
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM traces INDEXED BY traces_event WHERE tenant = ?1 AND event_id = ?2 \
-                         AND (?3 IS NULL OR bus = ?3) ORDER BY received_ms DESC, id DESC LIMIT 1"
-                    ))?
-                    .query_row(params![tenant, event_id, bus], read_trace)
-                    .optional()?
-                    .map(|(_, t)| t))
+                Ok(find(
+                    tx,
+                    &recent,
+                    COLUMNS,
+                    (&tenant, &event_id, bus.as_deref(), None),
+                )?
+                .map(|(_, t)| t))
             })
             .await?;
         Ok(match (recorded, unrouted) {
@@ -432,21 +506,24 @@ impl Traces for SqliteStore {
             let over = (count.max(0) as u64).saturating_sub(keep_at_most);
             // Traces are recorded about when they are received, so the
             // oldest by id are (nearly) the oldest received: look at those.
-            let oldest: Vec<(i64, String, Millis, String)> = tx
+            let oldest: Vec<(i64, String, Millis, String, String)> = tx
                 .prepare_cached(
-                    "SELECT id, tenant, received_ms, rules FROM traces ORDER BY id LIMIT ?",
+                    "SELECT id, tenant, received_ms, rules, event_id FROM traces ORDER BY id LIMIT ?",
                 )?
                 .query_map([max as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<Result<_, _>>()?;
             let mut delete = tx.prepare_cached("DELETE FROM traces WHERE id = ?")?;
             let mut dropped = 0u64;
-            for (i, (id, tenant, received_ms, rules)) in oldest.iter().enumerate() {
+            for (i, (id, tenant, received_ms, rules, event_id)) in oldest.iter().enumerate() {
                 if (i as u64) >= over && *received_ms >= before {
                     continue;
                 }
                 index_rules(tx, tenant, rules, *received_ms, *id, false)?;
+                // A recent trace's key stays in memory until the next merge,
+                // which finds no row for it: readers check every row.
+                trace_ids::drop_merged(tx, trace_ids::key(tenant, event_id), *id)?;
                 delete.execute([id])?;
                 dropped += 1;
             }
