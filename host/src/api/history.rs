@@ -603,7 +603,12 @@ pub(super) async fn explain_rule(
         .rules
         .get(&name)
         .ok_or_else(|| ApiError::not_found("rule", &name))?;
-    let pattern = rule.spec.get("pattern").cloned().unwrap_or(Value::Null);
+    let pattern = rule
+        .spec
+        .to_value()
+        .get("pattern")
+        .cloned()
+        .unwrap_or(Value::Null);
     let mut answer = explained(&pattern, &req.event, &state.pattern_limits, "pattern")?;
     answer["enabled"] = json!(rule.enabled);
     Ok(answer)

@@ -108,7 +108,7 @@ pub(super) async fn list_rules(
         .routes
         .rules
         .iter()
-        .map(|(name, r)| rule_json(name, &r.spec))
+        .map(|(name, r)| rule_json(name, &r.spec.to_value()))
         .collect();
     Ok(list(items, None))
 }
@@ -139,7 +139,7 @@ pub(super) async fn get_rule(
         .rules
         .get(&name)
         .ok_or_else(|| ApiError::not_found("rule", &name))?;
-    Ok(Json(rule_json(&name, &rule.spec)))
+    Ok(Json(rule_json(&name, &rule.spec.to_value())))
 }
 
 pub(super) async fn delete_rule(

@@ -459,7 +459,7 @@ mod tests {
             })],
             dead_letter: true,
             ordering: crate::route::rule::Ordering::None,
-            spec: Value::Null,
+            spec: Default::default(),
         };
         let mut rules = BTreeMap::new();
         rules.insert("r".to_owned(), Arc::new(rule));
