@@ -1086,7 +1086,15 @@ async fn http_ceiling(args: &Args, client: &reqwest::Client) -> anyhow::Result<C
 /// `(VmRSS, VmHWM)` of this process in kB, from `/proc/self/status` (zeros
 /// where it is missing).
 fn memory_kb() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    memory_kb_of(None)
+}
+
+/// `(VmRSS, VmHWM)` in kB of process `pid` (this one if `None`).
+fn memory_kb_of(pid: Option<u32>) -> (u64, u64) {
+    let path = pid.map_or("/proc/self/status".to_owned(), |p| {
+        format!("/proc/{p}/status")
+    });
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()
@@ -1122,8 +1130,17 @@ async fn memory_scenario(
     sink: &Arc<Sink>,
     sink_url: &str,
     baseline: u64,
+    bus_pid: Option<u32>,
 ) -> anyhow::Result<()> {
+    let memory_kb = || memory_kb_of(bus_pid);
     let mb = |kb: u64| kb.saturating_sub(baseline) as f64 / 1024.0;
+    // The in-process bus takes the fixed bench key; a bus of its own, the
+    // operator's.
+    let admin_key = if bus_pid.is_some() {
+        args.admin_key.as_str()
+    } else {
+        "bench-admin"
+    };
     let (rss, _) = memory_kb();
     println!(
         "memory: baseline before the bus {:.1} MB; bus started, one tenant: +{:.1} MB",
@@ -1135,10 +1152,11 @@ async fn memory_scenario(
     let mut tasks = Vec::new();
     for t in 0..args.tenants {
         let (client, url, sink_url) = (client.clone(), url.to_owned(), sink_url.to_owned());
+        let admin_key = admin_key.to_owned();
         tasks.push(tokio::spawn(async move {
             let tenant: Value = client
                 .post(format!("{url}/v1/admin/tenants"))
-                .bearer_auth("bench-admin")
+                .bearer_auth(&admin_key)
                 .json(&json!({"name": format!("mem{t}")}))
                 .send()
                 .await?
@@ -1206,7 +1224,7 @@ async fn memory_scenario(
         let (peak, sampling, sink) = (peak.clone(), sampling.clone(), sink.clone());
         tokio::spawn(async move {
             while sampling.load(Ordering::Relaxed) {
-                peak.fetch_max(memory_kb().0, Ordering::Relaxed);
+                peak.fetch_max(memory_kb_of(bus_pid).0, Ordering::Relaxed);
                 // The sink's latency list is the loadgen's, not the bus's.
                 if let Ok(mut l) = sink.latencies_us.lock() {
                     l.clear();
@@ -1295,6 +1313,36 @@ async fn main() -> anyhow::Result<()> {
             args.seconds
         );
         return external(&args, &client, &sink, &sink_url).await;
+    }
+    if args.scenario == Scenario::Memory && !args.nodes.is_empty() {
+        // A bus of its own (`--nodes URL --pids bus=PID`): the figures are
+        // that process's resident set, the load generator's own excluded.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.connections)
+            .build()?;
+        let sink = Arc::new(Sink::default());
+        let app = Router::new()
+            .route("/sink", post(sink_handler))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind(args.sink).await?;
+        let sink_url = format!("http://{}/sink", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let pid = args
+            .pids
+            .iter()
+            .find_map(|p| p.split_once('=').and_then(|(_, pid)| pid.parse().ok()))
+            .ok_or_else(|| anyhow::anyhow!("memory --nodes URL needs --pids bus=PID"))?;
+        println!("memory: bus process {pid} at {}", args.nodes[0]);
+        return memory_scenario(
+            &args,
+            &args.nodes[0],
+            &client,
+            &sink,
+            &sink_url,
+            0,
+            Some(pid),
+        )
+        .await;
     }
     if args.scenario == Scenario::Traces {
         return traces_scenario(args.traces).await;
@@ -1634,7 +1682,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.scenario == Scenario::Memory {
-        memory_scenario(&args, &url, &client, &sink, &sink_url, baseline).await?;
+        memory_scenario(&args, &url, &client, &sink, &sink_url, baseline, None).await?;
     }
 
     if matches!(args.scenario, Scenario::History) {
