@@ -12,13 +12,21 @@
 //! finished when the last clone drops and written, in the same batch, just
 //! before the entry's acknowledgement — so a routed event always has its
 //! trace, and a crash before the ack routes (and traces) it again.
+//!
+//! Progress also counts the entries taken but not yet acknowledged, so the
+//! router can wait ([`RoutingProgress::room`]) while too many are in
+//! memory: when delivery falls behind ingest, the backlog then stays in the
+//! log on disk instead of growing in memory as waiting first attempts,
+//! their rendered bodies, traces and tasks (issue 13's memory profile: the
+//! resident set grew to 400–500 MB under load without this bound).
 
 use crate::deliver::engine::DoneGuard;
 use crate::history::EventTrace;
 use crate::store::{AckToken, LogConsumer, Trace, Traces};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 /// Most acknowledgements sent to the log in one call.
@@ -38,6 +46,15 @@ struct Routed {
 #[derive(Debug)]
 pub struct RoutingProgress {
     acks: mpsc::UnboundedSender<Routed>,
+    unacked: Arc<Unacked>,
+}
+
+/// Entries held or routed but not yet acknowledged to the log.
+#[derive(Debug, Default)]
+struct Unacked {
+    count: AtomicUsize,
+    /// Woken whenever acknowledgements are written.
+    acked: Notify,
 }
 
 /// Outstanding work for one log entry. Clone it for each piece of work;
@@ -84,10 +101,30 @@ impl RoutingProgress {
         traces: Option<Arc<dyn Traces>>,
     ) -> (Self, JoinHandle<()>) {
         let (acks, rx) = mpsc::unbounded_channel();
+        let unacked = Arc::new(Unacked::default());
         (
-            Self { acks },
-            tokio::spawn(flush_acks(consumer, traces, rx)),
+            Self {
+                acks,
+                unacked: unacked.clone(),
+            },
+            tokio::spawn(flush_acks(consumer, traces, rx, unacked)),
         )
+    }
+
+    /// Entries held or routed but not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.unacked.count.load(Ordering::Acquire)
+    }
+
+    /// Returns once fewer than `limit` entries are unacknowledged.
+    pub async fn room(&self, limit: usize) {
+        loop {
+            let acked = self.unacked.acked.notified();
+            if self.unacknowledged() < limit {
+                return;
+            }
+            acked.await;
+        }
     }
 
     /// A hold on `token`'s entry.
@@ -97,6 +134,7 @@ impl RoutingProgress {
 
     /// A hold on `token`'s entry whose trace is written when it is routed.
     pub fn hold_traced(&self, token: AckToken, trace: Option<Arc<EventTrace>>) -> RoutingHold {
+        self.unacked.count.fetch_add(1, Ordering::AcqRel);
         RoutingHold(Arc::new(Hold {
             token,
             acks: self.acks.clone(),
@@ -111,6 +149,7 @@ async fn flush_acks(
     consumer: Arc<dyn LogConsumer>,
     traces: Option<Arc<dyn Traces>>,
     mut rx: mpsc::UnboundedReceiver<Routed>,
+    unacked: Arc<Unacked>,
 ) {
     let mut routed = Vec::with_capacity(ACK_BATCH);
     while rx.recv_many(&mut routed, ACK_BATCH).await > 0 {
@@ -131,6 +170,8 @@ async fn flush_acks(
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        unacked.count.fetch_sub(batch.len(), Ordering::AcqRel);
+        unacked.acked.notify_waiters();
     }
 }
 
@@ -149,5 +190,54 @@ async fn write_traces(traces: &dyn Traces, finished: Vec<Trace>) {
                 backoff *= 2;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SharedClock, TokioClock};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{EventLog, NewEvent};
+    use bytes::Bytes;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_router_waits_while_too_many_entries_are_unacknowledged() {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let store = MemoryStore::new(clock);
+        let events = (0..3)
+            .map(|i| NewEvent {
+                tenant: "t".into(),
+                bus: "b".into(),
+                event_id: format!("e{i}"),
+                body: Bytes::from_static(b"{}"),
+                ingested_ms: 1,
+                ..Default::default()
+            })
+            .collect();
+        store.append(events).await.unwrap();
+        let consumer = store.consumer().await.unwrap();
+        let (progress, acks) = RoutingProgress::start(consumer.clone(), None);
+        let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+        let mut holds: Vec<RoutingHold> =
+            entries.into_iter().map(|e| progress.hold(e.ack)).collect();
+        assert_eq!(progress.unacknowledged(), 3);
+        // Room for fewer than three: waits until an entry is acknowledged.
+        let mut waiting = Box::pin(progress.room(3));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut waiting)
+                .await
+                .is_err(),
+            "three entries are unacknowledged"
+        );
+        holds.pop();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("an acknowledgement makes room");
+        assert_eq!(progress.unacknowledged(), 2);
+        drop(holds);
+        drop(progress);
+        acks.await.unwrap();
+        assert_eq!(consumer.in_flight(), 0, "every entry was acknowledged");
     }
 }

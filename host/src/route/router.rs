@@ -45,6 +45,11 @@ use tokio::task::JoinHandle;
 const BATCH: usize = 1024;
 /// Longest the router waits for new entries before looking at shutdown again.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Most log entries routed but not yet acknowledged before the router
+/// waits: eight batches, far above what flows through when delivery keeps
+/// up, and a bound on the memory a backlog takes when it does not (the
+/// rest of the backlog waits in the log).
+const MAX_UNACKED: usize = 8 * BATCH;
 
 /// What the router needs.
 pub struct Router {
@@ -135,6 +140,10 @@ impl Router {
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            tokio::select! {
+                () = progress.room(MAX_UNACKED) => {}
+                _ = shutdown.changed() => break,
             }
             let entries = tokio::select! {
                 entries = consumer.next(BATCH, IDLE_WAIT) => entries,
