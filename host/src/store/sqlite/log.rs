@@ -35,17 +35,26 @@ pub(super) struct Tail {
 struct Ring {
     events: VecDeque<(Seq, LoggedEvent)>,
     capacity: usize,
+    /// The bodies' bytes held, and the most held: under a backlog the ring
+    /// is always full, so its size in memory must not depend on how large
+    /// the events are (issue 13's memory profile: 32,768 events of ~1 KB
+    /// were the largest single item of the heap under load).
+    bytes: usize,
+    max_bytes: usize,
     /// The ring holds every committed event after this position.
     covers_after: Seq,
 }
 
 impl Tail {
-    /// An empty ring after position `last` (everything up to it is in the file).
-    pub(super) fn new(last: Seq, capacity: usize) -> Self {
+    /// An empty ring after position `last` (everything up to it is in the
+    /// file) that holds at most `capacity` events and `max_bytes` of bodies.
+    pub(super) fn new(last: Seq, capacity: usize, max_bytes: usize) -> Self {
         Self {
             ring: Mutex::new(Ring {
                 events: VecDeque::with_capacity(capacity.min(4096)),
                 capacity: capacity.max(1),
+                bytes: 0,
+                max_bytes,
                 covers_after: last,
             }),
             committed: watch::channel(last).0,
@@ -66,11 +75,15 @@ impl Tail {
         {
             let mut ring = self.ring();
             for entry in events {
-                if ring.events.len() == ring.capacity
-                    && let Some((dropped, _)) = ring.events.pop_front()
+                let size = entry.1.body.len();
+                while !ring.events.is_empty()
+                    && (ring.events.len() == ring.capacity || ring.bytes + size > ring.max_bytes)
+                    && let Some((dropped, event)) = ring.events.pop_front()
                 {
                     ring.covers_after = dropped;
+                    ring.bytes -= event.body.len();
                 }
+                ring.bytes += size;
                 ring.events.push_back(entry);
             }
         }

@@ -107,6 +107,11 @@ const TRACES_FILE: &str = "traces.db";
 const MAX_OPS_PER_COMMIT: usize = 2048;
 /// Recently committed events kept in memory so routing rarely reads the file.
 const RECENT_EVENTS: usize = 32 * 1024;
+/// ... and at most this many bytes of their bodies: routing waits once
+/// 8,192 entries are unacknowledged, so a ring of ~14,000 events of 1 KB
+/// still serves it from memory when it keeps up, while a backlog of large
+/// events cannot grow the ring past this.
+const RECENT_BYTES: usize = 16 << 20;
 /// Prepared statements kept per connection: every fixed statement of the
 /// backend fits, so none is parsed twice (parsing showed up in profiles).
 const STATEMENT_CACHE: usize = 128;
@@ -180,6 +185,7 @@ impl Drop for Inner {
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     recent_events: usize,
+    recent_bytes: usize,
     trace_merge_at: usize,
 }
 
@@ -187,6 +193,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             recent_events: RECENT_EVENTS,
+            recent_bytes: RECENT_BYTES,
             trace_merge_at: trace_ids::MERGE_AT,
         }
     }
@@ -239,6 +246,7 @@ impl SqliteStore {
         let tail = Arc::new(Tail::new(
             log::last_seq(&conn).context("reading the log's end")?,
             tuning.recent_events,
+            tuning.recent_bytes,
         ));
         let stats = Arc::new(WriterStats::default());
         let (trace_ops, trace_rx) = mpsc::channel::<Op>(8192);

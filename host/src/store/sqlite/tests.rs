@@ -286,6 +286,26 @@ async fn after_the_ring_wraps_reads_fall_back_to_the_file() {
 }
 
 #[tokio::test]
+async fn the_ring_holds_a_bounded_number_of_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bodies are `{"id":"eN"}`: 11 bytes for one digit. Room for three.
+    let tuning = Tuning {
+        recent_bytes: 33,
+        ..Tuning::default()
+    };
+    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    for i in 1..=6 {
+        store.append(vec![event(&format!("e{i}"))]).await.unwrap();
+    }
+    // e1..e3 are gone from the file. A ring holding them would still hand
+    // them out; this one holds only e4..e6, so reading from the start goes
+    // to the file, which has e4..e6.
+    exec(&store, "DELETE FROM events WHERE seq <= 3").await;
+    let consumer = store.consumer().await.unwrap();
+    assert_eq!(drain(consumer.as_ref(), 10).await, ["e4", "e5", "e6"]);
+}
+
+#[tokio::test]
 async fn a_second_open_of_the_same_dir_fails_until_the_first_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let first = open_at(dir.path(), manual());
