@@ -1288,6 +1288,22 @@ async fn memory_scenario(
     Ok(())
 }
 
+/// What a scenario against buses of their own needs: the client, and the
+/// sink they deliver to, listening on `--sink`.
+async fn external_setup(args: &Args) -> anyhow::Result<(reqwest::Client, Arc<Sink>, String)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let sink = Arc::new(Sink::default());
+    let app = Router::new()
+        .route("/sink", post(sink_handler))
+        .with_state(sink.clone());
+    let listener = tokio::net::TcpListener::bind(args.sink).await?;
+    let sink_url = format!("http://{}/sink", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((client, sink, sink_url))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -1296,16 +1312,7 @@ async fn main() -> anyhow::Result<()> {
         return ceiling(&args).await;
     }
     if args.scenario == Scenario::Nodes {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(args.connections)
-            .build()?;
-        let sink = Arc::new(Sink::default());
-        let app = Router::new()
-            .route("/sink", post(sink_handler))
-            .with_state(sink.clone());
-        let listener = tokio::net::TcpListener::bind(args.sink).await?;
-        let sink_url = format!("http://{}/sink", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (client, sink, sink_url) = external_setup(&args).await?;
         println!(
             "machine: {} cores; connections {}; {} s; sink {sink_url}",
             std::thread::available_parallelism()?,
@@ -1317,16 +1324,7 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == Scenario::Memory && !args.nodes.is_empty() {
         // A bus of its own (`--nodes URL --pids bus=PID`): the figures are
         // that process's resident set, the load generator's own excluded.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(args.connections)
-            .build()?;
-        let sink = Arc::new(Sink::default());
-        let app = Router::new()
-            .route("/sink", post(sink_handler))
-            .with_state(sink.clone());
-        let listener = tokio::net::TcpListener::bind(args.sink).await?;
-        let sink_url = format!("http://{}/sink", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (client, sink, sink_url) = external_setup(&args).await?;
         let pid = args
             .pids
             .iter()
