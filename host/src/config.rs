@@ -262,7 +262,8 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// Hops through `bus` targets before an event is dead-lettered as a loop.
     pub max_hops: u32,
-    /// How long routed events stay in the log (hours).
+    /// How long routed events stay in the log (hours). On SQLite an event
+    /// a stored trace refers to stays as long as that trace.
     pub log_retention_hours: u64,
 }
 

@@ -39,9 +39,11 @@ pub struct EventTrace {
 }
 
 impl EventTrace {
-    /// Starts the trace of a log entry, with the attributes the router read.
+    /// Starts the trace of a log entry (at `position` in the log), with the
+    /// attributes the router read.
     pub fn start(
         logged: &LoggedEvent,
+        position: i64,
         source: String,
         event_type: String,
         replay: Option<String>,
@@ -56,6 +58,7 @@ impl EventTrace {
                 event_type,
                 size_bytes: logged.body.len() as u64,
                 event: logged.body.clone(),
+                position: Some(position),
                 replay,
                 body: TraceBody {
                     routed: true,

@@ -171,7 +171,7 @@ impl Router {
         }
         let mut deliveries = Vec::new();
         for entry in entries {
-            let trace = self.start_trace(&entry.event);
+            let trace = self.start_trace(&entry.event, entry.position);
             let hold = progress.hold_traced(entry.ack, trace.clone());
             self.route_one(entry.event, entry.position, &hold, trace, &mut deliveries)
                 .await;
@@ -180,7 +180,7 @@ impl Router {
     }
 
     /// The trace of an entry, when its bus records traces.
-    fn start_trace(&self, logged: &LoggedEvent) -> Option<Arc<EventTrace>> {
+    fn start_trace(&self, logged: &LoggedEvent, position: i64) -> Option<Arc<EventTrace>> {
         let history = self.history.as_ref()?;
         if !history.table.traced(&logged.tenant, &logged.bus) {
             return None;
@@ -190,6 +190,7 @@ impl Router {
             |v: Option<std::borrow::Cow<'_, str>>| v.map(|c| c.into_owned()).unwrap_or_default();
         Some(EventTrace::start(
             logged,
+            position,
             text(head.source),
             text(head.event_type),
             head.replayname.map(|c| c.into_owned()),

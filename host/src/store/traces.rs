@@ -308,6 +308,11 @@ pub struct Trace {
     pub size_bytes: u64,
     /// The event (CloudEvents JSON).
     pub event: Bytes,
+    /// Where the event is in this store's log, when the trace was made from
+    /// a log entry. A backend whose log keeps an entry as long as a trace
+    /// refers to it may store this instead of a copy of `event` (SQLite
+    /// does: the copy was most of what a trace wrote).
+    pub position: Option<i64>,
     /// The replay this copy came from (its `replayname`), if any.
     pub replay: Option<String>,
     /// Everything after routing.
@@ -340,6 +345,7 @@ impl Trace {
             event_type: text("type"),
             size_bytes: event.body.len() as u64,
             event: event.body.clone(),
+            position: None,
             replay,
             body: TraceBody::default(),
             state: TraceState::InFlight,

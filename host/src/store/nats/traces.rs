@@ -104,6 +104,7 @@ fn decode(record: &table::Record) -> StoreResult<Option<Trace>> {
         event_type: h.event_type,
         size_bytes: h.size_bytes,
         event,
+        position: None,
         replay: h.replay,
         body: h.body,
         state: h.state,

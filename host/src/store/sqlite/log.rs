@@ -227,12 +227,19 @@ impl EventLog for SqliteStore {
         }))
     }
 
+    /// Deletes routed entries older than `before`, but none a stored trace
+    /// still refers to (traces keep their event's position, not a copy).
+    /// The cursor is read before the traces: an entry is routed only after
+    /// its trace is committed, so every entry at or below that cursor with
+    /// a trace is counted in the lowest position read after it.
     async fn prune(&self, before: Millis) -> StoreResult<u64> {
+        let cursor = self.run(|tx| Ok(route_cursor(tx)?)).await?;
+        let traced = self.lowest_traced_seq().await?;
+        let last = traced.map_or(cursor, |seq| cursor.min(seq - 1));
         self.run(move |tx| {
-            let cursor = route_cursor(tx)?;
             let n = tx
                 .prepare_cached("DELETE FROM events WHERE seq <= ? AND ingested_ms < ?")?
-                .execute(params![cursor, before])?;
+                .execute(params![last, before])?;
             super::jobs::prune_chains(tx)?;
             Ok(n as u64)
         })

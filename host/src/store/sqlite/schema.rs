@@ -184,8 +184,18 @@ CREATE TABLE trace_ids_merged (mark INTEGER NOT NULL, received_ms INTEGER NOT NU
 INSERT INTO trace_ids_merged (mark, received_ms) VALUES (0, 0);
 "#;
 
+/// `traces.db`, version 3: a trace made from a log entry keeps the entry's
+/// position (`seq` in the main file's `events`) instead of a third copy of
+/// the event, and the log keeps the entry as long as a trace refers to it
+/// (the index gives the log the lowest such position). Older rows keep
+/// their copy.
+const TRACES_V3: &str = r#"
+ALTER TABLE traces ADD COLUMN seq INTEGER;
+CREATE INDEX traces_seq ON traces (seq) WHERE seq IS NOT NULL;
+"#;
+
 /// `traces.db`'s steps, as [`STEPS`] for the main file.
-const TRACES_STEPS: [(i64, &str); 2] = [(1, TRACES_V1), (2, TRACES_V2)];
+const TRACES_STEPS: [(i64, &str); 3] = [(1, TRACES_V1), (2, TRACES_V2), (3, TRACES_V3)];
 
 /// The version of `traces.db` this build writes.
 #[cfg(test)]
@@ -233,7 +243,9 @@ pub(super) fn migrate_traces(
     let moved = (|| -> anyhow::Result<usize> {
         let tx = traces.transaction()?;
         let n = tx.execute(
-            "INSERT OR IGNORE INTO main.traces SELECT * FROM old.traces",
+            "INSERT OR IGNORE INTO main.traces (id, tenant, bus, event_id, received_ms, source, \
+             type, state, size, replay, rules, body, event) SELECT id, tenant, bus, event_id, \
+             received_ms, source, type, state, size, replay, rules, body, event FROM old.traces",
             [],
         )?;
         tx.execute(

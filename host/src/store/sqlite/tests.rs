@@ -6,7 +6,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::store::testing::{self, Subject, T0};
 use crate::store::{
     Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs, EventLog, Exhausted,
-    FailureCode, LogConsumer, NewEvent, Queues, Traces,
+    FailureCode, LogConsumer, NewEvent, Queues, Trace, Traces,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -671,6 +671,7 @@ fn delivered(id: &str, at: crate::store::Millis) -> crate::store::Trace {
         event_type: "order.placed".into(),
         size_bytes: 2,
         event: Bytes::from_static(b"{}"),
+        position: None,
         replay: None,
         body: Default::default(),
         state: crate::store::TraceState::NoMatch,
@@ -747,4 +748,50 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
             .map(|t| t.received_ms),
         Some(T0 + 5)
     );
+}
+
+#[tokio::test]
+async fn a_trace_of_a_log_entry_reads_its_event_from_the_log_which_keeps_it_while_traced() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let store = open_at(dir.path(), clock.clone());
+    let consumer = store.consumer().await.unwrap();
+    store
+        .append(vec![event("e1"), event("e2"), event("e3")])
+        .await
+        .unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    // e2's trace refers to its entry; e1 has no trace, e3's keeps a copy.
+    let entry = &entries[1];
+    let mut traced = Trace::received(&entry.event);
+    traced.position = Some(entry.position);
+    let mut copied = Trace::received(&entries[2].event);
+    copied.event = Bytes::from_static(br#"{"copy":true}"#);
+    store.record_traces(vec![traced, copied]).await.unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM traces WHERE length(event) = 0"
+        )
+        .await,
+        1,
+        "the trace of e2 keeps no copy"
+    );
+    let read = |id: &'static str| {
+        let store = store.clone();
+        async move { store.trace("acme", id, None).await.unwrap().unwrap() }
+    };
+    assert_eq!(read("e2").await.event, entry.event.body);
+    assert_eq!(read("e3").await.event, &br#"{"copy":true}"#[..]);
+
+    // Every entry is routed and old enough; only e2's is still traced.
+    let later = clock.now_ms() + 1;
+    assert_eq!(store.prune(later).await.unwrap(), 1, "e1 only");
+    assert_eq!(read("e2").await.event, entry.event.body);
+    assert_eq!(store.expire_traces(later, u64::MAX, 100).await.unwrap(), 2);
+    assert_eq!(store.prune(later).await.unwrap(), 2, "e2 and e3");
 }

@@ -5,7 +5,10 @@
 //! starts with the tenant and ends with the received time, so a search walks
 //! one index newest first and stops after a page. An event id finds its
 //! trace through [`trace_ids`] (recent traces in memory, older ones merged
-//! into `trace_ids` in bulk), not through an index written per trace.
+//! into `trace_ids` in bulk), not through an index written per trace. A
+//! trace made from a log entry keeps the entry's position (`seq`) instead
+//! of a copy of the event; the log keeps the entry while a trace refers to
+//! it (`EventLog::prune`), and a lookup reads the event from there.
 
 use super::SqliteStore;
 use super::log::{logged_event, route_cursor};
@@ -74,11 +77,11 @@ fn apply_pending(tx: &Transaction<'_>, trace: &mut Trace) -> anyhow::Result<()> 
 }
 
 const COLUMNS: &str =
-    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, event";
+    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, event, seq";
 /// [`COLUMNS`] without the event itself (an empty blob in its place): a
 /// fact changes the routing record, never the event, so it need not read it.
 const RECORD_COLUMNS: &str =
-    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, X''";
+    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, X'', seq";
 
 fn read_trace(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Trace)> {
     let state: String = r.get(7)?;
@@ -97,6 +100,7 @@ fn read_trace(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Trace)> {
             replay: r.get(9)?,
             body: serde_json::from_str(&body).unwrap_or_default(),
             event: Bytes::from(r.get::<_, Vec<u8>>(11)?),
+            position: r.get(12)?,
         },
     ))
 }
@@ -204,9 +208,17 @@ fn record(
         return Ok(());
     }
     let body = serde_json::to_string(&trace.body)?;
+    // A trace of a log entry refers to the entry, which the log keeps as
+    // long as the trace (see `prune`): the copy was two thirds of the
+    // bytes a trace wrote, and written again at every checkpoint.
+    let event: &[u8] = if trace.position.is_some() {
+        &[]
+    } else {
+        &trace.event
+    };
     tx.prepare_cached(
-        "INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size, replay, rules, body, event) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size, replay, rules, body, event, seq) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         trace.tenant,
@@ -220,7 +232,8 @@ fn record(
         trace.replay,
         rules,
         body,
-        &trace.event[..]
+        event,
+        trace.position
     ])?;
     let id = tx.last_insert_rowid();
     recent.note(trace_ids::key(&trace.tenant, &trace.event_id), id);
@@ -361,6 +374,40 @@ fn search_sql(
     (sql, args)
 }
 
+impl SqliteStore {
+    /// Fills in the event of a trace that refers to its log entry.
+    async fn with_logged_event(&self, mut trace: Trace) -> StoreResult<Trace> {
+        let Some(seq) = trace.position.filter(|_| trace.event.is_empty()) else {
+            return Ok(trace);
+        };
+        let (tenant, event_id) = (trace.tenant.clone(), trace.event_id.clone());
+        let body: Option<Vec<u8>> = self
+            .run(move |tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "SELECT body FROM events WHERE seq = ? AND tenant = ? AND event_id = ?",
+                    )?
+                    .query_row(params![seq, tenant, event_id], |r| r.get(0))
+                    .optional()?)
+            })
+            .await?;
+        if let Some(body) = body {
+            trace.event = Bytes::from(body);
+        }
+        Ok(trace)
+    }
+
+    /// The lowest log position a stored trace refers to (`None`: none does).
+    pub(super) async fn lowest_traced_seq(&self) -> StoreResult<Option<i64>> {
+        self.run_traces(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT MIN(seq) FROM traces WHERE seq IS NOT NULL")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Traces for SqliteStore {
     async fn record_traces(&self, traces: Vec<Trace>) -> StoreResult<()> {
@@ -449,7 +496,7 @@ impl Traces for SqliteStore {
             .await?;
         Ok(match (recorded, unrouted) {
             (Some(r), Some(u)) if u.received_ms > r.received_ms => Some(u),
-            (Some(r), _) => Some(r),
+            (Some(r), _) => Some(self.with_logged_event(r).await?),
             (None, u) => u,
         })
     }

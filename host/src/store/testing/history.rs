@@ -74,6 +74,7 @@ fn trace(tenant: &str, bus: &str, id: &str, at: Millis, source: &str, state: Tra
         event_type: format!("type-{source}"),
         size_bytes: 10,
         event: Bytes::from(format!(r#"{{"id":"{id}"}}"#)),
+        position: None,
         replay: None,
         body,
         state,
