@@ -46,10 +46,13 @@ const BATCH: usize = 1024;
 /// Longest the router waits for new entries before looking at shutdown again.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Most log entries routed but not yet acknowledged before the router
-/// waits: eight batches, far above what flows through when delivery keeps
-/// up, and a bound on the memory a backlog takes when it does not (the
-/// rest of the backlog waits in the log).
-const MAX_UNACKED: usize = 8 * BATCH;
+/// waits: two batches, above what flows through when delivery keeps up,
+/// and a bound on the memory a backlog takes when it does not (the rest of
+/// the backlog waits in the log, where it costs no memory). Together with
+/// 8 MB caches, going from eight batches to two lowered the peak resident
+/// set of issue 13's memory scenario from 323 MB to 238–251 MB, with no
+/// loss of throughput beyond this machine's noise.
+const MAX_UNACKED: usize = 2 * BATCH;
 
 /// What the router needs.
 pub struct Router {

@@ -121,10 +121,11 @@ const TRACES_CHECKPOINT_PAGES: i64 = 4_000;
 /// page it touches and only then evicts, so under load each connection
 /// holds its whole cache: cutting them from 64 MB to 16 MB apiece lowered
 /// the peak resident set of issue 13's memory scenario from 371 MB to
-/// 290–316 MB (its target is 150 MB in all). What is hot is small — the log's and the
-/// traces' newest pages, the jobs — and a page that falls out of this cache
-/// is still in the OS's, so 16 MB each costs little.
-const CACHE_KIB: i64 = 16 * 1024;
+/// 290–316 MB (its target is 150 MB in all), and 8 MB (with the router's
+/// smaller backlog) to 238–251 MB. What is hot is small — the log's and
+/// the traces' newest pages, the jobs — and a page that falls out of this
+/// cache is still in the OS's, so 8 MB each costs little.
+const CACHE_KIB: i64 = 8 * 1024;
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Op = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Completion) + Send>;
