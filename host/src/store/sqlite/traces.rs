@@ -375,9 +375,10 @@ fn search_sql(
 }
 
 impl SqliteStore {
-    /// Fills in the event of a trace that refers to its log entry.
+    /// Fills in the event of a trace that refers to its log entry (such a
+    /// row stores no copy).
     async fn with_logged_event(&self, mut trace: Trace) -> StoreResult<Trace> {
-        let Some(seq) = trace.position.filter(|_| trace.event.is_empty()) else {
+        let Some(seq) = trace.position else {
             return Ok(trace);
         };
         let (tenant, event_id) = (trace.tenant.clone(), trace.event_id.clone());
