@@ -263,7 +263,9 @@ pub struct DeliveryConfig {
     /// Hops through `bus` targets before an event is dead-lettered as a loop.
     pub max_hops: u32,
     /// How long routed events stay in the log (hours). On SQLite an event
-    /// a stored trace refers to stays as long as that trace.
+    /// a stored trace refers to stays as long as that trace, and an archived
+    /// event as long as its archive keeps it (archives refer to the log
+    /// entry instead of copying it).
     pub log_retention_hours: u64,
 }
 

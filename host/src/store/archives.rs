@@ -8,8 +8,10 @@
 //!
 //! Writing happens in [`EventLog::append`](super::EventLog::append): each
 //! [`NewEvent`](super::NewEvent) names the archives that take it, and the
-//! backend stores those copies in the same commit as the event, so an
-//! acknowledged event is in its archives at once. (JetStream: an archive
+//! backend stores them in the same commit as the event, so an
+//! acknowledged event is in its archives at once (SQLite: a row per
+//! archive that refers to the log entry, which the log keeps while such
+//! rows exist; the in-memory store: a copy). (JetStream: an archive
 //! is a stream with a time-based retention; the append publishes the event
 //! to the archive's subject in the same atomic batch.)
 //!

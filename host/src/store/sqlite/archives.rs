@@ -1,6 +1,13 @@
-//! [`Archives`] on SQLite: the `archived` table (one row per copy, indexed
-//! by archive and ingest time) and exact per-archive counters in
-//! `archive_stats`, kept in the same transaction as every insert and delete.
+//! [`Archives`] on SQLite: the `archived` table (one row per archived
+//! event, indexed by archive and ingest time) and exact per-archive
+//! counters in `archive_stats`, kept in the same transaction as every
+//! insert and delete.
+//!
+//! A row written at ingest keeps its event's log position (`seq`) rather
+//! than a copy of the event: the entry is in the same commit, and the log
+//! keeps it while rows refer to it (`events.archive_refs`). Rows written by
+//! an older version keep their copy in `body`; every read takes the log's
+//! event when there is one, else the copy.
 
 use super::SqliteStore;
 use super::log::Seq;
@@ -13,19 +20,21 @@ use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 use std::collections::BTreeMap;
 
-/// Writes archive copies of events just inserted: `copies` pairs an
-/// archive with an index into `events`.
-pub(super) fn write_copies(
+/// Writes the archive rows of events just inserted: `rows` pairs an
+/// archive with an index into `events`. Each row refers to the event's log
+/// entry, whose `archive_refs` already counts it.
+pub(super) fn write_rows(
     tx: &Transaction<'_>,
-    copies: &[(ArchiveId, usize)],
+    rows: &[(ArchiveId, usize)],
     events: &[(Seq, LoggedEvent)],
 ) -> anyhow::Result<()> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body, seq) \
+         VALUES (?, ?, ?, ?, ?, X'', ?)",
     )?;
     let mut added: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for (archive, at) in copies {
-        let Some((_, e)) = events.get(*at) else {
+    for (archive, at) in rows {
+        let Some((seq, e)) = events.get(*at) else {
             continue;
         };
         insert.execute(params![
@@ -34,7 +43,7 @@ pub(super) fn write_copies(
             e.tenant,
             e.bus,
             e.event_id,
-            &e.body[..]
+            seq
         ])?;
         let n = added.entry(archive).or_default();
         n.0 += 1;
@@ -56,13 +65,48 @@ fn count(tx: &Transaction<'_>, archive: &str, events: i64, bytes: i64) -> rusqli
     Ok(())
 }
 
+/// An archive row on its way out: its id, the log position it refers to
+/// (none for a row with its own copy), and its event's size.
+struct DoomedRow {
+    id: i64,
+    seq: Option<Seq>,
+    size: i64,
+}
+
+/// Selects archive rows to delete: `filter` follows `WHERE a.archive = ?1`
+/// and binds from `?2`; the rows come oldest first.
+const DOOMED_ROWS: &str = "SELECT a.id, a.seq, COALESCE(length(e.body), length(a.body)) \
+     FROM archived a LEFT JOIN events e ON e.seq = a.seq WHERE a.archive = ?1";
+
+fn doomed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DoomedRow> {
+    Ok(DoomedRow {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        size: r.get(2)?,
+    })
+}
+
 /// Deletes the given rows of an archive and takes them off its counters.
-fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[(i64, i64)]) -> rusqlite::Result<()> {
+/// A log entry that loses its last row goes too if the log's prune has
+/// passed it (above that point the next prune takes it).
+fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[DoomedRow]) -> rusqlite::Result<()> {
     let mut delete = tx.prepare_cached("DELETE FROM archived WHERE id = ?")?;
+    let mut release = tx.prepare_cached(
+        "UPDATE events SET archive_refs = archive_refs - 1 WHERE seq = ? RETURNING archive_refs",
+    )?;
+    let mut drop_entry = tx.prepare_cached("DELETE FROM events WHERE seq = ?")?;
+    let pruned = super::log::pruned_cursor(tx)?;
     let mut bytes = 0;
-    for (id, size) in rows {
-        delete.execute([id])?;
-        bytes += size;
+    for row in rows {
+        delete.execute([row.id])?;
+        bytes += row.size;
+        let Some(seq) = row.seq else {
+            continue;
+        };
+        let left: Option<i64> = release.query_row([seq], |r| r.get(0)).optional()?;
+        if left.is_some_and(|n| n <= 0) && seq <= pruned {
+            drop_entry.execute([seq])?;
+        }
     }
     count(tx, archive, -(rows.len() as i64), -bytes)?;
     tx.prepare_cached("DELETE FROM archive_stats WHERE archive = ? AND events <= 0")?
@@ -131,9 +175,10 @@ impl Archives for SqliteStore {
         let (after_ms, after_id) = after_of(window, after);
         self.run(move |tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, tenant, bus, event_id, body, ingested_ms FROM archived \
-                 WHERE archive = ?1 AND (ingested_ms, id) > (?2, ?3) AND ingested_ms < ?4 \
-                 ORDER BY ingested_ms, id LIMIT ?5",
+                "SELECT a.id, a.tenant, a.bus, a.event_id, COALESCE(e.body, a.body), a.ingested_ms \
+                 FROM archived a LEFT JOIN events e ON e.seq = a.seq \
+                 WHERE a.archive = ?1 AND (a.ingested_ms, a.id) > (?2, ?3) AND a.ingested_ms < ?4 \
+                 ORDER BY a.ingested_ms, a.id LIMIT ?5",
             )?;
             let rows = stmt.query_map(
                 params![archive, after_ms, after_id, window.to_ms, max as i64],
@@ -161,14 +206,11 @@ impl Archives for SqliteStore {
     async fn expire_archive(&self, archive: &str, before: Millis, max: usize) -> StoreResult<u64> {
         let archive = archive.to_owned();
         self.run(move |tx| {
-            let rows: Vec<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT id, length(body) FROM archived WHERE archive = ? AND ingested_ms < ? \
-                     ORDER BY ingested_ms, id LIMIT ?",
-                )?
-                .query_map(params![archive, before, max as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
+            let rows: Vec<DoomedRow> = tx
+                .prepare_cached(&format!(
+                    "{DOOMED_ROWS} AND a.ingested_ms < ?2 ORDER BY a.ingested_ms, a.id LIMIT ?3"
+                ))?
+                .query_map(params![archive, before, max as i64], doomed_row)?
                 .collect::<Result<_, _>>()?;
             delete_rows(tx, &archive, &rows)?;
             Ok(rows.len() as u64)
@@ -179,12 +221,11 @@ impl Archives for SqliteStore {
     async fn purge_archive(&self, archive: &str, max: usize) -> StoreResult<u64> {
         let archive = archive.to_owned();
         self.run(move |tx| {
-            let rows: Vec<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT id, length(body) FROM archived WHERE archive = ? \
-                     ORDER BY ingested_ms, id LIMIT ?",
-                )?
-                .query_map(params![archive, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let rows: Vec<DoomedRow> = tx
+                .prepare_cached(&format!(
+                    "{DOOMED_ROWS} ORDER BY a.ingested_ms, a.id LIMIT ?2"
+                ))?
+                .query_map(params![archive, max as i64], doomed_row)?
                 .collect::<Result<_, _>>()?;
             delete_rows(tx, &archive, &rows)?;
             if rows.len() < max {

@@ -130,38 +130,41 @@ pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEven
     })
 }
 
-/// Inserts events (and their archive copies) inside a transaction; returns
+/// Inserts events (and their archive rows) inside a transaction; returns
 /// them with their positions, ready for [`Tail::publish`] after the commit.
+/// An entry counts the archive rows that refer to it (`archive_refs`), so
+/// the log keeps it while they do.
 pub(super) fn insert_events(
     tx: &rusqlite::Transaction<'_>,
     events: Vec<NewEvent>,
 ) -> anyhow::Result<Vec<(Seq, LoggedEvent)>> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (tenant, bus, event_id, body, ingested_ms, only_rules) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (tenant, bus, event_id, body, ingested_ms, only_rules, archive_refs) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut logged = Vec::with_capacity(events.len());
-    let mut copies = Vec::new();
+    let mut archived = Vec::new();
     for mut e in events {
         let only = match &e.only_rules {
             Some(rules) => Some(serde_json::to_string(rules)?),
             None => None,
         };
+        let archives = std::mem::take(&mut e.archives);
         stmt.execute(params![
             e.tenant,
             e.bus,
             e.event_id,
             &e.body[..],
             e.ingested_ms,
-            only
+            only,
+            archives.len() as i64
         ])?;
         let seq = tx.last_insert_rowid();
-        for archive in std::mem::take(&mut e.archives) {
-            copies.push((archive, logged.len()));
-        }
+        archived.extend(archives.into_iter().map(|archive| (archive, logged.len())));
         logged.push((seq, e));
     }
-    if !copies.is_empty() {
-        super::archives::write_copies(tx, &copies, &logged)?;
+    if !archived.is_empty() {
+        super::archives::write_rows(tx, &archived, &logged)?;
     }
     Ok(logged)
 }
@@ -170,6 +173,16 @@ pub(super) fn insert_events(
 pub(super) fn route_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Seq> {
     Ok(tx
         .prepare_cached("SELECT seq FROM cursors WHERE name = 'route'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The log's prune point: every entry at or below it that no archive row
+/// refers to is deleted.
+pub(super) fn pruned_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Seq> {
+    Ok(tx
+        .prepare_cached("SELECT seq FROM cursors WHERE name = 'pruned'")?
         .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or(0))
@@ -228,18 +241,42 @@ impl EventLog for SqliteStore {
     }
 
     /// Deletes routed entries older than `before`, but none a stored trace
-    /// still refers to (traces keep their event's position, not a copy).
-    /// The cursor is read before the traces: an entry is routed only after
-    /// its trace is committed, so every entry at or below that cursor with
-    /// a trace is counted in the lowest position read after it.
+    /// or archive row still refers to (both keep their event's position,
+    /// not a copy). The cursor is read before the traces: an entry is
+    /// routed only after its trace is committed, so every entry at or below
+    /// that cursor with a trace is counted in the lowest position read
+    /// after it. The prune starts at the previous one's end (the `pruned`
+    /// cursor): below it only archived entries are left, and walking them
+    /// again on every prune would cost as much as the archives are long.
     async fn prune(&self, before: Millis) -> StoreResult<u64> {
         let cursor = self.run(|tx| Ok(route_cursor(tx)?)).await?;
         let traced = self.lowest_traced_seq().await?;
         let last = traced.map_or(cursor, |seq| cursor.min(seq - 1));
         self.run(move |tx| {
-            let n = tx
-                .prepare_cached("DELETE FROM events WHERE seq <= ? AND ingested_ms < ?")?
-                .execute(params![last, before])?;
+            let pruned = pruned_cursor(tx)?;
+            // Up to the first entry too young to go: positions follow commit
+            // order, so this is where ingest times reach `before`.
+            let young: Option<Seq> = tx
+                .prepare_cached(
+                    "SELECT seq FROM events WHERE seq > ?1 AND seq <= ?2 AND ingested_ms >= ?3 \
+                     ORDER BY seq LIMIT 1",
+                )?
+                .query_row(params![pruned, last, before], |r| r.get(0))
+                .optional()?;
+            let upto = young.map_or(last, |seq| seq - 1);
+            let mut n = 0;
+            if upto > pruned {
+                n = tx
+                    .prepare_cached(
+                        "DELETE FROM events WHERE seq > ? AND seq <= ? AND archive_refs <= 0",
+                    )?
+                    .execute(params![pruned, upto])?;
+                tx.prepare_cached(
+                    "INSERT INTO cursors (name, seq) VALUES ('pruned', ?) \
+                     ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                )?
+                .execute([upto])?;
+            }
             super::jobs::prune_chains(tx)?;
             Ok(n as u64)
         })

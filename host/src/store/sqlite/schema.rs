@@ -137,10 +137,25 @@ DROP TABLE IF EXISTS trace_pending;
 DROP TABLE IF EXISTS traces;
 "#;
 
+/// Version 6 (issue 10, the cost of archiving): an archive row made at
+/// ingest keeps the log position of its event (`archived.seq`) instead of
+/// a second copy of it, and the log entry counts the archive rows that
+/// refer to it (`events.archive_refs`). Archives outlive the log, so the
+/// log keeps such entries row by row past its prune point; the `pruned`
+/// cursor is that point (every unreferenced entry at or below it is gone),
+/// so a prune starts there instead of walking the kept entries again, and
+/// an archive's expiry deletes a kept entry when its last row goes. Older
+/// rows keep their copy.
+const V6: &str = r#"
+ALTER TABLE events ADD COLUMN archive_refs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE archived ADD COLUMN seq INTEGER;
+INSERT OR IGNORE INTO cursors (name, seq) SELECT 'pruned', COALESCE(MIN(seq) - 1, 0) FROM events;
+"#;
+
 /// Every version's step, in order: `(version, step)` brings a file from
 /// the version before it to `version`. Numbers may skip (a step another
 /// line of work adds later slots into its place).
-pub(super) const STEPS: [(i64, &str); 5] = [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
+pub(super) const STEPS: [(i64, &str); 6] = [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)];
 
 /// The main file's version from which traces live in `traces.db`.
 const TRACES_MOVED: i64 = 5;

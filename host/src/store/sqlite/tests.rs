@@ -5,8 +5,8 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::store::testing::{self, Subject, T0};
 use crate::store::{
-    Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs, EventLog, Exhausted,
-    FailureCode, LogConsumer, NewEvent, Queues, Trace, Traces,
+    Archives, Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs, EventLog,
+    Exhausted, FailureCode, LogConsumer, NewEvent, Queues, Trace, Traces,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -794,4 +794,160 @@ async fn a_trace_of_a_log_entry_reads_its_event_from_the_log_which_keeps_it_whil
     assert_eq!(read("e2").await.event, entry.event.body);
     assert_eq!(store.expire_traces(later, u64::MAX, 100).await.unwrap(), 2);
     assert_eq!(store.prune(later).await.unwrap(), 2, "e2 and e3");
+}
+
+/// One value read from the main file (`count` reads `traces.db`).
+async fn main_value<T: rusqlite::types::FromSql + Send + 'static>(
+    store: &SqliteStore,
+    sql: &'static str,
+) -> T {
+    store
+        .run(move |tx| Ok(tx.query_row(sql, [], |r| r.get(0))?))
+        .await
+        .expect(sql)
+}
+
+#[tokio::test]
+async fn an_archive_row_refers_to_its_log_entry_which_the_log_keeps_until_the_archive_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let store = open_at(dir.path(), clock.clone());
+    let consumer = store.consumer().await.unwrap();
+    let archived = |id: &str, archives: &[&str]| NewEvent {
+        archives: archives.iter().map(|a| (*a).to_owned()).collect(),
+        ..event(id)
+    };
+    store
+        .append(vec![
+            archived("e1", &["a"]),
+            event("e2"),
+            archived("e3", &["a", "b"]),
+            event("e4"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        main_value::<i64>(
+            &store,
+            "SELECT COUNT(*) FROM archived WHERE length(body) = 0 AND seq IS NOT NULL"
+        )
+        .await,
+        3,
+        "no archive row keeps a copy"
+    );
+    assert_eq!(
+        store.archive_stats("a").await.unwrap().size_bytes,
+        2 * event("e1").body.len() as u64,
+        "sizes are the events'"
+    );
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+
+    let later = clock.now_ms() + 1;
+    assert_eq!(store.prune(later).await.unwrap(), 2, "e2 and e4");
+    let kept = "SELECT group_concat(event_id) FROM (SELECT event_id FROM events ORDER BY seq)";
+    assert_eq!(
+        main_value::<Option<String>>(&store, kept).await.as_deref(),
+        Some("e1,e3")
+    );
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT seq FROM cursors WHERE name = 'pruned'").await,
+        4,
+        "the next prune starts after the last entry"
+    );
+    assert_eq!(store.prune(later).await.unwrap(), 0);
+
+    // e1 goes with its only archive row; e3 stays for archive b.
+    assert_eq!(store.expire_archive("a", later, 10).await.unwrap(), 2);
+    assert_eq!(
+        main_value::<Option<String>>(&store, kept).await.as_deref(),
+        Some("e3")
+    );
+    let window = crate::store::Window {
+        from_ms: T0,
+        to_ms: later,
+    };
+    let rest = store.read_archive("b", window, None, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].event.body, event("e3").body);
+    assert_eq!(store.purge_archive("b", 10).await.unwrap(), 1);
+    assert_eq!(
+        main_value::<Option<String>>(&store, kept).await,
+        None,
+        "the log is empty"
+    );
+}
+
+#[tokio::test]
+async fn an_archived_entry_above_the_prune_point_goes_with_the_next_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let store = open_at(dir.path(), clock.clone());
+    let mut e1 = event("e1");
+    e1.archives = vec!["a".into()];
+    store.append(vec![e1]).await.unwrap();
+    // The archive lets go before the log is routed or pruned.
+    assert_eq!(store.purge_archive("a", 10).await.unwrap(), 1);
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT COUNT(*) FROM events").await,
+        1
+    );
+    let consumer = store.consumer().await.unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    assert_eq!(entries.len(), 1, "still routed");
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    assert_eq!(store.prune(clock.now_ms() + 1).await.unwrap(), 1);
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT COUNT(*) FROM events").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn archive_copies_of_a_version_5_data_dir_read_back_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Version 5 kept a copy of each archived event in its archive row.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        for (_, step) in schema::STEPS.iter().filter(|(v, _)| *v <= 5) {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(&format!(
+            r#"
+            INSERT INTO events (tenant, bus, event_id, body, ingested_ms) VALUES
+                ('acme', 'orders', 'e1', X'7B7D', {T0}), ('acme', 'orders', 'e2', X'7B7D', {T0});
+            INSERT INTO cursors VALUES ('route', 2);
+            INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body)
+                VALUES ('a', {T0}, 'acme', 'orders', 'e1', X'7B22636F7079223A747275657D');
+            INSERT INTO archive_stats VALUES ('a', 1, 13);
+            PRAGMA user_version = 5;
+            "#
+        ))
+        .unwrap();
+    }
+    let store = open_at(dir.path(), manual());
+    assert_eq!(
+        store.prune(T0 + 1).await.unwrap(),
+        2,
+        "no entry is archived"
+    );
+    let window = crate::store::Window {
+        from_ms: T0,
+        to_ms: T0 + 1,
+    };
+    let read = store.read_archive("a", window, None, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(&read[0].event.body[..], br#"{"copy":true}"#);
+    assert_eq!(store.expire_archive("a", T0 + 1, 10).await.unwrap(), 1);
+    assert_eq!(
+        store.archive_stats("a").await.unwrap(),
+        crate::store::ArchiveStats::default()
+    );
 }

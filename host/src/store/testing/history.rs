@@ -254,6 +254,55 @@ pub(crate) async fn archives_expire_and_purge_in_chunks(make: &impl MakeStore) {
     assert_eq!(s.store.stored_archives().await.unwrap(), ["a"]);
 }
 
+/// Archives outlive the log: once every entry is routed and the log has
+/// pruned them, the archived events still read back whole, until their
+/// archive lets them go (one archive's expiry does not take another's).
+pub(crate) async fn archives_outlive_the_log(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let events = vec![
+        ce("acme", "orders", "e1", T0 + 10, &["a"]),
+        ce("acme", "orders", "e2", T0 + 20, &[]),
+        ce("acme", "orders", "e3", T0 + 30, &["a", "b"]),
+    ];
+    let bodies: Vec<Bytes> = events.iter().map(|e| e.body.clone()).collect();
+    s.store.append(events).await.unwrap();
+    let consumer = s.store.consumer().await.unwrap();
+    let entries = take(consumer.as_ref(), 3, 10).await;
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    s.store.prune(T0 + 1_000).await.unwrap();
+    let all = window(T0, T0 + 1_000);
+    let read = |archive: &'static str| {
+        let store = s.store.clone();
+        async move {
+            store
+                .read_archive(archive, all, None, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| (a.event.event_id, a.event.body))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        read("a").await,
+        [
+            ("e1".to_owned(), bodies[0].clone()),
+            ("e3".to_owned(), bodies[2].clone())
+        ]
+    );
+    assert_eq!(
+        s.store.expire_archive("a", T0 + 1_000, 10).await.unwrap(),
+        2
+    );
+    s.store.prune(T0 + 1_000).await.unwrap();
+    assert!(read("a").await.is_empty());
+    assert_eq!(read("b").await, [("e3".to_owned(), bodies[2].clone())]);
+    assert_eq!(s.store.archive_stats("b").await.unwrap().event_count, 1);
+}
+
 // ------------------------------------------------------------------- traces
 
 /// An appended event not yet routed has a trace at once: `in_flight`, with

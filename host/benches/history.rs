@@ -1,0 +1,121 @@
+//! What history costs the SQLite store per event, apart from HTTP and
+//! routing: a commit of 10 ~1 KB events plain and with each event in one
+//! archive (the archive row refers to the log entry), and a commit of the
+//! 10 routed events' traces (each refers to its log entry).
+//! Run with `cargo bench -p busbar --bench history`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use busbar::clock::{SharedClock, SystemClock};
+use busbar::store::sqlite::{Durability, SqliteStore};
+use busbar::store::traces::{RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody};
+use busbar::store::{EventLog, NewEvent, Trace, TraceState, Traces};
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+
+const BATCH: u64 = 10;
+
+fn body(i: u64) -> Bytes {
+    let data = json!({
+        "order_id": format!("ord-{i:08}"), "customer_id": "cus-000042", "customer_tier": "gold",
+        "email": "someone@example.com", "currency": "EUR", "total": 159.92, "subtotal": 139.95,
+        "notes": "leave at the door, please",
+        "items": (0..5).map(|k| json!({"sku": format!("SKU-{k:05}"), "qty": k + 1, "price": 19.99,
+                                        "title": "A reasonably long product title"})).collect::<Vec<_>>(),
+        "address": {"street": "1 Main Street", "city": "Springfield", "zip": "12345", "country": "DE"},
+    });
+    Bytes::from(
+        json!({"specversion": "1.0", "id": format!("ev-{i}"), "source": "shop",
+               "type": "order.placed", "data": data})
+        .to_string(),
+    )
+}
+
+fn trace(i: u64, at: i64, event: Bytes) -> Trace {
+    Trace {
+        tenant: "t".into(),
+        bus: "b".into(),
+        event_id: format!("ev-{i}"),
+        received_ms: at,
+        source: "shop".into(),
+        event_type: "order.placed".into(),
+        size_bytes: event.len() as u64,
+        event,
+        position: Some(i as i64),
+        replay: None,
+        body: TraceBody {
+            routed: true,
+            rules: vec![RuleTrace {
+                rule: "orders".into(),
+                outcome: RuleOutcome::Matched,
+                filter: None,
+                transform: None,
+                error: None,
+                targets: vec![TargetTrace {
+                    state: TargetState::Delivered,
+                    ..TargetTrace::new("hook")
+                }],
+            }],
+            replays: Vec::new(),
+        },
+        state: TraceState::Delivered,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let now = clock.now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Durability::Normal, clock).unwrap();
+    let batch = |first: u64, archives: &[&str]| -> Vec<NewEvent> {
+        (first..first + BATCH)
+            .map(|i| NewEvent {
+                tenant: "t".into(),
+                bus: "b".into(),
+                event_id: format!("ev-{i}"),
+                body: body(i),
+                ingested_ms: now,
+                archives: archives.iter().map(|a| (*a).to_owned()).collect(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    // Grow the files and the WALs first, so no figure pays for it.
+    for chunk in 0..50u64 {
+        rt.block_on(store.append(batch(1_000_000_000 + chunk * BATCH, &["a"])))
+            .unwrap();
+    }
+
+    let mut group = c.benchmark_group("history");
+    group.throughput(Throughput::Elements(BATCH));
+    let mut next = 0u64;
+    group.bench_function("append_10", |b| {
+        b.iter(|| {
+            next += BATCH;
+            rt.block_on(store.append(batch(next, &[]))).unwrap()
+        })
+    });
+    group.bench_function("append_10_archived", |b| {
+        b.iter(|| {
+            next += BATCH;
+            rt.block_on(store.append(batch(next, &["a"]))).unwrap()
+        })
+    });
+    let event = body(0);
+    group.bench_function("record_10_traces", |b| {
+        b.iter(|| {
+            next += BATCH;
+            let traces = (next..next + BATCH)
+                .map(|i| trace(i, now, event.clone()))
+                .collect();
+            rt.block_on(store.record_traces(traces)).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
