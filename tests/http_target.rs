@@ -195,7 +195,13 @@ fn target(spec: HttpTargetSpec) -> HttpTarget {
 }
 
 async fn deliver(target: &HttpTarget, event: &Event) -> Outcome {
-    target.deliver(Payload { event, body: None }).await
+    target
+        .deliver(Payload {
+            event,
+            body: None,
+            stored: None,
+        })
+        .await
 }
 
 fn header<'a>(request: &'a Recorded, name: &str) -> &'a str {
@@ -283,6 +289,7 @@ async fn a_transform_output_replaces_the_payload_but_ce_headers_stay() {
         .deliver(Payload {
             event: &event,
             body: Some("Order 42 totals 120"),
+            stored: None,
         })
         .await;
     assert_eq!(outcome, Outcome::Delivered { status: Some(200) });
@@ -775,7 +782,11 @@ async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_even
         .collect();
     let mut payloads: Vec<Payload<'_>> = events
         .iter()
-        .map(|event| Payload { event, body: None })
+        .map(|event| Payload {
+            event,
+            body: None,
+            stored: None,
+        })
         .collect();
     // One too large alone for max_bytes, between the others.
     let huge = event(
@@ -787,6 +798,7 @@ async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_even
         Payload {
             event: &huge,
             body: None,
+            stored: None,
         },
     );
     let outcomes = batched.deliver_batch(&payloads).await;

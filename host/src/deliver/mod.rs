@@ -106,6 +106,19 @@ pub struct Payload<'a> {
     pub event: &'a Event,
     /// The rendered transform output, if the rule has a transform.
     pub body: Option<&'a str>,
+    /// `event` in CloudEvents JSON format as the store holds it, when at
+    /// hand: structured and batched deliveries send these bytes instead of
+    /// serialising the event again (that was a serialisation of every
+    /// event per delivery, for the bytes the log already had).
+    pub stored: Option<&'a [u8]>,
+}
+
+impl Payload<'_> {
+    /// The event in CloudEvents JSON format: as stored, else serialised.
+    pub fn event_json(&self) -> Vec<u8> {
+        self.stored
+            .map_or_else(|| self.event.to_json_bytes(), <[u8]>::to_vec)
+    }
 }
 
 /// Why a target or retry-policy configuration is invalid.

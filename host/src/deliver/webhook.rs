@@ -45,6 +45,7 @@ impl Target for HttpTarget {
                 .map(|item| Payload {
                     event: &item.event,
                     body: item.body.as_deref(),
+                    stored: Some(&item.event_bytes),
                 })
                 .collect();
             return self.deliver_batch(&payloads).await;
@@ -54,6 +55,7 @@ impl Target for HttpTarget {
             let payload = Payload {
                 event: &item.event,
                 body: item.body.as_deref(),
+                stored: Some(&item.event_bytes),
             };
             outcomes.push(self.deliver(payload).await);
         }

@@ -33,7 +33,7 @@ pub(super) fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendere
         }
         (None, DeliveryMode::Structured) => (
             Some(media::STRUCTURED_CONTENT_TYPE.to_owned()),
-            payload.event.to_json_bytes(),
+            payload.event_json(),
         ),
         (None, DeliveryMode::Binary) => body::to_body(payload.event).map_err(render_error)?,
     };
@@ -54,7 +54,7 @@ pub(super) const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json;
 /// text), the attributes staying, as binary mode keeps them in headers.
 pub(super) fn render_member(payload: Payload<'_>) -> Result<Vec<u8>, Failure> {
     let Some(text) = payload.body else {
-        return Ok(payload.event.to_json_bytes());
+        return Ok(payload.event_json());
     };
     let mut map = payload.event.as_map().clone();
     map.remove("data_base64");
@@ -126,6 +126,7 @@ mod tests {
             Payload {
                 event: &event,
                 body: None,
+                stored: None,
             },
         )
         .unwrap();
@@ -159,6 +160,7 @@ mod tests {
         let plain = Payload {
             event: &ev,
             body: None,
+            stored: None,
         };
         let member = render_member(plain).unwrap();
         let structured = render(DeliveryMode::Structured, plain).unwrap();
@@ -178,6 +180,7 @@ mod tests {
             let member = render_member(Payload {
                 event: &ev,
                 body: Some(text),
+                stored: None,
             })
             .unwrap();
             let member: Value = serde_json::from_slice(&member).unwrap();
@@ -192,6 +195,7 @@ mod tests {
             &render_member(Payload {
                 event: &binary,
                 body: Some("x"),
+                stored: None,
             })
             .unwrap(),
         )
@@ -249,6 +253,7 @@ mod tests {
             Payload {
                 event: &event(value),
                 body: None,
+                stored: None,
             },
         )
         .unwrap_err();
@@ -261,6 +266,7 @@ mod tests {
             Payload {
                 event: &event(value),
                 body: None,
+                stored: None,
             },
         )
         .unwrap()
@@ -276,6 +282,7 @@ mod tests {
             Payload {
                 event: &event,
                 body: None,
+                stored: None,
             },
         )
         .unwrap();
@@ -292,6 +299,7 @@ mod tests {
             Payload {
                 event: &event,
                 body: Some(r#"{"order": 1}"#),
+                stored: None,
             },
         )
         .unwrap();
@@ -303,11 +311,46 @@ mod tests {
             Payload {
                 event: &event,
                 body: Some("order 1 shipped"),
+                stored: None,
             },
         )
         .unwrap();
         assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         assert_eq!(r.body, b"order 1 shipped");
         assert!(!r.headers.contains_key("ce-id"));
+    }
+
+    #[test]
+    fn structured_and_batched_deliveries_send_the_stored_bytes_when_at_hand() {
+        let ev = event(base_event());
+        // Stored with other spacing than a fresh serialisation would have,
+        // so the bytes sent show which was used.
+        let stored = br#"{"specversion": "1.0", "id": "evt-1", "source": "shop.orders", "type": "order.created"}"#;
+        let payload = Payload {
+            event: &ev,
+            body: None,
+            stored: Some(stored),
+        };
+        assert_eq!(
+            render(DeliveryMode::Structured, payload).unwrap().body,
+            stored
+        );
+        assert_eq!(render_member(payload).unwrap(), stored);
+        // Without them, the event is serialised; with a transform output,
+        // the member is built from the event as before.
+        let fresh = Payload {
+            stored: None,
+            ..payload
+        };
+        assert_eq!(
+            render(DeliveryMode::Structured, fresh).unwrap().body,
+            ev.to_json_bytes()
+        );
+        let transformed = Payload {
+            body: Some("x"),
+            ..payload
+        };
+        let member: Value = serde_json::from_slice(&render_member(transformed).unwrap()).unwrap();
+        assert_eq!(member["data"], "x");
     }
 }
