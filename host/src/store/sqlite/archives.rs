@@ -73,8 +73,9 @@ struct DoomedRow {
     size: i64,
 }
 
-/// Selects archive rows to delete: `filter` follows `WHERE a.archive = ?1`
-/// and binds from `?2`; the rows come oldest first.
+/// Selects an archive's rows (`?1`) on their way out, with the size of the
+/// event each holds or refers to; callers add their condition, order and
+/// limit, binding from `?2`.
 const DOOMED_ROWS: &str = "SELECT a.id, a.seq, COALESCE(length(e.body), length(a.body)) \
      FROM archived a LEFT JOIN events e ON e.seq = a.seq WHERE a.archive = ?1";
 

@@ -41,7 +41,7 @@ impl DedupLog for SqliteStore {
                             e.ingested_ms + d.window_ms
                         ])?;
                     }
-                    // The same insert as a plain append: archive copies included.
+                    // The same insert as a plain append: archive rows included.
                     logged.extend(super::log::insert_events(tx, vec![e])?);
                     answers.push(Appended::New);
                 }
