@@ -505,28 +505,34 @@ async fn a_data_dir_of_the_previous_version_opens_with_its_data() {
     assert_eq!(version, schema::CURRENT);
 }
 
+/// Writes the main file as schema version `version` made it, with `rows`.
+fn write_data_dir_at_version(dir: &Path, version: i64, rows: &str) {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+    for (_, step) in schema::STEPS.iter().filter(|(v, _)| *v <= version) {
+        conn.execute_batch(step).unwrap();
+    }
+    conn.execute_batch(rows).unwrap();
+    conn.pragma_update(None, "user_version", version).unwrap();
+}
+
 #[tokio::test]
 async fn traces_of_a_version_4_data_dir_move_to_their_own_file() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        // Version 4 kept traces in the main file.
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
-        for (_, step) in schema::STEPS.iter().filter(|(v, _)| *v <= 4) {
-            conn.execute_batch(step).unwrap();
-        }
-        conn.execute_batch(&format!(
+    // Version 4 kept traces in the main file.
+    write_data_dir_at_version(
+        dir.path(),
+        4,
+        &format!(
             r#"
             INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size,
                 replay, rules, body, event)
                 VALUES ('acme', 'orders', 'e1', {T0}, 'shop', 'order.placed', 'delivered', 2,
                         NULL, 'r1', '{{"routed":true}}', X'7B7D');
             INSERT INTO trace_rules VALUES ('acme', 'r1', {T0}, 1);
-            PRAGMA user_version = 4;
             "#
-        ))
-        .unwrap();
-    }
+        ),
+    );
     for _ in 0..2 {
         // Twice: a second open finds nothing left to move and keeps what moved.
         let store = open_at(dir.path(), manual());
@@ -912,14 +918,11 @@ async fn an_archived_entry_above_the_prune_point_goes_with_the_next_prune() {
 #[tokio::test]
 async fn archive_copies_of_a_version_5_data_dir_read_back_and_expire() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        // Version 5 kept a copy of each archived event in its archive row.
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
-        for (_, step) in schema::STEPS.iter().filter(|(v, _)| *v <= 5) {
-            conn.execute_batch(step).unwrap();
-        }
-        conn.execute_batch(&format!(
+    // Version 5 kept a copy of each archived event in its archive row.
+    write_data_dir_at_version(
+        dir.path(),
+        5,
+        &format!(
             r#"
             INSERT INTO events (tenant, bus, event_id, body, ingested_ms) VALUES
                 ('acme', 'orders', 'e1', X'7B7D', {T0}), ('acme', 'orders', 'e2', X'7B7D', {T0});
@@ -927,11 +930,9 @@ async fn archive_copies_of_a_version_5_data_dir_read_back_and_expire() {
             INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body)
                 VALUES ('a', {T0}, 'acme', 'orders', 'e1', X'7B22636F7079223A747275657D');
             INSERT INTO archive_stats VALUES ('a', 1, 13);
-            PRAGMA user_version = 5;
             "#
-        ))
-        .unwrap();
-    }
+        ),
+    );
     let store = open_at(dir.path(), manual());
     assert_eq!(
         store.prune(T0 + 1).await.unwrap(),
