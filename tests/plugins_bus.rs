@@ -315,16 +315,27 @@ async fn a_new_version_takes_effect_at_once_crashes_pause_it_and_rollback_restor
     let (status, body) = bus.upload(&key, "gate", guest_bytes("panic")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 2);
-    for i in 0..6 {
+    // Five crash it (they may run at once, so all five may trap before
+    // the pause); only once they are dead letters does the sixth go.
+    let dead_letters = |n: usize| {
+        let (bus, key) = (&bus, &key);
+        wait_for(
+            "dead letters",
+            Duration::from_secs(20),
+            move || async move {
+                let (_, dlq) = bus.call(Method::GET, "/v1/dlq?rule=r", key, None).await;
+                let items = dlq["items"].as_array().cloned().unwrap_or_default();
+                (items.len() >= n).then_some(items)
+            },
+        )
+    };
+    for i in 0..5 {
         bus.send(&key, "default", order(&format!("v2-{i}"), 10.0))
             .await;
     }
-    let letters = wait_for("six dead letters", Duration::from_secs(20), || async {
-        let (_, dlq) = bus.call(Method::GET, "/v1/dlq?rule=r", &key, None).await;
-        let items = dlq["items"].as_array().cloned().unwrap_or_default();
-        (items.len() >= 6).then_some(items)
-    })
-    .await;
+    dead_letters(5).await;
+    bus.send(&key, "default", order("v2-5", 10.0)).await;
+    let letters = dead_letters(6).await;
     let codes: Vec<&str> = letters
         .iter()
         .map(|d| d["error_code"].as_str().unwrap())

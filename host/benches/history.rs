@@ -16,6 +16,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 
 const BATCH: u64 = 10;
+/// Traces per commit in `record_100_traces`.
+const WIDE: u64 = 100;
 
 fn body(i: u64) -> Bytes {
     let data = json!({
@@ -64,6 +66,13 @@ fn trace(i: u64, at: i64, event: Bytes) -> Trace {
     }
 }
 
+/// The received time of the `i`th event: ~32 per millisecond, as under
+/// load (a trace's time decides whether its id may be among the merged
+/// ones, which a lookup then reads).
+fn received(start: i64, i: u64) -> i64 {
+    start + (i / 32) as i64
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
@@ -109,7 +118,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             next += BATCH;
             let traces = (next..next + BATCH)
-                .map(|i| trace(i, now, event.clone()))
+                .map(|i| trace(i, received(now, i), event.clone()))
+                .collect();
+            rt.block_on(store.record_traces(traces)).unwrap()
+        })
+    });
+    group.finish();
+    // The router writes its traces in batches of up to a few hundred: the
+    // cost per trace without a commit's fixed cost in it.
+    let mut group = c.benchmark_group("history");
+    group.throughput(Throughput::Elements(WIDE));
+    group.bench_function("record_100_traces", |b| {
+        b.iter(|| {
+            next += WIDE;
+            let traces = (next..next + WIDE)
+                .map(|i| trace(i, received(now, i), event.clone()))
                 .collect();
             rt.block_on(store.record_traces(traces)).unwrap()
         })

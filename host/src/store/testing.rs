@@ -174,6 +174,7 @@ pub(crate) async fn conformance(make: impl MakeStore) {
         traces_unrouted_events_are_in_flight,
         traces_facts_before_and_after_the_record,
         traces_search_filters_and_pages,
+        traces_search_merges_buses_and_finds_every_state,
         traces_expire_by_age_and_cap,
         replays_records_and_states,
         replays_append_with_progress_until_cancelled,

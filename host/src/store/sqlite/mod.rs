@@ -156,6 +156,8 @@ struct Inner {
     recent_traces: Arc<RecentTraceIds>,
     /// How many recent traces trigger a merge.
     trace_merge_at: usize,
+    /// How many index entries one trace search scans at most.
+    search_scan: usize,
     /// The only source of "now".
     clock: SharedClock,
     /// Woken when jobs may have become due earlier than a waiting
@@ -188,6 +190,7 @@ struct Tuning {
     recent_events: usize,
     recent_bytes: usize,
     trace_merge_at: usize,
+    search_scan: usize,
 }
 
 impl Default for Tuning {
@@ -196,6 +199,7 @@ impl Default for Tuning {
             recent_events: RECENT_EVENTS,
             recent_bytes: RECENT_BYTES,
             trace_merge_at: trace_ids::MERGE_AT,
+            search_scan: traces::SEARCH_SCAN,
         }
     }
 }
@@ -279,6 +283,7 @@ impl SqliteStore {
                 tail,
                 recent_traces,
                 trace_merge_at: tuning.trace_merge_at,
+                search_scan: tuning.search_scan,
                 clock,
                 jobs_changed: Notify::new(),
                 stats,

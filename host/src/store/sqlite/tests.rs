@@ -111,14 +111,18 @@ async fn passes_the_conformance_suite() {
 }
 
 /// The suite again with the traces' event ids merged into `trace_ids`
-/// every two traces: with the default no test records enough to merge, so
-/// this is where every trace scenario also finds traces there.
+/// every two traces, and a search scan budget of two index entries: with
+/// the defaults no test records enough to merge or to stop a search, so
+/// this is where every trace scenario also finds traces there, and every
+/// filtered search pages through scans cut short (its pages, put
+/// together, are the same).
 #[tokio::test]
-async fn passes_the_conformance_suite_merging_trace_ids_every_two_traces() {
+async fn passes_the_conformance_suite_merging_trace_ids_and_cutting_searches_short() {
     testing::conformance(|clock| async move {
         let dir = tempfile::tempdir().expect("temp dir");
         let tuning = Tuning {
             trace_merge_at: 2,
+            search_scan: 2,
             ..Tuning::default()
         };
         let store =
@@ -566,6 +570,64 @@ async fn traces_of_a_version_4_data_dir_move_to_their_own_file() {
 }
 
 #[tokio::test]
+async fn traces_of_a_version_3_traces_file_are_searched_through_the_new_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(TRACES_FILE)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        for (_, step) in schema::TRACES_STEPS.iter().filter(|(v, _)| *v <= 3) {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(&format!(
+            r#"
+            INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size,
+                replay, rules, body, event) VALUES
+                ('acme', 'orders', 'e1', {T0}, 'shop', 'order.placed', 'delivered', 2,
+                 NULL, '', '{{"routed":true}}', X'7B7D'),
+                ('acme', 'audit', 'e2', {t1}, 'shop', 'order.placed', 'dead_lettered', 2,
+                 NULL, '', '{{"routed":true}}', X'7B7D'),
+                ('acme', 'orders', 'e3', {t2}, 'billing', 'order.paid', 'no_match', 2,
+                 NULL, '', '{{"routed":true}}', X'7B7D');
+            "#,
+            t1 = T0 + 1,
+            t2 = T0 + 2
+        ))
+        .unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
+    }
+    let store = open_at(dir.path(), manual());
+    let search = |query: crate::store::TraceQuery| {
+        let store = store.clone();
+        async move {
+            let (found, _) = store.search_traces("acme", &query, None, 10).await.unwrap();
+            found.into_iter().map(|t| t.event_id).collect::<Vec<_>>()
+        }
+    };
+    let q = crate::store::TraceQuery::default;
+    assert_eq!(search(q()).await, ["e3", "e2", "e1"]);
+    let shop = crate::store::TraceQuery {
+        source: Some("shop".into()),
+        ..q()
+    };
+    assert_eq!(search(shop).await, ["e2", "e1"]);
+    let dead = crate::store::TraceQuery {
+        state: Some(crate::store::TraceState::DeadLettered),
+        ..q()
+    };
+    assert_eq!(search(dead).await, ["e2"]);
+    drop(store);
+    let traces = Connection::open(dir.path().join(TRACES_FILE)).unwrap();
+    let indexes: Vec<String> = traces
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'traces' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["traces_head", "traces_seq", "traces_uncommon"]);
+}
+
+#[tokio::test]
 async fn a_data_dir_of_a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open_at(dir.path(), manual()));
@@ -682,6 +744,56 @@ fn delivered(id: &str, at: crate::store::Millis) -> crate::store::Trace {
         body: Default::default(),
         state: crate::store::TraceState::NoMatch,
     }
+}
+
+/// A search that filters on the head scans at most its budget per call:
+/// a source only the oldest of ten traces has is not found by the first
+/// call, which answers an empty page with a cursor where it stopped; paging
+/// on finds it, and nothing twice.
+#[tokio::test]
+async fn a_filtered_search_scans_at_most_its_budget_and_pages_on_from_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        search_scan: 3,
+        ..Tuning::default()
+    };
+    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    let traces = (0..10i64)
+        .map(|i| {
+            let mut t = delivered(&format!("e{i}"), T0 + i);
+            if i == 0 {
+                t.source = "rare".into();
+            }
+            t
+        })
+        .collect();
+    store.record_traces(traces).await.unwrap();
+    let query = crate::store::TraceQuery {
+        source: Some("rare".into()),
+        ..Default::default()
+    };
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store
+            .search_traces("acme", &query, after.as_ref(), 5)
+            .await
+            .unwrap();
+        pages.push(page.into_iter().map(|t| t.event_id).collect::<Vec<_>>());
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    // Each call scans the budget and the entry it stopped at: e9..e6,
+    // e5..e2, then the rest.
+    assert_eq!(pages, [vec![], vec![], vec!["e0".to_owned()]]);
+    // Without a filter every entry is a hit: no budget, one page.
+    let (all, next) = store
+        .search_traces("acme", &Default::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!((all.len(), next), (10, None));
 }
 
 async fn count(store: &SqliteStore, sql: &'static str) -> i64 {

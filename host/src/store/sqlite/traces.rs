@@ -1,9 +1,11 @@
 //! [`Traces`] on SQLite: one `traces` row per routed event (the searchable
 //! head in columns, the routing record as JSON in `body`), one
 //! `trace_rules` row per matched rule (search by rule), and
-//! `trace_pending` for facts that arrived before their trace. Every index
-//! starts with the tenant and ends with the received time, so a search walks
-//! one index newest first and stops after a page. An event id finds its
+//! `trace_pending` for facts that arrived before their trace. Two indexes
+//! serve search (see `TRACES_V4` in `schema.rs` for why only two): a
+//! bus's traces newest first with their searchable head, and the traces in
+//! an uncommon state; a search walks one of them, or `trace_rules`, newest
+//! first and stops after a page or its scan budget. An event id finds its
 //! trace through [`trace_ids`] (recent traces in memory, older ones merged
 //! into `trace_ids` in bulk), not through an index written per trace. A
 //! trace made from a log entry keeps the entry's position (`seq`) instead
@@ -283,95 +285,270 @@ fn add_fact(
     Ok(())
 }
 
-/// A search as SQL: the driving index (or the rules table) and the filters.
-fn search_sql(
+/// The states most traces end in: `traces_uncommon` leaves them out, so it
+/// stays small and a search for any other state walks it instead of a
+/// bus's every trace.
+const COMMON_STATES: [TraceState; 3] = [
+    TraceState::Delivered,
+    TraceState::NoMatch,
+    TraceState::FilteredOut,
+];
+
+/// How many `traces_head` entries one search call scans at most (~10 ms):
+/// see [`run_search`].
+pub(super) const SEARCH_SCAN: usize = 100_000;
+
+/// `traces_uncommon`'s `WHERE`, which a statement must repeat to walk it
+/// (SQLite does not prove `state = 'retrying'` implies it).
+const UNCOMMON_STATE: &str = "t.state NOT IN ('delivered', 'no_match', 'filtered_out')";
+
+/// A search as SQL: one statement, or one per bus of the tenant.
+struct SearchPlan {
+    sql: String,
+    /// `?1` is the tenant; `?2` the bus in a walk by bus (`NULL` until a
+    /// bus is bound, when the walk is per bus).
+    args: Vec<Sql>,
+    /// Whether `sql` walks one bus (`?2`) and runs once per bus of the
+    /// tenant, the walks merged newest first.
+    per_bus: bool,
+    /// For a walk that filters the head (source, type, a common state):
+    /// the statement that finds where its scan budget ends (its last
+    /// parameter is the budget), and the places in `args` of the (received,
+    /// id) the walk stops at.
+    stop: Option<(String, Vec<Sql>, usize)>,
+}
+
+/// Plans a search. A rule's search walks its `trace_rules` rows; a search
+/// for an uncommon state walks `traces_uncommon`; every other walks
+/// `traces_head` newest first — the query's bus, or each of the tenant's
+/// buses — and filters on the head the index carries, stopping after a
+/// page (plus one row, to know whether there is more) or, when it filters,
+/// after its scan budget (see [`run_search`]).
+fn plan_search(
     query: &TraceQuery,
     tenant: &str,
     after: Option<(Millis, i64)>,
     limit: usize,
-) -> (String, Vec<Sql>) {
-    let mut args: Vec<Sql> = vec![Sql::Text(tenant.to_owned())];
-    let mut filters = Vec::new();
-    let add = |filters: &mut Vec<String>, args: &mut Vec<Sql>, sql: &str, v: Sql| {
-        args.push(v);
-        filters.push(format!("{sql} ?{}", args.len()));
-    };
+) -> SearchPlan {
     let text = |s: &str| Sql::Text(s.to_owned());
-    if let Some(b) = &query.bus {
-        add(&mut filters, &mut args, "t.bus =", text(b));
-    }
-    if let Some(s) = &query.source {
-        add(&mut filters, &mut args, "t.source =", text(s));
-    }
-    if let Some(s) = &query.event_type {
-        add(&mut filters, &mut args, "t.type =", text(s));
-    }
-    if let Some(s) = query.state {
-        add(&mut filters, &mut args, "t.state =", text(s.as_str()));
+    let uncommon = query.state.filter(|s| !COMMON_STATES.contains(s));
+    // Whether the walk is by bus: any but a rule's or an uncommon state's,
+    // which walk their own index across buses.
+    let by_bus = query.bus.is_some() || (query.rule.is_none() && uncommon.is_none());
+    let mut args: Vec<Sql> = vec![text(tenant)];
+    // The walk's range (tenant, bus, time, cursor) and its filters apart.
+    let mut range = Vec::new();
+    let mut filters = Vec::new();
+    let arg = |args: &mut Vec<Sql>, v: Sql| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    if by_bus {
+        let bus = arg(&mut args, query.bus.as_deref().map_or(Sql::Null, text));
+        range.push(format!("t.bus = {bus}"));
     }
     if let Some(f) = query.from_ms {
-        add(&mut filters, &mut args, "t.received_ms >=", Sql::Integer(f));
+        range.push(format!(
+            "t.received_ms >= {}",
+            arg(&mut args, Sql::Integer(f))
+        ));
     }
     if let Some(to) = query.to_ms {
-        add(&mut filters, &mut args, "t.received_ms <", Sql::Integer(to));
+        range.push(format!(
+            "t.received_ms < {}",
+            arg(&mut args, Sql::Integer(to))
+        ));
     }
+    let (ms, id) = if query.rule.is_some() {
+        ("r.received_ms", "r.trace")
+    } else {
+        ("t.received_ms", "t.id")
+    };
+    if let Some((after_ms, after_id)) = after {
+        let (a, b) = (
+            arg(&mut args, Sql::Integer(after_ms)),
+            arg(&mut args, Sql::Integer(after_id)),
+        );
+        range.push(format!("({ms}, {id}) < ({a}, {b})"));
+    }
+    let range_args = args.clone();
+    if let Some(s) = &query.source {
+        filters.push(format!("t.source = {}", arg(&mut args, text(s))));
+    }
+    if let Some(s) = &query.event_type {
+        filters.push(format!("t.type = {}", arg(&mut args, text(s))));
+    }
+    if let Some(state) = query.state {
+        filters.push(format!(
+            "t.state = {}",
+            arg(&mut args, text(state.as_str()))
+        ));
+    }
+    if uncommon.is_some() {
+        filters.push(UNCOMMON_STATE.to_owned());
+    }
+    let order = format!("ORDER BY {ms} DESC, {id} DESC");
+    let head_walk = query.rule.is_none() && uncommon.is_none();
+    let stop = (head_walk && !filters.is_empty()).then(|| {
+        let mut stop_args = range_args;
+        let budget = arg(&mut stop_args, Sql::Null);
+        let sql = format!(
+            "SELECT t.received_ms, t.id FROM traces t INDEXED BY traces_head \
+             WHERE t.tenant = ?1{} {order} LIMIT 1 OFFSET {budget}",
+            range
+                .iter()
+                .map(|c| format!(" AND {c}"))
+                .collect::<String>()
+        );
+        let (a, b) = (arg(&mut args, Sql::Null), arg(&mut args, Sql::Null));
+        range.push(format!("(t.received_ms, t.id) >= ({a}, {b})"));
+        (sql, stop_args, args.len() - 2)
+    });
+    let conditions: String = range
+        .iter()
+        .chain(&filters)
+        .map(|c| format!(" AND {c}"))
+        .collect();
     let cols = "t.id, t.event_id, t.bus, t.source, t.type, t.received_ms, t.state";
     let sql = if let Some(rule) = &query.rule {
-        args.push(text(rule));
-        let rule_arg = args.len();
-        let mut where_ = format!("r.tenant = ?1 AND r.rule = ?{rule_arg} AND t.tenant = ?1");
-        for f in &filters {
-            where_.push_str(" AND ");
-            where_.push_str(f);
-        }
-        if let Some((ms, id)) = after {
-            args.push(Sql::Integer(ms));
-            args.push(Sql::Integer(id));
-            where_.push_str(&format!(
-                " AND (r.received_ms, r.trace) < (?{}, ?{})",
-                args.len() - 1,
-                args.len()
-            ));
-        }
+        let rule = arg(&mut args, text(rule));
         format!(
-            "SELECT {cols} FROM trace_rules r JOIN traces t ON t.id = r.trace WHERE {where_} \
-             ORDER BY r.received_ms DESC, r.trace DESC LIMIT {}",
+            "SELECT {cols} FROM trace_rules r JOIN traces t ON t.id = r.trace \
+             WHERE r.tenant = ?1 AND r.rule = {rule} AND t.tenant = ?1{conditions} \
+             {order} LIMIT {}",
             limit + 1
         )
     } else {
-        // The most selective filter's index drives the walk, newest first.
-        let index = if query.source.is_some() {
-            "traces_source"
-        } else if query.event_type.is_some() {
-            "traces_type"
-        } else if query.state.is_some() {
-            "traces_state"
-        } else if query.bus.is_some() {
-            "traces_bus"
+        let index = if uncommon.is_some() {
+            "traces_uncommon"
         } else {
-            "traces_time"
+            "traces_head"
         };
-        let mut where_ = "t.tenant = ?1".to_owned();
-        for f in &filters {
-            where_.push_str(" AND ");
-            where_.push_str(f);
-        }
-        if let Some((ms, id)) = after {
-            args.push(Sql::Integer(ms));
-            args.push(Sql::Integer(id));
-            where_.push_str(&format!(
-                " AND (t.received_ms, t.id) < (?{}, ?{})",
-                args.len() - 1,
-                args.len()
-            ));
-        }
         format!(
-            "SELECT {cols} FROM traces t INDEXED BY {index} WHERE {where_} \
-             ORDER BY t.received_ms DESC, t.id DESC LIMIT {}",
+            "SELECT {cols} FROM traces t INDEXED BY {index} WHERE t.tenant = ?1{conditions} \
+             {order} LIMIT {}",
             limit + 1
         )
     };
-    (sql, args)
+    SearchPlan {
+        sql,
+        args,
+        per_bus: query.bus.is_none() && by_bus,
+        stop,
+    }
+}
+
+/// The buses `tenant` has traces on, read from `traces_head` one step per
+/// bus (a skip from each bus to the next).
+fn traced_buses(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<Vec<String>> {
+    let mut next = tx.prepare_cached(
+        "SELECT bus FROM traces INDEXED BY traces_head WHERE tenant = ?1 AND bus > ?2 \
+         ORDER BY bus LIMIT 1",
+    )?;
+    let mut buses: Vec<String> = Vec::new();
+    while let Some(bus) = next
+        .query_row(
+            params![tenant, buses.last().map_or("", String::as_str)],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        buses.push(bus);
+    }
+    Ok(buses)
+}
+
+/// What a search read: its rows as (backend id, summary), newest first,
+/// at most `limit + 1` of them, and — when a walk ran out of its scan
+/// budget before it filled the page — the (received, id) down to which the
+/// rows are complete: the next page starts below it.
+type Searched = (Vec<(i64, TraceSummary)>, Option<(Millis, i64)>);
+
+/// Runs a planned search. A walk that filters the head scans at most
+/// `budget` index entries (shared among the buses it walks): a value no
+/// index leads with (a rare source, say) would otherwise scan a bus's every
+/// trace in one call, on the thread that writes traces. Such a call answers
+/// what it found with a cursor where it stopped, so paging on finds the
+/// rest.
+fn run_search(
+    tx: &Transaction<'_>,
+    plan: SearchPlan,
+    tenant: &str,
+    limit: usize,
+    budget: usize,
+) -> rusqlite::Result<Searched> {
+    let SearchPlan {
+        sql,
+        mut args,
+        per_bus,
+        mut stop,
+    } = plan;
+    let buses = if per_bus {
+        traced_buses(tx, tenant)?
+    } else {
+        Vec::new()
+    };
+    let budget = (budget / buses.len().max(1)).max(1);
+    if let Some((_, stop_args, _)) = &mut stop
+        && let Some(last) = stop_args.last_mut()
+    {
+        *last = Sql::Integer(i64::try_from(budget).unwrap_or(i64::MAX));
+    }
+    let mut stmt = tx.prepare_cached(&sql)?;
+    // One walk: its rows, and where its budget stopped it (if it did).
+    let mut walk = |args: &mut Vec<Sql>| -> rusqlite::Result<Searched> {
+        let mut stopped = None;
+        if let Some((stop_sql, stop_args, at)) = &mut stop {
+            if per_bus {
+                stop_args[1] = args[1].clone();
+            }
+            stopped = tx
+                .prepare_cached(stop_sql)?
+                .query_row(params_from_iter(stop_args.iter()), |r| {
+                    Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            let (ms, id) = stopped.unwrap_or((Millis::MIN, i64::MIN));
+            args[*at] = Sql::Integer(ms);
+            args[*at + 1] = Sql::Integer(id);
+        }
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), |r| {
+                let state: String = r.get(6)?;
+                Ok((
+                    r.get(0)?,
+                    TraceSummary {
+                        event_id: r.get(1)?,
+                        bus: r.get(2)?,
+                        source: r.get(3)?,
+                        event_type: r.get(4)?,
+                        received_ms: r.get(5)?,
+                        state: TraceState::parse(&state).unwrap_or(TraceState::InFlight),
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((rows, stopped))
+    };
+    if !per_bus {
+        return walk(&mut args);
+    }
+    let mut rows = Vec::new();
+    let mut complete_to: Option<(Millis, i64)> = None;
+    for bus in buses {
+        args[1] = Sql::Text(bus);
+        let (found, stopped) = walk(&mut args)?;
+        rows.extend(found);
+        complete_to = complete_to.max(stopped);
+    }
+    // Below the highest stop some bus was not read: those rows wait for
+    // the next page, which starts there.
+    if let Some(low) = complete_to {
+        rows.retain(|(id, s)| (s.received_ms, *id) >= low);
+    }
+    rows.sort_unstable_by(|(a_id, a), (b_id, b)| (b.received_ms, b_id).cmp(&(a.received_ms, a_id)));
+    rows.truncate(limit + 1);
+    Ok((rows, complete_to))
 }
 
 impl SqliteStore {
@@ -509,33 +686,19 @@ impl Traces for SqliteStore {
         after: Option<&TraceCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<TraceSummary>, Option<TraceCursor>)> {
-        let (sql, args) = search_sql(query, tenant, after.and_then(TraceCursor::parts), limit);
+        let plan = plan_search(query, tenant, after.and_then(TraceCursor::parts), limit);
+        let tenant = tenant.to_owned();
+        let budget = self.inner.search_scan;
         self.run_traces(move |tx| {
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let mut rows: Vec<(i64, TraceSummary)> = stmt
-                .query_map(params_from_iter(args), |r| {
-                    let state: String = r.get(6)?;
-                    Ok((
-                        r.get(0)?,
-                        TraceSummary {
-                            event_id: r.get(1)?,
-                            bus: r.get(2)?,
-                            source: r.get(3)?,
-                            event_type: r.get(4)?,
-                            received_ms: r.get(5)?,
-                            state: TraceState::parse(&state).unwrap_or(TraceState::InFlight),
-                        },
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
+            let (mut rows, stopped) = run_search(tx, plan, &tenant, limit, budget)?;
             let more = rows.len() > limit;
             rows.truncate(limit);
-            let next = more
-                .then(|| {
-                    rows.last()
-                        .map(|(id, s)| TraceCursor::at(s.received_ms, *id))
-                })
-                .flatten();
+            let next = if more {
+                rows.last()
+                    .map(|(id, s)| TraceCursor::at(s.received_ms, *id))
+            } else {
+                stopped.map(|(ms, id)| TraceCursor::at(ms, id))
+            };
             Ok((rows.into_iter().map(|(_, s)| s).collect(), next))
         })
         .await
@@ -580,5 +743,28 @@ impl Traces for SqliteStore {
             Ok(dropped)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The planner's idea of the common states and the index's `WHERE`
+    /// agree: a search for a state the index leaves out must not walk it.
+    #[test]
+    fn the_uncommon_states_index_leaves_out_exactly_the_common_states() {
+        for state in TraceState::ALL {
+            assert_eq!(
+                UNCOMMON_STATE.contains(&format!("'{}'", state.as_str())),
+                COMMON_STATES.contains(&state),
+                "{state:?}"
+            );
+        }
+        let index_where = UNCOMMON_STATE.trim_start_matches("t.");
+        assert!(
+            super::super::schema::TRACES_V4.contains(&format!("WHERE {index_where};")),
+            "traces_uncommon is made with {index_where}"
+        );
     }
 }

@@ -589,6 +589,136 @@ pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
     );
 }
 
+/// A search across buses merges them newest first (the buses' traces
+/// interleave in time), pages through the merge without a gap or a repeat,
+/// and keeps its filters; every state is searchable with and without a bus.
+pub(crate) async fn traces_search_merges_buses_and_finds_every_state(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let buses = ["alpha", "beta", "gamma"];
+    let mut all = Vec::new();
+    for i in 0..15i64 {
+        let state = if i % 5 == 4 {
+            TraceState::DeadLettered
+        } else {
+            TraceState::Delivered
+        };
+        let source = if i % 2 == 0 { "even" } else { "odd" };
+        let bus = buses[(i % 3) as usize];
+        all.push(trace(
+            "acme",
+            bus,
+            &format!("m{i}"),
+            T0 + i * 10,
+            source,
+            state,
+        ));
+    }
+    // Another tenant's bus sorts between acme's and is never walked.
+    all.push(trace(
+        "globex",
+        "beta",
+        "g1",
+        T0 + 55,
+        "even",
+        TraceState::Delivered,
+    ));
+    // One trace per state, on `delta`, later than the rest.
+    for (k, state) in TraceState::ALL.into_iter().enumerate() {
+        let mut t = trace(
+            "acme",
+            "delta",
+            &format!("s{k}"),
+            T0 + 1_000 + k as i64,
+            "states",
+            TraceState::Delivered,
+        );
+        t.state = state;
+        all.push(t);
+    }
+    s.store.record_traces(all).await.unwrap();
+    let search = |q: TraceQuery, limit: usize| {
+        let store = s.store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, next) = store
+                    .search_traces("acme", &q, after.as_ref(), limit)
+                    .await
+                    .unwrap();
+                assert!(page.len() <= limit);
+                ids.extend(page.into_iter().map(|t| t.event_id));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let q = TraceQuery::default;
+    let newest_first = |keep: &dyn Fn(i64) -> bool| -> Vec<String> {
+        (0..15i64)
+            .rev()
+            .filter(|i| keep(*i))
+            .map(|i| format!("m{i}"))
+            .collect()
+    };
+    let before_states = TraceQuery {
+        to_ms: Some(T0 + 1_000),
+        ..q()
+    };
+    for limit in [1, 2, 4, 100] {
+        assert_eq!(
+            search(before_states.clone(), limit).await,
+            newest_first(&|_| true),
+            "pages of {limit}"
+        );
+    }
+    let odd_delivered = TraceQuery {
+        source: Some("odd".into()),
+        state: Some(TraceState::Delivered),
+        ..q()
+    };
+    assert_eq!(
+        search(odd_delivered, 2).await,
+        newest_first(&|i| i % 2 == 1 && i % 5 != 4)
+    );
+    let dead = TraceQuery {
+        state: Some(TraceState::DeadLettered),
+        to_ms: Some(T0 + 1_000),
+        ..q()
+    };
+    assert_eq!(search(dead, 1).await, ["m14", "m9", "m4"]);
+    let dead_on_beta = TraceQuery {
+        state: Some(TraceState::DeadLettered),
+        bus: Some("beta".into()),
+        ..q()
+    };
+    assert_eq!(search(dead_on_beta, 2).await, ["m4"]);
+    let window = TraceQuery {
+        from_ms: Some(T0 + 35),
+        to_ms: Some(T0 + 75),
+        source: Some("even".into()),
+        ..q()
+    };
+    assert_eq!(search(window, 2).await, ["m6", "m4"]);
+    for (k, state) in TraceState::ALL.into_iter().enumerate() {
+        for bus in [None, Some("delta")] {
+            let by_state = TraceQuery {
+                state: Some(state),
+                bus: bus.map(str::to_owned),
+                from_ms: Some(T0 + 1_000),
+                ..q()
+            };
+            assert_eq!(
+                search(by_state, 10).await,
+                [format!("s{k}")],
+                "{state:?} on {bus:?}"
+            );
+        }
+    }
+}
+
 /// `expire_traces` drops traces received before the cutoff, and the oldest
 /// beyond the cap, at most `max` per call.
 pub(crate) async fn traces_expire_by_age_and_cap(make: &impl MakeStore) {
