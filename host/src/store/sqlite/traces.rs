@@ -298,6 +298,10 @@ const COMMON_STATES: [TraceState; 3] = [
 /// see [`run_search`].
 pub(super) const SEARCH_SCAN: usize = 100_000;
 
+/// How many `traces_head` entries one step of a filtering walk reads from
+/// one bus (see [`run_search`]).
+const SEARCH_STEP: usize = 1_000;
+
 /// `traces_uncommon`'s `WHERE`, which a statement must repeat to walk it
 /// (SQLite does not prove `state = 'retrying'` implies it).
 const UNCOMMON_STATE: &str = "t.state NOT IN ('delivered', 'no_match', 'filtered_out')";
@@ -311,12 +315,29 @@ struct SearchPlan {
     /// Whether `sql` walks one bus (`?2`) and runs once per bus of the
     /// tenant, the walks merged newest first.
     per_bus: bool,
-    /// For a walk that filters the head (source, type, a common state):
-    /// the statement that finds where its scan budget ends (its last
-    /// parameter is the budget), and the places in `args` of the (received,
-    /// id) the walk stops at.
-    stop: Option<(String, Vec<Sql>, usize)>,
+    /// How a walk that filters the head goes in steps (see [`run_search`]).
+    steps: Option<Steps>,
 }
+
+/// The bounds of one step of a filtering walk: `sql` reads the entries of
+/// one bus from just below `upper` down to `lower`; `stop_sql` finds the
+/// `lower` that makes a step (its last parameter) entries long.
+struct Steps {
+    stop_sql: String,
+    /// `args` up to the step's bounds, then the step's length.
+    stop_args: Vec<Sql>,
+    /// Where the (received, id) above the step (exclusive) is, in both
+    /// argument lists.
+    upper_at: usize,
+    /// Where the (received, id) the step ends at (inclusive) is, in `args`.
+    lower_at: usize,
+    /// The (received, id) the first step starts below: the query's cursor,
+    /// or [`START`].
+    start: (Millis, i64),
+}
+
+/// Above every trace: where a walk without a cursor starts.
+const START: (Millis, i64) = (Millis::MAX, i64::MAX);
 
 /// Plans a search. A rule's search walks its `trace_rules` rows; a search
 /// for an uncommon state walks `traces_uncommon`; every other walks
@@ -336,12 +357,14 @@ fn plan_search(
     // which walk their own index across buses.
     let by_bus = query.bus.is_some() || (query.rule.is_none() && uncommon.is_none());
     let mut args: Vec<Sql> = vec![text(tenant)];
-    // The walk's range (tenant, bus, time, cursor) and its filters apart.
+    // The walk's range (tenant, bus, time, cursor, step) and its filters apart.
     let mut range = Vec::new();
-    let mut filters = Vec::new();
     let arg = |args: &mut Vec<Sql>, v: Sql| {
         args.push(v);
         format!("?{}", args.len())
+    };
+    let and_all = |conditions: &[String]| -> String {
+        conditions.iter().map(|c| format!(" AND {c}")).collect()
     };
     if by_bus {
         let bus = arg(&mut args, query.bus.as_deref().map_or(Sql::Null, text));
@@ -364,14 +387,44 @@ fn plan_search(
     } else {
         ("t.received_ms", "t.id")
     };
-    if let Some((after_ms, after_id)) = after {
+    let order = format!("ORDER BY {ms} DESC, {id} DESC");
+    let head_walk = query.rule.is_none() && uncommon.is_none();
+    let filters_head =
+        query.source.is_some() || query.event_type.is_some() || query.state.is_some();
+    let stepped = head_walk && filters_head;
+    // A walk in steps starts its first step at the cursor instead: SQLite
+    // bounds a walk by one upper (row value) bound only, and would read
+    // every step from the cursor down.
+    if let Some((after_ms, after_id)) = after.filter(|_| !stepped) {
         let (a, b) = (
             arg(&mut args, Sql::Integer(after_ms)),
             arg(&mut args, Sql::Integer(after_id)),
         );
         range.push(format!("({ms}, {id}) < ({a}, {b})"));
     }
-    let range_args = args.clone();
+    let steps = stepped.then(|| {
+        let upper_at = args.len();
+        let (a, b) = (arg(&mut args, Sql::Null), arg(&mut args, Sql::Null));
+        range.push(format!("(t.received_ms, t.id) < ({a}, {b})"));
+        let mut stop_args = args.clone();
+        let length = arg(&mut stop_args, Sql::Null);
+        let stop_sql = format!(
+            "SELECT t.received_ms, t.id FROM traces t INDEXED BY traces_head \
+             WHERE t.tenant = ?1{} {order} LIMIT 1 OFFSET {length}",
+            and_all(&range)
+        );
+        let lower_at = args.len();
+        let (a, b) = (arg(&mut args, Sql::Null), arg(&mut args, Sql::Null));
+        range.push(format!("(t.received_ms, t.id) >= ({a}, {b})"));
+        Steps {
+            stop_sql,
+            stop_args,
+            upper_at,
+            lower_at,
+            start: after.unwrap_or(START),
+        }
+    });
+    let mut filters = Vec::new();
     if let Some(s) = &query.source {
         filters.push(format!("t.source = {}", arg(&mut args, text(s))));
     }
@@ -387,28 +440,8 @@ fn plan_search(
     if uncommon.is_some() {
         filters.push(UNCOMMON_STATE.to_owned());
     }
-    let order = format!("ORDER BY {ms} DESC, {id} DESC");
-    let head_walk = query.rule.is_none() && uncommon.is_none();
-    let stop = (head_walk && !filters.is_empty()).then(|| {
-        let mut stop_args = range_args;
-        let budget = arg(&mut stop_args, Sql::Null);
-        let sql = format!(
-            "SELECT t.received_ms, t.id FROM traces t INDEXED BY traces_head \
-             WHERE t.tenant = ?1{} {order} LIMIT 1 OFFSET {budget}",
-            range
-                .iter()
-                .map(|c| format!(" AND {c}"))
-                .collect::<String>()
-        );
-        let (a, b) = (arg(&mut args, Sql::Null), arg(&mut args, Sql::Null));
-        range.push(format!("(t.received_ms, t.id) >= ({a}, {b})"));
-        (sql, stop_args, args.len() - 2)
-    });
-    let conditions: String = range
-        .iter()
-        .chain(&filters)
-        .map(|c| format!(" AND {c}"))
-        .collect();
+    range.extend(filters);
+    let conditions = and_all(&range);
     let cols = "t.id, t.event_id, t.bus, t.source, t.type, t.received_ms, t.state";
     let sql = if let Some(rule) = &query.rule {
         let rule = arg(&mut args, text(rule));
@@ -434,7 +467,7 @@ fn plan_search(
         sql,
         args,
         per_bus: query.bus.is_none() && by_bus,
-        stop,
+        steps,
     }
 }
 
@@ -458,18 +491,48 @@ fn traced_buses(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<Vec<Stri
     Ok(buses)
 }
 
-/// What a search read: its rows as (backend id, summary), newest first,
-/// at most `limit + 1` of them, and — when a walk ran out of its scan
-/// budget before it filled the page — the (received, id) down to which the
-/// rows are complete: the next page starts below it.
-type Searched = (Vec<(i64, TraceSummary)>, Option<(Millis, i64)>);
+/// A search's rows: (backend id, summary).
+type Found = Vec<(i64, TraceSummary)>;
 
-/// Runs a planned search. A walk that filters the head scans at most
-/// `budget` index entries (shared among the buses it walks): a value no
-/// index leads with (a rare source, say) would otherwise scan a bus's every
-/// trace in one call, on the thread that writes traces. Such a call answers
-/// what it found with a cursor where it stopped, so paging on finds the
-/// rest.
+/// What a search read: its rows, newest first, at most `limit + 1` of
+/// them, and — when it ran out of its scan budget before it filled the
+/// page — the (received, id) down to which the rows are complete: the next
+/// page starts below it.
+type Searched = (Found, Option<(Millis, i64)>);
+
+fn read_rows(stmt: &mut rusqlite::CachedStatement<'_>, args: &[Sql]) -> rusqlite::Result<Found> {
+    stmt.query_map(params_from_iter(args), |r| {
+        let state: String = r.get(6)?;
+        Ok((
+            r.get(0)?,
+            TraceSummary {
+                event_id: r.get(1)?,
+                bus: r.get(2)?,
+                source: r.get(3)?,
+                event_type: r.get(4)?,
+                received_ms: r.get(5)?,
+                state: TraceState::parse(&state).unwrap_or(TraceState::InFlight),
+            },
+        ))
+    })?
+    .collect()
+}
+
+/// Newest first, as a page lists them.
+fn newest_first(rows: &mut Found) {
+    rows.sort_unstable_by(|(a_id, a), (b_id, b)| (b.received_ms, b_id).cmp(&(a.received_ms, a_id)));
+}
+
+/// Runs a planned search.
+///
+/// A walk that filters the head (source, type, a common state) goes in
+/// steps of [`SEARCH_STEP`] entries, always on the bus whose next step is
+/// the newest, so the buses are read together from the newest trace down,
+/// and it stops once the page is full or it has scanned `budget` entries.
+/// Without a budget a value no index leads with (a rare source, say) would
+/// scan a bus's every trace in one call, on the thread that writes traces;
+/// with it, such a call answers what it found with a cursor where it
+/// stopped, and paging on finds the rest.
 fn run_search(
     tx: &Transaction<'_>,
     plan: SearchPlan,
@@ -481,74 +544,123 @@ fn run_search(
         sql,
         mut args,
         per_bus,
-        mut stop,
+        steps,
     } = plan;
-    let buses = if per_bus {
-        traced_buses(tx, tenant)?
-    } else {
-        Vec::new()
-    };
-    let budget = (budget / buses.len().max(1)).max(1);
-    if let Some((_, stop_args, _)) = &mut stop
-        && let Some(last) = stop_args.last_mut()
-    {
-        *last = Sql::Integer(i64::try_from(budget).unwrap_or(i64::MAX));
-    }
     let mut stmt = tx.prepare_cached(&sql)?;
-    // One walk: its rows, and where its budget stopped it (if it did).
-    let mut walk = |args: &mut Vec<Sql>| -> rusqlite::Result<Searched> {
-        let mut stopped = None;
-        if let Some((stop_sql, stop_args, at)) = &mut stop {
-            if per_bus {
-                stop_args[1] = args[1].clone();
-            }
-            stopped = tx
-                .prepare_cached(stop_sql)?
-                .query_row(params_from_iter(stop_args.iter()), |r| {
-                    Ok((r.get::<_, Millis>(0)?, r.get::<_, i64>(1)?))
-                })
-                .optional()?;
-            let (ms, id) = stopped.unwrap_or((Millis::MIN, i64::MIN));
-            args[*at] = Sql::Integer(ms);
-            args[*at + 1] = Sql::Integer(id);
-        }
-        let rows = stmt
-            .query_map(params_from_iter(args.iter()), |r| {
-                let state: String = r.get(6)?;
-                Ok((
-                    r.get(0)?,
-                    TraceSummary {
-                        event_id: r.get(1)?,
-                        bus: r.get(2)?,
-                        source: r.get(3)?,
-                        event_type: r.get(4)?,
-                        received_ms: r.get(5)?,
-                        state: TraceState::parse(&state).unwrap_or(TraceState::InFlight),
-                    },
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok((rows, stopped))
+    let buses = if per_bus {
+        Some(traced_buses(tx, tenant)?)
+    } else {
+        None
     };
-    if !per_bus {
-        return walk(&mut args);
+    if let Some(steps) = steps {
+        return walk_in_steps(tx, &mut stmt, args, steps, buses, limit, budget);
     }
+    let Some(buses) = buses else {
+        return Ok((read_rows(&mut stmt, &args)?, None));
+    };
+    // Every entry is a hit: each bus's newest page (and one) holds the
+    // tenant's newest page.
     let mut rows = Vec::new();
-    let mut complete_to: Option<(Millis, i64)> = None;
     for bus in buses {
         args[1] = Sql::Text(bus);
-        let (found, stopped) = walk(&mut args)?;
-        rows.extend(found);
-        complete_to = complete_to.max(stopped);
+        rows.extend(read_rows(&mut stmt, &args)?);
     }
-    // Below the highest stop some bus was not read: those rows wait for
-    // the next page, which starts there.
-    if let Some(low) = complete_to {
-        rows.retain(|(id, s)| (s.received_ms, *id) >= low);
-    }
-    rows.sort_unstable_by(|(a_id, a), (b_id, b)| (b.received_ms, b_id).cmp(&(a.received_ms, a_id)));
+    newest_first(&mut rows);
     rows.truncate(limit + 1);
-    Ok((rows, complete_to))
+    Ok((rows, None))
+}
+
+/// The filtering walk of [`run_search`]: `buses` to merge, or `None` for
+/// the one bus the plan names.
+fn walk_in_steps(
+    tx: &Transaction<'_>,
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    mut args: Vec<Sql>,
+    steps: Steps,
+    buses: Option<Vec<String>>,
+    limit: usize,
+    budget: usize,
+) -> rusqlite::Result<Searched> {
+    let Steps {
+        stop_sql,
+        mut stop_args,
+        upper_at,
+        lower_at,
+        start,
+    } = steps;
+    let step = SEARCH_STEP.clamp(1, budget.max(1));
+    if let Some(length) = stop_args.last_mut() {
+        *length = Sql::Integer(i64::try_from(step).unwrap_or(i64::MAX));
+    }
+    let mut stop_stmt = tx.prepare_cached(&stop_sql)?;
+    /// One bus's walk: read down to `upper` (exclusive), or to the end.
+    struct Lane {
+        bus: Option<String>,
+        upper: Option<(Millis, i64)>,
+    }
+    let mut lanes: Vec<Lane> = match buses {
+        Some(buses) => buses
+            .into_iter()
+            .map(|bus| Lane {
+                bus: Some(bus),
+                upper: Some(start),
+            })
+            .collect(),
+        None => vec![Lane {
+            bus: None,
+            upper: Some(start),
+        }],
+    };
+    // Every lane has read everything at or above the highest lane's upper
+    // bound: rows there are final.
+    let frontier = |lanes: &[Lane]| lanes.iter().filter_map(|l| l.upper).max();
+    let mut rows = Found::new();
+    let mut scanned = 0;
+    while let Some(lane) = lanes
+        .iter_mut()
+        .filter(|l| l.upper.is_some())
+        .max_by_key(|l| l.upper)
+    {
+        let Some((upper_ms, upper_id)) = lane.upper else {
+            break;
+        };
+        if let Some(bus) = &lane.bus {
+            args[1] = Sql::Text(bus.clone());
+            stop_args[1] = Sql::Text(bus.clone());
+        }
+        for a in [&mut args, &mut stop_args] {
+            a[upper_at] = Sql::Integer(upper_ms);
+            a[upper_at + 1] = Sql::Integer(upper_id);
+        }
+        let stop: Option<(Millis, i64)> = stop_stmt
+            .query_row(params_from_iter(&stop_args), |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (lower_ms, lower_id) = stop.unwrap_or((Millis::MIN, i64::MIN));
+        args[lower_at] = Sql::Integer(lower_ms);
+        args[lower_at + 1] = Sql::Integer(lower_id);
+        rows.extend(read_rows(stmt, &args)?);
+        lane.upper = stop;
+        scanned += step;
+        let front = frontier(&lanes);
+        let done = rows
+            .iter()
+            .filter(|(id, s)| front.is_none_or(|f| (s.received_ms, *id) >= f))
+            .count();
+        // Out of budget only once every bus has been read a step (before
+        // that nothing is final, and the cursor would not move).
+        if done > limit || (scanned >= budget && front != Some(start)) {
+            break;
+        }
+    }
+    let front = frontier(&lanes);
+    if let Some(f) = front {
+        // Below the frontier some bus was not read: those rows wait for
+        // the next page, which starts there.
+        rows.retain(|(id, s)| (s.received_ms, *id) >= f);
+    }
+    newest_first(&mut rows);
+    rows.truncate(limit + 1);
+    Ok((rows, front))
 }
 
 impl SqliteStore {

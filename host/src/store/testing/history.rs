@@ -522,7 +522,7 @@ pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
         async move {
             let mut ids = Vec::new();
             let mut after = None;
-            loop {
+            for _ in 0..1_000 {
                 let (page, next) = store
                     .search_traces("acme", &q, after.as_ref(), 2)
                     .await
@@ -534,6 +534,7 @@ pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
                     None => return ids,
                 }
             }
+            panic!("paging did not end within 1,000 calls (the cursor does not move?)");
         }
     };
     let q = TraceQuery::default;
@@ -641,7 +642,7 @@ pub(crate) async fn traces_search_merges_buses_and_finds_every_state(make: &impl
         async move {
             let mut ids = Vec::new();
             let mut after = None;
-            loop {
+            for _ in 0..1_000 {
                 let (page, next) = store
                     .search_traces("acme", &q, after.as_ref(), limit)
                     .await
@@ -653,6 +654,7 @@ pub(crate) async fn traces_search_merges_buses_and_finds_every_state(make: &impl
                     None => return ids,
                 }
             }
+            panic!("paging did not end within 1,000 calls (the cursor does not move?)");
         }
     };
     let q = TraceQuery::default;
