@@ -12,7 +12,7 @@ use crate::store::traces::{
 };
 use crate::store::{
     ArchivePosition, ArchiveStats, Millis, NewEvent, ReplayProgress, ReplayRecord, ReplayState,
-    StoreError, Trace, TraceFact, TraceKey, TraceQuery, TraceState, Window,
+    StoreError, Trace, TraceFact, TraceKey, TraceQuery, TraceState, Traces, Window,
 };
 use bytes::Bytes;
 use std::path::Path;
@@ -79,6 +79,30 @@ fn trace(tenant: &str, bus: &str, id: &str, at: Millis, source: &str, state: Tra
         body,
         state,
     }
+}
+
+/// The event ids of `acme`'s traces `query` finds, following `next` from
+/// the first page to the last, `limit` a page.
+async fn page_through<S: Traces + ?Sized>(
+    store: &S,
+    query: &TraceQuery,
+    limit: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after = None;
+    for _ in 0..1_000 {
+        let (page, next) = store
+            .search_traces("acme", query, after.as_ref(), limit)
+            .await
+            .unwrap();
+        assert!(page.len() <= limit);
+        ids.extend(page.into_iter().map(|t| t.event_id));
+        match next {
+            Some(n) => after = Some(n),
+            None => return ids,
+        }
+    }
+    panic!("paging did not end within 1,000 calls (the cursor does not move?)");
 }
 
 fn key(tenant: &str, bus: &str, id: &str, at: Option<Millis>) -> TraceKey {
@@ -519,23 +543,7 @@ pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
     s.store.record_traces(all).await.unwrap();
     let search = |q: TraceQuery| {
         let store = s.store.clone();
-        async move {
-            let mut ids = Vec::new();
-            let mut after = None;
-            for _ in 0..1_000 {
-                let (page, next) = store
-                    .search_traces("acme", &q, after.as_ref(), 2)
-                    .await
-                    .unwrap();
-                assert!(page.len() <= 2);
-                ids.extend(page.into_iter().map(|t| t.event_id));
-                match next {
-                    Some(n) => after = Some(n),
-                    None => return ids,
-                }
-            }
-            panic!("paging did not end within 1,000 calls (the cursor does not move?)");
-        }
+        async move { page_through(store.as_ref(), &q, 2).await }
     };
     let q = TraceQuery::default;
     assert_eq!(
@@ -639,23 +647,7 @@ pub(crate) async fn traces_search_merges_buses_and_finds_every_state(make: &impl
     s.store.record_traces(all).await.unwrap();
     let search = |q: TraceQuery, limit: usize| {
         let store = s.store.clone();
-        async move {
-            let mut ids = Vec::new();
-            let mut after = None;
-            for _ in 0..1_000 {
-                let (page, next) = store
-                    .search_traces("acme", &q, after.as_ref(), limit)
-                    .await
-                    .unwrap();
-                assert!(page.len() <= limit);
-                ids.extend(page.into_iter().map(|t| t.event_id));
-                match next {
-                    Some(n) => after = Some(n),
-                    None => return ids,
-                }
-            }
-            panic!("paging did not end within 1,000 calls (the cursor does not move?)");
-        }
+        async move { page_through(store.as_ref(), &q, limit).await }
     };
     let q = TraceQuery::default;
     let newest_first = |keep: &dyn Fn(i64) -> bool| -> Vec<String> {
