@@ -869,7 +869,7 @@ async fn traces_scenario(n: u64, copies: bool) -> anyhow::Result<()> {
             })
             .collect();
         let t = Instant::now();
-        store.record_traces(batch).await?;
+        store.record_traces(batch.into()).await?;
         tracing += t.elapsed();
         consumer
             .ack(entries.into_iter().map(|e| e.ack).collect())

@@ -119,8 +119,8 @@ fn bench(c: &mut Criterion) {
             next += BATCH;
             let traces = (next..next + BATCH)
                 .map(|i| trace(i, received(now, i), event.clone()))
-                .collect();
-            rt.block_on(store.record_traces(traces)).unwrap()
+                .collect::<Vec<_>>();
+            rt.block_on(store.record_traces(traces.into())).unwrap()
         })
     });
     group.finish();
@@ -133,8 +133,8 @@ fn bench(c: &mut Criterion) {
             next += WIDE;
             let traces = (next..next + WIDE)
                 .map(|i| trace(i, received(now, i), event.clone()))
-                .collect();
-            rt.block_on(store.record_traces(traces)).unwrap()
+                .collect::<Vec<_>>();
+            rt.block_on(store.record_traces(traces.into())).unwrap()
         })
     });
     group.finish();

@@ -7,6 +7,60 @@
 //! binary or structured mode.
 
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// The CloudEvents extension a replayed event carries: the replay's name.
+pub const REPLAY_EXTENSION: &str = "replayname";
+
+/// The attributes of an event its trace shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventHead {
+    /// The CloudEvents `source` (empty when missing).
+    pub source: String,
+    /// The CloudEvents `type` (empty when missing).
+    pub event_type: String,
+    /// The `replayname` extension, on a replayed event.
+    pub replayname: Option<String>,
+}
+
+/// [`EventHead`] as read from JSON, borrowing where it can.
+#[derive(serde::Deserialize)]
+struct RawHead<'a> {
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    replayname: Option<Cow<'a, str>>,
+}
+
+impl EventHead {
+    /// Reads the head of an event's CloudEvents JSON without building the
+    /// event; `None` when it is not a JSON object whose head attributes,
+    /// where present, are strings.
+    pub fn parse(json: &[u8]) -> Option<Self> {
+        let raw: RawHead<'_> = serde_json::from_slice(json).ok()?;
+        Some(Self {
+            source: raw.source.map(Cow::into_owned).unwrap_or_default(),
+            event_type: raw.event_type.map(Cow::into_owned).unwrap_or_default(),
+            replayname: raw.replayname.map(Cow::into_owned),
+        })
+    }
+
+    /// The head of a built event: what [`Self::parse`] reads from its JSON.
+    pub fn of(event: &Event) -> Option<Self> {
+        let text = |name: &str| match event.0.get(name) {
+            None => Some(None),
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(_) => None,
+        };
+        Some(Self {
+            source: text("source")?.unwrap_or_default(),
+            event_type: text("type")?.unwrap_or_default(),
+            replayname: text(REPLAY_EXTENSION)?,
+        })
+    }
+}
 
 /// A validated CloudEvent in JSON format.
 ///
@@ -62,5 +116,53 @@ impl Event {
     pub fn to_json_bytes(&self) -> Vec<u8> {
         // Serialising a map of JSON values cannot fail.
         serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: Value) -> Event {
+        match value {
+            Value::Object(map) => Event::from_validated(map),
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// The router traces an event with the head ingest handed over when
+    /// there is one, and with the head it reads otherwise: both must be
+    /// the same, including where the reading finds none.
+    #[test]
+    fn the_head_of_a_built_event_is_the_head_read_from_its_json() {
+        let base = json!({"specversion": "1.0", "id": "e1", "source": "s\u{e9}/\"q\"", "type": "t.x",
+                          "data": {"source": "not this one", "replayname": 3}});
+        let mut replayed = base.clone();
+        replayed[REPLAY_EXTENSION] = json!("fix-1");
+        let mut odd = base.clone();
+        odd[REPLAY_EXTENSION] = json!(7);
+        let mut bare = base.clone();
+        bare.as_object_mut().map(|m| m.remove("type"));
+        for (value, expected) in [
+            (base, Some(("s\u{e9}/\"q\"", "t.x", None))),
+            (replayed, Some(("s\u{e9}/\"q\"", "t.x", Some("fix-1")))),
+            (odd, None),
+            (bare, Some(("s\u{e9}/\"q\"", "", None))),
+        ] {
+            let event = event(value);
+            let built = EventHead::of(&event);
+            let read = EventHead::parse(&event.to_json_bytes());
+            assert_eq!(built, read, "{event:?}");
+            let expected =
+                expected.map(|(source, event_type, replay): (&str, &str, Option<&str>)| {
+                    EventHead {
+                        source: source.into(),
+                        event_type: event_type.into(),
+                        replayname: replay.map(str::to_owned),
+                    }
+                });
+            assert_eq!(built, expected, "{event:?}");
+        }
     }
 }

@@ -33,11 +33,11 @@ use self::discovery::Discovery;
 use self::registry::{Registered, Registry};
 use self::schema::{Mode, Violation};
 use crate::clock::{Millis, SharedClock};
-use crate::event::Event;
+use crate::event::{Event, EventHead};
 use crate::resource::Problems;
 use crate::store::{
-    AdmittedEvent, Appended, Dedup, DedupLog, EventLog, NewEvent, SchemaStore, StoreError,
-    StoreResult,
+    AdmittedEvent, Appended, Dedup, DedupLog, EventLog, HeadHint, NewEvent, SchemaStore,
+    StoreError, StoreResult,
 };
 use crate::telemetry;
 use bytes::Bytes;
@@ -222,6 +222,7 @@ impl Door {
             event_id: event.id().to_owned(),
             body: Bytes::from(event.to_json_bytes()),
             ingested_ms: now,
+            head: HeadHint(EventHead::of(event).map(Arc::new)),
             ..Default::default()
         };
         let duplicates = if settings.iter().all(|s| s.dedup_window_s == 0) {

@@ -495,5 +495,6 @@ fn replayed(
         ingested_ms: now,
         only_rules,
         archives: Vec::new(),
+        head: Default::default(),
     }
 }

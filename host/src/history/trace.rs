@@ -15,6 +15,7 @@
 //! the trace.
 
 use super::table::HistoryTable;
+use crate::event::EventHead;
 use crate::store::traces::{
     AttemptRecord, PluginRun, RuleOutcome, RuleTrace, TargetState, TraceBody, TraceError,
 };
@@ -41,25 +42,19 @@ pub struct EventTrace {
 impl EventTrace {
     /// Starts the trace of a log entry (at `position` in the log), with the
     /// attributes the router read.
-    pub fn start(
-        logged: &LoggedEvent,
-        position: i64,
-        source: String,
-        event_type: String,
-        replay: Option<String>,
-    ) -> Arc<Self> {
+    pub fn start(logged: &LoggedEvent, position: i64, head: EventHead) -> Arc<Self> {
         Arc::new(Self {
             trace: Mutex::new(Some(Trace {
                 tenant: logged.tenant.clone(),
                 bus: logged.bus.clone(),
                 event_id: logged.event_id.clone(),
                 received_ms: logged.ingested_ms,
-                source,
-                event_type,
+                source: head.source,
+                event_type: head.event_type,
                 size_bytes: logged.body.len() as u64,
                 event: logged.body.clone(),
                 position: Some(position),
-                replay,
+                replay: head.replayname,
                 body: TraceBody {
                     routed: true,
                     ..TraceBody::default()

@@ -25,7 +25,7 @@ use super::table::RouteTable;
 use crate::clock::{SharedClock, rfc3339};
 use crate::deliver::engine::{Delivery, DeliveryEngine};
 use crate::deliver::{FailureCode, Item};
-use crate::event::Event;
+use crate::event::{Event, EventHead};
 use crate::history::{EventTrace, HistoryTable};
 use crate::plugin::registry::PluginHost;
 use crate::resource::PluginBinding;
@@ -92,17 +92,6 @@ pub struct RouterHistory {
     pub traces: Arc<dyn Traces>,
     /// Counts the entries the router takes (replays watch the backlog).
     pub lag: Arc<crate::history::RoutingLag>,
-}
-
-/// The attributes a trace shows, read without building the whole event.
-#[derive(serde::Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    source: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
-    event_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    replayname: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// A plugin run as the trace shows it.
@@ -188,16 +177,13 @@ impl Router {
         if !history.table.traced(&logged.tenant, &logged.bus) {
             return None;
         }
-        let head: Head<'_> = serde_json::from_slice(&logged.body).ok()?;
-        let text =
-            |v: Option<std::borrow::Cow<'_, str>>| v.map(|c| c.into_owned()).unwrap_or_default();
-        Some(EventTrace::start(
-            logged,
-            position,
-            text(head.source),
-            text(head.event_type),
-            head.replayname.map(|c| c.into_owned()),
-        ))
+        // Ingest hands over the head it read; an entry read back from disk
+        // has none, and is read here.
+        let head = match &logged.head.0 {
+            Some(head) => EventHead::clone(head),
+            None => EventHead::parse(&logged.body)?,
+        };
+        Some(EventTrace::start(logged, position, head))
     }
 
     async fn route_one(

@@ -16,6 +16,7 @@
 //! (JetStream: a subject per tenant bus).
 
 use super::{Millis, StoreResult};
+use crate::event::EventHead;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -41,6 +42,25 @@ pub struct NewEvent {
     /// event (see [`super::Archives`]). Not read back: empty on entries the
     /// log hands out.
     pub archives: Vec<super::ArchiveId>,
+    /// What ingest already read of the event for its trace (in memory
+    /// only, never stored): see [`HeadHint`].
+    pub head: HeadHint,
+}
+
+/// An event's [`EventHead`] as its producer read it, carried in memory
+/// with the entry so the router need not parse the event a second time to
+/// trace it (about 1.3 µs an event). Entries the log hands out from its
+/// in-memory tail keep it; those read back from disk or another node have
+/// none, and the router parses the event instead. A hint is derived from
+/// the event and says nothing of its own: two entries are equal whatever
+/// their hints.
+#[derive(Clone, Debug, Default)]
+pub struct HeadHint(pub Option<Arc<EventHead>>);
+
+impl PartialEq for HeadHint {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// An event as read back from the log.

@@ -1113,9 +1113,10 @@ impl Archives for MemoryStore {
 
 #[async_trait]
 impl Traces for MemoryStore {
-    async fn record_traces(&self, traces: Vec<Trace>) -> StoreResult<()> {
+    async fn record_traces(&self, traces: Arc<[Trace]>) -> StoreResult<()> {
         let mut d = self.data();
-        for mut trace in traces {
+        for trace in traces.iter() {
+            let mut trace = trace.clone();
             let key = trace.key();
             let pending = std::mem::take(&mut d.history.pending);
             for (at, k, fact) in pending {

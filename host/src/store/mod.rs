@@ -68,7 +68,7 @@ pub use self::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLet
 pub use self::dedup::{AdmittedEvent, Appended, Dedup, DedupKey, DedupLog};
 pub use self::failure::{AttemptError, Exhausted, FailureCode};
 pub use self::jobs::{ChainSlot, DeliveryJobs, JobLease, LeasedJob, NewJob};
-pub use self::log::{AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, NewEvent};
+pub use self::log::{AckToken, EventLog, HeadHint, LogConsumer, LogEntry, LoggedEvent, NewEvent};
 pub use self::open::{Health, OpenStoreError, StoreSettings, open};
 pub use self::queues::{NewQueueMessage, QueueDepth, Queues, ReceivedMessage};
 pub use self::replays::{ReplayProgress, ReplayRecord, ReplayState, Replays};

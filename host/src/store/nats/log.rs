@@ -91,6 +91,7 @@ impl Meta {
             ingested_ms: self.ingested_ms,
             only_rules: self.only_rules,
             archives: Vec::new(),
+            head: Default::default(),
         }
     }
 }

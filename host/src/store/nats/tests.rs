@@ -480,8 +480,9 @@ async fn two_nodes_route_traced_entries_without_a_round_trip_per_trace() {
                 if entries.is_empty() {
                     continue;
                 }
-                let traces = entries.iter().map(|e| Trace::received(&e.event)).collect();
-                node.record_traces(traces).await.unwrap();
+                let traces: Vec<Trace> =
+                    entries.iter().map(|e| Trace::received(&e.event)).collect();
+                node.record_traces(traces.into()).await.unwrap();
                 let n = entries.len();
                 consumer
                     .ack(entries.into_iter().map(|e| e.ack).collect())

@@ -44,6 +44,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Most unrouted log entries [`Traces::trace`] looks through.
 const TAIL_SCAN: usize = 10_000;
@@ -397,8 +398,8 @@ fn search_order(f: &Found) -> (Millis, &str) {
 
 #[async_trait]
 impl Traces for NatsStore {
-    async fn record_traces(&self, traces: Vec<Trace>) -> StoreResult<()> {
-        let groups = by_event(traces, |t| (&t.tenant, &t.bus, &t.event_id));
+    async fn record_traces(&self, traces: Arc<[Trace]>) -> StoreResult<()> {
+        let groups = by_event(traces.to_vec(), |t| (&t.tenant, &t.bus, &t.event_id));
         all_of(groups, |group| async move {
             for trace in group {
                 self.record_trace(trace).await?;

@@ -127,6 +127,7 @@ pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEven
         ingested_ms: r.get(5)?,
         only_rules: only_rules.and_then(|s| serde_json::from_str(&s).ok()),
         archives: Vec::new(),
+        head: Default::default(),
     })
 }
 

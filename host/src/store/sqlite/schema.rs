@@ -221,7 +221,7 @@ CREATE INDEX traces_seq ON traces (seq) WHERE seq IS NOT NULL;
 /// what people search for by state and which a walk of a busy bus would
 /// take longest to find. The `id` in `traces_head` makes (received, id)
 /// its order, the order of a page, with the head behind it.
-pub(super) const TRACES_V4: &str = r#"
+const TRACES_V4: &str = r#"
 DROP INDEX traces_time;
 DROP INDEX traces_bus;
 DROP INDEX traces_source;
@@ -232,12 +232,27 @@ CREATE INDEX traces_uncommon ON traces (tenant, state, received_ms)
     WHERE state NOT IN ('delivered', 'no_match', 'filtered_out');
 "#;
 
+/// `traces.db`, version 5: `traces_uncommon`'s condition as three
+/// comparisons instead of `NOT IN` a list. SQLite evaluates a partial
+/// index's condition for every row written, and tests `NOT IN` a list of
+/// three constants by building a temporary B-tree of the list each time:
+/// 1.4 µs of every trace row, more than the index itself costs the rows
+/// it takes (measured with a standalone script: 2.34 µs a row against
+/// 0.98 µs with the comparisons). A statement must repeat the condition to
+/// walk the index (`UNCOMMON_STATE` in `traces.rs`).
+pub(super) const TRACES_V5: &str = r#"
+DROP INDEX traces_uncommon;
+CREATE INDEX traces_uncommon ON traces (tenant, state, received_ms)
+    WHERE state <> 'delivered' AND state <> 'no_match' AND state <> 'filtered_out';
+"#;
+
 /// `traces.db`'s steps, as [`STEPS`] for the main file.
-pub(super) const TRACES_STEPS: [(i64, &str); 4] = [
+pub(super) const TRACES_STEPS: [(i64, &str); 5] = [
     (1, TRACES_V1),
     (2, TRACES_V2),
     (3, TRACES_V3),
     (4, TRACES_V4),
+    (5, TRACES_V5),
 ];
 
 /// The version of `traces.db` this build writes.

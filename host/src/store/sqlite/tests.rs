@@ -625,6 +625,16 @@ async fn traces_of_a_version_3_traces_file_are_searched_through_the_new_indexes(
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(indexes, ["traces_head", "traces_seq", "traces_uncommon"]);
+    // Version 5 made the uncommon states' condition comparisons (a row
+    // written tested `NOT IN` through a temporary B-tree).
+    let uncommon: String = traces
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'traces_uncommon'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!uncommon.contains(" IN "), "{uncommon}");
 }
 
 #[tokio::test]
@@ -758,7 +768,7 @@ async fn a_filtered_search_scans_at_most_its_budget_and_pages_on_from_where_it_s
         ..Tuning::default()
     };
     let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
-    let traces = (0..10i64)
+    let traces: Vec<Trace> = (0..10i64)
         .map(|i| {
             let mut t = delivered(&format!("e{i}"), T0 + i);
             if i == 0 {
@@ -767,7 +777,7 @@ async fn a_filtered_search_scans_at_most_its_budget_and_pages_on_from_where_it_s
             t
         })
         .collect();
-    store.record_traces(traces).await.unwrap();
+    store.record_traces(traces.into()).await.unwrap();
     let query = crate::store::TraceQuery {
         source: Some("rare".into()),
         ..Default::default()
@@ -815,7 +825,10 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
         let store =
             SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
         for id in &ids[..5] {
-            store.record_traces(vec![delivered(id, T0)]).await.unwrap();
+            store
+                .record_traces(vec![delivered(id, T0)].into())
+                .await
+                .unwrap();
         }
         // The fourth trace merged the first four; the fifth waits in memory.
         assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 4);
@@ -826,14 +839,14 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
         }
         // The same event at another time is a second trace; the newest wins.
         store
-            .record_traces(vec![delivered("e0", T0 + 5)])
+            .record_traces(vec![delivered("e0", T0 + 5)].into())
             .await
             .unwrap();
         let newest = store.trace("acme", "e0", None).await.unwrap().unwrap();
         assert_eq!(newest.received_ms, T0 + 5);
         // Recording a merged trace again replaces it.
         store
-            .record_traces(vec![delivered("e1", T0)])
+            .record_traces(vec![delivered("e1", T0)].into())
             .await
             .unwrap();
         assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 6);
@@ -845,7 +858,10 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
     assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 6);
     assert_eq!(store.inner.recent_traces.len(), 0);
     for id in &ids[5..] {
-        store.record_traces(vec![delivered(id, T0)]).await.unwrap();
+        store
+            .record_traces(vec![delivered(id, T0)].into())
+            .await
+            .unwrap();
     }
     for id in &ids {
         assert!(
@@ -885,7 +901,10 @@ async fn a_trace_of_a_log_entry_reads_its_event_from_the_log_which_keeps_it_whil
     traced.position = Some(entry.position);
     let mut copied = Trace::received(&entries[2].event);
     copied.event = Bytes::from_static(br#"{"copy":true}"#);
-    store.record_traces(vec![traced, copied]).await.unwrap();
+    store
+        .record_traces(vec![traced, copied].into())
+        .await
+        .unwrap();
     consumer
         .ack(entries.iter().map(|e| e.ack.clone()).collect())
         .await

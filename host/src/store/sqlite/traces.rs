@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::types::Value as Sql;
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
+use std::sync::Arc;
 
 /// The rule names of a trace, as stored in `traces.rules` (one per line).
 fn rule_names(body: &TraceBody) -> String {
@@ -177,12 +178,19 @@ fn find(
 fn record(
     tx: &Transaction<'_>,
     recent: &RecentTraceIds,
-    mut trace: Trace,
+    trace: &Trace,
     pending: bool,
 ) -> anyhow::Result<()> {
-    if pending {
-        apply_pending(tx, &mut trace)?;
-    }
+    // Facts rarely wait for their trace: copy it only when some may.
+    let with_facts;
+    let trace = if pending {
+        let mut t = trace.clone();
+        apply_pending(tx, &mut t)?;
+        with_facts = t;
+        &with_facts
+    } else {
+        trace
+    };
     let rules = rule_names(&trace.body);
     let before = find(
         tx,
@@ -205,7 +213,7 @@ fn record(
             id,
             false,
         )?;
-        update(tx, id, &trace)?;
+        update(tx, id, trace)?;
         index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
         return Ok(());
     }
@@ -303,8 +311,10 @@ pub(super) const SEARCH_SCAN: usize = 100_000;
 const SEARCH_STEP: usize = 1_000;
 
 /// `traces_uncommon`'s `WHERE`, which a statement must repeat to walk it
-/// (SQLite does not prove `state = 'retrying'` implies it).
-const UNCOMMON_STATE: &str = "t.state NOT IN ('delivered', 'no_match', 'filtered_out')";
+/// (SQLite does not prove `state = 'retrying'` implies it). Comparisons,
+/// not `NOT IN` a list: see `TRACES_V5` in `schema.rs`.
+const UNCOMMON_STATE: &str =
+    "t.state <> 'delivered' AND t.state <> 'no_match' AND t.state <> 'filtered_out'";
 
 /// A search as SQL: one statement, or one per bus of the tenant.
 struct SearchPlan {
@@ -700,7 +710,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl Traces for SqliteStore {
-    async fn record_traces(&self, traces: Vec<Trace>) -> StoreResult<()> {
+    async fn record_traces(&self, traces: Arc<[Trace]>) -> StoreResult<()> {
         if traces.is_empty() {
             return Ok(());
         }
@@ -710,7 +720,7 @@ impl Traces for SqliteStore {
         self.run_traces_then(
             move |tx| {
                 let pending = any_pending(tx)?;
-                for trace in traces {
+                for trace in traces.iter() {
                     record(tx, &recent, trace, pending)?;
                 }
                 if recent.len() >= merge_at {
@@ -873,9 +883,9 @@ mod tests {
                 "{state:?}"
             );
         }
-        let index_where = UNCOMMON_STATE.trim_start_matches("t.");
+        let index_where = UNCOMMON_STATE.replace("t.state", "state");
         assert!(
-            super::super::schema::TRACES_V4.contains(&format!("WHERE {index_where};")),
+            super::super::schema::TRACES_V5.contains(&format!("WHERE {index_where};")),
             "traces_uncommon is made with {index_where}"
         );
     }

@@ -29,6 +29,7 @@ fn ce(tenant: &str, bus: &str, id: &str, at: Millis, archives: &[&str]) -> NewEv
         ingested_ms: at,
         only_rules: None,
         archives: archives.iter().map(|a| (*a).to_owned()).collect(),
+        head: Default::default(),
     }
 }
 
@@ -361,14 +362,17 @@ pub(crate) async fn traces_unrouted_events_are_in_flight(make: &impl MakeStore) 
     let consumer = s.store.consumer().await.unwrap();
     let entries = take(consumer.as_ref(), 1, 10).await;
     s.store
-        .record_traces(vec![trace(
-            "acme",
-            "orders",
-            "e1",
-            T0,
-            "shop",
-            TraceState::Delivered,
-        )])
+        .record_traces(
+            vec![trace(
+                "acme",
+                "orders",
+                "e1",
+                T0,
+                "shop",
+                TraceState::Delivered,
+            )]
+            .into(),
+        )
         .await
         .unwrap();
     bounded(
@@ -417,14 +421,17 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
         .await
         .unwrap();
     s.store
-        .record_traces(vec![trace(
-            "acme",
-            "orders",
-            "e1",
-            T0,
-            "shop",
-            TraceState::Delivered,
-        )])
+        .record_traces(
+            vec![trace(
+                "acme",
+                "orders",
+                "e1",
+                T0,
+                "shop",
+                TraceState::Delivered,
+            )]
+            .into(),
+        )
         .await
         .unwrap();
     let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
@@ -490,14 +497,17 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
     assert_eq!(t.body.rules[0].targets[0].redrives.len(), 1);
     // Routed again after a restart: replaced, not duplicated.
     s.store
-        .record_traces(vec![trace(
-            "acme",
-            "orders",
-            "e1",
-            T0,
-            "shop",
-            TraceState::Delivered,
-        )])
+        .record_traces(
+            vec![trace(
+                "acme",
+                "orders",
+                "e1",
+                T0,
+                "shop",
+                TraceState::Delivered,
+            )]
+            .into(),
+        )
         .await
         .unwrap();
     let (found, _) = s
@@ -540,7 +550,7 @@ pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
         "shop",
         TraceState::Delivered,
     ));
-    s.store.record_traces(all).await.unwrap();
+    s.store.record_traces(all.into()).await.unwrap();
     let search = |q: TraceQuery| {
         let store = s.store.clone();
         async move { page_through(store.as_ref(), &q, 2).await }
@@ -644,7 +654,7 @@ pub(crate) async fn traces_search_merges_buses_and_finds_every_state(make: &impl
         t.state = state;
         all.push(t);
     }
-    s.store.record_traces(all).await.unwrap();
+    s.store.record_traces(all.into()).await.unwrap();
     let search = |q: TraceQuery, limit: usize| {
         let store = s.store.clone();
         async move { page_through(store.as_ref(), &q, limit).await }
@@ -729,7 +739,7 @@ pub(crate) async fn traces_expire_by_age_and_cap(make: &impl MakeStore) {
             )
         })
         .collect();
-    s.store.record_traces(all).await.unwrap();
+    s.store.record_traces(all.into()).await.unwrap();
     assert_eq!(
         s.store.expire_traces(T0 + 2, u64::MAX, 10).await.unwrap(),
         2
@@ -908,14 +918,17 @@ pub(crate) async fn durable_history_survives_reopen(open: &impl OpenAtDir, dir: 
             .await
             .unwrap();
         store
-            .record_traces(vec![trace(
-                "acme",
-                "orders",
-                "e0",
-                T0,
-                "shop",
-                TraceState::Delivered,
-            )])
+            .record_traces(
+                vec![trace(
+                    "acme",
+                    "orders",
+                    "e0",
+                    T0,
+                    "shop",
+                    TraceState::Delivered,
+                )]
+                .into(),
+            )
             .await
             .unwrap();
         store
