@@ -224,11 +224,11 @@ mod tests {
     use crate::store::{EventLog, NewEvent};
     use bytes::Bytes;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_router_waits_while_too_many_entries_are_unacknowledged() {
+    /// A memory store whose log holds `n` events.
+    async fn store_with_events(n: usize) -> MemoryStore {
         let clock: SharedClock = Arc::new(TokioClock::new());
         let store = MemoryStore::new(clock);
-        let events = (0..3)
+        let events = (0..n)
             .map(|i| NewEvent {
                 tenant: "t".into(),
                 bus: "b".into(),
@@ -239,6 +239,12 @@ mod tests {
             })
             .collect();
         store.append(events).await.unwrap();
+        store
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_router_waits_while_too_many_entries_are_unacknowledged() {
+        let store = store_with_events(3).await;
         let consumer = store.consumer().await.unwrap();
         let (progress, acks) = RoutingProgress::start(consumer.clone(), None);
         let entries = consumer.next(10, Duration::ZERO).await.unwrap();
@@ -294,19 +300,7 @@ mod tests {
     /// lone entry waits no longer than the linger.
     #[tokio::test(start_paused = true)]
     async fn entries_routed_within_the_linger_are_acknowledged_together() {
-        let clock: SharedClock = Arc::new(TokioClock::new());
-        let store = MemoryStore::new(clock);
-        let events = (0..4)
-            .map(|i| NewEvent {
-                tenant: "t".into(),
-                bus: "b".into(),
-                event_id: format!("e{i}"),
-                body: Bytes::from_static(b"{}"),
-                ingested_ms: 1,
-                ..Default::default()
-            })
-            .collect();
-        store.append(events).await.unwrap();
+        let store = store_with_events(4).await;
         let consumer = Arc::new(CountingAcks {
             inner: store.consumer().await.unwrap(),
             calls: Default::default(),

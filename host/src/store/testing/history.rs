@@ -33,6 +33,11 @@ fn ce(tenant: &str, bus: &str, id: &str, at: Millis, archives: &[&str]) -> NewEv
     }
 }
 
+/// Records `traces` (the interface takes them shared).
+async fn record<S: Traces + ?Sized>(store: &S, traces: Vec<Trace>) {
+    store.record_traces(traces.into()).await.unwrap();
+}
+
 fn window(from_ms: Millis, to_ms: Millis) -> Window {
     Window { from_ms, to_ms }
 }
@@ -361,20 +366,18 @@ pub(crate) async fn traces_unrouted_events_are_in_flight(make: &impl MakeStore) 
     );
     let consumer = s.store.consumer().await.unwrap();
     let entries = take(consumer.as_ref(), 1, 10).await;
-    s.store
-        .record_traces(
-            vec![trace(
-                "acme",
-                "orders",
-                "e1",
-                T0,
-                "shop",
-                TraceState::Delivered,
-            )]
-            .into(),
-        )
-        .await
-        .unwrap();
+    record(
+        &*s.store,
+        vec![trace(
+            "acme",
+            "orders",
+            "e1",
+            T0,
+            "shop",
+            TraceState::Delivered,
+        )],
+    )
+    .await;
     bounded(
         "ack",
         consumer.ack(entries.into_iter().map(|e| e.ack).collect()),
@@ -420,20 +423,18 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
         ])
         .await
         .unwrap();
-    s.store
-        .record_traces(
-            vec![trace(
-                "acme",
-                "orders",
-                "e1",
-                T0,
-                "shop",
-                TraceState::Delivered,
-            )]
-            .into(),
-        )
-        .await
-        .unwrap();
+    record(
+        &*s.store,
+        vec![trace(
+            "acme",
+            "orders",
+            "e1",
+            T0,
+            "shop",
+            TraceState::Delivered,
+        )],
+    )
+    .await;
     let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
     assert_eq!(t.state, TraceState::Retrying, "the waiting attempt applied");
     assert_eq!(t.body.rules[0].targets[0].attempts.len(), 1);
@@ -496,20 +497,18 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
     assert_eq!(t.state, TraceState::InFlight);
     assert_eq!(t.body.rules[0].targets[0].redrives.len(), 1);
     // Routed again after a restart: replaced, not duplicated.
-    s.store
-        .record_traces(
-            vec![trace(
-                "acme",
-                "orders",
-                "e1",
-                T0,
-                "shop",
-                TraceState::Delivered,
-            )]
-            .into(),
-        )
-        .await
-        .unwrap();
+    record(
+        &*s.store,
+        vec![trace(
+            "acme",
+            "orders",
+            "e1",
+            T0,
+            "shop",
+            TraceState::Delivered,
+        )],
+    )
+    .await;
     let (found, _) = s
         .store
         .search_traces("acme", &TraceQuery::default(), None, 10)
@@ -550,7 +549,7 @@ pub(crate) async fn traces_search_filters_and_pages(make: &impl MakeStore) {
         "shop",
         TraceState::Delivered,
     ));
-    s.store.record_traces(all.into()).await.unwrap();
+    record(&*s.store, all).await;
     let search = |q: TraceQuery| {
         let store = s.store.clone();
         async move { page_through(store.as_ref(), &q, 2).await }
@@ -654,7 +653,7 @@ pub(crate) async fn traces_search_merges_buses_and_finds_every_state(make: &impl
         t.state = state;
         all.push(t);
     }
-    s.store.record_traces(all.into()).await.unwrap();
+    record(&*s.store, all).await;
     let search = |q: TraceQuery, limit: usize| {
         let store = s.store.clone();
         async move { page_through(store.as_ref(), &q, limit).await }
@@ -739,7 +738,7 @@ pub(crate) async fn traces_expire_by_age_and_cap(make: &impl MakeStore) {
             )
         })
         .collect();
-    s.store.record_traces(all.into()).await.unwrap();
+    record(&*s.store, all).await;
     assert_eq!(
         s.store.expire_traces(T0 + 2, u64::MAX, 10).await.unwrap(),
         2
@@ -917,20 +916,18 @@ pub(crate) async fn durable_history_survives_reopen(open: &impl OpenAtDir, dir: 
             .append(vec![ce("acme", "orders", "e1", T0, &["a"])])
             .await
             .unwrap();
-        store
-            .record_traces(
-                vec![trace(
-                    "acme",
-                    "orders",
-                    "e0",
-                    T0,
-                    "shop",
-                    TraceState::Delivered,
-                )]
-                .into(),
-            )
-            .await
-            .unwrap();
+        record(
+            &*store,
+            vec![trace(
+                "acme",
+                "orders",
+                "e0",
+                T0,
+                "shop",
+                TraceState::Delivered,
+            )],
+        )
+        .await;
         store
             .create_replay(replay("acme", "rp1", None, T0))
             .await
