@@ -19,7 +19,7 @@ use busbar::deliver::http::{
 };
 use busbar::deliver::retry::RetryPolicy;
 use busbar::deliver::{Outcome, Payload, SpecError};
-use busbar::event::Event;
+use busbar::event::{Event, StoredEvent};
 use busbar::net::EgressPolicy;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -164,14 +164,15 @@ fn token_endpoint(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Respons
     ([("content-type", "application/json")], answer.to_string()).into_response()
 }
 
-fn event(value: Value) -> Event {
+/// An event as deliveries get it: with its JSON as the store holds it.
+fn event(value: Value) -> StoredEvent {
     let Value::Object(map) = value else {
         panic!("events are objects")
     };
-    Event::from_validated(map)
+    StoredEvent::of(Event::from_validated(map))
 }
 
-fn order_event() -> Event {
+fn order_event() -> StoredEvent {
     event(json!({
         "specversion": "1.0",
         "id": "evt-42",
@@ -194,14 +195,8 @@ fn target(spec: HttpTargetSpec) -> HttpTarget {
     HttpTarget::new(spec, loopback_client()).unwrap()
 }
 
-async fn deliver(target: &HttpTarget, event: &Event) -> Outcome {
-    target
-        .deliver(Payload {
-            event,
-            body: None,
-            stored: None,
-        })
-        .await
+async fn deliver(target: &HttpTarget, event: &StoredEvent) -> Outcome {
+    target.deliver(Payload { event, body: None }).await
 }
 
 fn header<'a>(request: &'a Recorded, name: &str) -> &'a str {
@@ -276,7 +271,7 @@ async fn structured_mode_sends_the_whole_event() {
             .any(|k| k.as_str().starts_with("ce-"))
     );
     let body: Value = serde_json::from_slice(&request.body).unwrap();
-    assert_eq!(body, Value::Object(event.as_map().clone()));
+    assert_eq!(body, Value::Object(event.event().as_map().clone()));
 }
 
 #[tokio::test]
@@ -289,7 +284,6 @@ async fn a_transform_output_replaces_the_payload_but_ce_headers_stay() {
         .deliver(Payload {
             event: &event,
             body: Some("Order 42 totals 120"),
-            stored: None,
         })
         .await;
     assert_eq!(outcome, Outcome::Delivered { status: Some(200) });
@@ -772,7 +766,7 @@ async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_even
         max_wait_ms: None,
     });
     let batched = target(spec.clone());
-    let events: Vec<Event> = (0..5)
+    let events: Vec<StoredEvent> = (0..5)
         .map(|i| {
             event(
                 json!({"specversion": "1.0", "id": format!("b{i}"), "source": "shop",
@@ -782,11 +776,7 @@ async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_even
         .collect();
     let mut payloads: Vec<Payload<'_>> = events
         .iter()
-        .map(|event| Payload {
-            event,
-            body: None,
-            stored: None,
-        })
+        .map(|event| Payload { event, body: None })
         .collect();
     // One too large alone for max_bytes, between the others.
     let huge = event(
@@ -798,7 +788,6 @@ async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_even
         Payload {
             event: &huge,
             body: None,
-            stored: None,
         },
     );
     let outcomes = batched.deliver_batch(&payloads).await;

@@ -6,8 +6,11 @@
 //! match this form, the store keeps its bytes, and targets render it back into
 //! binary or structured mode.
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// The CloudEvents extension a replayed event carries: the replay's name.
 pub const REPLAY_EXTENSION: &str = "replayname";
@@ -116,6 +119,102 @@ impl Event {
     pub fn to_json_bytes(&self) -> Vec<u8> {
         // Serialising a map of JSON values cannot fail.
         serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+}
+
+/// An event on its way to its targets: its `id`, its CloudEvents JSON as
+/// the store holds it, and its JSON object, built only when something asks
+/// for it.
+///
+/// Most deliveries never need the object: a webhook sends the stored bytes
+/// (structured and batched mode) or reads the few attributes binary mode
+/// needs straight from them. Building the object of every matched event
+/// was a second full parse per event (the matcher reads the JSON once
+/// already), allocating a map for every object in its `data`. A filter or
+/// transform plugin, an input transformer, a `bus` target, a Wasm
+/// connector or a FIFO target asks for the object, and the first to ask
+/// builds it once for all.
+#[derive(Clone)]
+pub struct StoredEvent(Arc<Stored>);
+
+struct Stored {
+    id: String,
+    json: Bytes,
+    event: OnceLock<Event>,
+}
+
+impl StoredEvent {
+    /// An event whose object is at hand, with its CloudEvents JSON.
+    pub fn built(event: Event, json: Bytes) -> Self {
+        Self(Arc::new(Stored {
+            id: event.id().to_owned(),
+            json,
+            event: OnceLock::from(event),
+        }))
+    }
+
+    /// An event built in memory (a transform's output, say), serialised
+    /// here once for all its deliveries.
+    pub fn of(event: Event) -> Self {
+        let json = Bytes::from(event.to_json_bytes());
+        Self::built(event, json)
+    }
+
+    /// An event known only by its stored JSON, which must be a CloudEvents
+    /// JSON object (one the matcher has read whole, say); the object is
+    /// built when first asked for.
+    pub fn from_json(id: String, json: Bytes) -> Self {
+        Self(Arc::new(Stored {
+            id,
+            json,
+            event: OnceLock::new(),
+        }))
+    }
+
+    /// The event's `id` (it identifies the delivery across retries).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The event in CloudEvents JSON format, as stored.
+    pub fn json(&self) -> &Bytes {
+        &self.0.json
+    }
+
+    /// The event's JSON object, built from [`Self::json`] on first use.
+    ///
+    /// JSON that is not an object (which [`Self::from_json`]'s callers rule
+    /// out) gives an event with only its `id`, and an error in the log, so
+    /// a broken entry fails its own delivery rather than the process.
+    pub fn event(&self) -> &Event {
+        self.0
+            .event
+            .get_or_init(|| match serde_json::from_slice::<Value>(&self.0.json) {
+                Ok(Value::Object(map)) => Event(map),
+                _ => {
+                    tracing::error!(event_id = %self.0.id, "a stored event is not a JSON object");
+                    let mut map = Map::new();
+                    map.insert("id".to_owned(), Value::String(self.0.id.clone()));
+                    Event(map)
+                }
+            })
+    }
+}
+
+impl StoredEvent {
+    /// Whether the object has been built (for tests and diagnostics).
+    pub fn is_built(&self) -> bool {
+        self.0.event.get().is_some()
+    }
+}
+
+impl fmt::Debug for StoredEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredEvent")
+            .field("id", &self.0.id)
+            .field("bytes", &self.0.json.len())
+            .field("built", &self.is_built())
+            .finish()
     }
 }
 

@@ -121,7 +121,7 @@ pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Res
     );
     let queue_signals = Arc::new(QueueSignals::default());
     let services = TargetServices {
-        http: HttpClient::new(&settings.egress)?,
+        http: HttpClient::keeping_idle(&settings.egress, settings.engine.per_target_cap)?,
         queues: stores.queues.clone(),
         queue_signals: queue_signals.clone(),
         log: log.clone(),

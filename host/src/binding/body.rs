@@ -13,8 +13,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
+use super::view::EventView;
 use super::{EncodeError, media};
-use crate::event::Event;
+use std::borrow::Cow;
 
 /// The event member a binary-mode body becomes, and its value.
 ///
@@ -38,10 +39,9 @@ pub fn from_body(
 
 /// The `Content-Type` (none when the event has no data and declares no
 /// type) and body of a binary-mode request carrying the event's payload.
-pub fn to_body(event: &Event) -> Result<(Option<String>, Vec<u8>), EncodeError> {
-    let map = event.as_map();
+pub fn to_body(event: &EventView<'_>) -> Result<(Option<String>, Vec<u8>), EncodeError> {
     let declared = event.str_attr("datacontenttype").map(str::to_owned);
-    if let Some(encoded) = map.get("data_base64").filter(|v| !v.is_null()) {
+    if let Some(encoded) = event.attribute("data_base64").filter(|v| !v.is_null()) {
         let bytes = encoded
             .as_str()
             .and_then(|s| BASE64.decode(s).ok())
@@ -49,14 +49,16 @@ pub fn to_body(event: &Event) -> Result<(Option<String>, Vec<u8>), EncodeError> 
         let content_type = declared.unwrap_or_else(|| media::OCTET_STREAM.to_owned());
         return Ok((Some(content_type), bytes));
     }
-    match map.get("data").filter(|v| !v.is_null()) {
+    match event.data() {
         None => Ok((declared, Vec::new())),
         Some(data) => {
             let content_type = declared.unwrap_or_else(|| media::APPLICATION_JSON.to_owned());
-            let body = match data {
+            let text = data.get();
+            let body = match serde_json::from_str::<Cow<'_, str>>(text) {
                 // Non-JSON media types carry their text as a JSON string.
-                Value::String(text) if !media::is_json(&content_type) => text.as_bytes().to_vec(),
-                data => serde_json::to_vec(data).unwrap_or_default(),
+                Ok(string) if !media::is_json(&content_type) => string.into_owned().into_bytes(),
+                // JSON goes as stored (compact, as serde_json writes it).
+                _ => text.as_bytes().to_vec(),
             };
             Ok((Some(content_type), body))
         }
@@ -68,11 +70,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event(value: Value) -> Event {
-        let Value::Object(map) = value else {
-            panic!("not an object")
-        };
-        Event::from_validated(map)
+    fn stored(value: &Value) -> Vec<u8> {
+        serde_json::to_vec(value).unwrap()
     }
 
     #[test]
@@ -120,9 +119,32 @@ mod tests {
             if let Some(ct) = ct {
                 value["datacontenttype"] = json!(ct);
             }
-            let (content_type, body) = to_body(&event(value)).unwrap();
+            let json = stored(&value);
+            let (content_type, body) = to_body(&EventView::parse(&json).unwrap()).unwrap();
             let (back_member, back) = from_body(content_type.as_deref(), &body).unwrap();
             assert_eq!((back_member, back), (member, data), "{ct:?}");
+        }
+    }
+
+    /// A JSON payload goes out as the stored text, which must be what
+    /// serialising the parsed payload writes (the store holds serde_json's
+    /// compact form): numbers, escapes and member order included.
+    #[test]
+    fn a_json_payload_is_sent_as_serialising_it_would_write_it() {
+        let base = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"});
+        for data in [
+            json!({"z": 1, "a": [1.5, -0.0, 1e300, 12345678901234567890u64, -7]}),
+            json!({"s": "\u{e9}\"\\\u{1}\u{2028}/", "n": null, "t": true}),
+            json!([[], {}, ""]),
+            json!(0.1),
+            json!("a string under a JSON type"),
+        ] {
+            let mut value = base.clone();
+            value["data"] = data.clone();
+            let json = stored(&value);
+            let (content_type, body) = to_body(&EventView::parse(&json).unwrap()).unwrap();
+            assert_eq!(content_type.as_deref(), Some("application/json"));
+            assert_eq!(body, serde_json::to_vec(&data).unwrap(), "{data}");
         }
     }
 }

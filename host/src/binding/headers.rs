@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::EncodeError;
-use crate::event::Event;
+use super::view::EventView;
 
 /// Prefix of the attribute headers (header names arrive lower-cased).
 pub const PREFIX: &str = "ce-";
@@ -54,8 +54,8 @@ pub fn value_text(value: &Value) -> Option<String> {
 }
 
 /// Adds a `ce-*` header for each of the event's header attributes.
-pub fn to_headers(event: &Event, headers: &mut HeaderMap) -> Result<(), EncodeError> {
-    for (name, value) in event.as_map() {
+pub fn to_headers(event: &EventView<'_>, headers: &mut HeaderMap) -> Result<(), EncodeError> {
+    for (name, value) in event.attributes() {
         if !is_header_attribute(name) {
             continue;
         }
@@ -63,7 +63,7 @@ pub fn to_headers(event: &Event, headers: &mut HeaderMap) -> Result<(), EncodeEr
             continue;
         };
         let header_name = HeaderName::from_bytes(format!("{PREFIX}{name}").as_bytes())
-            .map_err(|_| EncodeError::HeaderName(name.clone()))?;
+            .map_err(|_| EncodeError::HeaderName(name.to_owned()))?;
         // Percent-encoding leaves only visible ASCII, always a valid value.
         if let Ok(value) = HeaderValue::from_str(&encode_value(&text)) {
             headers.insert(header_name, value);

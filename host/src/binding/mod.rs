@@ -7,6 +7,7 @@
 //! - [`headers`]: binary mode's attribute ↔ `ce-*` header mapping and the
 //!   percent-encoding of header values.
 //! - [`body`]: binary mode's body ↔ `data` / `data_base64`.
+//! - [`view`]: an event's stored JSON read as binary mode needs it.
 //!
 //! Validation of what arrives (attribute names, types, sizes) is ingest's;
 //! this module only says how the wire form maps to the event and back. It
@@ -15,6 +16,7 @@
 pub mod body;
 pub mod headers;
 pub mod media;
+pub mod view;
 
 /// Why an event cannot be laid out as an HTTP request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -111,7 +111,7 @@ impl Target for BusTarget {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         for item in batch {
-            match self.forwarded(&item.event, now) {
+            match self.forwarded(item.event.event(), now) {
                 Ok(event) => {
                     events.push(event);
                     outcomes.push(None);

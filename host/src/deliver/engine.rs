@@ -50,7 +50,7 @@ use super::retry::Next;
 use super::target::{Batching, BoundTarget, Item, TargetDirectory};
 use super::{Failure, Outcome};
 use crate::clock::{Millis, SharedClock, millis};
-use crate::event::Event;
+use crate::event::{Event, StoredEvent};
 use crate::history::{TargetSlot, TraceSink};
 use crate::store::traces::{AttemptRecord, TargetState, TraceError};
 use crate::store::{
@@ -169,7 +169,7 @@ impl Delivery {
     /// position, `index` which of the events routed from that entry it is.
     pub fn in_chain(mut self, position: i64, index: u32) -> Self {
         if self.target.ordered
-            && let Some(key) = partition_key(&self.item.event)
+            && let Some(key) = partition_key(self.item.event.event())
         {
             self.chain = Some(ChainSlot {
                 key,
@@ -222,7 +222,7 @@ fn job_for(
         rule: target.rule.clone(),
         target: target.id.clone(),
         event_id: item.event.id().to_owned(),
-        event: item.event_bytes.clone(),
+        event: item.event.json().clone(),
         body: item.body.as_deref().map(str::to_owned),
         attempts,
         ingested_ms,
@@ -868,7 +868,9 @@ impl DeliveryEngine {
                 continue;
             };
             let event = match serde_json::from_slice(&job.event) {
-                Ok(serde_json::Value::Object(map)) => Arc::new(Event::from_validated(map)),
+                Ok(serde_json::Value::Object(map)) => {
+                    StoredEvent::built(Event::from_validated(map), job.event.clone())
+                }
                 _ => {
                     let mut job = job;
                     job.last_error = Some(AttemptError::new(
@@ -884,7 +886,6 @@ impl DeliveryEngine {
                 target,
                 item: Item {
                     event,
-                    event_bytes: job.event.clone(),
                     body: job.body.as_deref().map(Arc::from),
                 },
                 attempts: job.attempts,
@@ -976,7 +977,6 @@ mod tests {
     use crate::deliver::testing::Scripted;
     use crate::store::memory::{FaultOp, MemoryStore};
     use crate::store::{DeadLetterFilter, DeadLetters, Queues};
-    use bytes::Bytes;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// One bound target, found by the engine for stored jobs.
@@ -1044,10 +1044,8 @@ mod tests {
         let serde_json::Value::Object(map) = map else {
             unreachable!()
         };
-        let event = Event::from_validated(map);
         Item {
-            event_bytes: Bytes::from(event.to_json_bytes()),
-            event: Arc::new(event),
+            event: StoredEvent::of(Event::from_validated(map)),
             body: None,
         }
     }
@@ -1401,10 +1399,8 @@ mod tests {
         let serde_json::Value::Object(map) = map else {
             unreachable!()
         };
-        let event = Event::from_validated(map);
         Item {
-            event_bytes: Bytes::from(event.to_json_bytes()),
-            event: Arc::new(event),
+            event: StoredEvent::of(Event::from_validated(map)),
             body: None,
         }
     }

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::event::Event;
+use crate::event::StoredEvent;
 pub use crate::store::FailureCode;
 
 pub mod bus;
@@ -102,22 +102,18 @@ impl fmt::Display for Failure {
 /// which replaces the payload (the event still identifies the delivery).
 #[derive(Clone, Copy, Debug)]
 pub struct Payload<'a> {
-    /// The event being delivered; its `id` is stable across retries.
-    pub event: &'a Event,
+    /// The event being delivered, with its stored JSON: structured and
+    /// batched deliveries send those bytes, and binary mode reads its
+    /// headers from them, rather than building and serialising the event.
+    pub event: &'a StoredEvent,
     /// The rendered transform output, if the rule has a transform.
     pub body: Option<&'a str>,
-    /// `event` in CloudEvents JSON format as the store holds it, when at
-    /// hand: structured and batched deliveries send these bytes instead of
-    /// serialising the event again (that was a serialisation of every
-    /// event per delivery, for the bytes the log already had).
-    pub stored: Option<&'a [u8]>,
 }
 
 impl Payload<'_> {
-    /// The event in CloudEvents JSON format: as stored, else serialised.
+    /// The event in CloudEvents JSON format, as stored.
     pub fn event_json(&self) -> Vec<u8> {
-        self.stored
-            .map_or_else(|| self.event.to_json_bytes(), <[u8]>::to_vec)
+        self.event.json().to_vec()
     }
 }
 

@@ -75,7 +75,7 @@ impl Target for QueueTarget {
                 queue: self.queue.clone(),
                 body: match &item.body {
                     Some(body) => Bytes::copy_from_slice(body.as_bytes()),
-                    None => item.event_bytes.clone(),
+                    None => item.event.json().clone(),
                 },
             })
             .collect();

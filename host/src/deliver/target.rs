@@ -11,25 +11,22 @@ use super::Outcome;
 use super::queue::QueueSignals;
 use super::retry::RetryPolicy;
 use crate::clock::SharedClock;
-use crate::event::Event;
+use crate::event::StoredEvent;
 use crate::plugin::registry::PluginHost;
 use crate::resource::{Fields, NAME_RULE, PluginRecord, Problems, valid_name};
 use crate::store::{EventLog, Queues};
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One event to deliver: the event, its stored bytes, and the rendered
+/// One event to deliver: the event with its stored bytes, and the rendered
 /// transform output that replaces the payload when the rule has one.
 #[derive(Clone, Debug)]
 pub struct Item {
     /// The event (its `id` identifies the delivery across retries).
-    pub event: Arc<Event>,
-    /// The event in CloudEvents JSON format, as stored.
-    pub event_bytes: Bytes,
+    pub event: StoredEvent,
     /// The built-in transform's output, if the rule has one.
     pub body: Option<Arc<str>>,
 }
@@ -79,8 +76,8 @@ impl Batching {
 
     /// What one item counts against [`max_bytes`](Self::max_bytes).
     pub fn size_of(item: &Item) -> usize {
-        item.body.as_ref().map_or(item.event_bytes.len(), |body| {
-            item.event_bytes.len() + body.len()
+        item.body.as_ref().map_or(item.event.json().len(), |body| {
+            item.event.json().len() + body.len()
         }) + 1
     }
 }

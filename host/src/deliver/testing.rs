@@ -59,11 +59,13 @@ impl Target for Scripted {
 }
 
 /// A target that panics on events whose id is `boom` and delivers the rest,
-/// recording the ids it delivered.
+/// recording the ids it delivered and whether each event came built.
 #[derive(Debug, Default)]
 pub struct PanicsOnBoom {
     /// Ids delivered.
     pub delivered: Mutex<Vec<String>>,
+    /// For each delivered id, whether its event's object had been built.
+    pub built: Mutex<Vec<bool>>,
 }
 
 #[async_trait]
@@ -79,6 +81,7 @@ impl Target for PanicsOnBoom {
                 .lock()
                 .unwrap()
                 .push(item.event.id().to_owned());
+            self.built.lock().unwrap().push(item.event.is_built());
         }
         vec![Outcome::Delivered { status: None }; batch.len()]
     }
@@ -132,6 +135,7 @@ impl Target for FailsIds {
             .iter()
             .map(|i| {
                 i.event
+                    .event()
                     .str_attr("partitionkey")
                     .unwrap_or_default()
                     .to_owned()

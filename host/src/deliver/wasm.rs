@@ -136,7 +136,7 @@ impl Target for WasmTarget {
     }
 
     async fn send(&self, batch: &[Item]) -> Vec<Outcome> {
-        let events: Vec<Event> = batch.iter().map(|i| Event::clone(&i.event)).collect();
+        let events: Vec<Event> = batch.iter().map(|i| i.event.event().clone()).collect();
         match self
             .plugins
             .deliver(&self.tenant, &self.binding, &self.allowed_hosts, &events)

@@ -45,7 +45,6 @@ impl Target for HttpTarget {
                 .map(|item| Payload {
                     event: &item.event,
                     body: item.body.as_deref(),
-                    stored: Some(&item.event_bytes),
                 })
                 .collect();
             return self.deliver_batch(&payloads).await;
@@ -55,7 +54,6 @@ impl Target for HttpTarget {
             let payload = Payload {
                 event: &item.event,
                 body: item.body.as_deref(),
-                stored: Some(&item.event_bytes),
             };
             outcomes.push(self.deliver(payload).await);
         }

@@ -25,7 +25,7 @@ use super::table::RouteTable;
 use crate::clock::{SharedClock, rfc3339};
 use crate::deliver::engine::{Delivery, DeliveryEngine};
 use crate::deliver::{FailureCode, Item};
-use crate::event::{Event, EventHead};
+use crate::event::{EventHead, StoredEvent};
 use crate::history::{EventTrace, HistoryTable};
 use crate::plugin::registry::PluginHost;
 use crate::resource::PluginBinding;
@@ -33,7 +33,6 @@ use crate::store::traces::{PluginRun, TraceError};
 use crate::store::{AttemptError, LogConsumer, LogEntry, LoggedEvent, Traces};
 use crate::telemetry;
 use crate::transform::RenderContext;
-use bytes::Bytes;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -75,8 +74,9 @@ struct Entry {
     logged: Arc<LoggedEvent>,
     /// Its log position (FIFO chains order by it).
     position: i64,
-    /// The parsed event.
-    event: Arc<Event>,
+    /// The event with its stored JSON; its object is built only when a
+    /// filter, transform or target asks for it.
+    event: StoredEvent,
     /// Its routing progress.
     hold: RoutingHold,
     /// Its trace, on a traced bus.
@@ -216,11 +216,14 @@ impl Router {
             }
         };
         telemetry::matched(&logged.tenant, matched.len() as u64);
-        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&logged.body) else {
+        // The matcher has read the entry whole, so it is JSON; one that is
+        // not an object cannot be an event.
+        if logged.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            tracing::error!(tenant = %logged.tenant, event_id = %logged.event_id, "stored event is not a JSON object; skipped");
             return;
-        };
+        }
         let entry = Entry {
-            event: Arc::new(Event::from_validated(map)),
+            event: StoredEvent::from_json(logged.event_id.clone(), logged.body.clone()),
             logged: Arc::new(logged),
             position,
             hold: hold.clone(),
@@ -253,7 +256,6 @@ impl Router {
         let trace = entry.trace.as_ref();
         let original = Item {
             event: event.clone(),
-            event_bytes: logged.body.clone(),
             body: None,
         };
         let traced = trace.map(|t| (t, t.rule(&rule.name)));
@@ -261,7 +263,10 @@ impl Router {
             |b: &PluginBinding| traced.and_then(|_| self.plugins.version_of(&logged.tenant, b));
         if let Some(filter) = &rule.filter {
             let started = tokio::time::Instant::now();
-            let result = self.plugins.filter(&logged.tenant, filter, event).await;
+            let result = self
+                .plugins
+                .filter(&logged.tenant, filter, event.event())
+                .await;
             if let Some((t, ix)) = traced {
                 let (outcome, error) = match &result {
                     Ok(true) => ("passed", None),
@@ -291,7 +296,7 @@ impl Router {
                     ingestion_time: &ingestion_time,
                 };
                 // The renderer reads a JSON value; built only for rules that need it.
-                let value = Value::Object(event.as_map().clone());
+                let value = Value::Object(event.event().as_map().clone());
                 match t.render(&value, &cx) {
                     Ok(text) => vec![Item {
                         body: Some(Arc::from(text)),
@@ -305,7 +310,10 @@ impl Router {
             }
             Some(RuleTransform::Plugin(binding)) => {
                 let started = tokio::time::Instant::now();
-                let result = self.plugins.transform(&logged.tenant, binding, event).await;
+                let result = self
+                    .plugins
+                    .transform(&logged.tenant, binding, event.event())
+                    .await;
                 if let Some((t, ix)) = traced {
                     let error = result
                         .as_ref()
@@ -325,8 +333,7 @@ impl Router {
                     Ok(outputs) => outputs
                         .into_iter()
                         .map(|out| Item {
-                            event_bytes: Bytes::from(out.to_json_bytes()),
-                            event: Arc::new(out),
+                            event: StoredEvent::of(out),
                             body: None,
                         })
                         .collect(),
@@ -471,7 +478,7 @@ mod tests {
             tenant: "t".into(),
             bus: "b".into(),
             event_id: id.into(),
-            body: Bytes::from(body.to_string()),
+            body: bytes::Bytes::from(body.to_string()),
             ingested_ms: 1,
             ..Default::default()
         }
@@ -521,6 +528,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(*target.delivered.lock().unwrap(), ["after-1", "after-2"]);
+        assert_eq!(
+            *target.built.lock().unwrap(),
+            [false, false],
+            "a rule without plugin steps hands its targets the stored JSON, never building the event"
+        );
         assert_eq!(consumer.in_flight(), 0, "every entry was acknowledged");
         stop.send_replace(true);
         let acks = running.await.unwrap();

@@ -9,6 +9,7 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::super::Failure;
+use super::super::engine::EngineConfig;
 use super::classify::forbidden;
 use crate::net::{AllowList, EgressPolicy, ResolveError};
 
@@ -49,14 +50,18 @@ struct Policed {
 }
 
 impl Policed {
-    fn new(allow: Arc<AllowList>) -> anyhow::Result<Self> {
+    fn new(allow: Arc<AllowList>, idle_per_host: usize) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
             .user_agent(concat!("busbar/", env!("CARGO_PKG_VERSION")))
-            // Keep warm connections to busy targets, but not forever.
+            // Keep warm connections to busy targets, but not forever. A
+            // target has up to its cap of calls in flight, each on its own
+            // connection (HTTP/1.1): keeping fewer idle than that closed
+            // the rest after every burst and opened them again for the
+            // next (thousands of connections a second at full speed).
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(idle_per_host)
             .tcp_nodelay(true)
             .no_proxy()
             .dns_resolver(Arc::new(CheckedResolver(allow.clone())))
@@ -66,12 +71,26 @@ impl Policed {
 }
 
 impl HttpClient {
-    /// Builds the client (one pool per tenant list) for `egress`.
+    /// Builds the client (one pool per tenant list) for `egress`, keeping
+    /// as many idle connections per host as a target may have calls in
+    /// flight by default.
     pub fn new(egress: &EgressPolicy) -> anyhow::Result<Self> {
-        let all = Policed::new(egress.for_all())?;
+        Self::keeping_idle(egress, EngineConfig::default().per_target_cap)
+    }
+
+    /// [`Self::new`], keeping up to `idle_per_host` idle connections per
+    /// host: the engine's per-target cap, so a target at full speed reuses
+    /// its connections.
+    pub fn keeping_idle(egress: &EgressPolicy, idle_per_host: usize) -> anyhow::Result<Self> {
+        let all = Policed::new(egress.for_all(), idle_per_host)?;
         let tenants = egress
             .tenant_lists()
-            .map(|(tenant, allow)| Ok((tenant.to_owned(), Policed::new(allow.clone())?)))
+            .map(|(tenant, allow)| {
+                Ok((
+                    tenant.to_owned(),
+                    Policed::new(allow.clone(), idle_per_host)?,
+                ))
+            })
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
         Ok(Self {
             inner: all.clone(),

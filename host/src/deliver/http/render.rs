@@ -5,6 +5,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 
 use super::super::{Failure, FailureCode, Payload};
 use super::spec::DeliveryMode;
+use crate::binding::view::EventView;
 use crate::binding::{EncodeError, body, headers, media};
 
 /// The request's event-dependent headers and body.
@@ -19,10 +20,21 @@ pub(super) struct Rendered {
 /// as JSON, else as UTF-8 text; binary mode still carries the attributes.
 pub(super) fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendered, Failure> {
     let mut headers = HeaderMap::new();
-    if mode == DeliveryMode::Binary {
-        headers::to_headers(payload.event, &mut headers).map_err(render_error)?;
+    // Binary mode reads the attributes (and the payload) from the stored
+    // JSON; the event itself is never built for it.
+    let view = match mode {
+        DeliveryMode::Binary => Some(EventView::parse(payload.event.json()).map_err(|e| {
+            Failure::new(
+                FailureCode::RenderError,
+                format!("the stored event is not a JSON object: {e}"),
+            )
+        })?),
+        DeliveryMode::Structured => None,
+    };
+    if let Some(view) = &view {
+        headers::to_headers(view, &mut headers).map_err(render_error)?;
     }
-    let (content_type, body) = match (payload.body, mode) {
+    let (content_type, body) = match (payload.body, &view) {
         (Some(text), _) => {
             let content_type = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
                 media::APPLICATION_JSON
@@ -31,11 +43,11 @@ pub(super) fn render(mode: DeliveryMode, payload: Payload<'_>) -> Result<Rendere
             };
             (Some(content_type.to_owned()), text.as_bytes().to_vec())
         }
-        (None, DeliveryMode::Structured) => (
+        (None, Some(view)) => body::to_body(view).map_err(render_error)?,
+        (None, None) => (
             Some(media::STRUCTURED_CONTENT_TYPE.to_owned()),
             payload.event_json(),
         ),
-        (None, DeliveryMode::Binary) => body::to_body(payload.event).map_err(render_error)?,
     };
     if let Some(content_type) = content_type {
         let value = HeaderValue::from_str(&content_type)
@@ -56,7 +68,7 @@ pub(super) fn render_member(payload: Payload<'_>) -> Result<Vec<u8>, Failure> {
     let Some(text) = payload.body else {
         return Ok(payload.event_json());
     };
-    let mut map = payload.event.as_map().clone();
+    let mut map = payload.event.event().as_map().clone();
     map.remove("data_base64");
     let (content_type, data) = match serde_json::from_str::<serde_json::Value>(text) {
         Ok(json) => (media::APPLICATION_JSON, json),
@@ -88,16 +100,16 @@ fn render_error(error: EncodeError) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::event::StoredEvent;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use serde_json::{Value, json};
 
-    fn event(value: Value) -> Event {
-        let Value::Object(map) = value else {
-            panic!("not an object")
-        };
-        Event::from_validated(map)
+    /// The event as deliveries get it from the log: its stored JSON, the
+    /// object not built.
+    fn event(value: Value) -> StoredEvent {
+        let id = value["id"].as_str().unwrap_or_default().to_owned();
+        StoredEvent::from_json(id, serde_json::to_vec(&value).unwrap().into())
     }
 
     fn base_event() -> Value {
@@ -126,7 +138,6 @@ mod tests {
             Payload {
                 event: &event,
                 body: None,
-                stored: None,
             },
         )
         .unwrap();
@@ -160,7 +171,6 @@ mod tests {
         let plain = Payload {
             event: &ev,
             body: None,
-            stored: None,
         };
         let member = render_member(plain).unwrap();
         let structured = render(DeliveryMode::Structured, plain).unwrap();
@@ -180,7 +190,6 @@ mod tests {
             let member = render_member(Payload {
                 event: &ev,
                 body: Some(text),
-                stored: None,
             })
             .unwrap();
             let member: Value = serde_json::from_slice(&member).unwrap();
@@ -195,7 +204,6 @@ mod tests {
             &render_member(Payload {
                 event: &binary,
                 body: Some("x"),
-                stored: None,
             })
             .unwrap(),
         )
@@ -253,7 +261,6 @@ mod tests {
             Payload {
                 event: &event(value),
                 body: None,
-                stored: None,
             },
         )
         .unwrap_err();
@@ -266,7 +273,6 @@ mod tests {
             Payload {
                 event: &event(value),
                 body: None,
-                stored: None,
             },
         )
         .unwrap()
@@ -282,7 +288,6 @@ mod tests {
             Payload {
                 event: &event,
                 body: None,
-                stored: None,
             },
         )
         .unwrap();
@@ -290,7 +295,7 @@ mod tests {
             r.headers[header::CONTENT_TYPE],
             "application/cloudevents+json; charset=utf-8"
         );
-        assert_eq!(r.body, event.to_json_bytes());
+        assert_eq!(r.body, event.json().to_vec());
         assert!(!r.headers.keys().any(|k| k.as_str().starts_with("ce-")));
 
         // A transform's output replaces the payload; binary mode keeps ce-*.
@@ -299,7 +304,6 @@ mod tests {
             Payload {
                 event: &event,
                 body: Some(r#"{"order": 1}"#),
-                stored: None,
             },
         )
         .unwrap();
@@ -311,7 +315,6 @@ mod tests {
             Payload {
                 event: &event,
                 body: Some("order 1 shipped"),
-                stored: None,
             },
         )
         .unwrap();
@@ -321,36 +324,43 @@ mod tests {
     }
 
     #[test]
-    fn structured_and_batched_deliveries_send_the_stored_bytes_when_at_hand() {
-        let ev = event(base_event());
+    fn deliveries_send_the_stored_bytes_without_building_the_event() {
         // Stored with other spacing than a fresh serialisation would have,
-        // so the bytes sent show which was used.
-        let stored = br#"{"specversion": "1.0", "id": "evt-1", "source": "shop.orders", "type": "order.created"}"#;
+        // so the bytes sent show which were used.
+        let stored = br#"{"specversion": "1.0", "id": "evt-1", "source": "shop.orders", "type": "order.created", "data": {"a": [1, 2]}}"#;
+        let ev = StoredEvent::from_json("evt-1".into(), stored.to_vec().into());
         let payload = Payload {
             event: &ev,
             body: None,
-            stored: Some(stored),
         };
         assert_eq!(
             render(DeliveryMode::Structured, payload).unwrap().body,
             stored
         );
         assert_eq!(render_member(payload).unwrap(), stored);
-        // Without them, the event is serialised; with a transform output,
-        // the member is built from the event as before.
-        let fresh = Payload {
-            stored: None,
-            ..payload
-        };
-        assert_eq!(
-            render(DeliveryMode::Structured, fresh).unwrap().body,
-            ev.to_json_bytes()
-        );
+        let binary = render(DeliveryMode::Binary, payload).unwrap();
+        assert_eq!(binary.headers["ce-source"], "shop.orders");
+        assert_eq!(binary.body, b"[1, 2]", "the payload as stored");
+        assert!(!ev.is_built(), "no delivery so far needed the event built");
+        // A transform's output in a batch member is laid over the event.
         let transformed = Payload {
             body: Some("x"),
             ..payload
         };
         let member: Value = serde_json::from_slice(&render_member(transformed).unwrap()).unwrap();
         assert_eq!(member["data"], "x");
+        assert_eq!(member["id"], "evt-1");
+        assert!(ev.is_built());
+    }
+
+    #[test]
+    fn a_stored_event_that_is_not_an_object_fails_its_binary_delivery_alone() {
+        let ev = StoredEvent::from_json("e".into(), b"[1]".to_vec().into());
+        let payload = Payload {
+            event: &ev,
+            body: None,
+        };
+        let err = render(DeliveryMode::Binary, payload).unwrap_err();
+        assert_eq!(err.code, "render_error");
     }
 }
