@@ -851,3 +851,76 @@ async fn a_batch_goes_as_signed_arrays_split_by_max_bytes_with_outcomes_per_even
         assert_eq!(failure.retry_after, Some(Duration::from_secs(7)));
     }
 }
+
+/// A receiver that holds every request until `burst` of them are in flight
+/// at once (so each came on its own connection), recording the client
+/// address of each: a new address is a new connection.
+async fn burst_receiver(burst: usize) -> (SocketAddr, Arc<Mutex<Vec<SocketAddr>>>) {
+    use axum::extract::ConnectInfo;
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let barrier = Arc::new(tokio::sync::Barrier::new(burst));
+    let seen = peers.clone();
+    let app = Router::new().fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+        let (seen, barrier) = (seen.clone(), barrier.clone());
+        async move {
+            seen.lock().unwrap().push(peer);
+            barrier.wait().await;
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    (addr, peers)
+}
+
+/// A target at full speed has as many calls in flight as its cap allows,
+/// each on its own connection. The pool keeps that many idle, so the next
+/// burst reuses them instead of opening new ones (a pool keeping fewer
+/// closed the rest after every burst: thousands of connections a second).
+#[tokio::test]
+async fn a_second_burst_of_deliveries_reuses_the_connections_of_the_first() {
+    const BURST: usize = 80;
+    let policy = EgressPolicy::allowing(&["127.0.0.1"]).unwrap();
+    let event = order_event();
+    // (idle connections kept per host, fewest and most new connections
+    // the second burst may open)
+    for (idle, fewest, most) in [(BURST, 0, BURST / 10), (10, BURST - 10, BURST)] {
+        let (addr, peers) = burst_receiver(BURST).await;
+        let client = HttpClient::keeping_idle(&policy, idle).unwrap();
+        let target =
+            HttpTarget::new(HttpTargetSpec::new(format!("http://{addr}/hook")), client).unwrap();
+        let mut opened = Vec::new();
+        for _ in 0..2 {
+            let before: std::collections::HashSet<SocketAddr> =
+                peers.lock().unwrap().iter().copied().collect();
+            let calls = (0..BURST).map(|_| deliver(&target, &event));
+            let outcomes = tokio::time::timeout(
+                Duration::from_secs(30),
+                futures_util::future::join_all(calls),
+            )
+            .await
+            .expect("every call of the burst was in flight at once");
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Outcome::Delivered { .. }))
+            );
+            let after: std::collections::HashSet<SocketAddr> =
+                peers.lock().unwrap().iter().copied().collect();
+            opened.push(after.difference(&before).count());
+        }
+        assert_eq!(opened[0], BURST, "one connection per call in flight");
+        assert!(
+            (fewest..=most).contains(&opened[1]),
+            "keeping {idle} idle, the second burst opened {} connections",
+            opened[1]
+        );
+    }
+}
