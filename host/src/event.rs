@@ -199,9 +199,7 @@ impl StoredEvent {
                 }
             })
     }
-}
 
-impl StoredEvent {
     /// Whether the object has been built (for tests and diagnostics).
     pub fn is_built(&self) -> bool {
         self.0.event.get().is_some()

@@ -38,11 +38,11 @@ impl<'a> EventView<'a> {
         self.attributes.iter().map(|(name, value)| (&**name, value))
     }
 
-    /// One attribute's value, if present.
+    /// One attribute's value, if present (names are unique: a repeated
+    /// one replaced its earlier value while reading).
     pub fn attribute(&self, name: &str) -> Option<&Value> {
         self.attributes
             .iter()
-            .rev()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value)
     }
