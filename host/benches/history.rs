@@ -137,6 +137,21 @@ fn bench(c: &mut Criterion) {
             rt.block_on(store.record_traces(traces.into())).unwrap()
         })
     });
+    // Most traces under load are of events no rule matched.
+    group.bench_function("record_100_traces_no_match", |b| {
+        b.iter(|| {
+            next += WIDE;
+            let traces = (next..next + WIDE)
+                .map(|i| {
+                    let mut t = trace(i, received(now, i), event.clone());
+                    t.body.rules.clear();
+                    t.state = TraceState::NoMatch;
+                    t
+                })
+                .collect::<Vec<_>>();
+            rt.block_on(store.record_traces(traces.into())).unwrap()
+        })
+    });
     group.finish();
 }
 

@@ -1,13 +1,13 @@
-//! [`Archives`] on SQLite: the `archived` table (one row per archived
-//! event, indexed by archive and ingest time) and exact per-archive
-//! counters in `archive_stats`, kept in the same transaction as every
-//! insert and delete.
+//! [`Archives`] on SQLite: the `archive_rows` table (one row per archived
+//! event, keyed by archive, ingest time and position, so a row is one
+//! B-tree insert) and exact per-archive counters in `archive_stats`, kept
+//! in the same transaction as every insert and delete.
 //!
 //! A row written at ingest keeps its event's log position (`seq`) rather
 //! than a copy of the event: the entry is in the same commit, and the log
 //! keeps it while rows refer to it (`events.archive_refs`). Rows written by
-//! an older version keep their copy in `body`; every read takes the log's
-//! event when there is one, else the copy.
+//! version 5 and older keep their copy and the event's names; every read
+//! takes the log's event when there is one, else the copy.
 
 use super::SqliteStore;
 use super::log::Seq;
@@ -22,29 +22,27 @@ use std::collections::BTreeMap;
 
 /// Writes the archive rows of events just inserted: `rows` pairs an
 /// archive with an index into `events`. Each row refers to the event's log
-/// entry, whose `archive_refs` already counts it.
+/// entry, whose `archive_refs` already counts it, and is placed after
+/// every row of an older version (see `schema::V7`).
 pub(super) fn write_rows(
     tx: &Transaction<'_>,
     rows: &[(ArchiveId, usize)],
     events: &[(Seq, LoggedEvent)],
 ) -> anyhow::Result<()> {
+    let shift: i64 = tx
+        .prepare_cached("SELECT seq FROM cursors WHERE name = 'archive_pos_shift'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
     let mut insert = tx.prepare_cached(
-        "INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body, seq) \
-         VALUES (?, ?, ?, ?, ?, X'', ?)",
+        "INSERT INTO archive_rows (archive, ingested_ms, pos, seq) VALUES (?, ?, ?, ?)",
     )?;
     let mut added: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for (archive, at) in rows {
         let Some((seq, e)) = events.get(*at) else {
             continue;
         };
-        insert.execute(params![
-            archive,
-            e.ingested_ms,
-            e.tenant,
-            e.bus,
-            e.event_id,
-            seq
-        ])?;
+        insert.execute(params![archive, e.ingested_ms, seq + shift, seq])?;
         let n = added.entry(archive).or_default();
         n.0 += 1;
         n.1 += e.body.len() as i64;
@@ -65,10 +63,12 @@ fn count(tx: &Transaction<'_>, archive: &str, events: i64, bytes: i64) -> rusqli
     Ok(())
 }
 
-/// An archive row on its way out: its id, the log position it refers to
-/// (none for a row with its own copy), and its event's size.
+/// An archive row on its way out: its key within the archive, the log
+/// position it refers to (none for a row with its own copy), and its
+/// event's size.
 struct DoomedRow {
-    id: i64,
+    ingested_ms: Millis,
+    pos: i64,
     seq: Option<Seq>,
     size: i64,
 }
@@ -76,14 +76,16 @@ struct DoomedRow {
 /// Selects an archive's rows (`?1`) on their way out, with the size of the
 /// event each holds or refers to; callers add their condition, order and
 /// limit, binding from `?2`.
-const DOOMED_ROWS: &str = "SELECT a.id, a.seq, COALESCE(length(e.body), length(a.body)) \
-     FROM archived a LEFT JOIN events e ON e.seq = a.seq WHERE a.archive = ?1";
+const DOOMED_ROWS: &str = "SELECT a.ingested_ms, a.pos, a.seq, \
+     COALESCE(length(e.body), length(a.body), 0) \
+     FROM archive_rows a LEFT JOIN events e ON e.seq = a.seq WHERE a.archive = ?1";
 
 fn doomed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DoomedRow> {
     Ok(DoomedRow {
-        id: r.get(0)?,
-        seq: r.get(1)?,
-        size: r.get(2)?,
+        ingested_ms: r.get(0)?,
+        pos: r.get(1)?,
+        seq: r.get(2)?,
+        size: r.get(3)?,
     })
 }
 
@@ -91,7 +93,9 @@ fn doomed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DoomedRow> {
 /// A log entry that loses its last row goes too if the log's prune has
 /// passed it (above that point the next prune takes it).
 fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[DoomedRow]) -> rusqlite::Result<()> {
-    let mut delete = tx.prepare_cached("DELETE FROM archived WHERE id = ?")?;
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM archive_rows WHERE archive = ? AND ingested_ms = ? AND pos = ?",
+    )?;
     let mut release = tx.prepare_cached(
         "UPDATE events SET archive_refs = archive_refs - 1 WHERE seq = ? RETURNING archive_refs",
     )?;
@@ -99,7 +103,7 @@ fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[DoomedRow]) -> rusql
     let pruned = super::log::pruned_cursor(tx)?;
     let mut bytes = 0;
     for row in rows {
-        delete.execute([row.id])?;
+        delete.execute(params![archive, row.ingested_ms, row.pos])?;
         bytes += row.size;
         let Some(seq) = row.seq else {
             continue;
@@ -136,8 +140,8 @@ impl Archives for SqliteStore {
             };
             let end = |order: &str| -> rusqlite::Result<Option<Millis>> {
                 tx.prepare_cached(&format!(
-                    "SELECT ingested_ms FROM archived WHERE archive = ? \
-                     ORDER BY ingested_ms {order}, id {order} LIMIT 1"
+                    "SELECT ingested_ms FROM archive_rows WHERE archive = ? \
+                     ORDER BY ingested_ms {order}, pos {order} LIMIT 1"
                 ))?
                 .query_row([&archive], |r| r.get(0))
                 .optional()
@@ -157,7 +161,8 @@ impl Archives for SqliteStore {
         self.run(move |tx| {
             let n: i64 = tx
                 .prepare_cached(
-                    "SELECT COUNT(*) FROM archived WHERE archive = ? AND ingested_ms >= ? AND ingested_ms < ?",
+                    "SELECT COUNT(*) FROM archive_rows \
+                     WHERE archive = ? AND ingested_ms >= ? AND ingested_ms < ?",
                 )?
                 .query_row(params![archive, window.from_ms, window.to_ms], |r| r.get(0))?;
             Ok(n as u64)
@@ -176,18 +181,19 @@ impl Archives for SqliteStore {
         let (after_ms, after_id) = after_of(window, after);
         self.run(move |tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT a.id, a.tenant, a.bus, a.event_id, COALESCE(e.body, a.body), a.ingested_ms \
-                 FROM archived a LEFT JOIN events e ON e.seq = a.seq \
-                 WHERE a.archive = ?1 AND (a.ingested_ms, a.id) > (?2, ?3) AND a.ingested_ms < ?4 \
-                 ORDER BY a.ingested_ms, a.id LIMIT ?5",
+                "SELECT a.pos, COALESCE(a.tenant, e.tenant, ''), COALESCE(a.bus, e.bus, ''), \
+                 COALESCE(a.event_id, e.event_id, ''), COALESCE(e.body, a.body, X''), a.ingested_ms \
+                 FROM archive_rows a LEFT JOIN events e ON e.seq = a.seq \
+                 WHERE a.archive = ?1 AND (a.ingested_ms, a.pos) > (?2, ?3) AND a.ingested_ms < ?4 \
+                 ORDER BY a.ingested_ms, a.pos LIMIT ?5",
             )?;
             let rows = stmt.query_map(
                 params![archive, after_ms, after_id, window.to_ms, max as i64],
                 |r| {
-                    let id: i64 = r.get(0)?;
+                    let pos: i64 = r.get(0)?;
                     let ingested_ms: Millis = r.get(5)?;
                     Ok(ArchivedEvent {
-                        position: ArchivePosition::at(ingested_ms, id),
+                        position: ArchivePosition::at(ingested_ms, pos),
                         event: LoggedEvent {
                             tenant: r.get(1)?,
                             bus: r.get(2)?,
@@ -209,7 +215,7 @@ impl Archives for SqliteStore {
         self.run(move |tx| {
             let rows: Vec<DoomedRow> = tx
                 .prepare_cached(&format!(
-                    "{DOOMED_ROWS} AND a.ingested_ms < ?2 ORDER BY a.ingested_ms, a.id LIMIT ?3"
+                    "{DOOMED_ROWS} AND a.ingested_ms < ?2 ORDER BY a.ingested_ms, a.pos LIMIT ?3"
                 ))?
                 .query_map(params![archive, before, max as i64], doomed_row)?
                 .collect::<Result<_, _>>()?;
@@ -224,7 +230,7 @@ impl Archives for SqliteStore {
         self.run(move |tx| {
             let rows: Vec<DoomedRow> = tx
                 .prepare_cached(&format!(
-                    "{DOOMED_ROWS} ORDER BY a.ingested_ms, a.id LIMIT ?2"
+                    "{DOOMED_ROWS} ORDER BY a.ingested_ms, a.pos LIMIT ?2"
                 ))?
                 .query_map(params![archive, max as i64], doomed_row)?
                 .collect::<Result<_, _>>()?;

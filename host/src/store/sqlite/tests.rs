@@ -5,8 +5,8 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::store::testing::{self, Subject, T0};
 use crate::store::{
-    Archives, Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs, EventLog,
-    Exhausted, FailureCode, LogConsumer, NewEvent, Queues, Trace, Traces,
+    ArchivePosition, Archives, Backend, ConfigStore, DeadLetterFilter, DeadLetters, DeliveryJobs,
+    EventLog, Exhausted, FailureCode, LogConsumer, NewEvent, Queues, Trace, Traces,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -635,6 +635,23 @@ async fn traces_of_a_version_3_traces_file_are_searched_through_the_new_indexes(
         )
         .unwrap();
     assert!(!uncommon.contains(" IN "), "{uncommon}");
+    // Version 6 rebuilt the table without `AUTOINCREMENT`, rows and ids kept.
+    let table: String = traces
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'traces'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!table.contains("AUTOINCREMENT"), "{table}");
+    let ids: Vec<(i64, String)> = traces
+        .prepare("SELECT id, event_id FROM traces ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids, [(1, "e1".into()), (2, "e2".into()), (3, "e3".into())]);
 }
 
 #[tokio::test]
@@ -966,7 +983,8 @@ async fn an_archive_row_refers_to_its_log_entry_which_the_log_keeps_until_the_ar
     assert_eq!(
         main_value::<i64>(
             &store,
-            "SELECT COUNT(*) FROM archived WHERE length(body) = 0 AND seq IS NOT NULL"
+            "SELECT COUNT(*) FROM archive_rows \
+             WHERE body IS NULL AND tenant IS NULL AND seq IS NOT NULL AND pos = seq"
         )
         .await,
         3,
@@ -1078,6 +1096,133 @@ async fn archive_copies_of_a_version_5_data_dir_read_back_and_expire() {
     assert_eq!(read.len(), 1);
     assert_eq!(&read[0].event.body[..], br#"{"copy":true}"#);
     assert_eq!(store.expire_archive("a", T0 + 1, 10).await.unwrap(), 1);
+    assert_eq!(
+        store.archive_stats("a").await.unwrap(),
+        crate::store::ArchiveStats::default()
+    );
+}
+
+/// Trace row ids only grow, also once the highest row expired: `traces`
+/// has no `AUTOINCREMENT` (version 6 of `traces.db`), and SQLite would
+/// give the next row the expired one's id, at or below the merge mark, so
+/// no merge would ever index it and a lookup after a reopen would miss it.
+#[tokio::test]
+async fn a_trace_recorded_after_every_trace_expired_is_found_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        trace_merge_at: 2,
+        ..Tuning::default()
+    };
+    {
+        let store =
+            SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+        let both = vec![delivered("e1", T0), delivered("e2", T0)];
+        store.record_traces(both.into()).await.unwrap();
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 2);
+        let dropped = store.expire_traces(T0 + 1, u64::MAX, 100).await.unwrap();
+        assert_eq!(dropped, 2);
+        store
+            .record_traces(vec![delivered("e3", T0 + 2)].into())
+            .await
+            .unwrap();
+        assert_eq!(count(&store, "SELECT MAX(id) FROM traces").await, 3);
+    }
+    let store = open_at(dir.path(), manual());
+    let found = store.trace("acme", "e3", None).await.unwrap();
+    assert_eq!(found.map(|t| t.received_ms), Some(T0 + 2));
+}
+
+/// Version 7 keys archive rows by their read order in one B-tree. Rows of
+/// version 6 (log positions) and older (copies) keep their ids as
+/// positions, so a replay position stored before the step resumes where
+/// it stopped; rows written after it sort after them within the same
+/// millisecond and never take an old row's key (the new entry's log
+/// position, 3, is an old row's id: the shift above every old id keeps
+/// them apart).
+#[tokio::test]
+async fn archive_rows_of_a_version_6_data_dir_keep_their_order_and_replay_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data_dir_at_version(
+        dir.path(),
+        6,
+        &format!(
+            r#"
+            INSERT INTO events (tenant, bus, event_id, body, ingested_ms, archive_refs) VALUES
+                ('acme', 'orders', 'e1', X'7B7D', {T0}, 1), ('acme', 'orders', 'e2', X'7B7D', {T0}, 1);
+            INSERT INTO cursors VALUES ('route', 2);
+            INSERT INTO archived (archive, ingested_ms, tenant, bus, event_id, body, seq) VALUES
+                ('a', {T0}, 'acme', 'orders', 'e1', X'', 1), ('a', {T0}, 'acme', 'orders', 'e2', X'', 2);
+            INSERT INTO archived (id, archive, ingested_ms, tenant, bus, event_id, body)
+                VALUES (3, 'a', {T0}, 'acme', 'orders', 'e0', X'7B22636F7079223A747275657D');
+            INSERT INTO archived (id, archive, ingested_ms, tenant, bus, event_id, body)
+                VALUES (9, 'gone', {T0}, 'acme', 'orders', 'x', X'');
+            DELETE FROM archived WHERE id = 9;
+            INSERT INTO archive_stats VALUES ('a', 3, 17);
+            "#
+        ),
+    );
+    let store = open_at(dir.path(), manual());
+    assert_eq!(
+        main_value::<i64>(
+            &store,
+            "SELECT seq FROM cursors WHERE name = 'archive_pos_shift'"
+        )
+        .await,
+        9,
+        "above every id the old table handed out"
+    );
+    let mut e3 = event("e3");
+    e3.archives = vec!["a".into()];
+    store.append(vec![e3]).await.unwrap();
+    let window = crate::store::Window {
+        from_ms: T0,
+        to_ms: T0 + 1,
+    };
+    let read = |after: Option<&str>| {
+        let (store, after) = (store.clone(), after.map(ArchivePosition::from_stored));
+        async move {
+            store
+                .read_archive("a", window, after.as_ref(), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| (a.event.event_id, a.position.as_str().to_owned()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let at = |pos: i64| format!("{T0}.{pos}");
+    assert_eq!(
+        read(None).await,
+        [
+            ("e1".to_owned(), at(1)),
+            ("e2".to_owned(), at(2)),
+            ("e0".to_owned(), at(3)),
+            ("e3".to_owned(), at(12)),
+        ]
+    );
+    assert_eq!(
+        read(Some(&at(1))).await,
+        [
+            ("e2".to_owned(), at(2)),
+            ("e0".to_owned(), at(3)),
+            ("e3".to_owned(), at(12)),
+        ],
+        "a position stored before the step"
+    );
+    let all = store.read_archive("a", window, None, 10).await.unwrap();
+    assert_eq!(&all[2].event.body[..], br#"{"copy":true}"#);
+    assert_eq!(all[3].event.body, event("e3").body);
+    let stats = store.archive_stats("a").await.unwrap();
+    assert_eq!(
+        (
+            stats.event_count,
+            stats.size_bytes,
+            stats.oldest_ms,
+            stats.newest_ms
+        ),
+        (4, 17 + event("e3").body.len() as u64, Some(T0), Some(T0))
+    );
+    assert_eq!(store.expire_archive("a", T0 + 1, 10).await.unwrap(), 4);
     assert_eq!(
         store.archive_stats("a").await.unwrap(),
         crate::store::ArchiveStats::default()

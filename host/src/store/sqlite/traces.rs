@@ -43,6 +43,10 @@ fn index_rules(
     id: i64,
     add: bool,
 ) -> rusqlite::Result<()> {
+    // Most traces match no rule: no statement to look up for them.
+    if rules.is_empty() {
+        return Ok(());
+    }
     let sql = if add {
         "INSERT OR IGNORE INTO trace_rules (tenant, rule, received_ms, trace) VALUES (?, ?, ?, ?)"
     } else {
@@ -175,8 +179,16 @@ fn find(
     Ok(newest)
 }
 
+/// Inserts a new trace row (see [`record`]).
+const INSERT_TRACE: &str = "INSERT INTO traces (id, tenant, bus, event_id, received_ms, source, \
+     type, state, size, replay, rules, body, event, seq) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Records a trace: a new row through `insert` (prepared once for a whole
+/// batch of traces), or the row of an earlier record of it replaced.
 fn record(
     tx: &Transaction<'_>,
+    insert: &mut rusqlite::CachedStatement<'_>,
     recent: &RecentTraceIds,
     trace: &Trace,
     pending: bool,
@@ -226,11 +238,9 @@ fn record(
     } else {
         &trace.event
     };
-    tx.prepare_cached(
-        "INSERT INTO traces (tenant, bus, event_id, received_ms, source, type, state, size, replay, rules, body, event, seq) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )?
-    .execute(params![
+    let id = recent.take_row_id();
+    insert.execute(params![
+        id,
         trace.tenant,
         trace.bus,
         trace.event_id,
@@ -245,7 +255,6 @@ fn record(
         event,
         trace.position
     ])?;
-    let id = tx.last_insert_rowid();
     recent.note(trace_ids::key(&trace.tenant, &trace.event_id), id);
     index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
     Ok(())
@@ -720,9 +729,11 @@ impl Traces for SqliteStore {
         self.run_traces_then(
             move |tx| {
                 let pending = any_pending(tx)?;
+                let mut insert = tx.prepare_cached(INSERT_TRACE)?;
                 for trace in traces.iter() {
-                    record(tx, &recent, trace, pending)?;
+                    record(tx, &mut insert, &recent, trace, pending)?;
                 }
+                drop(insert);
                 if recent.len() >= merge_at {
                     return trace_ids::merge(tx);
                 }
