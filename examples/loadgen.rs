@@ -24,7 +24,9 @@
 //!   order per partition key (1,000 keys) against the same rule unordered;
 //! - `history`: ingest and e2e with tracing and archiving off, then on (the
 //!   `--history on|off|both` switch; `both` alternates them in one run and
-//!   prints the ratio), then replay speed and live latency during a replay;
+//!   prints the ratio, and the CPU per event of the store's and the traces'
+//!   writer threads, where history's own work runs), then replay speed and
+//!   live latency during a replay;
 //! - `traces`: fills a store with `--traces` (1,000,000) traces and measures
 //!   trace lookup and search latency;
 //! - `ceiling`: no bus: the same client against a bare axum handler that reads
@@ -565,6 +567,56 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+/// CPU time (seconds) of the bus's two writer threads in this process:
+/// the store's writer (`busbar-store-wr…`) and the traces' writer
+/// (`busbar-trace-wr…`). History's direct cost is on these threads, and a
+/// thread's own CPU per event moves far less with a shared machine's load
+/// than throughput does.
+fn writer_cpu_seconds() -> [f64; 2] {
+    let mut out = [0.0; 2];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let slot = if comm.starts_with("busbar-store-wr") {
+            0
+        } else if comm.starts_with("busbar-trace-wr") {
+            1
+        } else {
+            continue;
+        };
+        out[slot] += cpu_seconds(&format!("self/task/{tid}")).unwrap_or(0.0);
+    }
+    out
+}
+
+/// Per-phase figures of the `history` scenario: (mode, figure) → one value a round.
+type HistoryFigures<'a> = std::collections::BTreeMap<(&'a str, &'static str), Vec<f64>>;
+
+/// The writers' CPU per event since `before` (see [`writer_cpu_seconds`]),
+/// recorded under `phase` (`single`, `batch10` or `e2e`); returns it.
+fn writers_us<'a>(
+    figures: &mut HistoryFigures<'a>,
+    mode: &'a str,
+    phase: &str,
+    before: [f64; 2],
+    events: u64,
+) -> [f64; 2] {
+    let after = writer_cpu_seconds();
+    let us = [0, 1].map(|i| (after[i] - before[i]) * 1e6 / events.max(1) as f64);
+    let keys = match phase {
+        "single" => ["store writer single", "trace writer single"],
+        "batch10" => ["store writer batch10", "trace writer batch10"],
+        _ => ["store writer e2e", "trace writer e2e"],
+    };
+    for (key, value) in keys.into_iter().zip(us) {
+        figures.entry((mode, key)).or_default().push(value);
+    }
+    us
 }
 
 /// `name=pid` pairs, this load generator included as `loadgen`.
@@ -1846,7 +1898,7 @@ async fn history_scenario(
         HistorySwitch::On => vec![("on", "kept")],
         HistorySwitch::Both => vec![("off", "plain"), ("on", "kept")],
     };
-    let mut figures: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
+    let mut figures: HistoryFigures = Default::default();
     let archive_from = busbar::clock::now_ms();
     let mut kept_matching = 0;
     for round in 0..args.rounds {
@@ -1856,6 +1908,7 @@ async fn history_scenario(
                 // for the routing (and tracing) of the one before it.
                 routed(client, url, Duration::from_secs(120)).await;
                 let cpu0 = own_cpu_seconds();
+                let writers0 = writer_cpu_seconds();
                 let n = bench
                     .flood_to(bus, args.connections, args.seconds, batch, "bench.nomatch")
                     .await;
@@ -1865,8 +1918,10 @@ async fn history_scenario(
                 // work on a shared machine than throughput is.
                 routed(client, url, Duration::from_secs(120)).await;
                 let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / n.max(1) as f64;
+                let phase = if batch == 1 { "single" } else { "batch10" };
+                let [store_us, trace_us] = writers_us(&mut figures, mode, phase, writers0, n);
                 println!(
-                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s, {cpu_us:6.1} µs CPU per event"
+                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s, {cpu_us:6.1} µs CPU per event (store writer {store_us:4.1}, trace writer {trace_us:4.1})"
                 );
                 figures
                     .entry((
@@ -1895,6 +1950,7 @@ async fn history_scenario(
             let before = sink.count.load(Ordering::Relaxed);
             let t0 = Instant::now();
             let cpu0 = own_cpu_seconds();
+            let writers0 = writer_cpu_seconds();
             let sent = bench
                 .flood_to(bus, args.connections, args.seconds, 10, "bench.match")
                 .await;
@@ -1905,8 +1961,9 @@ async fn history_scenario(
             let rate = delivered as f64 / t0.elapsed().as_secs_f64();
             routed(client, url, Duration::from_secs(120)).await;
             let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / delivered.max(1) as f64;
+            let [store_us, trace_us] = writers_us(&mut figures, mode, "e2e", writers0, delivered);
             println!(
-                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered, {cpu_us:6.1} µs CPU per event"
+                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered, {cpu_us:6.1} µs CPU per event (store writer {store_us:4.1}, trace writer {trace_us:4.1})"
             );
             figures.entry((mode, "cpu e2e")).or_default().push(cpu_us);
             figures
@@ -1936,6 +1993,40 @@ async fn history_scenario(
                 "history on/off, {what} (medians of {} rounds): {on:.0} / {off:.0} = {:.3}",
                 args.rounds,
                 on / off
+            );
+        }
+        // What history adds on its own threads, against what the whole
+        // process spends on an event without it.
+        for (phase, store, trace, whole) in [
+            (
+                "single",
+                "store writer single",
+                "trace writer single",
+                "cpu single",
+            ),
+            (
+                "batch10",
+                "store writer batch10",
+                "trace writer batch10",
+                "cpu batch10",
+            ),
+            ("e2e", "store writer e2e", "trace writer e2e", "cpu e2e"),
+        ] {
+            let median = |m, what| {
+                let mut v: Vec<f64> = figures[&(m, what)].clone();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let added = median("on", store) - median("off", store) + median("on", trace)
+                - median("off", trace);
+            println!(
+                "history on/off, writers' CPU per event, {phase} (medians): store writer {:.1} / {:.1} µs, trace writer {:.1} / {:.1} µs; history adds {added:.1} µs = {:.3} of the {:.1} µs an event costs the process without it",
+                median("on", store),
+                median("off", store),
+                median("on", trace),
+                median("off", trace),
+                added / median("off", whole),
+                median("off", whole),
             );
         }
     }

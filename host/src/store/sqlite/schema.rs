@@ -282,38 +282,13 @@ CREATE INDEX traces_uncommon ON traces (tenant, state, received_ms)
     WHERE state <> 'delivered' AND state <> 'no_match' AND state <> 'filtered_out';
 "#;
 
-/// `traces.db`, version 6 (issue 10, the cost of tracing): `traces`
-/// without `AUTOINCREMENT`. That keyword updates the `sqlite_sequence` row
-/// after every insert; the traces' writer now hands out row ids itself,
-/// above every row and the merge mark (`RecentTraceIds::take_row_id`), so
-/// ids still only grow. SQLite cannot drop the keyword in place: the table
-/// is rebuilt with its rows and indexes.
-const TRACES_V6: &str = r#"
-CREATE TABLE traces_v6 (
-    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, bus TEXT NOT NULL,
-    event_id TEXT NOT NULL, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
-    type TEXT NOT NULL, state TEXT NOT NULL, size INTEGER NOT NULL, replay TEXT,
-    rules TEXT NOT NULL, body TEXT NOT NULL, event BLOB NOT NULL, seq INTEGER);
-INSERT INTO traces_v6 (id, tenant, bus, event_id, received_ms, source, type, state, size,
-                       replay, rules, body, event, seq)
-    SELECT id, tenant, bus, event_id, received_ms, source, type, state, size,
-           replay, rules, body, event, seq FROM traces;
-DROP TABLE traces;
-ALTER TABLE traces_v6 RENAME TO traces;
-CREATE INDEX traces_seq ON traces (seq) WHERE seq IS NOT NULL;
-CREATE INDEX traces_head ON traces (tenant, bus, received_ms, id, source, type, state);
-CREATE INDEX traces_uncommon ON traces (tenant, state, received_ms)
-    WHERE state <> 'delivered' AND state <> 'no_match' AND state <> 'filtered_out';
-"#;
-
 /// `traces.db`'s steps, as [`STEPS`] for the main file.
-pub(super) const TRACES_STEPS: [(i64, &str); 6] = [
+pub(super) const TRACES_STEPS: [(i64, &str); 5] = [
     (1, TRACES_V1),
     (2, TRACES_V2),
     (3, TRACES_V3),
     (4, TRACES_V4),
     (5, TRACES_V5),
-    (6, TRACES_V6),
 ];
 
 /// The version of `traces.db` this build writes.

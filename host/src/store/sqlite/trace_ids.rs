@@ -60,15 +60,12 @@ pub(super) fn key(tenant: &str, event_id: &str) -> i64 {
 }
 
 /// The traces recorded since the last merge, by key.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct RecentTraceIds {
     by_key: Mutex<HashMap<i64, Rows>>,
     /// The latest receive time among merged traces: a trace received after
     /// it is not in `trace_ids`.
     merged_received_ms: AtomicI64,
-    /// The next trace row id. Ids only grow and a new row's id lies above
-    /// the merge mark, so the merge finds every row not merged yet.
-    next_row: AtomicI64,
 }
 
 /// What a merge wrote: every trace row up to `mark`, received at the latest
@@ -128,24 +125,12 @@ impl RecentTraceIds {
     }
 
     /// Starts empty after the merge recorded in the file (at open, once
-    /// everything is merged), handing out row ids above every row and the
-    /// mark.
+    /// everything is merged).
     pub(super) fn merged_before(conn: &Connection) -> anyhow::Result<Self> {
-        let merged = merged_mark(conn)?;
-        let highest: i64 = conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM traces", [], |r| r.get(0))
-            .context("reading the highest trace row id")?;
         Ok(Self {
             by_key: Mutex::default(),
-            merged_received_ms: AtomicI64::new(merged.received_ms),
-            next_row: AtomicI64::new(highest.max(merged.mark) + 1),
+            merged_received_ms: AtomicI64::new(merged_mark(conn)?.received_ms),
         })
-    }
-
-    /// A row id for a new trace. An id taken by an insert that rolls back
-    /// is simply never used.
-    pub(super) fn take_row_id(&self) -> i64 {
-        self.next_row.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Forgets the rows a committed merge wrote to `trace_ids` (all up to
@@ -242,11 +227,7 @@ mod tests {
 
     #[test]
     fn forgetting_a_merge_keeps_rows_recorded_after_it() {
-        let recent = RecentTraceIds {
-            by_key: Mutex::default(),
-            merged_received_ms: AtomicI64::new(0),
-            next_row: AtomicI64::new(1),
-        };
+        let recent = RecentTraceIds::default();
         recent.note(7, 1);
         recent.note(7, 5);
         recent.note(8, 2);

@@ -180,9 +180,9 @@ fn find(
 }
 
 /// Inserts a new trace row (see [`record`]).
-const INSERT_TRACE: &str = "INSERT INTO traces (id, tenant, bus, event_id, received_ms, source, \
+const INSERT_TRACE: &str = "INSERT INTO traces (tenant, bus, event_id, received_ms, source, \
      type, state, size, replay, rules, body, event, seq) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Records a trace: a new row through `insert` (prepared once for a whole
 /// batch of traces), or the row of an earlier record of it replaced.
@@ -238,9 +238,7 @@ fn record(
     } else {
         &trace.event
     };
-    let id = recent.take_row_id();
     insert.execute(params![
-        id,
         trace.tenant,
         trace.bus,
         trace.event_id,
@@ -255,6 +253,7 @@ fn record(
         event,
         trace.position
     ])?;
+    let id = tx.last_insert_rowid();
     recent.note(trace_ids::key(&trace.tenant, &trace.event_id), id);
     index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
     Ok(())
