@@ -459,12 +459,26 @@ async fn traces_show_attempts_dead_letters_redrives_and_plugin_free_rules() {
     );
 
     // Dead-lettered: the trace names the dead letter; a redrive shows up too.
+    // JetStream may apply a retry's attempt after the dead letter (the
+    // attempt waited for its trace): wait for all three, then check the
+    // state did not go back to retrying.
     hook.fail_next(3, 500);
     bus.send(&key, "default", shop("dead")).await;
-    let t = trace_until(&bus, &key, "dead", "dead-lettered", |t| {
-        t["state"] == "dead_lettered" && !t["rules"][0]["targets"][0]["dead_letter_id"].is_null()
+    let t = trace_until(&bus, &key, "dead", "dead-lettered after 3 attempts", |t| {
+        let target = &t["rules"][0]["targets"][0];
+        !target["dead_letter_id"].is_null()
+            && target["attempts"].as_array().map(Vec::len) == Some(3)
     })
     .await;
+    assert_eq!(t["state"], "dead_lettered", "{t}");
+    // RFC 3339 times of one format sort as text.
+    let times: Vec<&str> = t["rules"][0]["targets"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["at"].as_str().unwrap())
+        .collect();
+    assert!(times.is_sorted(), "attempts in time order: {t}");
     let (_, dlq) = get(&bus, &key, "/v1/dlq").await;
     let letter = dlq["items"]
         .as_array()

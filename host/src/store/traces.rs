@@ -503,8 +503,21 @@ impl TraceFact {
             } => {
                 let at = target(body, rule, t);
                 let tt = body.rules[at].target_mut(t);
-                tt.attempts.push(attempt.clone());
-                tt.state = *next;
+                // A store that applies facts concurrently (JetStream) may
+                // apply a retry's attempt after a later one, or after the
+                // dead letter that followed it: the attempt goes in time
+                // order, and moves the state only if nothing newer did.
+                let latest = tt
+                    .attempts
+                    .iter()
+                    .map(|a| a.at_ms)
+                    .chain(tt.redrives.iter().map(|r| r.at_ms))
+                    .max();
+                let pos = tt.attempts.partition_point(|a| a.at_ms <= attempt.at_ms);
+                tt.attempts.insert(pos, attempt.clone());
+                if latest.is_none_or(|l| l <= attempt.at_ms) {
+                    tt.state = *next;
+                }
             }
             Self::DeadLettered {
                 rule,
@@ -773,5 +786,52 @@ mod tests {
         assert_eq!(b.rules[0].targets[0].redrives.len(), 1);
         let json = serde_json::to_string(&b).unwrap();
         assert_eq!(serde_json::from_str::<TraceBody>(&json).unwrap(), b);
+    }
+
+    /// JetStream applies a retry's attempt that waited for its trace after
+    /// the facts that followed it (seen in CI): the trace still lists the
+    /// attempts in time order and keeps the dead letter's state.
+    #[test]
+    fn a_late_attempt_takes_its_place_and_leaves_a_newer_state() {
+        let attempt = |at_ms, status, next| TraceFact::Attempt {
+            rule: "r0".into(),
+            target: "t0".into(),
+            attempt: AttemptRecord {
+                at_ms,
+                duration_ms: 1,
+                status: Some(status),
+                error: None,
+            },
+            next,
+        };
+        let mut b = body(&[(RuleOutcome::Matched, &[])]);
+        attempt(10, 500, TargetState::Retrying).apply_to(&mut b);
+        attempt(30, 500, TargetState::DeadLettered).apply_to(&mut b);
+        TraceFact::DeadLettered {
+            rule: "r0".into(),
+            target: "t0".into(),
+            id: 7,
+        }
+        .apply_to(&mut b);
+        attempt(20, 500, TargetState::Retrying).apply_to(&mut b);
+        let t = &b.rules[0].targets[0];
+        let times: Vec<Millis> = t.attempts.iter().map(|a| a.at_ms).collect();
+        assert_eq!(times, [10, 20, 30]);
+        assert_eq!(t.state, TargetState::DeadLettered);
+        assert_eq!(t.dead_letter_id, Some(7));
+        // An attempt older than a redrive leaves the redrive's state.
+        TraceFact::Redriven {
+            rule: "r0".into(),
+            target: "t0".into(),
+            redrive: Redrive {
+                at_ms: 40,
+                dead_letter_id: 7,
+            },
+        }
+        .apply_to(&mut b);
+        attempt(35, 500, TargetState::DeadLettered).apply_to(&mut b);
+        assert_eq!(b.rules[0].targets[0].state, TargetState::InFlight);
+        attempt(45, 200, TargetState::Delivered).apply_to(&mut b);
+        assert_eq!(Trace::derive_state(&b), TraceState::Delivered);
     }
 }
