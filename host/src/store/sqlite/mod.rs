@@ -30,9 +30,11 @@
 //! tail of recent events), [`jobs`], [`dead_letters`], [`queues`],
 //! [`dedup`] (deduplicated appends), [`schemas`] (the schema registry),
 //! [`archives`], [`traces`], [`replays`]; the schema and its migrations in
-//! [`schema`].
+//! [`schema`]; WAL checkpoints, on a thread of their own so no commit
+//! waits for one, in [`checkpoint`].
 
 mod archives;
+mod checkpoint;
 mod config;
 mod dead_letters;
 mod dedup;
@@ -115,8 +117,12 @@ const RECENT_BYTES: usize = 16 << 20;
 /// Prepared statements kept per connection: every fixed statement of the
 /// backend fits, so none is parsed twice (parsing showed up in profiles).
 const STATEMENT_CACHE: usize = 128;
-/// `wal_autocheckpoint` of `traces.db`, in pages (SQLite's default is 1,000).
-const TRACES_CHECKPOINT_PAGES: i64 = 4_000;
+/// WAL pages after which the main file is checkpointed (SQLite's default).
+const CHECKPOINT_PAGES: u32 = 1_000;
+/// ... and `traces.db`: traces are written in large batches and read
+/// rarely, so a page their indexes dirty in many commits is copied back to
+/// the file once (the WAL grows to ~16 MB).
+const TRACES_CHECKPOINT_PAGES: u32 = 4_000;
 /// Page cache per connection, in KiB. SQLite fills its cache with every
 /// page it touches and only then evicts, so under load each connection
 /// holds its whole cache: cutting them from 64 MB to 16 MB apiece lowered
@@ -191,6 +197,7 @@ struct Tuning {
     recent_bytes: usize,
     trace_merge_at: usize,
     search_scan: usize,
+    checkpoint_pages: u32,
 }
 
 impl Default for Tuning {
@@ -200,6 +207,7 @@ impl Default for Tuning {
             recent_bytes: RECENT_BYTES,
             trace_merge_at: trace_ids::MERGE_AT,
             search_scan: traces::SEARCH_SCAN,
+            checkpoint_pages: CHECKPOINT_PAGES,
         }
     }
 }
@@ -223,12 +231,22 @@ impl SqliteStore {
         let lock = lock_dir(dir)?;
         let mut conn = connect(&dir.join(DB_FILE), durability)?;
         let mut traces = connect(&dir.join(TRACES_FILE), durability)?;
-        // Traces are written in large batches and read rarely: checkpoint
-        // less often, so a page their indexes dirty in many commits is
-        // copied back to the file once (the WAL grows to ~16 MB).
-        traces
-            .pragma_update(None, "wal_autocheckpoint", TRACES_CHECKPOINT_PAGES)
-            .context("configuring the traces' file")?;
+        let checkpointers = [
+            checkpoint::hand_off(
+                &mut conn,
+                &dir.join(DB_FILE),
+                durability,
+                tuning.checkpoint_pages,
+                "busbar-store-ckpt",
+            )?,
+            checkpoint::hand_off(
+                &mut traces,
+                &dir.join(TRACES_FILE),
+                durability,
+                TRACES_CHECKPOINT_PAGES,
+                "busbar-trace-ckpt",
+            )?,
+        ];
         schema::migrate_traces(&mut traces, &conn, dir)?;
         schema::migrate(&mut conn, dir)?;
         // Whatever the last run left unmerged (or a migration brought) is
@@ -267,9 +285,13 @@ impl SqliteStore {
                 .name("busbar-store-writer".into())
                 .spawn(move || {
                     writer_loop(conn, rx, &stats);
-                    // Both connections are closed; only now may another
+                    // Every connection is closed (a checkpointer closes its
+                    // own once its writer's is); only now may another
                     // process take the dir.
                     let _ = trace_writer.join();
+                    for checkpointer in checkpointers {
+                        let _ = checkpointer.join();
+                    }
                     drop(lock);
                 })
                 .context("starting the store writer")?

@@ -256,6 +256,41 @@ async fn the_tail_ring_serves_recent_events_without_the_file() {
     assert_eq!(drain(consumer.as_ref(), 2).await, ["e1", "e2", "e3"]);
 }
 
+/// Checkpoints run on their own thread (see `checkpoint.rs`), not in the
+/// writer's commits: while the store stays open, what was committed still
+/// reaches the database file, not only the WAL (with the automatic
+/// checkpoint off and nothing in its place, it would reach the file only
+/// when the store closed).
+#[tokio::test]
+async fn commits_reach_the_database_file_while_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        checkpoint_pages: 8,
+        ..Tuning::default()
+    };
+    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    let file = dir.path().join(DB_FILE);
+    let before = std::fs::metadata(&file).unwrap().len();
+    // 200 commits of a 4 KB body each: at least 800 KB of new pages.
+    for i in 0..200 {
+        let mut e = event(&format!("e{i}"));
+        e.body = Bytes::from(format!(r#"{{"id":"e{i}","pad":"{}"}}"#, "x".repeat(4096)));
+        store.append(vec![e]).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = std::fs::metadata(&file).unwrap().len();
+        if now >= before + 800 * 1024 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the database file grew from {before} to only {now} bytes: nothing checkpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn after_the_ring_wraps_reads_fall_back_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
