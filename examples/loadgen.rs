@@ -571,9 +571,11 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 
 /// CPU time (seconds) of the bus's two writer threads in this process:
 /// the store's writer (`busbar-store-wr…`) and the traces' writer
-/// (`busbar-trace-wr…`). History's direct cost is on these threads, and a
-/// thread's own CPU per event moves far less with a shared machine's load
-/// than throughput does.
+/// (`busbar-trace-wr…`), each with its file's checkpointer
+/// (`busbar-store-ck…`, `busbar-trace-ck…`), which since session 11 does
+/// the checkpoints the writer did inside its commits. History's direct
+/// cost is on these threads, and a thread's own CPU per event moves far
+/// less with a shared machine's load than throughput does.
 fn writer_cpu_seconds() -> [f64; 2] {
     let mut out = [0.0; 2];
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -582,9 +584,9 @@ fn writer_cpu_seconds() -> [f64; 2] {
     for task in tasks.flatten() {
         let tid = task.file_name().to_string_lossy().into_owned();
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let slot = if comm.starts_with("busbar-store-wr") {
+        let slot = if comm.starts_with("busbar-store-wr") || comm.starts_with("busbar-store-ck") {
             0
-        } else if comm.starts_with("busbar-trace-wr") {
+        } else if comm.starts_with("busbar-trace-wr") || comm.starts_with("busbar-trace-ck") {
             1
         } else {
             continue;
