@@ -19,6 +19,11 @@ fn open_at(dir: &Path, clock: SharedClock) -> SqliteStore {
     SqliteStore::open(dir, Durability::Normal, clock).expect("open")
 }
 
+/// A store at `dir` with some knobs turned, on a manual clock.
+fn open_tuned_at(dir: &Path, tuning: Tuning) -> SqliteStore {
+    SqliteStore::open_tuned(dir, Durability::Normal, manual(), tuning).expect("open")
+}
+
 fn event(id: &str) -> NewEvent {
     NewEvent {
         tenant: "acme".into(),
@@ -268,7 +273,7 @@ async fn commits_reach_the_database_file_while_the_store_is_open() {
         checkpoint_pages: 8,
         ..Tuning::default()
     };
-    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    let store = open_tuned_at(dir.path(), tuning);
     let file = dir.path().join(DB_FILE);
     let before = std::fs::metadata(&file).unwrap().len();
     // 200 commits of a 4 KB body each: at least 800 KB of new pages.
@@ -298,7 +303,7 @@ async fn after_the_ring_wraps_reads_fall_back_to_the_file() {
         recent_events: 4,
         ..Tuning::default()
     };
-    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    let store = open_tuned_at(dir.path(), tuning);
     for i in 1..=10 {
         store.append(vec![event(&format!("e{i}"))]).await.unwrap();
     }
@@ -332,7 +337,7 @@ async fn the_ring_holds_a_bounded_number_of_bytes() {
         recent_bytes: 33,
         ..Tuning::default()
     };
-    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    let store = open_tuned_at(dir.path(), tuning);
     for i in 1..=6 {
         store.append(vec![event(&format!("e{i}"))]).await.unwrap();
     }
@@ -810,7 +815,7 @@ async fn a_filtered_search_scans_at_most_its_budget_and_pages_on_from_where_it_s
         search_scan: 3,
         ..Tuning::default()
     };
-    let store = SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+    let store = open_tuned_at(dir.path(), tuning);
     let traces: Vec<Trace> = (0..10i64)
         .map(|i| {
             let mut t = delivered(&format!("e{i}"), T0 + i);
@@ -865,8 +870,7 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
     };
     let ids: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
     {
-        let store =
-            SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+        let store = open_tuned_at(dir.path(), tuning);
         for id in &ids[..5] {
             store
                 .record_traces(vec![delivered(id, T0)].into())
@@ -1141,8 +1145,7 @@ async fn a_trace_recorded_after_every_trace_expired_is_found_after_a_reopen() {
         ..Tuning::default()
     };
     {
-        let store =
-            SqliteStore::open_tuned(dir.path(), Durability::Normal, manual(), tuning).unwrap();
+        let store = open_tuned_at(dir.path(), tuning);
         let both = vec![delivered("e1", T0), delivered("e2", T0)];
         store.record_traces(both.into()).await.unwrap();
         assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 2);
