@@ -16,7 +16,6 @@
 //! - `nats-ceiling`: JetStream alone: 1 KB publishes acknowledged per second on a
 //!   stream of `--replicas` at `--nats` — the most a bus on that cluster could
 //!   accept, one publish per event.
-//!   at full speed, and ingest-to-delivery latency percentiles at a fixed rate;
 //! - `door`: the ingest door's costs: single-event ingest of a ~1 KB event
 //!   with 20 payload properties on a plain bus, on a bus with an `enforce`
 //!   schema of those 20 properties, and on a bus with a deduplication
