@@ -595,6 +595,15 @@ fn writer_cpu_seconds() -> [f64; 2] {
     out
 }
 
+/// The keys of the store's and the traces' writer figures of `phase`.
+fn writer_keys(phase: &str) -> [&'static str; 2] {
+    match phase {
+        "single" => ["store writer single", "trace writer single"],
+        "batch10" => ["store writer batch10", "trace writer batch10"],
+        _ => ["store writer e2e", "trace writer e2e"],
+    }
+}
+
 /// Per-phase figures of the `history` scenario: (mode, figure) → one value a round.
 type HistoryFigures<'a> = std::collections::BTreeMap<(&'a str, &'static str), Vec<f64>>;
 
@@ -609,12 +618,7 @@ fn writers_us<'a>(
 ) -> [f64; 2] {
     let after = writer_cpu_seconds();
     let us = [0, 1].map(|i| (after[i] - before[i]) * 1e6 / events.max(1) as f64);
-    let keys = match phase {
-        "single" => ["store writer single", "trace writer single"],
-        "batch10" => ["store writer batch10", "trace writer batch10"],
-        _ => ["store writer e2e", "trace writer e2e"],
-    };
-    for (key, value) in keys.into_iter().zip(us) {
+    for (key, value) in writer_keys(phase).into_iter().zip(us) {
         figures.entry((mode, key)).or_default().push(value);
     }
     us
@@ -1998,21 +2002,12 @@ async fn history_scenario(
         }
         // What history adds on its own threads, against what the whole
         // process spends on an event without it.
-        for (phase, store, trace, whole) in [
-            (
-                "single",
-                "store writer single",
-                "trace writer single",
-                "cpu single",
-            ),
-            (
-                "batch10",
-                "store writer batch10",
-                "trace writer batch10",
-                "cpu batch10",
-            ),
-            ("e2e", "store writer e2e", "trace writer e2e", "cpu e2e"),
+        for (phase, whole) in [
+            ("single", "cpu single"),
+            ("batch10", "cpu batch10"),
+            ("e2e", "cpu e2e"),
         ] {
+            let [store, trace] = writer_keys(phase);
             let median = |m, what| {
                 let mut v: Vec<f64> = figures[&(m, what)].clone();
                 v.sort_by(f64::total_cmp);

@@ -5,10 +5,8 @@
 //! Run with `cargo bench -p busbar --bench history`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod support;
 
-use busbar::clock::{SharedClock, SystemClock};
-use busbar::store::sqlite::{Durability, SqliteStore};
 use busbar::store::traces::{RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody};
 use busbar::store::{EventLog, NewEvent, Trace, TraceState, Traces};
 use bytes::Bytes;
@@ -74,11 +72,7 @@ fn received(start: i64, i: u64) -> i64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let now = clock.now_ms();
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), Durability::Normal, clock).unwrap();
+    let (rt, _dir, store, now) = support::sqlite_store();
     let batch = |first: u64, archives: &[&str]| -> Vec<NewEvent> {
         (first..first + BATCH)
             .map(|i| NewEvent {

@@ -6,20 +6,14 @@
 //! (`store/sqlite/checkpoint.rs`). Run with `cargo bench -p busbar --bench store`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod support;
 
-use busbar::clock::{SharedClock, SystemClock};
-use busbar::store::sqlite::{Durability, SqliteStore};
 use busbar::store::{EventLog, NewEvent};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let now = clock.now_ms();
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), Durability::Normal, clock).unwrap();
+    let (rt, _dir, store, now) = support::sqlite_store();
     let pad = "x".repeat(900);
     let events = |first: u64, n: u64| -> Vec<NewEvent> {
         (first..first + n)
