@@ -524,11 +524,12 @@ async fn queue_messages_reappear_after_the_visibility_timeout_until_acked() {
             body["messages"].as_array().unwrap().clone()
         }
     };
-    let first = receive(1, 5).await;
+    // Long enough that a stalled machine still asks again within it.
+    let first = receive(3, 5).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0]["receive_count"], 1);
     // Hidden now...
-    assert!(receive(1, 0).await.is_empty());
+    assert!(receive(3, 0).await.is_empty());
     // ...and visible again after the timeout, with a new receipt.
     let second = receive(30, 5).await;
     assert_eq!(second.len(), 1, "message should reappear");

@@ -405,6 +405,10 @@ pub struct Discovery {
     store: Arc<dyn SchemaStore>,
     clock: SharedClock,
     pending: Mutex<HashMap<PendingKey, Summary>>,
+    /// Held for the whole of a flush. A summary leaves `pending` before it
+    /// reaches the store, so without this a `list` during the background
+    /// flush would find it in neither place and show counts going back.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -424,6 +428,7 @@ impl Discovery {
             store,
             clock,
             pending: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -457,6 +462,7 @@ impl Discovery {
     /// Writes what was folded in (of one bus, or of all when `only` is
     /// `None`) into the store. What cannot be written stays pending.
     pub async fn flush(&self, only: Option<(&str, &str)>) -> StoreResult<()> {
+        let _one_at_a_time = self.flushing.lock().await;
         let taken: Vec<(PendingKey, Summary)> = {
             let mut pending = self.pending();
             let keys: Vec<PendingKey> = pending
@@ -621,5 +627,97 @@ mod tests {
         assert!(!is_date_time("2026-13-02T03:04:05Z"));
         assert!(is_date_time("2026-01-02T03:04:05.123-05:30"));
         assert!(!is_uuid("{123e4567-e89b-12d3-a456-426614174000}"));
+    }
+
+    use crate::clock::ManualClock;
+    use crate::store::SchemaVersion;
+    use crate::store::memory::MemoryStore;
+    use async_trait::async_trait;
+    use tokio::sync::{Notify, Semaphore};
+
+    /// A memory store whose writes of discovered schemas wait for a permit,
+    /// so a test can hold a flush half-way.
+    struct HeldWrites {
+        inner: MemoryStore,
+        writing: Notify,
+        permits: Semaphore,
+    }
+
+    #[async_trait]
+    impl SchemaStore for HeldWrites {
+        async fn add_schema_version(&self, version: SchemaVersion) -> StoreResult<()> {
+            self.inner.add_schema_version(version).await
+        }
+        async fn schema_versions(
+            &self,
+            tenant: &str,
+            bus: &str,
+            name: &str,
+        ) -> StoreResult<Vec<SchemaVersion>> {
+            self.inner.schema_versions(tenant, bus, name).await
+        }
+        async fn latest_schema_versions(&self) -> StoreResult<Vec<SchemaVersion>> {
+            self.inner.latest_schema_versions().await
+        }
+        async fn delete_schema(&self, tenant: &str, bus: &str, name: &str) -> StoreResult<bool> {
+            self.inner.delete_schema(tenant, bus, name).await
+        }
+        async fn discovered_schemas(
+            &self,
+            tenant: &str,
+            bus: &str,
+        ) -> StoreResult<Vec<DiscoveredSchema>> {
+            self.inner.discovered_schemas(tenant, bus).await
+        }
+        async fn put_discovered_schema(
+            &self,
+            schema: DiscoveredSchema,
+        ) -> StoreResult<Option<u64>> {
+            self.writing.notify_one();
+            self.permits
+                .acquire()
+                .await
+                .expect("the semaphore stays open")
+                .forget();
+            self.inner.put_discovered_schema(schema).await
+        }
+        async fn delete_bus_schemas(&self, tenant: &str, bus: &str) -> StoreResult<u64> {
+            self.inner.delete_bus_schemas(tenant, bus).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_during_the_background_flush_waits_for_its_write() {
+        let clock: SharedClock = Arc::new(ManualClock::new(1_000));
+        let store = Arc::new(HeldWrites {
+            inner: MemoryStore::new(clock.clone()),
+            writing: Notify::new(),
+            permits: Semaphore::new(0),
+        });
+        let discovery = Arc::new(Discovery::new(store.clone(), clock));
+        for i in 0..3 {
+            discovery.observe("t", "b", "shop", "order", &json!({"n": i}));
+        }
+        let background = tokio::spawn({
+            let d = discovery.clone();
+            async move { d.flush(None).await }
+        });
+        // The background flush has taken the summary and is writing it.
+        store.writing.notified().await;
+        let listing = tokio::spawn({
+            let d = discovery.clone();
+            async move { d.list("t", "b").await }
+        });
+        // Give the listing every chance to answer before the write lands:
+        // on this single-threaded runtime it runs to its first real wait.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!listing.is_finished(), "a list answered mid-flush");
+        store.permits.add_permits(1);
+        background.await.unwrap().unwrap();
+        let listed = listing.await.unwrap().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].summary.events, 3);
     }
 }
