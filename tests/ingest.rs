@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use base64::Engine as _;
-use busbar::event::Event;
+use busbar::event::{Event, EventHead, StoredEvent};
 use busbar::ingest::{
     CloudEventsBody, IngestError, IngestLimits, parse_cloudevents, parse_put_events,
 };
@@ -51,6 +51,21 @@ fn body_of(case: &Value) -> Vec<u8> {
 
 /// The CloudEvents SDK, an independent implementation, must read every event
 /// the bus accepts (CloudEvents-typed events only: no array extensions).
+/// The event's object, after checking what ingest wrote without building
+/// it: its stored JSON is the object printed, and its head is the object's.
+fn built(event: &StoredEvent) -> &Event {
+    let head = event.head();
+    let object = event.event();
+    assert_eq!(
+        String::from_utf8_lossy(event.json()),
+        String::from_utf8_lossy(&object.to_json_bytes()),
+        "the stored JSON is the event printed"
+    );
+    assert_eq!(head.as_deref(), EventHead::of(object).as_ref());
+    assert_eq!(event.id(), object.id());
+    object
+}
+
 fn assert_sdk_accepts(event: &Event) {
     let value = Value::Object(event.as_map().clone());
     let parsed: Result<cloudevents::Event, _> = serde_json::from_value(value);
@@ -109,8 +124,8 @@ fn cloudevents_conformance_table() {
         );
         match result {
             Ok(CloudEventsBody::Single(event)) => {
-                check_event(name, expect, &event);
-                assert_sdk_accepts(&event);
+                check_event(name, expect, built(&event));
+                assert_sdk_accepts(built(&event));
             }
             Ok(CloudEventsBody::Batch(results)) => {
                 let want = expect["batch"]
@@ -121,8 +136,8 @@ fn cloudevents_conformance_table() {
                     let name = format!("{name} [{i}]");
                     match result {
                         Ok(event) => {
-                            check_event(&name, want, event);
-                            assert_sdk_accepts(event);
+                            check_event(&name, want, built(event));
+                            assert_sdk_accepts(built(event));
                         }
                         Err(err) => check_error(&name, want, err),
                     }
@@ -358,7 +373,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn check_accepted(event: &Event) {
+fn check_accepted(event: &StoredEvent) {
+    let event = built(event);
     for required in ["specversion", "id", "source", "type"] {
         assert!(
             event.str_attr(required).is_some_and(|s| !s.is_empty()),
@@ -393,6 +409,27 @@ proptest! {
                 }
             }
             Err(err) => check_error_shape(&err),
+        }
+    }
+
+    /// Ingest copies `data` as sent when it is already in stored form and
+    /// parses it otherwise: either way the stored bytes are the same.
+    #[test]
+    fn structured_events_are_stored_the_same_however_spelled(event in event_value()) {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/cloudevents+json"));
+        let limits = IngestLimits::default();
+        let compact = parse_cloudevents(&headers, event.to_string().as_bytes(), &limits);
+        let pretty = serde_json::to_string_pretty(&event).unwrap_or_default();
+        let spaced = parse_cloudevents(&headers, pretty.as_bytes(), &limits);
+        match (compact, spaced) {
+            (Ok(CloudEventsBody::Single(a)), Ok(CloudEventsBody::Single(b))) => {
+                prop_assert_eq!(a.json(), b.json());
+                check_accepted(&a);
+                check_accepted(&b);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a.code(), b.code()),
+            (a, b) => prop_assert!(false, "{:?} but {:?}", a, b),
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use busbar::event::Event;
+use busbar::event::{Event, StoredEvent};
 use busbar::ingest::{IngestLimits, parse_structured};
 use busbar::plugin::{
     ConnectorPlugin, DeliveryResult, FailureKind, FilterPlugin, InvokeContext, LogSource,
@@ -261,7 +261,7 @@ async fn pii_redact_masks_emails_phones_and_fields() {
         .unwrap()
         .value;
     assert_eq!(out.len(), 1);
-    let data = &out[0].as_map()["data"];
+    let data = &out[0].event().as_map()["data"];
     assert_eq!(data["note"], json!("mail [EMAIL] or call [PHONE]"));
     assert_eq!(data["ssn"], json!("[REDACTED]"));
     assert_eq!(data["n"], json!(3));
@@ -281,12 +281,12 @@ async fn splitter_emits_one_event_per_element_with_stable_ids() {
         .await
         .unwrap()
         .value;
-    let ids: Vec<&str> = out.iter().map(Event::id).collect();
+    let ids: Vec<&str> = out.iter().map(StoredEvent::id).collect();
     assert_eq!(ids, ["o-7-0", "o-7-1", "o-7-2"]);
-    assert_eq!(out[1].event_type(), "order.line");
-    assert_eq!(out[1].as_map()["data"], json!({"sku": "b"}));
-    assert_eq!(out[2].as_map()["partcount"], json!("3"));
-    assert_eq!(out[0].as_map()["parentid"], json!("o-7"));
+    assert_eq!(out[1].event().event_type(), "order.line");
+    assert_eq!(out[1].event().as_map()["data"], json!({"sku": "b"}));
+    assert_eq!(out[2].event().as_map()["partcount"], json!("3"));
+    assert_eq!(out[0].event().as_map()["parentid"], json!("o-7"));
 
     // Not an array: the guest's `invalid-event`.
     let err = shared()
@@ -309,7 +309,7 @@ async fn enrich_adds_configured_and_derived_fields() {
         .await
         .unwrap()
         .value;
-    let e = &out[0];
+    let e = out[0].event();
     assert_eq!(
         e.as_map()["data"],
         json!({"amount": 5, "region": "eu-west-1", "tenant_tier": "gold", "team": "payments", "priority": "high"})
@@ -614,7 +614,7 @@ async fn flood_output_hits_the_output_limits() {
         .value;
     assert_eq!(out.len(), 2);
     assert_eq!(out[1].id(), "f-3-1");
-    assert_eq!(out[1].as_map()["data_base64"], json!("eHh4"));
+    assert_eq!(out[1].event().as_map()["data_base64"], json!("eHh4"));
 }
 
 #[tokio::test]
@@ -681,7 +681,7 @@ async fn transformer_outputs_are_validated_like_ingested_events() {
         .await
         .unwrap()
         .value;
-    assert_eq!(out[0].as_map()["data"], json!("{not json"));
+    assert_eq!(out[0].event().as_map()["data"], json!("{not json"));
     // A larger event than ingest accepts is refused as well.
     let big = "x".repeat(300_000);
     let large = Cx::new(&[("datacontenttype", "text/plain"), ("data", &big)]);
@@ -738,7 +738,7 @@ async fn snoop_sees_no_files_no_env_no_args() {
         .await
         .unwrap()
         .value;
-    let report = &out[0].as_map()["data"];
+    let report = &out[0].event().as_map()["data"];
     assert_eq!(report["files"]["/etc/passwd"], Value::Null, "{report}");
     assert_eq!(
         report["files"]["/proc/self/environ"],

@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion) {
     let parsed = parse();
     assert!(
         registry
-            .check("t", "b", &parsed)
+            .check("t", "b", parsed.event())
             .unwrap()
             .violations
             .is_empty()
@@ -110,11 +110,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("parse_and_validate", |b| {
         b.iter(|| {
             let e = parse();
-            registry.check("t", "b", &e).unwrap()
+            registry.check("t", "b", e.event()).unwrap()
         })
     });
     group.bench_function("validate_only", |b| {
-        b.iter(|| registry.check("t", "b", black_box(&parsed)).unwrap())
+        b.iter(|| registry.check("t", "b", black_box(parsed.event())).unwrap())
     });
 
     let cache = FrontCache::new(100_000);

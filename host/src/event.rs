@@ -52,7 +52,12 @@ impl EventHead {
 
     /// The head of a built event: what [`Self::parse`] reads from its JSON.
     pub fn of(event: &Event) -> Option<Self> {
-        let text = |name: &str| match event.0.get(name) {
+        Self::of_members(&event.0)
+    }
+
+    /// The head of an event's members (all of them, or all but `data`).
+    pub fn of_members(members: &Map<String, Value>) -> Option<Self> {
+        let text = |name: &str| match members.get(name) {
             None => Some(None),
             Some(Value::String(s)) => Some(Some(s.clone())),
             Some(_) => None,
@@ -141,6 +146,8 @@ struct Stored {
     id: String,
     json: Bytes,
     event: OnceLock<Event>,
+    /// `None` inside: the event has no head (see [`EventHead::parse`]).
+    head: OnceLock<Option<Arc<EventHead>>>,
 }
 
 impl StoredEvent {
@@ -150,6 +157,7 @@ impl StoredEvent {
             id: event.id().to_owned(),
             json,
             event: OnceLock::from(event),
+            head: OnceLock::new(),
         }))
     }
 
@@ -168,6 +176,19 @@ impl StoredEvent {
             id,
             json,
             event: OnceLock::new(),
+            head: OnceLock::new(),
+        }))
+    }
+
+    /// An event ingest has just read: its stored JSON, written by ingest,
+    /// and the head it read on the way, so neither the door nor the log
+    /// reads the JSON again for them.
+    pub fn ingested(id: String, json: Bytes, head: Option<EventHead>) -> Self {
+        Self(Arc::new(Stored {
+            id,
+            json,
+            event: OnceLock::new(),
+            head: OnceLock::from(head.map(Arc::new)),
         }))
     }
 
@@ -187,22 +208,52 @@ impl StoredEvent {
     /// out) gives an event with only its `id`, and an error in the log, so
     /// a broken entry fails its own delivery rather than the process.
     pub fn event(&self) -> &Event {
+        self.0.event.get_or_init(|| build(&self.0.id, &self.0.json))
+    }
+
+    /// The event's head: as its producer read it, else from the built
+    /// object, else read from the JSON (once).
+    pub fn head(&self) -> Option<Arc<EventHead>> {
         self.0
-            .event
-            .get_or_init(|| match serde_json::from_slice::<Value>(&self.0.json) {
-                Ok(Value::Object(map)) => Event(map),
-                _ => {
-                    tracing::error!(event_id = %self.0.id, "a stored event is not a JSON object");
-                    let mut map = Map::new();
-                    map.insert("id".to_owned(), Value::String(self.0.id.clone()));
-                    Event(map)
+            .head
+            .get_or_init(|| {
+                match self.0.event.get() {
+                    Some(event) => EventHead::of(event),
+                    None => EventHead::parse(&self.0.json),
                 }
+                .map(Arc::new)
             })
+            .clone()
+    }
+
+    /// Consumes the handle into the event's object, building it if no one
+    /// has (and cloning it if another handle shares it).
+    pub fn into_event(self) -> Event {
+        match Arc::try_unwrap(self.0) {
+            Ok(stored) => match stored.event.into_inner() {
+                Some(event) => event,
+                None => build(&stored.id, &stored.json),
+            },
+            Err(shared) => StoredEvent(shared).event().clone(),
+        }
     }
 
     /// Whether the object has been built (for tests and diagnostics).
     pub fn is_built(&self) -> bool {
         self.0.event.get().is_some()
+    }
+}
+
+/// Builds the object of an event from its stored JSON; see [`StoredEvent::event`].
+fn build(id: &str, json: &[u8]) -> Event {
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(map)) => Event(map),
+        _ => {
+            tracing::error!(event_id = %id, "a stored event is not a JSON object");
+            let mut map = Map::new();
+            map.insert("id".to_owned(), Value::String(id.to_owned()));
+            Event(map)
+        }
     }
 }
 

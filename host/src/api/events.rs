@@ -8,7 +8,7 @@
 use super::error::ingest_error_json;
 use super::{ApiError, ApiState, Tenant};
 use crate::door::SchemaRejection;
-use crate::event::Event;
+use crate::event::StoredEvent;
 use crate::ingest::{self, CloudEventsBody};
 use crate::telemetry;
 use axum::Json;
@@ -86,7 +86,7 @@ pub(super) async fn post_cloudevents(
         CloudEventsBody::Batch(entries) => {
             let total = entries.len();
             let mut results = Vec::with_capacity(total);
-            let mut accepted: Vec<Event> = Vec::new();
+            let mut accepted: Vec<StoredEvent> = Vec::new();
             // results[i] for accepted[j] is at slots[j].
             let mut slots = Vec::new();
             for entry in entries {
@@ -106,10 +106,10 @@ pub(super) async fn post_cloudevents(
                 }
             }
             let failed = total - accepted.len();
-            let ids: Vec<&str> = accepted.iter().map(Event::id).collect();
+            let ids: Vec<&str> = accepted.iter().map(StoredEvent::id).collect();
             let mut duplicate_ids = Vec::new();
             if !accepted.is_empty() {
-                let batch: Vec<(&str, &Event)> =
+                let batch: Vec<(&str, &StoredEvent)> =
                     accepted.iter().map(|e| (bus.as_str(), e)).collect();
                 let duplicates = state.door.admit(&tenant, &batch, now).await?;
                 count_accepted(&tenant, &duplicates);
@@ -141,11 +141,12 @@ pub(super) async fn put_events(
     let now = state.clock.now_ms();
     let total = entries.len();
     let mut results = Vec::with_capacity(total);
-    let mut accepted: Vec<(String, Event)> = Vec::new();
+    let mut accepted: Vec<(String, StoredEvent)> = Vec::new();
     let mut slots = Vec::new();
     for entry in entries {
         match entry.event {
-            Ok(mut event) if state.catalog.has_bus(&tenant, &entry.bus) => {
+            Ok(event) if state.catalog.has_bus(&tenant, &entry.bus) => {
+                let mut event = StoredEvent::of(event);
                 match state.door.check(&tenant, &entry.bus, &mut event) {
                     Ok(()) => {
                         slots.push(results.len());
@@ -179,7 +180,8 @@ pub(super) async fn put_events(
     let failed = total - accepted.len();
     let mut answer = json!({"FailedEntryCount": failed, "Entries": results});
     if !accepted.is_empty() {
-        let batch: Vec<(&str, &Event)> = accepted.iter().map(|(b, e)| (b.as_str(), e)).collect();
+        let batch: Vec<(&str, &StoredEvent)> =
+            accepted.iter().map(|(b, e)| (b.as_str(), e)).collect();
         let duplicates = state.door.admit(&tenant, &batch, now).await?;
         count_accepted(&tenant, &duplicates);
         let mut duplicate_ids = Vec::new();

@@ -56,6 +56,11 @@ impl<'a> EventView<'a> {
     pub fn data(&self) -> Option<&'a RawValue> {
         self.data.filter(|raw| raw.get() != "null")
     }
+
+    /// `data` as its JSON text, `null` included; `None` when absent.
+    pub fn data_text(&self) -> Option<&'a RawValue> {
+        self.data
+    }
 }
 
 impl<'de> Deserialize<'de> for EventView<'de> {

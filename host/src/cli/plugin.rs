@@ -230,7 +230,7 @@ async fn run_transformer(
     let events: Vec<Value> = i
         .value
         .iter()
-        .map(|e| Value::Object(e.as_map().clone()))
+        .map(|e| Value::Object(e.event().as_map().clone()))
         .collect();
     Ok(summary(&i, json!(events)))
 }

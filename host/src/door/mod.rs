@@ -33,14 +33,13 @@ use self::discovery::Discovery;
 use self::registry::{Registered, Registry};
 use self::schema::{Mode, Violation};
 use crate::clock::{Millis, SharedClock};
-use crate::event::{Event, EventHead};
+use crate::event::StoredEvent;
 use crate::resource::Problems;
 use crate::store::{
     AdmittedEvent, Appended, Dedup, DedupLog, EventLog, HeadHint, NewEvent, SchemaStore,
     StoreError, StoreResult,
 };
 use crate::telemetry;
-use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,8 +177,17 @@ impl Door {
     /// Checks an event against its bus's schemas: `Err` when an
     /// `enforce`-mode schema refuses it; a `warn`-mode violation tags it
     /// (`schemaviolation`) and counts it.
-    pub fn check(&self, tenant: &str, bus: &str, event: &mut Event) -> Result<(), SchemaRejection> {
-        let Some(verdict) = self.registry.check(tenant, bus, event) else {
+    pub fn check(
+        &self,
+        tenant: &str,
+        bus: &str,
+        event: &mut StoredEvent,
+    ) -> Result<(), SchemaRejection> {
+        // Most buses have no schema: their events' objects are never built.
+        if !self.registry.has_schemas(tenant, bus) {
+            return Ok(());
+        }
+        let Some(verdict) = self.registry.check(tenant, bus, event.event()) else {
             return Ok(());
         };
         if verdict.violations.is_empty() {
@@ -193,10 +201,12 @@ impl Door {
                 violations: verdict.violations,
             }),
             Mode::Warn | Mode::Off => {
-                event.as_map_mut().insert(
+                let mut tagged = event.clone().into_event();
+                tagged.as_map_mut().insert(
                     VIOLATION_EXTENSION.into(),
                     Value::String(tag(schema, &verdict.violations)),
                 );
+                *event = StoredEvent::of(tagged);
                 Ok(())
             }
         }
@@ -209,20 +219,20 @@ impl Door {
     pub async fn admit(
         &self,
         tenant: &str,
-        events: &[(&str, &Event)],
+        events: &[(&str, &StoredEvent)],
         now: Millis,
     ) -> StoreResult<Vec<bool>> {
         let settings: Vec<DoorSettings> = events
             .iter()
             .map(|(bus, _)| self.buses.door_settings(tenant, bus).unwrap_or_default())
             .collect();
-        let new_event = |bus: &str, event: &Event| NewEvent {
+        let new_event = |bus: &str, event: &StoredEvent| NewEvent {
             tenant: tenant.to_owned(),
             bus: bus.to_owned(),
             event_id: event.id().to_owned(),
-            body: Bytes::from(event.to_json_bytes()),
+            body: event.json().clone(),
             ingested_ms: now,
-            head: HeadHint(EventHead::of(event).map(Arc::new)),
+            head: HeadHint(event.head()),
             ..Default::default()
         };
         let duplicates = if settings.iter().all(|s| s.dedup_window_s == 0) {
@@ -238,12 +248,12 @@ impl Door {
             telemetry::duplicates(tenant, n as u64);
         }
         for (((bus, event), s), duplicate) in events.iter().zip(&settings).zip(&duplicates) {
-            if s.schema_discovery
-                && !*duplicate
-                && let Some(data) = schema::subject(event)
-            {
-                self.discovery
-                    .observe(tenant, bus, event.source(), event.event_type(), data);
+            if s.schema_discovery && !*duplicate {
+                let event = event.event();
+                if let Some(data) = schema::subject(event) {
+                    self.discovery
+                        .observe(tenant, bus, event.source(), event.event_type(), data);
+                }
             }
         }
         Ok(duplicates)
@@ -252,18 +262,26 @@ impl Door {
     async fn append_deduplicated(
         &self,
         tenant: &str,
-        events: &[(&str, &Event)],
+        events: &[(&str, &StoredEvent)],
         settings: &[DoorSettings],
         now: Millis,
-        new_event: impl Fn(&str, &Event) -> NewEvent,
+        new_event: impl Fn(&str, &StoredEvent) -> NewEvent,
     ) -> StoreResult<Vec<bool>> {
         let mut duplicates = vec![false; events.len()];
         let mut batch = Vec::with_capacity(events.len());
         let mut sent = Vec::with_capacity(events.len());
         for (i, ((bus, event), s)) in events.iter().zip(settings).enumerate() {
-            let dedup = (s.dedup_window_s > 0).then(|| Dedup {
-                key: dedup::key(tenant, bus, event.source(), event.id()),
-                window_ms: i64::from(s.dedup_window_s) * 1000,
+            let dedup = (s.dedup_window_s > 0).then(|| {
+                // An event without a head (a `replayname` that is not a
+                // string) still has a source: its object says.
+                let source = match event.head() {
+                    Some(head) => head.source.clone(),
+                    None => event.event().source().to_owned(),
+                };
+                Dedup {
+                    key: dedup::key(tenant, bus, &source, event.id()),
+                    window_ms: i64::from(s.dedup_window_s) * 1000,
+                }
             });
             // The front cache answers repeated duplicates without the store.
             if let Some(d) = &dedup

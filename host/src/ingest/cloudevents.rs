@@ -3,16 +3,20 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
+use serde::ser::{SerializeMap, Serializer as _};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::canonical::is_canonical;
 use super::error::{Field, IngestError};
-use super::members::Members;
-use super::validate::{self, attr};
+use super::members::{Members, RawData};
+use super::validate::{self, DataShape, attr};
 use super::{IngestLimits, syntax};
 use crate::binding::{body, headers as ce_headers, media};
-use crate::event::Event;
+use crate::event::{Event, EventHead, StoredEvent};
 
 /// The media type of the JSON event format (structured mode).
 pub const STRUCTURED_MEDIA_TYPE: &str = media::STRUCTURED;
@@ -23,10 +27,10 @@ pub const BATCH_MEDIA_TYPE: &str = media::BATCH;
 #[derive(Debug)]
 pub enum CloudEventsBody {
     /// One event (structured or binary mode).
-    Single(Event),
+    Single(StoredEvent),
     /// A JSON batch: one result per entry, in order; bad entries fail alone,
     /// their error's field prefixed with the entry's index (`[3].source`).
-    Batch(Vec<Result<Event, IngestError>>),
+    Batch(Vec<Result<StoredEvent, IngestError>>),
 }
 
 /// Parses a CloudEvents HTTP request into validated events.
@@ -51,7 +55,7 @@ pub fn parse_cloudevents(
     };
     let essence = content_type.map(media::essence).unwrap_or_default();
     if essence.eq_ignore_ascii_case(STRUCTURED_MEDIA_TYPE) {
-        return parse_structured(body, limits).map(CloudEventsBody::Single);
+        return read_structured(body, limits).map(CloudEventsBody::Single);
     }
     if essence.eq_ignore_ascii_case(BATCH_MEDIA_TYPE) {
         return parse_batch(body, limits).map(CloudEventsBody::Batch);
@@ -60,7 +64,8 @@ pub fn parse_cloudevents(
         .keys()
         .any(|name| ce_headers::attribute(name.as_str()).is_some())
     {
-        return parse_binary(headers, content_type, body, limits).map(CloudEventsBody::Single);
+        return parse_binary(headers, content_type, body, limits)
+            .map(|event| CloudEventsBody::Single(StoredEvent::of(event)));
     }
     Err(IngestError::UnsupportedMediaType {
         content_type: content_type.unwrap_or_default().to_owned(),
@@ -76,8 +81,18 @@ fn malformed_json(err: &serde_json::Error) -> IngestError {
 
 /// Structured mode: the body is one event in the JSON format.
 pub fn parse_structured(body: &[u8], limits: &IngestLimits) -> Result<Event, IngestError> {
+    read_structured(body, limits).map(StoredEvent::into_event)
+}
+
+/// [`parse_structured`], for the bus's own use: the event as the store will
+/// keep it, its object not built.
+pub fn read_structured(body: &[u8], limits: &IngestLimits) -> Result<StoredEvent, IngestError> {
     match serde_json::from_slice(body) {
-        Ok(Members::Object { map, repeated }) => event_from_json(map, repeated, body.len(), limits),
+        Ok(Members::Object {
+            map,
+            data,
+            repeated,
+        }) => stored_event(map, data, repeated, limits).map_err(|err| malformed_json(&err))?,
         Ok(Members::NotObject) => Err(IngestError::WrongShape {
             field: None,
             expected: "a JSON object (one CloudEvent)",
@@ -96,11 +111,10 @@ pub fn parse_structured(body: &[u8], limits: &IngestLimits) -> Result<Event, Ing
 pub fn parse_batch(
     body: &[u8],
     limits: &IngestLimits,
-) -> Result<Vec<Result<Event, IngestError>>, IngestError> {
+) -> Result<Vec<Result<StoredEvent, IngestError>>, IngestError> {
     // The array is walked by hand and each entry parsed on its own, so that
-    // each entry's byte length is known: it bounds the entry's stored size
-    // (see `validate::MAX_GROWTH`), which spares the size count for all but
-    // huge entries, and an over-long batch is refused before it is parsed.
+    // an over-long batch is refused before it is parsed, and an entry's
+    // syntax error says where the entry starts.
     let mut pos = skip_whitespace(body, 0);
     if body.get(pos) != Some(&b'[') {
         // Not an array: say whether it is JSON at all.
@@ -136,7 +150,14 @@ pub fn parse_batch(
             let len = stream.byte_offset();
             let index = results.len();
             let result = match entry {
-                Members::Object { map, repeated } => event_from_json(map, repeated, len, limits),
+                Members::Object {
+                    map,
+                    data,
+                    repeated,
+                } => match stored_event(map, data, repeated, limits) {
+                    Ok(result) => result,
+                    Err(err) => return Err(malformed_entry(&err, pos)),
+                },
                 Members::NotObject => Err(IngestError::WrongShape {
                     field: None,
                     expected: "a JSON object (one CloudEvent)",
@@ -190,20 +211,104 @@ fn batch_path(index: usize, field: &str) -> Field {
     }
 }
 
-fn event_from_json(
+/// An event object's `data`, to be written into the stored event.
+enum DataJson<'a> {
+    /// Its text, already in stored form: copied.
+    Text(&'a RawValue),
+    /// Its value, parsed because its text was not (whitespace, escapes,
+    /// number forms `serde_json` prints otherwise): printed.
+    Parsed(Value),
+}
+
+/// Checks an event object read in structured or batched mode and writes the
+/// event's stored JSON: its members in their order, compact, `data` copied
+/// as sent when it is already in that form (see `canonical.rs`).
+///
+/// The outer error says the event's `data` is JSON the parser cannot hold
+/// (a number out of range, a lone surrogate): the request is malformed, as
+/// if the whole body had been parsed at once, and a batch fails whole. The
+/// inner result is the event's own verdict (in a batch it fails alone).
+fn stored_event(
     mut map: Map<String, Value>,
+    data: Option<RawData<'_>>,
     repeated: Option<String>,
-    input_bound: usize,
     limits: &IngestLimits,
-) -> Result<Event, IngestError> {
-    if let Some(name) = repeated {
-        return Err(IngestError::DuplicateMember {
-            field: Cow::Owned(name),
-        });
-    }
-    validate::check_attributes(&mut map)?;
-    validate::check_size(&map, input_bound, limits)?;
-    Ok(Event::from_validated(map))
+) -> Result<Result<StoredEvent, IngestError>, serde_json::Error> {
+    // Parse failures first: they fail the request before any rule is looked at.
+    let data = match data {
+        None => None,
+        Some(RawData { text, position }) if is_canonical(text.get()) => {
+            Some((position, DataJson::Text(text)))
+        }
+        Some(RawData { text, position }) => {
+            let value = serde_json::from_str(text.get())?;
+            Some((position, DataJson::Parsed(value)))
+        }
+    };
+    let checked = (|| {
+        if let Some(name) = repeated {
+            return Err(IngestError::DuplicateMember {
+                field: Cow::Owned(name),
+            });
+        }
+        let shape = match &data {
+            None => DataShape::Absent,
+            Some((_, DataJson::Text(text))) if text.get().starts_with('"') => DataShape::String,
+            Some((_, DataJson::Parsed(Value::String(_)))) => DataShape::String,
+            Some(_) => DataShape::Other,
+        };
+        validate::check_envelope(&mut map, shape)?;
+        let json = write_event(&map, data.as_ref());
+        if json.len() > limits.max_event_bytes {
+            return Err(IngestError::EventTooLarge {
+                field: None,
+                size: json.len(),
+                limit: limits.max_event_bytes,
+            });
+        }
+        let id = map
+            .get(attr::ID)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(StoredEvent::ingested(
+            id,
+            Bytes::from(json),
+            EventHead::of_members(&map),
+        ))
+    })();
+    Ok(checked)
+}
+
+/// An event's compact JSON: `members` in order, with `data` at its place.
+/// This is what printing the event's object writes.
+fn write_event(members: &Map<String, Value>, data: Option<&(usize, DataJson<'_>)>) -> Vec<u8> {
+    let data_len = match data {
+        Some((_, DataJson::Text(text))) => text.get().len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(data_len + 64 * members.len() + 16);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    // Printing JSON values into a Vec cannot fail.
+    let _ = (|| {
+        let mut object = ser.serialize_map(Some(members.len() + usize::from(data.is_some())))?;
+        let write_data = |object: &mut serde_json::ser::Compound<'_, _, _>| match data {
+            Some((_, DataJson::Text(text))) => object.serialize_entry(attr::DATA, text),
+            Some((_, DataJson::Parsed(value))) => object.serialize_entry(attr::DATA, value),
+            None => Ok(()),
+        };
+        for (i, (name, value)) in members.iter().enumerate() {
+            if data.is_some_and(|(position, _)| *position == i) {
+                write_data(&mut object)?;
+            }
+            object.serialize_entry(name, value)?;
+        }
+        if data.is_some_and(|(position, _)| *position >= members.len()) {
+            write_data(&mut object)?;
+        }
+        object.end()
+    })();
+    out
 }
 
 /// Binary mode: attributes in `ce-*` headers, the payload in the body, its
@@ -320,7 +425,7 @@ mod tests {
         let mut pairs = BINARY.to_vec();
         pairs.extend_from_slice(extra);
         match parse_cloudevents(&headers(&pairs), body, &IngestLimits::default())? {
-            CloudEventsBody::Single(event) => Ok(event),
+            CloudEventsBody::Single(event) => Ok(event.into_event()),
             CloudEventsBody::Batch(_) => panic!("binary mode gave a batch"),
         }
     }
@@ -487,7 +592,10 @@ mod tests {
         assert_eq!(summary(e), (400, "invalid_attribute", Some("[1].source")));
         let e = results[2].as_ref().unwrap_err();
         assert_eq!(summary(e), (400, "wrong_shape", Some("[2]")));
-        assert_eq!(results[3].as_ref().unwrap().as_map()["data"], Value::Null);
+        assert_eq!(
+            results[3].as_ref().unwrap().event().as_map()["data"],
+            Value::Null
+        );
     }
 
     #[test]
@@ -569,6 +677,53 @@ mod tests {
         assert!(results[0].is_ok());
         let e = results[1].as_ref().unwrap_err();
         assert_eq!(summary(e), (413, "event_too_large", Some("[1]")));
+    }
+
+    #[test]
+    fn data_in_stored_form_is_copied_and_any_other_spelling_stored_the_same() {
+        let limits = IngestLimits::default();
+        let read = |body: &str| read_structured(body.as_bytes(), &limits).unwrap();
+        let compact = read(
+            r#"{"specversion":"1.0","subject":null,"id":"1","data":{"a":[1,2.5,"x\n"]},"source":"/s","type":"t"}"#,
+        );
+        assert_eq!(
+            std::str::from_utf8(compact.json()).unwrap(),
+            r#"{"specversion":"1.0","id":"1","data":{"a":[1,2.5,"x\n"]},"source":"/s","type":"t"}"#,
+            "members in order, the null one dropped, data where it was"
+        );
+        assert!(!compact.is_built(), "nothing built the event's object");
+        let spelled = read(
+            "{ \"specversion\" : \"1.0\", \"id\":\"1\",\n \"data\" : { \"a\" : [ 1, 2.50, \"\\u0078\\u000A\" ] } ,\"source\":\"/s\",\"type\":\"t\"}",
+        );
+        assert_eq!(spelled.json(), compact.json());
+        let last = read(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":null,"data":"x"}"#,
+        );
+        assert_eq!(
+            std::str::from_utf8(last.json()).unwrap(),
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"x"}"#
+        );
+        let head = compact.head().unwrap();
+        assert_eq!(
+            (head.source.as_str(), head.event_type.as_str()),
+            ("/s", "t")
+        );
+    }
+
+    #[test]
+    fn data_the_parser_cannot_hold_fails_the_request_as_before() {
+        let limits = IngestLimits::default();
+        let event = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":[1e400]}"#;
+        let e = read_structured(event.as_bytes(), &limits).unwrap_err();
+        assert_eq!(summary(&e), (400, "malformed_json", None));
+        let good = r#"{"specversion":"1.0","id":"2","source":"/s","type":"t","data":1}"#;
+        let batch = format!("[{good},{event}]");
+        let e = parse_batch(batch.as_bytes(), &limits).unwrap_err();
+        assert_eq!(
+            summary(&e),
+            (400, "malformed_json", None),
+            "the whole batch"
+        );
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //! - [`parse_put_events`]: EventBridge's `PutEvents` JSON, each entry mapped
 //!   to a CloudEvent.
 //!
-//! Every event ends as [`Event`], the CloudEvents JSON format object, built
-//! only once all of these hold (CloudEvents 1.0 spec and JSON format):
+//! Every event ends as the CloudEvents JSON format object ([`Event`]), or,
+//! on the HTTP path, as that object's stored JSON
+//! ([`StoredEvent`](crate::event::StoredEvent), the object built only if
+//! something asks for it), made only once all of these hold (CloudEvents 1.0
+//! spec and JSON format):
 //!
 //! - `specversion` is exactly `"1.0"`; `id`, `source`, `type` are present
 //!   non-empty strings; `null` attributes count as absent (and are dropped),
@@ -47,7 +50,9 @@
 //!   Content-Type, is kept byte-exact as `data_base64`.
 //! - Structured mode ignores any `ce-*` headers (the binding allows them).
 //! - Sizes are those of the stored compact JSON (whitespace in the request
-//!   does not count); the check costs nothing for events far below the limit.
+//!   does not count): in structured and batched mode the length of the JSON
+//!   written for the store; in the other modes a bound that costs nothing for
+//!   events far below the limit, and a count near it.
 //!
 //! # Why the validation is ours and not `cloudevents-sdk`'s
 //!
@@ -59,7 +64,9 @@
 //! errors as text without the field path the API must return. Going through it
 //! would also parse every event twice (JSON → SDK types → JSON map for
 //! patterns and storage). So the rules above are checked directly on the
-//! `serde_json` map that is stored, with no copy.
+//! event's attributes as `serde_json` read them; in structured and batched
+//! mode `data` is not even parsed into values when its text is already in
+//! the form the store keeps (`canonical.rs`): it is copied.
 //!
 //! The SDK is used where it fits: [`to_sdk_event`] and [`from_sdk_event`]
 //! convert between bus events and SDK events (for Rust clients and bindings
@@ -67,6 +74,7 @@
 //! SDK as an independent oracle: every event this module accepts must also
 //! be accepted by the SDK's own JSON-format reader.
 
+mod canonical;
 mod cloudevents;
 mod error;
 mod members;
@@ -77,7 +85,7 @@ mod validate;
 
 pub use self::cloudevents::{
     BATCH_MEDIA_TYPE, CloudEventsBody, STRUCTURED_MEDIA_TYPE, parse_batch, parse_binary,
-    parse_cloudevents, parse_structured,
+    parse_cloudevents, parse_structured, read_structured,
 };
 pub use self::error::{Field, IngestError};
 pub use self::put_events::{DEFAULT_BUS, PutEventsEntry, parse_put_events};

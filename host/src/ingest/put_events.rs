@@ -98,7 +98,7 @@ pub fn parse_put_events(
         .enumerate()
         .map(|(i, entry)| {
             let parsed = match entry {
-                Members::Object { map, repeated } => parse_entry(map, repeated, now, limits),
+                Members::Object { map, repeated, .. } => parse_entry(map, repeated, now, limits),
                 Members::NotObject => {
                     Err((String::new(), invalid_field("", "must be a JSON object")))
                 }

@@ -86,6 +86,30 @@ fn check_extension(name: &str, value: &Value) -> Result<(), IngestError> {
 ///
 /// Does not check the size; see [`check_size`].
 pub(crate) fn check_attributes(map: &mut Map<String, Value>) -> Result<(), IngestError> {
+    let data = match map.get(attr::DATA) {
+        None => DataShape::Absent,
+        Some(Value::String(_)) => DataShape::String,
+        Some(_) => DataShape::Other,
+    };
+    check_envelope(map, data)
+}
+
+/// What an event's `data` is, as far as the attribute rules care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataShape {
+    Absent,
+    /// A JSON string.
+    String,
+    /// Any other JSON value, `null` included (an explicit null payload).
+    Other,
+}
+
+/// [`check_attributes`] for an event whose `data`, of the given shape, is
+/// kept outside `map` (as the text it came as).
+pub(crate) fn check_envelope(
+    map: &mut Map<String, Value>,
+    data: DataShape,
+) -> Result<(), IngestError> {
     if map.values().any(Value::is_null) {
         map.retain(|name, value| !value.is_null() || name == attr::DATA);
     }
@@ -113,7 +137,7 @@ pub(crate) fn check_attributes(map: &mut Map<String, Value>) -> Result<(), Inges
     }
 
     let mut content_type = None;
-    let mut has_data = false;
+    let has_data = data != DataShape::Absent;
     let mut data_base64 = None;
     for (name, value) in map.iter() {
         match name.as_str() {
@@ -138,7 +162,7 @@ pub(crate) fn check_attributes(map: &mut Map<String, Value>) -> Result<(), Inges
                 syntax::check_media_type(s).map_err(|r| invalid(attr::DATACONTENTTYPE, r))?;
                 content_type = Some(s);
             }
-            attr::DATA => has_data = true,
+            attr::DATA => {}
             attr::DATA_BASE64 => data_base64 = Some(value),
             extension => {
                 if !syntax::is_attribute_name(extension) {
@@ -161,7 +185,7 @@ pub(crate) fn check_attributes(map: &mut Map<String, Value>) -> Result<(), Inges
     } else if has_data
         && let Some(content_type) = content_type
         && !crate::binding::media::is_json(content_type)
-        && !map.get(attr::DATA).is_some_and(Value::is_string)
+        && data != DataShape::String
     {
         // JSON format 3.1.2: non-JSON data travels as a string.
         return Err(IngestError::InvalidData {

@@ -15,8 +15,40 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 
 use super::bindings::types::CloudEvent;
-use crate::event::Event;
-use crate::ingest::{IngestLimits, parse_structured};
+use crate::binding::view::EventView;
+use crate::event::{Event, StoredEvent};
+#[cfg(test)]
+use crate::ingest::parse_structured;
+use crate::ingest::{IngestLimits, read_structured};
+
+/// What a filter or transformer can be given: an event built in memory, or
+/// one the router holds as its stored JSON (whose object, most of the time,
+/// no one has built).
+pub trait PluginInput {
+    /// The WIT record for the event.
+    fn to_wit(&self) -> CloudEvent;
+}
+
+impl PluginInput for Event {
+    fn to_wit(&self) -> CloudEvent {
+        to_wit(self)
+    }
+}
+
+impl PluginInput for StoredEvent {
+    /// From the stored JSON, without building the object: the attributes
+    /// are a few short strings, and `data` goes to the guest as the text
+    /// it is stored as (the bytes printing it would give).
+    fn to_wit(&self) -> CloudEvent {
+        if self.is_built() {
+            return to_wit(self.event());
+        }
+        match EventView::parse(self.json()) {
+            Ok(view) => to_wit_view(&view),
+            Err(_) => to_wit(self.event()),
+        }
+    }
+}
 
 const KNOWN: &[&str] = &[
     "id",
@@ -45,18 +77,7 @@ fn is_text(content_type: Option<&str>) -> bool {
 /// runs before every plugin invocation, so it avoids a hash lookup per
 /// attribute).
 pub fn to_wit(event: &Event) -> CloudEvent {
-    let mut ce = CloudEvent {
-        id: String::new(),
-        source: String::new(),
-        type_: String::new(),
-        specversion: String::new(),
-        subject: None,
-        time: None,
-        datacontenttype: None,
-        dataschema: None,
-        extensions: Vec::new(),
-        data: None,
-    };
+    let mut ce = blank();
     let mut data = None;
     let mut data_base64 = None;
     for (name, value) in event.as_map() {
@@ -96,8 +117,71 @@ pub fn to_wit(event: &Event) -> CloudEvent {
     ce
 }
 
+/// [`to_wit`] from a view of the stored JSON: the same record.
+fn to_wit_view(view: &EventView<'_>) -> CloudEvent {
+    let mut ce = blank();
+    let mut data_base64 = None;
+    for (name, value) in view.attributes() {
+        let text = || value.as_str().map(str::to_owned);
+        match name {
+            "id" => ce.id = text().unwrap_or_default(),
+            "source" => ce.source = text().unwrap_or_default(),
+            "type" => ce.type_ = text().unwrap_or_default(),
+            "specversion" => ce.specversion = text().unwrap_or_default(),
+            "subject" => ce.subject = text(),
+            "time" => ce.time = text(),
+            "datacontenttype" => ce.datacontenttype = text(),
+            "dataschema" => ce.dataschema = text(),
+            "data_base64" => data_base64 = value.as_str(),
+            _ => ce.extensions.push((
+                name.to_owned(),
+                match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+            )),
+        }
+    }
+    if ce.specversion.is_empty() {
+        "1.0".clone_into(&mut ce.specversion);
+    }
+    let data = view.data_text().map(|raw| raw.get());
+    ce.data = match (data_base64, data) {
+        (Some(b64), _) => BASE64.decode(b64).ok(),
+        (None, None) => None,
+        (None, Some(text)) if text.starts_with('"') && !is_json(ce.datacontenttype.as_deref()) => {
+            serde_json::from_str::<String>(text)
+                .ok()
+                .map(String::into_bytes)
+        }
+        (None, Some(text)) => Some(text.as_bytes().to_vec()),
+    };
+    ce
+}
+
+fn blank() -> CloudEvent {
+    CloudEvent {
+        id: String::new(),
+        source: String::new(),
+        type_: String::new(),
+        specversion: String::new(),
+        subject: None,
+        time: None,
+        datacontenttype: None,
+        dataschema: None,
+        extensions: Vec::new(),
+        data: None,
+    }
+}
+
 /// An event from a WIT record, validated like any incoming event.
 pub fn from_wit(ce: CloudEvent, limits: &IngestLimits) -> Result<Event, String> {
+    from_wit_stored(ce, limits).map(StoredEvent::into_event)
+}
+
+/// [`from_wit`], the event as the store would keep it: its JSON written
+/// once, its object not built (the router delivers most outputs without it).
+pub fn from_wit_stored(ce: CloudEvent, limits: &IngestLimits) -> Result<StoredEvent, String> {
     let mut map = Map::new();
     map.insert("specversion".into(), ce.specversion.into());
     map.insert("id".into(), ce.id.into());
@@ -153,7 +237,7 @@ pub fn from_wit(ce: CloudEvent, limits: &IngestLimits) -> Result<Event, String> 
         map.insert("datacontenttype".into(), ct.into());
     }
     let bytes = serde_json::to_vec(&map).map_err(|e| e.to_string())?;
-    parse_structured(&bytes, limits).map_err(|e| e.to_string())
+    read_structured(&bytes, limits).map_err(|e| e.to_string())
 }
 
 /// Approximate size of an event in bytes (attributes and data), for output
@@ -196,6 +280,37 @@ mod tests {
         let back = from_wit(w, &IngestLimits::default()).unwrap();
         assert_eq!(back.as_map()["data"], json!({"a": 1}));
         assert_eq!(back.as_map()["tenantx"], json!("x"));
+    }
+
+    /// The router hands plugins its stored events, whose objects are not
+    /// built: the record read from the stored JSON is the record of the
+    /// built event, field for field.
+    #[test]
+    fn the_record_of_a_stored_event_is_the_record_of_its_object() {
+        for value in [
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "subject": "x",
+                   "time": "2026-12-04T01:00:00Z", "dataschema": "https://s/x", "hop": 2,
+                   "flag": true, "tenantx": "x", "datacontenttype": "application/json",
+                   "data": {"a": [1, 2.5, "é\n"], "b": null}}),
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+                   "datacontenttype": "text/plain", "data": "line\n\"quoted\""}),
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+                   "datacontenttype": "application/json", "data": "a JSON string"}),
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": null}),
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": 7}),
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+                   "datacontenttype": "application/octet-stream", "data_base64": "AAEC"}),
+        ] {
+            let stored =
+                read_structured(value.to_string().as_bytes(), &IngestLimits::default()).unwrap();
+            assert!(!stored.is_built());
+            let from_json = PluginInput::to_wit(&stored);
+            assert!(!stored.is_built(), "reading the record built nothing");
+            // The record has no `PartialEq`; its `Debug` shows every field.
+            let built = to_wit(stored.event());
+            assert_eq!(format!("{from_json:?}"), format!("{built:?}"), "{value}");
+        }
     }
 
     #[test]

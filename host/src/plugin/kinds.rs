@@ -21,12 +21,13 @@ use super::bindings::connector::ConnectorPluginPre;
 use super::bindings::filter::FilterPluginPre;
 use super::bindings::transformer::TransformerPluginPre;
 use super::bindings::types::{CloudEvent, DeliveryError, PluginError as WitPluginError};
+use super::convert::PluginInput;
 use super::state::PluginState;
 use super::{
     DeliveryResult, FailureKind, Invocation, InvokeContext, PluginFailure, PluginKind,
     PluginRuntime, convert,
 };
-use crate::event::Event;
+use crate::event::{Event, StoredEvent};
 
 /// A compiled, pre-instantiated plugin version of any kind, ready to run.
 #[derive(Clone, Debug)]
@@ -222,9 +223,9 @@ impl PluginRuntime {
         &self,
         p: &FilterPlugin,
         cx: &InvokeContext<'_>,
-        event: &Event,
+        event: &(impl PluginInput + Sync + ?Sized),
     ) -> Result<Invocation<bool>, PluginFailure> {
-        let event = convert::to_wit(event);
+        let event = event.to_wit();
         let (ret, meta) = self
             .sandbox
             .run(PluginKind::Filter, cx, async |store| {
@@ -243,9 +244,9 @@ impl PluginRuntime {
         &self,
         p: &TransformerPlugin,
         cx: &InvokeContext<'_>,
-        event: &Event,
-    ) -> Result<Invocation<Vec<Event>>, PluginFailure> {
-        let event = convert::to_wit(event);
+        event: &(impl PluginInput + Sync + ?Sized),
+    ) -> Result<Invocation<Vec<StoredEvent>>, PluginFailure> {
+        let event = event.to_wit();
         let (ret, meta) = self
             .sandbox
             .run(PluginKind::Transformer, cx, async |store| {
@@ -275,7 +276,7 @@ impl PluginRuntime {
         }
         let mut events = Vec::with_capacity(out.len());
         for (i, ce) in out.into_iter().enumerate() {
-            match convert::from_wit(ce, &self.config.event_limits) {
+            match convert::from_wit_stored(ce, &self.config.event_limits) {
                 Ok(e) => events.push(e),
                 Err(e) => {
                     let msg = format!("output event {i} is not a valid CloudEvent: {e}");

@@ -18,7 +18,7 @@ use super::{
     LimitsOverrides, PluginFailure, PluginHandle, PluginKind, PluginLimits, PluginRuntime,
     TransformerPlugin,
 };
-use crate::event::Event;
+use crate::event::{Event, StoredEvent};
 use crate::resource::{PluginBinding, PluginRecord};
 use crate::store::{Blobs, FailureCode, StoreError};
 use std::collections::HashMap;
@@ -382,7 +382,7 @@ impl PluginHost {
         &self,
         tenant: &str,
         binding: &PluginBinding,
-        event: &Event,
+        event: &StoredEvent,
     ) -> Result<bool, PluginCallError> {
         let (version, plugin) = self.resolve::<FilterPlugin>(tenant, binding).await?;
         let limits = self.limits(tenant, PluginKind::Filter);
@@ -401,8 +401,8 @@ impl PluginHost {
         &self,
         tenant: &str,
         binding: &PluginBinding,
-        event: &Event,
-    ) -> Result<Vec<Event>, PluginCallError> {
+        event: &StoredEvent,
+    ) -> Result<Vec<StoredEvent>, PluginCallError> {
         let (version, plugin) = self.resolve::<TransformerPlugin>(tenant, binding).await?;
         let limits = self.limits(tenant, PluginKind::Transformer);
         let cx = self.context(tenant, binding, version, event.id(), &limits, &[]);

@@ -263,10 +263,7 @@ impl Router {
             |b: &PluginBinding| traced.and_then(|_| self.plugins.version_of(&logged.tenant, b));
         if let Some(filter) = &rule.filter {
             let started = tokio::time::Instant::now();
-            let result = self
-                .plugins
-                .filter(&logged.tenant, filter, event.event())
-                .await;
+            let result = self.plugins.filter(&logged.tenant, filter, event).await;
             if let Some((t, ix)) = traced {
                 let (outcome, error) = match &result {
                     Ok(true) => ("passed", None),
@@ -310,10 +307,7 @@ impl Router {
             }
             Some(RuleTransform::Plugin(binding)) => {
                 let started = tokio::time::Instant::now();
-                let result = self
-                    .plugins
-                    .transform(&logged.tenant, binding, event.event())
-                    .await;
+                let result = self.plugins.transform(&logged.tenant, binding, event).await;
                 if let Some((t, ix)) = traced {
                     let error = result
                         .as_ref()
@@ -332,10 +326,7 @@ impl Router {
                 match result {
                     Ok(outputs) => outputs
                         .into_iter()
-                        .map(|out| Item {
-                            event: StoredEvent::of(out),
-                            body: None,
-                        })
+                        .map(|event| Item { event, body: None })
                         .collect(),
                     Err(e) => {
                         let error = AttemptError::new(e.code, e.message);
