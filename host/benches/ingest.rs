@@ -1,5 +1,7 @@
-//! Ingest throughput: one structured event, one binary-mode event, a batch of
+//! Ingest throughput: one structured event (compact, as producers' JSON
+//! libraries write it, and pretty-printed), one binary-mode event, a batch of
 //! 100 and a PutEvents request of 10, each a typical ~1 KiB order event.
+//! The CloudEvents cases end with the JSON the store keeps.
 //! Run with `cargo bench -p busbar --bench ingest`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,8 +42,24 @@ fn bench(c: &mut Criterion) {
     group.bench_function("json_parse_only", |b| {
         b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
     });
+    // What ingest did per event before it wrote the stored JSON while reading
+    // (session 13): a map of the whole event, printed again for the store.
+    // `structured` below does all of its work (validation included) and
+    // should stay under this.
+    group.bench_function("json_parse_and_print", |b| {
+        b.iter(|| {
+            let value = serde_json::from_slice::<Value>(black_box(&body)).unwrap();
+            serde_json::to_vec(&value).unwrap()
+        })
+    });
     group.bench_function("structured", |b| {
         b.iter(|| parse_cloudevents(black_box(&headers), black_box(&body), &limits).unwrap())
+    });
+    // The same event pretty-printed: `data` is not in stored form, so it is
+    // parsed and printed (the path every event took before).
+    let spaced = serde_json::to_vec_pretty(&structured(1)).unwrap();
+    group.bench_function("structured_spaced", |b| {
+        b.iter(|| parse_cloudevents(black_box(&headers), black_box(&spaced), &limits).unwrap())
     });
 
     let data = order(1).to_string().into_bytes();

@@ -64,8 +64,7 @@ pub fn parse_cloudevents(
         .keys()
         .any(|name| ce_headers::attribute(name.as_str()).is_some())
     {
-        return parse_binary(headers, content_type, body, limits)
-            .map(|event| CloudEventsBody::Single(StoredEvent::of(event)));
+        return read_binary(headers, content_type, body, limits).map(CloudEventsBody::Single);
     }
     Err(IngestError::UnsupportedMediaType {
         content_type: content_type.unwrap_or_default().to_owned(),
@@ -258,26 +257,36 @@ fn stored_event(
             Some(_) => DataShape::Other,
         };
         validate::check_envelope(&mut map, shape)?;
-        let json = write_event(&map, data.as_ref());
-        if json.len() > limits.max_event_bytes {
-            return Err(IngestError::EventTooLarge {
-                field: None,
-                size: json.len(),
-                limit: limits.max_event_bytes,
-            });
-        }
-        let id = map
-            .get(attr::ID)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        Ok(StoredEvent::ingested(
-            id,
-            Bytes::from(json),
-            EventHead::of_members(&map),
-        ))
+        finish(&map, data.as_ref(), limits)
     })();
     Ok(checked)
+}
+
+/// The stored event of checked attributes and `data`: its JSON written, its
+/// size checked (exactly: the JSON is at hand), its head kept.
+fn finish(
+    members: &Map<String, Value>,
+    data: Option<&(usize, DataJson<'_>)>,
+    limits: &IngestLimits,
+) -> Result<StoredEvent, IngestError> {
+    let json = write_event(members, data);
+    if json.len() > limits.max_event_bytes {
+        return Err(IngestError::EventTooLarge {
+            field: None,
+            size: json.len(),
+            limit: limits.max_event_bytes,
+        });
+    }
+    let id = members
+        .get(attr::ID)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Ok(StoredEvent::ingested(
+        id,
+        Bytes::from(json),
+        EventHead::of_members(members),
+    ))
 }
 
 /// An event's compact JSON: `members` in order, with `data` at its place.
@@ -327,6 +336,18 @@ pub fn parse_binary(
     body: &[u8],
     limits: &IngestLimits,
 ) -> Result<Event, IngestError> {
+    read_binary(headers, content_type, body, limits).map(StoredEvent::into_event)
+}
+
+/// [`parse_binary`], the event as the store will keep it. A JSON body
+/// already in stored form (see `canonical.rs`) becomes `data` as it came,
+/// without being built into values and printed again.
+fn read_binary(
+    headers: &HeaderMap,
+    content_type: Option<&str>,
+    body: &[u8],
+    limits: &IngestLimits,
+) -> Result<StoredEvent, IngestError> {
     let mut map = Map::new();
     let mut input_bound = body.len();
     for (name, value) in headers {
@@ -369,6 +390,22 @@ pub fn parse_binary(
             Value::String(ct.to_owned()),
         );
     }
+    let declared = content_type.filter(|ct| syntax::check_media_type(ct).is_ok());
+    if !body.is_empty()
+        && declared.is_some_and(media::is_json)
+        && let Ok(text) = serde_json::from_slice::<&RawValue>(body)
+        && is_canonical(text.get())
+    {
+        let shape = if text.get().starts_with('"') {
+            DataShape::String
+        } else {
+            DataShape::Other
+        };
+        validate::check_envelope(&mut map, shape).map_err(|e| e.map_field(ce_headers::carrier))?;
+        // After every attribute, where the other path inserts it.
+        let data = (map.len(), DataJson::Text(text));
+        return finish(&map, Some(&data), limits);
+    }
     if !body.is_empty() {
         let (key, data) = binary_data(content_type, body)?;
         map.insert(key.to_owned(), data);
@@ -376,7 +413,7 @@ pub fn parse_binary(
 
     validate::check_attributes(&mut map).map_err(|e| e.map_field(ce_headers::carrier))?;
     validate::check_size(&map, input_bound, limits)?;
-    Ok(Event::from_validated(map))
+    Ok(StoredEvent::of(Event::from_validated(map)))
 }
 
 /// The JSON member and value a binary-mode body becomes. A Content-Type
@@ -707,6 +744,36 @@ mod tests {
         assert_eq!(
             (head.source.as_str(), head.event_type.as_str()),
             ("/s", "t")
+        );
+    }
+
+    #[test]
+    fn a_json_body_in_stored_form_is_copied_and_any_other_spelling_stored_the_same() {
+        let mut pairs = BINARY.to_vec();
+        pairs.push(("content-type", "application/json"));
+        let headers = headers(&pairs);
+        let read = |body: &[u8]| match parse_cloudevents(&headers, body, &IngestLimits::default()) {
+            Ok(CloudEventsBody::Single(event)) => event,
+            other => panic!("{other:?}"),
+        };
+        let compact = read(br#"{"a":[1,2.5,"x"]}"#);
+        assert!(!compact.is_built(), "nothing built the event's object");
+        assert_eq!(compact.json().as_ref(), compact.event().to_json_bytes());
+        assert_eq!(
+            compact.event().as_map()["data"],
+            json!({"a": [1, 2.5, "x"]})
+        );
+        let spaced = read(b" { \"a\" : [1, 2.50, \"\\u0078\"] }\n");
+        assert_eq!(spaced.json(), compact.json());
+        for body in [&b"\"text\""[..], b"null", b"7"] {
+            let event = read(body);
+            assert_eq!(event.json().as_ref(), event.event().to_json_bytes());
+        }
+        let e = binary(&[("content-type", "application/json")], b"{\"a\": 1e400}").unwrap_err();
+        assert_eq!(
+            summary(&e).1,
+            "invalid_data",
+            "as before: the body does not parse"
         );
     }
 

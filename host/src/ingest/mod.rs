@@ -50,8 +50,9 @@
 //!   Content-Type, is kept byte-exact as `data_base64`.
 //! - Structured mode ignores any `ce-*` headers (the binding allows them).
 //! - Sizes are those of the stored compact JSON (whitespace in the request
-//!   does not count): in structured and batched mode the length of the JSON
-//!   written for the store; in the other modes a bound that costs nothing for
+//!   does not count): the length of the JSON written for the store where
+//!   ingest writes it (structured and batched mode, and binary mode with a
+//!   JSON body in stored form); otherwise a bound that costs nothing for
 //!   events far below the limit, and a count near it.
 //!
 //! # Why the validation is ours and not `cloudevents-sdk`'s
@@ -64,9 +65,10 @@
 //! errors as text without the field path the API must return. Going through it
 //! would also parse every event twice (JSON → SDK types → JSON map for
 //! patterns and storage). So the rules above are checked directly on the
-//! event's attributes as `serde_json` read them; in structured and batched
-//! mode `data` is not even parsed into values when its text is already in
-//! the form the store keeps (`canonical.rs`): it is copied.
+//! event's attributes as `serde_json` read them; `data` (in structured and
+//! batched mode, and a binary-mode JSON body) is not even parsed into values
+//! when its text is already in the form the store keeps (`canonical.rs`): it
+//! is copied.
 //!
 //! The SDK is used where it fits: [`to_sdk_event`] and [`from_sdk_event`]
 //! convert between bus events and SDK events (for Rust clients and bindings
