@@ -81,29 +81,11 @@ pub fn to_wit(event: &Event) -> CloudEvent {
     let mut data = None;
     let mut data_base64 = None;
     for (name, value) in event.as_map() {
-        let text = || value.as_str().map(str::to_owned);
         match name.as_str() {
-            "id" => ce.id = text().unwrap_or_default(),
-            "source" => ce.source = text().unwrap_or_default(),
-            "type" => ce.type_ = text().unwrap_or_default(),
-            "specversion" => ce.specversion = text().unwrap_or_default(),
-            "subject" => ce.subject = text(),
-            "time" => ce.time = text(),
-            "datacontenttype" => ce.datacontenttype = text(),
-            "dataschema" => ce.dataschema = text(),
             "data" => data = Some(value),
             "data_base64" => data_base64 = value.as_str(),
-            _ => ce.extensions.push((
-                name.clone(),
-                match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                },
-            )),
+            _ => put_attribute(&mut ce, name, value),
         }
-    }
-    if ce.specversion.is_empty() {
-        "1.0".clone_into(&mut ce.specversion);
     }
     ce.data = match (data_base64, data) {
         // Ingest validated the encoding; an undecodable value cannot occur.
@@ -122,28 +104,10 @@ fn to_wit_view(view: &EventView<'_>) -> CloudEvent {
     let mut ce = blank();
     let mut data_base64 = None;
     for (name, value) in view.attributes() {
-        let text = || value.as_str().map(str::to_owned);
         match name {
-            "id" => ce.id = text().unwrap_or_default(),
-            "source" => ce.source = text().unwrap_or_default(),
-            "type" => ce.type_ = text().unwrap_or_default(),
-            "specversion" => ce.specversion = text().unwrap_or_default(),
-            "subject" => ce.subject = text(),
-            "time" => ce.time = text(),
-            "datacontenttype" => ce.datacontenttype = text(),
-            "dataschema" => ce.dataschema = text(),
             "data_base64" => data_base64 = value.as_str(),
-            _ => ce.extensions.push((
-                name.to_owned(),
-                match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                },
-            )),
+            _ => put_attribute(&mut ce, name, value),
         }
-    }
-    if ce.specversion.is_empty() {
-        "1.0".clone_into(&mut ce.specversion);
     }
     let data = view.data_text().map(|raw| raw.get());
     ce.data = match (data_base64, data) {
@@ -159,12 +123,41 @@ fn to_wit_view(view: &EventView<'_>) -> CloudEvent {
     ce
 }
 
+/// Puts an attribute or extension (not `data` or `data_base64`) into the
+/// record: extensions as strings, non-strings in their JSON text form.
+fn put_attribute(ce: &mut CloudEvent, name: &str, value: &Value) {
+    let text = || value.as_str().map(str::to_owned);
+    match name {
+        "id" => ce.id = text().unwrap_or_default(),
+        "source" => ce.source = text().unwrap_or_default(),
+        "type" => ce.type_ = text().unwrap_or_default(),
+        "specversion" => {
+            if let Some(version) = text().filter(|v| !v.is_empty()) {
+                ce.specversion = version;
+            }
+        }
+        "subject" => ce.subject = text(),
+        "time" => ce.time = text(),
+        "datacontenttype" => ce.datacontenttype = text(),
+        "dataschema" => ce.dataschema = text(),
+        _ => ce.extensions.push((
+            name.to_owned(),
+            match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        )),
+    }
+}
+
+/// An empty record; `specversion` is "1.0" (an event read back without
+/// one is still a 1.0 event).
 fn blank() -> CloudEvent {
     CloudEvent {
         id: String::new(),
         source: String::new(),
         type_: String::new(),
-        specversion: String::new(),
+        specversion: "1.0".to_owned(),
         subject: None,
         time: None,
         datacontenttype: None,
