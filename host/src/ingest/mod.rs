@@ -85,6 +85,7 @@ mod sdk;
 mod syntax;
 mod validate;
 
+pub(crate) use self::canonical::is_canonical;
 pub use self::cloudevents::{
     BATCH_MEDIA_TYPE, CloudEventsBody, STRUCTURED_MEDIA_TYPE, parse_batch, parse_binary,
     parse_cloudevents, parse_structured, read_structured,

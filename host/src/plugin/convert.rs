@@ -12,6 +12,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::ser::{SerializeMap, Serializer as _};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::bindings::types::CloudEvent;
@@ -19,7 +21,7 @@ use crate::binding::view::EventView;
 use crate::event::{Event, StoredEvent};
 #[cfg(test)]
 use crate::ingest::parse_structured;
-use crate::ingest::{IngestLimits, read_structured};
+use crate::ingest::{IngestLimits, is_canonical, read_structured};
 
 /// What a filter or transformer can be given: an event built in memory, or
 /// one the router holds as its stored JSON (whose object, most of the time,
@@ -197,39 +199,56 @@ pub fn from_wit_stored(ce: CloudEvent, limits: &IngestLimits) -> Result<StoredEv
         }
         map.insert(name, value.into());
     }
-    if let Some(data) = ce.data {
-        let ct = ce.datacontenttype.as_deref();
+    // JSON data already in stored form goes into the event as the guest
+    // wrote it; `data` holds its place among the members meanwhile.
+    let mut stored_form: Option<&RawValue> = None;
+    let data = ce.data;
+    let ct = ce.datacontenttype.as_deref();
+    if let Some(text) = data.as_deref().filter(|_| is_json(ct))
+        && let Ok(raw) = serde_json::from_slice::<&RawValue>(text)
+        && is_canonical(raw.get())
+    {
+        map.insert("data".into(), Value::Null);
+        stored_form = Some(raw);
+    } else if let Some(data) = data.as_deref() {
         let json =
             match (is_json(ct), ct) {
                 (false, _) => None,
                 // Declared JSON must be JSON, as ingest requires of a body.
-                (true, Some(ct)) => Some(serde_json::from_slice::<Value>(&data).map_err(|e| {
+                (true, Some(ct)) => Some(serde_json::from_slice::<Value>(data).map_err(|e| {
                     format!("data is declared as JSON ({ct}) but does not parse: {e}")
                 })?),
                 // No content type: kept byte-exact unless it is JSON.
-                (true, None) => serde_json::from_slice::<Value>(&data).ok(),
+                (true, None) => serde_json::from_slice::<Value>(data).ok(),
             };
-        match json {
-            Some(v) => {
+        match (json, std::str::from_utf8(data)) {
+            (Some(v), _) => {
                 map.insert("data".into(), v);
             }
-            None => match String::from_utf8(data) {
-                Ok(text) if is_text(ct) => {
-                    map.insert("data".into(), text.into());
-                }
-                Ok(text) => {
-                    map.insert("data_base64".into(), BASE64.encode(text).into());
-                }
-                Err(e) => {
-                    map.insert("data_base64".into(), BASE64.encode(e.as_bytes()).into());
-                }
-            },
+            (None, Ok(text)) if is_text(ct) => {
+                map.insert("data".into(), text.into());
+            }
+            (None, _) => {
+                map.insert("data_base64".into(), BASE64.encode(data).into());
+            }
         }
     }
-    if let Some(ct) = ce.datacontenttype {
+    if let Some(ct) = ct {
         map.insert("datacontenttype".into(), ct.into());
     }
-    let bytes = serde_json::to_vec(&map).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(stored_form.map_or(0, |raw| raw.get().len()) + 256);
+    let mut ser = serde_json::Serializer::new(&mut bytes);
+    let mut object = ser
+        .serialize_map(Some(map.len()))
+        .map_err(|e| e.to_string())?;
+    for (name, value) in &map {
+        match stored_form {
+            Some(raw) if name == "data" => object.serialize_entry(name, raw),
+            _ => object.serialize_entry(name, value),
+        }
+        .map_err(|e| e.to_string())?;
+    }
+    object.end().map_err(|e| e.to_string())?;
     read_structured(&bytes, limits).map_err(|e| e.to_string())
 }
 
@@ -304,6 +323,37 @@ mod tests {
             let built = to_wit(stored.event());
             assert_eq!(format!("{from_json:?}"), format!("{built:?}"), "{value}");
         }
+    }
+
+    /// A guest's JSON data in stored form is copied into the event; any
+    /// other spelling of it gives the same stored event.
+    #[test]
+    fn output_data_is_stored_the_same_however_the_guest_spelled_it() {
+        let mut w = to_wit(&event(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "x": "y",
+                   "datacontenttype": "application/json", "data": {"a": 1}}),
+        ));
+        let limits = IngestLimits::default();
+        let mut stored = Vec::new();
+        for data in [
+            &br#"{"a":[1,2.5],"b":"c"}"#[..],
+            b" {\n  \"a\": [1, 2.50],\n  \"b\": \"\\u0063\"\n}\n",
+        ] {
+            w.data = Some(data.to_vec());
+            let out = from_wit_stored(w.clone(), &limits).unwrap();
+            assert_eq!(out.json().as_ref(), out.event().to_json_bytes());
+            stored.push(out.json().clone());
+        }
+        assert_eq!(stored[0], stored[1]);
+        assert!(
+            std::str::from_utf8(&stored[0]).unwrap().ends_with(
+                r#""x":"y","data":{"a":[1,2.5],"b":"c"},"datacontenttype":"application/json"}"#
+            ),
+            "members where the map put them"
+        );
+        // Not JSON after all: refused as before, whatever the spelling.
+        w.data = Some(b"[1e400]".to_vec());
+        assert!(from_wit_stored(w, &limits).is_err());
     }
 
     #[test]
