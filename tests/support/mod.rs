@@ -69,7 +69,7 @@ impl TestBus {
             .clone()
             .filter(|u| u.starts_with("nats://"))
             .map(|u| (u, config.store.prefix.clone()));
-        let running = server::start(config).await.unwrap();
+        let running = start_when_the_dir_is_free(config).await;
         Self {
             url: format!("http://{}", running.addr),
             client: reqwest::Client::new(),
@@ -424,3 +424,22 @@ impl Receiver {
 pub mod guests;
 pub mod nats;
 pub mod process;
+
+/// Starts the bus; a data dir whose lock the instance stopped just before
+/// in this process still holds (its last detached tasks let go of the store
+/// a moment after `stop` returns) is waited for, up to a deadline.
+async fn start_when_the_dir_is_free(config: Config) -> Running {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match server::start(config.clone()).await {
+            Ok(running) => return running,
+            Err(e)
+                if format!("{e:#}").contains("in use by another busbar process")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the bus did not start: {e:#}"),
+        }
+    }
+}
