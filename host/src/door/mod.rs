@@ -274,12 +274,13 @@ impl Door {
             let dedup = (s.dedup_window_s > 0).then(|| {
                 // An event without a head (a `replayname` that is not a
                 // string) still has a source: its object says.
-                let source = match event.head() {
-                    Some(head) => head.source.clone(),
-                    None => event.event().source().to_owned(),
+                let head = event.head();
+                let source = match &head {
+                    Some(head) => head.source.as_str(),
+                    None => event.event().source(),
                 };
                 Dedup {
-                    key: dedup::key(tenant, bus, &source, event.id()),
+                    key: dedup::key(tenant, bus, source, event.id()),
                     window_ms: i64::from(s.dedup_window_s) * 1000,
                 }
             });

@@ -238,11 +238,14 @@ impl io::Write for ByteCounter {
 pub(crate) const MAX_GROWTH: usize = 6;
 
 /// Fails with 413 when the event's CloudEvents JSON form is over the limit.
+/// For events whose map is printed later (binary mode with a body not in
+/// stored form, PutEvents); where ingest writes the JSON itself it checks
+/// that JSON's length instead.
 ///
 /// Three steps, cheapest first: when [`MAX_GROWTH`] times `input_bound` (the
 /// size of the input the event was built from) fits, nothing is looked at (a
 /// typical single event); when a structural upper bound of the serialised
-/// size fits, no byte is serialised (a typical event in a big batch); only
+/// size fits, no byte is serialised (a typical entry of a big request); only
 /// events near the limit are serialised, into a counter.
 pub(crate) fn check_size(
     map: &Map<String, Value>,
