@@ -886,6 +886,7 @@ async fn traces_scenario(n: u64, copies: bool) -> anyhow::Result<()> {
             event: body.clone(),
             position: None,
             replay: None,
+            head_in_log: !copies,
             body: TraceBody {
                 routed: true,
                 rules,
@@ -903,13 +904,24 @@ async fn traces_scenario(n: u64, copies: bool) -> anyhow::Result<()> {
     while i < n {
         let end = (i + 2000).min(n);
         let events = (i..end)
-            .map(|k| NewEvent {
-                tenant: "bench".into(),
-                bus: bus_of(k).into(),
-                event_id: event_id(k),
-                body: body.clone(),
-                ingested_ms: t0_ms + k as i64,
-                ..Default::default()
+            .map(|k| {
+                // The head the log keeps is the trace's (the events alike
+                // but for their trace's source and type).
+                let trace = make(k);
+                NewEvent {
+                    tenant: "bench".into(),
+                    bus: bus_of(k).into(),
+                    event_id: event_id(k),
+                    body: body.clone(),
+                    ingested_ms: t0_ms + k as i64,
+                    traced: !copies,
+                    head: busbar::store::HeadHint(Some(Arc::new(busbar::event::EventHead {
+                        source: trace.source,
+                        event_type: trace.event_type,
+                        replayname: None,
+                    }))),
+                    ..Default::default()
+                }
             })
             .collect();
         store.append(events).await?;

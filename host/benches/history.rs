@@ -45,6 +45,8 @@ fn trace(i: u64, at: i64, event: Bytes) -> Trace {
         event,
         position: Some(i as i64),
         replay: None,
+        // As the bus records them: the log entry keeps the head.
+        head_in_log: true,
         body: TraceBody {
             routed: true,
             rules: vec![RuleTrace {

@@ -356,16 +356,15 @@ impl Replayer {
                     record.archive
                 )));
             }
-            if self
+            let Some(destination) = self
                 .table
                 .bus_history(&record.tenant, &record.destination_bus)
-                .is_none()
-            {
+            else {
                 return Err(Ended::Failed(format!(
                     "destination bus {:?} was deleted",
                     record.destination_bus
                 )));
-            }
+            };
             let batch = match self
                 .archives
                 .read_archive(
@@ -393,7 +392,10 @@ impl Replayer {
             let now = self.clock.now_ms();
             let events: Vec<NewEvent> = batch
                 .iter()
-                .map(|a| replayed(a, &record.destination_bus, &name, only_rules.clone(), now))
+                .map(|a| NewEvent {
+                    traced: destination.traced,
+                    ..replayed(a, &record.destination_bus, &name, only_rules.clone(), now)
+                })
                 .collect();
             let next = ReplayProgress {
                 events_replayed: progress.events_replayed + batch.len() as u64,
@@ -496,5 +498,6 @@ fn replayed(
         only_rules,
         archives: Vec::new(),
         head: Default::default(),
+        traced: false,
     }
 }

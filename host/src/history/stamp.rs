@@ -41,7 +41,7 @@ impl StampingLog {
     }
 
     /// Stamps each event with the archives that take it (unless it already
-    /// names some).
+    /// names some) and whether its bus traces.
     fn stamp<'a>(&self, events: impl Iterator<Item = &'a mut NewEvent>) {
         let mut current: Option<(String, String, Option<Arc<super::BusHistory>>)> = None;
         for e in events {
@@ -53,10 +53,11 @@ impl StampingLog {
                     h
                 }
             };
-            if e.archives.is_empty()
-                && let Some(h) = history
-            {
-                e.archives = h.archives_for(&e.body);
+            if let Some(h) = history {
+                e.traced = h.traced;
+                if e.archives.is_empty() {
+                    e.archives = h.archives_for(&e.body);
+                }
             }
         }
     }

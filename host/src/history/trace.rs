@@ -55,6 +55,7 @@ impl EventTrace {
                 event: logged.body.clone(),
                 position: Some(position),
                 replay: head.replayname,
+                head_in_log: logged.traced,
                 body: TraceBody {
                     routed: true,
                     ..TraceBody::default()

@@ -45,6 +45,12 @@ pub struct NewEvent {
     /// What ingest already read of the event for its trace (in memory
     /// only, never stored): see [`HeadHint`].
     pub head: HeadHint,
+    /// Whether its bus records traces. A backend may then keep the
+    /// searchable head of the event's trace (source, type) in the log
+    /// entry itself, and store nothing else for a trace that matched no
+    /// rule (SQLite does: that row was most of what tracing cost). Entries
+    /// handed out say whether their entry keeps the head.
+    pub traced: bool,
 }
 
 /// An event's [`EventHead`] as its producer read it, carried in memory

@@ -315,6 +315,11 @@ pub struct Trace {
     pub position: Option<i64>,
     /// The replay this copy came from (its `replayname`), if any.
     pub replay: Option<String>,
+    /// Whether the log entry at `position` keeps this trace's searchable
+    /// head ([`NewEvent::traced`](super::NewEvent::traced)). A backend
+    /// that reads heads from its log then stores nothing for a trace
+    /// with no rule and no replay: the entry is the whole trace.
+    pub head_in_log: bool,
     /// Everything after routing.
     pub body: TraceBody,
     /// Where it stands (derived from `body` by [`Trace::derive_state`]).
@@ -347,6 +352,7 @@ impl Trace {
             event: event.body.clone(),
             position: None,
             replay,
+            head_in_log: event.traced,
             body: TraceBody::default(),
             state: TraceState::InFlight,
         }

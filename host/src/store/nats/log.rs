@@ -92,6 +92,7 @@ impl Meta {
             only_rules: self.only_rules,
             archives: Vec::new(),
             head: Default::default(),
+            traced: false,
         }
     }
 }

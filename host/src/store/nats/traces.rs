@@ -107,6 +107,7 @@ fn decode(record: &table::Record) -> StoreResult<Option<Trace>> {
         event,
         position: None,
         replay: h.replay,
+        head_in_log: false,
         body: h.body,
         state: h.state,
     }))

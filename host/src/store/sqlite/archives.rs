@@ -91,16 +91,18 @@ fn doomed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DoomedRow> {
 
 /// Deletes the given rows of an archive and takes them off its counters.
 /// A log entry that loses its last row goes too if the log's prune has
-/// passed it (above that point the next prune takes it).
+/// passed it as a trace too (above that point a later prune takes it).
 fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[DoomedRow]) -> rusqlite::Result<()> {
     let mut delete = tx.prepare_cached(
         "DELETE FROM archive_rows WHERE archive = ? AND ingested_ms = ? AND pos = ?",
     )?;
     let mut release = tx.prepare_cached(
-        "UPDATE events SET archive_refs = archive_refs - 1 WHERE seq = ? RETURNING archive_refs",
+        "UPDATE events SET archive_refs = archive_refs - 1 WHERE seq = ? \
+         RETURNING archive_refs, source IS NOT NULL",
     )?;
     let mut drop_entry = tx.prepare_cached("DELETE FROM events WHERE seq = ?")?;
     let pruned = super::log::pruned_cursor(tx)?;
+    let pruned_traced = super::log::pruned_traced_cursor(tx)?;
     let mut bytes = 0;
     for row in rows {
         delete.execute(params![archive, row.ingested_ms, row.pos])?;
@@ -108,8 +110,11 @@ fn delete_rows(tx: &Transaction<'_>, archive: &str, rows: &[DoomedRow]) -> rusql
         let Some(seq) = row.seq else {
             continue;
         };
-        let left: Option<i64> = release.query_row([seq], |r| r.get(0)).optional()?;
-        if left.is_some_and(|n| n <= 0) && seq <= pruned {
+        let left: Option<(i64, bool)> = release
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let passed = |traced: bool| seq <= if traced { pruned_traced } else { pruned };
+        if left.is_some_and(|(n, traced)| n <= 0 && passed(traced)) {
             drop_entry.execute([seq])?;
         }
     }

@@ -16,43 +16,46 @@ impl DedupLog for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let tail = self.inner.tail.clone();
-        self.run_then(
-            move |tx| {
-                let mut seen =
-                    tx.prepare_cached("SELECT accepted_ms FROM dedup_keys WHERE key = ?")?;
-                let mut record = tx.prepare_cached(
-                    "INSERT INTO dedup_keys (key, accepted_ms, expires_ms) VALUES (?1, ?2, ?3) \
+        let published = self.publisher();
+        let answers = self
+            .run_then(
+                move |tx| {
+                    let mut seen =
+                        tx.prepare_cached("SELECT accepted_ms FROM dedup_keys WHERE key = ?")?;
+                    let mut record = tx.prepare_cached(
+                        "INSERT INTO dedup_keys (key, accepted_ms, expires_ms) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (key) DO UPDATE SET accepted_ms = ?2, expires_ms = ?3",
-                )?;
-                let mut answers = Vec::with_capacity(events.len());
-                let mut logged = Vec::new();
-                for AdmittedEvent { event: e, dedup } in events {
-                    if let Some(d) = dedup {
-                        let accepted: Option<Millis> =
-                            seen.query_row([&d.key.0[..]], |r| r.get(0)).optional()?;
-                        if accepted.is_some_and(|at| at > e.ingested_ms - d.window_ms) {
-                            answers.push(Appended::Duplicate);
-                            continue;
+                    )?;
+                    let mut answers = Vec::with_capacity(events.len());
+                    let mut logged = Vec::new();
+                    for AdmittedEvent { event: e, dedup } in events {
+                        if let Some(d) = dedup {
+                            let accepted: Option<Millis> =
+                                seen.query_row([&d.key.0[..]], |r| r.get(0)).optional()?;
+                            if accepted.is_some_and(|at| at > e.ingested_ms - d.window_ms) {
+                                answers.push(Appended::Duplicate);
+                                continue;
+                            }
+                            record.execute(params![
+                                &d.key.0[..],
+                                e.ingested_ms,
+                                e.ingested_ms + d.window_ms
+                            ])?;
                         }
-                        record.execute(params![
-                            &d.key.0[..],
-                            e.ingested_ms,
-                            e.ingested_ms + d.window_ms
-                        ])?;
+                        // The same insert as a plain append: archive rows included.
+                        logged.extend(super::log::insert_events(tx, vec![e])?);
+                        answers.push(Appended::New);
                     }
-                    // The same insert as a plain append: archive rows included.
-                    logged.extend(super::log::insert_events(tx, vec![e])?);
-                    answers.push(Appended::New);
-                }
-                Ok((answers, logged))
-            },
-            move |(answers, logged)| {
-                tail.publish(logged);
-                answers
-            },
-        )
-        .await
+                    Ok((answers, logged))
+                },
+                move |(answers, logged)| {
+                    published(logged);
+                    answers
+                },
+            )
+            .await?;
+        self.merge_trace_ids_if_due();
+        Ok(answers)
     }
 
     async fn prune_dedup_keys(&self, now: Millis) -> StoreResult<u64> {

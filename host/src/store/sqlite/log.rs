@@ -9,6 +9,7 @@
 //! `route` cursor, where the next consumer (after a restart) resumes.
 
 use super::SqliteStore;
+use crate::event::EventHead;
 use crate::store::watermark::Watermark;
 use crate::store::{
     AckToken, EventLog, LogConsumer, LogEntry, LoggedEvent, Millis, NewEvent, StoreError,
@@ -115,8 +116,11 @@ pub(super) fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
     Ok(in_table.max(used.unwrap_or(0)))
 }
 
-/// Reads an event from a row of `tenant, bus, event_id, body, ingested_ms,
-/// only_rules` starting at column 1.
+/// The columns [`logged_event`] reads, after the position.
+pub(super) const LOGGED_COLUMNS: &str =
+    "tenant, bus, event_id, body, ingested_ms, only_rules, source IS NOT NULL";
+
+/// Reads an event from a row of [`LOGGED_COLUMNS`] starting at column 1.
 pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEvent> {
     let only_rules: Option<String> = r.get(6)?;
     Ok(LoggedEvent {
@@ -128,7 +132,23 @@ pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEven
         only_rules: only_rules.and_then(|s| serde_json::from_str(&s).ok()),
         archives: Vec::new(),
         head: Default::default(),
+        traced: r.get(7)?,
     })
+}
+
+/// The head a traced entry keeps in its row: the producer's, or read
+/// from the event (an event without one still has a trace: empty names).
+fn head_columns(e: &NewEvent) -> (Option<String>, Option<String>) {
+    if !e.traced {
+        return (None, None);
+    }
+    match &e.head.0 {
+        Some(head) => (Some(head.source.clone()), Some(head.event_type.clone())),
+        None => {
+            let head = EventHead::parse(&e.body).unwrap_or_default();
+            (Some(head.source), Some(head.event_type))
+        }
+    }
 }
 
 /// Inserts events (and their archive rows) inside a transaction; returns
@@ -140,8 +160,9 @@ pub(super) fn insert_events(
     events: Vec<NewEvent>,
 ) -> anyhow::Result<Vec<(Seq, LoggedEvent)>> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (tenant, bus, event_id, body, ingested_ms, only_rules, archive_refs) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events \
+         (tenant, bus, event_id, body, ingested_ms, only_rules, archive_refs, source, type) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut logged = Vec::with_capacity(events.len());
     let mut archived = Vec::new();
@@ -151,6 +172,7 @@ pub(super) fn insert_events(
             None => None,
         };
         let archives = std::mem::take(&mut e.archives);
+        let (source, event_type) = head_columns(&e);
         stmt.execute(params![
             e.tenant,
             e.bus,
@@ -158,7 +180,9 @@ pub(super) fn insert_events(
             &e.body[..],
             e.ingested_ms,
             only,
-            archives.len() as i64
+            archives.len() as i64,
+            source,
+            event_type
         ])?;
         let seq = tx.last_insert_rowid();
         archived.extend(archives.into_iter().map(|archive| (archive, logged.len())));
@@ -190,6 +214,18 @@ pub(super) fn pruned_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<
 }
 
 impl SqliteStore {
+    /// What happens to appended entries once committed: traced ones note
+    /// their event ids for trace lookups (see `trace_ids`), then all go
+    /// into the ring and are announced.
+    pub(super) fn publisher(&self) -> impl FnOnce(Vec<(Seq, LoggedEvent)>) + Send + 'static {
+        let tail = self.inner.tail.clone();
+        let recent = self.inner.recent_traces.clone();
+        move |logged| {
+            recent.note_log_entries(&logged);
+            tail.publish(logged);
+        }
+    }
+
     /// Up to `max` committed events after `after`, from the ring when it
     /// holds them, else from the file.
     async fn read_log(&self, after: Seq, max: usize) -> StoreResult<Vec<(Seq, LoggedEvent)>> {
@@ -201,10 +237,10 @@ impl SqliteStore {
         // earlier operations' uncommitted appends are visible.
         let committed = *tail.committed.borrow();
         self.run(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT seq, tenant, bus, event_id, body, ingested_ms, only_rules FROM events \
-                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            )?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT seq, {LOGGED_COLUMNS} FROM events \
+                     WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+            ))?;
             let rows = stmt.query_map(params![after, committed, max as i64], |r| {
                 Ok((r.get(0)?, logged_event(r)?))
             })?;
@@ -220,12 +256,11 @@ impl EventLog for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let tail = self.inner.tail.clone();
-        self.run_then(
-            move |tx| insert_events(tx, events),
-            move |logged| tail.publish(logged),
-        )
-        .await
+        let published = self.publisher();
+        self.run_then(move |tx| insert_events(tx, events), published)
+            .await?;
+        self.merge_trace_ids_if_due();
+        Ok(())
     }
 
     async fn consumer(&self) -> StoreResult<Arc<dyn LogConsumer>> {
@@ -241,18 +276,23 @@ impl EventLog for SqliteStore {
         }))
     }
 
-    /// Deletes routed entries older than `before`, but none a stored trace
+    /// Deletes routed entries older than `before`, but none a trace row
     /// or archive row still refers to (both keep their event's position,
-    /// not a copy). The cursor is read before the traces: an entry is
-    /// routed only after its trace is committed, so every entry at or below
-    /// that cursor with a trace is counted in the lowest position read
-    /// after it. The prune starts at the previous one's end (the `pruned`
-    /// cursor): below it only archived entries are left, and walking them
-    /// again on every prune would cost as much as the archives are long.
+    /// not a copy), nor a traced entry the trace retention has not passed
+    /// (the entry is the trace; see `TRACES_V6`). The cursor is read
+    /// before the traces: an entry is routed only after its trace is
+    /// committed, so every entry at or below that cursor with a trace row
+    /// is counted in the lowest position read after it. The prune starts
+    /// at the previous one's end (the `pruned` cursor): below it only
+    /// archived entries and traced ones not yet expired are left, and
+    /// walking them again on every prune would cost as much as the
+    /// archives are long; the traced ones below it are taken once the
+    /// retention passes them (the `pruned_traced` cursor follows).
     async fn prune(&self, before: Millis) -> StoreResult<u64> {
         let cursor = self.run(|tx| Ok(route_cursor(tx)?)).await?;
-        let traced = self.lowest_traced_seq().await?;
-        let last = traced.map_or(cursor, |seq| cursor.min(seq - 1));
+        let traced = self.traced_floor().await?;
+        let last = traced.lowest_row.map_or(cursor, |seq| cursor.min(seq - 1));
+        let expired = traced.log_expired;
         self.run(move |tx| {
             let pruned = pruned_cursor(tx)?;
             // Up to the first entry too young to go: positions follow commit
@@ -269,20 +309,48 @@ impl EventLog for SqliteStore {
             if upto > pruned {
                 n = tx
                     .prepare_cached(
+                        "DELETE FROM events WHERE seq > ?1 AND seq <= ?2 AND archive_refs <= 0 \
+                         AND (source IS NULL OR seq <= ?3)",
+                    )?
+                    .execute(params![pruned, upto, expired])?;
+                set_cursor(tx, "pruned", upto)?;
+            }
+            let pruned = pruned.max(upto);
+            let done = pruned_traced_cursor(tx)?;
+            let reach = expired.min(pruned);
+            if reach > done {
+                n += tx
+                    .prepare_cached(
                         "DELETE FROM events WHERE seq > ? AND seq <= ? AND archive_refs <= 0",
                     )?
-                    .execute(params![pruned, upto])?;
-                tx.prepare_cached(
-                    "INSERT INTO cursors (name, seq) VALUES ('pruned', ?) \
-                     ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                )?
-                .execute([upto])?;
+                    .execute(params![done, reach])?;
+                set_cursor(tx, "pruned_traced", reach)?;
             }
             super::jobs::prune_chains(tx)?;
             Ok(n as u64)
         })
         .await
     }
+}
+
+/// Moves a cursor of the main file up to `seq`.
+fn set_cursor(tx: &rusqlite::Transaction<'_>, name: &str, seq: Seq) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO cursors (name, seq) VALUES (?, ?) \
+         ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+    )?
+    .execute(params![name, seq])?;
+    Ok(())
+}
+
+/// The prune's point for traced entries: every entry at or below it that
+/// no archive row refers to is deleted (at most the `pruned` cursor).
+pub(super) fn pruned_traced_cursor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Seq> {
+    Ok(tx
+        .prepare_cached("SELECT seq FROM cursors WHERE name = 'pruned_traced'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// The routing consumer.

@@ -163,6 +163,8 @@ struct Inner {
     recent_traces: Arc<RecentTraceIds>,
     /// How many recent traces trigger a merge.
     trace_merge_at: usize,
+    /// Set while a merge started by an append is queued or running.
+    merging: Arc<std::sync::atomic::AtomicBool>,
     /// How many index entries one trace search scans at most.
     search_scan: usize,
     /// The only source of "now".
@@ -250,11 +252,12 @@ impl SqliteStore {
         ];
         schema::migrate_traces(&mut traces, &conn, dir)?;
         schema::migrate(&mut conn, dir)?;
+        attach_log(&traces, &dir.join(DB_FILE))?;
         // Whatever the last run left unmerged (or a migration brought) is
         // merged now, so memory starts empty whatever the file's history.
         {
             let tx = traces.transaction().context("merging recent traces")?;
-            trace_ids::merge(&tx).context("merging recent traces")?;
+            trace_ids::merge(&tx, None).context("merging recent traces")?;
             tx.commit().context("merging recent traces")?;
         }
         let recent_traces = Arc::new(
@@ -276,7 +279,14 @@ impl SqliteStore {
         let (trace_ops, trace_rx) = mpsc::channel::<Op>(8192);
         let trace_writer = std::thread::Builder::new()
             .name("busbar-trace-writer".into())
-            .spawn(move || writer_loop(traces, trace_rx, &WriterStats::default()))
+            .spawn(move || {
+                writer_loop(
+                    traces,
+                    trace_rx,
+                    &WriterStats::default(),
+                    rusqlite::TransactionBehavior::Deferred,
+                )
+            })
             .context("starting the traces' writer")?;
         let trace_writer_id = trace_writer.thread().id();
         let (ops, rx) = mpsc::channel::<Op>(8192);
@@ -285,7 +295,7 @@ impl SqliteStore {
             std::thread::Builder::new()
                 .name("busbar-store-writer".into())
                 .spawn(move || {
-                    writer_loop(conn, rx, &stats);
+                    writer_loop(conn, rx, &stats, rusqlite::TransactionBehavior::Immediate);
                     // Every connection is closed (a checkpointer closes its
                     // own once its writer's is); only now may another
                     // process take the dir.
@@ -306,6 +316,7 @@ impl SqliteStore {
                 tail,
                 recent_traces,
                 trace_merge_at: tuning.trace_merge_at,
+                merging: Arc::default(),
                 search_scan: tuning.search_scan,
                 clock,
                 jobs_changed: Notify::new(),
@@ -362,6 +373,58 @@ impl SqliteStore {
         let ops = self.inner.ops.as_ref().ok_or(StoreError::Closed)?;
         submit(ops, f, on_commit).await
     }
+}
+
+impl SqliteStore {
+    /// Starts a merge of the recent trace ids when enough wait (appends
+    /// call it: when no event matches a rule, no trace is recorded to
+    /// start one). One at a time; it runs on the traces' writer.
+    fn merge_trace_ids_if_due(&self) {
+        use std::sync::atomic::Ordering;
+        let recent = self.inner.recent_traces.clone();
+        if recent.len() < self.inner.trace_merge_at
+            || self.inner.merging.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (store, merging) = (self.clone(), self.inner.merging.clone());
+        tokio::spawn(async move {
+            let noted = recent.clone();
+            let merged = store
+                .run_traces_then(
+                    move |tx| trace_ids::merge(tx, Some(&noted)),
+                    move |merged| {
+                        if let Some(merged) = merged {
+                            recent.forget_merged(merged);
+                        }
+                    },
+                )
+                .await;
+            if let Err(e) = merged {
+                tracing::warn!(error = %e, "merging trace ids failed; the next append tries again");
+            }
+            merging.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Attaches the main file to the traces' connection, read-only, as `log`:
+/// a trace that is only a log entry is read from there. Read-only, so the
+/// traces' write transactions never lock the main file (SQLite begins a
+/// read transaction on a read-only attachment).
+fn attach_log(traces: &Connection, main: &Path) -> Result<(), OpenError> {
+    let mut uri = String::from("file:");
+    for c in main.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro");
+    traces
+        .execute("ATTACH DATABASE ?1 AS log", [&uri])
+        .with_context(|| format!("attaching {} to the traces", main.display()))?;
+    Ok(())
 }
 
 /// Queues `f` for a writer thread and waits for its committed result.
@@ -455,7 +518,21 @@ struct WriterStats {
     ops: AtomicU64,
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, stats: &WriterStats) {
+/// Runs a writer: takes the waiting ops, runs them in one transaction
+/// begun with `begin`, commits, answers. The main writer begins
+/// `IMMEDIATE`; the traces' writer `DEFERRED`, because its connection has
+/// the main file attached (read-only): an immediate begin opens a read of
+/// every attached file, and a reader held on the main file in every trace
+/// commit keeps that file's checkpoints from resetting its WAL. Deferred,
+/// only the ops that read the log (lookups, searches, the sweep) open one.
+/// It is the only writer of `traces.db`, so deferring its write lock
+/// never meets another.
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Op>,
+    stats: &WriterStats,
+    begin: rusqlite::TransactionBehavior,
+) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -467,7 +544,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, stats: &WriterS
         }
         let mut completions = Vec::with_capacity(batch.len());
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction_with_behavior(begin)?;
             // One savepoint per op, so a failed op rolls back alone.
             for op in batch.drain(..) {
                 tx.prepare_cached("SAVEPOINT op")?.execute([])?;

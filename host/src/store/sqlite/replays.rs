@@ -134,28 +134,31 @@ impl Replays for SqliteStore {
         progress: ReplayProgress,
     ) -> StoreResult<bool> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        let tail = self.inner.tail.clone();
-        self.run_then(
-            move |tx| {
-                let Some(mut record) = load(tx, &tenant, &id)? else {
-                    return Ok(None);
-                };
-                if record.state.is_final() {
-                    return Ok(None);
-                }
-                record.state = ReplayState::Running;
-                record.progress = progress;
-                save(tx, &record)?;
-                Ok(Some(insert_events(tx, events)?))
-            },
-            move |logged| match logged {
-                Some(logged) => {
-                    tail.publish(logged);
-                    true
-                }
-                None => false,
-            },
-        )
-        .await
+        let published = self.publisher();
+        let appended = self
+            .run_then(
+                move |tx| {
+                    let Some(mut record) = load(tx, &tenant, &id)? else {
+                        return Ok(None);
+                    };
+                    if record.state.is_final() {
+                        return Ok(None);
+                    }
+                    record.state = ReplayState::Running;
+                    record.progress = progress;
+                    save(tx, &record)?;
+                    Ok(Some(insert_events(tx, events)?))
+                },
+                move |logged| match logged {
+                    Some(logged) => {
+                        published(logged);
+                        true
+                    }
+                    None => false,
+                },
+            )
+            .await?;
+        self.merge_trace_ids_if_due();
+        Ok(appended)
     }
 }

@@ -664,7 +664,7 @@ async fn traces_of_a_version_3_traces_file_are_searched_through_the_new_indexes(
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(indexes, ["traces_head", "traces_seq", "traces_uncommon"]);
+    assert_eq!(indexes, ["traces_rows", "traces_seq", "traces_uncommon"]);
     // Version 5 made the uncommon states' condition comparisons (a row
     // written tested `NOT IN` through a temporary B-tree).
     let uncommon: String = traces
@@ -799,6 +799,7 @@ fn delivered(id: &str, at: crate::store::Millis) -> crate::store::Trace {
         event: Bytes::from_static(b"{}"),
         position: None,
         replay: None,
+        head_in_log: false,
         body: Default::default(),
         state: crate::store::TraceState::NoMatch,
     }
@@ -1256,5 +1257,274 @@ async fn archive_rows_of_a_version_6_data_dir_keep_their_order_and_replay_positi
     assert_eq!(
         store.archive_stats("a").await.unwrap(),
         crate::store::ArchiveStats::default()
+    );
+}
+
+/// Every trace `query` finds, as `id:state`, paging `limit` at a time.
+async fn search_all(
+    store: &SqliteStore,
+    query: &crate::store::TraceQuery,
+    limit: usize,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store
+            .search_traces("acme", query, after.as_ref(), limit)
+            .await
+            .unwrap();
+        found.extend(
+            page.into_iter()
+                .map(|t| format!("{}:{}", t.event_id, t.state.as_str())),
+        );
+        match next {
+            Some(n) => after = Some(n),
+            None => return found,
+        }
+    }
+}
+
+/// The event [`a_trace_without_rules_is_its_log_entry_alone`] appends.
+fn traced_event(id: &str, at: i64, source: &str) -> NewEvent {
+    NewEvent {
+        body: Bytes::from(format!(
+            r#"{{"id":"{id}","source":"{source}","type":"order"}}"#
+        )),
+        ingested_ms: at,
+        traced: true,
+        ..event(id)
+    }
+}
+
+/// What [`a_trace_without_rules_is_its_log_entry_alone`] expects once
+/// its events are routed, before and after a restart.
+async fn check_log_only_traces(store: &SqliteStore) {
+    use crate::store::{TraceQuery, TraceState};
+    let n1 = store.trace("acme", "n1", None).await.unwrap().expect("n1");
+    assert_eq!(
+        (n1.state, n1.source.as_str(), n1.event_type.as_str()),
+        (TraceState::NoMatch, "shop", "order")
+    );
+    assert!(n1.body.routed && n1.body.rules.is_empty());
+    assert_eq!(n1.event, traced_event("n1", T0, "shop").body);
+    assert!(
+        store.trace("acme", "u", None).await.unwrap().is_none(),
+        "untraced"
+    );
+    assert_eq!(
+        store
+            .trace("acme", "m", None)
+            .await
+            .unwrap()
+            .map(|t| t.state),
+        Some(TraceState::Delivered)
+    );
+    let all = TraceQuery::default;
+    for limit in [1, 2, 10] {
+        assert_eq!(
+            search_all(store, &all(), limit).await,
+            ["x:no_match", "n2:no_match", "m:delivered", "n1:no_match"],
+            "pages of {limit}"
+        );
+    }
+    let shop = TraceQuery {
+        source: Some("shop".into()),
+        ..all()
+    };
+    assert_eq!(
+        search_all(store, &shop, 1).await,
+        ["x:no_match", "m:delivered", "n1:no_match"]
+    );
+    let unmatched = TraceQuery {
+        state: Some(TraceState::NoMatch),
+        bus: Some("orders".into()),
+        ..all()
+    };
+    assert_eq!(
+        search_all(store, &unmatched, 2).await,
+        ["x:no_match", "n2:no_match", "n1:no_match"]
+    );
+    let window = TraceQuery {
+        from_ms: Some(T0 + 1),
+        to_ms: Some(T0 + 3),
+        event_type: Some("order".into()),
+        ..all()
+    };
+    assert_eq!(
+        search_all(store, &window, 10).await,
+        ["n2:no_match", "m:delivered"]
+    );
+    let by_rule = TraceQuery {
+        rule: Some("r".into()),
+        ..all()
+    };
+    assert_eq!(search_all(store, &by_rule, 10).await, ["m:delivered"]);
+}
+
+/// A trace that matched no rule is its log entry alone (issue 10, the cost
+/// of tracing): recording it writes no row, and lookups and searches read
+/// the entry — `in_flight` until routed, then `no_match` — in one order
+/// with trace rows (an entry's own, and rows without an entry), before and
+/// after the ids merge and a restart. A replay mark gives it a row; the
+/// retention sweep ends it, and only then does the prune take the entry.
+#[tokio::test]
+async fn a_trace_without_rules_is_its_log_entry_alone() {
+    use crate::store::traces::{
+        ReplayMark, RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody,
+    };
+    use crate::store::{TraceFact, TraceKey, TraceQuery, TraceState};
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        trace_merge_at: 2,
+        ..Tuning::default()
+    };
+    let store = open_tuned_at(dir.path(), tuning);
+    let consumer = store.consumer().await.unwrap();
+    store
+        .append(vec![
+            traced_event("n1", T0, "shop"),
+            traced_event("m", T0 + 1, "shop"),
+            event("u"),
+            traced_event("n2", T0 + 2, "crm"),
+        ])
+        .await
+        .unwrap();
+    let all = TraceQuery::default;
+    assert_eq!(
+        search_all(&store, &all(), 10).await,
+        ["n2:in_flight", "m:in_flight", "n1:in_flight"],
+        "appended, not routed"
+    );
+
+    // Routed: n1 and n2 matched nothing, m matched a rule; x is a trace
+    // without a log entry.
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    let routed = |i: usize, rules: Vec<RuleTrace>| {
+        let mut t = Trace::received(&entries[i].event);
+        t.position = Some(entries[i].position);
+        t.body = TraceBody {
+            routed: true,
+            rules,
+            replays: Vec::new(),
+        };
+        t.state = Trace::derive_state(&t.body);
+        t
+    };
+    let rule = RuleTrace {
+        rule: "r".into(),
+        outcome: RuleOutcome::Matched,
+        filter: None,
+        transform: None,
+        error: None,
+        targets: vec![TargetTrace {
+            state: TargetState::Delivered,
+            ..TargetTrace::new("hook")
+        }],
+    };
+    assert!(routed(0, Vec::new()).head_in_log);
+    assert!(!routed(2, Vec::new()).head_in_log);
+    let mut x = delivered("x", T0 + 3);
+    x.source = "shop".into();
+    x.event_type = "order".into();
+    store
+        .record_traces(
+            vec![
+                routed(0, Vec::new()),
+                routed(1, vec![rule]),
+                routed(3, Vec::new()),
+                x,
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM traces").await,
+        2,
+        "m and x"
+    );
+    check_log_only_traces(&store).await;
+    drop(consumer);
+    drop(store);
+    let store = open_tuned_at(dir.path(), tuning);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM trace_ids WHERE trace < 0").await,
+        3,
+        "the log's ids are merged"
+    );
+    check_log_only_traces(&store).await;
+
+    // A replay mark gives n1 a row.
+    let mark = ReplayMark {
+        replay_id: "rp".into(),
+        name: "again".into(),
+        at_ms: T0 + 5,
+        destination_bus: "orders".into(),
+    };
+    let key = TraceKey {
+        tenant: "acme".into(),
+        bus: "orders".into(),
+        event_id: "n1".into(),
+        received_ms: None,
+    };
+    store
+        .add_trace_facts(vec![(key, TraceFact::Replayed(mark))])
+        .await
+        .unwrap();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 3);
+    let n1 = store.trace("acme", "n1", None).await.unwrap().expect("n1");
+    assert_eq!((n1.body.replays.len(), n1.state), (1, TraceState::NoMatch));
+    assert_eq!(n1.event, traced_event("n1", T0, "shop").body);
+    check_log_only_traces(&store).await;
+
+    // Nothing is pruned while traces need the entries (n1's row pins the
+    // log from its entry on); the sweep ends the traces received before
+    // T0 + 3 (rows m and n1, entries n1, m and n2), and then the prune
+    // takes the entries.
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 0);
+    assert_eq!(store.expire_traces(T0 + 3, u64::MAX, 100).await.unwrap(), 5);
+    assert!(store.trace("acme", "n2", None).await.unwrap().is_none());
+    assert_eq!(search_all(&store, &all(), 10).await, ["x:no_match"]);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM trace_ids WHERE trace < 0").await,
+        0
+    );
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 4, "n1, m, u, n2");
+}
+
+/// The prune takes an untraced entry as soon as it is routed and old, and
+/// a traced one only once the retention sweep has ended its trace — also
+/// when the prune has already passed it.
+#[tokio::test]
+async fn the_prune_keeps_a_traced_entry_until_its_trace_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let consumer = store.consumer().await.unwrap();
+    store
+        .append(vec![traced_event("t1", T0, "shop"), event("u1")])
+        .await
+        .unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    let mut t1 = Trace::received(&entries[0].event);
+    t1.position = Some(entries[0].position);
+    t1.body.routed = true;
+    store.record_traces(vec![t1].into()).await.unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 0);
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 1, "u1");
+    assert!(store.trace("acme", "t1", None).await.unwrap().is_some());
+    assert_eq!(store.expire_traces(T0 + 1, u64::MAX, 100).await.unwrap(), 1);
+    assert!(store.trace("acme", "t1", None).await.unwrap().is_none());
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 1, "t1");
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT COUNT(*) FROM events").await,
+        0
     );
 }

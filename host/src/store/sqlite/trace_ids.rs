@@ -22,6 +22,11 @@
 //! other events (a collision, or a rolled-back insert whose row id was never
 //! used), so readers always check the row they fetch.
 //!
+//! Log entries that keep their trace's head (a trace that matched no rule
+//! has no row: see `TRACES_V6`) are indexed the same way, as `-seq`: the
+//! store notes them when their append commits, and a merge reads them
+//! from the log.
+//!
 //! [merge]: merge
 
 use anyhow::Context;
@@ -66,14 +71,28 @@ pub(super) struct RecentTraceIds {
     /// The latest receive time among merged traces: a trace received after
     /// it is not in `trace_ids`.
     merged_received_ms: AtomicI64,
+    /// The latest receive time among noted log entries.
+    noted_log_received_ms: AtomicI64,
 }
 
-/// What a merge wrote: every trace row up to `mark`, received at the latest
-/// at `received_ms`.
+/// What a merge wrote: every trace row up to `mark` and every traced log
+/// entry up to `log_mark`, received at the latest at `received_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Merged {
     pub(super) mark: i64,
+    pub(super) log_mark: i64,
     pub(super) received_ms: i64,
+}
+
+impl Merged {
+    /// Whether the merge wrote `id` (a trace row, or `-seq` for a log entry).
+    fn covers(&self, id: i64) -> bool {
+        if id > 0 {
+            id <= self.mark
+        } else {
+            -id <= self.log_mark
+        }
+    }
 }
 
 /// The trace rows of one key: nearly always one.
@@ -105,6 +124,39 @@ impl RecentTraceIds {
         }
     }
 
+    /// Remembers the event ids of newly committed log entries that keep
+    /// their trace's head (as `-seq`: see `TRACES_V6`).
+    pub(super) fn note_log_entries(&self, entries: &[(i64, crate::store::LoggedEvent)]) {
+        for (seq, e) in entries.iter().filter(|(_, e)| e.traced) {
+            self.note(key(&e.tenant, &e.event_id), -seq);
+            self.noted_log_received_ms
+                .fetch_max(e.ingested_ms, Ordering::AcqRel);
+        }
+    }
+
+    /// The noted log entries above `mark`, as (key, seq), and a receive
+    /// time none of them is later than.
+    fn log_entries_after(&self, mark: i64) -> (Vec<(i64, i64)>, i64) {
+        let entries = self
+            .map()
+            .iter()
+            .flat_map(|(key, rows)| {
+                let ids = match rows {
+                    Rows::One(id) => std::slice::from_ref(id),
+                    Rows::Many(ids) => ids.as_slice(),
+                };
+                ids.iter()
+                    .filter(|id| -**id > mark)
+                    .map(|id| (*key, -id))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Read after the entries: an entry noted in between only makes the
+        // bound later than needed (a lookup then reads `trace_ids` for
+        // nothing), never earlier.
+        (entries, self.noted_log_received_ms.load(Ordering::Acquire))
+    }
+
     /// The recent rows that may hold `key`'s trace.
     pub(super) fn rows(&self, key: i64) -> Vec<i64> {
         match self.map().get(&key) {
@@ -130,6 +182,7 @@ impl RecentTraceIds {
         Ok(Self {
             by_key: Mutex::default(),
             merged_received_ms: AtomicI64::new(merged_mark(conn)?.received_ms),
+            noted_log_received_ms: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -139,11 +192,10 @@ impl RecentTraceIds {
     pub(super) fn forget_merged(&self, merged: Merged) {
         self.merged_received_ms
             .fetch_max(merged.received_ms, Ordering::AcqRel);
-        let mark = merged.mark;
         self.map().retain(|_, rows| match rows {
-            Rows::One(id) => *id > mark,
+            Rows::One(id) => !merged.covers(*id),
             Rows::Many(ids) => {
-                ids.retain(|id| *id > mark);
+                ids.retain(|id| !merged.covers(*id));
                 !ids.is_empty()
             }
         });
@@ -153,47 +205,83 @@ impl RecentTraceIds {
 /// The highest trace row whose key is in `trace_ids`, and the latest
 /// receive time among those rows.
 fn merged_mark(conn: &Connection) -> anyhow::Result<Merged> {
-    conn.prepare_cached("SELECT mark, received_ms FROM trace_ids_merged")?
+    conn.prepare_cached("SELECT mark, log_mark, received_ms FROM trace_ids_merged")?
         .query_row([], |r| {
             Ok(Merged {
                 mark: r.get(0)?,
-                received_ms: r.get(1)?,
+                log_mark: r.get(1)?,
+                received_ms: r.get(2)?,
             })
         })
         .context("reading the traces' merge mark")
 }
 
-/// Writes the keys of every trace above the merge mark to `trace_ids` in
-/// key order and moves the mark; returns the new mark (for
+/// Writes the keys of every trace row above the merge mark, and of every
+/// traced log entry above the log mark, to `trace_ids` in key order and
+/// moves the marks; returns the new marks (for
 /// [`RecentTraceIds::forget_merged`] once committed), `None` if nothing
-/// was waiting. Reads the rows themselves, not the map, so a rolled-back
-/// insert that left a key in memory never reaches the index.
-pub(super) fn merge(tx: &Transaction<'_>) -> anyhow::Result<Option<Merged>> {
+/// was waiting. Reads the trace rows themselves, not the map, so a
+/// rolled-back insert that left a key in memory never reaches the index.
+/// The log's keys come from `noted` (the map: noted only once committed,
+/// in commit order, so it holds every traced entry above the mark) or,
+/// without it (at open, when the map is empty), from the main file
+/// attached as `log` — reading the log while the store appends would cost
+/// the traces' writer a read of every entry's page.
+pub(super) fn merge(
+    tx: &Transaction<'_>,
+    noted: Option<&RecentTraceIds>,
+) -> anyhow::Result<Option<Merged>> {
     let before = merged_mark(tx)?;
-    let mut received_ms = before.received_ms;
+    let mut after = before;
     let mut keys: Vec<(i64, i64)> = Vec::new();
     {
         let mut stmt =
             tx.prepare_cached("SELECT id, tenant, event_id, received_ms FROM traces WHERE id > ?")?;
         let mut rows = stmt.query([before.mark])?;
         while let Some(r) = rows.next()? {
-            let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
-            keys.push((key(&tenant, &event_id), r.get(0)?));
-            received_ms = received_ms.max(r.get(3)?);
+            let (id, tenant, event_id): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            keys.push((key(&tenant, &event_id), id));
+            after.mark = after.mark.max(id);
+            after.received_ms = after.received_ms.max(r.get(3)?);
+        }
+        if let Some(noted) = noted {
+            let (entries, received_ms) = noted.log_entries_after(before.log_mark);
+            if !entries.is_empty() {
+                after.received_ms = after.received_ms.max(received_ms);
+            }
+            for (key, seq) in entries {
+                keys.push((key, -seq));
+                after.log_mark = after.log_mark.max(seq);
+            }
+        } else {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, tenant, event_id, ingested_ms, source IS NOT NULL FROM log.events \
+                 WHERE seq > ? ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([before.log_mark])?;
+            while let Some(r) = rows.next()? {
+                let seq: i64 = r.get(0)?;
+                after.log_mark = seq;
+                if r.get(4)? {
+                    let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
+                    keys.push((key(&tenant, &event_id), -seq));
+                    after.received_ms = after.received_ms.max(r.get(3)?);
+                }
+            }
         }
     }
-    let Some(mark) = keys.iter().map(|(_, id)| *id).max() else {
+    if after == before {
         return Ok(None);
-    };
+    }
     keys.sort_unstable();
     let mut insert =
         tx.prepare_cached("INSERT OR IGNORE INTO trace_ids (key, trace) VALUES (?, ?)")?;
     for (key, id) in keys {
         insert.execute(params![key, id])?;
     }
-    tx.prepare_cached("UPDATE trace_ids_merged SET mark = ?, received_ms = ?")?
-        .execute([mark, received_ms])?;
-    Ok(Some(Merged { mark, received_ms }))
+    tx.prepare_cached("UPDATE trace_ids_merged SET mark = ?, log_mark = ?, received_ms = ?")?
+        .execute([after.mark, after.log_mark, after.received_ms])?;
+    Ok(Some(after))
 }
 
 /// The rows of `trace_ids` that may hold `key`'s trace.
@@ -203,7 +291,8 @@ pub(super) fn merged_rows(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<Ve
         .collect()
 }
 
-/// Drops trace row `id`'s key from `trace_ids` (the row is being expired).
+/// Drops trace row `id`'s key (or `-seq`'s, a log entry's) from
+/// `trace_ids` (its trace is being expired).
 pub(super) fn drop_merged(tx: &Transaction<'_>, key: i64, id: i64) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM trace_ids WHERE key = ? AND trace = ?")?
         .execute(params![key, id])?;
@@ -233,13 +322,17 @@ mod tests {
         recent.note(8, 2);
         assert_eq!(recent.rows(7), vec![1, 5]);
         assert!(!recent.may_be_merged(1));
+        recent.note(9, -3);
+        recent.note(9, -4);
         recent.forget_merged(Merged {
             mark: 2,
+            log_mark: 3,
             received_ms: 100,
         });
         assert_eq!(recent.rows(7), vec![5]);
         assert_eq!(recent.rows(8), Vec::<i64>::new());
-        assert_eq!(recent.len(), 1);
+        assert_eq!(recent.rows(9), vec![-4]);
+        assert_eq!(recent.len(), 2);
         assert!(recent.may_be_merged(100) && !recent.may_be_merged(101));
     }
 }

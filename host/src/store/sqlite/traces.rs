@@ -13,7 +13,7 @@
 //! it (`EventLog::prune`), and a lookup reads the event from there.
 
 use super::SqliteStore;
-use super::log::{logged_event, route_cursor};
+use super::log::{LOGGED_COLUMNS, logged_event, route_cursor};
 use super::trace_ids::{self, RecentTraceIds};
 use crate::store::traces::TraceBody;
 use crate::store::{
@@ -83,12 +83,12 @@ fn apply_pending(tx: &Transaction<'_>, trace: &mut Trace) -> anyhow::Result<()> 
     Ok(())
 }
 
-const COLUMNS: &str =
-    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, event, seq";
+const COLUMNS: &str = "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, \
+     body, event, seq, in_log";
 /// [`COLUMNS`] without the event itself (an empty blob in its place): a
 /// fact changes the routing record, never the event, so it need not read it.
-const RECORD_COLUMNS: &str =
-    "id, tenant, bus, event_id, received_ms, source, type, state, size, replay, body, X'', seq";
+const RECORD_COLUMNS: &str = "id, tenant, bus, event_id, received_ms, source, type, state, size, \
+     replay, body, X'', seq, in_log";
 
 fn read_trace(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Trace)> {
     let state: String = r.get(7)?;
@@ -108,8 +108,101 @@ fn read_trace(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Trace)> {
             body: serde_json::from_str(&body).unwrap_or_default(),
             event: Bytes::from(r.get::<_, Vec<u8>>(11)?),
             position: r.get(12)?,
+            head_in_log: r.get(13)?,
         },
     ))
+}
+
+/// Whether a trace is its log entry alone: the entry keeps its head, and
+/// nothing was routed beyond "no rule matched". Such a trace gets no row
+/// (see `TRACES_V6`); search and lookups read the entry.
+fn is_log_only(trace: &Trace) -> bool {
+    trace.head_in_log
+        && trace.position.is_some()
+        && trace.body.rules.is_empty()
+        && trace.body.replays.is_empty()
+}
+
+/// The log entries at or below this hold no trace (expired).
+fn log_expired(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.prepare_cached("SELECT expired FROM log_traces")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The route cursor of the main file, as committed: entries at or below it
+/// are routed.
+fn log_routed(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    Ok(tx
+        .prepare_cached("SELECT seq FROM log.cursors WHERE name = 'route'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The trace that is log entry `seq` alone, if it is one of `tenant`'s
+/// event `event_id` (on `bus`, received at `received_ms`, where given): a
+/// traced entry, not expired, without a row of its own. Its state is
+/// `no_match` once routed, `in_flight` before. With `with_event`, the
+/// event too.
+fn log_trace(
+    tx: &Transaction<'_>,
+    seq: i64,
+    key: (&str, &str, Option<&str>, Option<Millis>),
+    with_event: bool,
+) -> anyhow::Result<Option<Trace>> {
+    let (tenant, event_id, bus, received_ms) = key;
+    if seq <= log_expired(tx)? {
+        return Ok(None);
+    }
+    let found = tx
+        .prepare_cached(
+            "SELECT bus, ingested_ms, source, type, body FROM log.events \
+             WHERE seq = ?1 AND tenant = ?2 AND event_id = ?3 AND source IS NOT NULL \
+             AND (?4 IS NULL OR bus = ?4) AND (?5 IS NULL OR ingested_ms = ?5)",
+        )?
+        .query_row(params![seq, tenant, event_id, bus, received_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Millis>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((bus, received_ms, source, event_type, body)) = found else {
+        return Ok(None);
+    };
+    let has_row: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM traces WHERE seq = ? AND in_log = 1)")?
+        .query_row([seq], |r| r.get(0))?;
+    if has_row {
+        return Ok(None);
+    }
+    let routed = seq <= log_routed(tx)?;
+    let body_routed = TraceBody {
+        routed,
+        ..TraceBody::default()
+    };
+    Ok(Some(Trace {
+        tenant: tenant.to_owned(),
+        bus,
+        event_id: event_id.to_owned(),
+        received_ms,
+        source,
+        event_type,
+        size_bytes: body.len() as u64,
+        replay: crate::event::EventHead::parse(&body).and_then(|h| h.replayname),
+        event: if with_event {
+            Bytes::from(body)
+        } else {
+            Bytes::new()
+        },
+        position: Some(seq),
+        head_in_log: true,
+        state: Trace::derive_state(&body_routed),
+        body: body_routed,
+    }))
 }
 
 /// Writes a trace's changed body and state.
@@ -150,24 +243,42 @@ fn candidates(
     Ok(rows)
 }
 
+/// Where [`find`] looks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Trace rows only: recording a trace replaces only a row (and
+    /// reading the log would cost every record a read of the main file).
+    Rows,
+    /// Rows, and log entries that are a trace alone.
+    RowsAndLog,
+}
+
 /// The newest trace of `tenant`'s event `event_id` (on `bus`, received at
-/// `received_ms`, where given), read with `columns`.
+/// `received_ms`, where given), read with `columns`: its row id, or
+/// `-seq` for a trace that is log entry `seq` alone.
 fn find(
     tx: &Transaction<'_>,
     recent: &RecentTraceIds,
     columns: &str,
     key: (&str, &str, Option<&str>, Option<Millis>),
+    look: Look,
 ) -> anyhow::Result<Option<(i64, Trace)>> {
     let (tenant, event_id, bus, received_ms) = key;
     let mut newest: Option<(i64, Trace)> = None;
     for row in candidates(tx, recent, tenant, event_id, received_ms)? {
-        let found = tx
-            .prepare_cached(&format!(
+        if row < 0 && look == Look::Rows {
+            continue;
+        }
+        let found = if row < 0 {
+            log_trace(tx, -row, key, columns == COLUMNS)?.map(|t| (row, t))
+        } else {
+            tx.prepare_cached(&format!(
                 "SELECT {columns} FROM traces WHERE id = ?1 AND tenant = ?2 AND event_id = ?3 \
                  AND (?4 IS NULL OR bus = ?4) AND (?5 IS NULL OR received_ms = ?5)"
             ))?
             .query_row(params![row, tenant, event_id, bus, received_ms], read_trace)
-            .optional()?;
+            .optional()?
+        };
         if let Some((id, trace)) = found
             && newest
                 .as_ref()
@@ -181,8 +292,8 @@ fn find(
 
 /// Inserts a new trace row (see [`record`]).
 const INSERT_TRACE: &str = "INSERT INTO traces (tenant, bus, event_id, received_ms, source, \
-     type, state, size, replay, rules, body, event, seq) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     type, state, size, replay, rules, body, event, seq, in_log) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Records a trace: a new row through `insert` (prepared once for a whole
 /// batch of traces), or the row of an earlier record of it replaced.
@@ -203,6 +314,9 @@ fn record(
     } else {
         trace
     };
+    if is_log_only(trace) {
+        return Ok(());
+    }
     let rules = rule_names(&trace.body);
     let before = find(
         tx,
@@ -214,6 +328,7 @@ fn record(
             Some(&trace.bus),
             Some(trace.received_ms),
         ),
+        Look::Rows,
     )?;
     if let Some((id, old)) = before {
         // Recorded before (the event was routed again after a restart): replace.
@@ -229,6 +344,17 @@ fn record(
         index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
         return Ok(());
     }
+    insert_row(tx, insert, recent, trace, &rules)
+}
+
+/// Inserts a trace's row (`rules`: its [`rule_names`]).
+fn insert_row(
+    tx: &Transaction<'_>,
+    insert: &mut rusqlite::CachedStatement<'_>,
+    recent: &RecentTraceIds,
+    trace: &Trace,
+    rules: &str,
+) -> anyhow::Result<()> {
     let body = serde_json::to_string(&trace.body)?;
     // A trace of a log entry refers to the entry, which the log keeps as
     // long as the trace (see `prune`): the copy was two thirds of the
@@ -251,11 +377,12 @@ fn record(
         rules,
         body,
         event,
-        trace.position
+        trace.position,
+        trace.head_in_log && trace.position.is_some()
     ])?;
     let id = tx.last_insert_rowid();
     recent.note(trace_ids::key(&trace.tenant, &trace.event_id), id);
-    index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
+    index_rules(tx, &trace.tenant, rules, trace.received_ms, id, true)?;
     Ok(())
 }
 
@@ -271,9 +398,17 @@ fn add_fact(
         recent,
         RECORD_COLUMNS,
         (&key.tenant, &key.event_id, Some(&key.bus), key.received_ms),
+        Look::RowsAndLog,
     )?;
     match found {
-        Some((id, mut trace)) => {
+        // A replay mark on a trace that is its log entry alone: the trace
+        // gets its row now.
+        Some((id, mut trace)) if id < 0 && !fact.waits_for_trace() => {
+            trace.apply(fact);
+            let mut insert = tx.prepare_cached(INSERT_TRACE)?;
+            insert_row(tx, &mut insert, recent, &trace, &rule_names(&trace.body))?;
+        }
+        Some((id, mut trace)) if id > 0 => {
             let before = rule_names(&trace.body);
             trace.apply(fact);
             let after = rule_names(&trace.body);
@@ -283,7 +418,9 @@ fn add_fact(
             }
             update(tx, id, &trace)?;
         }
-        None if fact.waits_for_trace() => {
+        // Not recorded yet — or still its log entry alone, while the
+        // routing record (it has rules, so it writes a row) is on its way.
+        _ if fact.waits_for_trace() => {
             tx.prepare_cached(
                 "INSERT INTO trace_pending (tenant, bus, event_id, received_ms, at_ms, fact) VALUES (?, ?, ?, ?, ?, ?)",
             )?
@@ -296,7 +433,7 @@ fn add_fact(
                 serde_json::to_string(fact)?
             ])?;
         }
-        None => {}
+        _ => {}
     }
     Ok(())
 }
@@ -310,12 +447,12 @@ const COMMON_STATES: [TraceState; 3] = [
     TraceState::FilteredOut,
 ];
 
-/// How many `traces_head` entries one search call scans at most (10–30 ms
+/// How many entries one filtering search call scans at most (10–30 ms
 /// here at 1,000,000 traces): see [`run_search`].
 pub(super) const SEARCH_SCAN: usize = 100_000;
 
-/// How many `traces_head` entries one step of a filtering walk reads from
-/// one bus (see [`run_search`]).
+/// How many entries one step of a filtering walk reads from one lane (see
+/// [`run_search`]).
 const SEARCH_STEP: usize = 1_000;
 
 /// `traces_uncommon`'s `WHERE`, which a statement must repeat to walk it
@@ -324,189 +461,263 @@ const SEARCH_STEP: usize = 1_000;
 const UNCOMMON_STATE: &str =
     "t.state <> 'delivered' AND t.state <> 'no_match' AND t.state <> 'filtered_out'";
 
-/// A search as SQL: one statement, or one per bus of the tenant.
-struct SearchPlan {
-    sql: String,
-    /// `?1` is the tenant; `?2` the bus in a walk by bus (`NULL` until a
-    /// bus is bound, when the walk is per bus).
-    args: Vec<Sql>,
-    /// Whether `sql` walks one bus (`?2`) and runs once per bus of the
-    /// tenant, the walks merged newest first.
-    per_bus: bool,
-    /// How a walk that filters the head goes in steps (see [`run_search`]).
-    steps: Option<Steps>,
-}
-
-/// The bounds of one step of a filtering walk: `sql` reads the entries of
-/// one bus from just below `upper` down to `lower`; `stop_sql` finds the
-/// `lower` that makes a step (its last parameter) entries long.
-struct Steps {
-    stop_sql: String,
-    /// `args` up to the step's bounds, then the step's length.
-    stop_args: Vec<Sql>,
-    /// Where the (received, id) above the step (exclusive) is, in both
-    /// argument lists.
-    upper_at: usize,
-    /// Where the (received, id) the step ends at (inclusive) is, in `args`.
-    lower_at: usize,
-    /// The (received, id) the first step starts below: the query's cursor,
-    /// or [`START`].
-    start: (Millis, i64),
-}
-
 /// Above every trace: where a walk without a cursor starts.
 const START: (Millis, i64) = (Millis::MAX, i64::MAX);
 
+/// How far a trace row's place in a head walk is shifted: a bus's log
+/// entries (placed by their position) and its rows without an entry that
+/// keeps the head (placed by this plus their id) then share one (received,
+/// place) order, and a cursor says where in both a page ended.
+const ROW_PLACE: i64 = 1 << 50;
+
+/// The two kinds of traces a head walk reads: log entries that keep their
+/// head (with their trace row, if they have one), and trace rows whose
+/// event's log entry does not (`traces_rows`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LaneKind {
+    Log,
+    Rows,
+}
+
+impl LaneKind {
+    /// What is added to an id to place it in the walk's order.
+    fn shift(self) -> i64 {
+        match self {
+            Self::Log => 0,
+            Self::Rows => ROW_PLACE,
+        }
+    }
+}
+
+/// One kind's statements of a head walk. In both, `?1` is the tenant, `?2`
+/// the bus and `(?3, ?4)` the (received, id) the step reads below; `sql`
+/// reads down to `(?5, ?6)` inclusive, `stop_sql` finds that point `?5`
+/// entries down.
+struct LaneSql {
+    kind: LaneKind,
+    sql: String,
+    args: Vec<Sql>,
+    stop_sql: String,
+    stop_args: Vec<Sql>,
+}
+
+/// A search as SQL: a rule's or an uncommon state's walk (one statement,
+/// every bus), or a walk of the buses' heads newest first.
+enum SearchPlan {
+    Rows {
+        sql: String,
+        args: Vec<Sql>,
+    },
+    Head {
+        /// The query's bus, or `None`: each bus the tenant has traces on.
+        bus: Option<String>,
+        lanes: Box<[LaneSql; 2]>,
+        /// Whether it filters on the head (else every entry is a hit).
+        filters: bool,
+        start: (Millis, i64),
+    },
+}
+
 /// Plans a search. A rule's search walks its `trace_rules` rows; a search
-/// for an uncommon state walks `traces_uncommon`; every other walks
-/// `traces_head` newest first — the query's bus, or each of the tenant's
-/// buses — and filters on the head the index carries, stopping after a
-/// page (plus one row, to know whether there is more) or, when it filters,
-/// after its scan budget (see [`run_search`]).
+/// for an uncommon state walks `traces_uncommon`; every other walks the
+/// heads of the query's bus, or each of the tenant's buses, newest first
+/// — traced log entries (`events_traced`, with their rows when they have
+/// one) and rows without such an entry (`traces_rows`) — filtering on the
+/// head and stopping after a page (plus one row, to know whether there is
+/// more) or, when it filters, after its scan budget (see [`run_search`]).
 fn plan_search(
     query: &TraceQuery,
     tenant: &str,
     after: Option<(Millis, i64)>,
     limit: usize,
+    log: (i64, i64),
 ) -> SearchPlan {
-    let text = |s: &str| Sql::Text(s.to_owned());
     let uncommon = query.state.filter(|s| !COMMON_STATES.contains(s));
-    // Whether the walk is by bus: any but a rule's or an uncommon state's,
-    // which walk their own index across buses.
-    let by_bus = query.bus.is_some() || (query.rule.is_none() && uncommon.is_none());
+    if query.rule.is_none() && uncommon.is_none() {
+        let filters = query.source.is_some() || query.event_type.is_some() || query.state.is_some();
+        return SearchPlan::Head {
+            bus: query.bus.clone(),
+            lanes: Box::new([
+                lane_sql(LaneKind::Log, query, tenant, log),
+                lane_sql(LaneKind::Rows, query, tenant, log),
+            ]),
+            filters,
+            start: after.unwrap_or(START),
+        };
+    }
+    let text = |s: &str| Sql::Text(s.to_owned());
     let mut args: Vec<Sql> = vec![text(tenant)];
-    // The walk's range (tenant, bus, time, cursor, step) and its filters apart.
-    let mut range = Vec::new();
     let arg = |args: &mut Vec<Sql>, v: Sql| {
         args.push(v);
         format!("?{}", args.len())
     };
-    let and_all = |conditions: &[String]| -> String {
-        conditions.iter().map(|c| format!(" AND {c}")).collect()
-    };
-    if by_bus {
-        let bus = arg(&mut args, query.bus.as_deref().map_or(Sql::Null, text));
-        range.push(format!("t.bus = {bus}"));
+    let mut conditions = String::new();
+    if let Some(bus) = &query.bus {
+        conditions += &format!(" AND t.bus = {}", arg(&mut args, text(bus)));
     }
     if let Some(f) = query.from_ms {
-        range.push(format!(
-            "t.received_ms >= {}",
-            arg(&mut args, Sql::Integer(f))
-        ));
+        conditions += &format!(" AND t.received_ms >= {}", arg(&mut args, Sql::Integer(f)));
     }
     if let Some(to) = query.to_ms {
-        range.push(format!(
-            "t.received_ms < {}",
-            arg(&mut args, Sql::Integer(to))
-        ));
+        conditions += &format!(" AND t.received_ms < {}", arg(&mut args, Sql::Integer(to)));
     }
     let (ms, id) = if query.rule.is_some() {
         ("r.received_ms", "r.trace")
     } else {
         ("t.received_ms", "t.id")
     };
-    let order = format!("ORDER BY {ms} DESC, {id} DESC");
-    let head_walk = query.rule.is_none() && uncommon.is_none();
-    let filters_head =
-        query.source.is_some() || query.event_type.is_some() || query.state.is_some();
-    let stepped = head_walk && filters_head;
-    // A walk in steps starts its first step at the cursor instead: SQLite
-    // bounds a walk by one upper (row value) bound only, and would read
-    // every step from the cursor down.
-    if let Some((after_ms, after_id)) = after.filter(|_| !stepped) {
+    if let Some((after_ms, after_id)) = after {
         let (a, b) = (
             arg(&mut args, Sql::Integer(after_ms)),
             arg(&mut args, Sql::Integer(after_id)),
         );
-        range.push(format!("({ms}, {id}) < ({a}, {b})"));
+        conditions += &format!(" AND ({ms}, {id}) < ({a}, {b})");
     }
-    let steps = stepped.then(|| {
-        let upper_at = args.len();
-        let (a, b) = (arg(&mut args, Sql::Null), arg(&mut args, Sql::Null));
-        range.push(format!("(t.received_ms, t.id) < ({a}, {b})"));
-        let mut stop_args = args.clone();
-        let length = arg(&mut stop_args, Sql::Null);
-        let stop_sql = format!(
-            "SELECT t.received_ms, t.id FROM traces t INDEXED BY traces_head \
-             WHERE t.tenant = ?1{} {order} LIMIT 1 OFFSET {length}",
-            and_all(&range)
-        );
-        let lower_at = args.len();
-        let (a, b) = (arg(&mut args, Sql::Null), arg(&mut args, Sql::Null));
-        range.push(format!("(t.received_ms, t.id) >= ({a}, {b})"));
-        Steps {
-            stop_sql,
-            stop_args,
-            upper_at,
-            lower_at,
-            start: after.unwrap_or(START),
-        }
-    });
-    let mut filters = Vec::new();
     if let Some(s) = &query.source {
-        filters.push(format!("t.source = {}", arg(&mut args, text(s))));
+        conditions += &format!(" AND t.source = {}", arg(&mut args, text(s)));
     }
     if let Some(s) = &query.event_type {
-        filters.push(format!("t.type = {}", arg(&mut args, text(s))));
+        conditions += &format!(" AND t.type = {}", arg(&mut args, text(s)));
     }
     if let Some(state) = query.state {
-        filters.push(format!(
-            "t.state = {}",
-            arg(&mut args, text(state.as_str()))
-        ));
+        conditions += &format!(" AND t.state = {}", arg(&mut args, text(state.as_str())));
     }
     if uncommon.is_some() {
-        filters.push(UNCOMMON_STATE.to_owned());
+        conditions += &format!(" AND {UNCOMMON_STATE}");
     }
-    range.extend(filters);
-    let conditions = and_all(&range);
     let cols = "t.id, t.event_id, t.bus, t.source, t.type, t.received_ms, t.state";
+    let order = format!("ORDER BY {ms} DESC, {id} DESC LIMIT {}", limit + 1);
     let sql = if let Some(rule) = &query.rule {
         let rule = arg(&mut args, text(rule));
         format!(
             "SELECT {cols} FROM trace_rules r JOIN traces t ON t.id = r.trace \
-             WHERE r.tenant = ?1 AND r.rule = {rule} AND t.tenant = ?1{conditions} \
-             {order} LIMIT {}",
-            limit + 1
+             WHERE r.tenant = ?1 AND r.rule = {rule} AND t.tenant = ?1{conditions} {order}"
         )
     } else {
-        let index = if uncommon.is_some() {
-            "traces_uncommon"
-        } else {
-            "traces_head"
-        };
         format!(
-            "SELECT {cols} FROM traces t INDEXED BY {index} WHERE t.tenant = ?1{conditions} \
-             {order} LIMIT {}",
-            limit + 1
+            "SELECT {cols} FROM traces t INDEXED BY traces_uncommon \
+             WHERE t.tenant = ?1{conditions} {order}"
         )
     };
-    SearchPlan {
-        sql,
+    SearchPlan::Rows { sql, args }
+}
+
+/// One kind's statements of a head walk (see [`LaneSql`]); `log` is the
+/// log's (expired, routed) positions.
+fn lane_sql(kind: LaneKind, query: &TraceQuery, tenant: &str, log: (i64, i64)) -> LaneSql {
+    let text = |s: &str| Sql::Text(s.to_owned());
+    let (expired, routed) = log;
+    // ?1 tenant, ?2 bus, ?3 ?4 upper, then ?5 ?6 lower (or ?5 the step).
+    let mut args: Vec<Sql> = vec![
+        text(tenant),
+        Sql::Null,
+        Sql::Null,
+        Sql::Null,
+        Sql::Null,
+        Sql::Null,
+    ];
+    let mut stop_args: Vec<Sql> = args[..5].to_vec();
+    let arg = |args: &mut Vec<Sql>, v: Sql| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let (from, ms, id, state) = match kind {
+        LaneKind::Log => (
+            "log.events e INDEXED BY events_traced",
+            "e.ingested_ms",
+            "e.seq",
+            format!(
+                "COALESCE(t.state, CASE WHEN e.seq <= {} THEN 'no_match' ELSE 'in_flight' END)",
+                arg(&mut args, Sql::Integer(routed))
+            ),
+        ),
+        LaneKind::Rows => (
+            "traces t INDEXED BY traces_rows",
+            "t.received_ms",
+            "t.id",
+            "t.state".to_owned(),
+        ),
+    };
+    let (event_id, source, event_type, bus, tenant_col) = match kind {
+        LaneKind::Log => ("e.event_id", "e.source", "e.type", "e.bus", "e.tenant"),
+        LaneKind::Rows => ("t.event_id", "t.source", "t.type", "t.bus", "t.tenant"),
+    };
+    // The walk's range, in both statements.
+    let range = |args: &mut Vec<Sql>| {
+        let mut c = format!("{tenant_col} = ?1 AND {bus} = ?2 AND ({ms}, {id}) < (?3, ?4)");
+        match kind {
+            LaneKind::Log => {
+                c += &format!(
+                    " AND e.source IS NOT NULL AND e.seq > {}",
+                    arg(args, Sql::Integer(expired))
+                );
+            }
+            LaneKind::Rows => c += " AND t.in_log = 0",
+        }
+        if let Some(f) = query.from_ms {
+            c += &format!(" AND {ms} >= {}", arg(args, Sql::Integer(f)));
+        }
+        if let Some(to) = query.to_ms {
+            c += &format!(" AND {ms} < {}", arg(args, Sql::Integer(to)));
+        }
+        c
+    };
+    let stop_range = range(&mut stop_args);
+    let mut conditions = range(&mut args);
+    conditions += &format!(" AND ({ms}, {id}) >= (?5, ?6)");
+    if let Some(s) = &query.source {
+        conditions += &format!(" AND {source} = {}", arg(&mut args, text(s)));
+    }
+    if let Some(s) = &query.event_type {
+        conditions += &format!(" AND {event_type} = {}", arg(&mut args, text(s)));
+    }
+    if let Some(s) = query.state {
+        conditions += &format!(" AND {state} = {}", arg(&mut args, text(s.as_str())));
+    }
+    let join = match kind {
+        LaneKind::Log => " LEFT JOIN traces t ON t.seq = e.seq AND t.in_log = 1",
+        LaneKind::Rows => "",
+    };
+    let order = format!("ORDER BY {ms} DESC, {id} DESC");
+    let place = match kind {
+        LaneKind::Log => "e.seq".to_owned(),
+        LaneKind::Rows => format!("t.id + {ROW_PLACE}"),
+    };
+    LaneSql {
+        kind,
+        sql: format!(
+            "SELECT {place}, {event_id}, {bus}, {source}, {event_type}, {ms}, {state} \
+             FROM {from}{join} WHERE {conditions} {order}"
+        ),
         args,
-        per_bus: query.bus.is_none() && by_bus,
-        steps,
+        stop_sql: format!(
+            "SELECT {ms}, {id} FROM {from} WHERE {stop_range} {order} LIMIT 1 OFFSET ?5"
+        ),
+        stop_args,
     }
 }
 
-/// The buses `tenant` has traces on, read from `traces_head` one step per
-/// bus (a skip from each bus to the next).
+/// The buses `tenant` has traces on, read one step per bus (a skip from
+/// each bus to the next) from both kinds of a head walk.
 fn traced_buses(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<Vec<String>> {
-    let mut next = tx.prepare_cached(
-        "SELECT bus FROM traces INDEXED BY traces_head WHERE tenant = ?1 AND bus > ?2 \
-         ORDER BY bus LIMIT 1",
-    )?;
-    let mut buses: Vec<String> = Vec::new();
-    while let Some(bus) = next
-        .query_row(
-            params![tenant, buses.last().map_or("", String::as_str)],
-            |r| r.get(0),
-        )
-        .optional()?
-    {
-        buses.push(bus);
+    let mut buses = std::collections::BTreeSet::new();
+    for sql in [
+        "SELECT bus FROM log.events INDEXED BY events_traced \
+         WHERE tenant = ?1 AND bus > ?2 AND source IS NOT NULL ORDER BY bus LIMIT 1",
+        "SELECT bus FROM traces INDEXED BY traces_rows \
+         WHERE tenant = ?1 AND bus > ?2 AND in_log = 0 ORDER BY bus LIMIT 1",
+    ] {
+        let mut next = tx.prepare_cached(sql)?;
+        let mut last = String::new();
+        while let Some(bus) = next
+            .query_row(params![tenant, last], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            buses.insert(bus.clone());
+            last = bus;
+        }
     }
-    Ok(buses)
+    Ok(buses.into_iter().collect())
 }
 
 /// A search's rows: (backend id, summary).
@@ -543,14 +754,13 @@ fn newest_first(rows: &mut Found) {
 
 /// Runs a planned search.
 ///
-/// A walk that filters the head (source, type, a common state) goes in
-/// steps of [`SEARCH_STEP`] entries, always on the bus whose next step is
-/// the newest, so the buses are read together from the newest trace down,
-/// and it stops once the page is full or it has scanned `budget` entries.
-/// Without a budget a value no index leads with (a rare source, say) would
-/// scan a bus's every trace in one call, on the thread that writes traces;
-/// with it, such a call answers what it found with a cursor where it
-/// stopped, and paging on finds the rest.
+/// A head walk goes in steps, always on the lane (a bus and a kind of
+/// trace) whose next step is the newest, so the lanes are read together
+/// from the newest trace down, and it stops once the page is full or it
+/// has scanned `budget` entries. Without a budget a value no index leads
+/// with (a rare source, say) would scan a bus's every trace in one call,
+/// on the thread that writes traces; with it, such a call answers what it
+/// found with a cursor where it stopped, and paging on finds the rest.
 fn run_search(
     tx: &Transaction<'_>,
     plan: SearchPlan,
@@ -558,121 +768,100 @@ fn run_search(
     limit: usize,
     budget: usize,
 ) -> rusqlite::Result<Searched> {
-    let SearchPlan {
-        sql,
-        mut args,
-        per_bus,
-        steps,
-    } = plan;
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let buses = if per_bus {
-        Some(traced_buses(tx, tenant)?)
+    let (bus, lanes, filters, start) = match plan {
+        SearchPlan::Rows { sql, args } => {
+            return Ok((read_rows(&mut tx.prepare_cached(&sql)?, &args)?, None));
+        }
+        SearchPlan::Head {
+            bus,
+            lanes,
+            filters,
+            start,
+        } => (bus, lanes, filters, start),
+    };
+    let buses = match bus {
+        Some(bus) => vec![bus],
+        None => traced_buses(tx, tenant)?,
+    };
+    // Without a filter every entry is a hit: each lane's newest page (and
+    // one) holds the page, and no budget is needed.
+    let (step, budget) = if filters {
+        (SEARCH_STEP.clamp(1, budget.max(1)), budget)
     } else {
-        None
+        (limit + 1, usize::MAX)
     };
-    if let Some(steps) = steps {
-        return walk_in_steps(tx, &mut stmt, args, steps, buses, limit, budget);
-    }
-    let Some(buses) = buses else {
-        return Ok((read_rows(&mut stmt, &args)?, None));
-    };
-    // Every entry is a hit: each bus's newest page (and one) holds the
-    // tenant's newest page.
-    let mut rows = Vec::new();
-    for bus in buses {
-        args[1] = Sql::Text(bus);
-        rows.extend(read_rows(&mut stmt, &args)?);
-    }
-    newest_first(&mut rows);
-    rows.truncate(limit + 1);
-    Ok((rows, None))
-}
-
-/// The filtering walk of [`run_search`]: `buses` to merge, or `None` for
-/// the one bus the plan names.
-fn walk_in_steps(
-    tx: &Transaction<'_>,
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    mut args: Vec<Sql>,
-    steps: Steps,
-    buses: Option<Vec<String>>,
-    limit: usize,
-    budget: usize,
-) -> rusqlite::Result<Searched> {
-    let Steps {
-        stop_sql,
-        mut stop_args,
-        upper_at,
-        lower_at,
-        start,
-    } = steps;
-    let step = SEARCH_STEP.clamp(1, budget.max(1));
-    if let Some(length) = stop_args.last_mut() {
-        *length = Sql::Integer(i64::try_from(step).unwrap_or(i64::MAX));
-    }
-    let mut stop_stmt = tx.prepare_cached(&stop_sql)?;
-    /// One bus's walk: read down to `upper` (exclusive), or to the end.
+    /// One bus's walk through one kind: read down to `upper` (exclusive,
+    /// in the walk's order), or to the end.
     struct Lane {
-        bus: Option<String>,
+        bus: String,
+        kind: usize,
         upper: Option<(Millis, i64)>,
     }
-    let mut lanes: Vec<Lane> = match buses {
-        Some(buses) => buses
-            .into_iter()
-            .map(|bus| Lane {
-                bus: Some(bus),
+    let mut walks: Vec<Lane> = buses
+        .iter()
+        .flat_map(|bus| {
+            (0..lanes.len()).map(|kind| Lane {
+                bus: bus.clone(),
+                kind,
                 upper: Some(start),
             })
-            .collect(),
-        None => vec![Lane {
-            bus: None,
-            upper: Some(start),
-        }],
-    };
+        })
+        .collect();
+    let mut statements = Vec::with_capacity(lanes.len());
+    for lane in lanes.iter() {
+        statements.push((
+            tx.prepare_cached(&lane.sql)?,
+            tx.prepare_cached(&lane.stop_sql)?,
+            lane.args.clone(),
+            lane.stop_args.clone(),
+        ));
+    }
     // Every lane has read everything at or above the highest lane's upper
     // bound: rows there are final.
-    let frontier = |lanes: &[Lane]| lanes.iter().filter_map(|l| l.upper).max();
+    let frontier = |walks: &[Lane]| walks.iter().filter_map(|l| l.upper).max();
     let mut rows = Found::new();
     let mut scanned = 0;
-    while let Some(lane) = lanes
+    while let Some(walk) = walks
         .iter_mut()
         .filter(|l| l.upper.is_some())
         .max_by_key(|l| l.upper)
     {
-        let Some((upper_ms, upper_id)) = lane.upper else {
+        let Some((upper_ms, upper_place)) = walk.upper else {
             break;
         };
-        if let Some(bus) = &lane.bus {
-            args[1] = Sql::Text(bus.clone());
-            stop_args[1] = Sql::Text(bus.clone());
+        let shift = lanes[walk.kind].kind.shift();
+        let (stmt, stop_stmt, args, stop_args) = &mut statements[walk.kind];
+        for a in [&mut *args, &mut *stop_args] {
+            a[1] = Sql::Text(walk.bus.clone());
+            a[2] = Sql::Integer(upper_ms);
+            a[3] = Sql::Integer(upper_place.saturating_sub(shift));
         }
-        for a in [&mut args, &mut stop_args] {
-            a[upper_at] = Sql::Integer(upper_ms);
-            a[upper_at + 1] = Sql::Integer(upper_id);
-        }
+        stop_args[4] = Sql::Integer(i64::try_from(step).unwrap_or(i64::MAX));
         let stop: Option<(Millis, i64)> = stop_stmt
-            .query_row(params_from_iter(&stop_args), |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params_from_iter(stop_args.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let (lower_ms, lower_id) = stop.unwrap_or((Millis::MIN, i64::MIN));
-        args[lower_at] = Sql::Integer(lower_ms);
-        args[lower_at + 1] = Sql::Integer(lower_id);
-        rows.extend(read_rows(stmt, &args)?);
-        lane.upper = stop;
+        args[4] = Sql::Integer(lower_ms);
+        args[5] = Sql::Integer(lower_id);
+        rows.extend(read_rows(stmt, args)?);
+        walk.upper = stop.map(|(ms, id)| (ms, id + shift));
         scanned += step;
-        let front = frontier(&lanes);
+        let front = frontier(&walks);
         let done = rows
             .iter()
             .filter(|(id, s)| front.is_none_or(|f| (s.received_ms, *id) >= f))
             .count();
-        // Out of budget only once every bus has been read a step (before
+        // Out of budget only once every lane has been read a step (before
         // that nothing is final, and the cursor would not move).
         if done > limit || (scanned >= budget && front != Some(start)) {
             break;
         }
     }
-    let front = frontier(&lanes);
+    let front = frontier(&walks);
     if let Some(f) = front {
-        // Below the frontier some bus was not read: those rows wait for
+        // Below the frontier some lane was not read: those rows wait for
         // the next page, which starts there.
         rows.retain(|(id, s)| (s.received_ms, *id) >= f);
     }
@@ -685,7 +874,7 @@ impl SqliteStore {
     /// Fills in the event of a trace that refers to its log entry (such a
     /// row stores no copy).
     async fn with_logged_event(&self, mut trace: Trace) -> StoreResult<Trace> {
-        let Some(seq) = trace.position else {
+        let Some(seq) = trace.position.filter(|_| trace.event.is_empty()) else {
             return Ok(trace);
         };
         let (tenant, event_id) = (trace.tenant.clone(), trace.event_id.clone());
@@ -705,21 +894,37 @@ impl SqliteStore {
         Ok(trace)
     }
 
-    /// The lowest log position a stored trace refers to (`None`: none does).
-    pub(super) async fn lowest_traced_seq(&self) -> StoreResult<Option<i64>> {
+    /// What the log must keep for traces (see [`EventLog::prune`]).
+    ///
+    /// [`EventLog::prune`]: crate::store::EventLog::prune
+    pub(super) async fn traced_floor(&self) -> StoreResult<TracedFloor> {
         self.run_traces(|tx| {
-            Ok(tx
-                .prepare_cached("SELECT MIN(seq) FROM traces WHERE seq IS NOT NULL")?
-                .query_row([], |r| r.get(0))?)
+            Ok(TracedFloor {
+                lowest_row: tx
+                    .prepare_cached("SELECT MIN(seq) FROM traces WHERE seq IS NOT NULL")?
+                    .query_row([], |r| r.get(0))?,
+                log_expired: log_expired(tx)?,
+            })
         })
         .await
     }
 }
 
+/// What the log must keep for traces.
+pub(super) struct TracedFloor {
+    /// The lowest position a trace row refers to (`None`: none does).
+    pub(super) lowest_row: Option<i64>,
+    /// Traced entries at or below this are no longer traces (the retention
+    /// sweep passed them); those above are.
+    pub(super) log_expired: i64,
+}
+
 #[async_trait]
 impl Traces for SqliteStore {
     async fn record_traces(&self, traces: Arc<[Trace]>) -> StoreResult<()> {
-        if traces.is_empty() {
+        // Traces that are their log entries alone have nothing to write (a
+        // fact waits only for a trace with rules, so none waits for them).
+        if traces.iter().all(is_log_only) {
             return Ok(());
         }
         let recent = self.inner.recent_traces.clone();
@@ -734,7 +939,7 @@ impl Traces for SqliteStore {
                 }
                 drop(insert);
                 if recent.len() >= merge_at {
-                    return trace_ids::merge(tx);
+                    return trace_ids::merge(tx, Some(&recent));
                 }
                 Ok(None)
             },
@@ -781,11 +986,11 @@ impl Traces for SqliteStore {
             self.run(move |tx| {
                 let cursor = route_cursor(tx)?;
                 Ok(tx
-                    .prepare_cached(
-                        "SELECT seq, tenant, bus, event_id, body, ingested_ms, only_rules FROM events \
+                    .prepare_cached(&format!(
+                        "SELECT seq, {LOGGED_COLUMNS} FROM events \
                          WHERE seq > ?1 AND tenant = ?2 AND event_id = ?3 AND (?4 IS NULL OR bus = ?4) \
-                         ORDER BY seq DESC LIMIT 1",
-                    )?
+                         ORDER BY seq DESC LIMIT 1"
+                    ))?
                     .query_row(params![cursor, tenant, event_id, bus], logged_event)
                     .optional()?
                     .map(|e| Trace::received(&e)))
@@ -800,6 +1005,7 @@ impl Traces for SqliteStore {
                     &recent,
                     COLUMNS,
                     (&tenant, &event_id, bus.as_deref(), None),
+                    Look::RowsAndLog,
                 )?
                 .map(|(_, t)| t))
             })
@@ -818,10 +1024,12 @@ impl Traces for SqliteStore {
         after: Option<&TraceCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<TraceSummary>, Option<TraceCursor>)> {
-        let plan = plan_search(query, tenant, after.and_then(TraceCursor::parts), limit);
+        let (query, after) = (query.clone(), after.and_then(TraceCursor::parts));
         let tenant = tenant.to_owned();
         let budget = self.inner.search_scan;
         self.run_traces(move |tx| {
+            let log = (log_expired(tx)?, log_routed(tx)?);
+            let plan = plan_search(&query, &tenant, after, limit, log);
             let (mut rows, stopped) = run_search(tx, plan, &tenant, limit, budget)?;
             let more = rows.len() > limit;
             rows.truncate(limit);
@@ -843,32 +1051,23 @@ impl Traces for SqliteStore {
         max: usize,
     ) -> StoreResult<u64> {
         self.run_traces(move |tx| {
-            let count: i64 = tx
+            let rows: i64 = tx
                 .prepare_cached("SELECT COUNT(*) FROM traces")?
                 .query_row([], |r| r.get(0))?;
-            let over = (count.max(0) as u64).saturating_sub(keep_at_most);
-            // Traces are recorded about when they are received, so the
-            // oldest by id are (nearly) the oldest received: look at those.
-            let oldest: Vec<(i64, String, Millis, String, String)> = tx
-                .prepare_cached(
-                    "SELECT id, tenant, received_ms, rules, event_id FROM traces ORDER BY id LIMIT ?",
-                )?
-                .query_map([max as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            let mut delete = tx.prepare_cached("DELETE FROM traces WHERE id = ?")?;
-            let mut dropped = 0u64;
-            for (i, (id, tenant, received_ms, rules, event_id)) in oldest.iter().enumerate() {
-                if (i as u64) >= over && *received_ms >= before {
-                    continue;
-                }
-                index_rules(tx, tenant, rules, *received_ms, *id, false)?;
-                // A recent trace's key stays in memory until the next merge,
-                // which finds no row for it: readers check every row.
-                trace_ids::drop_merged(tx, trace_ids::key(tenant, event_id), *id)?;
-                delete.execute([id])?;
-                dropped += 1;
+            // The log's traces count as every entry above the expired
+            // point (untraced ones too: the cap may then act a little
+            // early, never late) — a count of traced entries would read
+            // them all.
+            let expired = log_expired(tx)?;
+            let last: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM log.events")?
+                .query_row([], |r| r.get(0))?;
+            let in_log = (last - expired).max(0) as u64;
+            let over = (rows.max(0) as u64 + in_log).saturating_sub(keep_at_most);
+            let mut dropped = expire_rows(tx, before, over, max)?;
+            if (dropped as usize) < max {
+                let over = over.saturating_sub(dropped);
+                dropped += expire_log(tx, before, over, max - dropped as usize)?;
             }
             tx.prepare_cached("DELETE FROM trace_pending WHERE at_ms < ?")?
                 .execute([before])?;
@@ -876,6 +1075,82 @@ impl Traces for SqliteStore {
         })
         .await
     }
+}
+
+/// Drops up to `max` trace rows: those received before `before`, and the
+/// `over` oldest. Returns how many.
+fn expire_rows(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> anyhow::Result<u64> {
+    // Traces are recorded about when they are received, so the
+    // oldest by id are (nearly) the oldest received: look at those.
+    let oldest: Vec<(i64, String, Millis, String, String)> = tx
+        .prepare_cached(
+            "SELECT id, tenant, received_ms, rules, event_id FROM traces ORDER BY id LIMIT ?",
+        )?
+        .query_map([max as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut delete = tx.prepare_cached("DELETE FROM traces WHERE id = ?")?;
+    let mut dropped = 0u64;
+    for (i, (id, tenant, received_ms, rules, event_id)) in oldest.iter().enumerate() {
+        if (i as u64) >= over && *received_ms >= before {
+            continue;
+        }
+        index_rules(tx, tenant, rules, *received_ms, *id, false)?;
+        // A recent trace's key stays in memory until the next merge,
+        // which finds no row for it: readers check every row.
+        trace_ids::drop_merged(tx, trace_ids::key(tenant, event_id), *id)?;
+        delete.execute([id])?;
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
+/// How many log entries one call of [`expire_log`] reads at most: most
+/// entries it passes hold no trace (their bus does not trace), and it
+/// must pass them all.
+const LOG_EXPIRY_SCAN: usize = 16_384;
+
+/// Moves the log's expired point up over entries that hold no trace, and
+/// over traced ones received before `before` or among the `over` oldest
+/// (up to `max` of those), dropping their ids from `trace_ids`. The log
+/// keeps every traced entry above the point (see `traced_floor`). Returns
+/// how many traces it dropped — or `max` when it stopped at its scan
+/// bound with more to read, so the sweep calls again.
+fn expire_log(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> anyhow::Result<u64> {
+    let expired = log_expired(tx)?;
+    let mut point = expired;
+    let mut dropped = 0u64;
+    let mut scanned = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, tenant, event_id, ingested_ms, source IS NOT NULL FROM log.events \
+             WHERE seq > ? ORDER BY seq LIMIT ?",
+        )?;
+        let mut rows = stmt.query(params![expired, LOG_EXPIRY_SCAN as i64])?;
+        while let Some(r) = rows.next()? {
+            scanned += 1;
+            let (seq, traced): (i64, bool) = (r.get(0)?, r.get(4)?);
+            if traced {
+                let received: Millis = r.get(3)?;
+                if dropped as usize >= max || (dropped >= over && received >= before) {
+                    break;
+                }
+                let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
+                trace_ids::drop_merged(tx, trace_ids::key(&tenant, &event_id), -seq)?;
+                dropped += 1;
+            }
+            point = seq;
+        }
+    }
+    if point != expired {
+        tx.prepare_cached("UPDATE log_traces SET expired = ?")?
+            .execute([point])?;
+    }
+    if scanned == LOG_EXPIRY_SCAN && (dropped as usize) < max {
+        return Ok(max as u64);
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]

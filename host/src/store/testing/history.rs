@@ -30,6 +30,7 @@ fn ce(tenant: &str, bus: &str, id: &str, at: Millis, archives: &[&str]) -> NewEv
         only_rules: None,
         archives: archives.iter().map(|a| (*a).to_owned()).collect(),
         head: Default::default(),
+        traced: false,
     }
 }
 
@@ -82,6 +83,7 @@ fn trace(tenant: &str, bus: &str, id: &str, at: Millis, source: &str, state: Tra
         event: Bytes::from(format!(r#"{{"id":"{id}"}}"#)),
         position: None,
         replay: None,
+        head_in_log: false,
         body,
         state,
     }
