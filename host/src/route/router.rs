@@ -171,10 +171,13 @@ impl Router {
         self.engine.dispatch(deliveries);
     }
 
-    /// The trace of an entry, when its bus records traces.
+    /// The trace of an entry, when its bus records traces — or recorded
+    /// them when it accepted the entry: a log that keeps the head of such
+    /// an entry already shows it as a trace, which must not end as
+    /// "matched no rule" because tracing was turned off meanwhile.
     fn start_trace(&self, logged: &LoggedEvent, position: i64) -> Option<Arc<EventTrace>> {
         let history = self.history.as_ref()?;
-        if !history.table.traced(&logged.tenant, &logged.bus) {
+        if !logged.traced && !history.table.traced(&logged.tenant, &logged.bus) {
             return None;
         }
         // Ingest hands over the head it read; an entry read back from disk

@@ -22,6 +22,10 @@
 //! yet, with the state `in_flight` (SQLite reads the unrouted tail of its
 //! log; JetStream would publish a small "received" record at append).
 //!
+//! A backend whose log keeps an event's head with the entry (SQLite) may
+//! store nothing for a trace that is only "received, matched no rule"
+//! ([`Trace::head_in_log`]): the entry is that trace.
+//!
 //! Search ([`Traces::search_traces`]) is newest first with an opaque
 //! cursor. Retention drops traces in bounded chunks
 //! ([`Traces::expire_traces`]). A JetStream backend keeps traces in a KV

@@ -308,13 +308,16 @@ CREATE INDEX traces_uncommon ON traces (tenant, state, received_ms)
 /// `log_traces.expired`: log entries at or below it hold no trace any
 /// more (retention); `trace_ids_merged.log_mark`: the log entries up to it
 /// have their event ids in `trace_ids`, as `-seq` (a trace row's id is
-/// positive).
+/// positive), and `log_received_ms` is the latest receive time among them
+/// (`received_ms` stays the rows' own: recording a routed trace looks for
+/// an earlier row only, and the log's entries are always newer).
 pub(super) const TRACES_V6: &str = r#"
 ALTER TABLE traces ADD COLUMN in_log INTEGER NOT NULL DEFAULT 0;
 DROP INDEX traces_head;
 CREATE INDEX traces_rows ON traces (tenant, bus, received_ms, id, source, type, state)
     WHERE in_log = 0;
 ALTER TABLE trace_ids_merged ADD COLUMN log_mark INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trace_ids_merged ADD COLUMN log_received_ms INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE log_traces (expired INTEGER NOT NULL);
 INSERT INTO log_traces (expired) VALUES (0);
 "#;

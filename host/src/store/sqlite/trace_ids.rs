@@ -15,17 +15,21 @@
 //! The mark (`trace_ids_merged`) moves in the merge's transaction, so the
 //! traces above it are exactly the ones not merged yet; opening the store
 //! merges them, and memory starts empty. The mark also keeps the latest
-//! receive time among merged traces: recording a trace received after it
-//! needs no look into `trace_ids` for an earlier record of the same trace
+//! receive time among merged trace rows: recording a trace received after
+//! it needs no look into `trace_ids` for an earlier row of the same trace
 //! (the usual case — only a trace recorded again after a restart is
-//! older), so the common write reads nothing from the file. A key is a hash: it may name rows of
-//! other events (a collision, or a rolled-back insert whose row id was never
-//! used), so readers always check the row they fetch.
+//! older), so the common write reads nothing from the file. A key is a
+//! hash: it may name rows of other events (a collision, or a rolled-back
+//! insert whose row id was never used), so readers always check the row
+//! they fetch.
 //!
 //! Log entries that keep their trace's head (a trace that matched no rule
 //! has no row: see `TRACES_V6`) are indexed the same way, as `-seq`: the
 //! store notes them when their append commits, and a merge reads them
-//! from the log.
+//! from the log. Their latest receive time is kept apart from the rows'
+//! ([`Look`]): entries are merged as they are appended, ahead of the
+//! routing that records rows, so one shared time would send every record
+//! to `trace_ids` for nothing.
 //!
 //! [merge]: merge
 
@@ -68,20 +72,34 @@ pub(super) fn key(tenant: &str, event_id: &str) -> i64 {
 #[derive(Debug, Default)]
 pub(super) struct RecentTraceIds {
     by_key: Mutex<HashMap<i64, Rows>>,
-    /// The latest receive time among merged traces: a trace received after
-    /// it is not in `trace_ids`.
+    /// The latest receive time among merged trace rows: a row received
+    /// after it is not in `trace_ids`.
     merged_received_ms: AtomicI64,
+    /// The latest receive time among merged log entries.
+    merged_log_received_ms: AtomicI64,
     /// The latest receive time among noted log entries.
     noted_log_received_ms: AtomicI64,
 }
 
-/// What a merge wrote: every trace row up to `mark` and every traced log
-/// entry up to `log_mark`, received at the latest at `received_ms`.
+/// What a merge wrote: every trace row up to `mark`, received at the
+/// latest at `received_ms`, and every traced log entry up to `log_mark`,
+/// received at the latest at `log_received_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Merged {
     pub(super) mark: i64,
-    pub(super) log_mark: i64,
     pub(super) received_ms: i64,
+    pub(super) log_mark: i64,
+    pub(super) log_received_ms: i64,
+}
+
+/// Where a lookup of a trace by its event id looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Look {
+    /// Trace rows only: recording a trace replaces only a row (and
+    /// reading the log would cost every record a read of the main file).
+    Rows,
+    /// Rows, and log entries that are a trace alone.
+    RowsAndLog,
 }
 
 impl Merged {
@@ -171,17 +189,25 @@ impl RecentTraceIds {
         self.map().len()
     }
 
-    /// Whether a trace received at `received_ms` may be in `trace_ids`.
-    pub(super) fn may_be_merged(&self, received_ms: i64) -> bool {
-        received_ms <= self.merged_received_ms.load(Ordering::Acquire)
+    /// Whether a trace received at `received_ms` may be in `trace_ids`,
+    /// among the keys `wanted`.
+    pub(super) fn may_be_merged(&self, received_ms: i64, wanted: Look) -> bool {
+        let rows = self.merged_received_ms.load(Ordering::Acquire);
+        let latest = match wanted {
+            Look::Rows => rows,
+            Look::RowsAndLog => rows.max(self.merged_log_received_ms.load(Ordering::Acquire)),
+        };
+        received_ms <= latest
     }
 
     /// Starts empty after the merge recorded in the file (at open, once
     /// everything is merged).
     pub(super) fn merged_before(conn: &Connection) -> anyhow::Result<Self> {
+        let merged = merged_mark(conn)?;
         Ok(Self {
             by_key: Mutex::default(),
-            merged_received_ms: AtomicI64::new(merged_mark(conn)?.received_ms),
+            merged_received_ms: AtomicI64::new(merged.received_ms),
+            merged_log_received_ms: AtomicI64::new(merged.log_received_ms),
             noted_log_received_ms: AtomicI64::new(i64::MIN),
         })
     }
@@ -192,6 +218,8 @@ impl RecentTraceIds {
     pub(super) fn forget_merged(&self, merged: Merged) {
         self.merged_received_ms
             .fetch_max(merged.received_ms, Ordering::AcqRel);
+        self.merged_log_received_ms
+            .fetch_max(merged.log_received_ms, Ordering::AcqRel);
         self.map().retain(|_, rows| match rows {
             Rows::One(id) => !merged.covers(*id),
             Rows::Many(ids) => {
@@ -205,15 +233,18 @@ impl RecentTraceIds {
 /// The highest trace row whose key is in `trace_ids`, and the latest
 /// receive time among those rows.
 fn merged_mark(conn: &Connection) -> anyhow::Result<Merged> {
-    conn.prepare_cached("SELECT mark, log_mark, received_ms FROM trace_ids_merged")?
-        .query_row([], |r| {
-            Ok(Merged {
-                mark: r.get(0)?,
-                log_mark: r.get(1)?,
-                received_ms: r.get(2)?,
-            })
+    conn.prepare_cached(
+        "SELECT mark, received_ms, log_mark, log_received_ms FROM trace_ids_merged",
+    )?
+    .query_row([], |r| {
+        Ok(Merged {
+            mark: r.get(0)?,
+            received_ms: r.get(1)?,
+            log_mark: r.get(2)?,
+            log_received_ms: r.get(3)?,
         })
-        .context("reading the traces' merge mark")
+    })
+    .context("reading the traces' merge mark")
 }
 
 /// Writes the keys of every trace row above the merge mark, and of every
@@ -247,7 +278,7 @@ pub(super) fn merge(
         if let Some(noted) = noted {
             let (entries, received_ms) = noted.log_entries_after(before.log_mark);
             if !entries.is_empty() {
-                after.received_ms = after.received_ms.max(received_ms);
+                after.log_received_ms = after.log_received_ms.max(received_ms);
             }
             for (key, seq) in entries {
                 keys.push((key, -seq));
@@ -265,7 +296,7 @@ pub(super) fn merge(
                 if r.get(4)? {
                     let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
                     keys.push((key(&tenant, &event_id), -seq));
-                    after.received_ms = after.received_ms.max(r.get(3)?);
+                    after.log_received_ms = after.log_received_ms.max(r.get(3)?);
                 }
             }
         }
@@ -279,8 +310,15 @@ pub(super) fn merge(
     for (key, id) in keys {
         insert.execute(params![key, id])?;
     }
-    tx.prepare_cached("UPDATE trace_ids_merged SET mark = ?, log_mark = ?, received_ms = ?")?
-        .execute([after.mark, after.log_mark, after.received_ms])?;
+    tx.prepare_cached(
+        "UPDATE trace_ids_merged SET mark = ?, received_ms = ?, log_mark = ?, log_received_ms = ?",
+    )?
+    .execute([
+        after.mark,
+        after.received_ms,
+        after.log_mark,
+        after.log_received_ms,
+    ])?;
     Ok(Some(after))
 }
 
@@ -321,18 +359,24 @@ mod tests {
         recent.note(7, 5);
         recent.note(8, 2);
         assert_eq!(recent.rows(7), vec![1, 5]);
-        assert!(!recent.may_be_merged(1));
+        assert!(!recent.may_be_merged(1, Look::RowsAndLog));
         recent.note(9, -3);
         recent.note(9, -4);
         recent.forget_merged(Merged {
             mark: 2,
-            log_mark: 3,
             received_ms: 100,
+            log_mark: 3,
+            log_received_ms: 300,
         });
         assert_eq!(recent.rows(7), vec![5]);
         assert_eq!(recent.rows(8), Vec::<i64>::new());
         assert_eq!(recent.rows(9), vec![-4]);
         assert_eq!(recent.len(), 2);
-        assert!(recent.may_be_merged(100) && !recent.may_be_merged(101));
+        assert!(recent.may_be_merged(100, Look::Rows));
+        // Log entries merge ahead of the rows routing records: their time
+        // must not send a row's record to `trace_ids`.
+        assert!(!recent.may_be_merged(101, Look::Rows));
+        assert!(recent.may_be_merged(300, Look::RowsAndLog));
+        assert!(!recent.may_be_merged(301, Look::RowsAndLog));
     }
 }

@@ -1,20 +1,36 @@
-//! [`Traces`] on SQLite: one `traces` row per routed event (the searchable
-//! head in columns, the routing record as JSON in `body`), one
-//! `trace_rules` row per matched rule (search by rule), and
-//! `trace_pending` for facts that arrived before their trace. Two indexes
-//! serve search (see `TRACES_V4` in `schema.rs` for why only two): a
-//! bus's traces newest first with their searchable head, and the traces in
-//! an uncommon state; a search walks one of them, or `trace_rules`, newest
-//! first and stops after a page or its scan budget. An event id finds its
-//! trace through [`trace_ids`] (recent traces in memory, older ones merged
-//! into `trace_ids` in bulk), not through an index written per trace. A
-//! trace made from a log entry keeps the entry's position (`seq`) instead
-//! of a copy of the event; the log keeps the entry while a trace refers to
-//! it (`EventLog::prune`), and a lookup reads the event from there.
+//! [`Traces`] on SQLite.
+//!
+//! - **A trace that matched no rule is its log entry alone.** An event on a
+//!   bus that traces keeps its trace's searchable head (source, type) in
+//!   its log entry, under one index (`events_traced`, main file version 8),
+//!   and such a trace writes nothing here: the entry says when it was
+//!   received, where and what, and the route cursor whether it is routed
+//!   (`no_match`) or not yet (`in_flight`). Most traces are these; their
+//!   row was most of what tracing cost (issue 10).
+//! - **Every other trace has a `traces` row** (the head in columns, the
+//!   routing record as JSON in `body`), one `trace_rules` row per matched
+//!   rule (search by rule), and `trace_pending` keeps facts that arrived
+//!   before their trace. A row made from a log entry keeps the entry's
+//!   position (`seq`) instead of a copy of the event; the log keeps the
+//!   entry while a row refers to it (`EventLog::prune`).
+//! - **Search** walks, per bus, the traced log entries (with their rows,
+//!   if any) and the rows without such an entry (`traces_rows`) together,
+//!   newest first, filtering on the head; a rule's search walks
+//!   `trace_rules`, an uncommon state's `traces_uncommon`. A walk stops
+//!   after a page or its scan budget.
+//! - **An event id finds its trace** through [`trace_ids`] (recent ones in
+//!   memory, older ones merged in bulk), rows by id and log entries as
+//!   `-seq`, not through an index written per trace.
+//! - **Retention**: rows expire one by one; the log's traces by a point
+//!   that the sweep moves up the log (`log_traces.expired`), which the
+//!   prune follows.
+//!
+//! The main file is attached read-only (as `log`) to this file's
+//! connection, so one statement reads entries and rows together.
 
 use super::SqliteStore;
 use super::log::{LOGGED_COLUMNS, logged_event, route_cursor};
-use super::trace_ids::{self, RecentTraceIds};
+use super::trace_ids::{self, Look, RecentTraceIds};
 use crate::store::traces::TraceBody;
 use crate::store::{
     Millis, StoreResult, Trace, TraceCursor, TraceFact, TraceKey, TraceQuery, TraceState,
@@ -234,23 +250,14 @@ fn candidates(
     tenant: &str,
     event_id: &str,
     received_ms: Option<Millis>,
+    look: Look,
 ) -> rusqlite::Result<Vec<i64>> {
     let key = trace_ids::key(tenant, event_id);
     let mut rows = recent.rows(key);
-    if received_ms.is_none_or(|ms| recent.may_be_merged(ms)) {
+    if received_ms.is_none_or(|ms| recent.may_be_merged(ms, look)) {
         rows.extend(trace_ids::merged_rows(tx, key)?);
     }
     Ok(rows)
-}
-
-/// Where [`find`] looks.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Look {
-    /// Trace rows only: recording a trace replaces only a row (and
-    /// reading the log would cost every record a read of the main file).
-    Rows,
-    /// Rows, and log entries that are a trace alone.
-    RowsAndLog,
 }
 
 /// The newest trace of `tenant`'s event `event_id` (on `bus`, received at
@@ -265,7 +272,7 @@ fn find(
 ) -> anyhow::Result<Option<(i64, Trace)>> {
     let (tenant, event_id, bus, received_ms) = key;
     let mut newest: Option<(i64, Trace)> = None;
-    for row in candidates(tx, recent, tenant, event_id, received_ms)? {
+    for row in candidates(tx, recent, tenant, event_id, received_ms, look)? {
         if row < 0 && look == Look::Rows {
             continue;
         }
