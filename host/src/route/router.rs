@@ -478,6 +478,82 @@ mod tests {
         }
     }
 
+    fn router(
+        table: Arc<OneRule>,
+        engine: Arc<DeliveryEngine>,
+        clock: SharedClock,
+        history: Option<RouterHistory>,
+    ) -> Arc<Router> {
+        let runtime = crate::plugin::PluginRuntime::new(crate::plugin::RuntimeConfig::new(
+            std::env::temp_dir().join("busbar-router-tests"),
+        ))
+        .unwrap();
+        let plugins = Arc::new(PluginHost::new(
+            Arc::new(runtime),
+            table.clone(),
+            crate::plugin::KindLimits::uniform(&crate::plugin::PluginLimits::default()),
+        ));
+        Arc::new(Router {
+            routes: table,
+            engine,
+            plugins,
+            clock,
+            history,
+        })
+    }
+
+    /// Bus `b` of tenant `t`, tracing or not as the test sets it.
+    #[derive(Default)]
+    struct Tracing(std::sync::atomic::AtomicBool);
+
+    impl HistoryTable for Tracing {
+        fn bus_history(&self, tenant: &str, bus: &str) -> Option<Arc<crate::history::BusHistory>> {
+            (tenant == "t" && bus == "b").then(|| {
+                Arc::new(crate::history::BusHistory {
+                    traced: self.0.load(std::sync::atomic::Ordering::Relaxed),
+                    ..Default::default()
+                })
+            })
+        }
+        fn all_archives(&self) -> Vec<(String, String, crate::history::ArchiveEntry)> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_accepted_while_tracing_stays_traced_when_tracing_is_turned_off() {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let store = MemoryStore::new(clock.clone());
+        let table = table(Arc::new(PanicsOnBoom::default()));
+        let engine = Arc::new(DeliveryEngine::new(
+            Arc::new(store.clone()),
+            table.clone(),
+            clock.clone(),
+            EngineConfig::default(),
+        ));
+        let tracing = Arc::new(Tracing::default());
+        let history = RouterHistory {
+            table: tracing.clone(),
+            traces: Arc::new(store.clone()),
+            lag: Default::default(),
+        };
+        let router = router(table, engine, clock, Some(history));
+        // Tracing is off now; the first entry was accepted while it was on
+        // (its log entry may already show it as a trace), the second after.
+        let accepted_traced = NewEvent {
+            traced: true,
+            ..event("before")
+        };
+        assert!(
+            router.start_trace(&accepted_traced, 1).is_some(),
+            "an entry whose log shows it as a trace must end with its routing recorded"
+        );
+        assert!(router.start_trace(&event("after"), 2).is_none());
+        // And an entry accepted while off is traced once tracing is on again.
+        tracing.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(router.start_trace(&event("after"), 2).is_some());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_panic_while_holding_routing_progress_does_not_stall_it() {
         let clock: SharedClock = Arc::new(TokioClock::new());
@@ -490,22 +566,7 @@ mod tests {
             clock.clone(),
             EngineConfig::default(),
         ));
-        let runtime = crate::plugin::PluginRuntime::new(crate::plugin::RuntimeConfig::new(
-            std::env::temp_dir().join("busbar-router-tests"),
-        ))
-        .unwrap();
-        let plugins = Arc::new(PluginHost::new(
-            Arc::new(runtime),
-            table.clone(),
-            crate::plugin::KindLimits::uniform(&crate::plugin::PluginLimits::default()),
-        ));
-        let router = Arc::new(Router {
-            routes: table,
-            engine,
-            plugins,
-            clock,
-            history: None,
-        });
+        let router = router(table, engine, clock, None);
         let consumer = store.consumer().await.unwrap();
         let (stop, shutdown) = watch::channel(false);
         let running = tokio::spawn(router.run(consumer.clone(), shutdown));
