@@ -1067,10 +1067,10 @@ async fn traces_scenario(n: u64, copies: bool) -> anyhow::Result<()> {
                 (found, pass) = (0, Duration::ZERO);
             }
         }
-        if let Some((slowest, t)) = times.iter().enumerate().max_by_key(|(_, t)| **t) {
-            if t.as_millis() >= 10 {
-                println!("  the slowest call was call {} of 100", slowest + 1);
-            }
+        if let Some((slowest, t)) = times.iter().enumerate().max_by_key(|(_, t)| **t)
+            && t.as_millis() >= 10
+        {
+            println!("  the slowest call was call {} of 100", slowest + 1);
         }
         timed(label, times);
         if let Some((pass, found)) = passes.first() {
