@@ -17,6 +17,7 @@ impl DedupLog for SqliteStore {
             return Ok(Vec::new());
         }
         let published = self.publisher();
+        let shift = self.inner.archive_pos_shift;
         let answers = self
             .run_then(
                 move |tx| {
@@ -43,7 +44,7 @@ impl DedupLog for SqliteStore {
                             ])?;
                         }
                         // The same insert as a plain append: archive rows included.
-                        logged.extend(super::log::insert_events(tx, vec![e])?);
+                        logged.extend(super::log::insert_events(tx, vec![e], shift, None)?);
                         answers.push(Appended::New);
                     }
                     Ok((answers, logged))

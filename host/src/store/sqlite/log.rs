@@ -158,6 +158,8 @@ fn head_columns(e: &NewEvent) -> (Option<String>, Option<String>) {
 pub(super) fn insert_events(
     tx: &rusqlite::Transaction<'_>,
     events: Vec<NewEvent>,
+    shift: super::archives::PosShift,
+    pending: Option<&mut super::archives::PendingCounts>,
 ) -> anyhow::Result<Vec<(Seq, LoggedEvent)>> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events \
@@ -189,7 +191,7 @@ pub(super) fn insert_events(
         logged.push((seq, e));
     }
     if !archived.is_empty() {
-        super::archives::write_rows(tx, &archived, &logged)?;
+        super::archives::write_rows(tx, &archived, &logged, shift, pending)?;
     }
     Ok(logged)
 }
@@ -257,8 +259,14 @@ impl EventLog for SqliteStore {
             return Ok(());
         }
         let published = self.publisher();
-        self.run_then(move |tx| insert_events(tx, events), published)
-            .await?;
+        // An append breaks no constraint (positions are the log's own, and
+        // archive rows are keyed by them): it fails only with the file.
+        let shift = self.inner.archive_pos_shift;
+        self.run_then_unisolated(
+            move |tx, at_commit| insert_events(tx, events, shift, Some(&mut at_commit.counts)),
+            published,
+        )
+        .await?;
         self.merge_trace_ids_if_due();
         Ok(())
     }

@@ -135,6 +135,7 @@ impl Replays for SqliteStore {
     ) -> StoreResult<bool> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         let published = self.publisher();
+        let shift = self.inner.archive_pos_shift;
         let appended = self
             .run_then(
                 move |tx| {
@@ -147,7 +148,7 @@ impl Replays for SqliteStore {
                     record.state = ReplayState::Running;
                     record.progress = progress;
                     save(tx, &record)?;
-                    Ok(Some(insert_events(tx, events)?))
+                    Ok(Some(insert_events(tx, events, shift, None)?))
                 },
                 move |logged| match logged {
                     Some(logged) => {

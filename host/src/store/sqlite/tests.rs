@@ -250,6 +250,116 @@ async fn a_failed_operation_rolls_back_alone() {
     assert_eq!(store.load().await.unwrap().tenants.len(), 1);
 }
 
+/// An append runs without a savepoint of its own (`Isolation::Commit`):
+/// when such an operation fails, its commit fails with it — the
+/// operations that ran before it in that commit get the error and leave
+/// nothing behind — and the operations it kept from running go in the next
+/// commit.
+#[tokio::test]
+async fn an_unisolated_operation_that_fails_fails_its_commit_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let blocked = Blocked::writer(&store).await;
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.put_setting("first", "1").await }
+    });
+    Blocked::until_queued(&store, 1).await;
+    let appended = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(vec![event("e1")]).await }
+    });
+    Blocked::until_queued(&store, 2).await;
+    let failing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .run_then_unisolated(
+                    |tx, _| -> anyhow::Result<()> {
+                        tx.execute(
+                            "INSERT INTO settings (key, value) VALUES ('partial', 'x')",
+                            [],
+                        )?;
+                        anyhow::bail!("the op fails after writing")
+                    },
+                    |r| r,
+                )
+                .await
+        }
+    });
+    Blocked::until_queued(&store, 3).await;
+    let last = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(vec![event("e2")]).await }
+    });
+    Blocked::until_queued(&store, 4).await;
+    blocked.release().await;
+
+    let error = |r: StoreResult<()>| match r {
+        Err(StoreError::Backend(e)) => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(error(first.await.unwrap()).contains("commit failed"));
+    assert!(error(appended.await.unwrap()).contains("commit failed"));
+    assert!(
+        error(failing.await.unwrap()).contains("the op fails after writing"),
+        "the failing op hears its own error"
+    );
+    last.await
+        .unwrap()
+        .expect("the op after it runs in the next commit");
+    assert_eq!(store.setting("first").await.unwrap(), None);
+    assert_eq!(store.setting("partial").await.unwrap(), None);
+    let consumer = store.consumer().await.unwrap();
+    assert_eq!(drain(consumer.as_ref(), 1).await, ["e2"]);
+}
+
+/// Appends add to their archives' counters once per commit; an operation
+/// of the same commit that reads the counters after an append still sees
+/// it counted.
+#[tokio::test]
+async fn archive_counters_written_at_commit_are_exact_within_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let archived = |id: &str| NewEvent {
+        archives: vec!["a".into()],
+        ..event(id)
+    };
+    let blocked = Blocked::writer(&store).await;
+    let mut queued = 0;
+    let mut appends = Vec::new();
+    let mut reads = Vec::new();
+    for round in 0..3 {
+        for i in 0..2 {
+            let (appender, e) = (store.clone(), archived(&format!("e{round}-{i}")));
+            appends.push(tokio::spawn(async move { appender.append(vec![e]).await }));
+            queued += 1;
+            Blocked::until_queued(&store, queued).await;
+        }
+        let reader = store.clone();
+        reads.push(tokio::spawn(async move { reader.archive_stats("a").await }));
+        queued += 1;
+        Blocked::until_queued(&store, queued).await;
+    }
+    blocked.release().await;
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    let mut seen = Vec::new();
+    for read in reads {
+        seen.push(read.await.unwrap().unwrap().event_count);
+    }
+    assert_eq!(seen, [2, 4, 6], "each read counts the appends before it");
+    let stats = store.archive_stats("a").await.unwrap();
+    assert_eq!(stats.event_count, 6);
+    assert_eq!(
+        stats.size_bytes,
+        (0..3)
+            .flat_map(|r| (0..2).map(move |i| event(&format!("e{r}-{i}")).body.len() as u64))
+            .sum::<u64>()
+    );
+}
+
 #[tokio::test]
 async fn the_tail_ring_serves_recent_events_without_the_file() {
     let dir = tempfile::tempdir().unwrap();
