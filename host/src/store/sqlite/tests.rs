@@ -1469,6 +1469,14 @@ async fn check_log_only_traces(store: &SqliteStore) {
         ..all()
     };
     assert_eq!(search_all(store, &by_rule, 10).await, ["m:delivered"]);
+    let in_flight = TraceQuery {
+        state: Some(TraceState::InFlight),
+        ..all()
+    };
+    assert!(
+        search_all(store, &in_flight, 10).await.is_empty(),
+        "routed: nothing is in flight"
+    );
 }
 
 /// A trace that matched no rule is its log entry alone (issue 10, the cost
@@ -1504,6 +1512,30 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
         search_all(&store, &all(), 10).await,
         ["n2:in_flight", "m:in_flight", "n1:in_flight"],
         "appended, not routed"
+    );
+    let in_flight = || TraceQuery {
+        state: Some(TraceState::InFlight),
+        ..TraceQuery::default()
+    };
+    for page in [1, 2, 10] {
+        assert_eq!(
+            search_all(&store, &in_flight(), page).await,
+            ["n2:in_flight", "m:in_flight", "n1:in_flight"],
+            "a search for traces in flight finds entries not routed yet (pages of {page})"
+        );
+    }
+    assert_eq!(
+        search_all(
+            &store,
+            &TraceQuery {
+                bus: Some("orders".into()),
+                source: Some("shop".into()),
+                ..in_flight()
+            },
+            10
+        )
+        .await,
+        ["m:in_flight", "n1:in_flight"]
     );
 
     // Routed: n1 and n2 matched nothing, m matched a rule; x is a trace

@@ -540,6 +540,9 @@ fn plan_search(
     log: (i64, i64),
 ) -> SearchPlan {
     let uncommon = query.state.filter(|s| !COMMON_STATES.contains(s));
+    if query.rule.is_none() && uncommon == Some(TraceState::InFlight) {
+        return in_flight_plan(query, tenant, after, limit, log);
+    }
     if query.rule.is_none() && uncommon.is_none() {
         let filters = query.source.is_some() || query.event_type.is_some() || query.state.is_some();
         return SearchPlan::Head {
@@ -613,6 +616,71 @@ fn plan_search(
              WHERE t.tenant = ?1{conditions} {order}"
         )
     };
+    SearchPlan::Rows { sql, args }
+}
+
+/// Plans a search for traces in flight: the rows in that state
+/// (`traces_uncommon`) and the traced log entries routing has not reached
+/// yet that have no row — a trace that is its log entry alone is in
+/// flight until then, and while routing is behind those are most of what
+/// such a search is for. Both are few; they are placed as a head walk
+/// places them (entries by position, rows shifted by [`ROW_PLACE`]), so a
+/// cursor says where in both a page ended.
+fn in_flight_plan(
+    query: &TraceQuery,
+    tenant: &str,
+    after: Option<(Millis, i64)>,
+    limit: usize,
+    log: (i64, i64),
+) -> SearchPlan {
+    let (expired, routed) = log;
+    let text = |s: &str| Sql::Text(s.to_owned());
+    let mut args: Vec<Sql> = vec![
+        text(tenant),
+        Sql::Integer(expired.max(routed)),
+        text(TraceState::InFlight.as_str()),
+    ];
+    let arg = |args: &mut Vec<Sql>, v: Sql| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let mut conditions = String::new();
+    if let Some(bus) = &query.bus {
+        conditions += &format!(" AND bus = {}", arg(&mut args, text(bus)));
+    }
+    if let Some(f) = query.from_ms {
+        conditions += &format!(" AND received_ms >= {}", arg(&mut args, Sql::Integer(f)));
+    }
+    if let Some(to) = query.to_ms {
+        conditions += &format!(" AND received_ms < {}", arg(&mut args, Sql::Integer(to)));
+    }
+    if let Some((after_ms, after_place)) = after {
+        let (a, b) = (
+            arg(&mut args, Sql::Integer(after_ms)),
+            arg(&mut args, Sql::Integer(after_place)),
+        );
+        conditions += &format!(" AND (received_ms, place) < ({a}, {b})");
+    }
+    if let Some(s) = &query.source {
+        conditions += &format!(" AND source = {}", arg(&mut args, text(s)));
+    }
+    if let Some(s) = &query.event_type {
+        conditions += &format!(" AND type = {}", arg(&mut args, text(s)));
+    }
+    let sql = format!(
+        "SELECT place, event_id, bus, source, type, received_ms, state FROM ( \
+           SELECT t.id + {ROW_PLACE} AS place, t.event_id, t.bus, t.source, t.type, \
+                  t.received_ms, t.state \
+           FROM traces t INDEXED BY traces_uncommon \
+           WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = ?3 \
+           UNION ALL \
+           SELECT e.seq, e.event_id, e.bus, e.source, e.type, e.ingested_ms, ?3 \
+           FROM log.events e \
+           WHERE e.seq > ?2 AND e.tenant = ?1 AND e.source IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM traces r WHERE r.seq = e.seq AND r.in_log = 1)) \
+         WHERE 1{conditions} ORDER BY received_ms DESC, place DESC LIMIT {}",
+        limit + 1
+    );
     SearchPlan::Rows { sql, args }
 }
 
