@@ -1406,6 +1406,59 @@ fn traced_event(id: &str, at: i64, source: &str) -> NewEvent {
     }
 }
 
+/// A replay mark that reaches a trace which is its log entry alone before
+/// routing has recorded it gives the entry a row (unrouted); routing's
+/// record of the trace then keeps the mark, and the trace ends routed —
+/// `no_match` — instead of staying `in_flight` with the mark's row.
+#[tokio::test]
+async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
+    use crate::store::traces::{ReplayMark, TraceBody};
+    use crate::store::{TraceFact, TraceKey, TraceState};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let consumer = store.consumer().await.unwrap();
+    store
+        .append(vec![traced_event("n1", T0, "shop")])
+        .await
+        .unwrap();
+    let key = TraceKey {
+        tenant: "acme".into(),
+        bus: "orders".into(),
+        event_id: "n1".into(),
+        received_ms: None,
+    };
+    let mark = ReplayMark {
+        replay_id: "rp".into(),
+        name: "again".into(),
+        at_ms: T0 + 5,
+        destination_bus: "orders".into(),
+    };
+    store
+        .add_trace_facts(vec![(key, TraceFact::Replayed(mark.clone()))])
+        .await
+        .unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    let mut routed = Trace::received(&entries[0].event);
+    routed.position = Some(entries[0].position);
+    routed.body = TraceBody {
+        routed: true,
+        rules: Vec::new(),
+        replays: Vec::new(),
+    };
+    routed.state = Trace::derive_state(&routed.body);
+    store.record_traces(vec![routed].into()).await.unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    let n1 = store.trace("acme", "n1", None).await.unwrap().expect("n1");
+    assert_eq!(
+        (n1.state, n1.body.routed, n1.body.replays),
+        (TraceState::NoMatch, true, vec![mark])
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
+}
+
 /// What [`a_trace_without_rules_is_its_log_entry_alone`] expects once
 /// its events are routed, before and after a restart.
 async fn check_log_only_traces(store: &SqliteStore) {

@@ -79,6 +79,12 @@ pub(super) struct RecentTraceIds {
     merged_log_received_ms: AtomicI64,
     /// The latest receive time among noted log entries.
     noted_log_received_ms: AtomicI64,
+    /// The latest receive time among log entries that a fact gave a row
+    /// before routing recorded their trace (a replay mark that reached a
+    /// trace which was its entry alone): routing's record must then
+    /// replace that row, so a trace received at or before this time is
+    /// written even when it is its entry alone.
+    log_rows_ahead_ms: AtomicI64,
 }
 
 /// What a merge wrote: every trace row up to `mark`, received at the
@@ -200,15 +206,39 @@ impl RecentTraceIds {
         received_ms <= latest
     }
 
+    /// A log entry was given a row ahead of routing (see
+    /// [`Self::may_have_row`]).
+    pub(super) fn row_ahead_of_routing(&self, received_ms: i64) {
+        self.log_rows_ahead_ms
+            .fetch_max(received_ms, Ordering::AcqRel);
+    }
+
+    /// Whether a trace that is its log entry alone, received at
+    /// `received_ms`, may have a row a fact gave it before routing
+    /// recorded it (nearly always not: one atomic read).
+    pub(super) fn may_have_row(&self, received_ms: i64) -> bool {
+        received_ms <= self.log_rows_ahead_ms.load(Ordering::Acquire)
+    }
+
     /// Starts empty after the merge recorded in the file (at open, once
-    /// everything is merged).
+    /// everything is merged). `conn` has the main file attached as `log`:
+    /// rows given to entries that routing has not reached are found there.
     pub(super) fn merged_before(conn: &Connection) -> anyhow::Result<Self> {
         let merged = merged_mark(conn)?;
+        let rows_ahead: Option<i64> = conn
+            .query_row(
+                "SELECT MAX(received_ms) FROM traces WHERE in_log = 1 AND seq > \
+                 COALESCE((SELECT seq FROM log.cursors WHERE name = 'route'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .context("reading the traces of entries not routed yet")?;
         Ok(Self {
             by_key: Mutex::default(),
             merged_received_ms: AtomicI64::new(merged.received_ms),
             merged_log_received_ms: AtomicI64::new(merged.log_received_ms),
             noted_log_received_ms: AtomicI64::new(i64::MIN),
+            log_rows_ahead_ms: AtomicI64::new(rows_ahead.unwrap_or(i64::MIN)),
         })
     }
 

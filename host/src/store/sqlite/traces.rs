@@ -321,10 +321,10 @@ fn record(
     } else {
         trace
     };
-    if is_log_only(trace) {
+    let log_only = is_log_only(trace);
+    if log_only && !recent.may_have_row(trace.received_ms) {
         return Ok(());
     }
-    let rules = rule_names(&trace.body);
     let before = find(
         tx,
         recent,
@@ -337,8 +337,33 @@ fn record(
         ),
         Look::Rows,
     )?;
+    if before.is_none() && log_only {
+        return Ok(());
+    }
     if let Some((id, old)) = before {
-        // Recorded before (the event was routed again after a restart): replace.
+        // Recorded before: the event was routed again after a restart, or
+        // a replay mark gave its log entry a row before routing recorded
+        // it. Replace the row, keeping the replays it already shows
+        // (routing knows none).
+        let with_replays;
+        let trace = if old
+            .body
+            .replays
+            .iter()
+            .any(|r| !trace.body.replays.contains(r))
+        {
+            let mut t = trace.clone();
+            for r in old.body.replays.iter() {
+                if !t.body.replays.contains(r) {
+                    t.body.replays.push(r.clone());
+                }
+            }
+            with_replays = t;
+            &with_replays
+        } else {
+            trace
+        };
+        let rules = rule_names(&trace.body);
         index_rules(
             tx,
             &trace.tenant,
@@ -351,7 +376,7 @@ fn record(
         index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
         return Ok(());
     }
-    insert_row(tx, insert, recent, trace, &rules)
+    insert_row(tx, insert, recent, trace, &rule_names(&trace.body))
 }
 
 /// Inserts a trace's row (`rules`: its [`rule_names`]).
@@ -411,6 +436,9 @@ fn add_fact(
         // A replay mark on a trace that is its log entry alone: the trace
         // gets its row now.
         Some((id, mut trace)) if id < 0 && !fact.waits_for_trace() => {
+            if !trace.body.routed {
+                recent.row_ahead_of_routing(trace.received_ms);
+            }
             trace.apply(fact);
             let mut insert = tx.prepare_cached(INSERT_TRACE)?;
             insert_row(tx, &mut insert, recent, &trace, &rule_names(&trace.body))?;
@@ -1005,11 +1033,15 @@ pub(super) struct TracedFloor {
 impl Traces for SqliteStore {
     async fn record_traces(&self, traces: Arc<[Trace]>) -> StoreResult<()> {
         // Traces that are their log entries alone have nothing to write (a
-        // fact waits only for a trace with rules, so none waits for them).
-        if traces.iter().all(is_log_only) {
+        // fact waits only for a trace with rules, so none waits for them),
+        // unless a replay mark gave one a row ahead of routing.
+        let recent = self.inner.recent_traces.clone();
+        if traces
+            .iter()
+            .all(|t| is_log_only(t) && !recent.may_have_row(t.received_ms))
+        {
             return Ok(());
         }
-        let recent = self.inner.recent_traces.clone();
         let merge_at = self.inner.trace_merge_at;
         let forget = recent.clone();
         self.run_traces_then(
