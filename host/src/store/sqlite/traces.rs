@@ -596,34 +596,19 @@ fn plan_search(
         args.push(v);
         format!("?{}", args.len())
     };
-    let mut conditions = String::new();
-    if let Some(bus) = &query.bus {
-        conditions += &format!(" AND t.bus = {}", arg(&mut args, text(bus)));
-    }
-    if let Some(f) = query.from_ms {
-        conditions += &format!(" AND t.received_ms >= {}", arg(&mut args, Sql::Integer(f)));
-    }
-    if let Some(to) = query.to_ms {
-        conditions += &format!(" AND t.received_ms < {}", arg(&mut args, Sql::Integer(to)));
-    }
     let (ms, id) = if query.rule.is_some() {
         ("r.received_ms", "r.trace")
     } else {
         ("t.received_ms", "t.id")
     };
-    if let Some((after_ms, after_id)) = after {
-        let (a, b) = (
-            arg(&mut args, Sql::Integer(after_ms)),
-            arg(&mut args, Sql::Integer(after_id)),
-        );
-        conditions += &format!(" AND ({ms}, {id}) < ({a}, {b})");
-    }
-    if let Some(s) = &query.source {
-        conditions += &format!(" AND t.source = {}", arg(&mut args, text(s)));
-    }
-    if let Some(s) = &query.event_type {
-        conditions += &format!(" AND t.type = {}", arg(&mut args, text(s)));
-    }
+    let columns = SearchColumns {
+        bus: "t.bus",
+        time: "t.received_ms",
+        cursor: (ms, id),
+        source: "t.source",
+        event_type: "t.type",
+    };
+    let mut conditions = search_conditions(query, after, &columns, &mut args);
     if let Some(state) = query.state {
         conditions += &format!(" AND t.state = {}", arg(&mut args, text(state.as_str())));
     }
@@ -647,6 +632,58 @@ fn plan_search(
     SearchPlan::Rows { sql, args }
 }
 
+/// The columns a search's conditions name.
+struct SearchColumns<'a> {
+    bus: &'a str,
+    /// The receive time (the query's window).
+    time: &'a str,
+    /// What a cursor orders by: (time, place).
+    cursor: (&'a str, &'a str),
+    source: &'a str,
+    event_type: &'a str,
+}
+
+/// The query's bus, time window, source and type, and the cursor
+/// (`after`), as SQL conditions on `columns`, each starting with ` AND `;
+/// their values are bound in `args`, numbered after what is there.
+fn search_conditions(
+    query: &TraceQuery,
+    after: Option<(Millis, i64)>,
+    columns: &SearchColumns<'_>,
+    args: &mut Vec<Sql>,
+) -> String {
+    let mut arg = |v: Sql| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let mut conditions = String::new();
+    if let Some(bus) = &query.bus {
+        conditions += &format!(" AND {} = {}", columns.bus, arg(Sql::Text(bus.clone())));
+    }
+    if let Some(f) = query.from_ms {
+        conditions += &format!(" AND {} >= {}", columns.time, arg(Sql::Integer(f)));
+    }
+    if let Some(to) = query.to_ms {
+        conditions += &format!(" AND {} < {}", columns.time, arg(Sql::Integer(to)));
+    }
+    if let Some((after_ms, after_place)) = after {
+        let (a, b) = (arg(Sql::Integer(after_ms)), arg(Sql::Integer(after_place)));
+        let (ms, place) = columns.cursor;
+        conditions += &format!(" AND ({ms}, {place}) < ({a}, {b})");
+    }
+    if let Some(s) = &query.source {
+        conditions += &format!(" AND {} = {}", columns.source, arg(Sql::Text(s.clone())));
+    }
+    if let Some(s) = &query.event_type {
+        conditions += &format!(
+            " AND {} = {}",
+            columns.event_type,
+            arg(Sql::Text(s.clone()))
+        );
+    }
+    conditions
+}
+
 /// Plans a search for traces in flight: the rows in that state
 /// (`traces_uncommon`) and the traced log entries routing has not reached
 /// yet that have no row — a trace that is its log entry alone is in
@@ -668,33 +705,14 @@ fn in_flight_plan(
         Sql::Integer(expired.max(routed)),
         text(TraceState::InFlight.as_str()),
     ];
-    let arg = |args: &mut Vec<Sql>, v: Sql| {
-        args.push(v);
-        format!("?{}", args.len())
+    let columns = SearchColumns {
+        bus: "bus",
+        time: "received_ms",
+        cursor: ("received_ms", "place"),
+        source: "source",
+        event_type: "type",
     };
-    let mut conditions = String::new();
-    if let Some(bus) = &query.bus {
-        conditions += &format!(" AND bus = {}", arg(&mut args, text(bus)));
-    }
-    if let Some(f) = query.from_ms {
-        conditions += &format!(" AND received_ms >= {}", arg(&mut args, Sql::Integer(f)));
-    }
-    if let Some(to) = query.to_ms {
-        conditions += &format!(" AND received_ms < {}", arg(&mut args, Sql::Integer(to)));
-    }
-    if let Some((after_ms, after_place)) = after {
-        let (a, b) = (
-            arg(&mut args, Sql::Integer(after_ms)),
-            arg(&mut args, Sql::Integer(after_place)),
-        );
-        conditions += &format!(" AND (received_ms, place) < ({a}, {b})");
-    }
-    if let Some(s) = &query.source {
-        conditions += &format!(" AND source = {}", arg(&mut args, text(s)));
-    }
-    if let Some(s) = &query.event_type {
-        conditions += &format!(" AND type = {}", arg(&mut args, text(s)));
-    }
+    let conditions = search_conditions(query, after, &columns, &mut args);
     let sql = format!(
         "SELECT place, event_id, bus, source, type, received_ms, state FROM ( \
            SELECT t.id + {ROW_PLACE} AS place, t.event_id, t.bus, t.source, t.type, \
