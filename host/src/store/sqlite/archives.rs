@@ -38,18 +38,19 @@ pub(super) fn write_rows(
     let mut insert = tx.prepare_cached(
         "INSERT INTO archive_rows (archive, ingested_ms, pos, seq) VALUES (?, ?, ?, ?)",
     )?;
-    let mut added = PendingCounts::default();
+    let mut now = PendingCounts::default();
+    let counts = match pending {
+        Some(pending) => pending,
+        None => &mut now,
+    };
     for (archive, at) in rows {
         let Some((seq, e)) = events.get(*at) else {
             continue;
         };
         insert.execute(params![archive, e.ingested_ms, seq + shift, seq])?;
-        added.add(archive, 1, e.body.len() as i64);
+        counts.add(archive, 1, e.body.len() as i64);
     }
-    match pending {
-        Some(pending) => pending.absorb(added),
-        None => added.write(tx)?,
-    }
+    now.write(tx)?;
     Ok(())
 }
 
@@ -72,17 +73,6 @@ impl PendingCounts {
         };
         n.0 += events;
         n.1 += bytes;
-    }
-
-    fn absorb(&mut self, other: PendingCounts) {
-        for (archive, (events, bytes)) in other.0 {
-            self.add(&archive, events, bytes);
-        }
-    }
-
-    /// Whether nothing waits.
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// Writes what waits to the counters and forgets it.

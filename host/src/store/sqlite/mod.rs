@@ -162,10 +162,7 @@ struct AtCommit {
 
 impl AtCommit {
     fn write(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        if !self.counts.is_empty() {
-            self.counts.write(tx)?;
-        }
-        Ok(())
+        self.counts.write(tx)
     }
 }
 
