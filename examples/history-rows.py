@@ -21,6 +21,9 @@ Variants:
     head-in-log     no trace row: source and type as columns of the log entry, with
                     one partial index over them
     head-thin       the same with the index over (tenant, bus, time, position) only
+    both-rows       head-in-log and archive-v7 together (traced and archived, main file v8)
+    both-in-log     traced and archived with no archive row: the archive served from the
+                    log through one partial index over traced or archived entries
 """
 import argparse
 import json
@@ -76,12 +79,18 @@ def run(variant, events, per=100):
     with tempfile.TemporaryDirectory() as dir:
         main = connect(os.path.join(dir, "busbar.db"))
         traces = connect(os.path.join(dir, "traces.db"))
-        head = variant.startswith("head-")
+        head = variant.startswith(("head-", "both-"))
         main.execute(
             "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT, bus TEXT,"
             " event_id TEXT, body BLOB, ingested_ms INT, archive_refs INT, source TEXT, type TEXT)"
         )
-        if variant == "head-in-log":
+        if variant == "both-in-log":
+            main.execute(
+                "CREATE INDEX events_history ON events"
+                " (tenant, bus, ingested_ms, seq, source, type, archive_refs)"
+                " WHERE source IS NOT NULL OR archive_refs > 0"
+            )
+        if variant in ("head-in-log", "both-rows"):
             main.execute(
                 "CREATE INDEX events_head ON events (tenant, bus, ingested_ms, seq, source, type)"
                 " WHERE source IS NOT NULL"
@@ -98,7 +107,7 @@ def run(variant, events, per=100):
                 " event_id TEXT NOT NULL, body BLOB NOT NULL, seq INTEGER)"
             )
             main.execute("CREATE INDEX archived_time ON archived (archive, ingested_ms, id)")
-        if variant == "archive-v7":
+        if variant in ("archive-v7", "both-rows"):
             main.execute(
                 "CREATE TABLE archive_rows (archive TEXT NOT NULL, ingested_ms INTEGER NOT NULL,"
                 " pos INTEGER NOT NULL, seq INTEGER, tenant TEXT, bus TEXT, event_id TEXT,"
@@ -122,7 +131,7 @@ def run(variant, events, per=100):
                 event_id = "%032x" % random.getrandbits(128)
                 ms = T0 + written // 20
                 source, kind = ("bench.nomatch", "bench.type") if head else (None, None)
-                archived = 1 if variant.startswith("archive") else 0
+                archived = 1 if variant.startswith(("archive", "both-")) else 0
                 cur = main.execute(
                     log_insert, ("bench", "kept", event_id, BODY, ms, archived, source, kind)
                 )
@@ -135,7 +144,7 @@ def run(variant, events, per=100):
                         " seq) VALUES (?, ?, ?, ?, ?, X'', ?)",
                         ("bench/kept/all", ms, "bench", "kept", event_id, seq),
                     )
-            if variant == "archive-v7":
+            if variant in ("archive-v7", "both-rows"):
                 for seq, event_id, ms in batch:
                     main.execute(
                         "INSERT INTO archive_rows (archive, ingested_ms, pos, seq)"
@@ -156,7 +165,7 @@ def run(variant, events, per=100):
 
 
 VARIANTS = ["log", "archive-v6", "archive-v7", "trace", "trace-noseq", "trace-main", "head-in-log",
-            "head-thin"]
+            "head-thin", "both-rows", "both-in-log"]
 
 
 def main():

@@ -1,7 +1,9 @@
 //! What history costs the SQLite store per event, apart from HTTP and
 //! routing: a commit of 10 ~1 KB events plain and with each event in one
-//! archive (the archive row refers to the log entry), and a commit of the
-//! 10 routed events' traces (each refers to its log entry).
+//! archive (the archive row refers to the log entry), traced (the head in
+//! the entry) alone and with an archive by rows or by a range of the log,
+//! and a commit of the 10 routed events' traces (each refers to its log
+//! entry).
 //! Run with `cargo bench -p busbar --bench history`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -88,6 +90,19 @@ fn bench(c: &mut Criterion) {
             })
             .collect()
     };
+    // As a bus that traces writes them (the head in the entry), with the
+    // event in an archive with a pattern (a row each) or without one (the
+    // archive's range of the log).
+    let traced = |first: u64, rows: &[&str], range: &[&str]| -> Vec<NewEvent> {
+        batch(first, rows)
+            .into_iter()
+            .map(|e| NewEvent {
+                traced: true,
+                bus_archives: range.iter().map(|a| (*a).to_owned()).collect(),
+                ..e
+            })
+            .collect()
+    };
     // Grow the files and the WALs first, so no figure pays for it.
     for chunk in 0..50u64 {
         rt.block_on(store.append(batch(1_000_000_000 + chunk * BATCH, &["a"])))
@@ -107,6 +122,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             next += BATCH;
             rt.block_on(store.append(batch(next, &["a"]))).unwrap()
+        })
+    });
+    group.bench_function("append_10_traced", |b| {
+        b.iter(|| {
+            next += BATCH;
+            rt.block_on(store.append(traced(next, &[], &[]))).unwrap()
+        })
+    });
+    group.bench_function("append_10_traced_archived_rows", |b| {
+        b.iter(|| {
+            next += BATCH;
+            rt.block_on(store.append(traced(next, &["a"], &[])))
+                .unwrap()
+        })
+    });
+    group.bench_function("append_10_traced_archived_range", |b| {
+        b.iter(|| {
+            next += BATCH;
+            rt.block_on(store.append(traced(next, &[], &["w"])))
+                .unwrap()
         })
     });
     let event = body(0);

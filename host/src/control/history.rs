@@ -147,9 +147,15 @@ impl HistoryIndex {
             .values()
             .all(|(entry, _)| entry.pattern.is_none())
             .then(|| archives.values().map(|(e, _)| e.id.clone()).collect());
+        let whole_bus = archives
+            .values()
+            .filter(|(entry, _)| entry.pattern.is_none())
+            .map(|(e, _)| e.id.clone())
+            .collect();
         let history = BusHistory {
             traced,
             unconditional,
+            whole_bus,
             archives: archives.into_iter().map(|(k, (e, _))| (k, e)).collect(),
             matcher,
         };
@@ -429,5 +435,15 @@ mod tests {
             stamp(r#"{"id":"1","source":"other"}"#),
             ["id-all", "id-also"]
         );
+        // Those without a pattern take every event of the bus: the store
+        // is told which (it may keep them as a range of its log).
+        let mut e = crate::store::NewEvent {
+            body: bytes::Bytes::from(plain),
+            ..Default::default()
+        };
+        history().stamp_archives(&mut e);
+        e.bus_archives.sort();
+        assert_eq!(e.bus_archives, ["id-all", "id-also"]);
+        assert_eq!(e.archives, ["id-some"]);
     }
 }

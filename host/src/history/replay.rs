@@ -497,6 +497,7 @@ fn replayed(
         ingested_ms: now,
         only_rules,
         archives: Vec::new(),
+        bus_archives: Vec::new(),
         head: Default::default(),
         traced: false,
     }

@@ -55,8 +55,8 @@ impl StampingLog {
             };
             if let Some(h) = history {
                 e.traced = h.traced;
-                if e.archives.is_empty() {
-                    e.archives = h.archives_for(&e.body);
+                if e.archives.is_empty() && e.bus_archives.is_empty() {
+                    h.stamp_archives(e);
                 }
             }
         }

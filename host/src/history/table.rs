@@ -36,6 +36,9 @@ pub struct BusHistory {
     /// When every archive takes every event (none has a pattern): their
     /// ids, so most events are stamped without parsing them.
     pub unconditional: Option<Vec<ArchiveId>>,
+    /// The ids of the archives without a pattern (they take every event
+    /// of the bus but replayed ones).
+    pub whole_bus: Vec<ArchiveId>,
 }
 
 impl BusHistory {
@@ -52,6 +55,18 @@ impl BusHistory {
             Some(ids) if !may_name_replay(body) => ids.clone(),
             _ => self.matcher.matches_json(body).unwrap_or_default(),
         }
+    }
+
+    /// Stamps an event with the archives that take it (see
+    /// [`archives_for`](Self::archives_for)): those that take every event
+    /// of the bus go in `bus_archives`, the others in `archives`.
+    pub fn stamp_archives(&self, e: &mut crate::store::NewEvent) {
+        let ids = self.archives_for(&e.body);
+        if self.unconditional.is_some() {
+            e.bus_archives = ids;
+            return;
+        }
+        (e.bus_archives, e.archives) = ids.into_iter().partition(|id| self.whole_bus.contains(id));
     }
 
     /// The archive with this store id, if it is still configured.

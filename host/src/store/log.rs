@@ -42,6 +42,13 @@ pub struct NewEvent {
     /// event (see [`super::Archives`]). Not read back: empty on entries the
     /// log hands out.
     pub archives: Vec<super::ArchiveId>,
+    /// Archives that take every event of the bus but replayed ones (no
+    /// pattern), written in the same commit as the event like
+    /// [`archives`](Self::archives). Told apart because a backend may keep
+    /// them as a range of its log instead of a copy per event (SQLite
+    /// does: the entry is written anyway, and a row per archived event was
+    /// the largest part of what archiving cost). Not read back.
+    pub bus_archives: Vec<super::ArchiveId>,
     /// What ingest already read of the event for its trace (in memory
     /// only, never stored): see [`HeadHint`].
     pub head: HeadHint,

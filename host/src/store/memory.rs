@@ -993,7 +993,9 @@ impl Data {
     fn append_one(&mut self, mut e: NewEvent) {
         self.last_seq += 1;
         let seq = self.last_seq;
-        for archive in std::mem::take(&mut e.archives) {
+        let archives = std::mem::take(&mut e.archives);
+        let bus_archives = std::mem::take(&mut e.bus_archives);
+        for archive in archives.into_iter().chain(bus_archives) {
             self.history.last_archived += 1;
             let id = self.history.last_archived;
             self.history

@@ -91,6 +91,7 @@ impl Meta {
             ingested_ms: self.ingested_ms,
             only_rules: self.only_rules,
             archives: Vec::new(),
+            bus_archives: Vec::new(),
             head: Default::default(),
             traced: false,
         }
@@ -111,7 +112,7 @@ impl NatsStore {
         let mut pending = Vec::with_capacity(events.len());
         for (e, id) in &events {
             let payload = frame(&Meta::of(e), &e.body)?;
-            for archive in &e.archives {
+            for archive in e.archives.iter().chain(&e.bus_archives) {
                 pending.push((
                     s.subject("archive", &[archive]),
                     payload.clone(),

@@ -18,6 +18,7 @@ impl DedupLog for SqliteStore {
         }
         let published = self.publisher();
         let shift = self.inner.archive_pos_shift;
+        let ranges = self.inner.log_ranges.clone();
         let answers = self
             .run_then(
                 move |tx| {
@@ -27,6 +28,10 @@ impl DedupLog for SqliteStore {
                         "INSERT INTO dedup_keys (key, accepted_ms, expires_ms) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (key) DO UPDATE SET accepted_ms = ?2, expires_ms = ?3",
                     )?;
+                    let archiving = super::log::Archiving {
+                        shift,
+                        ranges: &ranges,
+                    };
                     let mut answers = Vec::with_capacity(events.len());
                     let mut logged = Vec::new();
                     for AdmittedEvent { event: e, dedup } in events {
@@ -44,7 +49,7 @@ impl DedupLog for SqliteStore {
                             ])?;
                         }
                         // The same insert as a plain append: archive rows included.
-                        logged.extend(super::log::insert_events(tx, vec![e], shift, None)?);
+                        logged.extend(super::log::insert_events(tx, vec![e], archiving, None)?);
                         answers.push(Appended::New);
                     }
                     Ok((answers, logged))

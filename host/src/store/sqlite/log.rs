@@ -9,6 +9,8 @@
 //! `route` cursor, where the next consumer (after a restart) resumes.
 
 use super::SqliteStore;
+use super::archives::{PendingCounts, PosShift};
+use super::log_archives::{BusRanges, Placement, RangeCache};
 use crate::event::EventHead;
 use crate::store::watermark::Watermark;
 use crate::store::{
@@ -131,6 +133,7 @@ pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEven
         ingested_ms: r.get(5)?,
         only_rules: only_rules.and_then(|s| serde_json::from_str(&s).ok()),
         archives: Vec::new(),
+        bus_archives: Vec::new(),
         head: Default::default(),
         traced: r.get(7)?,
     })
@@ -153,27 +156,43 @@ fn head_columns(e: &NewEvent) -> (Option<String>, Option<String>) {
 
 /// Inserts events (and their archive rows) inside a transaction; returns
 /// them with their positions, ready for [`Tail::publish`] after the commit.
-/// An entry counts the archive rows that refer to it (`archive_refs`), so
-/// the log keeps it while they do.
+/// An entry counts the archive rows that refer to it and the archive
+/// ranges it is in (`archive_refs`), so the log keeps it while they do.
+/// Counters of archives are added to now, or, given `pending`, when the
+/// commit writes them.
 pub(super) fn insert_events(
     tx: &rusqlite::Transaction<'_>,
     events: Vec<NewEvent>,
-    shift: super::archives::PosShift,
-    pending: Option<&mut super::archives::PendingCounts>,
+    archiving: Archiving<'_>,
+    pending: Option<&mut PendingCounts>,
 ) -> anyhow::Result<Vec<(Seq, LoggedEvent)>> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events \
-         (tenant, bus, event_id, body, ingested_ms, only_rules, archive_refs, source, type) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         (tenant, bus, event_id, body, ingested_ms, only_rules, archive_refs, source, type, whole) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
+    let mut now = PendingCounts::default();
+    let counts = match pending {
+        Some(pending) => pending,
+        None => &mut now,
+    };
     let mut logged = Vec::with_capacity(events.len());
     let mut archived = Vec::new();
+    let mut ranges = BusRanges::new(archiving.ranges);
     for mut e in events {
         let only = match &e.only_rules {
             Some(rules) => Some(serde_json::to_string(rules)?),
             None => None,
         };
-        let archives = std::mem::take(&mut e.archives);
+        let mut rows = std::mem::take(&mut e.archives);
+        let at = (e.tenant.as_str(), e.bus.as_str(), e.ingested_ms);
+        let placement = Placement::of(
+            tx,
+            &mut ranges,
+            at,
+            (std::mem::take(&mut e.bus_archives), &mut rows),
+            (e.body.len() as i64, &mut *counts),
+        )?;
         let (source, event_type) = head_columns(&e);
         stmt.execute(params![
             e.tenant,
@@ -182,18 +201,29 @@ pub(super) fn insert_events(
             &e.body[..],
             e.ingested_ms,
             only,
-            archives.len() as i64,
+            (rows.len() + placement.ranges) as i64,
             source,
-            event_type
+            event_type,
+            placement.whole().then_some(1)
         ])?;
         let seq = tx.last_insert_rowid();
-        archived.extend(archives.into_iter().map(|archive| (archive, logged.len())));
+        placement.write(tx, &mut ranges, at, seq)?;
+        archived.extend(rows.into_iter().map(|archive| (archive, logged.len())));
         logged.push((seq, e));
     }
     if !archived.is_empty() {
-        super::archives::write_rows(tx, &archived, &logged, shift, pending)?;
+        super::archives::write_rows(tx, &archived, &logged, archiving.shift, counts)?;
     }
+    now.write(tx)?;
     Ok(logged)
+}
+
+/// What an append needs to archive its events: the archive rows' shift
+/// and the archives' ranges of the log.
+#[derive(Clone, Copy)]
+pub(super) struct Archiving<'a> {
+    pub shift: PosShift,
+    pub ranges: &'a RangeCache,
 }
 
 /// Reads the persisted cursor (0 when routing never acknowledged anything).
@@ -262,8 +292,15 @@ impl EventLog for SqliteStore {
         // An append breaks no constraint (positions are the log's own, and
         // archive rows are keyed by them): it fails only with the file.
         let shift = self.inner.archive_pos_shift;
+        let ranges = self.inner.log_ranges.clone();
         self.run_then_unisolated(
-            move |tx, at_commit| insert_events(tx, events, shift, Some(&mut at_commit.counts)),
+            move |tx, at_commit| {
+                let archiving = Archiving {
+                    shift,
+                    ranges: &ranges,
+                };
+                insert_events(tx, events, archiving, Some(&mut at_commit.counts))
+            },
             published,
         )
         .await?;

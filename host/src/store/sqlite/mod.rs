@@ -42,6 +42,7 @@ mod dead_letters;
 mod dedup;
 mod jobs;
 mod log;
+mod log_archives;
 mod queues;
 mod replays;
 mod schema;
@@ -206,6 +207,8 @@ struct Inner {
     tail: Arc<Tail>,
     /// What new archive rows add to their log position.
     archive_pos_shift: archives::PosShift,
+    /// The archives' ranges of the log, by bus (see `log_archives`).
+    log_ranges: Arc<log_archives::RangeCache>,
     /// The event ids of the traces recorded since the last merge into
     /// `trace_ids`.
     recent_traces: Arc<RecentTraceIds>,
@@ -326,6 +329,7 @@ impl SqliteStore {
             tuning.recent_bytes,
         ));
         let stats = Arc::new(WriterStats::default());
+        let log_ranges = Arc::new(log_archives::RangeCache::default());
         let (trace_ops, trace_rx) = mpsc::channel::<Op>(8192);
         let trace_writer = std::thread::Builder::new()
             .name("busbar-trace-writer".into())
@@ -335,6 +339,7 @@ impl SqliteStore {
                     trace_rx,
                     &WriterStats::default(),
                     rusqlite::TransactionBehavior::Deferred,
+                    || {},
                 )
             })
             .context("starting the traces' writer")?;
@@ -342,10 +347,17 @@ impl SqliteStore {
         let (ops, rx) = mpsc::channel::<Op>(8192);
         let writer = {
             let stats = stats.clone();
+            let ranges = log_ranges.clone();
             std::thread::Builder::new()
                 .name("busbar-store-writer".into())
                 .spawn(move || {
-                    writer_loop(conn, rx, &stats, rusqlite::TransactionBehavior::Immediate);
+                    writer_loop(
+                        conn,
+                        rx,
+                        &stats,
+                        rusqlite::TransactionBehavior::Immediate,
+                        || ranges.clear(),
+                    );
                     // Every connection is closed (a checkpointer closes its
                     // own once its writer's is); only now may another
                     // process take the dir.
@@ -365,6 +377,7 @@ impl SqliteStore {
                 trace_writer: trace_writer_id,
                 tail,
                 archive_pos_shift,
+                log_ranges,
                 recent_traces,
                 trace_merge_at: tuning.trace_merge_at,
                 merging: Arc::default(),
@@ -598,12 +611,14 @@ struct WriterStats {
 /// commit keeps that file's checkpoints from resetting its WAL. Deferred,
 /// only the ops that read the log (lookups, searches, the sweep) open one.
 /// It is the only writer of `traces.db`, so deferring its write lock
-/// never meets another.
+/// never meets another. `rolled_back` hears of every failed commit (what
+/// was kept in memory of its writes is void).
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Op>,
     stats: &WriterStats,
     begin: rusqlite::TransactionBehavior,
+    rolled_back: impl Fn(),
 ) {
     let mut batch: VecDeque<Op> = VecDeque::with_capacity(MAX_OPS_PER_COMMIT);
     loop {
@@ -659,6 +674,7 @@ fn writer_loop(
         let result = outcome.map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "store commit failed");
+            rolled_back();
         }
         for completion in completions {
             completion(result.clone());

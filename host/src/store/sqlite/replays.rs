@@ -3,7 +3,7 @@
 //! batch goes into the log in the same transaction that records the progress.
 
 use super::SqliteStore;
-use super::log::insert_events;
+use super::log::{Archiving, insert_events};
 use crate::store::replays::StoredReplay;
 use crate::store::{
     Millis, NewEvent, ReplayProgress, ReplayRecord, ReplayState, Replays, StoreError, StoreResult,
@@ -136,6 +136,7 @@ impl Replays for SqliteStore {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         let published = self.publisher();
         let shift = self.inner.archive_pos_shift;
+        let ranges = self.inner.log_ranges.clone();
         let appended = self
             .run_then(
                 move |tx| {
@@ -148,7 +149,11 @@ impl Replays for SqliteStore {
                     record.state = ReplayState::Running;
                     record.progress = progress;
                     save(tx, &record)?;
-                    Ok(Some(insert_events(tx, events, shift, None)?))
+                    let archiving = Archiving {
+                        shift,
+                        ranges: &ranges,
+                    };
+                    Ok(Some(insert_events(tx, events, archiving, None)?))
                 },
                 move |logged| match logged {
                     Some(logged) => {

@@ -197,10 +197,30 @@ CREATE INDEX events_traced ON events (tenant, bus, ingested_ms, seq, source, typ
 INSERT OR IGNORE INTO cursors (name, seq) SELECT 'pruned_traced', seq FROM cursors WHERE name = 'pruned';
 "#;
 
+/// Version 9 (issue 10, the cost of archiving): an archive without a
+/// pattern keeps a range of its bus's log instead of a row per event (see
+/// `log_archives.rs`). An entry such an archive takes is marked `whole`,
+/// and one partial index, `events_history`, holds the traced entries and
+/// those: the traced ones first within a bus (`untraced` = 0, so a trace
+/// search walks them alone), then the others. A traced event in such an
+/// archive, the common case, costs one index entry for both.
+const V9: &str = r#"
+ALTER TABLE events ADD COLUMN whole INTEGER;
+ALTER TABLE events ADD COLUMN untraced INTEGER AS (source IS NULL) VIRTUAL;
+DROP INDEX events_traced;
+CREATE INDEX events_history ON events (tenant, bus, untraced, ingested_ms, seq, source, type, whole)
+    WHERE source IS NOT NULL OR whole IS NOT NULL;
+CREATE TABLE log_archives (
+    archive TEXT PRIMARY KEY, tenant TEXT NOT NULL, bus TEXT NOT NULL,
+    first_seq INTEGER NOT NULL, from_ms INTEGER NOT NULL, from_seq INTEGER NOT NULL,
+    last_seq INTEGER) WITHOUT ROWID;
+CREATE INDEX log_archives_bus ON log_archives (tenant, bus);
+"#;
+
 /// Every version's step, in order: `(version, step)` brings a file from
 /// the version before it to `version`. Numbers may skip (a step another
 /// line of work adds later slots into its place).
-pub(super) const STEPS: [(i64, &str); 8] = [
+pub(super) const STEPS: [(i64, &str); 9] = [
     (1, V1),
     (2, V2),
     (3, V3),
@@ -209,6 +229,7 @@ pub(super) const STEPS: [(i64, &str); 8] = [
     (6, V6),
     (7, V7),
     (8, V8),
+    (9, V9),
 ];
 
 /// The main file's version from which traces live in `traces.db`.

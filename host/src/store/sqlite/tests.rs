@@ -1723,3 +1723,105 @@ async fn the_prune_keeps_a_traced_entry_until_its_trace_expires() {
         0
     );
 }
+
+#[tokio::test]
+async fn an_archive_of_a_whole_bus_is_a_range_of_the_log_not_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let store = open_at(dir.path(), clock.clone());
+    let whole = |bus: &str, id: &str, traced: bool| NewEvent {
+        bus: bus.into(),
+        bus_archives: vec![format!("{bus}-all")],
+        traced,
+        ..event(id)
+    };
+    store
+        .append(vec![
+            whole("orders", "e1", true),
+            whole("orders", "e2", false),
+            // Archived, never traced.
+            whole("audit", "a1", false),
+            whole("audit", "a2", false),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT COUNT(*) FROM archive_rows").await,
+        0,
+        "no archive row"
+    );
+    assert_eq!(
+        main_value::<String>(
+            &store,
+            "SELECT group_concat(archive || ':' || first_seq) FROM \
+             (SELECT archive, first_seq FROM log_archives ORDER BY archive)"
+        )
+        .await,
+        "audit-all:3,orders-all:1"
+    );
+    assert_eq!(
+        main_value::<String>(
+            &store,
+            "SELECT group_concat(event_id || ':' || archive_refs || ':' || whole) \
+             FROM (SELECT * FROM events ORDER BY seq)"
+        )
+        .await,
+        "e1:1:1,e2:1:1,a1:1:1,a2:1:1"
+    );
+    // Trace search sees the traced entry alone; the archived-only bus is
+    // none of its business.
+    let (found, _) = store
+        .search_traces("acme", &crate::store::TraceQuery::default(), None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = found.iter().map(|t| t.event_id.as_str()).collect();
+    assert_eq!(ids, ["e1"]);
+    let audit = crate::store::TraceQuery {
+        bus: Some("audit".into()),
+        ..Default::default()
+    };
+    let (found, _) = store.search_traces("acme", &audit, None, 10).await.unwrap();
+    assert!(found.is_empty());
+
+    // Routed and pruned, the entries stay while their range holds them.
+    let consumer = store.consumer().await.unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    let later = clock.now_ms() + 1;
+    store.prune(later).await.unwrap();
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT COUNT(*) FROM events").await,
+        4
+    );
+    assert_eq!(
+        store.expire_archive("audit-all", later, 10).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        main_value::<String>(
+            &store,
+            "SELECT group_concat(event_id) FROM (SELECT event_id FROM events ORDER BY seq)"
+        )
+        .await,
+        "e1,e2",
+        "the audit entries went with their range"
+    );
+    // The range starts after what it let go.
+    assert_eq!(
+        main_value::<i64>(
+            &store,
+            "SELECT from_seq FROM log_archives WHERE archive = 'audit-all'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(store.purge_archive("orders-all", 10).await.unwrap(), 2);
+    assert_eq!(
+        main_value::<i64>(&store, "SELECT COUNT(*) FROM log_archives").await,
+        1,
+        "a purged range is gone"
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! - **A trace that matched no rule is its log entry alone.** An event on a
 //!   bus that traces keeps its trace's searchable head (source, type) in
-//!   its log entry, under one index (`events_traced`, main file version 8),
+//!   its log entry, under one index (`events_history`, main file version 9),
 //!   and such a trace writes nothing here: the entry says when it was
 //!   received, where and what, and the route cursor whether it is routed
 //!   (`no_match`) or not yet (`in_flight`). Most traces are these; their
@@ -556,7 +556,7 @@ enum SearchPlan {
 /// Plans a search. A rule's search walks its `trace_rules` rows; a search
 /// for an uncommon state walks `traces_uncommon`; every other walks the
 /// heads of the query's bus, or each of the tenant's buses, newest first
-/// — traced log entries (`events_traced`, with their rows when they have
+/// — traced log entries (`events_history`, with their rows when they have
 /// one) and rows without such an entry (`traces_rows`) — filtering on the
 /// head and stopping after a page (plus one row, to know whether there is
 /// more) or, when it filters, after its scan budget (see [`run_search`]).
@@ -690,7 +690,9 @@ fn search_conditions(
 /// flight until then, and while routing is behind those are most of what
 /// such a search is for. Both are few; they are placed as a head walk
 /// places them (entries by position, rows shifted by [`ROW_PLACE`]), so a
-/// cursor says where in both a page ended.
+/// cursor says where in both a page ended. The entries are read by
+/// position from the routed point on (`NOT INDEXED`: the tenant's prefix
+/// of `events_history` would walk every traced entry the tenant has).
 fn in_flight_plan(
     query: &TraceQuery,
     tenant: &str,
@@ -721,7 +723,7 @@ fn in_flight_plan(
            WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = ?3 \
            UNION ALL \
            SELECT e.seq, e.event_id, e.bus, e.source, e.type, e.ingested_ms, ?3 \
-           FROM log.events e \
+           FROM log.events e NOT INDEXED \
            WHERE e.seq > ?2 AND e.tenant = ?1 AND e.source IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM traces r WHERE r.seq = e.seq AND r.in_log = 1)) \
          WHERE 1{conditions} ORDER BY received_ms DESC, place DESC LIMIT {}",
@@ -751,7 +753,7 @@ fn lane_sql(kind: LaneKind, query: &TraceQuery, tenant: &str, log: (i64, i64)) -
     };
     let (from, ms, id, state) = match kind {
         LaneKind::Log => (
-            "log.events e INDEXED BY events_traced",
+            "log.events e INDEXED BY events_history",
             "e.ingested_ms",
             "e.seq",
             format!(
@@ -776,7 +778,7 @@ fn lane_sql(kind: LaneKind, query: &TraceQuery, tenant: &str, log: (i64, i64)) -
         match kind {
             LaneKind::Log => {
                 c += &format!(
-                    " AND e.source IS NOT NULL AND e.seq > {}",
+                    " AND e.untraced = 0 AND e.source IS NOT NULL AND e.seq > {}",
                     arg(args, Sql::Integer(expired))
                 );
             }
@@ -826,14 +828,28 @@ fn lane_sql(kind: LaneKind, query: &TraceQuery, tenant: &str, log: (i64, i64)) -
 }
 
 /// The buses `tenant` has traces on, read one step per bus (a skip from
-/// each bus to the next) from both kinds of a head walk.
+/// each bus to the next) from both kinds of a head walk. The log's index
+/// also holds entries only archives keep, after a bus's traced ones: each
+/// bus found there is kept if it has a traced entry (one more seek), so a
+/// bus archived but not traced costs a step, not a walk of its entries.
 fn traced_buses(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<Vec<String>> {
     let mut buses = std::collections::BTreeSet::new();
-    for sql in [
-        "SELECT bus FROM log.events INDEXED BY events_traced \
-         WHERE tenant = ?1 AND bus > ?2 AND source IS NOT NULL ORDER BY bus LIMIT 1",
-        "SELECT bus FROM traces INDEXED BY traces_rows \
-         WHERE tenant = ?1 AND bus > ?2 AND in_log = 0 ORDER BY bus LIMIT 1",
+    let mut traced = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM log.events INDEXED BY events_history \
+         WHERE tenant = ?1 AND bus = ?2 AND untraced = 0 AND source IS NOT NULL)",
+    )?;
+    for (sql, check) in [
+        (
+            "SELECT bus FROM log.events INDEXED BY events_history \
+             WHERE tenant = ?1 AND bus > ?2 AND (source IS NOT NULL OR whole IS NOT NULL) \
+             ORDER BY bus LIMIT 1",
+            true,
+        ),
+        (
+            "SELECT bus FROM traces INDEXED BY traces_rows \
+             WHERE tenant = ?1 AND bus > ?2 AND in_log = 0 ORDER BY bus LIMIT 1",
+            false,
+        ),
     ] {
         let mut next = tx.prepare_cached(sql)?;
         let mut last = String::new();
@@ -841,7 +857,9 @@ fn traced_buses(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<Vec<Stri
             .query_row(params![tenant, last], |r| r.get::<_, String>(0))
             .optional()?
         {
-            buses.insert(bus.clone());
+            if !check || traced.query_row(params![tenant, bus], |r| r.get::<_, bool>(0))? {
+                buses.insert(bus.clone());
+            }
             last = bus;
         }
     }
@@ -1309,6 +1327,42 @@ mod tests {
         assert_eq!(start(&window, Some((1_500, 7))), (1_500, 7));
         assert_eq!(start(&window, Some((9_000, 7))), (2_000, i64::MIN));
         assert_eq!(start(&TraceQuery::default(), None), START);
+    }
+
+    /// An in-flight search reads the unrouted log entries by position,
+    /// not through the tenant's prefix of `events_history` (every traced
+    /// entry the tenant has, and the ones archives keep).
+    #[test]
+    fn an_in_flight_search_reads_unrouted_entries_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: crate::clock::SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(0));
+        drop(SqliteStore::open(dir.path(), super::super::Durability::Normal, clock).unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join(super::super::TRACES_FILE)).unwrap();
+        super::super::attach_log(&conn, &dir.path().join(super::super::DB_FILE)).unwrap();
+        let query = TraceQuery {
+            state: Some(TraceState::InFlight),
+            ..Default::default()
+        };
+        let SearchPlan::Rows { sql, args } = plan_search(&query, "t", None, 10, (0, 0)) else {
+            panic!("a plan of rows");
+        };
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("SEARCH e USING INTEGER PRIMARY KEY")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("events_history")),
+            "{plan:?}"
+        );
     }
 
     /// The planner's idea of the common states and the index's `WHERE`

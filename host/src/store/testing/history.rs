@@ -29,6 +29,7 @@ fn ce(tenant: &str, bus: &str, id: &str, at: Millis, archives: &[&str]) -> NewEv
         ingested_ms: at,
         only_rules: None,
         archives: archives.iter().map(|a| (*a).to_owned()).collect(),
+        bus_archives: Vec::new(),
         head: Default::default(),
         traced: false,
     }
@@ -333,6 +334,247 @@ pub(crate) async fn archives_outlive_the_log(make: &impl MakeStore) {
     assert!(read("a").await.is_empty());
     assert_eq!(read("b").await, [("e3".to_owned(), bodies[2].clone())]);
     assert_eq!(s.store.archive_stats("b").await.unwrap().event_count, 1);
+}
+
+/// An event stamped with archives that take every event of its bus
+/// (`bus_archives`); every other one is traced, so a backend that keeps
+/// such archives beside the traces sees both kinds of entry.
+fn whole(tenant: &str, bus: &str, id: &str, at: Millis, archives: &[&str]) -> NewEvent {
+    NewEvent {
+        bus_archives: archives.iter().map(|a| (*a).to_owned()).collect(),
+        traced: id.len().is_multiple_of(2),
+        ..ce(tenant, bus, id, at, &[])
+    }
+}
+
+/// Reads a whole archive's (id, ingest time) in order, page by page.
+async fn read_all(
+    s: &dyn crate::store::Archives,
+    archive: &str,
+    w: Window,
+    page: usize,
+) -> Vec<(String, Millis)> {
+    let mut got = Vec::new();
+    let mut after: Option<ArchivePosition> = None;
+    loop {
+        let read = s
+            .read_archive(archive, w, after.as_ref(), page)
+            .await
+            .unwrap();
+        assert!(read.len() <= page);
+        let Some(last) = read.last() else {
+            return got;
+        };
+        after = Some(last.position.clone());
+        got.extend(
+            read.into_iter()
+                .map(|a| (a.event.event_id, a.event.ingested_ms)),
+        );
+    }
+}
+
+/// Archives that take every event of their bus (stamped in
+/// `bus_archives`) read, count and resume like the others: in ingest
+/// order across commits out of time order, only their bus's stamped
+/// events (not a replayed one, not another bus's), with exact stats.
+pub(crate) async fn archives_of_a_whole_bus_read_count_and_resume(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let mut size = 0;
+    for e in [
+        whole("acme", "orders", "e3", T0 + 30, &["a"]),
+        whole("acme", "orders", "e1", T0 + 10, &["a"]),
+        whole("acme", "orders", "e2a", T0 + 20, &["a"]),
+        whole("acme", "orders", "e2b", T0 + 20, &["a"]),
+        whole("acme", "payments", "p1", T0 + 25, &["p"]),
+        // A replayed event: stamped with nothing.
+        ce("acme", "orders", "r1", T0 + 35, &[]),
+        whole("acme", "orders", "e4", T0 + 40, &["a"]),
+        whole("other", "orders", "o1", T0 + 45, &["o"]),
+        whole("acme", "orders", "e5", T0 + 50, &["a"]),
+    ] {
+        if e.bus_archives == ["a"] {
+            size += e.body.len() as u64;
+        }
+        s.store.append(vec![e]).await.unwrap();
+    }
+    let w = window(T0 + 10, T0 + 50);
+    assert_eq!(s.store.count_archived("a", w).await.unwrap(), 5);
+    assert_eq!(
+        s.store
+            .count_archived("a", window(T0 + 11, T0 + 30))
+            .await
+            .unwrap(),
+        2
+    );
+    let ids: Vec<String> = read_all(&*s.store, "a", w, 2)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["e1", "e2a", "e2b", "e3", "e4"]);
+    let mid = s.store.read_archive("a", w, None, 2).await.unwrap();
+    let stored = ArchivePosition::from_stored(mid[1].position.as_str().to_owned());
+    let rest = s
+        .store
+        .read_archive("a", w, Some(&stored), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest[0].event.event_id, "e2b");
+    assert_eq!(
+        s.store.archive_stats("a").await.unwrap(),
+        ArchiveStats {
+            event_count: 6,
+            size_bytes: size,
+            oldest_ms: Some(T0 + 10),
+            newest_ms: Some(T0 + 50),
+        }
+    );
+    let p = read_all(&*s.store, "p", window(T0, T0 + 100), 10).await;
+    assert_eq!(p, [("p1".to_owned(), T0 + 25)]);
+    let mut stored = s.store.stored_archives().await.unwrap();
+    stored.sort();
+    assert_eq!(stored, ["a", "o", "p"]);
+}
+
+/// Two archives of a whole bus, the second made later, let events go on
+/// their own: one's expiry leaves the other's events (also once the log
+/// has pruned them); a purge ends although the bus keeps taking events
+/// for the other archive, and nothing appended after it is in the purged
+/// archive.
+pub(crate) async fn archives_of_a_whole_bus_expire_and_purge_apart(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    let at = |i: i64| T0 + i * 10;
+    for i in 0..10 {
+        let archives: &[&str] = if i < 5 { &["a"] } else { &["a", "b"] };
+        s.store
+            .append(vec![whole(
+                "acme",
+                "orders",
+                &format!("e{i}"),
+                at(i),
+                archives,
+            )])
+            .await
+            .unwrap();
+    }
+    let size = whole("acme", "orders", "e0", T0, &[]).body.len() as u64;
+    assert_eq!(s.store.expire_archive("a", at(3), 2).await.unwrap(), 2);
+    assert_eq!(s.store.expire_archive("a", at(3), 2).await.unwrap(), 1);
+    assert_eq!(s.store.expire_archive("a", at(3), 2).await.unwrap(), 0);
+    assert_eq!(
+        s.store.archive_stats("a").await.unwrap(),
+        ArchiveStats {
+            event_count: 7,
+            size_bytes: 7 * size,
+            oldest_ms: Some(at(3)),
+            newest_ms: Some(at(9)),
+        }
+    );
+    assert_eq!(s.store.archive_stats("b").await.unwrap().event_count, 5);
+    // Routed and pruned: the archives still read their events back whole.
+    let consumer = s.store.consumer().await.unwrap();
+    let entries = take(consumer.as_ref(), 10, 20).await;
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    s.store.prune(at(100)).await.unwrap();
+    let all = window(T0, at(100));
+    let ids = |got: Vec<(String, Millis)>| got.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(read_all(&*s.store, "a", all, 3).await),
+        ["e3", "e4", "e5", "e6", "e7", "e8", "e9"]
+    );
+    let bodies = s.store.read_archive("b", all, None, 10).await.unwrap();
+    assert_eq!(
+        bodies[0].event.body,
+        whole("acme", "orders", "e5", at(5), &[]).body
+    );
+    assert_eq!(s.store.expire_archive("a", at(6), 10).await.unwrap(), 3);
+    s.store.prune(at(100)).await.unwrap();
+    assert_eq!(
+        ids(read_all(&*s.store, "b", all, 10).await),
+        ["e5", "e6", "e7", "e8", "e9"]
+    );
+    assert_eq!(s.store.count_archived("b", all).await.unwrap(), 5);
+    // `b` is deleted: its purge runs while the bus takes events for `a`.
+    assert_eq!(s.store.purge_archive("b", 2).await.unwrap(), 2);
+    s.store
+        .append(vec![whole("acme", "orders", "e10", at(10), &["a"])])
+        .await
+        .unwrap();
+    assert_eq!(s.store.purge_archive("b", 2).await.unwrap(), 2);
+    s.store
+        .append(vec![whole("acme", "orders", "e11", at(11), &["a"])])
+        .await
+        .unwrap();
+    assert_eq!(s.store.purge_archive("b", 2).await.unwrap(), 1);
+    assert_eq!(
+        s.store.archive_stats("b").await.unwrap(),
+        ArchiveStats::default()
+    );
+    assert!(
+        s.store
+            .read_archive("b", all, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.store.stored_archives().await.unwrap(), ["a"]);
+    assert_eq!(
+        ids(read_all(&*s.store, "a", all, 10).await),
+        ["e6", "e7", "e8", "e9", "e10", "e11"]
+    );
+    assert_eq!(s.store.archive_stats("a").await.unwrap().event_count, 6);
+    assert_eq!(s.store.purge_archive("a", 100).await.unwrap(), 6);
+    assert!(s.store.stored_archives().await.unwrap().is_empty());
+}
+
+/// An archive whose pattern comes and goes (its events stamped in
+/// `bus_archives` while it has none, in `archives` while it has one)
+/// holds all of them, read in one order, counted and expired together.
+pub(crate) async fn archives_whose_pattern_changes_keep_one_order(make: &impl MakeStore) {
+    let (s, _clock) = fresh(make).await;
+    s.store
+        .append(vec![whole("acme", "orders", "e1", T0 + 10, &["a"])])
+        .await
+        .unwrap();
+    s.store
+        .append(vec![ce("acme", "orders", "e2", T0 + 20, &["a"])])
+        .await
+        .unwrap();
+    s.store
+        .append(vec![whole("acme", "orders", "e3", T0 + 30, &["a"])])
+        .await
+        .unwrap();
+    s.store
+        .append(vec![ce("acme", "orders", "e4", T0 + 25, &["a"])])
+        .await
+        .unwrap();
+    let all = window(T0, T0 + 100);
+    let got = read_all(&*s.store, "a", all, 1).await;
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e4", "e3"]);
+    assert_eq!(
+        s.store
+            .count_archived("a", window(T0 + 15, T0 + 100))
+            .await
+            .unwrap(),
+        3
+    );
+    let stats = s.store.archive_stats("a").await.unwrap();
+    assert_eq!(
+        (stats.event_count, stats.oldest_ms, stats.newest_ms),
+        (4, Some(T0 + 10), Some(T0 + 30))
+    );
+    assert_eq!(s.store.expire_archive("a", T0 + 26, 10).await.unwrap(), 3);
+    let stats = s.store.archive_stats("a").await.unwrap();
+    assert_eq!(
+        (stats.event_count, stats.oldest_ms, stats.newest_ms),
+        (1, Some(T0 + 30), Some(T0 + 30))
+    );
+    assert_eq!(s.store.purge_archive("a", 10).await.unwrap(), 1);
+    assert!(s.store.stored_archives().await.unwrap().is_empty());
 }
 
 // ------------------------------------------------------------------- traces
@@ -939,8 +1181,22 @@ pub(crate) async fn durable_history_survives_reopen(open: &impl OpenAtDir, dir: 
             .await
             .unwrap();
     }
+    {
+        let store = open.open(dir.to_path_buf(), clock.clone()).await;
+        store
+            .append(vec![whole("acme", "orders", "w1", T0, &["w"])])
+            .await
+            .unwrap();
+    }
     let store = open.open(dir.to_path_buf(), clock).await;
     assert_eq!(store.archive_stats("a").await.unwrap().event_count, 1);
+    store
+        .append(vec![whole("acme", "orders", "w2", T0 + 1, &["w"])])
+        .await
+        .unwrap();
+    let w = read_all(&*store, "w", window(T0, T0 + 10), 10).await;
+    assert_eq!(w, [("w1".to_owned(), T0), ("w2".to_owned(), T0 + 1)]);
+    assert_eq!(store.archive_stats("w").await.unwrap().event_count, 2);
     let t = store.trace("acme", "e0", None).await.unwrap().unwrap();
     assert_eq!(
         t,
