@@ -11,7 +11,9 @@
 //! backend stores them in the same commit as the event, so an
 //! acknowledged event is in its archives at once (SQLite: a row per
 //! archive that refers to the log entry, which the log keeps while such
-//! rows exist; the in-memory store: a copy). (JetStream: an archive
+//! rows exist, or, for an archive without a pattern — named in
+//! `bus_archives` — no row at all: the archive is a range of its bus's
+//! log; the in-memory store: a copy). (JetStream: an archive
 //! is a stream with a time-based retention; the append publishes the event
 //! to the archive's subject in the same atomic batch.)
 //!

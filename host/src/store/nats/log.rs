@@ -8,9 +8,10 @@
 //! 2xx promise (with R3, a quorum has it). A publish whose ack timed out
 //! is sent once more with the same id, so the retry cannot store it twice.
 //!
-//! Each event's archive copies (`NewEvent::archives`) go to the archive
-//! stream in the same pipelined batch (see [`super::archives`]); the
-//! header line carries `only_rules` for replays restricted to some rules.
+//! Each event's archive copies (`NewEvent::archives` and `bus_archives`,
+//! alike here) go to the archive stream in the same pipelined batch (see
+//! [`super::archives`]); the header line carries `only_rules` for replays
+//! restricted to some rules.
 //!
 //! **Routing** is the `router` consumer: explicit acks, `AckWait` as the
 //! backstop for a node that died with entries in flight (its in-progress

@@ -9,6 +9,11 @@
 //! keeps it while rows refer to it (`events.archive_refs`). Rows written by
 //! version 5 and older keep their copy and the event's names; every read
 //! takes the log's event when there is one, else the copy.
+//!
+//! An archive without a pattern has no rows at all: it is a range of its
+//! bus's log (see [`log_archives`](super::log_archives)). Every verb here
+//! reads and writes both kinds, so an archive whose pattern came and went
+//! (a range, then rows) is still one archive in one order.
 
 use super::SqliteStore;
 use super::log::Seq;

@@ -31,7 +31,8 @@
 //! The interfaces live one per file: [`config`], [`log`] (with the in-memory
 //! tail of recent events), [`jobs`], [`dead_letters`], [`queues`],
 //! [`dedup`] (deduplicated appends), [`schemas`] (the schema registry),
-//! [`archives`], [`traces`], [`replays`]; the schema and its migrations in
+//! [`archives`] (with [`log_archives`], archives kept as ranges of the
+//! log), [`traces`], [`replays`]; the schema and its migrations in
 //! [`schema`]; WAL checkpoints, on a thread of their own so no commit
 //! waits for one, in [`checkpoint`].
 
