@@ -1102,6 +1102,16 @@ async fn main_value<T: rusqlite::types::FromSql + Send + 'static>(
         .expect(sql)
 }
 
+/// Hands out the (at most 10) entries waiting and acknowledges them all,
+/// as routing would.
+async fn route_waiting(consumer: &dyn crate::store::LogConsumer) {
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_archive_row_refers_to_its_log_entry_which_the_log_keeps_until_the_archive_lets_go() {
     let dir = tempfile::tempdir().unwrap();
@@ -1136,11 +1146,7 @@ async fn an_archive_row_refers_to_its_log_entry_which_the_log_keeps_until_the_ar
         2 * event("e1").body.len() as u64,
         "sizes are the events'"
     );
-    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
-    consumer
-        .ack(entries.iter().map(|e| e.ack.clone()).collect())
-        .await
-        .unwrap();
+    route_waiting(consumer.as_ref()).await;
 
     let later = clock.now_ms() + 1;
     assert_eq!(store.prune(later).await.unwrap(), 2, "e2 and e4");
@@ -1785,11 +1791,7 @@ async fn an_archive_of_a_whole_bus_is_a_range_of_the_log_not_rows() {
 
     // Routed and pruned, the entries stay while their range holds them.
     let consumer = store.consumer().await.unwrap();
-    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
-    consumer
-        .ack(entries.iter().map(|e| e.ack.clone()).collect())
-        .await
-        .unwrap();
+    route_waiting(consumer.as_ref()).await;
     let later = clock.now_ms() + 1;
     store.prune(later).await.unwrap();
     assert_eq!(

@@ -209,43 +209,7 @@ pub(crate) async fn archives_read_a_window_in_order_and_resume(make: &impl MakeS
             .unwrap();
     }
     let w = window(T0 + 10, T0 + 50);
-    assert_eq!(s.store.count_archived("a", w).await.unwrap(), 5);
-    assert_eq!(
-        s.store
-            .count_archived("a", window(T0 + 11, T0 + 30))
-            .await
-            .unwrap(),
-        2
-    );
-    let mut got = Vec::new();
-    let mut after: Option<ArchivePosition> = None;
-    loop {
-        let page = s
-            .store
-            .read_archive("a", w, after.as_ref(), 2)
-            .await
-            .unwrap();
-        assert!(page.len() <= 2);
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().map(|a| a.position.clone());
-        got.extend(
-            page.into_iter()
-                .map(|a| (a.event.event_id, a.event.ingested_ms)),
-        );
-    }
-    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, ["e1", "e2a", "e2b", "e3", "e4"]);
-    // A stored position reads back (a replay resumes from it after a restart).
-    let mid = s.store.read_archive("a", w, None, 2).await.unwrap();
-    let stored = ArchivePosition::from_stored(mid[1].position.as_str().to_owned());
-    let rest = s
-        .store
-        .read_archive("a", w, Some(&stored), 10)
-        .await
-        .unwrap();
-    assert_eq!(rest[0].event.event_id, "e2b");
+    reads_the_window_in_order(&*s.store, "a").await;
     assert!(
         s.store
             .read_archive("other", w, None, 10)
@@ -373,6 +337,29 @@ async fn read_all(
     }
 }
 
+/// Checks an archive holding e1 (T0 + 10), e2a and e2b (T0 + 20), e3
+/// (T0 + 30), e4 (T0 + 40) and e5 (T0 + 50), appended out of time order:
+/// a window (`from` inclusive, `to` exclusive) is counted and read in
+/// ingest order page by page, and a stored position reads back (a replay
+/// resumes from it after a restart).
+async fn reads_the_window_in_order(s: &dyn crate::store::Archives, archive: &str) {
+    let w = window(T0 + 10, T0 + 50);
+    assert_eq!(s.count_archived(archive, w).await.unwrap(), 5);
+    assert_eq!(
+        s.count_archived(archive, window(T0 + 11, T0 + 30))
+            .await
+            .unwrap(),
+        2
+    );
+    let got = read_all(s, archive, w, 2).await;
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2a", "e2b", "e3", "e4"]);
+    let mid = s.read_archive(archive, w, None, 2).await.unwrap();
+    let stored = ArchivePosition::from_stored(mid[1].position.as_str().to_owned());
+    let rest = s.read_archive(archive, w, Some(&stored), 10).await.unwrap();
+    assert_eq!(rest[0].event.event_id, "e2b");
+}
+
 /// Archives that take every event of their bus (stamped in
 /// `bus_archives`) read, count and resume like the others: in ingest
 /// order across commits out of time order, only their bus's stamped
@@ -397,29 +384,7 @@ pub(crate) async fn archives_of_a_whole_bus_read_count_and_resume(make: &impl Ma
         }
         s.store.append(vec![e]).await.unwrap();
     }
-    let w = window(T0 + 10, T0 + 50);
-    assert_eq!(s.store.count_archived("a", w).await.unwrap(), 5);
-    assert_eq!(
-        s.store
-            .count_archived("a", window(T0 + 11, T0 + 30))
-            .await
-            .unwrap(),
-        2
-    );
-    let ids: Vec<String> = read_all(&*s.store, "a", w, 2)
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(ids, ["e1", "e2a", "e2b", "e3", "e4"]);
-    let mid = s.store.read_archive("a", w, None, 2).await.unwrap();
-    let stored = ArchivePosition::from_stored(mid[1].position.as_str().to_owned());
-    let rest = s
-        .store
-        .read_archive("a", w, Some(&stored), 10)
-        .await
-        .unwrap();
-    assert_eq!(rest[0].event.event_id, "e2b");
+    reads_the_window_in_order(&*s.store, "a").await;
     assert_eq!(
         s.store.archive_stats("a").await.unwrap(),
         ArchiveStats {
@@ -535,22 +500,15 @@ pub(crate) async fn archives_of_a_whole_bus_expire_and_purge_apart(make: &impl M
 /// holds all of them, read in one order, counted and expired together.
 pub(crate) async fn archives_whose_pattern_changes_keep_one_order(make: &impl MakeStore) {
     let (s, _clock) = fresh(make).await;
-    s.store
-        .append(vec![whole("acme", "orders", "e1", T0 + 10, &["a"])])
-        .await
-        .unwrap();
-    s.store
-        .append(vec![ce("acme", "orders", "e2", T0 + 20, &["a"])])
-        .await
-        .unwrap();
-    s.store
-        .append(vec![whole("acme", "orders", "e3", T0 + 30, &["a"])])
-        .await
-        .unwrap();
-    s.store
-        .append(vec![ce("acme", "orders", "e4", T0 + 25, &["a"])])
-        .await
-        .unwrap();
+    // One append each: the kind of each event's archive is decided in turn.
+    for e in [
+        whole("acme", "orders", "e1", T0 + 10, &["a"]),
+        ce("acme", "orders", "e2", T0 + 20, &["a"]),
+        whole("acme", "orders", "e3", T0 + 30, &["a"]),
+        ce("acme", "orders", "e4", T0 + 25, &["a"]),
+    ] {
+        s.store.append(vec![e]).await.unwrap();
+    }
     let all = window(T0, T0 + 100);
     let got = read_all(&*s.store, "a", all, 1).await;
     let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
