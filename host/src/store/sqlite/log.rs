@@ -289,8 +289,10 @@ impl EventLog for SqliteStore {
             return Ok(());
         }
         let published = self.publisher();
-        // An append breaks no constraint (positions are the log's own, and
-        // archive rows are keyed by them): it fails only with the file.
+        // An append breaks no constraint (positions are the log's own,
+        // archive rows are keyed by them, and a range is started only for
+        // an archive that has none, as read in this transaction): it fails
+        // only with the file.
         let shift = self.inner.archive_pos_shift;
         let ranges = self.inner.log_ranges.clone();
         self.run_then_unisolated(
