@@ -351,6 +351,84 @@ async fn a_replay_interrupted_by_a_restart_completes_and_history_survives() {
     assert_eq!(t["source"], "shop");
 }
 
+/// An archive without a pattern is kept apart from one with a pattern in
+/// the store (a range of the log, not a copy per event): one whose
+/// pattern comes and goes still holds, counts and replays everything it
+/// took, in order, also after a restart.
+#[tokio::test]
+async fn an_archive_whose_pattern_comes_and_goes_replays_everything_it_took_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(dir.path());
+    let bus = TestBus::start_with(dir, config.clone()).await;
+    let key = bus.tenant("acme").await;
+    bus.put(&key, "/v1/buses/orders", json!({})).await;
+    bus.put(&key, "/v1/buses/again", json!({})).await;
+    let put_archive = |pattern: Value| {
+        let (bus, key) = (&bus, &key);
+        async move {
+            bus.put(
+                key,
+                "/v1/buses/orders/archives/kept",
+                json!({"pattern": pattern}),
+            )
+            .await
+        }
+    };
+    put_archive(Value::Null).await;
+    let from = now_ms() - 1;
+    bus.send(&key, "orders", event("w1", "billing", json!({})))
+        .await;
+    bus.send(&key, "orders", shop("w2")).await;
+    put_archive(json!({"source": ["shop"]})).await;
+    bus.send(&key, "orders", shop("p1")).await;
+    // Not archived: the pattern of the moment does not match it.
+    bus.send(&key, "orders", event("skipped", "billing", json!({})))
+        .await;
+    put_archive(Value::Null).await;
+    bus.send(&key, "orders", event("w3", "billing", json!({})))
+        .await;
+    let to = now_ms() + 1;
+    let taken = ["w1", "w2", "p1", "w3"];
+    let (_, archive) = get(&bus, &key, "/v1/buses/orders/archives/kept").await;
+    assert_eq!(archive["event_count"], 4, "{archive}");
+
+    let dir = bus.stop().await;
+    let bus = TestBus::start_with(dir, config).await;
+    let (_, archive) = get(&bus, &key, "/v1/buses/orders/archives/kept").await;
+    assert_eq!(archive["event_count"], 4, "after the restart: {archive}");
+    let hook = Receiver::start().await;
+    rule_to(
+        &bus,
+        &key,
+        "again",
+        "hook",
+        json!({"source": ["shop", "billing"]}),
+        &hook,
+    )
+    .await;
+    let (status, started) = post(
+        &bus,
+        &key,
+        "/v1/replays",
+        json!({"bus": "orders", "archive": "kept", "from": rfc3339(from), "to": rfc3339(to),
+               "destination_bus": "again"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["replay_id"].as_str().unwrap().to_owned();
+    let done = replay_until(&bus, &key, &id, &["completed", "failed"]).await;
+    assert_eq!(
+        (done["state"].as_str(), done["events_total"].as_u64()),
+        (Some("completed"), Some(4)),
+        "{done}"
+    );
+    assert_eq!(
+        ids_of(&hook.wait_for(4).await),
+        taken,
+        "in the order accepted"
+    );
+}
+
 #[tokio::test]
 async fn retention_expires_archives_and_traces_without_blocking_ingest() {
     let dir = tempfile::tempdir().unwrap();
