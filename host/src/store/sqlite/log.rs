@@ -184,6 +184,12 @@ pub(super) fn insert_events(
             Some(rules) => Some(serde_json::to_string(rules)?),
             None => None,
         };
+        if logged
+            .last()
+            .is_none_or(|(_, p): &(Seq, NewEvent)| p.tenant != e.tenant || p.bus != e.bus)
+        {
+            ranges.next_bus();
+        }
         let mut rows = std::mem::take(&mut e.archives);
         let at = (e.tenant.as_str(), e.bus.as_str(), e.ingested_ms);
         let placement = Placement::of(

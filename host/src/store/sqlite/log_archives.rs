@@ -256,15 +256,21 @@ impl Placement {
 
 /// The ranges of the bus an append's entries are on, kept from one entry
 /// to the next while the bus stays the same (the entries of an append
-/// are mostly of one bus).
+/// are mostly of one bus). The appender says when the bus changes
+/// ([`BusRanges::next_bus`]), so no copy of the bus's name is kept.
 pub(super) struct BusRanges<'a> {
     cache: &'a RangeCache,
-    last: Option<(String, String, Arc<[Range]>)>,
+    last: Option<Arc<[Range]>>,
 }
 
 impl<'a> BusRanges<'a> {
     pub fn new(cache: &'a RangeCache) -> Self {
         Self { cache, last: None }
+    }
+
+    /// The next entry is on another bus than the one before it.
+    pub fn next_bus(&mut self) {
+        self.last = None;
     }
 
     fn of(
@@ -273,14 +279,11 @@ impl<'a> BusRanges<'a> {
         tenant: &str,
         bus: &str,
     ) -> rusqlite::Result<Arc<[Range]>> {
-        if let Some((t, b, ranges)) = &self.last
-            && t == tenant
-            && b == bus
-        {
+        if let Some(ranges) = &self.last {
             return Ok(ranges.clone());
         }
         let ranges = self.cache.of_bus(tx, tenant, bus)?;
-        self.last = Some((tenant.to_owned(), bus.to_owned(), ranges.clone()));
+        self.last = Some(ranges.clone());
         Ok(ranges)
     }
 }
