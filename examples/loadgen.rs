@@ -1861,6 +1861,95 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Tracing and archiving off vs on (same run), replay speed, live latency during a replay.
+/// One phase of the `history` scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HistoryPhase {
+    /// Single-event requests of events no rule matches.
+    Single,
+    /// Batches of 10 such events.
+    Batch10,
+    /// Batches of 10 events one rule matches, delivered to the sink.
+    E2e,
+}
+
+impl HistoryPhase {
+    /// The name of its throughput figure.
+    fn rate(self) -> &'static str {
+        match self {
+            Self::Single => "ingest single",
+            Self::Batch10 => "ingest batch10",
+            Self::E2e => "e2e delivered",
+        }
+    }
+
+    /// The name of its CPU-per-event figure.
+    fn cpu(self) -> &'static str {
+        match self {
+            Self::Single => "cpu single",
+            Self::Batch10 => "cpu batch10",
+            Self::E2e => "cpu e2e",
+        }
+    }
+
+    /// The name its writers' figures go under (see [`writer_keys`]).
+    fn writers(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Batch10 => "batch10",
+            Self::E2e => "e2e",
+        }
+    }
+}
+
+/// Runs one phase against `bus`: returns its rate (events/s acknowledged,
+/// or delivered end to end), the process's CPU per event until the
+/// phase's events are routed (and traced), and the events sent.
+#[allow(clippy::too_many_arguments)]
+async fn history_phase<'a>(
+    args: &Args,
+    bench: &Arc<Bench>,
+    sink: &Arc<Sink>,
+    client: &reqwest::Client,
+    url: &str,
+    figures: &mut HistoryFigures<'a>,
+    mode: &'a str,
+    bus: &'static str,
+    phase: HistoryPhase,
+) -> (f64, f64, u64) {
+    // Each phase starts with the router idle, so no phase pays for the
+    // routing (and tracing) of the one before it.
+    routed(client, url, Duration::from_secs(120)).await;
+    let before = sink.count.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let cpu0 = own_cpu_seconds();
+    let writers0 = writer_cpu_seconds();
+    let (batch, source) = match phase {
+        HistoryPhase::Single => (1, "bench.nomatch"),
+        HistoryPhase::Batch10 => (10, "bench.nomatch"),
+        HistoryPhase::E2e => (10, "bench.match"),
+    };
+    let sent = bench
+        .flood_to(bus, args.connections, args.seconds, batch, source)
+        .await;
+    let (rate, events) = if phase == HistoryPhase::E2e {
+        let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
+        (delivered as f64 / t0.elapsed().as_secs_f64(), delivered)
+    } else {
+        (sent as f64 / args.seconds as f64, sent)
+    };
+    // CPU per event until the phase's events are routed (and traced):
+    // what history costs, much less disturbed by other work on a shared
+    // machine than throughput is.
+    routed(client, url, Duration::from_secs(120)).await;
+    let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / events.max(1) as f64;
+    let [store_us, trace_us] = writers_us(figures, mode, phase.writers(), writers0, events);
+    println!(
+        "  {mode} {}: store writer {store_us:4.1} µs, trace writer {trace_us:4.1} µs CPU per event",
+        phase.writers()
+    );
+    (rate, cpu_us, sent)
+}
+
 async fn history_scenario(
     args: &Args,
     bench: &Arc<Bench>,
@@ -1924,74 +2013,42 @@ async fn history_scenario(
     let archive_from = busbar::clock::now_ms();
     let mut kept_matching = 0;
     for round in 0..args.rounds {
-        for (mode, bus) in &modes {
-            for batch in [1usize, 10] {
-                // Each phase starts with the router idle, so no phase pays
-                // for the routing (and tracing) of the one before it.
-                routed(client, url, Duration::from_secs(120)).await;
-                let cpu0 = own_cpu_seconds();
-                let writers0 = writer_cpu_seconds();
-                let n = bench
-                    .flood_to(bus, args.connections, args.seconds, batch, "bench.nomatch")
-                    .await;
-                let rate = n as f64 / args.seconds as f64;
-                // CPU per event until the phase's events are routed (and
-                // traced): what history costs, much less disturbed by other
-                // work on a shared machine than throughput is.
-                routed(client, url, Duration::from_secs(120)).await;
-                let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / n.max(1) as f64;
-                let phase = if batch == 1 { "single" } else { "batch10" };
-                let [store_us, trace_us] = writers_us(&mut figures, mode, phase, writers0, n);
-                println!(
-                    "round {round} history {mode}: ingest batch={batch:>2}: {rate:>9.0} events/s, {cpu_us:6.1} µs CPU per event (store writer {store_us:4.1}, trace writer {trace_us:4.1})"
-                );
-                figures
-                    .entry((
-                        mode,
-                        if batch == 1 {
-                            "cpu single"
-                        } else {
-                            "cpu batch10"
-                        },
-                    ))
-                    .or_default()
-                    .push(cpu_us);
-                figures
-                    .entry((
-                        mode,
-                        if batch == 1 {
-                            "ingest single"
-                        } else {
-                            "ingest batch10"
-                        },
-                    ))
-                    .or_default()
-                    .push(rate);
-            }
-            routed(client, url, Duration::from_secs(120)).await;
-            let before = sink.count.load(Ordering::Relaxed);
-            let t0 = Instant::now();
-            let cpu0 = own_cpu_seconds();
-            let writers0 = writer_cpu_seconds();
-            let sent = bench
-                .flood_to(bus, args.connections, args.seconds, 10, "bench.match")
+        // Each phase runs `off` and `on` back to back, in turns `off, on`
+        // and `on, off`: the two runs a ratio compares are seconds apart,
+        // and a host that slows down or speeds up over a pair weighs on
+        // each side alike over the rounds.
+        let mut order = modes.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for phase in [
+            HistoryPhase::Single,
+            HistoryPhase::Batch10,
+            HistoryPhase::E2e,
+        ] {
+            for (mode, bus) in &order {
+                let (rate, cpu_us, sent) = history_phase(
+                    args,
+                    bench,
+                    sink,
+                    client,
+                    url,
+                    &mut figures,
+                    mode,
+                    bus,
+                    phase,
+                )
                 .await;
-            if *bus == "kept" {
-                kept_matching += sent;
+                if *bus == "kept" && phase == HistoryPhase::E2e {
+                    kept_matching += sent;
+                }
+                figures.entry((mode, phase.cpu())).or_default().push(cpu_us);
+                figures.entry((mode, phase.rate())).or_default().push(rate);
+                println!(
+                    "round {round} history {mode}: {}: {rate:>9.0} events/s, {cpu_us:6.1} µs CPU per event",
+                    phase.rate()
+                );
             }
-            let delivered = drained(sink, before, sent, Duration::from_secs(60)).await;
-            let rate = delivered as f64 / t0.elapsed().as_secs_f64();
-            routed(client, url, Duration::from_secs(120)).await;
-            let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / delivered.max(1) as f64;
-            let [store_us, trace_us] = writers_us(&mut figures, mode, "e2e", writers0, delivered);
-            println!(
-                "round {round} history {mode}: e2e {sent} sent, {delivered} delivered: {rate:.0} events/s delivered, {cpu_us:6.1} µs CPU per event (store writer {store_us:4.1}, trace writer {trace_us:4.1})"
-            );
-            figures.entry((mode, "cpu e2e")).or_default().push(cpu_us);
-            figures
-                .entry((mode, "e2e delivered"))
-                .or_default()
-                .push(rate);
         }
     }
     if args.history == HistorySwitch::Both {
@@ -2011,10 +2068,24 @@ async fn history_scenario(
                 v[v.len() / 2]
             };
             let (off, on) = (median("off"), median("on"));
+            // The ratio of each pair of runs, and their median: what one
+            // run of each side, seconds apart, says.
+            let mut pairs: Vec<f64> = figures[&("on", what)]
+                .iter()
+                .zip(&figures[&("off", what)])
+                .map(|(on, off)| on / off)
+                .collect();
+            pairs.sort_by(f64::total_cmp);
             println!(
-                "history on/off, {what} (medians of {} rounds): {on:.0} / {off:.0} = {:.3}",
+                "history on/off, {what} (medians of {} rounds): {on:.0} / {off:.0} = {:.3}; pairs: median {:.3} of {}",
                 args.rounds,
-                on / off
+                on / off,
+                pairs[pairs.len() / 2],
+                pairs
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
         // What history adds on its own threads, against what the whole
