@@ -44,25 +44,18 @@ impl EventTrace {
     /// attributes the router read.
     pub fn start(logged: &LoggedEvent, position: i64, head: EventHead) -> Arc<Self> {
         Arc::new(Self {
-            trace: Mutex::new(Some(Trace {
-                tenant: logged.tenant.clone(),
-                bus: logged.bus.clone(),
-                event_id: logged.event_id.clone(),
-                received_ms: logged.ingested_ms,
-                source: head.source,
-                event_type: head.event_type,
-                size_bytes: logged.body.len() as u64,
-                event: logged.body.clone(),
-                position: Some(position),
-                replay: head.replayname,
-                head_in_log: logged.traced,
-                body: TraceBody {
-                    routed: true,
-                    ..TraceBody::default()
-                },
-                state: TraceState::InFlight,
-            })),
+            trace: Mutex::new(Some(trace_of(logged.clone(), position, head))),
         })
+    }
+
+    /// The finished trace of an entry no rule took: routed as it was read,
+    /// and built from the entry itself instead of copies of its names (most
+    /// events of a busy bus match no rule, and the entry is not needed
+    /// after this).
+    pub fn unmatched(logged: LoggedEvent, position: i64, head: EventHead) -> Trace {
+        let mut trace = trace_of(logged, position, head);
+        trace.state = Trace::derive_state(&trace.body);
+        trace
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Trace) -> R) -> Option<R> {
@@ -138,6 +131,28 @@ impl EventTrace {
         let mut trace = guard.take()?;
         trace.state = Trace::derive_state(&trace.body);
         Some(trace)
+    }
+}
+
+/// The trace of a log entry as routing starts it: routed, no rule yet.
+fn trace_of(logged: LoggedEvent, position: i64, head: EventHead) -> Trace {
+    Trace {
+        size_bytes: logged.body.len() as u64,
+        tenant: logged.tenant,
+        bus: logged.bus,
+        event_id: logged.event_id,
+        received_ms: logged.ingested_ms,
+        source: head.source,
+        event_type: head.event_type,
+        event: logged.body,
+        position: Some(position),
+        replay: head.replayname,
+        head_in_log: logged.traced,
+        body: TraceBody {
+            routed: true,
+            ..TraceBody::default()
+        },
+        state: TraceState::InFlight,
     }
 }
 

@@ -146,6 +146,14 @@ impl RoutingProgress {
         self.hold_traced(token, None)
     }
 
+    /// `token`'s entry is routed already (nothing took it): acknowledged
+    /// with the next batch, after its finished trace is written.
+    pub fn routed(&self, token: AckToken, trace: Option<Trace>) {
+        self.unacked.count.fetch_add(1, Ordering::AcqRel);
+        // The receiver is gone only after shutdown gave up waiting.
+        let _ = self.acks.send(Routed { token, trace });
+    }
+
     /// A hold on `token`'s entry whose trace is written when it is routed.
     pub fn hold_traced(&self, token: AckToken, trace: Option<Arc<EventTrace>>) -> RoutingHold {
         self.unacked.count.fetch_add(1, Ordering::AcqRel);

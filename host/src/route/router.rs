@@ -21,7 +21,7 @@
 
 use super::progress::{RoutingHold, RoutingProgress};
 use super::rule::{Rule, RuleTransform};
-use super::table::RouteTable;
+use super::table::{BusRoutes, RouteTable};
 use crate::clock::{SharedClock, rfc3339};
 use crate::deliver::engine::{Delivery, DeliveryEngine};
 use crate::deliver::{FailureCode, Item};
@@ -30,7 +30,7 @@ use crate::history::{EventTrace, HistoryTable};
 use crate::plugin::registry::PluginHost;
 use crate::resource::PluginBinding;
 use crate::store::traces::{PluginRun, TraceError};
-use crate::store::{AttemptError, LogConsumer, LogEntry, LoggedEvent, Traces};
+use crate::store::{AttemptError, LogConsumer, LogEntry, LoggedEvent, Trace, Traces};
 use crate::telemetry;
 use crate::transform::RenderContext;
 use serde_json::Value;
@@ -162,62 +162,106 @@ impl Router {
             h.lag.taken(entries.len());
         }
         let mut deliveries = Vec::new();
-        for entry in entries {
-            let trace = self.start_trace(&entry.event, entry.position);
-            let hold = progress.hold_traced(entry.ack, trace.clone());
-            self.route_one(entry.event, entry.position, &hold, trace, &mut deliveries)
-                .await;
+        for LogEntry {
+            event,
+            ack,
+            position,
+        } in entries
+        {
+            let Some((routes, matched)) = self.matched_rules(&event) else {
+                // Nothing takes it: routed as read.
+                progress.routed(ack, self.unmatched_trace(event, position));
+                continue;
+            };
+            let trace = self.start_trace(&event, position);
+            let hold = progress.hold_traced(ack, trace.clone());
+            self.route_matched(
+                event,
+                position,
+                &hold,
+                trace,
+                &routes,
+                matched,
+                &mut deliveries,
+            )
+            .await;
         }
         self.engine.dispatch(deliveries);
     }
 
-    /// The trace of an entry, when its bus records traces — or recorded
-    /// them when it accepted the entry: a log that keeps the head of such
-    /// an entry already shows it as a trace, which must not end as
+    /// Whether `logged`'s trace is wanted: its bus records traces — or
+    /// recorded them when it accepted the entry: a log that keeps the head
+    /// of such an entry already shows it as a trace, which must not end as
     /// "matched no rule" because tracing was turned off meanwhile.
-    fn start_trace(&self, logged: &LoggedEvent, position: i64) -> Option<Arc<EventTrace>> {
-        let history = self.history.as_ref()?;
-        if !logged.traced && !history.table.traced(&logged.tenant, &logged.bus) {
-            return None;
-        }
-        // Ingest hands over the head it read; an entry read back from disk
-        // has none, and is read here.
-        let head = match &logged.head.0 {
-            Some(head) => EventHead::clone(head),
-            None => EventHead::parse(&logged.body)?,
-        };
-        Some(EventTrace::start(logged, position, head))
+    fn traced(&self, logged: &LoggedEvent) -> bool {
+        self.history
+            .as_ref()
+            .is_some_and(|h| logged.traced || h.table.traced(&logged.tenant, &logged.bus))
     }
 
-    async fn route_one(
+    /// The head of `logged` for its trace: ingest hands over the head it
+    /// read; an entry read back from disk has none, and is read here.
+    fn head(logged: &LoggedEvent) -> Option<EventHead> {
+        match &logged.head.0 {
+            Some(head) => Some(EventHead::clone(head)),
+            None => EventHead::parse(&logged.body),
+        }
+    }
+
+    /// The trace of an entry that some rule took, when it is traced.
+    fn start_trace(&self, logged: &LoggedEvent, position: i64) -> Option<Arc<EventTrace>> {
+        if !self.traced(logged) {
+            return None;
+        }
+        Some(EventTrace::start(logged, position, Self::head(logged)?))
+    }
+
+    /// The finished trace of an entry no rule took, when it is traced.
+    fn unmatched_trace(&self, mut logged: LoggedEvent, position: i64) -> Option<Trace> {
+        if !self.traced(&logged) {
+            return None;
+        }
+        // The entry's own head, uncopied when nothing else holds it.
+        let head = match logged.head.0.take() {
+            Some(head) => Arc::unwrap_or_clone(head),
+            None => EventHead::parse(&logged.body)?,
+        };
+        Some(EventTrace::unmatched(logged, position, head))
+    }
+
+    /// The rules of its bus that take `logged` (its `only_rules` among
+    /// them), or `None` when none does.
+    fn matched_rules(&self, logged: &LoggedEvent) -> Option<(Arc<BusRoutes>, Vec<String>)> {
+        let routes = self.routes.routes(&logged.tenant, &logged.bus)?;
+        if routes.index.is_empty() {
+            return None;
+        }
+        match routes.index.matches_json(&logged.body) {
+            Ok(mut m) => {
+                if let Some(only) = &logged.only_rules {
+                    m.retain(|rule| only.contains(rule));
+                }
+                (!m.is_empty()).then_some((routes, m))
+            }
+            Err(e) => {
+                tracing::error!(tenant = %logged.tenant, event_id = %logged.event_id, error = %e, "stored event is not JSON; skipped");
+                None
+            }
+        }
+    }
+
+    /// Applies each matched rule to an entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn route_matched(
         self: &Arc<Self>,
         logged: LoggedEvent,
         position: i64,
         hold: &RoutingHold,
         trace: Option<Arc<EventTrace>>,
+        routes: &BusRoutes,
+        matched: Vec<String>,
         deliveries: &mut Vec<Delivery>,
     ) {
-        let Some(routes) = self.routes.routes(&logged.tenant, &logged.bus) else {
-            return;
-        };
-        if routes.index.is_empty() {
-            return;
-        }
-        let matched = match routes.index.matches_json(&logged.body) {
-            Ok(mut m) => {
-                if let Some(only) = &logged.only_rules {
-                    m.retain(|rule| only.contains(rule));
-                }
-                if m.is_empty() {
-                    return;
-                }
-                m
-            }
-            Err(e) => {
-                tracing::error!(tenant = %logged.tenant, event_id = %logged.event_id, error = %e, "stored event is not JSON; skipped");
-                return;
-            }
-        };
         telemetry::matched(&logged.tenant, matched.len() as u64);
         // The matcher has read the entry whole, so it is JSON; one that is
         // not an object cannot be an event.
@@ -552,6 +596,54 @@ mod tests {
         // And an entry accepted while off is traced once tracing is on again.
         tracing.0.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(router.start_trace(&event("after"), 2).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_entry_no_rule_takes_is_routed_with_its_no_match_trace() {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let store = MemoryStore::new(clock.clone());
+        let table = table(Arc::new(PanicsOnBoom::default()));
+        let engine = Arc::new(DeliveryEngine::new(
+            Arc::new(store.clone()),
+            table.clone(),
+            clock.clone(),
+            EngineConfig::default(),
+        ));
+        let history = RouterHistory {
+            table: Arc::new(Tracing::default()),
+            traces: Arc::new(store.clone()),
+            lag: Default::default(),
+        };
+        let router = router(table, engine, clock, Some(history));
+        // Bus `quiet` has no rules and does not trace now; `kept` was
+        // accepted while it did (its log entry shows it as a trace).
+        let on_quiet = |id: &str, traced: bool| NewEvent {
+            bus: "quiet".into(),
+            traced,
+            ..event(id)
+        };
+        store
+            .append(vec![on_quiet("kept", true), on_quiet("untraced", false)])
+            .await
+            .unwrap();
+        let consumer = store.consumer().await.unwrap();
+        let (progress, acks) =
+            RoutingProgress::start(consumer.clone(), Some(Arc::new(store.clone())));
+        let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        router.route_batch(entries, &progress).await;
+        drop(progress);
+        acks.await.unwrap();
+        assert_eq!(consumer.in_flight(), 0, "both entries are acknowledged");
+        let kept = store.trace("t", "kept", None).await.unwrap().unwrap();
+        assert_eq!(kept.state, crate::store::TraceState::NoMatch);
+        assert!(kept.body.routed && kept.body.rules.is_empty());
+        assert_eq!((kept.bus.as_str(), kept.source.as_str()), ("quiet", "s"));
+        assert_eq!(kept.position, Some(1));
+        assert!(
+            store.trace("t", "untraced", None).await.unwrap().is_none(),
+            "an untraced entry of a bus that does not trace has no trace"
+        );
     }
 
     #[tokio::test(start_paused = true)]
