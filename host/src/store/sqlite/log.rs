@@ -20,6 +20,7 @@ use crate::store::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -141,15 +142,21 @@ pub(super) fn logged_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEven
 
 /// The head a traced entry keeps in its row: the producer's, or read
 /// from the event (an event without one still has a trace: empty names).
-fn head_columns(e: &NewEvent) -> (Option<String>, Option<String>) {
+fn head_columns(e: &NewEvent) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
     if !e.traced {
         return (None, None);
     }
     match &e.head.0 {
-        Some(head) => (Some(head.source.clone()), Some(head.event_type.clone())),
+        Some(head) => (
+            Some(Cow::Borrowed(&head.source)),
+            Some(Cow::Borrowed(&head.event_type)),
+        ),
         None => {
             let head = EventHead::parse(&e.body).unwrap_or_default();
-            (Some(head.source), Some(head.event_type))
+            (
+                Some(Cow::Owned(head.source)),
+                Some(Cow::Owned(head.event_type)),
+            )
         }
     }
 }
@@ -208,8 +215,8 @@ pub(super) fn insert_events(
             e.ingested_ms,
             only,
             (rows.len() + placement.ranges) as i64,
-            source,
-            event_type,
+            source.as_deref(),
+            event_type.as_deref(),
             placement.whole().then_some(1)
         ])?;
         let seq = tx.last_insert_rowid();
