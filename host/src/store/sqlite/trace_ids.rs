@@ -36,14 +36,22 @@
 use anyhow::Context;
 use rusqlite::{Connection, Transaction, params};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// How many recent traces trigger a merge. Bigger merges write each leaf
-/// page of `trace_ids` for more traces; the memory they hold is ~40 bytes a
-/// trace (a map entry), and a merge of this many took the traces' writer
-/// ~100 ms (the 1,000,000-trace fill spent 6 % of its time in 15 merges).
-pub(super) const MERGE_AT: usize = 64 * 1024;
+/// How many recent traces trigger a merge. A merge writes every leaf page
+/// of `trace_ids` its keys fall in, and random keys soon fall in all of
+/// them, so a merge costs about the table's size: per key, that cost over
+/// this many. Measured with Python's `sqlite3`
+/// (`examples/trace-ids-merge.py`): a merge into a table
+/// of 1,000,000 keys cost 2.40 µs a key with 65,536 keys a merge and 1.56
+/// µs with 262,144; into 3,000,000 keys 4.69 against 2.12 µs (1.2 µs of
+/// each is Python and the inserts themselves). The memory held is 17 bytes
+/// a key in the map's table (about 9 MB at this size, as the table grows by
+/// doubling), against the ~4 MB of 65,536 keys at 33 bytes before.
+pub(super) const MERGE_AT: usize = 256 * 1024;
 
 /// The lookup key of an event id within its tenant: a 48-bit hash (keys
 /// stay 6 bytes in SQLite's record format, and collisions among tens of
@@ -71,7 +79,7 @@ pub(super) fn key(tenant: &str, event_id: &str) -> i64 {
 /// The traces recorded since the last merge, by key.
 #[derive(Debug, Default)]
 pub(super) struct RecentTraceIds {
-    by_key: Mutex<HashMap<i64, Rows>>,
+    by_key: Mutex<Recent>,
     /// The latest receive time among merged trace rows: a row received
     /// after it is not in `trace_ids`.
     merged_received_ms: AtomicI64,
@@ -119,15 +127,38 @@ impl Merged {
     }
 }
 
-/// The trace rows of one key: nearly always one.
-#[derive(Debug)]
-enum Rows {
-    One(i64),
-    Many(Vec<i64>),
+/// The recent trace rows by key: nearly always one a key, so the first
+/// is kept inline (16 bytes a key in the map, which holds up to
+/// [`MERGE_AT`] of them) and the rare others apart.
+#[derive(Debug, Default)]
+struct Recent {
+    first: KeyMap<i64>,
+    more: KeyMap<Vec<i64>>,
+}
+
+impl Recent {
+    /// Adds `id` under `key`.
+    fn note(&mut self, key: i64, id: i64) {
+        match self.first.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(id);
+            }
+            Entry::Occupied(_) => self.more.entry(key).or_default().push(id),
+        }
+    }
+
+    /// Every (key, row) noted.
+    fn iter(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let more = self
+            .more
+            .iter()
+            .flat_map(|(key, ids)| ids.iter().map(move |id| (*key, *id)));
+        self.first.iter().map(|(key, id)| (*key, *id)).chain(more)
+    }
 }
 
 impl RecentTraceIds {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Rows>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Recent> {
         // A panic while holding the lock leaves the map whole (every update
         // is one insert or retain), so a poisoned lock is still usable.
         self.by_key.lock().unwrap_or_else(|e| e.into_inner())
@@ -135,27 +166,21 @@ impl RecentTraceIds {
 
     /// Remembers that trace row `id` has key `key`.
     pub(super) fn note(&self, key: i64, id: i64) {
-        let mut map = self.map();
-        match map.get_mut(&key) {
-            None => {
-                map.insert(key, Rows::One(id));
-            }
-            Some(Rows::One(first)) => {
-                let first = *first;
-                map.insert(key, Rows::Many(vec![first, id]));
-            }
-            Some(Rows::Many(ids)) => ids.push(id),
-        }
+        self.map().note(key, id);
     }
 
     /// Remembers the event ids of newly committed log entries that keep
     /// their trace's head (as `-seq`: see `TRACES_V6`).
     pub(super) fn note_log_entries(&self, entries: &[(i64, crate::store::LoggedEvent)]) {
+        let mut latest = i64::MIN;
+        let mut map = self.map();
         for (seq, e) in entries.iter().filter(|(_, e)| e.traced) {
-            self.note(key(&e.tenant, &e.event_id), -seq);
-            self.noted_log_received_ms
-                .fetch_max(e.ingested_ms, Ordering::AcqRel);
+            map.note(key(&e.tenant, &e.event_id), -seq);
+            latest = latest.max(e.ingested_ms);
         }
+        drop(map);
+        self.noted_log_received_ms
+            .fetch_max(latest, Ordering::AcqRel);
     }
 
     /// The noted log entries above `mark`, as (key, seq), and a receive
@@ -164,16 +189,8 @@ impl RecentTraceIds {
         let entries = self
             .map()
             .iter()
-            .flat_map(|(key, rows)| {
-                let ids = match rows {
-                    Rows::One(id) => std::slice::from_ref(id),
-                    Rows::Many(ids) => ids.as_slice(),
-                };
-                ids.iter()
-                    .filter(|id| -**id > mark)
-                    .map(|id| (*key, -id))
-                    .collect::<Vec<_>>()
-            })
+            .filter(|(_, id)| -id > mark)
+            .map(|(key, id)| (key, -id))
             .collect();
         // Read after the entries: an entry noted in between only makes the
         // bound later than needed (a lookup then reads `trace_ids` for
@@ -183,16 +200,19 @@ impl RecentTraceIds {
 
     /// The recent rows that may hold `key`'s trace.
     pub(super) fn rows(&self, key: i64) -> Vec<i64> {
-        match self.map().get(&key) {
-            None => Vec::new(),
-            Some(Rows::One(id)) => vec![*id],
-            Some(Rows::Many(ids)) => ids.clone(),
-        }
+        let map = self.map();
+        let more = map.more.get(&key).into_iter().flatten();
+        map.first
+            .get(&key)
+            .into_iter()
+            .chain(more)
+            .copied()
+            .collect()
     }
 
     /// How many keys wait for a merge.
     pub(super) fn len(&self) -> usize {
-        self.map().len()
+        self.map().first.len()
     }
 
     /// Whether a trace received at `received_ms` may be in `trace_ids`,
@@ -250,13 +270,56 @@ impl RecentTraceIds {
             .fetch_max(merged.received_ms, Ordering::AcqRel);
         self.merged_log_received_ms
             .fetch_max(merged.log_received_ms, Ordering::AcqRel);
-        self.map().retain(|_, rows| match rows {
-            Rows::One(id) => !merged.covers(*id),
-            Rows::Many(ids) => {
-                ids.retain(|id| !merged.covers(*id));
-                !ids.is_empty()
-            }
+        let mut map = self.map();
+        let Recent { first, more } = &mut *map;
+        more.retain(|_, ids| {
+            ids.retain(|id| !merged.covers(*id));
+            !ids.is_empty()
         });
+        // A key whose first row was merged keeps its place with a later
+        // row, if it has one.
+        first.retain(|key, id| {
+            if !merged.covers(*id) {
+                return true;
+            }
+            let Some(ids) = more.get_mut(key) else {
+                return false;
+            };
+            *id = ids.remove(0);
+            if ids.is_empty() {
+                more.remove(key);
+            }
+            true
+        });
+    }
+}
+
+/// A map by [`key`]: keys are hashes already, so hashing one again with
+/// SipHash (the standard map's default, built to resist chosen keys) is
+/// wasted work on every trace. A multiplication by an odd constant spreads
+/// the 48 bits over the whole word, high bits included (the map reads
+/// both ends of the hash). Chosen keys cannot hurt more than a tenant
+/// choosing colliding event ids could anyway: keys are hashes of ids.
+type KeyMap<V> = HashMap<i64, V, BuildHasherDefault<KeyHasher>>;
+
+/// The hasher of [`KeyMap`].
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `i64` keys are hashed; any other input still hashes whole.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_i64(&mut self, key: i64) {
+        self.0 = (key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -380,6 +443,27 @@ mod tests {
         assert_ne!(key("ab", "c"), key("a", "bc"));
         assert!(key("acme", "e1") >= 0 && key("acme", "e1") < 1 << 48);
         assert_eq!(key("acme", "e1"), 0x9f72_60e8_3136);
+    }
+
+    #[test]
+    fn the_key_map_spreads_keys_over_both_ends_of_the_hash() {
+        // Keys are 48 bits: the top 16 of the word are zero. The map finds
+        // a key's group with the low bits and tells keys apart within it
+        // by the top 7; both must vary, or every probe compares every key.
+        let hash = |k: i64| {
+            let mut h = KeyHasher::default();
+            h.write_i64(k);
+            h.finish()
+        };
+        let keys: Vec<i64> = (0..1000).map(|i| key("t", &format!("e{i}"))).collect();
+        let top: std::collections::HashSet<u64> = keys.iter().map(|k| hash(*k) >> 57).collect();
+        let low: std::collections::HashSet<u64> = keys.iter().map(|k| hash(*k) & 127).collect();
+        assert!(
+            top.len() > 100 && low.len() > 100,
+            "{} / {}",
+            top.len(),
+            low.len()
+        );
     }
 
     #[test]
