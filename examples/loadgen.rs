@@ -22,10 +22,11 @@
 //!   window; then delivered events/s to the sink with a rule that keeps
 //!   order per partition key (1,000 keys) against the same rule unordered;
 //! - `history`: ingest and e2e with tracing and archiving off, then on (the
-//!   `--history on|off|both` switch; `both` alternates them in one run and
-//!   prints the ratio, and the CPU per event of the store's and the traces'
-//!   writer threads, where history's own work runs), then replay speed and
-//!   live latency during a replay;
+//!   `--history on|off|both` switch; `both` runs each phase off and on back
+//!   to back, in alternating order, and prints the ratio of the medians,
+//!   each pair's ratio and their median, and the CPU per event of the
+//!   store's and the traces' writer threads, where history's own work runs),
+//!   then replay speed and live latency during a replay;
 //! - `traces`: fills a store with `--traces` (1,000,000) traces and measures
 //!   trace lookup and search latency;
 //! - `ceiling`: no bus: the same client against a bare axum handler that reads
