@@ -564,8 +564,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_entry_accepted_while_tracing_stays_traced_when_tracing_is_turned_off() {
+    /// A router over a memory store that writes traces to it, for the
+    /// buses `tracing` says trace.
+    fn traced_router(tracing: Arc<Tracing>) -> (Arc<Router>, MemoryStore) {
         let clock: SharedClock = Arc::new(TokioClock::new());
         let store = MemoryStore::new(clock.clone());
         let table = table(Arc::new(PanicsOnBoom::default()));
@@ -575,13 +576,18 @@ mod tests {
             clock.clone(),
             EngineConfig::default(),
         ));
-        let tracing = Arc::new(Tracing::default());
         let history = RouterHistory {
-            table: tracing.clone(),
+            table: tracing,
             traces: Arc::new(store.clone()),
             lag: Default::default(),
         };
-        let router = router(table, engine, clock, Some(history));
+        (router(table, engine, clock, Some(history)), store)
+    }
+
+    #[tokio::test]
+    async fn an_entry_accepted_while_tracing_stays_traced_when_tracing_is_turned_off() {
+        let tracing = Arc::new(Tracing::default());
+        let (router, _) = traced_router(tracing.clone());
         // Tracing is off now; the first entry was accepted while it was on
         // (its log entry may already show it as a trace), the second after.
         let accepted_traced = NewEvent {
@@ -600,21 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_no_rule_takes_is_routed_with_its_no_match_trace() {
-        let clock: SharedClock = Arc::new(TokioClock::new());
-        let store = MemoryStore::new(clock.clone());
-        let table = table(Arc::new(PanicsOnBoom::default()));
-        let engine = Arc::new(DeliveryEngine::new(
-            Arc::new(store.clone()),
-            table.clone(),
-            clock.clone(),
-            EngineConfig::default(),
-        ));
-        let history = RouterHistory {
-            table: Arc::new(Tracing::default()),
-            traces: Arc::new(store.clone()),
-            lag: Default::default(),
-        };
-        let router = router(table, engine, clock, Some(history));
+        let (router, store) = traced_router(Arc::new(Tracing::default()));
         // Bus `quiet` has no rules and does not trace now; `kept` was
         // accepted while it did (its log entry shows it as a trace).
         let on_quiet = |id: &str, traced: bool| NewEvent {
