@@ -605,6 +605,15 @@ fn writer_keys(phase: &str) -> [&'static str; 2] {
     }
 }
 
+/// The key of the event counts behind `phase`'s writer figures.
+fn events_key(phase: &str) -> &'static str {
+    match phase {
+        "single" => "events single",
+        "batch10" => "events batch10",
+        _ => "events e2e",
+    }
+}
+
 /// Per-phase figures of the `history` scenario: (mode, figure) → one value a round.
 type HistoryFigures<'a> = std::collections::BTreeMap<(&'a str, &'static str), Vec<f64>>;
 
@@ -622,6 +631,10 @@ fn writers_us<'a>(
     for (key, value) in writer_keys(phase).into_iter().zip(us) {
         figures.entry((mode, key)).or_default().push(value);
     }
+    figures
+        .entry((mode, events_key(phase)))
+        .or_default()
+        .push(events as f64);
     us
 }
 
@@ -2112,6 +2125,27 @@ async fn history_scenario(
                 median("off", trace),
                 added / median("off", whole),
                 median("off", whole),
+            );
+            // A trace-id merge lands in whichever phase triggers it, which
+            // the medians leave out: the mean over all of a mode's events
+            // counts it.
+            let mean = |m, what| {
+                let events = &figures[&(m, events_key(phase))];
+                let total: f64 = figures[&(m, what)]
+                    .iter()
+                    .zip(events)
+                    .map(|(us, n)| us * n)
+                    .sum();
+                total / events.iter().sum::<f64>().max(1.0)
+            };
+            let added =
+                mean("on", store) - mean("off", store) + mean("on", trace) - mean("off", trace);
+            println!(
+                "history on/off, writers' CPU per event, {phase} (means over every round's events): store writer {:.1} / {:.1} µs, trace writer {:.1} / {:.1} µs; history adds {added:.1} µs",
+                mean("on", store),
+                mean("off", store),
+                mean("on", trace),
+                mean("off", trace),
             );
         }
     }
