@@ -44,7 +44,20 @@ impl EventTrace {
     /// attributes the router read.
     pub fn start(logged: &LoggedEvent, position: i64, head: EventHead) -> Arc<Self> {
         Arc::new(Self {
-            trace: Mutex::new(Some(trace_of(logged.clone(), position, head))),
+            // Only what a trace keeps: not the entry's rule subset or hint.
+            trace: Mutex::new(Some(trace_of(
+                LoggedEvent {
+                    tenant: logged.tenant.clone(),
+                    bus: logged.bus.clone(),
+                    event_id: logged.event_id.clone(),
+                    body: logged.body.clone(),
+                    ingested_ms: logged.ingested_ms,
+                    traced: logged.traced,
+                    ..LoggedEvent::default()
+                },
+                position,
+                head,
+            ))),
         })
     }
 
