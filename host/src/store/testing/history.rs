@@ -5,7 +5,7 @@
 //! [`Traces`]: crate::store::Traces
 //! [`Replays`]: crate::store::Replays
 
-use super::{BOUND, LONG_WAIT, MakeStore, OpenAtDir, T0, bounded, fresh, take};
+use super::{BOUND, LONG_WAIT, MakeStore, OpenAtDir, Subject, T0, bounded, fresh, take};
 use crate::clock::ManualClock;
 use crate::store::traces::{
     AttemptRecord, Redrive, ReplayMark, RuleOutcome, RuleTrace, TargetState, TargetTrace, TraceBody,
@@ -189,6 +189,18 @@ pub(crate) async fn archives_copies_are_written_with_the_append(make: &impl Make
     assert!(entries.iter().all(|e| e.event.archives.is_empty()));
 }
 
+/// Routes (acknowledges) the log's `n` entries and prunes it as of `now`:
+/// after this, the log keeps an entry only for what still refers to it.
+async fn route_all_and_prune(s: &Subject, n: usize, now: Millis) {
+    let consumer = s.store.consumer().await.unwrap();
+    let entries = take(consumer.as_ref(), n, 20).await;
+    consumer
+        .ack(entries.iter().map(|e| e.ack.clone()).collect())
+        .await
+        .unwrap();
+    s.store.prune(now).await.unwrap();
+}
+
 /// `read_archive` hands out a window (`from` inclusive, `to` exclusive) in
 /// the order events were accepted (ingest time, then commit order), page by
 /// page from the last position; `count_archived` counts the same window.
@@ -263,13 +275,7 @@ pub(crate) async fn archives_outlive_the_log(make: &impl MakeStore) {
     ];
     let bodies: Vec<Bytes> = events.iter().map(|e| e.body.clone()).collect();
     s.store.append(events).await.unwrap();
-    let consumer = s.store.consumer().await.unwrap();
-    let entries = take(consumer.as_ref(), 3, 10).await;
-    consumer
-        .ack(entries.iter().map(|e| e.ack.clone()).collect())
-        .await
-        .unwrap();
-    s.store.prune(T0 + 1_000).await.unwrap();
+    route_all_and_prune(&s, 3, T0 + 1_000).await;
     let all = window(T0, T0 + 1_000);
     let read = |archive: &'static str| {
         let store = s.store.clone();
@@ -437,13 +443,7 @@ pub(crate) async fn archives_of_a_whole_bus_expire_and_purge_apart(make: &impl M
     );
     assert_eq!(s.store.archive_stats("b").await.unwrap().event_count, 5);
     // Routed and pruned: the archives still read their events back whole.
-    let consumer = s.store.consumer().await.unwrap();
-    let entries = take(consumer.as_ref(), 10, 20).await;
-    consumer
-        .ack(entries.iter().map(|e| e.ack.clone()).collect())
-        .await
-        .unwrap();
-    s.store.prune(at(100)).await.unwrap();
+    route_all_and_prune(&s, 10, at(100)).await;
     let all = window(T0, at(100));
     let ids = |got: Vec<(String, Millis)>| got.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
     assert_eq!(
