@@ -1,9 +1,10 @@
-"""What a merge into `trace_ids` costs a key, by table size and merge size.
+"""What a merge of trace ids costs a key, by table size and merge size.
 
-`host/src/store/sqlite/trace_ids.rs` indexes trace ids by merging the recent
-ones, in key order, into one B-tree of random 48-bit keys. Random keys soon
-fall in every leaf page, so a merge rewrites about the whole table: the cost
-per key is the table's size over the merge's. This measures it with Python's
+Until session 18, `host/src/store/sqlite/trace_ids.rs` merged the recent
+trace ids, in key order, into one B-tree of random 48-bit keys. Random keys
+soon fall in every leaf page, so a merge rewrote about the whole table: the
+cost per key was the table's size over the merge's. Since then each merge
+writes a sorted run of its own (`trace_id_runs.rs`). This measures both with Python's
 `sqlite3` (WAL, `synchronous=NORMAL`, an 8 MB cache like the store's) for a
 few table and merge sizes, against keys appended as sorted runs (the shape
 of an LSM tree: each merge a run of its own, cost independent of the table).

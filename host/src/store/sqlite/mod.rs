@@ -50,10 +50,12 @@ mod schema;
 mod schemas;
 #[cfg(test)]
 mod tests;
+mod trace_id_runs;
 mod trace_ids;
 mod traces;
 
 use self::log::Tail;
+use self::trace_id_runs::{Maintenance, Tiering};
 use self::trace_ids::RecentTraceIds;
 use super::{StoreError, StoreResult};
 use crate::clock::SharedClock;
@@ -210,13 +212,17 @@ struct Inner {
     archive_pos_shift: archives::PosShift,
     /// The archives' ranges of the log, by bus (see `log_archives`).
     log_ranges: Arc<log_archives::RangeCache>,
-    /// The event ids of the traces recorded since the last merge into
-    /// `trace_ids`.
+    /// The event ids of the traces recorded since the last merge into a
+    /// run of `trace_id_keys`.
     recent_traces: Arc<RecentTraceIds>,
-    /// How many recent traces trigger a merge.
-    trace_merge_at: usize,
+    /// How many recent traces trigger a merge, and how merged runs are
+    /// compacted.
+    trace_tiering: Tiering,
     /// Set while a merge started by an append is queued or running.
     merging: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the merged runs may need compacting or deleting (the
+    /// traces' writer does it when idle).
+    trace_maintenance: Arc<Maintenance>,
     /// How many index entries one trace search scans at most.
     search_scan: usize,
     /// The only source of "now".
@@ -251,8 +257,20 @@ struct Tuning {
     recent_events: usize,
     recent_bytes: usize,
     trace_merge_at: usize,
+    trace_fanout: usize,
+    trace_step_keys: usize,
     search_scan: usize,
     checkpoint_pages: u32,
+}
+
+impl Tuning {
+    fn trace_tiering(&self) -> Tiering {
+        Tiering {
+            merge_at: self.trace_merge_at,
+            fanout: self.trace_fanout,
+            step_keys: self.trace_step_keys,
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -261,6 +279,8 @@ impl Default for Tuning {
             recent_events: RECENT_EVENTS,
             recent_bytes: RECENT_BYTES,
             trace_merge_at: trace_ids::MERGE_AT,
+            trace_fanout: trace_id_runs::FANOUT,
+            trace_step_keys: trace_id_runs::STEP_KEYS,
             search_scan: traces::SEARCH_SCAN,
             checkpoint_pages: CHECKPOINT_PAGES,
         }
@@ -311,7 +331,7 @@ impl SqliteStore {
         // merged now, so memory starts empty whatever the file's history.
         {
             let tx = traces.transaction().context("merging recent traces")?;
-            trace_ids::merge(&tx, None).context("merging recent traces")?;
+            trace_ids::merge(&tx, None, tuning.trace_tiering()).context("merging recent traces")?;
             tx.commit().context("merging recent traces")?;
         }
         let recent_traces = Arc::new(
@@ -332,18 +352,25 @@ impl SqliteStore {
         let stats = Arc::new(WriterStats::default());
         let log_ranges = Arc::new(log_archives::RangeCache::default());
         let (trace_ops, trace_rx) = mpsc::channel::<Op>(8192);
-        let trace_writer = std::thread::Builder::new()
-            .name("busbar-trace-writer".into())
-            .spawn(move || {
-                writer_loop(
-                    traces,
-                    trace_rx,
-                    &WriterStats::default(),
-                    rusqlite::TransactionBehavior::Deferred,
-                    || {},
-                )
-            })
-            .context("starting the traces' writer")?;
+        // Anything a restart interrupted (a compaction, retired runs) goes
+        // on at once.
+        let trace_maintenance = Arc::new(Maintenance::new(tuning.trace_tiering()));
+        let trace_writer = {
+            let maintenance = trace_maintenance.clone();
+            std::thread::Builder::new()
+                .name("busbar-trace-writer".into())
+                .spawn(move || {
+                    writer_loop(
+                        traces,
+                        trace_rx,
+                        &WriterStats::default(),
+                        rusqlite::TransactionBehavior::Deferred,
+                        || {},
+                        |conn| maintenance.step(conn),
+                    )
+                })
+                .context("starting the traces' writer")?
+        };
         let trace_writer_id = trace_writer.thread().id();
         let (ops, rx) = mpsc::channel::<Op>(8192);
         let writer = {
@@ -358,6 +385,7 @@ impl SqliteStore {
                         &stats,
                         rusqlite::TransactionBehavior::Immediate,
                         || ranges.clear(),
+                        |_| false,
                     );
                     // Every connection is closed (a checkpointer closes its
                     // own once its writer's is); only now may another
@@ -380,8 +408,9 @@ impl SqliteStore {
                 archive_pos_shift,
                 log_ranges,
                 recent_traces,
-                trace_merge_at: tuning.trace_merge_at,
+                trace_tiering: tuning.trace_tiering(),
                 merging: Arc::default(),
+                trace_maintenance,
                 search_scan: tuning.search_scan,
                 clock,
                 jobs_changed: Notify::new(),
@@ -461,28 +490,29 @@ impl SqliteStore {
     fn merge_trace_ids_if_due(&self) {
         use std::sync::atomic::Ordering;
         let recent = self.inner.recent_traces.clone();
-        if recent.len() < self.inner.trace_merge_at
-            || self.inner.merging.swap(true, Ordering::AcqRel)
-        {
+        let tiering = self.inner.trace_tiering;
+        if recent.len() < tiering.merge_at || self.inner.merging.swap(true, Ordering::AcqRel) {
             return;
         }
         let (store, merging) = (self.clone(), self.inner.merging.clone());
+        let maintenance = self.inner.trace_maintenance.clone();
         tokio::spawn(async move {
             let noted = recent.clone();
             let merged = store
                 .run_traces_then(
-                    move |tx| trace_ids::merge(tx, Some(&noted)),
+                    move |tx| trace_ids::merge(tx, Some(&noted), tiering),
                     move |merged| {
                         if let Some(merged) = merged {
                             recent.forget_merged(merged);
+                            maintenance.wake();
                         }
                     },
                 )
                 .await;
+            merging.store(false, Ordering::Release);
             if let Err(e) = merged {
                 tracing::warn!(error = %e, "merging trace ids failed; the next append tries again");
             }
-            merging.store(false, Ordering::Release);
         });
     }
 }
@@ -613,21 +643,33 @@ struct WriterStats {
 /// only the ops that read the log (lookups, searches, the sweep) open one.
 /// It is the only writer of `traces.db`, so deferring its write lock
 /// never meets another. `rolled_back` hears of every failed commit (what
-/// was kept in memory of its writes is void).
+/// was kept in memory of its writes is void). `idle` runs whenever no op
+/// waits, until it says it did nothing (background work in bounded steps,
+/// each its own transaction: ops arriving meanwhile wait one step at most).
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Op>,
     stats: &WriterStats,
     begin: rusqlite::TransactionBehavior,
     rolled_back: impl Fn(),
+    mut idle: impl FnMut(&mut Connection) -> bool,
 ) {
     let mut batch: VecDeque<Op> = VecDeque::with_capacity(MAX_OPS_PER_COMMIT);
     loop {
         // Ops left by a commit that failed early go first, without waiting.
         if batch.is_empty() {
-            match rx.blocking_recv() {
-                Some(op) => batch.push_back(op),
-                None => break,
+            match rx.try_recv() {
+                Ok(op) => batch.push_back(op),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if idle(&mut conn) {
+                        continue;
+                    }
+                    match rx.blocking_recv() {
+                        Some(op) => batch.push_back(op),
+                        None => break,
+                    }
+                }
             }
         }
         while batch.len() < MAX_OPS_PER_COMMIT {

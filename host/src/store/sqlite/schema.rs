@@ -344,13 +344,47 @@ INSERT INTO log_traces (expired) VALUES (0);
 "#;
 
 /// `traces.db`'s steps, as [`STEPS`] for the main file.
-pub(super) const TRACES_STEPS: [(i64, &str); 6] = [
+/// `traces.db`, version 7: merged trace ids as sorted runs
+/// (`trace_id_runs.rs`) instead of one B-tree of random keys that every
+/// merge rewrote whole. `trace_id_runs` is the catalog: a run's state (0
+/// live, 1 being written by a compaction, 2 retired), its tier, how many
+/// keys it holds, the receive times of its traces, the trace rows it was
+/// made from (a merge takes the rows of an id range), the highest log
+/// position it names, and the compaction it feeds (`into_run`).
+/// `trace_id_compaction` is the compaction under way, if any. The old
+/// table becomes run 1, of the tier its size gives it (merges of 262,144
+/// keys, fanout 8), holding every time.
+pub(super) const TRACES_V7: &str = r#"
+CREATE TABLE trace_id_runs (
+    run INTEGER PRIMARY KEY, state INTEGER NOT NULL, tier INTEGER NOT NULL,
+    keys INTEGER NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+    first_trace INTEGER NOT NULL, last_trace INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    into_run INTEGER);
+CREATE TABLE trace_id_keys (
+    run INTEGER NOT NULL, key INTEGER NOT NULL, trace INTEGER NOT NULL,
+    PRIMARY KEY (run, key, trace)) WITHOUT ROWID;
+CREATE TABLE trace_id_compaction (
+    run INTEGER NOT NULL, next_key INTEGER NOT NULL, slice INTEGER NOT NULL,
+    written INTEGER NOT NULL);
+INSERT INTO trace_id_runs (run, state, tier, keys, first_ms, last_ms, first_trace, last_trace,
+        last_seq)
+    SELECT 1, 0, CASE WHEN COUNT(*) < 2097152 THEN 0 WHEN COUNT(*) < 16777216 THEN 1
+        WHEN COUNT(*) < 134217728 THEN 2 ELSE 3 END,
+        COUNT(*), -9223372036854775808, 9223372036854775807, 0,
+        (SELECT mark FROM trace_ids_merged), (SELECT log_mark FROM trace_ids_merged)
+    FROM trace_ids HAVING COUNT(*) > 0;
+INSERT INTO trace_id_keys (run, key, trace) SELECT 1, key, trace FROM trace_ids;
+DROP TABLE trace_ids;
+"#;
+
+pub(super) const TRACES_STEPS: [(i64, &str); 7] = [
     (1, TRACES_V1),
     (2, TRACES_V2),
     (3, TRACES_V3),
     (4, TRACES_V4),
     (5, TRACES_V5),
     (6, TRACES_V6),
+    (7, TRACES_V7),
 ];
 
 /// The version of `traces.db` this build writes.

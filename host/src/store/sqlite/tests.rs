@@ -115,18 +115,21 @@ async fn passes_the_conformance_suite() {
     .await;
 }
 
-/// The suite again with the traces' event ids merged into `trace_ids`
-/// every two traces, and a search scan budget of two index entries: with
-/// the defaults no test records enough to merge or to stop a search, so
-/// this is where every trace scenario also finds traces there, and every
-/// filtered search pages through scans cut short (its pages, put
-/// together, are the same).
+/// The suite again with the traces' event ids merged into runs every two
+/// traces, every two runs of a tier compacted three keys a step (in the
+/// background, while the scenario reads), and a search scan budget of two
+/// index entries: with the defaults no test records enough to merge or to
+/// stop a search, so this is where every trace scenario also finds traces
+/// in runs, and every filtered search pages through scans cut short (its
+/// pages, put together, are the same).
 #[tokio::test]
 async fn passes_the_conformance_suite_merging_trace_ids_and_cutting_searches_short() {
     testing::conformance(|clock| async move {
         let dir = tempfile::tempdir().expect("temp dir");
         let tuning = Tuning {
             trace_merge_at: 2,
+            trace_fanout: 2,
+            trace_step_keys: 3,
             search_scan: 2,
             ..Tuning::default()
         };
@@ -989,7 +992,7 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
                 .unwrap();
         }
         // The fourth trace merged the first four; the fifth waits in memory.
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 4);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_id_keys").await, 4);
         assert_eq!(store.inner.recent_traces.len(), 1);
         for id in &ids[..5] {
             let found = store.trace("acme", id, None).await.unwrap();
@@ -1013,7 +1016,7 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
     }
     // Reopening merges what was left in memory.
     let store = open_at(dir.path(), manual());
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 6);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_id_keys").await, 6);
     assert_eq!(store.inner.recent_traces.len(), 0);
     for id in &ids[5..] {
         store
@@ -1027,11 +1030,16 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
             "{id}"
         );
     }
-    // Expiring the oldest traces takes their keys out of `trace_ids`.
+    // Expiring traces deletes no key; a run goes once none of its traces
+    // is left. Run 1 (e0..e3 at T0) and run 3 (e5..e8) go; run 2 keeps
+    // e0 at T0 + 5 and a stale key for e4, which lookups skip.
     let dropped = store.expire_traces(T0 + 1, u64::MAX, 100).await.unwrap();
     assert_eq!(dropped, 10, "all but the trace received at T0 + 5");
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 1);
+    trace_ids_settled(&store).await;
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_id_keys").await, 2);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_id_runs").await, 1);
     assert!(store.trace("acme", "e3", None).await.unwrap().is_none());
+    assert!(store.trace("acme", "e4", None).await.unwrap().is_none());
     assert_eq!(
         store
             .trace("acme", "e0", None)
@@ -1039,6 +1047,192 @@ async fn trace_ids_are_merged_in_bulk_found_everywhere_and_expired_with_their_tr
             .unwrap()
             .map(|t| t.received_ms),
         Some(T0 + 5)
+    );
+}
+
+/// Waits until the traces' writer has no maintenance of the merged runs
+/// left (it works on them between ops, while idle).
+async fn trace_ids_settled(store: &SqliteStore) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.inner.trace_maintenance.is_due() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the merged runs' maintenance never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// The live runs, as (tier, keys), oldest first.
+async fn live_runs(store: &SqliteStore) -> Vec<(i64, i64)> {
+    store
+        .run_traces(|tx| {
+            Ok(tx
+                .prepare("SELECT tier, keys FROM trace_id_runs WHERE state = 0 ORDER BY run")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+        .unwrap()
+}
+
+/// Eight runs of two keys compact into one, a slice of the key space per
+/// step, leaving out the keys of traces gone. The new run is not read
+/// until complete (lookups keep probing the old runs meanwhile), and a
+/// compaction a restart interrupts resumes from its last step. A lookup
+/// that knows the receive time probes only the runs whose times hold it.
+#[tokio::test]
+async fn runs_of_trace_ids_compact_in_steps_across_a_restart_and_every_trace_stays_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        trace_merge_at: 2,
+        // No compaction of its own: the test steps one by hand.
+        trace_fanout: 1000,
+        trace_step_keys: 1,
+        ..Tuning::default()
+    };
+    let ids: Vec<String> = (0..16).map(|i| format!("e{i}")).collect();
+    let all_found = |store: SqliteStore| {
+        let ids = ids.clone();
+        async move {
+            assert!(store.trace("acme", "e0", None).await.unwrap().is_none());
+            for id in &ids[1..] {
+                let found = store.trace("acme", id, None).await.unwrap();
+                assert_eq!(found.map(|t| t.event_id).as_ref(), Some(id), "{id}");
+            }
+        }
+    };
+    {
+        let store = open_tuned_at(dir.path(), tuning);
+        for (i, id) in ids.iter().enumerate() {
+            let trace = delivered(id, T0 + i as i64);
+            store.record_traces(vec![trace].into()).await.unwrap();
+        }
+        trace_ids_settled(&store).await;
+        assert_eq!(live_runs(&store).await, vec![(0, 2); 8]);
+        // e0 goes; its run stays (e1 is in it), and keeps e0's key.
+        assert_eq!(store.expire_traces(T0 + 1, u64::MAX, 100).await.unwrap(), 1);
+        let e3 = super::trace_ids::key("acme", "e3");
+        let probe = |at: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .run_traces(move |tx| Ok(super::trace_id_runs::lookup(tx, e3, Some(at))?))
+                    .await
+                    .unwrap()
+            }
+        };
+        // e3 is in the second run (e2, e3 at T0 + 2, T0 + 3).
+        assert_eq!(probe(T0 + 3).await, vec![4]);
+        assert_eq!(probe(T0 + 2).await, vec![4]);
+        assert!(probe(T0 + 4).await.is_empty(), "the third run not probed");
+        let by_hand = super::trace_id_runs::Tiering {
+            merge_at: 2,
+            fanout: 8,
+            step_keys: 1,
+        };
+        // Start, then five of its sixteen slices.
+        for _ in 0..6 {
+            let step = store
+                .run_traces(move |tx| super::trace_id_runs::maintain(tx, by_hand))
+                .await
+                .unwrap();
+            assert_eq!(step, super::trace_id_runs::Step::Worked);
+        }
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM trace_id_runs WHERE state = 1").await,
+            1,
+            "one run being built"
+        );
+        assert_eq!(live_runs(&store).await.len(), 8, "the inputs still read");
+        all_found(store.clone()).await;
+    }
+    // Reopened (with the fanout the runs were compacted by), the writer
+    // finishes the compaction while idle and deletes the old runs.
+    let store = open_tuned_at(
+        dir.path(),
+        Tuning {
+            trace_fanout: 8,
+            ..tuning
+        },
+    );
+    trace_ids_settled(&store).await;
+    // e0's key is left out; a run's tier follows its size.
+    assert_eq!(live_runs(&store).await, vec![(0, 15)]);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_id_runs").await, 1);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM trace_id_keys").await,
+        15
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM trace_id_compaction").await,
+        0
+    );
+    all_found(store.clone()).await;
+}
+
+/// Version 7 turns the one B-tree of merged ids into run 1, read at every
+/// time; what is merged later goes in runs of its own.
+#[tokio::test]
+async fn merged_trace_ids_of_a_version_6_traces_file_become_the_first_run() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(TRACES_FILE)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        for (_, step) in schema::TRACES_STEPS.iter().filter(|(v, _)| *v <= 6) {
+            conn.execute_batch(step).unwrap();
+        }
+        for (id, event) in [(1, "e1"), (2, "e2")] {
+            conn.execute(
+                "INSERT INTO traces (id, tenant, bus, event_id, received_ms, source, type, state, \
+                 size, replay, rules, body, event) VALUES (?1, 'acme', 'orders', ?2, ?3, 'shop', \
+                 'order.placed', 'delivered', 2, NULL, '', '{\"routed\":true}', X'7B7D')",
+                rusqlite::params![id, event, T0],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO trace_ids (key, trace) VALUES (?1, ?2)",
+                rusqlite::params![super::trace_ids::key("acme", event), id],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "UPDATE trace_ids_merged SET mark = 2, received_ms = ?1",
+            [T0],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 6).unwrap();
+    }
+    let tuning = Tuning {
+        trace_merge_at: 1,
+        ..Tuning::default()
+    };
+    let store = open_tuned_at(dir.path(), tuning);
+    store
+        .record_traces(vec![delivered("e3", T0 + 1)].into())
+        .await
+        .unwrap();
+    trace_ids_settled(&store).await;
+    assert_eq!(live_runs(&store).await, vec![(0, 2), (0, 1)]);
+    for id in ["e1", "e2", "e3"] {
+        assert!(
+            store.trace("acme", id, None).await.unwrap().is_some(),
+            "{id}"
+        );
+    }
+    let e1 = super::trace_ids::key("acme", "e1");
+    let probed = store
+        .run_traces(move |tx| Ok(super::trace_id_runs::lookup(tx, e1, Some(T0))?))
+        .await
+        .unwrap();
+    assert_eq!(probed, vec![1], "the first run holds every time");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'trace_ids'"
+        )
+        .await,
+        0
     );
 }
 
@@ -1265,7 +1459,7 @@ async fn a_trace_recorded_after_every_trace_expired_is_found_after_a_reopen() {
         let store = open_tuned_at(dir.path(), tuning);
         let both = vec![delivered("e1", T0), delivered("e2", T0)];
         store.record_traces(both.into()).await.unwrap();
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_ids").await, 2);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_id_keys").await, 2);
         let dropped = store.expire_traces(T0 + 1, u64::MAX, 100).await.unwrap();
         assert_eq!(dropped, 2);
         store
@@ -1653,7 +1847,7 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
     drop(store);
     let store = open_tuned_at(dir.path(), tuning);
     assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM trace_ids WHERE trace < 0").await,
+        count(&store, "SELECT COUNT(*) FROM trace_id_keys WHERE trace < 0").await,
         3,
         "the log's ids are merged"
     );
@@ -1690,8 +1884,9 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
     assert_eq!(store.expire_traces(T0 + 3, u64::MAX, 100).await.unwrap(), 5);
     assert!(store.trace("acme", "n2", None).await.unwrap().is_none());
     assert_eq!(search_all(&store, &all(), 10).await, ["x:no_match"]);
+    trace_ids_settled(&store).await;
     assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM trace_ids WHERE trace < 0").await,
+        count(&store, "SELECT COUNT(*) FROM trace_id_keys WHERE trace < 0").await,
         0
     );
     assert_eq!(store.prune(T0 + 10).await.unwrap(), 4, "n1, m, u, n2");

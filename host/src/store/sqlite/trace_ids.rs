@@ -8,15 +8,16 @@
 //!
 //! - **Recent traces** (ids above the merge mark) in memory: a map from the
 //!   event id's [`key`] to the trace rows, filled as traces are recorded.
-//! - **Older traces** in `trace_ids (key, trace)`, written by a [merge]
-//!   that takes every recent trace in key order in one transaction, so each
-//!   leaf page is written once per merge instead of once per commit.
+//! - **Older traces** in sorted runs ([`trace_id_runs`]): a [merge] takes
+//!   every recent trace, in key order, into a run of its own in one
+//!   transaction, appended at the end of the B-tree, so each page is
+//!   written once instead of once per commit.
 //!
 //! The mark (`trace_ids_merged`) moves in the merge's transaction, so the
 //! traces above it are exactly the ones not merged yet; opening the store
 //! merges them, and memory starts empty. The mark also keeps the latest
 //! receive time among merged trace rows: recording a trace received after
-//! it needs no look into `trace_ids` for an earlier row of the same trace
+//! it needs no look into the merged runs for an earlier row of the same trace
 //! (the usual case — only a trace recorded again after a restart is
 //! older), so the common write reads nothing from the file. A key is a
 //! hash: it may name rows of other events (a collision, or a rolled-back
@@ -29,28 +30,25 @@
 //! from the log. Their latest receive time is kept apart from the rows'
 //! ([`Look`]): entries are merged as they are appended, ahead of the
 //! routing that records rows, so one shared time would send every record
-//! to `trace_ids` for nothing.
+//! to the merged runs for nothing.
 //!
 //! [merge]: merge
 
+use super::trace_id_runs::{self, NewRun, Tiering};
 use anyhow::Context;
-use rusqlite::{Connection, Transaction, params};
-use std::collections::HashMap;
+use rusqlite::{Connection, Transaction};
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// How many recent traces trigger a merge. A merge writes every leaf page
-/// of `trace_ids` its keys fall in, and random keys soon fall in all of
-/// them, so a merge costs about the table's size: per key, that cost over
-/// this many. Measured with Python's `sqlite3`
-/// (`examples/trace-ids-merge.py`): a merge into a table
-/// of 1,000,000 keys cost 2.40 µs a key with 65,536 keys a merge and 1.56
-/// µs with 262,144; into 3,000,000 keys 4.69 against 2.12 µs (1.2 µs of
-/// each is Python and the inserts themselves). The memory held is 17 bytes
-/// a key in the map's table (about 9 MB at this size, as the table grows by
-/// doubling), against the ~4 MB of 65,536 keys at 33 bytes before.
+/// How many recent traces trigger a merge: the size of a tier-0 run. A
+/// merge appends its run (its cost a key does not depend on how many are
+/// stored), so this weighs the memory held — 17 bytes a key in the map's
+/// table, about 9 MB at this size as the table grows by doubling —
+/// against the runs a lookup probes and the tiers a key is rewritten in
+/// (see `trace_id_runs`).
 pub(super) const MERGE_AT: usize = 256 * 1024;
 
 /// The lookup key of an event id within its tenant: a 48-bit hash (keys
@@ -81,7 +79,7 @@ pub(super) fn key(tenant: &str, event_id: &str) -> i64 {
 pub(super) struct RecentTraceIds {
     by_key: Mutex<Recent>,
     /// The latest receive time among merged trace rows: a row received
-    /// after it is not in `trace_ids`.
+    /// after it is not in a merged run.
     merged_received_ms: AtomicI64,
     /// The latest receive time among merged log entries.
     merged_log_received_ms: AtomicI64,
@@ -134,6 +132,10 @@ impl Merged {
 struct Recent {
     first: KeyMap<i64>,
     more: KeyMap<Vec<i64>>,
+    /// Per commit of noted log entries: its last position and its
+    /// earliest receive time, so a merge knows its run's first time
+    /// without a time a key.
+    log_commits: VecDeque<(i64, i64)>,
 }
 
 impl Recent {
@@ -172,30 +174,45 @@ impl RecentTraceIds {
     /// Remembers the event ids of newly committed log entries that keep
     /// their trace's head (as `-seq`: see `TRACES_V6`).
     pub(super) fn note_log_entries(&self, entries: &[(i64, crate::store::LoggedEvent)]) {
-        let mut latest = i64::MIN;
+        let (mut earliest, mut latest, mut last) = (i64::MAX, i64::MIN, None);
         let mut map = self.map();
         for (seq, e) in entries.iter().filter(|(_, e)| e.traced) {
             map.note(key(&e.tenant, &e.event_id), -seq);
+            earliest = earliest.min(e.ingested_ms);
             latest = latest.max(e.ingested_ms);
+            last = Some(*seq);
+        }
+        if let Some(last) = last {
+            map.log_commits.push_back((last, earliest));
         }
         drop(map);
         self.noted_log_received_ms
             .fetch_max(latest, Ordering::AcqRel);
     }
 
-    /// The noted log entries above `mark`, as (key, seq), and a receive
-    /// time none of them is later than.
-    fn log_entries_after(&self, mark: i64) -> (Vec<(i64, i64)>, i64) {
-        let entries = self
-            .map()
+    /// The noted log entries above `mark`, as (key, seq), a receive time
+    /// none of them is earlier than and one none is later than.
+    fn log_entries_after(&self, mark: i64) -> (Vec<(i64, i64)>, i64, i64) {
+        let map = self.map();
+        let entries = map
             .iter()
             .filter(|(_, id)| -id > mark)
             .map(|(key, id)| (key, -id))
             .collect();
+        // Commits note whole: every commit above the mark is wholly in.
+        let earliest = map
+            .log_commits
+            .iter()
+            .filter(|(last, _)| *last > mark)
+            .map(|(_, ms)| *ms)
+            .min()
+            .unwrap_or(i64::MAX);
+        drop(map);
         // Read after the entries: an entry noted in between only makes the
-        // bound later than needed (a lookup then reads `trace_ids` for
+        // bound later than needed (a lookup then reads the merged runs for
         // nothing), never earlier.
-        (entries, self.noted_log_received_ms.load(Ordering::Acquire))
+        let latest = self.noted_log_received_ms.load(Ordering::Acquire);
+        (entries, earliest, latest)
     }
 
     /// The recent rows that may hold `key`'s trace.
@@ -215,7 +232,7 @@ impl RecentTraceIds {
         self.map().first.len()
     }
 
-    /// Whether a trace received at `received_ms` may be in `trace_ids`,
+    /// Whether a trace received at `received_ms` may be in a merged run,
     /// among the keys `wanted`.
     pub(super) fn may_be_merged(&self, received_ms: i64, wanted: Look) -> bool {
         let rows = self.merged_received_ms.load(Ordering::Acquire);
@@ -262,7 +279,7 @@ impl RecentTraceIds {
         })
     }
 
-    /// Forgets the rows a committed merge wrote to `trace_ids` (all up to
+    /// Forgets the rows a committed merge wrote to its run (all up to
     /// its mark); called only after that commit, so a lookup between the
     /// merge and its commit still finds them here.
     pub(super) fn forget_merged(&self, merged: Merged) {
@@ -271,7 +288,17 @@ impl RecentTraceIds {
         self.merged_log_received_ms
             .fetch_max(merged.log_received_ms, Ordering::AcqRel);
         let mut map = self.map();
-        let Recent { first, more } = &mut *map;
+        let Recent {
+            first,
+            more,
+            log_commits,
+        } = &mut *map;
+        while log_commits
+            .front()
+            .is_some_and(|(last, _)| *last <= merged.log_mark)
+        {
+            log_commits.pop_front();
+        }
         more.retain(|_, ids| {
             ids.retain(|id| !merged.covers(*id));
             !ids.is_empty()
@@ -323,7 +350,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// The highest trace row whose key is in `trace_ids`, and the latest
+/// The highest trace row whose key is in a merged run, and the latest
 /// receive time among those rows.
 fn merged_mark(conn: &Connection) -> anyhow::Result<Merged> {
     conn.prepare_cached(
@@ -341,8 +368,8 @@ fn merged_mark(conn: &Connection) -> anyhow::Result<Merged> {
 }
 
 /// Writes the keys of every trace row above the merge mark, and of every
-/// traced log entry above the log mark, to `trace_ids` in key order and
-/// moves the marks; returns the new marks (for
+/// traced log entry above the log mark, as a new sorted run (see
+/// `trace_id_runs`) and moves the marks; returns the new marks (for
 /// [`RecentTraceIds::forget_merged`] once committed), `None` if nothing
 /// was waiting. Reads the trace rows themselves, not the map, so a
 /// rolled-back insert that left a key in memory never reaches the index.
@@ -354,27 +381,41 @@ fn merged_mark(conn: &Connection) -> anyhow::Result<Merged> {
 pub(super) fn merge(
     tx: &Transaction<'_>,
     noted: Option<&RecentTraceIds>,
+    tiering: Tiering,
 ) -> anyhow::Result<Option<Merged>> {
     let before = merged_mark(tx)?;
     let mut after = before;
-    let mut keys: Vec<(i64, i64)> = Vec::new();
+    let mut run = NewRun {
+        first_ms: i64::MAX,
+        last_ms: i64::MIN,
+        ..NewRun::default()
+    };
     {
         let mut stmt =
             tx.prepare_cached("SELECT id, tenant, event_id, received_ms FROM traces WHERE id > ?")?;
         let mut rows = stmt.query([before.mark])?;
         while let Some(r) = rows.next()? {
             let (id, tenant, event_id): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            keys.push((key(&tenant, &event_id), id));
+            let received_ms: i64 = r.get(3)?;
+            run.keys.push((key(&tenant, &event_id), id));
+            if run.first_trace == 0 {
+                run.first_trace = before.mark + 1;
+            }
+            run.last_trace = run.last_trace.max(id);
+            run.first_ms = run.first_ms.min(received_ms);
+            run.last_ms = run.last_ms.max(received_ms);
             after.mark = after.mark.max(id);
-            after.received_ms = after.received_ms.max(r.get(3)?);
+            after.received_ms = after.received_ms.max(received_ms);
         }
         if let Some(noted) = noted {
-            let (entries, received_ms) = noted.log_entries_after(before.log_mark);
+            let (entries, earliest, latest) = noted.log_entries_after(before.log_mark);
             if !entries.is_empty() {
-                after.log_received_ms = after.log_received_ms.max(received_ms);
+                after.log_received_ms = after.log_received_ms.max(latest);
+                run.first_ms = run.first_ms.min(earliest);
+                run.last_ms = run.last_ms.max(latest);
             }
             for (key, seq) in entries {
-                keys.push((key, -seq));
+                run.keys.push((key, -seq));
                 after.log_mark = after.log_mark.max(seq);
             }
         } else {
@@ -388,8 +429,11 @@ pub(super) fn merge(
                 after.log_mark = seq;
                 if r.get(4)? {
                     let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
-                    keys.push((key(&tenant, &event_id), -seq));
-                    after.log_received_ms = after.log_received_ms.max(r.get(3)?);
+                    let ingested_ms: i64 = r.get(3)?;
+                    run.keys.push((key(&tenant, &event_id), -seq));
+                    run.first_ms = run.first_ms.min(ingested_ms);
+                    run.last_ms = run.last_ms.max(ingested_ms);
+                    after.log_received_ms = after.log_received_ms.max(ingested_ms);
                 }
             }
         }
@@ -397,12 +441,16 @@ pub(super) fn merge(
     if after == before {
         return Ok(None);
     }
-    keys.sort_unstable();
-    let mut insert =
-        tx.prepare_cached("INSERT OR IGNORE INTO trace_ids (key, trace) VALUES (?, ?)")?;
-    for (key, id) in keys {
-        insert.execute(params![key, id])?;
-    }
+    run.last_seq = run
+        .keys
+        .iter()
+        .filter(|(_, id)| *id < 0)
+        .map(|(_, id)| -id)
+        .max()
+        .unwrap_or(0);
+    run.keys.sort_unstable();
+    run.keys.dedup();
+    trace_id_runs::append(tx, &run, tiering)?;
     tx.prepare_cached(
         "UPDATE trace_ids_merged SET mark = ?, received_ms = ?, log_mark = ?, log_received_ms = ?",
     )?
@@ -415,19 +463,14 @@ pub(super) fn merge(
     Ok(Some(after))
 }
 
-/// The rows of `trace_ids` that may hold `key`'s trace.
-pub(super) fn merged_rows(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<Vec<i64>> {
-    tx.prepare_cached("SELECT trace FROM trace_ids WHERE key = ?")?
-        .query_map([key], |r| r.get(0))?
-        .collect()
-}
-
-/// Drops trace row `id`'s key (or `-seq`'s, a log entry's) from
-/// `trace_ids` (its trace is being expired).
-pub(super) fn drop_merged(tx: &Transaction<'_>, key: i64, id: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM trace_ids WHERE key = ? AND trace = ?")?
-        .execute(params![key, id])?;
-    Ok(())
+/// The merged traces that may be `key`'s (received at `received_ms`,
+/// when known).
+pub(super) fn merged_rows(
+    tx: &Transaction<'_>,
+    key: i64,
+    received_ms: Option<i64>,
+) -> rusqlite::Result<Vec<i64>> {
+    trace_id_runs::lookup(tx, key, received_ms)
 }
 
 #[cfg(test)]
@@ -488,7 +531,7 @@ mod tests {
         assert_eq!(recent.len(), 2);
         assert!(recent.may_be_merged(100, Look::Rows));
         // Log entries merge ahead of the rows routing records: their time
-        // must not send a row's record to `trace_ids`.
+        // must not send a row's record to the merged runs.
         assert!(!recent.may_be_merged(101, Look::Rows));
         assert!(recent.may_be_merged(300, Look::RowsAndLog));
         assert!(!recent.may_be_merged(301, Look::RowsAndLog));

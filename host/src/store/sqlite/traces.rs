@@ -19,17 +19,18 @@
 //!   `trace_rules`, an uncommon state's `traces_uncommon`. A walk stops
 //!   after a page or its scan budget.
 //! - **An event id finds its trace** through [`trace_ids`] (recent ones in
-//!   memory, older ones merged in bulk), rows by id and log entries as
-//!   `-seq`, not through an index written per trace.
+//!   memory, older ones merged in bulk into sorted runs), rows by id and
+//!   log entries as `-seq`, not through an index written per trace.
 //! - **Retention**: rows expire one by one; the log's traces by a point
 //!   that the sweep moves up the log (`log_traces.expired`), which the
-//!   prune follows.
+//!   prune follows. Their ids go with whole runs ([`trace_id_runs`]).
 //!
 //! The main file is attached read-only (as `log`) to this file's
 //! connection, so one statement reads entries and rows together.
 
 use super::SqliteStore;
 use super::log::{LOGGED_COLUMNS, logged_event, route_cursor};
+use super::trace_id_runs;
 use super::trace_ids::{self, Look, RecentTraceIds};
 use crate::store::traces::TraceBody;
 use crate::store::{
@@ -255,7 +256,7 @@ fn candidates(
     let key = trace_ids::key(tenant, event_id);
     let mut rows = recent.rows(key);
     if received_ms.is_none_or(|ms| recent.may_be_merged(ms, look)) {
-        rows.extend(trace_ids::merged_rows(tx, key)?);
+        rows.extend(trace_ids::merged_rows(tx, key, received_ms)?);
     }
     Ok(rows)
 }
@@ -1078,8 +1079,9 @@ impl Traces for SqliteStore {
         {
             return Ok(());
         }
-        let merge_at = self.inner.trace_merge_at;
+        let tiering = self.inner.trace_tiering;
         let forget = recent.clone();
+        let maintenance = self.inner.trace_maintenance.clone();
         self.run_traces_then(
             move |tx| {
                 let pending = any_pending(tx)?;
@@ -1088,14 +1090,15 @@ impl Traces for SqliteStore {
                     record(tx, &mut insert, &recent, trace, pending)?;
                 }
                 drop(insert);
-                if recent.len() >= merge_at {
-                    return trace_ids::merge(tx, Some(&recent));
+                if recent.len() >= tiering.merge_at {
+                    return trace_ids::merge(tx, Some(&recent), tiering);
                 }
                 Ok(None)
             },
             move |merged| {
                 if let Some(merged) = merged {
                     forget.forget_merged(merged);
+                    maintenance.wake();
                 }
             },
         )
@@ -1200,6 +1203,7 @@ impl Traces for SqliteStore {
         keep_at_most: u64,
         max: usize,
     ) -> StoreResult<u64> {
+        let maintenance = self.inner.trace_maintenance.clone();
         self.run_traces(move |tx| {
             let rows: i64 = tx
                 .prepare_cached("SELECT COUNT(*) FROM traces")?
@@ -1221,6 +1225,10 @@ impl Traces for SqliteStore {
             }
             tx.prepare_cached("DELETE FROM trace_pending WHERE at_ms < ?")?
                 .execute([before])?;
+            // Retired runs are deleted while the writer is idle.
+            if trace_id_runs::retire_expired(tx, log_expired(tx)?)? > 0 {
+                maintenance.wake();
+            }
             Ok(dropped)
         })
         .await
@@ -1232,24 +1240,21 @@ impl Traces for SqliteStore {
 fn expire_rows(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> anyhow::Result<u64> {
     // Traces are recorded about when they are received, so the
     // oldest by id are (nearly) the oldest received: look at those.
-    let oldest: Vec<(i64, String, Millis, String, String)> = tx
-        .prepare_cached(
-            "SELECT id, tenant, received_ms, rules, event_id FROM traces ORDER BY id LIMIT ?",
-        )?
+    let oldest: Vec<(i64, String, Millis, String)> = tx
+        .prepare_cached("SELECT id, tenant, received_ms, rules FROM traces ORDER BY id LIMIT ?")?
         .query_map([max as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut delete = tx.prepare_cached("DELETE FROM traces WHERE id = ?")?;
     let mut dropped = 0u64;
-    for (i, (id, tenant, received_ms, rules, event_id)) in oldest.iter().enumerate() {
+    for (i, (id, tenant, received_ms, rules)) in oldest.iter().enumerate() {
         if (i as u64) >= over && *received_ms >= before {
             continue;
         }
         index_rules(tx, tenant, rules, *received_ms, *id, false)?;
-        // A recent trace's key stays in memory until the next merge,
-        // which finds no row for it: readers check every row.
-        trace_ids::drop_merged(tx, trace_ids::key(tenant, event_id), *id)?;
+        // Its key stays (in memory, or in a run until the run retires):
+        // readers check every row a key names.
         delete.execute([id])?;
         dropped += 1;
     }
@@ -1263,8 +1268,8 @@ const LOG_EXPIRY_SCAN: usize = 16_384;
 
 /// Moves the log's expired point up over entries that hold no trace, and
 /// over traced ones received before `before` or among the `over` oldest
-/// (up to `max` of those), dropping their ids from `trace_ids`. The log
-/// keeps every traced entry above the point (see `traced_floor`). Returns
+/// (up to `max` of those). The log keeps every traced entry above the
+/// point (see `traced_floor`). Returns
 /// how many traces it dropped — or `max` when it stopped at its scan
 /// bound with more to read, so the sweep calls again.
 fn expire_log(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> anyhow::Result<u64> {
@@ -1274,20 +1279,18 @@ fn expire_log(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> an
     let mut scanned = 0;
     {
         let mut stmt = tx.prepare_cached(
-            "SELECT seq, tenant, event_id, ingested_ms, source IS NOT NULL FROM log.events \
+            "SELECT seq, ingested_ms, source IS NOT NULL FROM log.events \
              WHERE seq > ? ORDER BY seq LIMIT ?",
         )?;
         let mut rows = stmt.query(params![expired, LOG_EXPIRY_SCAN as i64])?;
         while let Some(r) = rows.next()? {
             scanned += 1;
-            let (seq, traced): (i64, bool) = (r.get(0)?, r.get(4)?);
+            let (seq, traced): (i64, bool) = (r.get(0)?, r.get(2)?);
             if traced {
-                let received: Millis = r.get(3)?;
+                let received: Millis = r.get(1)?;
                 if dropped as usize >= max || (dropped >= over && received >= before) {
                     break;
                 }
-                let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
-                trace_ids::drop_merged(tx, trace_ids::key(&tenant, &event_id), -seq)?;
                 dropped += 1;
             }
             point = seq;
