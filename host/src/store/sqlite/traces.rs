@@ -273,8 +273,15 @@ fn find(
 ) -> anyhow::Result<Option<(i64, Trace)>> {
     let (tenant, event_id, bus, received_ms) = key;
     let mut newest: Option<(i64, Trace)> = None;
-    for row in candidates(tx, recent, tenant, event_id, received_ms, look)? {
-        if row < 0 && look == Look::Rows {
+    let mut candidates = candidates(tx, recent, tenant, event_id, received_ms, look)?;
+    // Rows first: a log entry whose row is found is that row's trace
+    // ([`log_trace`] would read the entry from the main file only to find
+    // the row and skip it) — the common case of a fact about a matched
+    // event, whose key names both.
+    candidates.sort_unstable_by_key(|row| std::cmp::Reverse(*row));
+    let mut entries_with_rows: Vec<i64> = Vec::new();
+    for row in candidates {
+        if row < 0 && (look == Look::Rows || entries_with_rows.contains(&-row)) {
             continue;
         }
         let found = if row < 0 {
@@ -287,6 +294,12 @@ fn find(
             .query_row(params![row, tenant, event_id, bus, received_ms], read_trace)
             .optional()?
         };
+        if let Some((_, trace)) = &found
+            && trace.head_in_log
+            && let Some(seq) = trace.position
+        {
+            entries_with_rows.push(seq);
+        }
         if let Some((id, trace)) = found
             && newest
                 .as_ref()
