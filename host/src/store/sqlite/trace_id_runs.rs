@@ -47,8 +47,11 @@ pub(super) struct Tiering {
     /// without a time probe up to `fanout - 1` runs a tier; each key is
     /// rewritten once a tier.
     pub(super) fanout: usize,
-    /// Keys one step copies or deletes (about): a step holds the traces'
-    /// writer for ~1 µs a key, so 65,536 keep it to tens of milliseconds.
+    /// Keys one step copies or deletes (about). A step holds the traces'
+    /// writer: `examples/trace-id-runs-steps.py` measured a compaction of
+    /// eight runs of 262,144 keys at 0.63 µs a key, a step of 65,536 keys
+    /// 38 ms (median; 54 ms at most), and deleting retired runs 0.24 µs a
+    /// key, 13 ms a step.
     pub(super) step_keys: usize,
 }
 
