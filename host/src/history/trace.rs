@@ -247,16 +247,18 @@ impl TraceSink {
 async fn write_facts(traces: Arc<dyn Traces>, mut rx: mpsc::Receiver<(TraceKey, TraceFact)>) {
     let mut batch = Vec::with_capacity(SINK_BATCH);
     while rx.recv_many(&mut batch, SINK_BATCH).await > 0 {
+        // Shared by every try, not copied for each (a copy was several
+        // allocations a fact).
+        let facts: Arc<[(TraceKey, TraceFact)]> = batch.drain(..).collect();
         let mut tries = 0;
-        while let Err(e) = traces.add_trace_facts(batch.clone()).await {
+        while let Err(e) = traces.add_trace_facts(facts.clone()).await {
             tries += 1;
             if tries >= SINK_TRIES {
-                tracing::error!(error = %e, facts = batch.len(), "cannot write trace facts; dropped");
+                tracing::error!(error = %e, facts = facts.len(), "cannot write trace facts; dropped");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50 << tries)).await;
         }
-        batch.clear();
     }
 }
 

@@ -1146,17 +1146,19 @@ impl Traces for MemoryStore {
         Ok(())
     }
 
-    async fn add_trace_facts(&self, facts: Vec<(TraceKey, TraceFact)>) -> StoreResult<()> {
+    async fn add_trace_facts(&self, facts: Arc<[(TraceKey, TraceFact)]>) -> StoreResult<()> {
         let now = self.now();
         let mut d = self.data();
-        for (key, fact) in facts {
-            match d.trace_for(&key) {
+        for (key, fact) in facts.iter() {
+            match d.trace_for(key) {
                 Some(id) => {
                     if let Some(t) = d.history.traces.get_mut(&id) {
-                        t.apply(&fact);
+                        t.apply(fact);
                     }
                 }
-                None if fact.waits_for_trace() => d.history.pending.push((now, key, fact)),
+                None if fact.waits_for_trace() => {
+                    d.history.pending.push((now, key.clone(), fact.clone()))
+                }
                 None => {}
             }
         }

@@ -664,7 +664,10 @@ pub trait Traces: Send + Sync + 'static {
 
     /// Applies later facts to their traces; a fact for a trace not (yet)
     /// recorded is kept for it if [`TraceFact::waits_for_trace`], else dropped.
-    async fn add_trace_facts(&self, facts: Vec<(TraceKey, TraceFact)>) -> StoreResult<()>;
+    /// Shared, not owned, like [`Self::record_traces`]: the fact writer
+    /// keeps the batch to try again, and copying it for every try was
+    /// several allocations a delivered event.
+    async fn add_trace_facts(&self, facts: Arc<[(TraceKey, TraceFact)]>) -> StoreResult<()>;
 
     /// The newest trace of a tenant's event (on `bus`, when given); an event
     /// appended but not routed yet answers `in_flight` with nothing routed.

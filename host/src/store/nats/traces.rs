@@ -410,8 +410,8 @@ impl Traces for NatsStore {
         .await
     }
 
-    async fn add_trace_facts(&self, facts: Vec<(TraceKey, TraceFact)>) -> StoreResult<()> {
-        let groups = by_event(facts, |(k, _)| (&k.tenant, &k.bus, &k.event_id));
+    async fn add_trace_facts(&self, facts: Arc<[(TraceKey, TraceFact)]>) -> StoreResult<()> {
+        let groups = by_event(facts.to_vec(), |(k, _)| (&k.tenant, &k.bus, &k.event_id));
         all_of(groups, |group| async move {
             for (k, fact) in group {
                 self.add_trace_fact(&k, &fact).await?;

@@ -1634,7 +1634,7 @@ async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
         destination_bus: "orders".into(),
     };
     store
-        .add_trace_facts(vec![(key, TraceFact::Replayed(mark.clone()))])
+        .add_trace_facts(vec![(key, TraceFact::Replayed(mark.clone()))].into())
         .await
         .unwrap();
     let entries = consumer.next(10, Duration::ZERO).await.unwrap();
@@ -1867,7 +1867,7 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
         received_ms: None,
     };
     store
-        .add_trace_facts(vec![(key, TraceFact::Replayed(mark))])
+        .add_trace_facts(vec![(key, TraceFact::Replayed(mark))].into())
         .await
         .unwrap();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 3);

@@ -1118,14 +1118,14 @@ impl Traces for SqliteStore {
         .await
     }
 
-    async fn add_trace_facts(&self, facts: Vec<(TraceKey, TraceFact)>) -> StoreResult<()> {
+    async fn add_trace_facts(&self, facts: Arc<[(TraceKey, TraceFact)]>) -> StoreResult<()> {
         if facts.is_empty() {
             return Ok(());
         }
         let now = self.now_ms();
         let recent = self.inner.recent_traces.clone();
         self.run_traces(move |tx| {
-            for (key, fact) in &facts {
+            for (key, fact) in facts.iter() {
                 add_fact(tx, &recent, key, fact, now)?;
             }
             Ok(())

@@ -608,21 +608,24 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
         destination_bus: "orders".into(),
     };
     s.store
-        .add_trace_facts(vec![
-            (
-                key("acme", "orders", "e1", Some(T0)),
-                TraceFact::Attempt {
-                    rule: "rule-shop".into(),
-                    target: "t1".into(),
-                    attempt: attempt(T0 + 5, 503),
-                    next: TargetState::Retrying,
-                },
-            ),
-            (
-                key("acme", "orders", "e1", None),
-                TraceFact::Replayed(mark.clone()),
-            ),
-        ])
+        .add_trace_facts(
+            vec![
+                (
+                    key("acme", "orders", "e1", Some(T0)),
+                    TraceFact::Attempt {
+                        rule: "rule-shop".into(),
+                        target: "t1".into(),
+                        attempt: attempt(T0 + 5, 503),
+                        next: TargetState::Retrying,
+                    },
+                ),
+                (
+                    key("acme", "orders", "e1", None),
+                    TraceFact::Replayed(mark.clone()),
+                ),
+            ]
+            .into(),
+        )
         .await
         .unwrap();
     record(
@@ -642,37 +645,40 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
     assert_eq!(t.body.rules[0].targets[0].attempts.len(), 1);
     assert!(t.body.replays.is_empty(), "a replay mark does not wait");
     s.store
-        .add_trace_facts(vec![
-            (
-                key("acme", "orders", "e1", None),
-                TraceFact::Attempt {
-                    rule: "rule-shop".into(),
-                    target: "t1".into(),
-                    attempt: attempt(T0 + 50, 500),
-                    next: TargetState::Retrying,
-                },
-            ),
-            (
-                key("acme", "orders", "e1", Some(T0)),
-                TraceFact::DeadLettered {
-                    rule: "rule-shop".into(),
-                    target: "t1".into(),
-                    id: 42,
-                },
-            ),
-            (
-                key("acme", "orders", "e1", Some(T0)),
-                TraceFact::Replayed(mark.clone()),
-            ),
-            // Another received time: not this trace.
-            (
-                key("acme", "orders", "e1", Some(T0 + 1)),
-                TraceFact::Dropped {
-                    rule: "rule-shop".into(),
-                    target: "t1".into(),
-                },
-            ),
-        ])
+        .add_trace_facts(
+            vec![
+                (
+                    key("acme", "orders", "e1", None),
+                    TraceFact::Attempt {
+                        rule: "rule-shop".into(),
+                        target: "t1".into(),
+                        attempt: attempt(T0 + 50, 500),
+                        next: TargetState::Retrying,
+                    },
+                ),
+                (
+                    key("acme", "orders", "e1", Some(T0)),
+                    TraceFact::DeadLettered {
+                        rule: "rule-shop".into(),
+                        target: "t1".into(),
+                        id: 42,
+                    },
+                ),
+                (
+                    key("acme", "orders", "e1", Some(T0)),
+                    TraceFact::Replayed(mark.clone()),
+                ),
+                // Another received time: not this trace.
+                (
+                    key("acme", "orders", "e1", Some(T0 + 1)),
+                    TraceFact::Dropped {
+                        rule: "rule-shop".into(),
+                        target: "t1".into(),
+                    },
+                ),
+            ]
+            .into(),
+        )
         .await
         .unwrap();
     let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
@@ -682,17 +688,20 @@ pub(crate) async fn traces_facts_before_and_after_the_record(make: &impl MakeSto
     assert_eq!(target.attempts.len(), 2);
     assert_eq!(t.body.replays, [mark]);
     s.store
-        .add_trace_facts(vec![(
-            key("acme", "orders", "e1", None),
-            TraceFact::Redriven {
-                rule: "rule-shop".into(),
-                target: "t1".into(),
-                redrive: Redrive {
-                    at_ms: T0 + 99,
-                    dead_letter_id: 42,
+        .add_trace_facts(
+            vec![(
+                key("acme", "orders", "e1", None),
+                TraceFact::Redriven {
+                    rule: "rule-shop".into(),
+                    target: "t1".into(),
+                    redrive: Redrive {
+                        at_ms: T0 + 99,
+                        dead_letter_id: 42,
+                    },
                 },
-            },
-        )])
+            )]
+            .into(),
+        )
         .await
         .unwrap();
     let t = s.store.trace("acme", "e1", None).await.unwrap().unwrap();
