@@ -215,13 +215,11 @@ struct Inner {
     /// The event ids of the traces recorded since the last merge into a
     /// run of `trace_id_keys`.
     recent_traces: Arc<RecentTraceIds>,
-    /// How many recent traces trigger a merge, and how merged runs are
-    /// compacted.
-    trace_tiering: Tiering,
     /// Set while a merge started by an append is queued or running.
     merging: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the merged runs may need compacting or deleting (the
-    /// traces' writer does it when idle).
+    /// traces' writer does it when idle), and how many recent traces
+    /// trigger a merge ([`Maintenance::tiering`]).
     trace_maintenance: Arc<Maintenance>,
     /// How many index entries one trace search scans at most.
     search_scan: usize,
@@ -408,7 +406,6 @@ impl SqliteStore {
                 archive_pos_shift,
                 log_ranges,
                 recent_traces,
-                trace_tiering: tuning.trace_tiering(),
                 merging: Arc::default(),
                 trace_maintenance,
                 search_scan: tuning.search_scan,
@@ -490,7 +487,7 @@ impl SqliteStore {
     fn merge_trace_ids_if_due(&self) {
         use std::sync::atomic::Ordering;
         let recent = self.inner.recent_traces.clone();
-        let tiering = self.inner.trace_tiering;
+        let tiering = self.inner.trace_maintenance.tiering();
         if recent.len() < tiering.merge_at || self.inner.merging.swap(true, Ordering::AcqRel) {
             return;
         }

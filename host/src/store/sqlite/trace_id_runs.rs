@@ -188,6 +188,11 @@ impl Maintenance {
         }
     }
 
+    /// How runs are made and grouped (merges use its `merge_at`).
+    pub(super) fn tiering(&self) -> Tiering {
+        self.tiering
+    }
+
     /// There may be work.
     pub(super) fn wake(&self) {
         self.due.store(true, Ordering::Release);

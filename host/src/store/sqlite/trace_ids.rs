@@ -398,9 +398,6 @@ pub(super) fn merge(
             let (id, tenant, event_id): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
             let received_ms: i64 = r.get(3)?;
             run.keys.push((key(&tenant, &event_id), id));
-            if run.first_trace == 0 {
-                run.first_trace = before.mark + 1;
-            }
             run.last_trace = run.last_trace.max(id);
             run.first_ms = run.first_ms.min(received_ms);
             run.last_ms = run.last_ms.max(received_ms);
@@ -441,6 +438,10 @@ pub(super) fn merge(
     if after == before {
         return Ok(None);
     }
+    // The rows it was made from: every one above the mark.
+    if run.last_trace > 0 {
+        run.first_trace = before.mark + 1;
+    }
     run.last_seq = run
         .keys
         .iter()
@@ -461,16 +462,6 @@ pub(super) fn merge(
         after.log_received_ms,
     ])?;
     Ok(Some(after))
-}
-
-/// The merged traces that may be `key`'s (received at `received_ms`,
-/// when known).
-pub(super) fn merged_rows(
-    tx: &Transaction<'_>,
-    key: i64,
-    received_ms: Option<i64>,
-) -> rusqlite::Result<Vec<i64>> {
-    trace_id_runs::lookup(tx, key, received_ms)
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ fn candidates(
     let key = trace_ids::key(tenant, event_id);
     let mut rows = recent.rows(key);
     if received_ms.is_none_or(|ms| recent.may_be_merged(ms, look)) {
-        rows.extend(trace_ids::merged_rows(tx, key, received_ms)?);
+        rows.extend(trace_id_runs::lookup(tx, key, received_ms)?);
     }
     Ok(rows)
 }
@@ -1092,7 +1092,7 @@ impl Traces for SqliteStore {
         {
             return Ok(());
         }
-        let tiering = self.inner.trace_tiering;
+        let tiering = self.inner.trace_maintenance.tiering();
         let forget = recent.clone();
         let maintenance = self.inner.trace_maintenance.clone();
         self.run_traces_then(
