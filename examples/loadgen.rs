@@ -779,19 +779,7 @@ async fn routed(client: &reqwest::Client, url: &str, limit: Duration) -> Duratio
     let t0 = Instant::now();
     let mut quiet = 0;
     while quiet < 5 && t0.elapsed() < limit {
-        let text = match client.get(format!("{url}/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        // The line carries the node label: `busbar_routing_backlog_events{node="…"} 0`.
-        let backlog = text
-            .lines()
-            .find(|l| {
-                l.strip_prefix("busbar_routing_backlog_events")
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.trim().parse::<f64>().ok());
+        let backlog = metric(client, url, "busbar_routing_backlog_events").await;
         quiet = if backlog == Some(0.0) { quiet + 1 } else { 0 };
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -799,6 +787,22 @@ async fn routed(client: &reqwest::Client, url: &str, limit: Duration) -> Duratio
         eprintln!("warning: the router did not drain within {limit:?}; the next phase pays for it");
     }
     t0.elapsed()
+}
+
+/// The sum of a metric's series on the bus's `/metrics` (`None` when it has
+/// none yet). Lines carry labels: `busbar_routing_backlog_events{node="…"} 0`.
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = match client.get(format!("{url}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .reduce(|a, b| a + b)
 }
 
 /// Sends `rate` single events/s to `bus` for `seconds`; latency percentiles at the sink.
@@ -1933,6 +1937,11 @@ async fn history_phase<'a>(
     // Each phase starts with the router idle, so no phase pays for the
     // routing (and tracing) of the one before it.
     routed(client, url, Duration::from_secs(120)).await;
+    let side = |name| async move { metric(client, url, name).await.unwrap_or(0.0) };
+    let (parked0, facts0) = (
+        side("busbar_deliveries_parked_total").await,
+        side("busbar_trace_facts_total").await,
+    );
     let before = sink.count.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let cpu0 = own_cpu_seconds();
@@ -1957,9 +1966,15 @@ async fn history_phase<'a>(
     routed(client, url, Duration::from_secs(120)).await;
     let cpu_us = (own_cpu_seconds() - cpu0) * 1e6 / events.max(1) as f64;
     let [store_us, trace_us] = writers_us(figures, mode, phase.writers(), writers0, events);
+    // Deliveries parked as jobs and trace facts written later: each is work
+    // beyond the one log write and one trace row an event costs at best.
+    let parked = side("busbar_deliveries_parked_total").await - parked0;
+    let facts = side("busbar_trace_facts_total").await - facts0;
     println!(
-        "  {mode} {}: store writer {store_us:4.1} µs, trace writer {trace_us:4.1} µs CPU per event",
-        phase.writers()
+        "  {mode} {}: store writer {store_us:4.1} µs, trace writer {trace_us:4.1} µs CPU per event; {:.3} parked, {:.3} trace facts per event",
+        phase.writers(),
+        parked / events.max(1) as f64,
+        facts / events.max(1) as f64,
     );
     (rate, cpu_us, sent)
 }

@@ -416,6 +416,21 @@ async fn a_receiver_that_is_down_gets_the_event_when_it_comes_back() {
     let sink = Receiver::start_on(port).await;
     let got = sink.wait_for(1).await;
     assert_eq!(got[0].header("ce-id"), Some("late"));
+    // Retries are traced as facts (the bus traces by default), counted.
+    let text = bus
+        .client
+        .get(format!("{}/metrics", bus.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let facts = text
+        .lines()
+        .find_map(|l| l.strip_prefix("busbar_trace_facts_total"))
+        .and_then(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok());
+    assert!(facts.is_some_and(|n| n >= 1.0), "{text}");
 }
 
 #[tokio::test]

@@ -81,6 +81,19 @@ pub fn retried(labels: &[(&'static str, String)]) {
     counter!("busbar_delivery_retries_total", labels).increment(1);
 }
 
+/// First attempts stored as jobs due now because their target (or the
+/// engine) stayed at its in-flight cap: each costs a job write, a lease and
+/// a trace fact more than one attempted at once.
+pub fn parked(tenant: &str, n: u64) {
+    counter!("busbar_deliveries_parked_total", "tenant" => tenant.to_owned()).increment(n);
+}
+
+/// Trace facts queued for the trace writer (later facts: retries, dead
+/// letters, redrives, replays, and attempts of parked deliveries).
+pub fn trace_fact() {
+    counter!("busbar_trace_facts_total").increment(1);
+}
+
 /// A delivery given up on.
 pub fn dead_lettered(tenant: &str, exhausted: &str) {
     counter!("busbar_dead_letters_total", "tenant" => tenant.to_owned(), "exhausted" => exhausted.to_owned())

@@ -540,6 +540,7 @@ impl DeliveryEngine {
                 // Still busy: park the deliveries in the store.
                 None => {
                     let now = engine.clock.now_ms();
+                    telemetry::parked(&batch[0].target.tenant, batch.len() as u64);
                     let jobs = batch.iter().map(|d| d.job(d.attempts, now, None)).collect();
                     engine.persist(jobs).await;
                 }

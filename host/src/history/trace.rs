@@ -231,6 +231,7 @@ impl TraceSink {
         if !self.wants(&key.tenant, &key.bus) {
             return;
         }
+        crate::telemetry::trace_fact();
         if self.tx.try_send((key, fact)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("busbar_trace_facts_dropped_total").increment(1);

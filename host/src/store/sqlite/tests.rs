@@ -1659,6 +1659,89 @@ async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
     assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
 }
 
+/// A trace of a log entry is inserted without a lookup when it cannot
+/// have a row yet — but an entry routing had not acknowledged when the
+/// file was closed is routed (and recorded) again after the reopen, and
+/// its row is replaced, not duplicated: both a traced entry's and one whose
+/// head is not in the log (traced after it was accepted). An entry new to
+/// the reopened process gets its row as usual.
+#[tokio::test]
+async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
+    use crate::store::TraceState;
+    use crate::store::traces::{RuleOutcome, RuleTrace, TargetState, TraceBody};
+    let routed = |entry: &crate::store::LogEntry, state: TargetState| {
+        let mut t = Trace::received(&entry.event);
+        t.position = Some(entry.position);
+        let mut rule = RuleTrace {
+            rule: "r".into(),
+            outcome: RuleOutcome::Matched,
+            filter: None,
+            transform: None,
+            error: None,
+            targets: Vec::new(),
+        };
+        rule.target_mut("t").state = state;
+        t.body = TraceBody {
+            routed: true,
+            rules: vec![rule],
+            replays: Vec::new(),
+        };
+        t.state = Trace::derive_state(&t.body);
+        t
+    };
+    let states = |store: SqliteStore| async move {
+        let mut out = Vec::new();
+        for id in ["h", "u", "n"] {
+            let t = store.trace("acme", id, None).await.unwrap();
+            out.push(t.map(|t| t.state));
+        }
+        out
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_at(dir.path(), manual());
+        let consumer = store.consumer().await.unwrap();
+        let untraced_head = NewEvent {
+            traced: false,
+            // Received after the traced one: found by its own time.
+            ..traced_event("u", T0 + 1, "shop")
+        };
+        store
+            .append(vec![traced_event("h", T0, "shop"), untraced_head])
+            .await
+            .unwrap();
+        let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+        let first: Vec<Trace> = entries
+            .iter()
+            .map(|e| routed(e, TargetState::Retrying))
+            .collect();
+        store.record_traces(first.into()).await.unwrap();
+        // Not acknowledged: the bus stops before routing's ack.
+        assert_eq!(
+            states(store.clone()).await,
+            [Some(TraceState::Retrying), Some(TraceState::Retrying), None]
+        );
+    }
+    let store = open_at(dir.path(), manual());
+    let consumer = store.consumer().await.unwrap();
+    store
+        .append(vec![traced_event("n", T0 + 2, "shop")])
+        .await
+        .unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    assert_eq!(entries.len(), 3, "the unacknowledged entries come again");
+    let again: Vec<Trace> = entries
+        .iter()
+        .map(|e| routed(e, TargetState::Delivered))
+        .collect();
+    store.record_traces(again.into()).await.unwrap();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 3);
+    assert_eq!(
+        states(store.clone()).await,
+        [Some(TraceState::Delivered); 3]
+    );
+}
+
 /// What [`a_trace_without_rules_is_its_log_entry_alone`] expects once
 /// its events are routed, before and after a restart.
 async fn check_log_only_traces(store: &SqliteStore) {

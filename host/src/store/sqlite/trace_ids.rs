@@ -45,8 +45,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 /// How many recent traces trigger a merge: the size of a tier-0 run. A
 /// merge appends its run (its cost a key does not depend on how many are
-/// stored), so this weighs the memory held — 17 bytes a key in the map's
-/// table, about 9 MB at this size as the table grows by doubling —
+/// stored), so this weighs the memory held — 25 bytes a key in the map's
+/// table, about 13 MB at this size as the table grows by doubling —
 /// against the runs a lookup probes and the tiers a key is rewritten in
 /// (see `trace_id_runs`).
 pub(super) const MERGE_AT: usize = 256 * 1024;
@@ -85,11 +85,15 @@ pub(super) struct RecentTraceIds {
     merged_log_received_ms: AtomicI64,
     /// The latest receive time among noted log entries.
     noted_log_received_ms: AtomicI64,
-    /// The latest receive time among log entries that a fact gave a row
-    /// before routing recorded their trace (a replay mark that reached a
-    /// trace which was its entry alone): routing's record must then
-    /// replace that row, so a trace received at or before this time is
-    /// written even when it is its entry alone.
+    /// The latest receive time among log entries that may have a row
+    /// before routing records their trace: one a fact gave it (a replay
+    /// mark that reached a trace which was its entry alone), or one
+    /// written before this process opened the file for an entry routing
+    /// had not acknowledged (it is routed again). Routing's record must
+    /// then replace that row, so a trace received at or before this time
+    /// looks for it (and is written even when it is its entry alone); any
+    /// other trace of a log entry is new — the consumer hands an entry out
+    /// once per process — and is inserted without a lookup.
     log_rows_ahead_ms: AtomicI64,
 }
 
@@ -125,12 +129,15 @@ impl Merged {
     }
 }
 
-/// The recent trace rows by key: nearly always one a key, so the first
-/// is kept inline (16 bytes a key in the map, which holds up to
-/// [`MERGE_AT`] of them) and the rare others apart.
+/// The recent trace rows by key: one or two a key (a traced log entry,
+/// and the row routing gives it when a rule matched it), kept inline —
+/// a matched event's second id cost a `Vec` and a probe of a second map
+/// of this size, two cache misses, when only the first was inline — and
+/// the rare others apart. `0` is no id (rows count from 1, entries are
+/// `-seq`).
 #[derive(Debug, Default)]
 struct Recent {
-    first: KeyMap<i64>,
+    ids: KeyMap<[i64; 2]>,
     more: KeyMap<Vec<i64>>,
     /// Per commit of noted log entries: its last position and its
     /// earliest receive time, so a merge knows its run's first time
@@ -141,10 +148,11 @@ struct Recent {
 impl Recent {
     /// Adds `id` under `key`.
     fn note(&mut self, key: i64, id: i64) {
-        match self.first.entry(key) {
+        match self.ids.entry(key) {
             Entry::Vacant(slot) => {
-                slot.insert(id);
+                slot.insert([id, 0]);
             }
+            Entry::Occupied(mut slot) if slot.get()[1] == 0 => slot.get_mut()[1] = id,
             Entry::Occupied(_) => self.more.entry(key).or_default().push(id),
         }
     }
@@ -155,7 +163,43 @@ impl Recent {
             .more
             .iter()
             .flat_map(|(key, ids)| ids.iter().map(move |id| (*key, *id)));
-        self.first.iter().map(|(key, id)| (*key, *id)).chain(more)
+        self.ids
+            .iter()
+            .flat_map(|(key, ids)| ids.iter().filter(|id| **id != 0).map(move |id| (*key, *id)))
+            .chain(more)
+    }
+
+    /// Drops the ids `merged` covers; a key keeps its place with its
+    /// later ids, if it has any.
+    fn forget(&mut self, merged: &Merged) {
+        let Self { ids, more, .. } = self;
+        more.retain(|_, extra| {
+            extra.retain(|id| !merged.covers(*id));
+            !extra.is_empty()
+        });
+        ids.retain(|key, pair| {
+            let mut kept = [0; 2];
+            let mut n = 0;
+            for id in *pair {
+                if id != 0 && !merged.covers(id) {
+                    kept[n] = id;
+                    n += 1;
+                }
+            }
+            if n < 2
+                && let Some(extra) = more.get_mut(key)
+            {
+                while n < 2 && !extra.is_empty() {
+                    kept[n] = extra.remove(0);
+                    n += 1;
+                }
+                if extra.is_empty() {
+                    more.remove(key);
+                }
+            }
+            *pair = kept;
+            n > 0
+        });
     }
 }
 
@@ -219,9 +263,11 @@ impl RecentTraceIds {
     pub(super) fn rows(&self, key: i64) -> Vec<i64> {
         let map = self.map();
         let more = map.more.get(&key).into_iter().flatten();
-        map.first
+        map.ids
             .get(&key)
             .into_iter()
+            .flatten()
+            .filter(|id| **id != 0)
             .chain(more)
             .copied()
             .collect()
@@ -229,7 +275,7 @@ impl RecentTraceIds {
 
     /// How many keys wait for a merge.
     pub(super) fn len(&self) -> usize {
-        self.map().first.len()
+        self.map().ids.len()
     }
 
     /// Whether a trace received at `received_ms` may be in a merged run,
@@ -250,9 +296,9 @@ impl RecentTraceIds {
             .fetch_max(received_ms, Ordering::AcqRel);
     }
 
-    /// Whether a trace that is its log entry alone, received at
-    /// `received_ms`, may have a row a fact gave it before routing
-    /// recorded it (nearly always not: one atomic read).
+    /// Whether the trace of a log entry received at `received_ms` may
+    /// have a row before routing records it (nearly always not: one
+    /// atomic read; see `log_rows_ahead_ms`).
     pub(super) fn may_have_row(&self, received_ms: i64) -> bool {
         received_ms <= self.log_rows_ahead_ms.load(Ordering::Acquire)
     }
@@ -264,7 +310,7 @@ impl RecentTraceIds {
         let merged = merged_mark(conn)?;
         let rows_ahead: Option<i64> = conn
             .query_row(
-                "SELECT MAX(received_ms) FROM traces WHERE in_log = 1 AND seq > \
+                "SELECT MAX(received_ms) FROM traces WHERE seq > \
                  COALESCE((SELECT seq FROM log.cursors WHERE name = 'route'), 0)",
                 [],
                 |r| r.get(0),
@@ -288,36 +334,14 @@ impl RecentTraceIds {
         self.merged_log_received_ms
             .fetch_max(merged.log_received_ms, Ordering::AcqRel);
         let mut map = self.map();
-        let Recent {
-            first,
-            more,
-            log_commits,
-        } = &mut *map;
-        while log_commits
+        while map
+            .log_commits
             .front()
             .is_some_and(|(last, _)| *last <= merged.log_mark)
         {
-            log_commits.pop_front();
+            map.log_commits.pop_front();
         }
-        more.retain(|_, ids| {
-            ids.retain(|id| !merged.covers(*id));
-            !ids.is_empty()
-        });
-        // A key whose first row was merged keeps its place with a later
-        // row, if it has one.
-        first.retain(|key, id| {
-            if !merged.covers(*id) {
-                return true;
-            }
-            let Some(ids) = more.get_mut(key) else {
-                return false;
-            };
-            *id = ids.remove(0);
-            if ids.is_empty() {
-                more.remove(key);
-            }
-            true
-        });
+        map.forget(&merged);
     }
 }
 
@@ -510,6 +534,14 @@ mod tests {
         assert!(!recent.may_be_merged(1, Look::RowsAndLog));
         recent.note(9, -3);
         recent.note(9, -4);
+        // Four ids a key, two merged: the later ones move up inline.
+        for id in [-2, 2, 6, 7] {
+            recent.note(10, id);
+        }
+        for id in [6, 7, 8] {
+            recent.note(11, id);
+        }
+        assert_eq!(recent.rows(10), vec![-2, 2, 6, 7]);
         recent.forget_merged(Merged {
             mark: 2,
             received_ms: 100,
@@ -519,7 +551,14 @@ mod tests {
         assert_eq!(recent.rows(7), vec![5]);
         assert_eq!(recent.rows(8), Vec::<i64>::new());
         assert_eq!(recent.rows(9), vec![-4]);
-        assert_eq!(recent.len(), 2);
+        assert_eq!(recent.rows(10), vec![6, 7]);
+        assert_eq!(recent.rows(11), vec![6, 7, 8]);
+        assert_eq!(recent.len(), 4);
+        assert_eq!(
+            recent.map().more.len(),
+            1,
+            "only key 11 keeps a third id apart"
+        );
         assert!(recent.may_be_merged(100, Look::Rows));
         // Log entries merge ahead of the rows routing records: their time
         // must not send a row's record to the merged runs.

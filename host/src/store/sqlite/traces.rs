@@ -45,6 +45,10 @@ use std::sync::Arc;
 
 /// The rule names of a trace, as stored in `traces.rules` (one per line).
 fn rule_names(body: &TraceBody) -> String {
+    // Most traces with rules matched one: no list to sort and join.
+    if let [only] = body.rules.as_slice() {
+        return only.rule.clone();
+    }
     let mut names: Vec<&str> = body.rules.iter().map(|r| r.rule.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -336,7 +340,13 @@ fn record(
         trace
     };
     let log_only = is_log_only(trace);
-    if log_only && !recent.may_have_row(trace.received_ms) {
+    if trace.position.is_some() && !recent.may_have_row(trace.received_ms) {
+        // The first record of a log entry's trace (nearly every record):
+        // nothing to replace, so no lookup (it was a third of a matched
+        // event's record).
+        if !log_only {
+            insert_row(tx, insert, recent, trace, &rule_names(&trace.body))?;
+        }
         return Ok(());
     }
     let before = find(
