@@ -551,6 +551,19 @@ fn door_schema() -> Value {
     })
 }
 
+/// The median: the middle value, or the mean of the middle two for an
+/// even count (the upper of the two, which this used to take, biased
+/// every median of six rounds upward).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1739,11 +1752,6 @@ async fn main() -> anyhow::Result<()> {
                 rates.push(n as f64 / args.seconds as f64);
             }
         }
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let (plain_rate, plain_cpu) = (median(&figures[0].1), median(&figures[0].2));
         for (bus, rates, cpu) in &figures {
             println!(
@@ -2091,12 +2099,10 @@ async fn history_scenario(
         ] {
             // Medians of the rounds: one disturbed round (the machine is
             // shared) moves a mean far more than a median.
-            let median = |m| {
-                let mut v = figures[&(m, what)].clone();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let (off, on) = (median("off"), median("on"));
+            let (off, on) = (
+                median(&figures[&("off", what)]),
+                median(&figures[&("on", what)]),
+            );
             // The ratio of each pair of runs, and their median: what one
             // run of each side, seconds apart, says.
             let mut pairs: Vec<f64> = figures[&("on", what)]
@@ -2109,7 +2115,7 @@ async fn history_scenario(
                 "history on/off, {what} (medians of {} rounds): {on:.0} / {off:.0} = {:.3}; pairs: median {:.3} of {}",
                 args.rounds,
                 on / off,
-                pairs[pairs.len() / 2],
+                median(&pairs),
                 pairs
                     .iter()
                     .map(|r| format!("{r:.3}"))
@@ -2125,21 +2131,16 @@ async fn history_scenario(
             ("e2e", "cpu e2e"),
         ] {
             let [store, trace] = writer_keys(phase);
-            let median = |m, what| {
-                let mut v: Vec<f64> = figures[&(m, what)].clone();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let added = median("on", store) - median("off", store) + median("on", trace)
-                - median("off", trace);
+            let of = |m, what| median(&figures[&(m, what)]);
+            let added = of("on", store) - of("off", store) + of("on", trace) - of("off", trace);
             println!(
                 "history on/off, writers' CPU per event, {phase} (medians): store writer {:.1} / {:.1} µs, trace writer {:.1} / {:.1} µs; history adds {added:.1} µs = {:.3} of the {:.1} µs an event costs the process without it",
-                median("on", store),
-                median("off", store),
-                median("on", trace),
-                median("off", trace),
-                added / median("off", whole),
-                median("off", whole),
+                of("on", store),
+                of("off", store),
+                of("on", trace),
+                of("off", trace),
+                added / of("off", whole),
+                of("off", whole),
             );
             // A trace-id merge lands in whichever phase triggers it, which
             // the medians leave out: the mean over all of a mode's events
