@@ -417,20 +417,8 @@ async fn a_receiver_that_is_down_gets_the_event_when_it_comes_back() {
     let got = sink.wait_for(1).await;
     assert_eq!(got[0].header("ce-id"), Some("late"));
     // Retries are traced as facts (the bus traces by default), counted.
-    let text = bus
-        .client
-        .get(format!("{}/metrics", bus.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let facts = text
-        .lines()
-        .find_map(|l| l.strip_prefix("busbar_trace_facts_total"))
-        .and_then(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok());
-    assert!(facts.is_some_and(|n| n >= 1.0), "{text}");
+    let text = bus.metrics().await;
+    assert!(counter(&text, "busbar_trace_facts_total") >= 1, "{text}");
 }
 
 #[tokio::test]
@@ -617,15 +605,7 @@ async fn health_readiness_and_metrics_answer() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{path}");
     }
-    let text = bus
-        .client
-        .get(format!("{}/metrics", bus.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = bus.metrics().await;
     assert!(text.contains("busbar_events_accepted_total"), "{text}");
 }
 

@@ -268,15 +268,7 @@ async fn enforce_warn_and_off_in_every_ingest_mode_with_versions_taking_effect_a
         .call(Method::GET, "/v1/buses/default/schemas", &key, None)
         .await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
-    let metrics = bus
-        .client
-        .get(format!("{}/metrics", bus.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = bus.metrics().await;
     let line = metrics
         .lines()
         .find(|l| {
@@ -607,15 +599,7 @@ async fn duplicates_inside_the_window_are_acknowledged_and_not_routed_even_concu
         (queue_depth(&bus, &key).await == 7).then_some(())
     })
     .await;
-    let metrics = bus
-        .client
-        .get(format!("{}/metrics", bus.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = bus.metrics().await;
     assert!(
         metrics.contains("busbar_events_duplicate_total"),
         "{metrics}"

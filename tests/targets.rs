@@ -13,33 +13,6 @@ use std::time::Duration;
 /// Guests these tests run through the bus.
 pub const TESTED: &[&str] = &["signed-webhook"];
 
-/// The value of a counter in the Prometheus text (whatever its labels:
-/// every series carries the node's name).
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let value = match rest.strip_prefix('{') {
-                Some(labelled) => labelled.split_once('}')?.1,
-                None => rest,
-            };
-            value.trim().parse::<f64>().ok()
-        })
-        .map_or(0, |v| v as u64)
-}
-
-async fn metrics(bus: &TestBus) -> String {
-    bus.client
-        .get(format!("{}/metrics", bus.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_connector_gets_the_deliveries_due_together_as_one_batch() {
     let bus = TestBus::start().await;
@@ -51,7 +24,7 @@ async fn a_connector_gets_the_deliveries_due_together_as_one_batch() {
         "targets": [{"id": "w", "type": "wasm", "plugin": "hook", "max_batch": 20,
                      "config": {"url": sink.url("/signed"), "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
                      "allowed_hosts": ["127.0.0.1"]}]})).await;
-    let before = counter(&metrics(&bus).await, "busbar_plugin_invocations_total");
+    let before = counter(&bus.metrics().await, "busbar_plugin_invocations_total");
     // Twenty events in one request are committed together, routed together,
     // and due together for the connector: one invocation delivers them all.
     let batch: Vec<Value> = (0..20)
@@ -74,7 +47,7 @@ async fn a_connector_gets_the_deliveries_due_together_as_one_batch() {
     let after = wait_for("the invocation counted", Duration::from_secs(5), || {
         let bus = &bus;
         async move {
-            let n = counter(&metrics(bus).await, "busbar_plugin_invocations_total");
+            let n = counter(&bus.metrics().await, "busbar_plugin_invocations_total");
             (n > before).then_some(n)
         }
     })
@@ -92,7 +65,7 @@ async fn a_connector_gets_the_deliveries_due_together_as_one_batch() {
                      "config": {"url": sink.url("/signed"), "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
                      "allowed_hosts": ["127.0.0.1"]}]})).await;
     // (Saving the rule ran the connector's validate-config: count from here.)
-    let after = counter(&metrics(&bus).await, "busbar_plugin_invocations_total");
+    let after = counter(&bus.metrics().await, "busbar_plugin_invocations_total");
     let batch: Vec<Value> = (0..8)
         .map(
             |i| json!({"specversion": "1.0", "id": format!("c{i}"), "source": "shop", "type": "t"}),
@@ -110,7 +83,7 @@ async fn a_connector_gets_the_deliveries_due_together_as_one_batch() {
     let n = wait_for("two more invocations", Duration::from_secs(5), || {
         let bus = &bus;
         async move {
-            let n = counter(&metrics(bus).await, "busbar_plugin_invocations_total");
+            let n = counter(&bus.metrics().await, "busbar_plugin_invocations_total");
             (n >= after + 2).then_some(n)
         }
     })

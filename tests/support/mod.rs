@@ -132,6 +132,18 @@ impl TestBus {
         body["api_key"].as_str().unwrap().to_owned()
     }
 
+    /// The bus's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -442,4 +454,20 @@ async fn start_when_the_dir_is_free(config: Config) -> Running {
             Err(e) => panic!("the bus did not start: {e:#}"),
         }
     }
+}
+
+/// The value of a counter in the Prometheus text (whatever its labels:
+/// every series carries the node's name); 0 when it has no series yet.
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .map_or(0, |v| v as u64)
 }
