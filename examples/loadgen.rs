@@ -25,8 +25,10 @@
 //!   `--history on|off|both` switch; `both` runs each phase off and on back
 //!   to back, in alternating order, and prints the ratio of the medians,
 //!   each pair's ratio and their median, and the CPU per event of the
-//!   store's and the traces' writer threads, where history's own work runs),
-//!   then replay speed and live latency during a replay;
+//!   store's and the traces' writer threads, where history's own work runs,
+//!   with the deliveries parked as jobs and the trace facts written per
+//!   event: work beyond one log write and one trace row), then replay speed
+//!   and live latency during a replay;
 //! - `traces`: fills a store with `--traces` (1,000,000) traces and measures
 //!   trace lookup and search latency;
 //! - `ceiling`: no bus: the same client against a bare axum handler that reads
