@@ -1394,6 +1394,49 @@ mod tests {
         h.shutdown.send_replace(true);
     }
 
+    /// A delivery still without a slot after `slot_wait` (its target's
+    /// one call takes longer) is parked as a job due now, and counted in
+    /// `busbar_deliveries_parked_total`: work beyond a first attempt from
+    /// memory, which the load generator reports per phase.
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_past_a_slow_targets_cap_are_parked_and_counted() {
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
+        let target = crate::deliver::testing::FailsIds::new(clock, &[], Duration::from_secs(1));
+        let b = bound(target.clone(), RetryPolicy::default());
+        let config = EngineConfig {
+            per_target_cap: 1,
+            slot_wait: Duration::from_millis(100),
+            ..EngineConfig::default()
+        };
+        let h = harness(vec![b.clone()], config);
+        // Counted on this thread's recorder: the test runtime runs every
+        // task on it.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
+        let released = Arc::new(AtomicUsize::new(0));
+        let now = h.clock.now_ms();
+        let deliveries: Vec<Delivery> = (0..3)
+            .map(|i| Delivery::first(b.clone(), item(&format!("e{i}")), now, counted(&released)))
+            .collect();
+        h.engine.dispatch(deliveries);
+        until("every delivery done or parked", || async {
+            released.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        until("the parked ones delivered", || async {
+            target.calls.lock().unwrap().len() == 3 && h.store.job_count() == 0
+        })
+        .await;
+        let text = metrics.render();
+        let parked: Option<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("busbar_deliveries_parked_total{tenant=\"t\"} "))
+            .and_then(|n| n.parse().ok());
+        assert_eq!(parked, Some(2.0), "{text}");
+        h.shutdown.send_replace(true);
+    }
+
     fn keyed(id: &str, key: &str) -> Item {
         let map = serde_json::json!({"specversion": "1.0", "id": id, "source": "s", "type": "t",
                                      "partitionkey": key});
