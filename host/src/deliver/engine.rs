@@ -1326,8 +1326,11 @@ mod tests {
         shutdown.send_replace(true);
     }
 
+    /// Deliveries to a target at its cap (one call at a time) that are due
+    /// together go out in batches. (They wait for a slot in memory: parking
+    /// is `deliveries_past_a_slow_targets_cap_are_parked_and_counted`.)
     #[tokio::test(start_paused = true)]
-    async fn a_busy_target_parks_deliveries_as_due_jobs_and_batches_them() {
+    async fn deliveries_due_together_to_a_busy_target_go_in_batches() {
         let clock: SharedClock = Arc::new(TokioClock::starting_at(1_000_000));
         let target = Arc::new(Scripted {
             max_batch: 10,
