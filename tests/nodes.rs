@@ -349,14 +349,7 @@ async fn without_nats_a_node_is_not_ready_refuses_events_and_recovers_by_itself(
             .map(|r| r.status().as_u16())
     };
     assert_eq!(ready(client.clone(), node.url.clone()).await, Some(200));
-    let metrics = client
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_at(&client, &node.url).await;
     assert!(
         metrics.contains(r#"node="edge-7""#),
         "metrics carry the node: {metrics}"

@@ -88,8 +88,10 @@ pub fn parked(tenant: &str, n: u64) {
     counter!("busbar_deliveries_parked_total", "tenant" => tenant.to_owned()).increment(n);
 }
 
-/// Trace facts queued for the trace writer (later facts: retries, dead
-/// letters, redrives, replays, and attempts of parked deliveries).
+/// Trace facts offered to the trace writer (later facts: retries, dead
+/// letters, redrives, replays, and attempts of parked deliveries) — those
+/// dropped because it was behind included, and also counted in
+/// `busbar_trace_facts_dropped_total`.
 pub fn trace_fact() {
     counter!("busbar_trace_facts_total").increment(1);
 }

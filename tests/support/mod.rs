@@ -134,14 +134,7 @@ impl TestBus {
 
     /// The bus's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(&self.client, &self.url).await
     }
 
     pub async fn call(
@@ -454,6 +447,18 @@ async fn start_when_the_dir_is_free(config: Config) -> Running {
             Err(e) => panic!("the bus did not start: {e:#}"),
         }
     }
+}
+
+/// The `/metrics` text of the bus at `url` (a [`TestBus`] or a bus process).
+pub async fn metrics_at(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The value of a counter in the Prometheus text (whatever its labels:
