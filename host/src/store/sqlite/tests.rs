@@ -1742,6 +1742,92 @@ async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
     );
 }
 
+/// A matched event's row is found through its log entry (`traces_seq`):
+/// the row gets no id of its own among the recent ids or in a merged run
+/// — the entry's is the only one — and lookups, facts and a reopen (which
+/// merges) still reach it.
+#[tokio::test]
+async fn a_matched_events_row_is_found_through_its_log_entry() {
+    use crate::store::traces::{AttemptRecord, RuleOutcome, RuleTrace, TargetState, TraceBody};
+    use crate::store::{TraceFact, TraceKey, TraceState};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_at(dir.path(), manual());
+        let consumer = store.consumer().await.unwrap();
+        store
+            .append(vec![traced_event("m", T0, "shop")])
+            .await
+            .unwrap();
+        let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+        let mut t = Trace::received(&entries[0].event);
+        t.position = Some(entries[0].position);
+        let mut rule = RuleTrace {
+            rule: "r".into(),
+            outcome: RuleOutcome::Matched,
+            filter: None,
+            transform: None,
+            error: None,
+            targets: Vec::new(),
+        };
+        rule.target_mut("t").state = TargetState::Retrying;
+        t.body = TraceBody {
+            routed: true,
+            rules: vec![rule],
+            replays: Vec::new(),
+        };
+        t.state = Trace::derive_state(&t.body);
+        store.record_traces(vec![t].into()).await.unwrap();
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
+        assert_eq!(
+            store
+                .inner
+                .recent_traces
+                .rows(super::trace_ids::key("acme", "m"), None),
+            vec![-entries[0].position],
+            "the entry's id alone"
+        );
+        let key = TraceKey {
+            tenant: "acme".into(),
+            bus: "orders".into(),
+            event_id: "m".into(),
+            received_ms: Some(T0),
+        };
+        let retry = TraceFact::Attempt {
+            rule: "r".into(),
+            target: "t".into(),
+            attempt: AttemptRecord {
+                at_ms: T0 + 10,
+                duration_ms: 1,
+                status: Some(200),
+                error: None,
+            },
+            next: TargetState::Delivered,
+        };
+        store
+            .add_trace_facts(vec![(key, retry)].into())
+            .await
+            .unwrap();
+        let m = store.trace("acme", "m", None).await.unwrap().expect("m");
+        assert_eq!(m.state, TraceState::Delivered);
+        assert_eq!(m.body.rules[0].targets[0].attempts.len(), 1);
+        consumer
+            .ack(entries.iter().map(|e| e.ack.clone()).collect())
+            .await
+            .unwrap();
+    }
+    let store = open_at(dir.path(), manual());
+    assert_eq!(
+        count(&store, "SELECT SUM(keys) FROM trace_id_runs").await,
+        1,
+        "the merge at open wrote the entry's key alone"
+    );
+    let m = store.trace("acme", "m", None).await.unwrap().expect("m");
+    assert_eq!(
+        (m.state, m.body.rules[0].targets[0].attempts.len()),
+        (TraceState::Delivered, 1)
+    );
+}
+
 /// What [`a_trace_without_rules_is_its_log_entry_alone`] expects once
 /// its events are routed, before and after a restart.
 async fn check_log_only_traces(store: &SqliteStore) {

@@ -6,8 +6,9 @@
 //! trace cost (issue 10's profile). Instead, a trace's id is indexed in two
 //! places:
 //!
-//! - **Recent traces** (ids above the merge mark) in memory: a map from the
-//!   event id's [`key`] to the trace rows, filled as traces are recorded.
+//! - **Recent traces** (ids above the merge mark) in memory: the traced log
+//!   entries in commit order, appended in chunks, and the few rows without
+//!   such an entry by the event id's [`key`] (see [`Recent`]).
 //! - **Older traces** in sorted runs ([`trace_id_runs`]): a [merge] takes
 //!   every recent trace, in key order, into a run of its own in one
 //!   transaction, appended at the end of the B-tree, so each page is
@@ -27,7 +28,9 @@
 //! Log entries that keep their trace's head (a trace that matched no rule
 //! has no row: see `TRACES_V6`) are indexed the same way, as `-seq`: the
 //! store notes them when their append commits, and a merge reads them
-//! from the log. Their latest receive time is kept apart from the rows'
+//! from the log. The row routing gives such an entry's trace (it matched
+//! a rule) has no key of its own: the entry leads to it (`traces_seq`).
+//! Their latest receive time is kept apart from the rows'
 //! ([`Look`]): entries are merged as they are appended, ahead of the
 //! routing that records rows, so one shared time would send every record
 //! to the merged runs for nothing.
@@ -37,7 +40,6 @@
 use super::trace_id_runs::{self, NewRun, Tiering};
 use anyhow::Context;
 use rusqlite::{Connection, Transaction};
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
@@ -111,8 +113,10 @@ pub(super) struct Merged {
 /// Where a lookup of a trace by its event id looks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Look {
-    /// Trace rows only: recording a trace replaces only a row (and
-    /// reading the log would cost every record a read of the main file).
+    /// Trace rows only, by their own keys: recording a trace of no traced
+    /// log entry replaces only a row (and reading the log would cost every
+    /// record a read of the main file). A row of a traced entry is found
+    /// through the entry instead.
     Rows,
     /// Rows, and log entries that are a trace alone.
     RowsAndLog,
@@ -129,77 +133,109 @@ impl Merged {
     }
 }
 
-/// The recent trace rows by key: one or two a key (a traced log entry,
-/// and the row routing gives it when a rule matched it), kept inline —
-/// a matched event's second id cost a `Vec` and a probe of a second map
-/// of this size, two cache misses, when only the first was inline — and
-/// the rare others apart. `0` is no id (rows count from 1, entries are
-/// `-seq`).
+/// The traced log entries noted since the last merge, in commit order (so
+/// in position order), in chunks that carry their receive times; and the
+/// trace rows without such an entry, by key.
+///
+/// Noting an entry is an append — two words at the end of a chunk — where
+/// a map by key took each to a random slot of a table of megabytes: two
+/// cache misses an entry on the store's writer, and two more on the
+/// traces' writer for the row routing gave a matched event (issue 10's
+/// profile: 0.4–0.6 µs an event on each). A matched event's row is not
+/// noted at all: its entry names it (`traces_seq`). A lookup scans the
+/// chunks' keys — those whose receive times hold the trace's when it knows
+/// them (facts, replay marks: one or two chunks), all of them when it does
+/// not (a lookup by id: a few megabytes, well under a millisecond).
 #[derive(Debug, Default)]
 struct Recent {
-    ids: KeyMap<[i64; 2]>,
-    more: KeyMap<Vec<i64>>,
-    /// Per commit of noted log entries: its last position and its
-    /// earliest receive time, so a merge knows its run's first time
-    /// without a time a key.
-    log_commits: VecDeque<(i64, i64)>,
+    entries: VecDeque<EntryChunk>,
+    /// How many entries `entries` holds.
+    entry_count: usize,
+    rows: KeyMap<Vec<i64>>,
 }
 
-impl Recent {
-    /// Adds `id` under `key`.
-    fn note(&mut self, key: i64, id: i64) {
-        match self.ids.entry(key) {
-            Entry::Vacant(slot) => {
-                slot.insert([id, 0]);
-            }
-            Entry::Occupied(mut slot) if slot.get()[1] == 0 => slot.get_mut()[1] = id,
-            Entry::Occupied(_) => self.more.entry(key).or_default().push(id),
+/// Up to [`CHUNK`] noted log entries: their keys and positions side by
+/// side (a scan reads the keys alone) and the span of their receive times.
+#[derive(Debug)]
+struct EntryChunk {
+    keys: Vec<i64>,
+    seqs: Vec<i64>,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+/// Entries a chunk holds: a lookup that knows the receive time scans one
+/// or two chunks of this many keys (32 KB), a few microseconds.
+const CHUNK: usize = 4096;
+
+impl EntryChunk {
+    fn new() -> Self {
+        Self {
+            keys: Vec::with_capacity(CHUNK),
+            seqs: Vec::with_capacity(CHUNK),
+            first_ms: i64::MAX,
+            last_ms: i64::MIN,
         }
     }
 
-    /// Every (key, row) noted.
-    fn iter(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
-        let more = self
-            .more
-            .iter()
-            .flat_map(|(key, ids)| ids.iter().map(move |id| (*key, *id)));
-        self.ids
-            .iter()
-            .flat_map(|(key, ids)| ids.iter().filter(|id| **id != 0).map(move |id| (*key, *id)))
-            .chain(more)
+    fn holds(&self, received_ms: i64) -> bool {
+        self.first_ms <= received_ms && received_ms <= self.last_ms
+    }
+}
+
+impl Recent {
+    /// Appends log entry `seq` (received at `received_ms`) under `key`.
+    fn note_entry(&mut self, key: i64, seq: i64, received_ms: i64) {
+        if self.entries.back().is_none_or(|c| c.keys.len() >= CHUNK) {
+            self.entries.push_back(EntryChunk::new());
+        }
+        if let Some(chunk) = self.entries.back_mut() {
+            chunk.keys.push(key);
+            chunk.seqs.push(seq);
+            chunk.first_ms = chunk.first_ms.min(received_ms);
+            chunk.last_ms = chunk.last_ms.max(received_ms);
+            self.entry_count += 1;
+        }
     }
 
-    /// Drops the ids `merged` covers; a key keeps its place with its
-    /// later ids, if it has any.
+    /// The ids under `key`: rows, and entries as `-seq` — of the chunks
+    /// whose receive times hold `received_ms`, or all without it.
+    fn ids(&self, key: i64, received_ms: Option<i64>) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.rows.get(&key).cloned().unwrap_or_default();
+        for chunk in &self.entries {
+            if received_ms.is_some_and(|ms| !chunk.holds(ms)) {
+                continue;
+            }
+            for (at, k) in chunk.keys.iter().enumerate() {
+                if *k == key {
+                    ids.push(-chunk.seqs[at]);
+                }
+            }
+        }
+        ids
+    }
+
+    /// Drops the ids `merged` covers.
     fn forget(&mut self, merged: &Merged) {
-        let Self { ids, more, .. } = self;
-        more.retain(|_, extra| {
-            extra.retain(|id| !merged.covers(*id));
-            !extra.is_empty()
+        self.rows.retain(|_, ids| {
+            ids.retain(|id| !merged.covers(*id));
+            !ids.is_empty()
         });
-        ids.retain(|key, pair| {
-            let mut kept = [0; 2];
-            let mut n = 0;
-            for id in *pair {
-                if id != 0 && !merged.covers(id) {
-                    kept[n] = id;
-                    n += 1;
-                }
+        // Entries are in position order: the covered ones are a prefix.
+        while let Some(front) = self.entries.front_mut() {
+            let covered = front.seqs.partition_point(|seq| *seq <= merged.log_mark);
+            if covered == 0 {
+                break;
             }
-            if n < 2
-                && let Some(extra) = more.get_mut(key)
-            {
-                while n < 2 && !extra.is_empty() {
-                    kept[n] = extra.remove(0);
-                    n += 1;
-                }
-                if extra.is_empty() {
-                    more.remove(key);
-                }
+            self.entry_count -= covered;
+            if covered == front.seqs.len() {
+                self.entries.pop_front();
+            } else {
+                front.keys.drain(..covered);
+                front.seqs.drain(..covered);
+                break;
             }
-            *pair = kept;
-            n > 0
-        });
+        }
     }
 }
 
@@ -210,24 +246,20 @@ impl RecentTraceIds {
         self.by_key.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers that trace row `id` has key `key`.
-    pub(super) fn note(&self, key: i64, id: i64) {
-        self.map().note(key, id);
+    /// Remembers that trace row `id`, which has no traced log entry, has
+    /// key `key` (a row of a traced entry is found through the entry).
+    pub(super) fn note_row(&self, key: i64, id: i64) {
+        self.map().rows.entry(key).or_default().push(id);
     }
 
     /// Remembers the event ids of newly committed log entries that keep
     /// their trace's head (as `-seq`: see `TRACES_V6`).
     pub(super) fn note_log_entries(&self, entries: &[(i64, crate::store::LoggedEvent)]) {
-        let (mut earliest, mut latest, mut last) = (i64::MAX, i64::MIN, None);
+        let mut latest = i64::MIN;
         let mut map = self.map();
         for (seq, e) in entries.iter().filter(|(_, e)| e.traced) {
-            map.note(key(&e.tenant, &e.event_id), -seq);
-            earliest = earliest.min(e.ingested_ms);
+            map.note_entry(key(&e.tenant, &e.event_id), *seq, e.ingested_ms);
             latest = latest.max(e.ingested_ms);
-            last = Some(*seq);
-        }
-        if let Some(last) = last {
-            map.log_commits.push_back((last, earliest));
         }
         drop(map);
         self.noted_log_received_ms
@@ -238,19 +270,24 @@ impl RecentTraceIds {
     /// none of them is earlier than and one none is later than.
     fn log_entries_after(&self, mark: i64) -> (Vec<(i64, i64)>, i64, i64) {
         let map = self.map();
-        let entries = map
-            .iter()
-            .filter(|(_, id)| -id > mark)
-            .map(|(key, id)| (key, -id))
-            .collect();
-        // Commits note whole: every commit above the mark is wholly in.
-        let earliest = map
-            .log_commits
-            .iter()
-            .filter(|(last, _)| *last > mark)
-            .map(|(_, ms)| *ms)
-            .min()
-            .unwrap_or(i64::MAX);
+        let mut entries = Vec::new();
+        let mut earliest = i64::MAX;
+        for chunk in map.entries.iter() {
+            let from = chunk.seqs.partition_point(|seq| *seq <= mark);
+            if from == chunk.seqs.len() {
+                continue;
+            }
+            // The chunk's span may start before its entries above the
+            // mark: an earlier bound only makes a lookup read a run for
+            // nothing, never miss one.
+            earliest = earliest.min(chunk.first_ms);
+            entries.extend(
+                chunk.keys[from..]
+                    .iter()
+                    .copied()
+                    .zip(chunk.seqs[from..].iter().copied()),
+            );
+        }
         drop(map);
         // Read after the entries: an entry noted in between only makes the
         // bound later than needed (a lookup then reads the merged runs for
@@ -259,23 +296,16 @@ impl RecentTraceIds {
         (entries, earliest, latest)
     }
 
-    /// The recent rows that may hold `key`'s trace.
-    pub(super) fn rows(&self, key: i64) -> Vec<i64> {
-        let map = self.map();
-        let more = map.more.get(&key).into_iter().flatten();
-        map.ids
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .filter(|id| **id != 0)
-            .chain(more)
-            .copied()
-            .collect()
+    /// The recent ids that may hold `key`'s trace (received at
+    /// `received_ms`, where known): rows, and log entries as `-seq`.
+    pub(super) fn rows(&self, key: i64, received_ms: Option<i64>) -> Vec<i64> {
+        self.map().ids(key, received_ms)
     }
 
-    /// How many keys wait for a merge.
+    /// How many ids wait for a merge.
     pub(super) fn len(&self) -> usize {
-        self.map().ids.len()
+        let map = self.map();
+        map.entry_count + map.rows.len()
     }
 
     /// Whether a trace received at `received_ms` may be in a merged run,
@@ -333,15 +363,7 @@ impl RecentTraceIds {
             .fetch_max(merged.received_ms, Ordering::AcqRel);
         self.merged_log_received_ms
             .fetch_max(merged.log_received_ms, Ordering::AcqRel);
-        let mut map = self.map();
-        while map
-            .log_commits
-            .front()
-            .is_some_and(|(last, _)| *last <= merged.log_mark)
-        {
-            map.log_commits.pop_front();
-        }
-        map.forget(&merged);
+        self.map().forget(&merged);
     }
 }
 
@@ -415,17 +437,24 @@ pub(super) fn merge(
         ..NewRun::default()
     };
     {
-        let mut stmt =
-            tx.prepare_cached("SELECT id, tenant, event_id, received_ms FROM traces WHERE id > ?")?;
+        // A row whose log entry keeps its head is found through the
+        // entry (`traces_seq`): it passes the mark without a key of its own.
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, tenant, event_id, received_ms, in_log FROM traces WHERE id > ?",
+        )?;
         let mut rows = stmt.query([before.mark])?;
         while let Some(r) = rows.next()? {
-            let (id, tenant, event_id): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let id: i64 = r.get(0)?;
+            after.mark = after.mark.max(id);
+            if r.get::<_, bool>(4)? {
+                continue;
+            }
+            let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
             let received_ms: i64 = r.get(3)?;
             run.keys.push((key(&tenant, &event_id), id));
             run.last_trace = run.last_trace.max(id);
             run.first_ms = run.first_ms.min(received_ms);
             run.last_ms = run.last_ms.max(received_ms);
-            after.mark = after.mark.max(id);
             after.received_ms = after.received_ms.max(received_ms);
         }
         if let Some(noted) = noted {
@@ -525,45 +554,76 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_a_merge_keeps_rows_recorded_after_it() {
+    fn forgetting_a_merge_keeps_ids_noted_after_it() {
         let recent = RecentTraceIds::default();
-        recent.note(7, 1);
-        recent.note(7, 5);
-        recent.note(8, 2);
-        assert_eq!(recent.rows(7), vec![1, 5]);
+        recent.note_row(7, 1);
+        recent.note_row(7, 5);
+        recent.note_row(8, 2);
+        assert_eq!(recent.rows(7, None), vec![1, 5]);
         assert!(!recent.may_be_merged(1, Look::RowsAndLog));
-        recent.note(9, -3);
-        recent.note(9, -4);
-        // Four ids a key, two merged: the later ones move up inline.
-        for id in [-2, 2, 6, 7] {
-            recent.note(10, id);
+        {
+            let mut map = recent.map();
+            map.note_entry(9, 3, 100);
+            map.note_entry(10, 2, 100);
+            map.note_entry(9, 4, 100);
         }
-        for id in [6, 7, 8] {
-            recent.note(11, id);
-        }
-        assert_eq!(recent.rows(10), vec![-2, 2, 6, 7]);
+        assert_eq!(recent.rows(9, None), vec![-3, -4]);
+        assert_eq!(recent.len(), 5);
         recent.forget_merged(Merged {
             mark: 2,
             received_ms: 100,
             log_mark: 3,
             log_received_ms: 300,
         });
-        assert_eq!(recent.rows(7), vec![5]);
-        assert_eq!(recent.rows(8), Vec::<i64>::new());
-        assert_eq!(recent.rows(9), vec![-4]);
-        assert_eq!(recent.rows(10), vec![6, 7]);
-        assert_eq!(recent.rows(11), vec![6, 7, 8]);
-        assert_eq!(recent.len(), 4);
-        assert_eq!(
-            recent.map().more.len(),
-            1,
-            "only key 11 keeps a third id apart"
-        );
+        assert_eq!(recent.rows(7, None), vec![5]);
+        assert_eq!(recent.rows(8, None), Vec::<i64>::new());
+        assert_eq!(recent.rows(9, None), vec![-4]);
+        assert_eq!(recent.rows(10, None), Vec::<i64>::new());
+        assert_eq!(recent.len(), 2);
         assert!(recent.may_be_merged(100, Look::Rows));
         // Log entries merge ahead of the rows routing records: their time
         // must not send a row's record to the merged runs.
         assert!(!recent.may_be_merged(101, Look::Rows));
         assert!(recent.may_be_merged(300, Look::RowsAndLog));
         assert!(!recent.may_be_merged(301, Look::RowsAndLog));
+    }
+
+    #[test]
+    fn entries_are_found_in_the_chunks_whose_receive_times_hold_theirs() {
+        let recent = RecentTraceIds::default();
+        // Three chunks and a bit: positions 1.., received 1 ms per 100,
+        // keys repeating every 1,000 entries.
+        let n = 3 * CHUNK as i64 + 10;
+        {
+            let mut map = recent.map();
+            for seq in 1..=n {
+                map.note_entry(seq % 1000, seq, seq / 100);
+            }
+        }
+        assert_eq!(recent.map().entries.len(), 4);
+        let every: Vec<i64> = (1..=n).filter(|s| s % 1000 == 7).map(|s| -s).collect();
+        assert_eq!(recent.rows(7, None), every);
+        // Known receive time: only the chunks that hold it are scanned,
+        // and the entry is among what they hold.
+        let ids = recent.rows(7, Some(5007 / 100));
+        assert!(ids.contains(&-5007), "{ids:?}");
+        assert!(ids.len() < every.len(), "{ids:?}");
+        assert!(recent.rows(7, Some(n / 100 + 1)).is_empty());
+        // A merge up to the middle of the second chunk keeps the rest.
+        let mark = CHUNK as i64 + 100;
+        let (after, earliest, _) = recent.log_entries_after(mark);
+        assert_eq!(after.len(), (n - mark) as usize);
+        assert_eq!(after.first(), Some(&((mark + 1) % 1000, mark + 1)));
+        assert!(earliest <= (mark + 1) / 100);
+        recent.forget_merged(Merged {
+            mark: 0,
+            received_ms: 0,
+            log_mark: mark,
+            log_received_ms: mark / 100,
+        });
+        assert_eq!(recent.len(), (n - mark) as usize);
+        let kept: Vec<i64> = every.iter().copied().filter(|id| -id > mark).collect();
+        assert_eq!(recent.rows(7, None), kept);
+        assert_eq!(recent.log_entries_after(mark).0, after);
     }
 }

@@ -162,7 +162,8 @@ fn log_routed(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 
 /// The trace that is log entry `seq` alone, if it is one of `tenant`'s
 /// event `event_id` (on `bus`, received at `received_ms`, where given): a
-/// traced entry, not expired, without a row of its own. Its state is
+/// traced entry, not expired (callers look for its row first: see
+/// [`entry_row`]). Its state is
 /// `no_match` once routed, `in_flight` before. With `with_event`, the
 /// event too.
 fn log_trace(
@@ -194,12 +195,6 @@ fn log_trace(
     let Some((bus, received_ms, source, event_type, body)) = found else {
         return Ok(None);
     };
-    let has_row: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM traces WHERE seq = ? AND in_log = 1)")?
-        .query_row([seq], |r| r.get(0))?;
-    if has_row {
-        return Ok(None);
-    }
     let routed = seq <= log_routed(tx)?;
     let body_routed = TraceBody {
         routed,
@@ -224,6 +219,26 @@ fn log_trace(
         state: Trace::derive_state(&body_routed),
         body: body_routed,
     }))
+}
+
+/// The row of the trace of log entry `seq`, read with `columns`, if it
+/// has one and it is `tenant`'s event `event_id` (on `bus`, received at
+/// `received_ms`, where given): a row whose entry keeps its head is found
+/// through the entry, not by a key of its own (see `trace_ids`).
+fn entry_row(
+    tx: &Transaction<'_>,
+    seq: i64,
+    columns: &str,
+    key: (&str, &str, Option<&str>, Option<Millis>),
+) -> rusqlite::Result<Option<(i64, Trace)>> {
+    let (tenant, event_id, bus, received_ms) = key;
+    tx.prepare_cached(&format!(
+        "SELECT {columns} FROM traces WHERE seq = ?1 AND in_log = 1 AND tenant = ?2 \
+         AND event_id = ?3 AND (?4 IS NULL OR bus = ?4) AND (?5 IS NULL OR received_ms = ?5) \
+         ORDER BY id DESC LIMIT 1"
+    ))?
+    .query_row(params![seq, tenant, event_id, bus, received_ms], read_trace)
+    .optional()
 }
 
 /// Writes a trace's changed body and state.
@@ -258,7 +273,7 @@ fn candidates(
     look: Look,
 ) -> rusqlite::Result<Vec<i64>> {
     let key = trace_ids::key(tenant, event_id);
-    let mut rows = recent.rows(key);
+    let mut rows = recent.rows(key, received_ms);
     if received_ms.is_none_or(|ms| recent.may_be_merged(ms, look)) {
         rows.extend(trace_id_runs::lookup(tx, key, received_ms)?);
     }
@@ -278,10 +293,9 @@ fn find(
     let (tenant, event_id, bus, received_ms) = key;
     let mut newest: Option<(i64, Trace)> = None;
     let mut candidates = candidates(tx, recent, tenant, event_id, received_ms, look)?;
-    // Rows first: a log entry whose row is found is that row's trace
-    // ([`log_trace`] would read the entry from the main file only to find
-    // the row and skip it) — the common case of a fact about a matched
-    // event, whose key names both.
+    // Rows first: a log entry whose row was found by its id (a merged run
+    // written before rows were found through their entries names both) is
+    // that row's trace.
     candidates.sort_unstable_by_key(|row| std::cmp::Reverse(*row));
     let mut entries_with_rows: Vec<i64> = Vec::new();
     for row in candidates {
@@ -289,7 +303,10 @@ fn find(
             continue;
         }
         let found = if row < 0 {
-            log_trace(tx, -row, key, columns == COLUMNS)?.map(|t| (row, t))
+            match entry_row(tx, -row, columns, key)? {
+                Some(found) => Some(found),
+                None => log_trace(tx, -row, key, columns == COLUMNS)?.map(|t| (row, t)),
+            }
         } else {
             tx.prepare_cached(&format!(
                 "SELECT {columns} FROM traces WHERE id = ?1 AND tenant = ?2 AND event_id = ?3 \
@@ -349,18 +366,16 @@ fn record(
         }
         return Ok(());
     }
-    let before = find(
-        tx,
-        recent,
-        RECORD_COLUMNS,
-        (
-            &trace.tenant,
-            &trace.event_id,
-            Some(&trace.bus),
-            Some(trace.received_ms),
-        ),
-        Look::Rows,
-    )?;
+    let key = (
+        trace.tenant.as_str(),
+        trace.event_id.as_str(),
+        Some(trace.bus.as_str()),
+        Some(trace.received_ms),
+    );
+    let before = match trace.position {
+        Some(seq) if trace.head_in_log => entry_row(tx, seq, RECORD_COLUMNS, key)?,
+        _ => find(tx, recent, RECORD_COLUMNS, key, Look::Rows)?,
+    };
     if before.is_none() && log_only {
         return Ok(());
     }
@@ -412,6 +427,7 @@ fn insert_row(
     rules: &str,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_string(&trace.body)?;
+    let in_log = trace.head_in_log && trace.position.is_some();
     // A trace of a log entry refers to the entry, which the log keeps as
     // long as the trace (see `prune`): the copy was two thirds of the
     // bytes a trace wrote, and written again at every checkpoint.
@@ -434,10 +450,12 @@ fn insert_row(
         body,
         event,
         trace.position,
-        trace.head_in_log && trace.position.is_some()
+        in_log
     ])?;
     let id = tx.last_insert_rowid();
-    recent.note(trace_ids::key(&trace.tenant, &trace.event_id), id);
+    if !in_log {
+        recent.note_row(trace_ids::key(&trace.tenant, &trace.event_id), id);
+    }
     index_rules(tx, &trace.tenant, rules, trace.received_ms, id, true)?;
     Ok(())
 }
