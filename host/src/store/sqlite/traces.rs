@@ -41,19 +41,45 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::types::Value as Sql;
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The rule names of a trace, as stored in `traces.rules` (one per line).
-fn rule_names(body: &TraceBody) -> String {
-    // Most traces with rules matched one: no list to sort and join.
-    if let [only] = body.rules.as_slice() {
-        return only.rule.clone();
+fn rule_names(body: &TraceBody) -> Cow<'_, str> {
+    // Most traces with rules matched one: its name as it is, no list to
+    // sort and join.
+    match body.rules.as_slice() {
+        [] => Cow::Borrowed(""),
+        [only] => Cow::Borrowed(&only.rule),
+        rules => {
+            let mut names: Vec<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            Cow::Owned(names.join("\n"))
+        }
     }
-    let mut names: Vec<&str> = body.rules.iter().map(|r| r.rule.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    names.join("\n")
 }
+
+/// The statements that insert a trace row and its `trace_rules` rows,
+/// prepared once for a batch of traces: finding a cached statement hashes
+/// its SQL, two of them a matched event's 0.16 µs on the traces' writer.
+struct Inserts<'t> {
+    trace: rusqlite::CachedStatement<'t>,
+    rule: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Inserts<'t> {
+    fn prepare(tx: &'t Transaction<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            trace: tx.prepare_cached(INSERT_TRACE)?,
+            rule: tx.prepare_cached(INSERT_RULE)?,
+        })
+    }
+}
+
+/// Inserts a `trace_rules` row (see [`Inserts`]).
+const INSERT_RULE: &str =
+    "INSERT OR IGNORE INTO trace_rules (tenant, rule, received_ms, trace) VALUES (?, ?, ?, ?)";
 
 /// Adds (`add`) or removes the `trace_rules` rows of a trace.
 fn index_rules(
@@ -69,7 +95,7 @@ fn index_rules(
         return Ok(());
     }
     let sql = if add {
-        "INSERT OR IGNORE INTO trace_rules (tenant, rule, received_ms, trace) VALUES (?, ?, ?, ?)"
+        INSERT_RULE
     } else {
         "DELETE FROM trace_rules WHERE tenant = ? AND rule = ? AND received_ms = ? AND trace = ?"
     };
@@ -337,11 +363,11 @@ const INSERT_TRACE: &str = "INSERT INTO traces (tenant, bus, event_id, received_
      type, state, size, replay, rules, body, event, seq, in_log) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
-/// Records a trace: a new row through `insert` (prepared once for a whole
-/// batch of traces), or the row of an earlier record of it replaced.
+/// Records a trace: a new row through `inserts` (prepared once for a
+/// whole batch of traces), or the row of an earlier record of it replaced.
 fn record(
     tx: &Transaction<'_>,
-    insert: &mut rusqlite::CachedStatement<'_>,
+    inserts: &mut Inserts<'_>,
     recent: &RecentTraceIds,
     trace: &Trace,
     pending: bool,
@@ -362,7 +388,7 @@ fn record(
         // nothing to replace, so no lookup (it was a third of a matched
         // event's record).
         if !log_only {
-            insert_row(tx, insert, recent, trace, &rule_names(&trace.body))?;
+            insert_row(tx, inserts, recent, trace, &rule_names(&trace.body))?;
         }
         return Ok(());
     }
@@ -415,13 +441,13 @@ fn record(
         index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
         return Ok(());
     }
-    insert_row(tx, insert, recent, trace, &rule_names(&trace.body))
+    insert_row(tx, inserts, recent, trace, &rule_names(&trace.body))
 }
 
 /// Inserts a trace's row (`rules`: its [`rule_names`]).
 fn insert_row(
     tx: &Transaction<'_>,
-    insert: &mut rusqlite::CachedStatement<'_>,
+    inserts: &mut Inserts<'_>,
     recent: &RecentTraceIds,
     trace: &Trace,
     rules: &str,
@@ -436,7 +462,7 @@ fn insert_row(
     } else {
         &trace.event
     };
-    insert.execute(params![
+    inserts.trace.execute(params![
         trace.tenant,
         trace.bus,
         trace.event_id,
@@ -456,7 +482,11 @@ fn insert_row(
     if !in_log {
         recent.note_row(trace_ids::key(&trace.tenant, &trace.event_id), id);
     }
-    index_rules(tx, &trace.tenant, rules, trace.received_ms, id, true)?;
+    for rule in rules.split('\n').filter(|r| !r.is_empty()) {
+        inserts
+            .rule
+            .execute(params![trace.tenant, rule, trace.received_ms, id])?;
+    }
     Ok(())
 }
 
@@ -482,11 +512,11 @@ fn add_fact(
                 recent.row_ahead_of_routing(trace.received_ms);
             }
             trace.apply(fact);
-            let mut insert = tx.prepare_cached(INSERT_TRACE)?;
-            insert_row(tx, &mut insert, recent, &trace, &rule_names(&trace.body))?;
+            let mut inserts = Inserts::prepare(tx)?;
+            insert_row(tx, &mut inserts, recent, &trace, &rule_names(&trace.body))?;
         }
         Some((id, mut trace)) if id > 0 => {
-            let before = rule_names(&trace.body);
+            let before = rule_names(&trace.body).into_owned();
             trace.apply(fact);
             let after = rule_names(&trace.body);
             if before != after {
@@ -1126,11 +1156,11 @@ impl Traces for SqliteStore {
         self.run_traces_then(
             move |tx| {
                 let pending = any_pending(tx)?;
-                let mut insert = tx.prepare_cached(INSERT_TRACE)?;
+                let mut inserts = Inserts::prepare(tx)?;
                 for trace in traces.iter() {
-                    record(tx, &mut insert, &recent, trace, pending)?;
+                    record(tx, &mut inserts, &recent, trace, pending)?;
                 }
-                drop(insert);
+                drop(inserts);
                 if recent.len() >= tiering.merge_at {
                     return trace_ids::merge(tx, Some(&recent), tiering);
                 }
