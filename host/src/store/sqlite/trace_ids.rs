@@ -143,9 +143,9 @@ impl Merged {
 /// traces' writer for the row routing gave a matched event (issue 10's
 /// profile: 0.4–0.6 µs an event on each). A matched event's row is not
 /// noted at all: its entry names it (`traces_seq`). A lookup scans the
-/// chunks' keys — those whose receive times hold the trace's when it knows
-/// them (facts, replay marks: one or two chunks), all of them when it does
-/// not (a lookup by id: a few megabytes, well under a millisecond).
+/// keys of the chunks that may hold its key (see [`FILTER_BITS`]) — among
+/// those whose receive times hold the trace's when it knows them (replay
+/// marks: one or two chunks).
 #[derive(Debug, Default)]
 struct Recent {
     entries: VecDeque<EntryChunk>,
@@ -155,18 +155,28 @@ struct Recent {
 }
 
 /// Up to [`CHUNK`] noted log entries: their keys and positions side by
-/// side (a scan reads the keys alone) and the span of their receive times.
+/// side (a scan reads the keys alone), the span of their receive times,
+/// and a filter of their keys (a Bloom filter: two bits a key).
 #[derive(Debug)]
 struct EntryChunk {
     keys: Vec<i64>,
     seqs: Vec<i64>,
     first_ms: i64,
     last_ms: i64,
+    filter: Box<[u64]>,
 }
 
 /// Entries a chunk holds: a lookup that knows the receive time scans one
 /// or two chunks of this many keys (32 KB), a few microseconds.
 const CHUNK: usize = 4096;
+
+/// Bits in a chunk's filter: 16 a key, 8 KB a chunk. With two bits a key,
+/// a key the chunk does not hold passes it 1.4 % of the time, so a lookup
+/// without a receive time (a retry's fact, a lookup by id) scans about one
+/// chunk in 70 besides its own instead of every one — two probes a chunk,
+/// some tens of microseconds at the most a merge lets wait, where a scan
+/// of every key was a few hundred.
+const FILTER_BITS: usize = CHUNK * 16;
 
 impl EntryChunk {
     fn new() -> Self {
@@ -175,11 +185,36 @@ impl EntryChunk {
             seqs: Vec::with_capacity(CHUNK),
             first_ms: i64::MAX,
             last_ms: i64::MIN,
+            filter: vec![0; FILTER_BITS / 64].into_boxed_slice(),
         }
     }
 
     fn holds(&self, received_ms: i64) -> bool {
         self.first_ms <= received_ms && received_ms <= self.last_ms
+    }
+
+    /// The filter's two bits for `key`: two disjoint slices of it (keys
+    /// are well-mixed hashes already).
+    fn bits(key: i64) -> [usize; 2] {
+        let key = key as u64 as usize;
+        [key % FILTER_BITS, (key >> 16) % FILTER_BITS]
+    }
+
+    fn add(&mut self, key: i64, seq: i64, received_ms: i64) {
+        self.keys.push(key);
+        self.seqs.push(seq);
+        self.first_ms = self.first_ms.min(received_ms);
+        self.last_ms = self.last_ms.max(received_ms);
+        for bit in Self::bits(key) {
+            self.filter[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    /// Whether the chunk may hold `key` (it does if it was added).
+    fn may_hold(&self, key: i64) -> bool {
+        Self::bits(key)
+            .iter()
+            .all(|bit| self.filter[bit / 64] & (1 << (bit % 64)) != 0)
     }
 }
 
@@ -190,20 +225,18 @@ impl Recent {
             self.entries.push_back(EntryChunk::new());
         }
         if let Some(chunk) = self.entries.back_mut() {
-            chunk.keys.push(key);
-            chunk.seqs.push(seq);
-            chunk.first_ms = chunk.first_ms.min(received_ms);
-            chunk.last_ms = chunk.last_ms.max(received_ms);
+            chunk.add(key, seq, received_ms);
             self.entry_count += 1;
         }
     }
 
     /// The ids under `key`: rows, and entries as `-seq` — of the chunks
-    /// whose receive times hold `received_ms`, or all without it.
+    /// whose receive times hold `received_ms` (all without it) and whose
+    /// filter lets the key through.
     fn ids(&self, key: i64, received_ms: Option<i64>) -> Vec<i64> {
         let mut ids: Vec<i64> = self.rows.get(&key).cloned().unwrap_or_default();
         for chunk in &self.entries {
-            if received_ms.is_some_and(|ms| !chunk.holds(ms)) {
+            if received_ms.is_some_and(|ms| !chunk.holds(ms)) || !chunk.may_hold(key) {
                 continue;
             }
             for (at, k) in chunk.keys.iter().enumerate() {
@@ -586,6 +619,21 @@ mod tests {
         assert!(!recent.may_be_merged(101, Look::Rows));
         assert!(recent.may_be_merged(300, Look::RowsAndLog));
         assert!(!recent.may_be_merged(301, Look::RowsAndLog));
+    }
+
+    #[test]
+    fn a_chunks_filter_lets_its_keys_through_and_few_others() {
+        let mut chunk = EntryChunk::new();
+        let keys: Vec<i64> = (0..CHUNK).map(|i| key("t", &format!("in{i}"))).collect();
+        for (seq, k) in keys.iter().enumerate() {
+            chunk.add(*k, seq as i64, 0);
+        }
+        assert!(keys.iter().all(|k| chunk.may_hold(*k)));
+        let others = (0..10_000)
+            .filter(|i| chunk.may_hold(key("t", &format!("out{i}"))))
+            .count();
+        // 1.4 % expected.
+        assert!(others < 300, "{others} of 10,000 pass");
     }
 
     #[test]
