@@ -1659,6 +1659,33 @@ async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
     assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
 }
 
+/// The routing record of a log entry that rule `r` matched, its target
+/// `t` in `state`.
+fn routed_by_rule_r(
+    entry: &crate::store::LogEntry,
+    state: crate::store::traces::TargetState,
+) -> Trace {
+    use crate::store::traces::{RuleOutcome, RuleTrace, TraceBody};
+    let mut t = Trace::received(&entry.event);
+    t.position = Some(entry.position);
+    let mut rule = RuleTrace {
+        rule: "r".into(),
+        outcome: RuleOutcome::Matched,
+        filter: None,
+        transform: None,
+        error: None,
+        targets: Vec::new(),
+    };
+    rule.target_mut("t").state = state;
+    t.body = TraceBody {
+        routed: true,
+        rules: vec![rule],
+        replays: Vec::new(),
+    };
+    t.state = Trace::derive_state(&t.body);
+    t
+}
+
 /// A trace of a log entry is inserted without a lookup when it cannot
 /// have a row yet — but an entry routing had not acknowledged when the
 /// file was closed is routed (and recorded) again after the reopen, and
@@ -1668,27 +1695,7 @@ async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
 #[tokio::test]
 async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
     use crate::store::TraceState;
-    use crate::store::traces::{RuleOutcome, RuleTrace, TargetState, TraceBody};
-    let routed = |entry: &crate::store::LogEntry, state: TargetState| {
-        let mut t = Trace::received(&entry.event);
-        t.position = Some(entry.position);
-        let mut rule = RuleTrace {
-            rule: "r".into(),
-            outcome: RuleOutcome::Matched,
-            filter: None,
-            transform: None,
-            error: None,
-            targets: Vec::new(),
-        };
-        rule.target_mut("t").state = state;
-        t.body = TraceBody {
-            routed: true,
-            rules: vec![rule],
-            replays: Vec::new(),
-        };
-        t.state = Trace::derive_state(&t.body);
-        t
-    };
+    use crate::store::traces::TargetState;
     let states = |store: SqliteStore| async move {
         let mut out = Vec::new();
         for id in ["h", "u", "n"] {
@@ -1713,7 +1720,7 @@ async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
         let entries = consumer.next(10, Duration::ZERO).await.unwrap();
         let first: Vec<Trace> = entries
             .iter()
-            .map(|e| routed(e, TargetState::Retrying))
+            .map(|e| routed_by_rule_r(e, TargetState::Retrying))
             .collect();
         store.record_traces(first.into()).await.unwrap();
         // Not acknowledged: the bus stops before routing's ack.
@@ -1732,7 +1739,7 @@ async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
     assert_eq!(entries.len(), 3, "the unacknowledged entries come again");
     let again: Vec<Trace> = entries
         .iter()
-        .map(|e| routed(e, TargetState::Delivered))
+        .map(|e| routed_by_rule_r(e, TargetState::Delivered))
         .collect();
     store.record_traces(again.into()).await.unwrap();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 3);
@@ -1748,7 +1755,7 @@ async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
 /// merges) still reach it.
 #[tokio::test]
 async fn a_matched_events_row_is_found_through_its_log_entry() {
-    use crate::store::traces::{AttemptRecord, RuleOutcome, RuleTrace, TargetState, TraceBody};
+    use crate::store::traces::{AttemptRecord, TargetState};
     use crate::store::{TraceFact, TraceKey, TraceState};
     let dir = tempfile::tempdir().unwrap();
     {
@@ -1759,23 +1766,7 @@ async fn a_matched_events_row_is_found_through_its_log_entry() {
             .await
             .unwrap();
         let entries = consumer.next(10, Duration::ZERO).await.unwrap();
-        let mut t = Trace::received(&entries[0].event);
-        t.position = Some(entries[0].position);
-        let mut rule = RuleTrace {
-            rule: "r".into(),
-            outcome: RuleOutcome::Matched,
-            filter: None,
-            transform: None,
-            error: None,
-            targets: Vec::new(),
-        };
-        rule.target_mut("t").state = TargetState::Retrying;
-        t.body = TraceBody {
-            routed: true,
-            rules: vec![rule],
-            replays: Vec::new(),
-        };
-        t.state = Trace::derive_state(&t.body);
+        let t = routed_by_rule_r(&entries[0], TargetState::Retrying);
         store.record_traces(vec![t].into()).await.unwrap();
         assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
         assert_eq!(
