@@ -343,7 +343,6 @@ CREATE TABLE log_traces (expired INTEGER NOT NULL);
 INSERT INTO log_traces (expired) VALUES (0);
 "#;
 
-/// `traces.db`'s steps, as [`STEPS`] for the main file.
 /// `traces.db`, version 7: merged trace ids as sorted runs
 /// (`trace_id_runs.rs`) instead of one B-tree of random keys that every
 /// merge rewrote whole. `trace_id_runs` is the catalog: a run's state (0
@@ -377,7 +376,40 @@ INSERT INTO trace_id_keys (run, key, trace) SELECT 1, key, trace FROM trace_ids;
 DROP TABLE trace_ids;
 "#;
 
-pub(super) const TRACES_STEPS: [(i64, &str); 7] = [
+/// `traces.db`, version 8 (issue 10, the cost of tracing): the trace of a
+/// log entry that keeps its head is a row of `entry_traces`, keyed by the
+/// entry's position, holding the routing record (state, rules, body) and
+/// of the entry's head only the tenant and time its uncommon states are
+/// searched by, instead of a `traces` row. A `traces` row cost its write
+/// a table insert with the `AUTOINCREMENT` counter's update, the
+/// `traces_seq` entry that led the entry to it, and copies of the
+/// entry's id, bus, source and type; an `entry_traces` row is one insert
+/// at the right edge of one B-tree, found by the position. Its
+/// `trace_rules` rows name it as `-seq` (a `traces` row's id is
+/// positive). `entry_traces_uncommon` is `traces_uncommon` for these
+/// rows (in (time, position) order, a head walk's). Rows moved over
+/// keep their rule rows, renamed; runs of trace ids that name a moved row
+/// by its old id still name its entry as `-seq` (every traced entry's id
+/// is merged as that), which finds it.
+pub(super) const TRACES_V8: &str = r#"
+CREATE TABLE entry_traces (
+    seq INTEGER PRIMARY KEY, tenant TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    state TEXT NOT NULL, rules TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX entry_traces_uncommon ON entry_traces (tenant, state, received_ms)
+    WHERE state <> 'delivered' AND state <> 'no_match' AND state <> 'filtered_out';
+INSERT OR REPLACE INTO entry_traces (seq, tenant, received_ms, state, rules, body)
+    SELECT seq, tenant, received_ms, state, rules, body FROM traces
+    WHERE in_log = 1 AND seq IS NOT NULL ORDER BY id;
+INSERT OR IGNORE INTO trace_rules (tenant, rule, received_ms, trace)
+    SELECT r.tenant, r.rule, r.received_ms, -t.seq FROM trace_rules r JOIN traces t ON t.id = r.trace
+    WHERE t.in_log = 1 AND t.seq IS NOT NULL
+      AND t.id = (SELECT MAX(n.id) FROM traces n WHERE n.seq = t.seq AND n.in_log = 1);
+DELETE FROM trace_rules WHERE trace IN (SELECT id FROM traces WHERE in_log = 1);
+DELETE FROM traces WHERE in_log = 1;
+"#;
+
+/// `traces.db`'s steps, as [`STEPS`] for the main file.
+pub(super) const TRACES_STEPS: [(i64, &str); 8] = [
     (1, TRACES_V1),
     (2, TRACES_V2),
     (3, TRACES_V3),
@@ -385,6 +417,7 @@ pub(super) const TRACES_STEPS: [(i64, &str); 7] = [
     (5, TRACES_V5),
     (6, TRACES_V6),
     (7, TRACES_V7),
+    (8, TRACES_V8),
 ];
 
 /// The version of `traces.db` this build writes.

@@ -722,6 +722,120 @@ async fn traces_of_a_version_4_data_dir_move_to_their_own_file() {
     assert_eq!(version, schema::TRACES_CURRENT);
 }
 
+/// Version 8 of `traces.db` moves the rows of traced log entries to
+/// `entry_traces`: their traces read, search by rule and state and take
+/// facts as before, an entry with two rows keeps the newer, and a run of
+/// trace ids that names a moved row by its old id still finds it through
+/// the entry.
+#[tokio::test]
+async fn rows_of_traced_entries_of_a_version_7_traces_file_move_to_entry_traces() {
+    use crate::store::traces::{AttemptRecord, TargetState};
+    use crate::store::{TraceFact, TraceKey, TraceQuery, TraceState};
+    let dir = tempfile::tempdir().unwrap();
+    let positions: Vec<i64> = {
+        let store = open_at(dir.path(), manual());
+        let consumer = store.consumer().await.unwrap();
+        store
+            .append(vec![
+                traced_event("a", T0, "shop"),
+                traced_event("b", T0 + 1, "shop"),
+            ])
+            .await
+            .unwrap();
+        let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+        consumer
+            .ack(entries.iter().map(|e| e.ack.clone()).collect())
+            .await
+            .unwrap();
+        entries.iter().map(|e| e.position).collect()
+    };
+    {
+        // The file as version 7 wrote it: rows with `in_log = 1` (b's
+        // twice: the older row's rule must not survive), their rules by
+        // row id, and a run naming a's row by its id.
+        let conn = Connection::open(dir.path().join(TRACES_FILE)).unwrap();
+        let (a, b) = (positions[0], positions[1]);
+        let t1 = T0 + 1;
+        conn.execute_batch(&format!(
+            r#"
+            DROP TABLE entry_traces;
+            INSERT INTO traces (id, tenant, bus, event_id, received_ms, source, type, state, size,
+                replay, rules, body, event, seq, in_log) VALUES
+                (7, 'acme', 'orders', 'a', {T0}, 'shop', 'order', 'retrying', 2, NULL, 'ra',
+                 '{{"routed":true,"rules":[{{"rule":"ra","outcome":"matched","targets":[{{"target":"t","state":"retrying"}}]}}]}}', X'', {a}, 1),
+                (8, 'acme', 'orders', 'b', {t1}, 'shop', 'order', 'delivered', 2, NULL, 'old',
+                 '{{"routed":true,"rules":[{{"rule":"old","outcome":"matched"}}]}}', X'', {b}, 1),
+                (9, 'acme', 'orders', 'b', {t1}, 'shop', 'order', 'delivered', 2, NULL, 'rb',
+                 '{{"routed":true,"rules":[{{"rule":"rb","outcome":"matched"}}]}}', X'', {b}, 1);
+            INSERT INTO trace_rules VALUES ('acme', 'ra', {T0}, 7), ('acme', 'old', {t1}, 8),
+                ('acme', 'rb', {t1}, 9);
+            INSERT INTO trace_id_runs (run, state, tier, keys, first_ms, last_ms, first_trace,
+                last_trace, last_seq) VALUES (99, 0, 0, 1, {T0}, {T0}, 7, 7, 0);
+            INSERT INTO trace_id_keys VALUES (99, {ka}, 7);
+            "#,
+            ka = super::trace_ids::key("acme", "a"),
+        ))
+        .unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
+    }
+    let store = open_at(dir.path(), manual());
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 0);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 2);
+    let a = store.trace("acme", "a", None).await.unwrap().expect("a");
+    assert_eq!(
+        (a.state, a.body.rules[0].rule.as_str(), &a.event[..]),
+        (
+            TraceState::Retrying,
+            "ra",
+            &traced_event("a", T0, "shop").body[..]
+        )
+    );
+    let b = store.trace("acme", "b", None).await.unwrap().expect("b");
+    assert_eq!(b.body.rules[0].rule, "rb", "the newer row");
+    let by_rule = |rule: &str| TraceQuery {
+        rule: Some(rule.into()),
+        ..TraceQuery::default()
+    };
+    assert_eq!(search_all(&store, &by_rule("ra"), 10).await, ["a:retrying"]);
+    assert_eq!(
+        search_all(&store, &by_rule("rb"), 10).await,
+        ["b:delivered"]
+    );
+    assert!(search_all(&store, &by_rule("old"), 10).await.is_empty());
+    let retrying = TraceQuery {
+        state: Some(TraceState::Retrying),
+        ..TraceQuery::default()
+    };
+    assert_eq!(search_all(&store, &retrying, 10).await, ["a:retrying"]);
+    // A fact reaches the moved trace; it leaves the uncommon states.
+    let key = TraceKey {
+        tenant: "acme".into(),
+        bus: "orders".into(),
+        event_id: "a".into(),
+        received_ms: Some(T0),
+    };
+    let delivered = TraceFact::Attempt {
+        rule: "ra".into(),
+        target: "t".into(),
+        attempt: AttemptRecord {
+            at_ms: T0 + 10,
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+        },
+        next: TargetState::Delivered,
+    };
+    store
+        .add_trace_facts(vec![(key, delivered)].into())
+        .await
+        .unwrap();
+    assert!(search_all(&store, &retrying, 10).await.is_empty());
+    assert_eq!(
+        search_all(&store, &TraceQuery::default(), 10).await,
+        ["b:delivered", "a:delivered"]
+    );
+}
+
 #[tokio::test]
 async fn traces_of_a_version_3_traces_file_are_searched_through_the_new_indexes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1656,7 +1770,8 @@ async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
         (n1.state, n1.body.routed, n1.body.replays),
         (TraceState::NoMatch, true, vec![mark])
     );
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 1);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 0);
 }
 
 /// The routing record of a log entry that rule `r` matched, its target
@@ -1742,14 +1857,16 @@ async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
         .map(|e| routed_by_rule_r(e, TargetState::Delivered))
         .collect();
     store.record_traces(again.into()).await.unwrap();
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 3);
+    // h and n are their entries' traces, u (its head not in the log) a row.
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 2);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
     assert_eq!(
         states(store.clone()).await,
         [Some(TraceState::Delivered); 3]
     );
 }
 
-/// A matched event's row is found through its log entry (`traces_seq`):
+/// A matched event's row is found through its log entry (`entry_traces`):
 /// the row gets no id of its own among the recent ids or in a merged run
 /// — the entry's is the only one — and lookups, facts and a reopen (which
 /// merges) still reach it.
@@ -1768,7 +1885,8 @@ async fn a_matched_events_row_is_found_through_its_log_entry() {
         let entries = consumer.next(10, Duration::ZERO).await.unwrap();
         let t = routed_by_rule_r(&entries[0], TargetState::Retrying);
         store.record_traces(vec![t].into()).await.unwrap();
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 1);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 1);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 0);
         assert_eq!(
             store
                 .inner
@@ -1998,9 +2116,14 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
         .await
         .unwrap();
     assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM entry_traces").await,
+        1,
+        "m, its entry's trace"
+    );
+    assert_eq!(
         count(&store, "SELECT COUNT(*) FROM traces").await,
-        2,
-        "m and x"
+        1,
+        "x, without an entry"
     );
     check_log_only_traces(&store).await;
     drop(consumer);
@@ -2030,18 +2153,24 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
         .add_trace_facts(vec![(key, TraceFact::Replayed(mark))].into())
         .await
         .unwrap();
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 3);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 2);
     let n1 = store.trace("acme", "n1", None).await.unwrap().expect("n1");
     assert_eq!((n1.body.replays.len(), n1.state), (1, TraceState::NoMatch));
     assert_eq!(n1.event, traced_event("n1", T0, "shop").body);
     check_log_only_traces(&store).await;
 
-    // Nothing is pruned while traces need the entries (n1's row pins the
-    // log from its entry on); the sweep ends the traces received before
-    // T0 + 3 (rows m and n1, entries n1, m and n2), and then the prune
-    // takes the entries.
-    assert_eq!(store.prune(T0 + 10).await.unwrap(), 0);
-    assert_eq!(store.expire_traces(T0 + 3, u64::MAX, 100).await.unwrap(), 5);
+    // No traced entry is pruned while it is a trace (u, untraced, goes);
+    // the sweep ends the traces received before T0 + 3 (entries n1, m and
+    // n2, with the `entry_traces` rows of n1 and m), and then the prune
+    // takes their entries.
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 1, "u");
+    assert_eq!(store.expire_traces(T0 + 3, u64::MAX, 100).await.unwrap(), 3);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 0);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM trace_rules WHERE trace < 0").await,
+        0,
+        "m's rule row went with it"
+    );
     assert!(store.trace("acme", "n2", None).await.unwrap().is_none());
     assert_eq!(search_all(&store, &all(), 10).await, ["x:no_match"]);
     trace_ids_settled(&store).await;
@@ -2049,7 +2178,7 @@ async fn a_trace_without_rules_is_its_log_entry_alone() {
         count(&store, "SELECT COUNT(*) FROM trace_id_keys WHERE trace < 0").await,
         0
     );
-    assert_eq!(store.prune(T0 + 10).await.unwrap(), 4, "n1, m, u, n2");
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 3, "n1, m, n2");
 }
 
 /// The prune takes an untraced entry as soon as it is routed and old, and

@@ -28,8 +28,9 @@
 //! Log entries that keep their trace's head (a trace that matched no rule
 //! has no row: see `TRACES_V6`) are indexed the same way, as `-seq`: the
 //! store notes them when their append commits, and a merge reads them
-//! from the log. The row routing gives such an entry's trace (it matched
-//! a rule) has no key of its own: the entry leads to it (`traces_seq`).
+//! from the log. The `entry_traces` row routing gives such an entry's
+//! trace (it matched a rule) has no key of its own: it is keyed by the
+//! entry's position.
 //! Their latest receive time is kept apart from the rows'
 //! ([`Look`]): entries are merged as they are appended, ahead of the
 //! routing that records rows, so one shared time would send every record
@@ -142,7 +143,7 @@ impl Merged {
 /// cache misses an entry on the store's writer, and two more on the
 /// traces' writer for the row routing gave a matched event (issue 10's
 /// profile: 0.4–0.6 µs an event on each). A matched event's row is not
-/// noted at all: its entry names it (`traces_seq`). A lookup scans the
+/// noted at all: it is keyed by its entry's position (`entry_traces`). A lookup scans the
 /// keys of the chunks that may hold its key (see [`FILTER_BITS`]) — among
 /// those whose receive times hold the trace's when it knows them (replay
 /// marks: one or two chunks).
@@ -368,11 +369,20 @@ impl RecentTraceIds {
     /// rows given to entries that routing has not reached are found there.
     pub(super) fn merged_before(conn: &Connection) -> anyhow::Result<Self> {
         let merged = merged_mark(conn)?;
+        let route: i64 = conn
+            .query_row(
+                "SELECT COALESCE((SELECT seq FROM log.cursors WHERE name = 'route'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .context("reading the route cursor")?;
         let rows_ahead: Option<i64> = conn
             .query_row(
-                "SELECT MAX(received_ms) FROM traces WHERE seq > \
-                 COALESCE((SELECT seq FROM log.cursors WHERE name = 'route'), 0)",
-                [],
+                "SELECT MAX(ms) FROM ( \
+                   SELECT MAX(received_ms) AS ms FROM traces WHERE seq > ?1 \
+                   UNION ALL \
+                   SELECT MAX(received_ms) FROM entry_traces WHERE seq > ?1)",
+                [route],
                 |r| r.get(0),
             )
             .context("reading the traces of entries not routed yet")?;
@@ -467,18 +477,14 @@ pub(super) fn merge(
         ..NewRun::default()
     };
     {
-        // A row whose log entry keeps its head is found through the
-        // entry (`traces_seq`): it passes the mark without a key of its own.
-        let mut stmt = tx.prepare_cached(
-            "SELECT id, tenant, event_id, received_ms, in_log FROM traces WHERE id > ?",
-        )?;
+        // The trace of a log entry that keeps its head has no `traces`
+        // row: the entry's `-seq` below leads to it (`entry_traces`).
+        let mut stmt =
+            tx.prepare_cached("SELECT id, tenant, event_id, received_ms FROM traces WHERE id > ?")?;
         let mut rows = stmt.query([before.mark])?;
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             after.mark = after.mark.max(id);
-            if r.get::<_, bool>(4)? {
-                continue;
-            }
             let (tenant, event_id): (String, String) = (r.get(1)?, r.get(2)?);
             let received_ms: i64 = r.get(3)?;
             run.keys.push((key(&tenant, &event_id), id));

@@ -7,17 +7,23 @@
 //!   received, where and what, and the route cursor whether it is routed
 //!   (`no_match`) or not yet (`in_flight`). Most traces are these; their
 //!   row was most of what tracing cost (issue 10).
-//! - **Every other trace has a `traces` row** (the head in columns, the
-//!   routing record as JSON in `body`), one `trace_rules` row per matched
-//!   rule (search by rule), and `trace_pending` keeps facts that arrived
-//!   before their trace. A row made from a log entry keeps the entry's
-//!   position (`seq`) instead of a copy of the event; the log keeps the
-//!   entry while a row refers to it (`EventLog::prune`).
-//! - **Search** walks, per bus, the traced log entries (with their rows,
-//!   if any) and the rows without such an entry (`traces_rows`) together,
-//!   newest first, filtering on the head; a rule's search walks
-//!   `trace_rules`, an uncommon state's `traces_uncommon`. A walk stops
-//!   after a page or its scan budget.
+//! - **Every other trace of such an entry is an `entry_traces` row**
+//!   keyed by the entry's position: its state, rule names and routing
+//!   record (JSON), and of what the entry says only the tenant and time
+//!   (`TRACES_V8`).
+//! - **A trace without such an entry has a `traces` row** (the head in
+//!   columns); one made from a log entry keeps the entry's position
+//!   (`seq`) instead of a copy of the event, and the log keeps the entry
+//!   while a row refers to it (`EventLog::prune`). Both kinds have one
+//!   `trace_rules` row per matched rule (search by rule; an entry's trace
+//!   as `-seq`), and `trace_pending` keeps facts that arrived before
+//!   their trace.
+//! - **Search** walks, per bus, the traced log entries (with their
+//!   `entry_traces` rows, if any) and the rows without such an entry
+//!   (`traces_rows`) together, newest first, filtering on the head; a
+//!   rule's search walks `trace_rules`, an uncommon state's
+//!   `traces_uncommon` and `entry_traces_uncommon`. A walk stops after a
+//!   page or its scan budget.
 //! - **An event id finds its trace** through [`trace_ids`] (recent ones in
 //!   memory, older ones merged in bulk into sorted runs), rows by id and
 //!   log entries as `-seq`, not through an index written per trace.
@@ -65,6 +71,7 @@ fn rule_names(body: &TraceBody) -> Cow<'_, str> {
 /// its SQL, two of them a matched event's 0.16 µs on the traces' writer.
 struct Inserts<'t> {
     trace: rusqlite::CachedStatement<'t>,
+    entry: rusqlite::CachedStatement<'t>,
     rule: rusqlite::CachedStatement<'t>,
 }
 
@@ -72,8 +79,36 @@ impl<'t> Inserts<'t> {
     fn prepare(tx: &'t Transaction<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             trace: tx.prepare_cached(INSERT_TRACE)?,
+            entry: tx.prepare_cached(INSERT_ENTRY_TRACE)?,
             rule: tx.prepare_cached(INSERT_RULE)?,
         })
+    }
+}
+
+/// Inserts the `entry_traces` row of a log entry. Not `OR REPLACE`: a
+/// statement that may delete a row before it inserts one writes every page
+/// it changes to a statement journal too (1.5 times the traces' writer's
+/// CPU a matched event, measured), and callers know whether the row exists.
+const INSERT_ENTRY_TRACE: &str = "INSERT INTO entry_traces \
+     (seq, tenant, received_ms, state, rules, body) VALUES (?, ?, ?, ?, ?, ?)";
+
+/// Where a trace is kept: a `traces` row, or log entry `seq` — with its
+/// `entry_traces` row (`recorded`) or alone (it matched no rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Row(i64),
+    Entry { seq: i64, recorded: bool },
+}
+
+impl Place {
+    /// The name a trace's `trace_rules` rows and runs of trace ids give
+    /// it: a row's id, an entry's `-seq`. Of two traces received in the
+    /// same millisecond, the one with the greater name is the newer.
+    fn name(self) -> i64 {
+        match self {
+            Self::Row(id) => id,
+            Self::Entry { seq, .. } => -seq,
+        }
     }
 }
 
@@ -188,10 +223,9 @@ fn log_routed(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 
 /// The trace that is log entry `seq` alone, if it is one of `tenant`'s
 /// event `event_id` (on `bus`, received at `received_ms`, where given): a
-/// traced entry, not expired (callers look for its row first: see
-/// [`entry_row`]). Its state is
-/// `no_match` once routed, `in_flight` before. With `with_event`, the
-/// event too.
+/// traced entry, not expired, as the entry alone says it (see
+/// [`entry_trace`] for its `entry_traces` row): `no_match` once routed,
+/// `in_flight` before. With `with_event`, the event too.
 fn log_trace(
     tx: &Transaction<'_>,
     seq: i64,
@@ -247,35 +281,75 @@ fn log_trace(
     }))
 }
 
-/// The row of the trace of log entry `seq`, read with `columns`, if it
-/// has one and it is `tenant`'s event `event_id` (on `bus`, received at
-/// `received_ms`, where given): a row whose entry keeps its head is found
-/// through the entry, not by a key of its own (see `trace_ids`).
-fn entry_row(
+/// The trace of log entry `seq`, if it is `tenant`'s event `event_id` (on
+/// `bus`, received at `received_ms`, where given) and a traced entry not
+/// expired: the entry's head with its `entry_traces` row, if it has one,
+/// or the entry alone (see [`log_trace`]). With `with_event`, the event
+/// too.
+fn entry_trace(
     tx: &Transaction<'_>,
     seq: i64,
-    columns: &str,
     key: (&str, &str, Option<&str>, Option<Millis>),
-) -> rusqlite::Result<Option<(i64, Trace)>> {
-    let (tenant, event_id, bus, received_ms) = key;
-    tx.prepare_cached(&format!(
-        "SELECT {columns} FROM traces WHERE seq = ?1 AND in_log = 1 AND tenant = ?2 \
-         AND event_id = ?3 AND (?4 IS NULL OR bus = ?4) AND (?5 IS NULL OR received_ms = ?5) \
-         ORDER BY id DESC LIMIT 1"
-    ))?
-    .query_row(params![seq, tenant, event_id, bus, received_ms], read_trace)
-    .optional()
+    with_event: bool,
+) -> anyhow::Result<Option<(Place, Trace)>> {
+    let Some(mut trace) = log_trace(tx, seq, key, with_event)? else {
+        return Ok(None);
+    };
+    let recorded = match recorded_entry(tx, seq)? {
+        Some((state, body)) => {
+            trace.state = state;
+            trace.body = body;
+            true
+        }
+        None => false,
+    };
+    Ok(Some((Place::Entry { seq, recorded }, trace)))
 }
 
-/// Writes a trace's changed body and state.
-fn update(tx: &Transaction<'_>, id: i64, trace: &Trace) -> anyhow::Result<()> {
-    tx.prepare_cached("UPDATE traces SET state = ?, rules = ?, body = ? WHERE id = ?")?
-        .execute(params![
-            trace.state.as_str(),
-            rule_names(&trace.body),
-            serde_json::to_string(&trace.body)?,
-            id
-        ])?;
+/// The state and routing record of log entry `seq`'s `entry_traces` row.
+fn recorded_entry(
+    tx: &Transaction<'_>,
+    seq: i64,
+) -> anyhow::Result<Option<(TraceState, TraceBody)>> {
+    let found: Option<(String, String)> = tx
+        .prepare_cached("SELECT state, body FROM entry_traces WHERE seq = ?")?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(found.map(|(state, body)| {
+        (
+            TraceState::parse(&state).unwrap_or(TraceState::InFlight),
+            serde_json::from_str(&body).unwrap_or_default(),
+        )
+    }))
+}
+
+/// Writes a trace's changed body and state where it is kept (a row, or an
+/// entry's `entry_traces` row: a trace that is its entry alone gets one
+/// through [`insert_row`]).
+fn update(tx: &Transaction<'_>, place: Place, trace: &Trace) -> anyhow::Result<()> {
+    debug_assert!(
+        !matches!(
+            place,
+            Place::Entry {
+                recorded: false,
+                ..
+            }
+        ),
+        "an entry's first row is inserted"
+    );
+    let (state, rules, body) = (
+        trace.state.as_str(),
+        rule_names(&trace.body),
+        serde_json::to_string(&trace.body)?,
+    );
+    match place {
+        Place::Row(id) => tx
+            .prepare_cached("UPDATE traces SET state = ?, rules = ?, body = ? WHERE id = ?")?
+            .execute(params![state, rules, body, id])?,
+        Place::Entry { seq, .. } => tx
+            .prepare_cached("UPDATE entry_traces SET state = ?, rules = ?, body = ? WHERE seq = ?")?
+            .execute(params![state, rules, body, seq])?,
+    };
     Ok(())
 }
 
@@ -307,52 +381,43 @@ fn candidates(
 }
 
 /// The newest trace of `tenant`'s event `event_id` (on `bus`, received at
-/// `received_ms`, where given), read with `columns`: its row id, or
-/// `-seq` for a trace that is log entry `seq` alone.
+/// `received_ms`, where given), read with `columns` (a row's; an entry's
+/// trace has the event with [`COLUMNS`]), and where it is kept.
 fn find(
     tx: &Transaction<'_>,
     recent: &RecentTraceIds,
     columns: &str,
     key: (&str, &str, Option<&str>, Option<Millis>),
     look: Look,
-) -> anyhow::Result<Option<(i64, Trace)>> {
+) -> anyhow::Result<Option<(Place, Trace)>> {
     let (tenant, event_id, bus, received_ms) = key;
-    let mut newest: Option<(i64, Trace)> = None;
-    let mut candidates = candidates(tx, recent, tenant, event_id, received_ms, look)?;
-    // Rows first: a log entry whose row was found by its id (a merged run
-    // written before rows were found through their entries names both) is
-    // that row's trace.
-    candidates.sort_unstable_by_key(|row| std::cmp::Reverse(*row));
-    let mut entries_with_rows: Vec<i64> = Vec::new();
-    for row in candidates {
-        if row < 0 && (look == Look::Rows || entries_with_rows.contains(&-row)) {
-            continue;
-        }
-        let found = if row < 0 {
-            match entry_row(tx, -row, columns, key)? {
-                Some(found) => Some(found),
-                None => log_trace(tx, -row, key, columns == COLUMNS)?.map(|t| (row, t)),
+    let mut newest: Option<(Place, Trace)> = None;
+    for name in candidates(tx, recent, tenant, event_id, received_ms, look)? {
+        // A run written before `entry_traces` may name a moved row by its
+        // old id: no such row is left, and its entry's `-seq` finds it.
+        let found = if name < 0 {
+            if look == Look::Rows {
+                continue;
             }
+            entry_trace(tx, -name, key, columns == COLUMNS)?
         } else {
             tx.prepare_cached(&format!(
                 "SELECT {columns} FROM traces WHERE id = ?1 AND tenant = ?2 AND event_id = ?3 \
                  AND (?4 IS NULL OR bus = ?4) AND (?5 IS NULL OR received_ms = ?5)"
             ))?
-            .query_row(params![row, tenant, event_id, bus, received_ms], read_trace)
+            .query_row(
+                params![name, tenant, event_id, bus, received_ms],
+                read_trace,
+            )
             .optional()?
+            .map(|(id, t)| (Place::Row(id), t))
         };
-        if let Some((_, trace)) = &found
-            && trace.head_in_log
-            && let Some(seq) = trace.position
-        {
-            entries_with_rows.push(seq);
-        }
-        if let Some((id, trace)) = found
+        if let Some((place, trace)) = found
             && newest
                 .as_ref()
-                .is_none_or(|(nid, n)| (trace.received_ms, id) > (n.received_ms, *nid))
+                .is_none_or(|(p, n)| (trace.received_ms, place.name()) > (n.received_ms, p.name()))
         {
-            newest = Some((id, trace));
+            newest = Some((place, trace));
         }
     }
     Ok(newest)
@@ -399,13 +464,23 @@ fn record(
         Some(trace.received_ms),
     );
     let before = match trace.position {
-        Some(seq) if trace.head_in_log => entry_row(tx, seq, RECORD_COLUMNS, key)?,
+        Some(seq) if trace.head_in_log => recorded_entry(tx, seq)?.map(|(state, body)| {
+            let mut old = trace.clone();
+            (old.state, old.body) = (state, body);
+            (
+                Place::Entry {
+                    seq,
+                    recorded: true,
+                },
+                old,
+            )
+        }),
         _ => find(tx, recent, RECORD_COLUMNS, key, Look::Rows)?,
     };
     if before.is_none() && log_only {
         return Ok(());
     }
-    if let Some((id, old)) = before {
+    if let Some((place, old)) = before {
         // Recorded before: the event was routed again after a restart, or
         // a replay mark gave its log entry a row before routing recorded
         // it. Replace the row, keeping the replays it already shows
@@ -428,23 +503,25 @@ fn record(
         } else {
             trace
         };
+        let name = place.name();
         let rules = rule_names(&trace.body);
         index_rules(
             tx,
             &trace.tenant,
             &rule_names(&old.body),
             trace.received_ms,
-            id,
+            name,
             false,
         )?;
-        update(tx, id, trace)?;
-        index_rules(tx, &trace.tenant, &rules, trace.received_ms, id, true)?;
+        update(tx, place, trace)?;
+        index_rules(tx, &trace.tenant, &rules, trace.received_ms, name, true)?;
         return Ok(());
     }
     insert_row(tx, inserts, recent, trace, &rule_names(&trace.body))
 }
 
-/// Inserts a trace's row (`rules`: its [`rule_names`]).
+/// Writes a new trace (`rules`: its [`rule_names`]): the `entry_traces`
+/// row of a log entry that keeps its head, or a `traces` row.
 fn insert_row(
     tx: &Transaction<'_>,
     inserts: &mut Inserts<'_>,
@@ -453,7 +530,23 @@ fn insert_row(
     rules: &str,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_string(&trace.body)?;
-    let in_log = trace.head_in_log && trace.position.is_some();
+    if let Some(seq) = trace.position.filter(|_| trace.head_in_log) {
+        // Found through its entry (`trace_ids` has the entry's `-seq`).
+        inserts.entry.execute(params![
+            seq,
+            trace.tenant,
+            trace.received_ms,
+            trace.state.as_str(),
+            rules,
+            body
+        ])?;
+        for rule in rules.split('\n').filter(|r| !r.is_empty()) {
+            inserts
+                .rule
+                .execute(params![trace.tenant, rule, trace.received_ms, -seq])?;
+        }
+        return Ok(());
+    }
     // A trace of a log entry refers to the entry, which the log keeps as
     // long as the trace (see `prune`): the copy was two thirds of the
     // bytes a trace wrote, and written again at every checkpoint.
@@ -476,12 +569,10 @@ fn insert_row(
         body,
         event,
         trace.position,
-        in_log
+        false
     ])?;
     let id = tx.last_insert_rowid();
-    if !in_log {
-        recent.note_row(trace_ids::key(&trace.tenant, &trace.event_id), id);
-    }
+    recent.note_row(trace_ids::key(&trace.tenant, &trace.event_id), id);
     for rule in rules.split('\n').filter(|r| !r.is_empty()) {
         inserts
             .rule
@@ -507,7 +598,12 @@ fn add_fact(
     match found {
         // A replay mark on a trace that is its log entry alone: the trace
         // gets its row now.
-        Some((id, mut trace)) if id < 0 && !fact.waits_for_trace() => {
+        Some((
+            Place::Entry {
+                recorded: false, ..
+            },
+            mut trace,
+        )) if !fact.waits_for_trace() => {
             if !trace.body.routed {
                 recent.row_ahead_of_routing(trace.received_ms);
             }
@@ -515,15 +611,16 @@ fn add_fact(
             let mut inserts = Inserts::prepare(tx)?;
             insert_row(tx, &mut inserts, recent, &trace, &rule_names(&trace.body))?;
         }
-        Some((id, mut trace)) if id > 0 => {
+        Some((place @ (Place::Row(_) | Place::Entry { recorded: true, .. }), mut trace)) => {
             let before = rule_names(&trace.body).into_owned();
             trace.apply(fact);
             let after = rule_names(&trace.body);
             if before != after {
-                index_rules(tx, &trace.tenant, &before, trace.received_ms, id, false)?;
-                index_rules(tx, &trace.tenant, &after, trace.received_ms, id, true)?;
+                let name = place.name();
+                index_rules(tx, &trace.tenant, &before, trace.received_ms, name, false)?;
+                index_rules(tx, &trace.tenant, &after, trace.received_ms, name, true)?;
             }
-            update(tx, id, &trace)?;
+            update(tx, place, &trace)?;
         }
         // Not recorded yet — or still its log entry alone, while the
         // routing record (it has rules, so it writes a row) is on its way.
@@ -567,6 +664,10 @@ const SEARCH_STEP: usize = 1_000;
 /// not `NOT IN` a list: see `TRACES_V5` in `schema.rs`.
 const UNCOMMON_STATE: &str =
     "t.state <> 'delivered' AND t.state <> 'no_match' AND t.state <> 'filtered_out'";
+
+/// [`UNCOMMON_STATE`] for `entry_traces_uncommon` (as `x`).
+const ENTRY_UNCOMMON_STATE: &str =
+    "x.state <> 'delivered' AND x.state <> 'no_match' AND x.state <> 'filtered_out'";
 
 /// Above every trace: where a walk without a cursor starts.
 const START: (Millis, i64) = (Millis::MAX, i64::MAX);
@@ -663,42 +764,78 @@ fn plan_search(
         };
     }
     let text = |s: &str| Sql::Text(s.to_owned());
-    let mut args: Vec<Sql> = vec![text(tenant)];
+    let (expired, _) = log;
+    let mut args: Vec<Sql> = vec![text(tenant), Sql::Integer(expired)];
     let arg = |args: &mut Vec<Sql>, v: Sql| {
         args.push(v);
         format!("?{}", args.len())
     };
-    let (ms, id) = if query.rule.is_some() {
-        ("r.received_ms", "r.trace")
-    } else {
-        ("t.received_ms", "t.id")
-    };
-    let columns = SearchColumns {
-        bus: "t.bus",
-        time: "t.received_ms",
-        cursor: (ms, id),
-        source: "t.source",
-        event_type: "t.type",
-    };
-    let mut conditions = search_conditions(query, after, &columns, &mut args);
-    if let Some(state) = query.state {
-        conditions += &format!(" AND t.state = {}", arg(&mut args, text(state.as_str())));
-    }
-    if uncommon.is_some() {
-        conditions += &format!(" AND {UNCOMMON_STATE}");
-    }
-    let cols = "t.id, t.event_id, t.bus, t.source, t.type, t.received_ms, t.state";
-    let order = format!("ORDER BY {ms} DESC, {id} DESC LIMIT {}", limit + 1);
+    let order =
+        |ms: &str, place: &str| format!("ORDER BY {ms} DESC, {place} DESC LIMIT {}", limit + 1);
     let sql = if let Some(rule) = &query.rule {
+        // One walk of the rule's `trace_rules` rows, newest first, each
+        // joined to its `traces` row or its entry and `entry_traces` row.
+        let columns = SearchColumns {
+            bus: "COALESCE(t.bus, e.bus)",
+            time: "r.received_ms",
+            cursor: ("r.received_ms", "r.trace"),
+            source: "COALESCE(t.source, e.source)",
+            event_type: "COALESCE(t.type, e.type)",
+        };
         let rule = arg(&mut args, text(rule));
+        let mut conditions = search_conditions(query, after, &columns, &mut args);
+        if let Some(state) = query.state {
+            let state = arg(&mut args, text(state.as_str()));
+            conditions += &format!(" AND COALESCE(t.state, x.state) = {state}");
+        }
         format!(
-            "SELECT {cols} FROM trace_rules r JOIN traces t ON t.id = r.trace \
-             WHERE r.tenant = ?1 AND r.rule = {rule} AND t.tenant = ?1{conditions} {order}"
+            "SELECT r.trace, COALESCE(t.event_id, e.event_id), COALESCE(t.bus, e.bus), \
+                    COALESCE(t.source, e.source), COALESCE(t.type, e.type), r.received_ms, \
+                    COALESCE(t.state, x.state) \
+             FROM trace_rules r \
+             LEFT JOIN traces t ON r.trace > 0 AND t.id = r.trace AND t.tenant = ?1 \
+             LEFT JOIN entry_traces x ON r.trace < 0 AND x.seq = -r.trace AND -r.trace > ?2 \
+             LEFT JOIN log.events e ON x.seq IS NOT NULL AND e.seq = x.seq AND e.tenant = ?1 \
+             WHERE r.tenant = ?1 AND r.rule = {rule} \
+               AND (t.id IS NOT NULL OR e.seq IS NOT NULL){conditions} {}",
+            order("r.received_ms", "r.trace")
         )
     } else {
+        // The rows and the entries' traces in an uncommon state, merged
+        // newest first: the entries' walk of `entry_traces_uncommon` is in
+        // (time, position) order, so a page reads a page of them, however
+        // many a tenant has (a bus dead-lettering everything). Rows are
+        // placed above entries in the same millisecond, as in a head walk.
+        let state = arg(&mut args, text(uncommon.map_or("", |s| s.as_str())));
+        let row_columns = SearchColumns {
+            bus: "t.bus",
+            time: "t.received_ms",
+            cursor: ("t.received_ms", "t.id"),
+            source: "t.source",
+            event_type: "t.type",
+        };
+        let rows_after = after.map(|(ms, place)| (ms, place.saturating_sub(ROW_PLACE)));
+        let row_conditions = search_conditions(query, rows_after, &row_columns, &mut args);
+        let entry_columns = SearchColumns {
+            bus: "e.bus",
+            time: "x.received_ms",
+            cursor: ("x.received_ms", "x.seq"),
+            source: "e.source",
+            event_type: "e.type",
+        };
+        let entry_conditions = search_conditions(query, after, &entry_columns, &mut args);
         format!(
-            "SELECT {cols} FROM traces t INDEXED BY traces_uncommon \
-             WHERE t.tenant = ?1{conditions} {order}"
+            "SELECT t.id + {ROW_PLACE}, t.event_id, t.bus, t.source, t.type, t.received_ms, \
+                    t.state \
+             FROM traces t INDEXED BY traces_uncommon \
+             WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = {state}{row_conditions} \
+             UNION ALL \
+             SELECT x.seq, e.event_id, e.bus, e.source, e.type, x.received_ms, x.state \
+             FROM entry_traces x INDEXED BY entry_traces_uncommon \
+             JOIN log.events e ON e.seq = x.seq \
+             WHERE x.tenant = ?1 AND {ENTRY_UNCOMMON_STATE} AND x.state = {state} \
+               AND x.seq > ?2{entry_conditions} {}",
+            order("6", "1")
         )
     };
     SearchPlan::Rows { sql, args }
@@ -757,10 +894,10 @@ fn search_conditions(
 }
 
 /// Plans a search for traces in flight: the rows in that state
-/// (`traces_uncommon`) and the traced log entries routing has not reached
-/// yet that have no row — a trace that is its log entry alone is in
-/// flight until then, and while routing is behind those are most of what
-/// such a search is for. Both are few; they are placed as a head walk
+/// (`traces_uncommon`, `entry_traces_uncommon`) and the traced log entries
+/// routing has not reached yet that have no row — a trace that is its log
+/// entry alone is in flight until then, and while routing is behind those
+/// are most of what such a search is for. Both are few; they are placed as a head walk
 /// places them (entries by position, rows shifted by [`ROW_PLACE`]), so a
 /// cursor says where in both a page ended. The entries are read by
 /// position from the routed point on (`NOT INDEXED`: the tenant's prefix
@@ -778,6 +915,7 @@ fn in_flight_plan(
         text(tenant),
         Sql::Integer(expired.max(routed)),
         text(TraceState::InFlight.as_str()),
+        Sql::Integer(expired),
     ];
     let columns = SearchColumns {
         bus: "bus",
@@ -794,10 +932,14 @@ fn in_flight_plan(
            FROM traces t INDEXED BY traces_uncommon \
            WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = ?3 \
            UNION ALL \
+           SELECT x.seq, e.event_id, e.bus, e.source, e.type, x.received_ms, x.state \
+           FROM entry_traces x INDEXED BY entry_traces_uncommon JOIN log.events e ON e.seq = x.seq \
+           WHERE x.tenant = ?1 AND {ENTRY_UNCOMMON_STATE} AND x.state = ?3 AND x.seq > ?4 \
+           UNION ALL \
            SELECT e.seq, e.event_id, e.bus, e.source, e.type, e.ingested_ms, ?3 \
            FROM log.events e NOT INDEXED \
            WHERE e.seq > ?2 AND e.tenant = ?1 AND e.source IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM traces r WHERE r.seq = e.seq AND r.in_log = 1)) \
+             AND NOT EXISTS (SELECT 1 FROM entry_traces x WHERE x.seq = e.seq)) \
          WHERE 1{conditions} ORDER BY received_ms DESC, place DESC LIMIT {}",
         limit + 1
     );
@@ -877,7 +1019,7 @@ fn lane_sql(kind: LaneKind, query: &TraceQuery, tenant: &str, log: (i64, i64)) -
         conditions += &format!(" AND {state} = {}", arg(&mut args, text(s.as_str())));
     }
     let join = match kind {
-        LaneKind::Log => " LEFT JOIN traces t ON t.seq = e.seq AND t.in_log = 1",
+        LaneKind::Log => " LEFT JOIN entry_traces t ON t.seq = e.seq",
         LaneKind::Rows => "",
     };
     let order = format!("ORDER BY {ms} DESC, {id} DESC");
@@ -1342,6 +1484,26 @@ fn expire_rows(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> a
     Ok(dropped)
 }
 
+/// Drops the `entry_traces` rows of the log entries in `(from, to]`, and
+/// their `trace_rules` rows: those traces expired with their entries.
+fn drop_entry_traces(tx: &Transaction<'_>, from: i64, to: i64) -> anyhow::Result<()> {
+    let dropped: Vec<(i64, String, Millis, String)> = tx
+        .prepare_cached(
+            "SELECT seq, tenant, received_ms, rules FROM entry_traces \
+             WHERE seq > ?1 AND seq <= ?2 AND rules <> ''",
+        )?
+        .query_map([from, to], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (seq, tenant, received_ms, rules) in &dropped {
+        index_rules(tx, tenant, rules, *received_ms, -seq, false)?;
+    }
+    tx.prepare_cached("DELETE FROM entry_traces WHERE seq > ?1 AND seq <= ?2")?
+        .execute([from, to])?;
+    Ok(())
+}
+
 /// How many log entries one call of [`expire_log`] reads at most: most
 /// entries it passes hold no trace (their bus does not trace), and it
 /// must pass them all.
@@ -1380,6 +1542,7 @@ fn expire_log(tx: &Transaction<'_>, before: Millis, over: u64, max: usize) -> an
     if point != expired {
         tx.prepare_cached("UPDATE log_traces SET expired = ?")?
             .execute([point])?;
+        drop_entry_traces(tx, expired, point)?;
     }
     if scanned == LOG_EXPIRY_SCAN && (dropped as usize) < max {
         return Ok(max as u64);
@@ -1449,6 +1612,100 @@ mod tests {
         );
     }
 
+    /// A search by rule walks the rule's `trace_rules` rows in their
+    /// order and reads each trace by its key (a row's id, an entry's
+    /// position): no sort, no scan, however many traces the rule has.
+    #[test]
+    fn a_search_by_rule_walks_the_rules_rows_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: crate::clock::SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(0));
+        drop(SqliteStore::open(dir.path(), super::super::Durability::Normal, clock).unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join(super::super::TRACES_FILE)).unwrap();
+        super::super::attach_log(&conn, &dir.path().join(super::super::DB_FILE)).unwrap();
+        for state in [
+            None,
+            Some(TraceState::Delivered),
+            Some(TraceState::Retrying),
+        ] {
+            let query = TraceQuery {
+                rule: Some("r".into()),
+                source: Some("shop".into()),
+                state,
+                ..Default::default()
+            };
+            let SearchPlan::Rows { sql, args } =
+                plan_search(&query, "t", Some((5, -3)), 10, (0, 0))
+            else {
+                panic!("a plan of rows");
+            };
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH r USING PRIMARY KEY")),
+                "{plan:?}"
+            );
+            for table in ["t", "x", "e"] {
+                assert!(
+                    plan.iter().any(|step| step
+                        .starts_with(&format!("SEARCH {table} USING INTEGER PRIMARY KEY"))),
+                    "{table}: {plan:?}"
+                );
+            }
+            assert!(
+                !plan
+                    .iter()
+                    .any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN")),
+                "{plan:?}"
+            );
+        }
+    }
+
+    /// A search for an uncommon state merges the rows' and the entries'
+    /// walks: the entries' (most traces) is read in the page's order, not
+    /// sorted, so a tenant with a million dead letters pages through them
+    /// a page at a time.
+    #[test]
+    fn a_search_for_an_uncommon_state_walks_the_entries_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: crate::clock::SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(0));
+        drop(SqliteStore::open(dir.path(), super::super::Durability::Normal, clock).unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join(super::super::TRACES_FILE)).unwrap();
+        super::super::attach_log(&conn, &dir.path().join(super::super::DB_FILE)).unwrap();
+        let query = TraceQuery {
+            state: Some(TraceState::DeadLettered),
+            source: Some("shop".into()),
+            ..Default::default()
+        };
+        let SearchPlan::Rows { sql, args } = plan_search(&query, "t", Some((5, 3)), 10, (0, 0))
+        else {
+            panic!("a plan of rows");
+        };
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let entries = plan
+            .iter()
+            .position(|step| step.starts_with("SEARCH x") && step.contains("entry_traces_uncommon"))
+            .unwrap_or_else(|| panic!("{plan:?}"));
+        assert!(plan.iter().any(|s| s.contains("MERGE")), "{plan:?}");
+        assert!(
+            !plan[entries..].iter().any(|s| s.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
+
     /// The cap's count of rows seeks both ends of the table instead of
     /// reading it.
     #[test]
@@ -1491,6 +1748,14 @@ mod tests {
         assert!(
             super::super::schema::TRACES_V5.contains(&format!("WHERE {index_where};")),
             "traces_uncommon is made with {index_where}"
+        );
+        assert_eq!(
+            ENTRY_UNCOMMON_STATE.replace("x.state", "state"),
+            index_where
+        );
+        assert!(
+            super::super::schema::TRACES_V8.contains(&format!("WHERE {index_where};")),
+            "entry_traces_uncommon is made with {index_where}"
         );
     }
 }
