@@ -1866,6 +1866,48 @@ async fn a_log_entry_routed_again_after_a_restart_replaces_its_trace_row() {
     );
 }
 
+/// A log entry's trace recorded twice by one process (no restart, no
+/// replay mark to say a row may exist) replaces its `entry_traces` row:
+/// the insert that takes no lookup finds the row there and falls back to
+/// the replace, instead of failing the batch (and dropping its traces).
+#[tokio::test]
+async fn a_trace_recorded_twice_by_one_process_replaces_its_row() {
+    use crate::store::TraceState;
+    use crate::store::traces::TargetState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), manual());
+    let consumer = store.consumer().await.unwrap();
+    store
+        .append(vec![
+            traced_event("m", T0, "shop"),
+            traced_event("o", T0 + 1, "shop"),
+        ])
+        .await
+        .unwrap();
+    let entries = consumer.next(10, Duration::ZERO).await.unwrap();
+    store
+        .record_traces(vec![routed_by_rule_r(&entries[0], TargetState::Retrying)].into())
+        .await
+        .unwrap();
+    // Again, in one batch with a trace recorded for the first time.
+    store
+        .record_traces(
+            vec![
+                routed_by_rule_r(&entries[0], TargetState::Delivered),
+                routed_by_rule_r(&entries[1], TargetState::Delivered),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    for id in ["m", "o"] {
+        let t = store.trace("acme", id, None).await.unwrap().expect(id);
+        assert_eq!(t.state, TraceState::Delivered, "{id}");
+    }
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM entry_traces").await, 2);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM trace_rules").await, 2);
+}
+
 /// A matched event's row is found through its log entry (`entry_traces`):
 /// the row gets no id of its own among the recent ids or in a merged run
 /// — the entry's is the only one — and lookups, facts and a reopen (which

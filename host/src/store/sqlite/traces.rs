@@ -85,11 +85,12 @@ impl<'t> Inserts<'t> {
     }
 }
 
-/// Inserts the `entry_traces` row of a log entry. Not `OR REPLACE`: a
-/// statement that may delete a row before it inserts one writes every page
-/// it changes to a statement journal too (1.5 times the traces' writer's
-/// CPU a matched event, measured), and callers know whether the row exists.
-const INSERT_ENTRY_TRACE: &str = "INSERT INTO entry_traces \
+/// Inserts the `entry_traces` row of a log entry, unless it has one (then
+/// the caller replaces it). Not `OR REPLACE`: a statement that may delete
+/// a row before it inserts one writes every page it changes to a
+/// statement journal too (1.5 times the traces' writer's CPU a matched
+/// event, measured); `OR IGNORE` skips the insert without one.
+const INSERT_ENTRY_TRACE: &str = "INSERT OR IGNORE INTO entry_traces \
      (seq, tenant, received_ms, state, rules, body) VALUES (?, ?, ?, ?, ?, ?)";
 
 /// Where a trace is kept: a `traces` row, or log entry `seq` — with its
@@ -451,11 +452,11 @@ fn record(
     if trace.position.is_some() && !recent.may_have_row(trace.received_ms) {
         // The first record of a log entry's trace (nearly every record):
         // nothing to replace, so no lookup (it was a third of a matched
-        // event's record).
-        if !log_only {
-            insert_row(tx, inserts, recent, trace, &rule_names(&trace.body))?;
+        // event's record) — and should the entry have a row after all, the
+        // insert says so and the row is replaced below.
+        if log_only || insert_row(tx, inserts, recent, trace, &rule_names(&trace.body))? {
+            return Ok(());
         }
-        return Ok(());
     }
     let key = (
         trace.tenant.as_str(),
@@ -517,35 +518,51 @@ fn record(
         index_rules(tx, &trace.tenant, &rules, trace.received_ms, name, true)?;
         return Ok(());
     }
-    insert_row(tx, inserts, recent, trace, &rule_names(&trace.body))
+    inserted(insert_row(
+        tx,
+        inserts,
+        recent,
+        trace,
+        &rule_names(&trace.body),
+    )?)
+}
+
+/// A new trace's write where its place was looked up and found empty.
+fn inserted(new: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(new, "a trace row appeared where none was found");
+    Ok(())
 }
 
 /// Writes a new trace (`rules`: its [`rule_names`]): the `entry_traces`
-/// row of a log entry that keeps its head, or a `traces` row.
+/// row of a log entry that keeps its head, or a `traces` row. Answers
+/// `false`, writing nothing, when the entry has its row already.
 fn insert_row(
     tx: &Transaction<'_>,
     inserts: &mut Inserts<'_>,
     recent: &RecentTraceIds,
     trace: &Trace,
     rules: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let body = serde_json::to_string(&trace.body)?;
     if let Some(seq) = trace.position.filter(|_| trace.head_in_log) {
         // Found through its entry (`trace_ids` has the entry's `-seq`).
-        inserts.entry.execute(params![
+        let new = inserts.entry.execute(params![
             seq,
             trace.tenant,
             trace.received_ms,
             trace.state.as_str(),
             rules,
             body
-        ])?;
+        ])? > 0;
+        if !new {
+            return Ok(false);
+        }
         for rule in rules.split('\n').filter(|r| !r.is_empty()) {
             inserts
                 .rule
                 .execute(params![trace.tenant, rule, trace.received_ms, -seq])?;
         }
-        return Ok(());
+        return Ok(true);
     }
     // A trace of a log entry refers to the entry, which the log keeps as
     // long as the trace (see `prune`): the copy was two thirds of the
@@ -578,7 +595,7 @@ fn insert_row(
             .rule
             .execute(params![trace.tenant, rule, trace.received_ms, id])?;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn add_fact(
@@ -609,7 +626,13 @@ fn add_fact(
             }
             trace.apply(fact);
             let mut inserts = Inserts::prepare(tx)?;
-            insert_row(tx, &mut inserts, recent, &trace, &rule_names(&trace.body))?;
+            inserted(insert_row(
+                tx,
+                &mut inserts,
+                recent,
+                &trace,
+                &rule_names(&trace.body),
+            )?)?;
         }
         Some((place @ (Place::Row(_) | Place::Entry { recorded: true, .. }), mut trace)) => {
             let before = rule_names(&trace.body).into_owned();
