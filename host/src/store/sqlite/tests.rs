@@ -729,8 +729,7 @@ async fn traces_of_a_version_4_data_dir_move_to_their_own_file() {
 /// the entry.
 #[tokio::test]
 async fn rows_of_traced_entries_of_a_version_7_traces_file_move_to_entry_traces() {
-    use crate::store::traces::{AttemptRecord, TargetState};
-    use crate::store::{TraceFact, TraceKey, TraceQuery, TraceState};
+    use crate::store::{TraceKey, TraceQuery, TraceState};
     let dir = tempfile::tempdir().unwrap();
     let positions: Vec<i64> = {
         let store = open_at(dir.path(), manual());
@@ -814,19 +813,8 @@ async fn rows_of_traced_entries_of_a_version_7_traces_file_move_to_entry_traces(
         event_id: "a".into(),
         received_ms: Some(T0),
     };
-    let delivered = TraceFact::Attempt {
-        rule: "ra".into(),
-        target: "t".into(),
-        attempt: AttemptRecord {
-            at_ms: T0 + 10,
-            duration_ms: 1,
-            status: Some(200),
-            error: None,
-        },
-        next: TargetState::Delivered,
-    };
     store
-        .add_trace_facts(vec![(key, delivered)].into())
+        .add_trace_facts(vec![(key, delivered_to_t("ra"))].into())
         .await
         .unwrap();
     assert!(search_all(&store, &retrying, 10).await.is_empty());
@@ -1774,6 +1762,22 @@ async fn a_replay_mark_ahead_of_routing_is_kept_by_the_routing_record() {
     assert_eq!(count(&store, "SELECT COUNT(*) FROM traces").await, 0);
 }
 
+/// A retry of `rule`'s target `t` that delivered the event (200).
+fn delivered_to_t(rule: &str) -> crate::store::TraceFact {
+    use crate::store::traces::{AttemptRecord, TargetState};
+    crate::store::TraceFact::Attempt {
+        rule: rule.into(),
+        target: "t".into(),
+        attempt: AttemptRecord {
+            at_ms: T0 + 10,
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+        },
+        next: TargetState::Delivered,
+    }
+}
+
 /// The routing record of a log entry that rule `r` matched, its target
 /// `t` in `state`.
 fn routed_by_rule_r(
@@ -1914,8 +1918,8 @@ async fn a_trace_recorded_twice_by_one_process_replaces_its_row() {
 /// merges) still reach it.
 #[tokio::test]
 async fn a_matched_events_row_is_found_through_its_log_entry() {
-    use crate::store::traces::{AttemptRecord, TargetState};
-    use crate::store::{TraceFact, TraceKey, TraceState};
+    use crate::store::traces::TargetState;
+    use crate::store::{TraceKey, TraceState};
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open_at(dir.path(), manual());
@@ -1943,19 +1947,8 @@ async fn a_matched_events_row_is_found_through_its_log_entry() {
             event_id: "m".into(),
             received_ms: Some(T0),
         };
-        let retry = TraceFact::Attempt {
-            rule: "r".into(),
-            target: "t".into(),
-            attempt: AttemptRecord {
-                at_ms: T0 + 10,
-                duration_ms: 1,
-                status: Some(200),
-                error: None,
-            },
-            next: TargetState::Delivered,
-        };
         store
-            .add_trace_facts(vec![(key, retry)].into())
+            .add_trace_facts(vec![(key, delivered_to_t("r"))].into())
             .await
             .unwrap();
         let m = store.trace("acme", "m", None).await.unwrap().expect("m");

@@ -1604,26 +1604,11 @@ mod tests {
     /// entry the tenant has, and the ones archives keep).
     #[test]
     fn an_in_flight_search_reads_unrouted_entries_by_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock: crate::clock::SharedClock =
-            std::sync::Arc::new(crate::clock::ManualClock::new(0));
-        drop(SqliteStore::open(dir.path(), super::super::Durability::Normal, clock).unwrap());
-        let conn = rusqlite::Connection::open(dir.path().join(super::super::TRACES_FILE)).unwrap();
-        super::super::attach_log(&conn, &dir.path().join(super::super::DB_FILE)).unwrap();
         let query = TraceQuery {
             state: Some(TraceState::InFlight),
             ..Default::default()
         };
-        let SearchPlan::Rows { sql, args } = plan_search(&query, "t", None, 10, (0, 0)) else {
-            panic!("a plan of rows");
-        };
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap()
-            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = rows_plan(&query, None);
         assert!(
             plan.iter()
                 .any(|step| step.contains("SEARCH e USING INTEGER PRIMARY KEY")),
@@ -1635,17 +1620,31 @@ mod tests {
         );
     }
 
-    /// A search by rule walks the rule's `trace_rules` rows in their
-    /// order and reads each trace by its key (a row's id, an entry's
-    /// position): no sort, no scan, however many traces the rule has.
-    #[test]
-    fn a_search_by_rule_walks_the_rules_rows_in_order() {
+    /// The steps SQLite plans for `query`'s search, a plan of rows, on a
+    /// new store's files (`after`: the page's cursor).
+    fn rows_plan(query: &TraceQuery, after: Option<(Millis, i64)>) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let clock: crate::clock::SharedClock =
             std::sync::Arc::new(crate::clock::ManualClock::new(0));
         drop(SqliteStore::open(dir.path(), super::super::Durability::Normal, clock).unwrap());
         let conn = rusqlite::Connection::open(dir.path().join(super::super::TRACES_FILE)).unwrap();
         super::super::attach_log(&conn, &dir.path().join(super::super::DB_FILE)).unwrap();
+        let SearchPlan::Rows { sql, args } = plan_search(query, "t", after, 10, (0, 0)) else {
+            panic!("a plan of rows");
+        };
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A search by rule walks the rule's `trace_rules` rows in their
+    /// order and reads each trace by its key (a row's id, an entry's
+    /// position): no sort, no scan, however many traces the rule has.
+    #[test]
+    fn a_search_by_rule_walks_the_rules_rows_in_order() {
         for state in [
             None,
             Some(TraceState::Delivered),
@@ -1657,18 +1656,7 @@ mod tests {
                 state,
                 ..Default::default()
             };
-            let SearchPlan::Rows { sql, args } =
-                plan_search(&query, "t", Some((5, -3)), 10, (0, 0))
-            else {
-                panic!("a plan of rows");
-            };
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = rows_plan(&query, Some((5, -3)));
             assert!(
                 plan.iter()
                     .any(|step| step.starts_with("SEARCH r USING PRIMARY KEY")),
@@ -1696,28 +1684,12 @@ mod tests {
     /// a page at a time.
     #[test]
     fn a_search_for_an_uncommon_state_walks_the_entries_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock: crate::clock::SharedClock =
-            std::sync::Arc::new(crate::clock::ManualClock::new(0));
-        drop(SqliteStore::open(dir.path(), super::super::Durability::Normal, clock).unwrap());
-        let conn = rusqlite::Connection::open(dir.path().join(super::super::TRACES_FILE)).unwrap();
-        super::super::attach_log(&conn, &dir.path().join(super::super::DB_FILE)).unwrap();
         let query = TraceQuery {
             state: Some(TraceState::DeadLettered),
             source: Some("shop".into()),
             ..Default::default()
         };
-        let SearchPlan::Rows { sql, args } = plan_search(&query, "t", Some((5, 3)), 10, (0, 0))
-        else {
-            panic!("a plan of rows");
-        };
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap()
-            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = rows_plan(&query, Some((5, 3)));
         let entries = plan
             .iter()
             .position(|step| step.starts_with("SEARCH x") && step.contains("entry_traces_uncommon"))
