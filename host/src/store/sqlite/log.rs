@@ -339,7 +339,9 @@ impl EventLog for SqliteStore {
     /// Deletes routed entries older than `before`, but none a trace row
     /// or archive row still refers to (both keep their event's position,
     /// not a copy), nor a traced entry the trace retention has not passed
-    /// (the entry is the trace; see `TRACES_V6`). The cursor is read
+    /// (the entry is the trace, with its `entry_traces` row if it matched
+    /// a rule; see `TRACES_V6` and `TRACES_V8` — such a row pins its entry
+    /// alone, not the log after it, as a `traces` row does). The cursor is read
     /// before the traces: an entry is routed only after its trace is
     /// committed, so every entry at or below that cursor with a trace row
     /// is counted in the lowest position read after it. The prune starts
