@@ -544,7 +544,8 @@ fn insert_row(
     rules: &str,
 ) -> anyhow::Result<bool> {
     let body = serde_json::to_string(&trace.body)?;
-    if let Some(seq) = trace.position.filter(|_| trace.head_in_log) {
+    // The name its `trace_rules` rows give it (see [`Place::name`]).
+    let name = if let Some(seq) = trace.position.filter(|_| trace.head_in_log) {
         // Found through its entry (`trace_ids` has the entry's `-seq`).
         let new = inserts.entry.execute(params![
             seq,
@@ -557,43 +558,44 @@ fn insert_row(
         if !new {
             return Ok(false);
         }
-        for rule in rules.split('\n').filter(|r| !r.is_empty()) {
-            inserts
-                .rule
-                .execute(params![trace.tenant, rule, trace.received_ms, -seq])?;
+        Place::Entry {
+            seq,
+            recorded: true,
         }
-        return Ok(true);
-    }
-    // A trace of a log entry refers to the entry, which the log keeps as
-    // long as the trace (see `prune`): the copy was two thirds of the
-    // bytes a trace wrote, and written again at every checkpoint.
-    let event: &[u8] = if trace.position.is_some() {
-        &[]
+        .name()
     } else {
-        &trace.event
+        // A trace of a log entry refers to the entry, which the log keeps
+        // as long as the trace (see `prune`): the copy was two thirds of
+        // the bytes a trace wrote, and written again at every checkpoint.
+        let event: &[u8] = if trace.position.is_some() {
+            &[]
+        } else {
+            &trace.event
+        };
+        inserts.trace.execute(params![
+            trace.tenant,
+            trace.bus,
+            trace.event_id,
+            trace.received_ms,
+            trace.source,
+            trace.event_type,
+            trace.state.as_str(),
+            trace.size_bytes as i64,
+            trace.replay,
+            rules,
+            body,
+            event,
+            trace.position,
+            false
+        ])?;
+        let id = tx.last_insert_rowid();
+        recent.note_row(trace_ids::key(&trace.tenant, &trace.event_id), id);
+        id
     };
-    inserts.trace.execute(params![
-        trace.tenant,
-        trace.bus,
-        trace.event_id,
-        trace.received_ms,
-        trace.source,
-        trace.event_type,
-        trace.state.as_str(),
-        trace.size_bytes as i64,
-        trace.replay,
-        rules,
-        body,
-        event,
-        trace.position,
-        false
-    ])?;
-    let id = tx.last_insert_rowid();
-    recent.note_row(trace_ids::key(&trace.tenant, &trace.event_id), id);
     for rule in rules.split('\n').filter(|r| !r.is_empty()) {
         inserts
             .rule
-            .execute(params![trace.tenant, rule, trace.received_ms, id])?;
+            .execute(params![trace.tenant, rule, trace.received_ms, name])?;
     }
     Ok(true)
 }
@@ -848,20 +850,36 @@ fn plan_search(
         };
         let entry_conditions = search_conditions(query, after, &entry_columns, &mut args);
         format!(
-            "SELECT t.id + {ROW_PLACE}, t.event_id, t.bus, t.source, t.type, t.received_ms, \
-                    t.state \
-             FROM traces t INDEXED BY traces_uncommon \
-             WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = {state}{row_conditions} \
-             UNION ALL \
-             SELECT x.seq, e.event_id, e.bus, e.source, e.type, x.received_ms, x.state \
-             FROM entry_traces x INDEXED BY entry_traces_uncommon \
-             JOIN log.events e ON e.seq = x.seq \
-             WHERE x.tenant = ?1 AND {ENTRY_UNCOMMON_STATE} AND x.state = {state} \
-               AND x.seq > ?2{entry_conditions} {}",
+            "{}{row_conditions} UNION ALL {}{entry_conditions} {}",
+            uncommon_rows(&state),
+            uncommon_entries(&state, "?2"),
             order("6", "1")
         )
     };
     SearchPlan::Rows { sql, args }
+}
+
+/// The `traces` rows of tenant `?1` in uncommon state `state` (a bound
+/// parameter), placed as a head walk places them, in (time, place) order.
+fn uncommon_rows(state: &str) -> String {
+    format!(
+        "SELECT t.id + {ROW_PLACE} AS place, t.event_id, t.bus, t.source, t.type, \
+                t.received_ms, t.state \
+         FROM traces t INDEXED BY traces_uncommon \
+         WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = {state}"
+    )
+}
+
+/// The traced log entries of tenant `?1` whose `entry_traces` row is in
+/// uncommon state `state`, above the log's expired point `expired` (both
+/// bound parameters), placed by position, in (time, place) order.
+fn uncommon_entries(state: &str, expired: &str) -> String {
+    format!(
+        "SELECT x.seq, e.event_id, e.bus, e.source, e.type, x.received_ms, x.state \
+         FROM entry_traces x INDEXED BY entry_traces_uncommon JOIN log.events e ON e.seq = x.seq \
+         WHERE x.tenant = ?1 AND {ENTRY_UNCOMMON_STATE} AND x.state = {state} \
+           AND x.seq > {expired}"
+    )
 }
 
 /// The columns a search's conditions name.
@@ -950,20 +968,14 @@ fn in_flight_plan(
     let conditions = search_conditions(query, after, &columns, &mut args);
     let sql = format!(
         "SELECT place, event_id, bus, source, type, received_ms, state FROM ( \
-           SELECT t.id + {ROW_PLACE} AS place, t.event_id, t.bus, t.source, t.type, \
-                  t.received_ms, t.state \
-           FROM traces t INDEXED BY traces_uncommon \
-           WHERE t.tenant = ?1 AND {UNCOMMON_STATE} AND t.state = ?3 \
-           UNION ALL \
-           SELECT x.seq, e.event_id, e.bus, e.source, e.type, x.received_ms, x.state \
-           FROM entry_traces x INDEXED BY entry_traces_uncommon JOIN log.events e ON e.seq = x.seq \
-           WHERE x.tenant = ?1 AND {ENTRY_UNCOMMON_STATE} AND x.state = ?3 AND x.seq > ?4 \
-           UNION ALL \
+           {} UNION ALL {} UNION ALL \
            SELECT e.seq, e.event_id, e.bus, e.source, e.type, e.ingested_ms, ?3 \
            FROM log.events e NOT INDEXED \
            WHERE e.seq > ?2 AND e.tenant = ?1 AND e.source IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM entry_traces x WHERE x.seq = e.seq)) \
          WHERE 1{conditions} ORDER BY received_ms DESC, place DESC LIMIT {}",
+        uncommon_rows("?3"),
+        uncommon_entries("?3", "?4"),
         limit + 1
     );
     SearchPlan::Rows { sql, args }
